@@ -1,0 +1,13 @@
+"""tagstack: multi-level and multi-scale music auto-tagging (Lee & Nam, 2017).
+
+Stages, each in a module named for it: :mod:`~tagstack.frontend` (log-mel),
+:mod:`~tagstack.local_models` (stage 1 CNNs), :mod:`~tagstack.aggregation`
+(stage 2), :mod:`~tagstack.global_classifier` (stage 3), with
+:mod:`~tagstack.training`, :mod:`~tagstack.evaluation`,
+:mod:`~tagstack.datasets`, :mod:`~tagstack.inference` and :mod:`~tagstack.cli`.
+"""
+from .errors import AudioError, DatasetError, ModelFileError, ParameterError, TagstackError
+
+__version__ = "0.1.0"
+
+__all__ = ["AudioError", "DatasetError", "ModelFileError", "ParameterError", "TagstackError", "__version__"]

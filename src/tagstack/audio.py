@@ -1,0 +1,178 @@
+"""Decoding audio files to mono float32 at the front end's sample rate.
+
+libsndfile (through soundfile) reads wav, flac, ogg and, from version 1.1,
+mp3; PyAV (FFmpeg) is the fallback for everything else (m4a/aac, au, wma, ...).
+Resampling is done with soxr, the high-quality resampler the field trusts.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from .errors import AudioError
+
+#: Extensions picked up when a folder is searched for audio.
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".m4a", ".aac", ".mp4", ".au", ".aiff", ".aif", ".opus", ".wma")
+
+
+def _to_mono(x: np.ndarray) -> np.ndarray:
+    return x if x.ndim == 1 else x.mean(axis=1)
+
+
+def _read_soundfile(path: str, offset: float, duration: float | None) -> tuple[np.ndarray, int]:
+    with sf.SoundFile(path) as f:
+        sr = f.samplerate
+        start = int(round(offset * sr))
+        if start:
+            f.seek(min(start, f.frames))
+        frames = -1 if duration is None else int(round(duration * sr))
+        x = f.read(frames, dtype="float32", always_2d=True)
+    return _to_mono(x), sr
+
+
+def _read_av(path: str, offset: float, duration: float | None) -> tuple[np.ndarray, int]:
+    import av
+
+    with av.open(path) as container:
+        if not container.streams.audio:
+            raise AudioError(f"{path}: no audio stream")
+        stream = container.streams.audio[0]
+        sr = stream.codec_context.sample_rate or stream.rate
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=sr)
+        if offset > 0 and stream.time_base:
+            container.seek(int(offset / stream.time_base), stream=stream)
+        chunks: list[np.ndarray] = []
+        t0: float | None = None
+        wanted = None if duration is None else int(round(duration * sr))
+        got = 0
+        for frame in container.decode(stream):
+            if t0 is None:
+                t0 = float(frame.pts * stream.time_base) if frame.pts is not None else 0.0
+            for out in resampler.resample(frame):
+                chunks.append(out.to_ndarray().reshape(-1))
+                got += chunks[-1].size
+            if wanted is not None and got >= wanted + sr * 2:
+                break
+        for out in resampler.resample(None):
+            chunks.append(out.to_ndarray().reshape(-1))
+    x = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+    if offset > 0:  # seeking lands on a packet boundary at or before the offset
+        skip = max(0, int(round((offset - (t0 or 0.0)) * sr)))
+        x = x[skip:]
+    if wanted is not None:
+        x = x[:wanted]
+    return x.astype(np.float32, copy=False), int(sr)
+
+
+def load(
+    path: str | Path,
+    *,
+    sr: int = 22050,
+    offset: float = 0.0,
+    duration: float | None = None,
+) -> np.ndarray:
+    """Decode ``path`` to a mono float32 signal at ``sr`` Hz.
+
+    Parameters
+    ----------
+    path : str or Path
+        Any file libsndfile or FFmpeg can read.
+    sr : int > 0
+        Output sample rate; the signal is resampled with soxr when it differs.
+    offset, duration : float [seconds]
+        Read only ``duration`` seconds starting at ``offset`` (all when None).
+
+    Returns
+    -------
+    y : np.ndarray [shape=(n,), dtype=float32]
+
+    Raises
+    ------
+    AudioError
+        When the file is missing, empty, or cannot be decoded; the message
+        names the file and the reason.
+    """
+    path = str(path)
+    p = Path(path)
+    if not p.is_file():
+        raise AudioError(f"{path}: file not found")
+    if p.stat().st_size == 0:
+        raise AudioError(f"{path}: file is empty")
+    try:
+        x, native = _read_soundfile(path, offset, duration)
+    except AudioError:
+        raise
+    except Exception as sf_error:  # libsndfile cannot read it: try FFmpeg
+        try:
+            x, native = _read_av(path, offset, duration)
+        except AudioError:
+            raise
+        except Exception as av_error:
+            raise AudioError(f"{path}: cannot decode ({sf_error}; {av_error})") from av_error
+    if x.size == 0:
+        raise AudioError(f"{path}: no audio samples decoded")
+    if not np.all(np.isfinite(x)):
+        raise AudioError(f"{path}: decoded samples contain NaN or infinity")
+    if native != sr:
+        x = soxr.resample(x, native, sr, quality="HQ")
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def duration_seconds(path: str | Path) -> float:
+    """Length of an audio file in seconds, read from its header when possible."""
+    path = str(path)
+    try:
+        return float(sf.info(path).duration)
+    except Exception:
+        import av
+
+        try:
+            with av.open(path) as c:
+                if c.duration is not None:
+                    return c.duration / 1_000_000
+                s = c.streams.audio[0]
+                return float(s.duration * s.time_base)
+        except Exception as e:
+            raise AudioError(f"{path}: cannot read duration ({e})") from e
+
+
+def stream(
+    path: str | Path, *, sr: int = 22050, block_seconds: float = 60.0, overlap_seconds: float = 0.0
+) -> Iterator[np.ndarray]:
+    """Yield consecutive blocks of a long file so memory stays bounded.
+
+    Each block holds ``block_seconds`` of new audio preceded by the last
+    ``overlap_seconds`` of the previous block.
+    """
+    total = duration_seconds(path)
+    start = 0.0
+    tail = np.zeros(0, np.float32)
+    keep = int(round(overlap_seconds * sr))
+    while start < total:
+        y = load(path, sr=sr, offset=start, duration=block_seconds)
+        block = np.concatenate([tail, y]) if tail.size else y
+        yield block
+        tail = block[-keep:] if keep else tail
+        start += block_seconds
+        if y.size < int(block_seconds * sr) - sr // 10:
+            break
+
+
+def find_audio(paths: list[str | Path]) -> list[Path]:
+    """Expand files, folders (recursively) and glob patterns into a sorted list of audio files."""
+    import glob
+
+    found: list[Path] = []
+    for item in paths:
+        s = str(item)
+        candidates = [Path(m) for m in sorted(glob.glob(s, recursive=True))] if any(c in s for c in "*?[") else [Path(s)]
+        for c in candidates:
+            if c.is_dir():
+                found.extend(sorted(q for q in c.rglob("*") if q.suffix.lower() in AUDIO_EXTENSIONS and q.is_file()))
+            else:
+                found.append(c)
+    return found

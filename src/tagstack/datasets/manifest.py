@@ -1,0 +1,109 @@
+"""Users' own collections: a CSV/TSV manifest, or one folder per label.
+
+Manifest format (also what the rendered corpus writes)::
+
+    path,tags,split
+    audio/a.ogg,piano;fast;major,train
+    audio/b.ogg,choir;slow,test
+
+``path`` is relative to the manifest's folder (or absolute); ``tags`` are
+separated by ``;``; ``split`` (``train``/``valid``/``test``) is optional: when
+the column is missing or empty, a seeded split stratified by each clip's
+rarest tag is made. A tab-separated file (``.tsv``) works the same way.
+A folder per label (``root/<label>/*.wav``) is read as a single-label task.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from ..audio import AUDIO_EXTENSIONS
+from ..errors import DatasetError
+from ..fileio import atomic_write_text
+from .base import SPLITS, ClipSet, stratified_split
+
+TAG_SEPARATOR = ";"
+
+
+def read_manifest(path: str | Path, *, name: str | None = None, task: str = "multilabel", seed: int = 0) -> ClipSet:
+    """Read a manifest into a :class:`ClipSet`; tags are sorted alphabetically."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: manifest not found")
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f, delimiter=delimiter))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DatasetError(f"{path}: cannot read manifest ({e})") from e
+    if not rows or "path" not in rows[0] or "tags" not in rows[0]:
+        raise DatasetError(f"{path}: a manifest needs a header with 'path' and 'tags' columns")
+    tag_lists = []
+    for i, r in enumerate(rows, start=2):
+        if not r["path"]:
+            raise DatasetError(f"{path}, line {i}: empty path")
+        tag_lists.append([t.strip() for t in (r["tags"] or "").split(TAG_SEPARATOR) if t.strip()])
+    tags = sorted({t for ts in tag_lists for t in ts})
+    col = {t: j for j, t in enumerate(tags)}
+    labels = np.zeros((len(rows), len(tags)), np.float32)
+    for i, ts in enumerate(tag_lists):
+        labels[i, [col[t] for t in ts]] = 1
+    splits = np.array([(r.get("split") or "").strip() for r in rows], dtype=object)
+    bad = sorted({s for s in splits if s and s not in SPLITS})
+    if bad:
+        raise DatasetError(f"{path}: unknown split names {bad}; use {SPLITS}")
+    if not any(splits):
+        splits = _make_splits([r["path"] for r in rows], labels, seed=seed)
+    groups = {}
+    group_file = path.with_name("tag_groups.csv")
+    if group_file.is_file():
+        with open(group_file, newline="", encoding="utf-8") as f:
+            groups = {r["tag"]: r["group"] for r in csv.DictReader(f)}
+    return ClipSet(name=name or path.parent.name, root=path.parent, paths=[r["path"] for r in rows],
+                   labels=labels, tags=tags, splits=splits, task=task, groups=groups)
+
+
+def _make_splits(paths: list[str], labels: np.ndarray, *, seed: int) -> np.ndarray:
+    freq = labels.sum(axis=0)
+    strata = [str(int(np.argmin(np.where(row > 0, freq, np.inf)))) if row.any() else "none" for row in labels]
+    assign = stratified_split(paths, strata, seed=seed)
+    return np.array([assign[p] for p in paths], dtype=object)
+
+
+def write_manifest(clips: ClipSet, path: str | Path) -> None:
+    """Write ``clips`` as a manifest (atomically), with ``tag_groups.csv`` beside it when groups are known."""
+    path = Path(path)
+    lines = ["path,tags,split"]
+    for p, row, s in zip(clips.paths, clips.labels, clips.splits):
+        ts = TAG_SEPARATOR.join(clips.tags[j] for j in np.flatnonzero(row))
+        lines.append(f"{_csv_field(p)},{_csv_field(ts)},{s}")
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    if clips.groups:
+        rows = ["tag,group"] + [f"{t},{clips.groups[t]}" for t in clips.tags if t in clips.groups]
+        atomic_write_text(path.with_name("tag_groups.csv"), "\n".join(rows) + "\n")
+
+
+def _csv_field(s: str) -> str:
+    return f'"{s}"' if any(c in s for c in ',"\n') else s
+
+
+def read_folders(root: str | Path, *, name: str | None = None, seed: int = 0) -> ClipSet:
+    """``root/<label>/<file>``: one class per folder, split stratified by class."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: folder not found")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    paths, y = [], []
+    for k, c in enumerate(classes):
+        for f in sorted((root / c).rglob("*")):
+            if f.suffix.lower() in AUDIO_EXTENSIONS and f.is_file():
+                paths.append(str(f.relative_to(root)))
+                y.append(k)
+    if not paths:
+        raise DatasetError(f"{root}: no audio files in label folders")
+    labels = np.eye(len(classes), dtype=np.float32)[y]
+    assign = stratified_split(paths, [classes[k] for k in y], seed=seed)
+    splits = np.array([assign[p] for p in paths], dtype=object)
+    return ClipSet(name=name or root.name, root=root, paths=paths, labels=labels, tags=classes, splits=splits, task="multiclass")

@@ -1,0 +1,25 @@
+"""One family of errors, so callers (and the CLI) can catch tagstack's own failures.
+
+The CLI turns every :class:`TagstackError` into a single line on stderr and a
+non-zero exit status instead of a traceback.
+"""
+
+
+class TagstackError(Exception):
+    """Root of every error tagstack raises on purpose."""
+
+
+class ParameterError(TagstackError, ValueError):
+    """A malformed argument: the message names the parameter, its value and what was expected."""
+
+
+class AudioError(TagstackError):
+    """An audio file that cannot be used: the message names the file and the reason."""
+
+
+class DatasetError(TagstackError):
+    """A dataset, split or label file that cannot be read: names the file and the reason."""
+
+
+class ModelFileError(TagstackError):
+    """A model artifact that is missing, foreign or inconsistent."""

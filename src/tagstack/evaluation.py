@@ -1,0 +1,84 @@
+"""Metrics, computed with scikit-learn.
+
+Tagging is scored with macro ROC-AUC and PR-AUC (average precision) over the
+tags that have at least one positive and one negative clip in the evaluated
+set (an AUC is undefined otherwise); the per-tag values are kept, with NaN for
+the tags left out. Single-label tasks also get accuracy. Bootstrap confidence
+intervals resample clips with replacement.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from .errors import ParameterError
+
+
+def _check(y_true: np.ndarray, y_score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    y_true = np.asarray(y_true)
+    y_score = np.asarray(y_score, dtype=np.float64)
+    if y_true.shape != y_score.shape or y_true.ndim != 2:
+        raise ParameterError(f"y_true and y_score must both be (clips, tags); got {y_true.shape} and {y_score.shape}")
+    return y_true, y_score
+
+
+def per_tag_scores(y_true: np.ndarray, y_score: np.ndarray) -> dict[str, np.ndarray]:
+    """ROC-AUC and average precision of every tag (NaN where a tag has one class only)."""
+    y_true, y_score = _check(y_true, y_score)
+    n = y_true.shape[1]
+    roc = np.full(n, np.nan)
+    pr = np.full(n, np.nan)
+    for j in range(n):
+        pos = y_true[:, j].sum()
+        if 0 < pos < len(y_true):
+            roc[j] = roc_auc_score(y_true[:, j], y_score[:, j])
+            pr[j] = average_precision_score(y_true[:, j], y_score[:, j])
+    return {"roc_auc": roc, "pr_auc": pr}
+
+
+def tagging_metrics(y_true: np.ndarray, y_score: np.ndarray) -> dict:
+    """Macro ROC-AUC, macro PR-AUC, the number of tags evaluated, and per-tag values."""
+    per_tag = per_tag_scores(y_true, y_score)
+    valid = ~np.isnan(per_tag["roc_auc"])
+    if not valid.any():
+        raise ParameterError("no tag has both positive and negative clips in the evaluated set")
+    return {
+        "roc_auc": float(np.mean(per_tag["roc_auc"][valid])),
+        "pr_auc": float(np.mean(per_tag["pr_auc"][valid])),
+        "n_tags_evaluated": int(valid.sum()),
+        "per_tag": {k: v.tolist() for k, v in per_tag.items()},
+    }
+
+
+def accuracy(labels: np.ndarray, y_score: np.ndarray) -> float:
+    """Share of clips whose highest-scoring class is the true class (``labels`` are class indices)."""
+    return float(np.mean(np.argmax(y_score, axis=1) == np.asarray(labels)))
+
+
+def evaluate(y_true: np.ndarray, y_score: np.ndarray, *, task: str = "multilabel") -> dict:
+    """All metrics of a task; ``y_true`` is a 0/1 matrix (one-hot for multi-class)."""
+    out = tagging_metrics(y_true, y_score)
+    if task == "multiclass":
+        out["accuracy"] = accuracy(np.argmax(y_true, axis=1), y_score)
+    return out
+
+
+def bootstrap_ci(
+    y_true: np.ndarray, y_score: np.ndarray, *, n_boot: int = 200, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of macro ROC-AUC over clips."""
+    y_true, y_score = _check(y_true, y_score)
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(y_true), len(y_true))
+        try:
+            values.append(tagging_metrics(y_true[idx], y_score[idx])["roc_auc"])
+        except ParameterError:
+            continue
+    if not values:
+        return (math.nan, math.nan)
+    lo, hi = np.percentile(values, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
+    return float(lo), float(hi)

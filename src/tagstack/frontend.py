@@ -1,0 +1,155 @@
+"""The paper's front end: 128-band log-mel spectrogram with magnitude compression.
+
+Parameters (Sec. III-B): 22,050 Hz, 1,024-sample Hann window, 512-sample hop,
+128 mel bands (Slaney's mel scale and area normalisation, as librosa's
+default), magnitude (not power) spectrum, compressed as ``log(1 + 10 |A|)``.
+
+Frame alignment
+---------------
+Frames are centred (``center=True``): the signal is zero-padded by ``n_fft/2``
+samples on both sides, so frame ``t`` is centred on sample ``t * hop``, exactly
+as ``librosa.stft`` does by default. A 29.1 s clip (641,655 samples) gives
+1 + 641,655 // 512 = 1,254 centred frames; the first 1,250 are kept (frames
+centred on 0 s to 29.04 s). Shorter audio is zero-padded at the end to 29.1 s
+before the transform, longer audio is cut (see :func:`fit_clip`).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import FrontEndConfig
+from .errors import ParameterError
+
+
+def hz_to_mel(f: np.ndarray | float) -> np.ndarray:
+    """Slaney's mel scale: linear below 1 kHz (3 mels per 200 Hz), logarithmic above."""
+    f = np.asarray(f, dtype=np.float64)
+    linear = 3.0 * f / 200.0
+    log_step = np.log(6.4) / 27.0
+    above = 15.0 + np.log(np.maximum(f, 1e-10) / 1000.0) / log_step
+    return np.where(f >= 1000.0, above, linear)
+
+
+def mel_to_hz(m: np.ndarray | float) -> np.ndarray:
+    """Inverse of :func:`hz_to_mel`."""
+    m = np.asarray(m, dtype=np.float64)
+    log_step = np.log(6.4) / 27.0
+    return np.where(m >= 15.0, 1000.0 * np.exp(log_step * (m - 15.0)), 200.0 * m / 3.0)
+
+
+def mel_filterbank(
+    *, sample_rate: int, n_fft: int, n_mels: int, f_min: float = 0.0, f_max: float | None = None
+) -> np.ndarray:
+    """Triangular mel filters with Slaney area normalisation.
+
+    Returns
+    -------
+    fb : np.ndarray [shape=(n_mels, n_fft // 2 + 1), dtype=float32]
+    """
+    f_max = sample_rate / 2 if f_max is None else f_max
+    if not 0 <= f_min < f_max <= sample_rate / 2:
+        raise ParameterError(f"need 0 <= f_min < f_max <= {sample_rate / 2}, got {f_min}, {f_max}")
+    bins = np.linspace(0.0, sample_rate / 2, n_fft // 2 + 1)
+    edges = mel_to_hz(np.linspace(hz_to_mel(f_min), hz_to_mel(f_max), n_mels + 2))
+    widths = np.diff(edges)
+    rising = (bins[None, :] - edges[:-2, None]) / widths[:-1, None]
+    falling = (edges[2:, None] - bins[None, :]) / widths[1:, None]
+    fb = np.maximum(0.0, np.minimum(rising, falling))
+    fb *= (2.0 / (edges[2:] - edges[:-2]))[:, None]
+    return fb.astype(np.float32)
+
+
+def fit_clip(y: np.ndarray, n_samples: int) -> np.ndarray:
+    """Zero-pad (at the end) or cut ``y`` to exactly ``n_samples`` samples."""
+    if y.shape[-1] >= n_samples:
+        return y[..., :n_samples]
+    pad = [(0, 0)] * (y.ndim - 1) + [(0, n_samples - y.shape[-1])]
+    return np.pad(y, pad)
+
+
+class LogMel(nn.Module):
+    """Waveform ``(..., samples)`` -> compressed log-mel ``(..., n_mels, frames)``.
+
+    The Hann window and mel filterbank are buffers, so ``.to(device)`` moves
+    them and batches run on the GPU when the module is there.
+
+    Examples
+    --------
+    >>> import torch
+    >>> mel = LogMel()
+    >>> mel(torch.zeros(2, 641655)).shape
+    torch.Size([2, 128, 1254])
+    """
+
+    def __init__(self, config: FrontEndConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or FrontEndConfig()
+        c = self.config
+        self.register_buffer("window", torch.hann_window(c.n_fft, periodic=True), persistent=False)
+        fb = mel_filterbank(sample_rate=c.sample_rate, n_fft=c.n_fft, n_mels=c.n_mels, f_min=c.f_min, f_max=c.f_max)
+        self.register_buffer("filterbank", torch.from_numpy(fb), persistent=False)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        shape = y.shape[:-1]
+        spec = torch.stft(
+            y.reshape(-1, y.shape[-1]).to(self.window.dtype),
+            n_fft=c.n_fft,
+            hop_length=c.hop_length,
+            window=self.window,
+            center=True,
+            pad_mode="constant",
+            return_complex=True,
+        ).abs()
+        mel = torch.matmul(self.filterbank, spec)
+        out = torch.log1p(c.compression * mel)
+        return out.reshape(*shape, c.n_mels, out.shape[-1])
+
+
+class ClipMel(nn.Module):
+    """A fixed-length clip's frames as the CNNs read them: ``(..., samples) -> (..., n_frames, n_mels)``.
+
+    The input is padded or cut to ``clip_samples`` first; the first
+    ``n_frames`` centred frames are kept (1,250 for a 29.1 s clip).
+    """
+
+    def __init__(self, config: FrontEndConfig | None = None) -> None:
+        super().__init__()
+        self.logmel = LogMel(config)
+        self.config = self.logmel.config
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        n = self.config.clip_samples
+        if y.shape[-1] < n:
+            y = torch.nn.functional.pad(y, (0, n - y.shape[-1]))
+        mel = self.logmel(y[..., :n])[..., : self.config.n_frames]
+        return mel.transpose(-1, -2)
+
+
+def clip_mels(
+    waveforms: np.ndarray | list[np.ndarray],
+    *,
+    config: FrontEndConfig | None = None,
+    device: str | torch.device = "cpu",
+    batch_size: int = 16,
+) -> np.ndarray:
+    """Compute :class:`ClipMel` frames for a batch of mono signals.
+
+    Returns
+    -------
+    mels : np.ndarray [shape=(n_clips, n_frames, n_mels), dtype=float32]
+    """
+    module = ClipMel(config).to(device)
+    n = module.config.clip_samples
+    clips = [fit_clip(np.asarray(w, dtype=np.float32), n) for w in waveforms]
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(clips), batch_size):
+            batch = torch.from_numpy(np.stack(clips[i : i + batch_size])).to(device)
+            out.append(module(batch).cpu().numpy())
+    if not out:
+        c = module.config
+        return np.zeros((0, c.n_frames, c.n_mels), np.float32)
+    return np.concatenate(out)

@@ -1,0 +1,179 @@
+"""A memory-mapped cache of every clip's log-mel frames.
+
+Computing the front end once per clip and reusing it is what makes training
+fast. The frames of all clips of a dataset live in one float16 file of shape
+``(clips, n_frames, n_mels)`` (1,250 x 128 x 2 bytes = 320 kB a clip), opened
+with ``np.memmap`` so a set of MSD's size (about 77 GB) is never loaded into
+memory. The cache folder is named after the front-end parameters and the clip
+list, so changing either never reuses stale frames.
+
+Building is parallel (worker processes decode and resample; the front end
+runs in torch, batched, on the GPU when there is one), shows progress, and is
+resumable and atomic per clip: a clip's ``done`` flag is set only after its
+frames have been flushed to disk, and only flagged clips are ever read.
+Files that cannot be used are skipped and listed in ``failed.json``.
+
+Clips shorter than the clip length (29.1 s) are zero-padded at the end when
+they hold at least ``min_seconds`` of audio, and skipped below that. Longer
+files contribute the 29.1 s at their centre.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .audio import duration_seconds, load
+from .config import FrontEndConfig
+from .datasets.base import ClipSet
+from .errors import AudioError
+from .fileio import atomic_write_json
+from .frontend import ClipMel
+
+
+def _decode(args: tuple[str, int, float, float]) -> tuple[np.ndarray | None, str]:
+    """Worker: decode one clip; returns (samples or None, note)."""
+    path, sr, clip_seconds, min_seconds = args
+    try:
+        total = duration_seconds(path)
+        offset = max(0.0, (total - clip_seconds) / 2) if total > clip_seconds + 1.0 else 0.0
+        y = load(path, sr=sr, offset=offset, duration=clip_seconds)
+    except AudioError as e:
+        return None, str(e)
+    except Exception as e:  # a decoder bug must not end a long job
+        return None, f"{path}: {type(e).__name__}: {e}"
+    seconds = y.size / sr
+    if seconds < min_seconds:
+        return None, f"{path}: too short ({seconds:.2f} s < {min_seconds} s)"
+    note = f"padded from {seconds:.2f} s" if seconds < clip_seconds - 0.05 else ""
+    return y, note
+
+
+class MelCache:
+    """The cached frames of one :class:`ClipSet` under one front-end configuration.
+
+    Use :meth:`build` once (it resumes if interrupted), then :attr:`mels`
+    (a read-only memmap) and :attr:`valid` (clips whose frames are present).
+    """
+
+    def __init__(self, clips: ClipSet, *, cache_dir: str | Path, frontend: FrontEndConfig | None = None) -> None:
+        self.clips = clips
+        self.frontend = frontend or FrontEndConfig()
+        listing = "\n".join(str(clips.audio_path(i)) for i in range(len(clips)))
+        digest = hashlib.sha1(listing.encode()).hexdigest()[:10]
+        self.dir = Path(cache_dir) / f"{clips.name}-fe{self.frontend.key()}-{digest}"
+        self.shape = (len(clips), self.frontend.n_frames, self.frontend.n_mels)
+
+    @property
+    def _mels_path(self) -> Path:
+        return self.dir / "mels.f16"
+
+    @property
+    def _done_path(self) -> Path:
+        return self.dir / "done.u8"
+
+    def _open(self, mode: str) -> tuple[np.memmap, np.memmap]:
+        mels = np.memmap(self._mels_path, dtype=np.float16, mode=mode, shape=self.shape)
+        done = np.memmap(self._done_path, dtype=np.uint8, mode=mode, shape=(self.shape[0],))
+        return mels, done
+
+    def _failed(self) -> dict[str, str]:
+        f = self.dir / "failed.json"
+        return json.loads(f.read_text()) if f.exists() else {}
+
+    def build(self, *, workers: int = 0, device: str | torch.device = "cpu", batch_size: int = 16, min_seconds: float = 5.0) -> dict:
+        """Compute the frames of every clip not yet cached; returns a report.
+
+        The report has ``cached`` (clips now present), ``computed`` (this call),
+        ``skipped`` (path -> reason) and ``padded`` (path -> note).
+        """
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if not self._mels_path.exists():
+            np.memmap(self._mels_path, dtype=np.float16, mode="w+", shape=self.shape).flush()
+            np.memmap(self._done_path, dtype=np.uint8, mode="w+", shape=(self.shape[0],)).flush()
+            atomic_write_json(self.dir / "info.json", {"dataset": self.clips.name, "shape": list(self.shape),
+                                                       "frontend": self.frontend.__dict__, "paths": [str(self.clips.audio_path(i)) for i in range(len(self.clips))]})
+        mels, done = self._open("r+")
+        failed = self._failed()
+        padded: dict[str, str] = {}
+        todo = [i for i in range(len(self.clips)) if not done[i] and str(self.clips.audio_path(i)) not in failed]
+        fe = self.frontend
+        module = ClipMel(fe).to(device)
+        jobs = [(str(self.clips.audio_path(i)), fe.sample_rate, fe.clip_seconds, min_seconds) for i in todo]
+        workers = workers or os.cpu_count() or 1
+        pending: list[tuple[int, np.ndarray]] = []
+        computed = 0
+
+        def flush() -> None:
+            nonlocal computed
+            if not pending:
+                return
+            batch = torch.from_numpy(np.stack([_pad(y, fe.clip_samples) for _, y in pending])).to(device)
+            with torch.inference_mode():
+                out = module(batch).cpu().numpy().astype(np.float16)
+            for (i, _), m in zip(pending, out):
+                mels[i] = m
+            mels.flush()
+            for i, _ in pending:
+                done[i] = 1
+            done.flush()
+            computed += len(pending)
+            pending.clear()
+
+        bar = tqdm(total=len(todo), desc=f"mel cache {self.clips.name}", unit="clip", disable=not todo)
+        try:
+            if workers > 1 and len(jobs) > 1:
+                ctx = mp.get_context("fork" if os.name == "posix" else "spawn")
+                pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+                results = pool.map(_decode, jobs, chunksize=4)
+            else:
+                pool = None
+                results = map(_decode, jobs)
+            for i, (y, note) in zip(todo, results):
+                path = str(self.clips.audio_path(i))
+                if y is None:
+                    failed[path] = note
+                    tqdm.write(f"skipped {note}")
+                else:
+                    if note:
+                        padded[path] = note
+                    pending.append((i, y))
+                    if len(pending) >= batch_size:
+                        flush()
+                bar.update(1)
+            flush()
+            if pool is not None:
+                pool.shutdown()
+        finally:
+            bar.close()
+            flush()
+            atomic_write_json(self.dir / "failed.json", failed)
+        valid = np.asarray(done, dtype=bool)
+        if failed:
+            print(f"mel cache {self.clips.name}: skipped {len(failed)} of {len(self.clips)} files (listed in {self.dir / 'failed.json'})")
+        return {"cached": int(valid.sum()), "computed": computed, "skipped": failed, "padded": padded}
+
+    @property
+    def mels(self) -> np.memmap:
+        """Read-only ``(clips, n_frames, n_mels)`` float16 frames."""
+        if not self._mels_path.exists():
+            raise AudioError(f"{self.dir}: mel cache not built yet")
+        return self._open("r")[0]
+
+    @property
+    def valid(self) -> np.ndarray:
+        """Boolean mask of clips whose frames are cached."""
+        if not self._done_path.exists():
+            return np.zeros(self.shape[0], dtype=bool)
+        return np.asarray(self._open("r")[1], dtype=bool)
+
+
+def _pad(y: np.ndarray, n: int) -> np.ndarray:
+    return y[:n] if y.size >= n else np.pad(y, (0, n - y.size))
