@@ -96,12 +96,7 @@ def load(
         When the file is missing, empty, or cannot be decoded; the message
         names the file and the reason.
     """
-    path = str(path)
-    p = Path(path)
-    if not p.is_file():
-        raise AudioError(f"{path}: file not found")
-    if p.stat().st_size == 0:
-        raise AudioError(f"{path}: file is empty")
+    path = _check_file(path)
     try:
         x, native = _read_soundfile(path, offset, duration)
     except AudioError:
@@ -122,9 +117,18 @@ def load(
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
+def _check_file(path: str | Path) -> str:
+    p = Path(path)
+    if not p.is_file():
+        raise AudioError(f"{path}: file not found")
+    if p.stat().st_size == 0:
+        raise AudioError(f"{path}: file is empty")
+    return str(path)
+
+
 def duration_seconds(path: str | Path) -> float:
     """Length of an audio file in seconds, read from its header when possible."""
-    path = str(path)
+    path = _check_file(path)
     try:
         return float(sf.info(path).duration)
     except Exception:

@@ -53,7 +53,10 @@ class GlobalMLP(nn.Module):
 
     def set_normalisation(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         self.feature_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
-        self.feature_std.copy_(torch.clamp(torch.as_tensor(std, dtype=torch.float32), min=1e-6))
+        std = torch.as_tensor(std, dtype=torch.float32)
+        # a feature that never varied in training (a unit dead on the training set) is left unscaled,
+        # so a rare non-zero value at test time cannot blow up to a huge z-score
+        self.feature_std.copy_(torch.where(std < 1e-3, torch.ones_like(std), std))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 2 or x.shape[1] != self.arch.n_features:

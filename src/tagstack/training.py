@@ -118,7 +118,7 @@ def fit(
             loss = loss_fn(model(x), y)
             loss.backward()
             opt.step()
-            total += float(loss) * len(x)
+            total += float(loss.detach()) * len(x)
             count += len(x)
             bar.set_postfix(loss=f"{total / max(count, 1):.4f}")
         bar.close()

@@ -23,8 +23,9 @@ def _folders(root: Path, split: str, **_: object) -> ClipSet:
 
 def _corpus(root: Path, split: str, **_: object) -> ClipSet:
     from ..corpus import corpus_clips
+    from ..pipeline import tagstack_home
 
-    return corpus_clips(root)
+    return corpus_clips(root if str(root) not in ("", ".") else tagstack_home() / "corpus" / "default")
 
 
 #: name -> (loader(root, split, **options), description)

@@ -1,0 +1,203 @@
+"""Tagging and embedding audio with a trained model: the Python API behind ``tagstack tag`` and ``embed``.
+
+Audio of any length is handled as a stream of 29.1 s windows (the clip
+length the models were trained on), decoded block by block so memory stays
+bounded on hour-long files:
+
+- the **embedding** of a file is the paper's aggregation over *all* its
+  segments: each window's per-layer features are segment-wise max-pooled and
+  averaged, and windows are averaged weighted by their number of segments,
+  which equals averaging over every segment of the file;
+- the **tags** of a file are the global classifier applied to that
+  embedding;
+- the **taggram** is the global classifier applied to each window alone.
+
+A window shorter than 29.1 s (the end of a file) is zero-padded for the
+front end, and only its segments that hold audio are aggregated.
+
+Example
+-------
+>>> from tagstack import Tagger          # doctest: +SKIP
+>>> tagger = Tagger()                    # the model shipped with tagstack
+>>> tagger.tag("song.mp3", top_k=5)      # [("piano", 0.93), ...]
+>>> tagger.embed("song.mp3").shape       # (4096,)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+
+from .aggregation import aggregate_clips, select_columns
+from .artifact import TaggingModel, load_model
+from .audio import stream
+from .errors import ParameterError
+from .frontend import ClipMel
+from .training import choose_device
+
+#: The model that ships inside the package (trained on the default corpus).
+DEFAULT_MODEL = Path(__file__).parent / "pretrained" / "tagstack-corpus.safetensors"
+
+
+@dataclass
+class Result:
+    """What tagging one file gives."""
+
+    path: str
+    tags: list[str]
+    probs: np.ndarray  # (n_tags,) whole-file probabilities
+    seconds: float
+    taggram: np.ndarray | None = None  # (windows, n_tags)
+    window_starts: np.ndarray | None = None  # seconds
+
+    def top(self, k: int | None = None, threshold: float | None = None) -> list[tuple[str, float]]:
+        """Tags sorted by probability: the ``k`` best, or all at or above ``threshold``."""
+        order = np.argsort(-self.probs)
+        pairs = [(self.tags[i], float(self.probs[i])) for i in order]
+        if threshold is not None:
+            pairs = [p for p in pairs if p[1] >= threshold]
+        return pairs[:k] if k else pairs
+
+
+class Tagger:
+    """A loaded model, ready to tag and embed many files (load it once).
+
+    Parameters
+    ----------
+    model : str, Path or TaggingModel, optional
+        A model file (``.safetensors``); the shipped default model when None.
+    device : str
+        ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda:0"`` ...
+    """
+
+    def __init__(self, model: str | Path | TaggingModel | None = None, *, device: str = "auto") -> None:
+        self.device = choose_device(device)
+        if isinstance(model, TaggingModel):
+            self.model = model.to(self.device)
+        else:
+            self.model = load_model(model or DEFAULT_MODEL, device=self.device)
+        self.frontend = ClipMel(self.model.frontend).to(self.device)
+        self.cfg = self.model.frontend
+        self._cols = torch.from_numpy(select_columns(self.model.layout, scales=self.model.scales, layers=self.model.layers)).to(self.device)
+
+    @property
+    def tags(self) -> list[str]:
+        return self.model.tags
+
+    # ------------------------------------------------------------ windows
+    def _windows(self, source: str | Path | np.ndarray, sr: int | None) -> Iterator[np.ndarray]:
+        n = self.cfg.clip_samples
+        if isinstance(source, np.ndarray):
+            y = np.asarray(source, dtype=np.float32)
+            if y.ndim == 2:
+                y = y.mean(axis=0) if y.shape[0] < y.shape[1] else y.mean(axis=1)
+            if sr is None:
+                raise ParameterError("sr is required when tagging an array")
+            if sr != self.cfg.sample_rate:
+                import soxr
+
+                y = soxr.resample(y, sr, self.cfg.sample_rate, quality="HQ").astype(np.float32)
+            for i in range(0, max(len(y), 1), n):
+                yield y[i : i + n]
+            return
+        block = n * 4  # decode four windows at a time
+        rest = np.zeros(0, np.float32)
+        for chunk in stream(source, sr=self.cfg.sample_rate, block_seconds=block / self.cfg.sample_rate):
+            rest = np.concatenate([rest, chunk])
+            while rest.size >= n:
+                yield rest[:n]
+                rest = rest[n:]
+        if rest.size:
+            yield rest
+
+    def _window_features(self, windows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-window aggregated features of all scales and the number of audio segments per scale."""
+        n = self.cfg.clip_samples
+        hop = self.cfg.hop_length
+        batch = torch.from_numpy(np.stack([np.pad(w, (0, n - w.size)) for w in windows])).to(self.device)
+        mels = self.frontend(batch)
+        frames = torch.tensor([min(self.cfg.n_frames, max(1, -(-w.size // hop))) for w in windows], device=self.device)
+        feats, counts = [], []
+        for scale in sorted(self.model.local):
+            model = self.model.local[scale]
+            full = self.cfg.n_frames // scale
+            segs = torch.clamp(frames // scale, min=1, max=full)
+            if bool((segs == full).all()):
+                f, _ = aggregate_clips(model, mels)
+            else:  # a short last window: aggregate only the segments that hold audio
+                f = torch.stack([aggregate_clips(model, m[None, : int(s) * scale])[0][0] for m, s in zip(mels, segs)])
+            feats.append(f)
+            counts.append(segs.float())
+        return torch.cat(feats, dim=1), torch.stack(counts, dim=1)
+
+    def _scan(self, source, sr: int | None, batch_windows: int = 8) -> tuple[np.ndarray, np.ndarray, float]:
+        """Features of every window, and the whole-file embedding (all layers and scales)."""
+        layout = self.model.layout
+        scale_of_col = np.concatenate([[sorted(self.model.local).index(b.scale)] * (b.stop - b.start) for b in layout])
+        weight_idx = torch.from_numpy(scale_of_col).to(self.device)
+        per_window, total, weight, samples = [], None, None, 0
+        pending: list[np.ndarray] = []
+
+        def flush() -> None:
+            nonlocal total, weight
+            f, c = self._window_features(pending)
+            w = c[:, weight_idx]  # segments behind each column
+            s = (f * w).sum(0)
+            total = s if total is None else total + s
+            weight = w.sum(0) if weight is None else weight + w.sum(0)
+            per_window.append(f.cpu().numpy())
+            pending.clear()
+
+        with torch.inference_mode():
+            for w in self._windows(source, sr):
+                samples += w.size
+                pending.append(w)
+                if len(pending) == batch_windows:
+                    flush()
+            if pending:
+                flush()
+        if total is None:
+            raise ParameterError(f"{source}: no audio")
+        return np.concatenate(per_window), (total / weight).cpu().numpy(), samples / self.cfg.sample_rate
+
+    def _classify(self, feats: np.ndarray) -> np.ndarray:
+        if self.model.global_model is None:
+            raise ParameterError("this model has no global classifier (stage 3); it can embed but not tag")
+        with torch.inference_mode():
+            x = torch.from_numpy(np.atleast_2d(feats)).to(self.device)[:, self._cols]
+            return self.model.global_model.predict_proba(x).cpu().numpy()
+
+    # ------------------------------------------------------------ public API
+    def predict(self, source: str | Path | np.ndarray, *, sr: int | None = None, taggram: bool = False) -> Result:
+        """Whole-file tag probabilities (and, if asked, the taggram) of a file or a mono array."""
+        windows, embedding, seconds = self._scan(source, sr)
+        probs = self._classify(embedding)[0]
+        result = Result(path=str(source) if not isinstance(source, np.ndarray) else "<array>", tags=self.tags, probs=probs, seconds=seconds)
+        if taggram:
+            result.taggram = self._classify(windows)
+            result.window_starts = np.arange(len(windows)) * self.cfg.clip_seconds
+        return result
+
+    def tag(self, source, *, sr: int | None = None, top_k: int | None = 5, threshold: float | None = None) -> list[tuple[str, float]]:
+        """The best tags of a file or array as ``(tag, probability)`` pairs."""
+        return self.predict(source, sr=sr).top(top_k, threshold)
+
+    def embed(self, source, *, sr: int | None = None, scales: Iterable[int] | None = None, layers: Iterable[int] | None = None) -> np.ndarray:
+        """The multi-level, multi-scale feature vector of a file (chosen scales and layers; all by default)."""
+        _, embedding, _ = self._scan(source, sr)
+        cols = select_columns(self.model.layout, scales=scales, layers=layers)
+        return embedding[cols]
+
+    def taggram(self, source, *, sr: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Tag probabilities per 29.1 s window: ``(windows, n_tags)`` and the window start times."""
+        r = self.predict(source, sr=sr, taggram=True)
+        return r.taggram, r.window_starts
+
+
+def load_tagger(model: str | Path | None = None, *, device: str = "auto") -> Tagger:
+    """Load a model file (the shipped default when None) for tagging and embedding."""
+    return Tagger(model, device=device)
+

@@ -1,0 +1,114 @@
+"""Output formatting of ``tagstack tag`` and ``tagstack embed`` (files in, table/JSON/CSV/arrays out).
+
+A file that cannot be read is reported on stderr with the reason and the
+others are still processed; the exit status is then 1.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .audio import find_audio
+from .errors import ParameterError, TagstackError
+from .fileio import atomic_save_npy, atomic_write, atomic_write_text
+from .inference import Tagger
+
+
+def _files(paths: list[str]) -> list[Path]:
+    files = find_audio(paths)
+    if not files:
+        raise ParameterError(f"no audio files found in {paths}")
+    return files
+
+
+def write_taggram(result, out_dir: Path) -> None:
+    """A file's taggram as .npy, .csv (window start, tag probabilities) and .png."""
+    from .report import _plt, save_figure
+
+    stem = Path(result.path).stem
+    atomic_save_npy(out_dir / f"{stem}.taggram.npy", result.taggram.astype(np.float32))
+    lines = ["start_s," + ",".join(result.tags)]
+    lines += [f"{t:.1f}," + ",".join(f"{v:.4f}" for v in row) for t, row in zip(result.window_starts, result.taggram)]
+    atomic_write_text(out_dir / f"{stem}.taggram.csv", "\n".join(lines) + "\n")
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(result.taggram) + 3), 0.18 * len(result.tags) + 1.5))
+    im = ax.imshow(result.taggram.T, aspect="auto", origin="lower", cmap="magma", vmin=0, vmax=1,
+                   extent=[0, result.seconds, -0.5, len(result.tags) - 0.5], interpolation="nearest")
+    ax.set_yticks(range(len(result.tags)), result.tags, fontsize=7)
+    ax.set(xlabel="time (s)", title=f"taggram: {Path(result.path).name}")
+    fig.colorbar(im, ax=ax, label="probability")
+    save_figure(fig, out_dir / f"{stem}.taggram.png")
+
+
+def tag_files(a: argparse.Namespace) -> int:
+    """``tagstack tag``: tag every file; report unreadable ones and return 1 if any."""
+    files = _files(a.paths)
+    tagger = Tagger(a.model, device=a.device)
+    out = open(a.output, "w", newline="") if a.output else sys.stdout
+    failed = 0
+    writer = csv.writer(out) if a.format == "csv" else None
+    if writer:
+        writer.writerow(["path", "tag", "probability"])
+    try:
+        for f in tqdm(files, desc="tag", unit="file", disable=len(files) < 2 or None):
+            try:
+                r = tagger.predict(f, taggram=a.taggram is not None)
+            except TagstackError as e:
+                print(f"tagstack: skipped {e}", file=sys.stderr)
+                failed += 1
+                continue
+            top = r.top(a.top_k or None, a.threshold)
+            if a.taggram is not None:
+                write_taggram(r, a.taggram)
+            if a.format == "jsonl":
+                out.write(json.dumps({"path": str(f), "seconds": round(r.seconds, 2), "tags": {t: round(p, 4) for t, p in top}}) + "\n")
+            elif writer:
+                for t, p in top:
+                    writer.writerow([str(f), t, f"{p:.4f}"])
+            else:
+                out.write(f"{f}  ({r.seconds:.1f} s)\n" + "".join(f"    {t:<16} {p:.3f}\n" for t, p in top))
+            out.flush()
+    finally:
+        if a.output:
+            out.close()
+    if failed:
+        print(f"tagstack: {failed} of {len(files)} files could not be tagged", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def embed_files(a: argparse.Namespace) -> int:
+    """``tagstack embed``: one feature vector per readable file, saved as .npy (+ .txt names) or .parquet."""
+    files = _files(a.paths)
+    tagger = Tagger(a.model, device=a.device)
+    names, vectors, failed = [], [], 0
+    for f in tqdm(files, desc="embed", unit="file", disable=len(files) < 2 or None):
+        try:
+            vectors.append(tagger.embed(f, scales=a.scales, layers=a.layers))
+            names.append(str(f))
+        except TagstackError as e:
+            print(f"tagstack: skipped {e}", file=sys.stderr)
+            failed += 1
+    if vectors:
+        x = np.stack(vectors).astype(np.float32)
+        out = Path(a.out)
+        if out.suffix == ".parquet":
+            try:
+                import pyarrow as pa
+                import pyarrow.parquet as pq
+            except ImportError:
+                raise ParameterError("writing .parquet needs pyarrow: pip install 'tagstack[parquet]'") from None
+            table = pa.table({"path": names, "embedding": list(x)})
+            atomic_write(out, lambda tmp: pq.write_table(table, tmp), suffix=".parquet")
+        else:
+            atomic_save_npy(out.with_suffix(".npy"), x)
+            atomic_write_text(out.with_suffix(".txt"), "\n".join(names) + "\n")
+        print(f"{len(names)} embeddings of {x.shape[1]} dimensions written to {out}")
+    if failed:
+        print(f"tagstack: {failed} of {len(files)} files could not be embedded", file=sys.stderr)
+    return 1 if failed else 0

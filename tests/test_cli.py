@@ -1,0 +1,74 @@
+"""The command line, called in-process."""
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from tagstack.cli import main
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory, synth_dir):
+    out = tmp_path_factory.mktemp("clirun")
+    from synth import TEST_FRONTEND
+    from tagstack.config import ExperimentConfig, TrainConfig
+    from tagstack.pipeline import run_all
+
+    cfg = ExperimentConfig(dataset="manifest", root=str(synth_dir), scales=(18, 27), frontend=TEST_FRONTEND,
+                           local=TrainConfig(max_epochs=2, batch_size=32, lr_stages=1),
+                           global_=TrainConfig(max_epochs=5, batch_size=8, lr_stages=1, monitor="roc_auc"),
+                           cache_dir=str(out / "cache"), workers=1)
+    run_all(cfg, out / "run")
+    return out / "run" / "model.safetensors"
+
+
+def test_help_reads_well(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    for cmd in ("demo", "run", "local", "aggregate", "global", "tag", "embed", "corpus"):
+        assert cmd in text
+
+
+def test_tag_formats_and_bad_files(model_file, synth_dir, tmp_path, capsys):
+    (tmp_path / "empty.wav").write_bytes(b"")
+    (tmp_path / "corrupt.mp3").write_bytes(b"\x00garbage" * 100)
+    rc = main(["tag", str(synth_dir / "clip000.wav"), str(tmp_path / "empty.wav"), str(tmp_path / "corrupt.mp3"),
+               "--model", str(model_file), "--format", "jsonl", "--top-k", "2", "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert rc == 1
+    assert "empty.wav: file is empty" in captured.err
+    assert "corrupt.mp3" in captured.err and "2 of 3 files" in captured.err
+    lines = [json.loads(l) for l in captured.out.strip().splitlines()]
+    assert len(lines) == 1 and len(lines[0]["tags"]) == 2
+    assert main(["tag", str(synth_dir / "clip00*.wav"), "--model", str(model_file), "--format", "csv", "--threshold", "0.0"]) == 0
+    rows = capsys.readouterr().out.strip().splitlines()
+    assert rows[0] == "path,tag,probability" and len(rows) == 1 + 10 * 4
+
+
+def test_tag_writes_taggram_plot_and_data(model_file, synth_dir, tmp_path):
+    assert main(["tag", str(synth_dir / "clip001.wav"), "--model", str(model_file), "--taggram", str(tmp_path)]) == 0
+    for suffix in (".taggram.npy", ".taggram.csv", ".taggram.png"):
+        assert (tmp_path / f"clip001{suffix}").exists()
+    assert np.load(tmp_path / "clip001.taggram.npy").shape == (1, 4)
+
+
+def test_embed_npy_and_parquet(model_file, synth_dir, tmp_path):
+    assert main(["embed", str(synth_dir), "--model", str(model_file), "--out", str(tmp_path / "e.npy"), "--scales", "27", "--layers", "3"]) == 0
+    x = np.load(tmp_path / "e.npy")
+    names = (tmp_path / "e.txt").read_text().split()
+    assert x.shape == (64, 256) and len(names) == 64 and names[0].endswith("clip000.wav")
+    pq = pytest.importorskip("pyarrow.parquet")
+    assert main(["embed", str(synth_dir / "clip000.wav"), "--model", str(model_file), "--out", str(tmp_path / "e.parquet")]) == 0
+    t = pq.read_table(tmp_path / "e.parquet")
+    assert t.num_rows == 1 and len(t.column("embedding")[0]) == 1024
+
+
+def test_errors_are_one_line_with_nonzero_status(tmp_path, capsys):
+    assert main(["tag", str(tmp_path / "missing.wav"), "--model", str(tmp_path / "nomodel.safetensors")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("tagstack: error:") and "nomodel.safetensors" in err and "Traceback" not in err
+    assert main(["run", "--dataset", "nope", "--out", str(tmp_path)]) == 1
+    assert "unknown dataset 'nope'" in capsys.readouterr().err

@@ -1,0 +1,109 @@
+import numpy as np
+import pytest
+import soundfile as sf
+
+from tagstack.config import FrontEndConfig
+from tagstack.datasets import ClipSet, load_dataset, read_folders, read_manifest, stratified_split, write_manifest
+from tagstack.errors import DatasetError
+from tagstack.frontend import clip_mels
+from tagstack.melcache import MelCache
+
+FE = FrontEndConfig(clip_seconds=2.0, n_frames=80)
+
+
+def test_manifest_round_trip(tmp_path):
+    clips = ClipSet(name="x", root=tmp_path, paths=["a.wav", "b c,d.wav"], labels=np.array([[1, 0], [1, 1]]),
+                    tags=["piano", "slow"], splits=np.array(["train", "test"], dtype=object), groups={"piano": "instrument"})
+    write_manifest(clips, tmp_path / "manifest.csv")
+    back = read_manifest(tmp_path / "manifest.csv")
+    assert back.paths == clips.paths and back.tags == clips.tags
+    np.testing.assert_array_equal(back.labels, clips.labels)
+    assert list(back.splits) == ["train", "test"] and back.groups == {"piano": "instrument"}
+
+
+def test_manifest_without_split_gets_a_seeded_split(tmp_path):
+    lines = ["path\ttags"] + [f"f{i}.wav\t{'rock' if i % 2 else 'jazz'};guitar" for i in range(40)]
+    (tmp_path / "m.tsv").write_text("\n".join(lines))
+    a, b = read_manifest(tmp_path / "m.tsv"), read_manifest(tmp_path / "m.tsv")
+    assert list(a.splits) == list(b.splits)
+    assert {s: int((a.splits == s).sum()) for s in ("train", "valid", "test")} == {"train": 28, "valid": 4, "test": 8}
+
+
+def test_bad_manifests_name_the_file(tmp_path):
+    (tmp_path / "m.csv").write_text("file,labels\nx,y\n")
+    with pytest.raises(DatasetError, match="m.csv.*'path' and 'tags'"):
+        read_manifest(tmp_path / "m.csv")
+    (tmp_path / "n.csv").write_text("path,tags,split\na.wav,x,training\n")
+    with pytest.raises(DatasetError, match="n.csv.*training"):
+        read_manifest(tmp_path / "n.csv")
+    with pytest.raises(DatasetError, match="root not found"):
+        load_dataset("manifest", tmp_path / "nowhere")
+
+
+def test_folder_per_label(tmp_path):
+    for genre in ("blues", "jazz"):
+        (tmp_path / genre).mkdir()
+        for i in range(10):
+            (tmp_path / genre / f"{genre}.{i:05d}.wav").write_bytes(b"x")
+    clips = read_folders(tmp_path)
+    assert clips.task == "multiclass" and clips.tags == ["blues", "jazz"]
+    assert clips.labels.sum(axis=1).tolist() == [1.0] * 20
+    for s in ("train", "valid", "test"):  # stratified: both classes in every split
+        assert clips.labels[clips.indices(s)].sum(axis=0).min() >= 1
+
+
+def test_stratified_split_keeps_groups_together():
+    keys = [f"piece{i // 3}" for i in range(90)]
+    strata = [f"style{(i // 3) % 3}" for i in range(90)]
+    assign = stratified_split(keys, strata, seed=0)
+    assert set(assign) == set(keys)
+
+
+def _write(path, seconds, sr=22050):
+    t = np.arange(int(seconds * sr)) / sr
+    sf.write(path, 0.3 * np.sin(2 * np.pi * 330 * t), sr)
+
+
+def test_mel_cache_builds_resumes_and_reports_bad_files(tmp_path):
+    _write(tmp_path / "ok.wav", 2.0)
+    _write(tmp_path / "short.wav", 1.0)  # padded
+    _write(tmp_path / "tiny.wav", 0.1)  # too short: skipped
+    (tmp_path / "broken.wav").write_bytes(b"RIFFjunk")
+    paths = ["ok.wav", "short.wav", "tiny.wav", "broken.wav", "missing.wav"]
+    clips = ClipSet(name="t", root=tmp_path, paths=paths, labels=np.ones((5, 1)), tags=["x"], splits=np.array(["train"] * 5, dtype=object))
+    cache = MelCache(clips, cache_dir=tmp_path / "cache", frontend=FE)
+    report = cache.build(workers=1, min_seconds=0.5)
+    assert report["computed"] == 2 and report["cached"] == 2
+    assert set(report["skipped"]) == {str(tmp_path / p) for p in ("tiny.wav", "broken.wav", "missing.wav")}
+    assert "too short" in report["skipped"][str(tmp_path / "tiny.wav")]
+    assert "file not found" in report["skipped"][str(tmp_path / "missing.wav")]
+    assert list(report["padded"]) == [str(tmp_path / "short.wav")]
+    assert cache.valid.tolist() == [True, True, False, False, False]
+    from tagstack.audio import load
+
+    ref = clip_mels([load(tmp_path / "ok.wav")], config=FE)[0]
+    np.testing.assert_allclose(cache.mels[0].astype(np.float32), ref, rtol=2e-3, atol=2e-3)  # float16 storage
+    again = MelCache(clips, cache_dir=tmp_path / "cache", frontend=FE).build(workers=1, min_seconds=0.5)
+    assert again["computed"] == 0 and again["cached"] == 2
+
+
+def test_mel_cache_is_keyed_by_frontend_parameters(tmp_path):
+    _write(tmp_path / "ok.wav", 2.0)
+    clips = ClipSet(name="t", root=tmp_path, paths=["ok.wav"], labels=np.ones((1, 1)), tags=["x"], splits=np.array(["train"], dtype=object))
+    a = MelCache(clips, cache_dir=tmp_path, frontend=FE)
+    b = MelCache(clips, cache_dir=tmp_path, frontend=FrontEndConfig(clip_seconds=2.0, n_frames=80, n_mels=96))
+    assert a.dir != b.dir
+    b.build(workers=1)
+    assert b.mels.shape == (1, 80, 96)
+
+
+def test_parallel_cache_build_matches_serial(tmp_path):
+    for i in range(4):
+        _write(tmp_path / f"{i}.wav", 2.0)
+    clips = ClipSet(name="p", root=tmp_path, paths=[f"{i}.wav" for i in range(4)], labels=np.ones((4, 1)), tags=["x"],
+                    splits=np.array(["train"] * 4, dtype=object))
+    a = MelCache(clips, cache_dir=tmp_path / "a", frontend=FE)
+    a.build(workers=2)
+    b = MelCache(clips, cache_dir=tmp_path / "b", frontend=FE)
+    b.build(workers=1)
+    np.testing.assert_array_equal(np.asarray(a.mels), np.asarray(b.mels))

@@ -1,0 +1,133 @@
+"""End to end: the three stages on generated clips whose tags are learnable."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from synth import TEST_FRONTEND
+from tagstack.artifact import load_model, read_metadata
+from tagstack.config import ExperimentConfig, TrainConfig, load_config
+from tagstack.errors import ModelFileError
+from tagstack.inference import Tagger
+
+SCALES = (18, 27, 54)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, synth_dir):
+    from tagstack.pipeline import run_all
+
+    out = tmp_path_factory.mktemp("run")
+    cfg = ExperimentConfig(
+        dataset="manifest", root=str(synth_dir), scales=SCALES, frontend=TEST_FRONTEND,
+        local=TrainConfig(max_epochs=5, batch_size=32, lr_stages=2, patience=2),
+        global_=TrainConfig(max_epochs=30, batch_size=8, monitor="roc_auc", patience=5),
+        cache_dir=str(out / "cache"), workers=1,
+    )
+    metrics = run_all(cfg, out / "run")
+    return cfg, out / "run", metrics
+
+
+def test_local_and_global_models_learn_far_above_chance(run):
+    _, _, metrics = run
+    for s in SCALES:
+        assert metrics["local"][str(s)]["roc_auc"] > 0.8
+    assert metrics["global"]["roc_auc"] > 0.8
+    assert metrics["global"]["n_tags_evaluated"] == 4
+
+
+def test_run_directory_mirrors_the_stages(run):
+    cfg, out, _ = run
+    for s in SCALES:
+        assert (out / "1-local" / str(s) / "best.pt").exists()
+        assert json.loads((out / "1-local" / str(s) / "history.json").read_text())
+    features = np.load(out / "2-aggregate" / "features.npy")
+    assert features.shape == (64, 512 + 512 + 768)
+    for name in ("config.toml", "metrics.json", "report.md", "model.safetensors", "plots/curves.png", "plots/per_tag_roc_auc.png"):
+        assert (out / name).exists(), name
+    assert load_config(out / "config.toml") == cfg
+    assert "| global" in (out / "report.md").read_text()
+
+
+def test_a_finished_run_is_not_trained_again(run):
+    from tagstack.pipeline import run_all
+
+    cfg, out, metrics = run
+    before = {p: p.stat().st_mtime_ns for p in out.glob("1-local/*/best.pt")}
+    again = run_all(cfg, out)
+    assert {p: p.stat().st_mtime_ns for p in out.glob("1-local/*/best.pt")} == before
+    assert again["local"] == metrics["local"]
+
+
+def test_interrupted_training_resumes_from_the_last_epoch(tmp_path, synth_dir):
+    from tagstack.pipeline import prepare, run_local
+
+    def cfg(epochs):
+        return ExperimentConfig(dataset="manifest", root=str(synth_dir), scales=(27,), frontend=TEST_FRONTEND,
+                                local=TrainConfig(max_epochs=epochs, batch_size=32, lr_stages=1, patience=10),
+                                cache_dir=str(tmp_path / "cache"), workers=1)
+
+    data = prepare(cfg(2))
+    run_local(cfg(2), tmp_path, data)  # "killed" after two epochs
+    hist = tmp_path / "1-local" / "27" / "history.json"
+    assert [r["epoch"] for r in json.loads(hist.read_text())] == [1, 2]
+    ckpt = torch.load(tmp_path / "1-local" / "27" / "last.pt", weights_only=True)
+    state = json.loads(ckpt["state"])
+    state["done"] = False  # as if the process had died instead of finishing
+    ckpt["state"] = json.dumps(state)
+    torch.save(ckpt, tmp_path / "1-local" / "27" / "last.pt")
+    run_local(cfg(4), tmp_path, data)
+    assert [r["epoch"] for r in json.loads(hist.read_text())] == [1, 2, 3, 4]
+
+
+def test_model_file_round_trip_and_metadata(run, tmp_path):
+    _, out, metrics = run
+    meta = read_metadata(out / "model.safetensors")
+    assert meta["tags"] == ["high", "low", "noise", "pulse"]
+    assert meta["frontend"]["n_frames"] == 216
+    assert set(meta["local"]) == {"18", "27", "54"} and meta["global"]["n_features"] == 1792
+    assert meta["info"]["test"]["roc_auc"] == pytest.approx(metrics["global"]["roc_auc"])
+    m = load_model(out / "model.safetensors")
+    m.save(tmp_path / "copy.safetensors")
+    m2 = load_model(tmp_path / "copy.safetensors")
+    x = torch.randn(5, 27, 128)
+    torch.testing.assert_close(m.local[27](x), m2.local[27](x))
+    (tmp_path / "junk.safetensors").write_bytes(b"not a model")
+    with pytest.raises(ModelFileError, match="junk.safetensors"):
+        load_model(tmp_path / "junk.safetensors")
+
+
+def test_tagger_gives_the_right_tags_on_new_audio(run):
+    from synth import SR, render
+
+    _, out, _ = run
+    tagger = Tagger(out / "model.safetensors", device="cpu")
+    from tagstack.evaluation import tagging_metrics
+
+    rng = np.random.default_rng(99)
+    sets = [{"low"}, {"high", "noise"}, {"pulse", "low"}, {"high"}, {"noise"}, {"pulse", "high"}, {"low", "noise"}, {"pulse"}]
+    y = np.array([[t in tags for t in tagger.tags] for tags in sets], dtype=float)
+    p = np.stack([tagger.predict(render(tags, 5.0, rng), sr=SR).probs for tags in sets])
+    assert tagging_metrics(y, p)["roc_auc"] > 0.8
+
+
+def test_long_audio_is_streamed_in_windows(run, tmp_path):
+    import soundfile as sf
+    from synth import SR, render
+
+    _, out, _ = run
+    tagger = Tagger(out / "model.safetensors", device="cpu")
+    rng = np.random.default_rng(3)
+    y = np.concatenate([render({"low"}, 5.0, rng), render({"high"}, 5.0, rng), render({"high"}, 2.5, rng)])
+    sf.write(tmp_path / "long.wav", y, SR, subtype="FLOAT")
+    r = tagger.predict(tmp_path / "long.wav", taggram=True)
+    assert r.taggram.shape == (3, 4)  # 12.5 s in 5 s windows
+    assert r.seconds == pytest.approx(12.5, abs=0.01)
+    high, low = r.tags.index("high"), r.tags.index("low")
+    assert r.taggram[0, low] > r.taggram[0, high] and r.taggram[1, high] > r.taggram[1, low]
+    # the whole-file embedding is the segment-weighted mean of the window embeddings
+    e = tagger.embed(tmp_path / "long.wav")
+    assert e.shape == (1792,)
+    e_arr = tagger.embed(y, sr=SR)
+    np.testing.assert_allclose(e, e_arr, rtol=1e-4, atol=1e-5)
