@@ -30,7 +30,9 @@ def _add_experiment(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="corpus", help="dataset adapter (see `tagstack datasets`; default: corpus)")
     g.add_argument("--root", default="", help="dataset folder (default for corpus: $TAGSTACK_HOME/corpus/default)")
-    g.add_argument("--split", default="", help="split scheme of the dataset, where it has several")
+    g.add_argument("--split", default="", help="split scheme: mtat lee|full, gtzan fault-filtered|kfold-K-N (default: the paper's)")
+    g.add_argument("--split-dir", default="", help="folder of the published split/label files, when not under --root")
+    g.add_argument("--merge-synonyms", action="store_true", help="MagnaTagATune full split: merge synonymous tags (female/woman ...)")
     g.add_argument("--cache-dir", default="", help="mel cache folder (default: $TAGSTACK_HOME/mels)")
     g.add_argument("--workers", type=int, default=0, help="decoding processes (default: one per CPU core)")
     m = p.add_argument_group("model")
@@ -53,9 +55,9 @@ def config_from_args(a: argparse.Namespace) -> ExperimentConfig:
         return load_config(a.config)
     sched = dict(lr_stages=a.lr_stages, patience=a.patience, seed=a.seed)
     return ExperimentConfig(
-        dataset=a.dataset, root=a.root, split=a.split, scales=a.scales, layers=a.layers, global_hidden=a.hidden,
+        dataset=a.dataset, root=a.root, split=a.split, split_dir=a.split_dir, merge_synonyms=a.merge_synonyms, scales=a.scales, layers=a.layers, global_hidden=a.hidden,
         local=TrainConfig(batch_size=64, max_epochs=a.local_epochs, **sched),
-        global_=TrainConfig(batch_size=32, max_epochs=a.global_epochs, monitor="roc_auc", **sched),
+        global_=TrainConfig(batch_size=16, max_epochs=a.global_epochs, monitor="roc_auc", **sched),
         cache_dir=a.cache_dir, workers=a.workers, device=a.device,
     )
 

@@ -106,12 +106,14 @@ class ExperimentConfig:
     dataset: str = "corpus"
     root: str = ""
     split: str = ""
+    split_dir: str = ""  # where the published split/label files are, when not under root
+    merge_synonyms: bool = False  # MagnaTagATune 'full' split: merge synonymous tags
     scales: tuple[int, ...] = PAPER_SCALES
     layers: tuple[int, ...] | None = None  # None: every conv layer
     global_hidden: int = 512
     frontend: FrontEndConfig = field(default_factory=FrontEndConfig)
     local: TrainConfig = field(default_factory=lambda: TrainConfig(batch_size=64))
-    global_: TrainConfig = field(default_factory=lambda: TrainConfig(batch_size=32, monitor="roc_auc"))
+    global_: TrainConfig = field(default_factory=lambda: TrainConfig(batch_size=16, monitor="roc_auc"))
     cache_dir: str = ""
     workers: int = 0  # 0: one per CPU core
     device: str = "auto"

@@ -25,7 +25,7 @@ def demo_config(corpus_dir: Path, *, device: str = "auto", workers: int = 0) -> 
     return ExperimentConfig(
         dataset="corpus", root=str(corpus_dir), device=device, workers=workers,
         local=TrainConfig(batch_size=64, max_epochs=DEMO_LOCAL_EPOCHS, lr_stages=2, patience=2),
-        global_=TrainConfig(batch_size=32, max_epochs=DEMO_GLOBAL_EPOCHS, lr_stages=3, patience=4, monitor="roc_auc"),
+        global_=TrainConfig(batch_size=16, max_epochs=DEMO_GLOBAL_EPOCHS, lr_stages=3, patience=6, monitor="roc_auc"),
     )
 
 

@@ -66,7 +66,8 @@ class Prepared:
 
 def prepare(config: ExperimentConfig, clips: ClipSet | None = None) -> Prepared:
     """Load the dataset and build (or resume) its mel cache; skipped files are reported, not fatal."""
-    clips = clips if clips is not None else load_dataset(config.dataset, config.root, split=config.split)
+    if clips is None:
+        clips = load_dataset(config.dataset, config.root, split=config.split, split_dir=config.split_dir, merge=config.merge_synonyms)
     cache = MelCache(clips, cache_dir=config.cache_dir or tagstack_home() / "mels", frontend=config.frontend)
     report = cache.build(workers=config.workers, device=choose_device(config.device))
     valid = cache.valid
