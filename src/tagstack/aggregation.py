@@ -69,11 +69,24 @@ def segment(mels: torch.Tensor, size: int) -> torch.Tensor:
     return mels[:, : n * size].reshape(mels.shape[0], n, size, mels.shape[2])
 
 
+def aggregate(
+    model: LocalCNN, mels: torch.Tensor, *, layers: Iterable[int] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Aggregate one model over a batch of clips (differentiable; see :func:`aggregate_clips`)."""
+    segs = segment(mels, model.arch.n_frames)
+    b, s = segs.shape[:2]
+    acts, logits = model.forward_intermediates(segs.reshape(b * s, *segs.shape[2:]))
+    chosen = range(1, len(acts) + 1) if layers is None else list(layers)
+    feats = [acts[i - 1].amax(dim=2).reshape(b, s, -1).mean(dim=1) for i in chosen]
+    probs = torch.sigmoid(logits).reshape(b, s, -1).mean(dim=1)
+    return torch.cat(feats, dim=1), probs
+
+
 @torch.inference_mode()
 def aggregate_clips(
     model: LocalCNN, mels: torch.Tensor, *, layers: Iterable[int] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Aggregate one model over a batch of clips.
+    """Aggregate one model over a batch of clips, without gradients.
 
     Parameters
     ----------
@@ -85,13 +98,7 @@ def aggregate_clips(
     probs : torch.Tensor [shape=(clips, n_tags)]
         The local model's clip prediction: the mean of its segment predictions.
     """
-    segs = segment(mels, model.arch.n_frames)
-    b, s = segs.shape[:2]
-    acts, logits = model.forward_intermediates(segs.reshape(b * s, *segs.shape[2:]))
-    chosen = range(1, len(acts) + 1) if layers is None else list(layers)
-    feats = [acts[i - 1].amax(dim=2).reshape(b, s, -1).mean(dim=1) for i in chosen]
-    probs = torch.sigmoid(logits).reshape(b, s, -1).mean(dim=1)
-    return torch.cat(feats, dim=1), probs
+    return aggregate(model, mels, layers=layers)
 
 
 def extract_features(

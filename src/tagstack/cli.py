@@ -123,6 +123,19 @@ def cmd_global(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduce(a: argparse.Namespace) -> int:
+    from .reproduce import reproduce
+
+    if a.quick:
+        a.local_epochs, a.global_epochs, a.lr_stages = min(a.local_epochs, 2), min(a.global_epochs, 20), 2
+    cfg = config_from_args(a)
+    joint = None if a.no_joint else TrainConfig(lr=0.001, batch_size=8, max_epochs=1 if a.quick else a.joint_epochs,
+                                                lr_stages=2, patience=2, monitor="roc_auc", seed=a.seed)
+    reproduce(cfg, a.out, seeds=a.seeds, local_from=a.local_from, joint=joint, n_boot=50 if a.quick else 200)
+    print(f"tables, figures and report.md in {a.out}")
+    return 0
+
+
 def cmd_corpus(a: argparse.Namespace) -> int:
     from .corpus import build_corpus
     from .pipeline import tagstack_home
@@ -194,6 +207,19 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--out", required=True, help="run directory")
         _add_experiment(s)
         s.set_defaults(func=func)
+
+    r = sub.add_parser("reproduce", help="the paper's Figs. 2-5, Tables I-II and joint fine-tuning as tables, figures and a report",
+                       description="Train the local CNNs once, extract features once, then train one global model per "
+                       "ablation (Figs. 2-5), compare with the published numbers (Table II), optionally on CNNs from "
+                       "another run (--local-from: Table I, transfer learning), and fine-tune the whole model end to end.")
+    r.add_argument("--out", required=True, help="run directory")
+    r.add_argument("--quick", action="store_true", help="a few minutes: 2 local epochs, 20 global epochs, 1 joint epoch")
+    r.add_argument("--seeds", type=_ints, default=(0,), help="seeds of the global models, e.g. 0,1,2 (default: 0)")
+    r.add_argument("--local-from", type=Path, help="model file whose local CNNs to use (transfer learning) instead of training them here")
+    r.add_argument("--joint-epochs", type=int, default=3, help="epochs of joint fine-tuning (default: 3)")
+    r.add_argument("--no-joint", action="store_true", help="skip joint fine-tuning")
+    _add_experiment(r)
+    r.set_defaults(func=cmd_reproduce, local_epochs=20)
 
     c = sub.add_parser("corpus", help="build the score-rendered corpus (tiny, default, large, or N clips per style)")
     c.add_argument("action", choices=["build"])

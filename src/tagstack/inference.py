@@ -24,6 +24,7 @@ Example
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -34,7 +35,7 @@ import torch
 from .aggregation import aggregate_clips, select_columns
 from .artifact import TaggingModel, load_model
 from .audio import stream
-from .errors import ParameterError
+from .errors import ParameterError, TagstackError
 from .frontend import ClipMel
 from .training import choose_device
 
@@ -133,26 +134,29 @@ class Tagger:
             counts.append(segs.float())
         return torch.cat(feats, dim=1), torch.stack(counts, dim=1)
 
-    def _scan(self, source, sr: int | None, batch_windows: int = 8) -> tuple[np.ndarray, np.ndarray, float]:
-        """Features of every window, and the whole-file embedding (all layers and scales)."""
-        layout = self.model.layout
-        scale_of_col = np.concatenate([[sorted(self.model.local).index(b.scale)] * (b.stop - b.start) for b in layout])
-        weight_idx = torch.from_numpy(scale_of_col).to(self.device)
+    def _column_weights(self) -> torch.Tensor:
+        """For every feature column, the index of its scale (to weight windows by their segments)."""
+        scales = sorted(self.model.local)
+        cols = np.concatenate([[scales.index(b.scale)] * (b.stop - b.start) for b in self.model.layout])
+        return torch.from_numpy(cols).to(self.device)
+
+    def _features(self, windows: Iterable[np.ndarray], batch_windows: int = 8) -> tuple[np.ndarray, np.ndarray, float]:
+        """Per-window features, the whole-source embedding (segment-weighted mean) and the duration."""
+        col_scale = self._column_weights()
         per_window, total, weight, samples = [], None, None, 0
         pending: list[np.ndarray] = []
 
         def flush() -> None:
             nonlocal total, weight
             f, c = self._window_features(pending)
-            w = c[:, weight_idx]  # segments behind each column
-            s = (f * w).sum(0)
-            total = s if total is None else total + s
+            w = c[:, col_scale]  # segments behind each column
+            total = (f * w).sum(0) if total is None else total + (f * w).sum(0)
             weight = w.sum(0) if weight is None else weight + w.sum(0)
             per_window.append(f.cpu().numpy())
             pending.clear()
 
         with torch.inference_mode():
-            for w in self._windows(source, sr):
+            for w in windows:
                 samples += w.size
                 pending.append(w)
                 if len(pending) == batch_windows:
@@ -160,8 +164,11 @@ class Tagger:
             if pending:
                 flush()
         if total is None:
-            raise ParameterError(f"{source}: no audio")
+            raise ParameterError("no audio")
         return np.concatenate(per_window), (total / weight).cpu().numpy(), samples / self.cfg.sample_rate
+
+    def _scan(self, source, sr: int | None) -> tuple[np.ndarray, np.ndarray, float]:
+        return self._features(self._windows(source, sr))
 
     def _classify(self, feats: np.ndarray) -> np.ndarray:
         if self.model.global_model is None:
@@ -180,6 +187,53 @@ class Tagger:
             result.taggram = self._classify(windows)
             result.window_starts = np.arange(len(windows)) * self.cfg.clip_seconds
         return result
+
+    def predict_many(
+        self, paths: Iterable[str | Path], *, taggram: bool = False, workers: int = 2, long_seconds: float = 600.0
+    ) -> Iterator[Result | TagstackError]:
+        """Tag many files, decoding the next ones in threads while the networks run on the current one.
+
+        Yields, in input order, a :class:`Result` or the :class:`TagstackError`
+        that made a file unusable (the others go on). Files longer than
+        ``long_seconds`` are streamed in windows instead of decoded whole.
+        """
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        from .audio import duration_seconds, load
+
+        def decode(path):
+            try:
+                if duration_seconds(path) > long_seconds:
+                    return path, None
+                return path, load(path, sr=self.cfg.sample_rate)
+            except TagstackError as e:
+                return path, e
+
+        n = self.cfg.clip_samples
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            queue: deque = deque()
+            it = iter(paths)
+            for p in itertools.islice(it, 2 * workers):
+                queue.append(pool.submit(decode, p))
+            while queue:
+                path, y = queue.popleft().result()
+                nxt = next(it, None)
+                if nxt is not None:
+                    queue.append(pool.submit(decode, nxt))
+                if isinstance(y, TagstackError):
+                    yield y
+                    continue
+                try:
+                    windows = self._windows(path, None) if y is None else (y[i : i + n] for i in range(0, max(y.size, 1), n))
+                    per_window, embedding, seconds = self._features(windows)
+                    r = Result(path=str(path), tags=self.tags, probs=self._classify(embedding)[0], seconds=seconds)
+                    if taggram:
+                        r.taggram = self._classify(per_window)
+                        r.window_starts = np.arange(len(per_window)) * self.cfg.clip_seconds
+                    yield r
+                except TagstackError as e:
+                    yield e
 
     def tag(self, source, *, sr: int | None = None, top_k: int | None = 5, threshold: float | None = None) -> list[tuple[str, float]]:
         """The best tags of a file or array as ``(tag, probability)`` pairs."""

@@ -56,11 +56,10 @@ def tag_files(a: argparse.Namespace) -> int:
     if writer:
         writer.writerow(["path", "tag", "probability"])
     try:
-        for f in tqdm(files, desc="tag", unit="file", disable=len(files) < 2 or None):
-            try:
-                r = tagger.predict(f, taggram=a.taggram is not None)
-            except TagstackError as e:
-                print(f"tagstack: skipped {e}", file=sys.stderr)
+        results = tagger.predict_many(files, taggram=a.taggram is not None)
+        for f, r in zip(files, tqdm(results, total=len(files), desc="tag", unit="file", disable=len(files) < 2 or None)):
+            if isinstance(r, TagstackError):
+                print(f"tagstack: skipped {r}", file=sys.stderr)
                 failed += 1
                 continue
             top = r.top(a.top_k or None, a.threshold)

@@ -1,0 +1,128 @@
+"""Speed and memory of tagging, on this machine (prints numbers; no pass/fail).
+
+    python bench/bench_tagging.py [--clips 60] [--model PATH] [--device cpu]
+
+1. End to end: tag 30 s MP3 files (44.1 kHz stereo) with the model loaded once:
+   decode, resample, front end, all five CNNs, classifier. Clips per second
+   and times real time.
+2. Front end alone: tagstack's batched torch log-mel against librosa's
+   melspectrogram (+ the same compression) on 29.1 s clips.
+3. Peak memory (max RSS of a fresh process) while tagging a one-hour file.
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+SR_FILE = 44100
+
+
+def music(seconds: float, seed: int) -> np.ndarray:
+    """Stereo harmonic notes with decays, a stand-in for music."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * SR_FILE)
+    t = np.arange(n) / SR_FILE
+    y = 0.01 * rng.standard_normal(n)
+    for start in np.arange(0, seconds, 0.5):
+        f0 = 110 * 2 ** (rng.integers(0, 30) / 12)
+        i0 = int(start * SR_FILE)
+        seg = t[i0 : i0 + SR_FILE] - start
+        env = np.exp(-seg * 3)
+        y[i0 : i0 + seg.size] += sum(np.sin(2 * np.pi * f0 * h * seg) / h for h in range(1, 5)) * env * 0.1
+    return np.stack([y, y * 0.9], axis=1).astype(np.float32)
+
+
+def bench_end_to_end(files: list[Path], model, device: str) -> None:
+    from tagstack.inference import Tagger
+
+    tagger = Tagger(model, device=device)
+    tagger.predict(files[0])  # warm up
+    t = time.perf_counter()
+    for f in files:
+        tagger.predict(f)
+    dt = time.perf_counter() - t
+    rate = len(files) / dt
+    print(f"end to end, one file at a time: {rate:.1f} clips/s, {rate * 30:.0f}x real time ({len(files)} x 30 s MP3, 44.1 kHz stereo)")
+    t = time.perf_counter()
+    results = tagger.predict_many(files)
+    dt = time.perf_counter() - t
+    assert len(results) == len(files)
+    rate = len(files) / dt
+    print(f"end to end, predict_many (decoding overlapped with the networks): {rate:.1f} clips/s, {rate * 30:.0f}x real time")
+
+
+def bench_frontend(n: int = 16) -> None:
+    import librosa
+    import torch
+
+    from tagstack.frontend import ClipMel
+
+    ys = np.stack([music(29.1, s)[:, 0] for s in range(n)])
+    ys = np.stack([librosa.resample(y, orig_sr=SR_FILE, target_sr=22050)[:641655] for y in ys])
+    librosa.feature.melspectrogram(y=ys[0], sr=22050, n_fft=1024, hop_length=512, power=1.0)  # warm up
+    t = time.perf_counter()
+    for y in ys:
+        np.log1p(10 * librosa.feature.melspectrogram(y=y, sr=22050, n_fft=1024, hop_length=512, n_mels=128, power=1.0))
+    t_lib = time.perf_counter() - t
+    module = ClipMel()
+    x = torch.from_numpy(ys)
+    with torch.inference_mode():
+        module(x)
+        t = time.perf_counter()
+        module(x)
+        t_ours = time.perf_counter() - t
+    print(f"front end, {n} clips of 29.1 s: librosa {t_lib / n * 1000:.1f} ms/clip, tagstack {t_ours / n * 1000:.2f} ms/clip "
+          f"(batched torch, {torch.get_num_threads()} threads): {t_lib / t_ours:.0f}x faster")
+
+
+def bench_memory(path: Path, model, device: str) -> None:
+    code = (
+        "import sys; from tagstack.inference import Tagger; "
+        f"r = Tagger({str(model)!r} if {model is not None} else None, device={device!r}).predict(sys.argv[1], taggram=True); "
+        "print(f'{r.seconds / 60:.1f} min, {r.taggram.shape[0]} windows')"
+    )
+    t = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
+    dt = time.perf_counter() - t
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(f"one-hour file ({out.stdout.strip()}): peak memory {peak_mb:.0f} MB, {dt:.0f} s (process start and model load included)")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--clips", type=int, default=60)
+    p.add_argument("--model", type=Path, default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--skip-hour", action="store_true")
+    a = p.parse_args()
+    import torch
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {a.device}")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        files = []
+        for i in range(a.clips):
+            f = tmp / f"clip{i:03d}.mp3"
+            sf.write(f, music(30.0, i % 8), SR_FILE, format="MP3")
+            files.append(f)
+        bench_end_to_end(files, a.model, a.device)
+        bench_frontend()
+        if not a.skip_hour:
+            hour = tmp / "hour.mp3"
+            with sf.SoundFile(hour, "w", SR_FILE, 2, format="MP3") as f:
+                block = music(60.0, 0)
+                for _ in range(60):
+                    f.write(block)
+            bench_memory(hour, a.model, a.device)
+
+
+if __name__ == "__main__":
+    main()
