@@ -43,6 +43,7 @@ import math
 import multiprocessing as mp
 import os
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -332,6 +333,46 @@ def render_clip(score: Score, rng: np.random.Generator, style: Style, soundfont:
     return y.astype(np.float32), sorted(tags)
 
 
+_BIT_REVERSED = bytes(int(f"{i:08b}"[::-1], 2) for i in range(256))
+
+
+def ogg_crc(data: bytes) -> int:
+    """Ogg's page checksum: CRC-32, polynomial 0x04C11DB7, not reflected, initial value 0.
+
+    zlib computes the reflected variant; on bit-reversed bytes, with zlib's
+    initial and final inversions undone and the result bit-reversed, it gives
+    Ogg's.
+    """
+    r = ~zlib.crc32(data.translate(_BIT_REVERSED), 0xFFFFFFFF) & 0xFFFFFFFF
+    return int(f"{r:032b}"[::-1], 2)
+
+
+def set_ogg_serial(data: bytes, serial: int) -> bytes:
+    """Give every page of an Ogg stream the same fixed serial number (and fix the page checksums).
+
+    libsndfile draws the serial at random, which would make otherwise
+    identical corpus builds differ in four bytes per page.
+    """
+    out = bytearray(data)
+    pos = 0
+    while pos < len(out):
+        if out[pos : pos + 4] != b"OggS":
+            raise DatasetError(f"not an Ogg page at byte {pos}")
+        n_segments = out[pos + 26]
+        size = 27 + n_segments + sum(out[pos + 27 : pos + 27 + n_segments])
+        out[pos + 14 : pos + 18] = serial.to_bytes(4, "little")
+        out[pos + 22 : pos + 26] = b"\0\0\0\0"
+        out[pos + 22 : pos + 26] = ogg_crc(bytes(out[pos : pos + size])).to_bytes(4, "little")
+        pos += size
+    return bytes(out)
+
+
+def _encode_ogg(y: np.ndarray, serial: int) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, y, SR, format="OGG", subtype="VORBIS")
+    return set_ogg_serial(buf.getvalue(), serial)
+
+
 def _soundfont() -> bytes:
     import pretty_midi
 
@@ -365,10 +406,8 @@ def _render_piece(job: tuple[Piece, int, int, str]) -> tuple[str, list[dict] | N
             y, tags = render_clip(score, rng, style, _SOUNDFONT)
             name = f"audio/{piece.style}/{hashlib.sha1(piece.id.encode()).hexdigest()[:12]}-{k}.ogg"
 
-            def write(tmp: str, y: np.ndarray = y) -> None:
-                sf.write(tmp, y, SR, format="OGG", subtype="VORBIS")
-
-            atomic_write(out_dir / name, write, suffix=".ogg")
+            data = _encode_ogg(y, int(hashlib.sha1(name.encode()).hexdigest()[:8], 16))
+            atomic_write(out_dir / name, lambda tmp, data=data: Path(tmp).write_bytes(data), suffix=".ogg")
             clips.append({"path": name, "tags": tags, "piece": piece.id, "style": piece.style})
     except Exception as e:  # one bad score must not stop the build
         return piece.id, None, f"{piece.id}: {type(e).__name__}: {e}"
