@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
+import itertools
+
 import numpy as np
 import soundfile as sf
 import soxr
@@ -20,7 +22,16 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".m4a", ".aac", ".m
 
 
 def _to_mono(x: np.ndarray) -> np.ndarray:
-    return x if x.ndim == 1 else x.mean(axis=1)
+    """Average the channels of ``(frames, channels)``; column sums, since ``mean(axis=1)`` is slow on few columns."""
+    if x.ndim == 1:
+        return x
+    if x.shape[1] == 1:
+        return x[:, 0]
+    y = x[:, 0].copy()
+    for c in range(1, x.shape[1]):
+        y += x[:, c]
+    y *= 1.0 / x.shape[1]
+    return y
 
 
 def _read_soundfile(path: str, offset: float, duration: float | None) -> tuple[np.ndarray, int]:
@@ -144,26 +155,75 @@ def duration_seconds(path: str | Path) -> float:
             raise AudioError(f"{path}: cannot read duration ({e})") from e
 
 
-def stream(
-    path: str | Path, *, sr: int = 22050, block_seconds: float = 60.0, overlap_seconds: float = 0.0
-) -> Iterator[np.ndarray]:
-    """Yield consecutive blocks of a long file so memory stays bounded.
+def stream(path: str | Path, *, sr: int = 22050, block_seconds: float = 60.0) -> Iterator[np.ndarray]:
+    """Yield a long file as consecutive mono blocks at ``sr``, opening and decoding it once.
 
-    Each block holds ``block_seconds`` of new audio preceded by the last
-    ``overlap_seconds`` of the previous block.
+    Memory stays bounded by the block length; resampling runs as one
+    continuous stream (soxr), so block boundaries leave no artefacts.
+    Blocks hold about ``block_seconds`` each (the last one less).
     """
-    total = duration_seconds(path)
-    start = 0.0
-    tail = np.zeros(0, np.float32)
-    keep = int(round(overlap_seconds * sr))
-    while start < total:
-        y = load(path, sr=sr, offset=start, duration=block_seconds)
-        block = np.concatenate([tail, y]) if tail.size else y
-        yield block
-        tail = block[-keep:] if keep else tail
-        start += block_seconds
-        if y.size < int(block_seconds * sr) - sr // 10:
-            break
+    path = _check_file(path)
+    try:
+        f = sf.SoundFile(path)
+    except Exception:
+        yield from _stream_av(path, sr, block_seconds)
+        return
+    with f:
+        native = f.samplerate
+        rs = soxr.ResampleStream(native, sr, 1, dtype="float32", quality="HQ") if native != sr else None
+        block = max(1, int(block_seconds * native))
+        got = False
+        while True:
+            try:
+                x = f.read(block, dtype="float32", always_2d=True)
+            except Exception as e:
+                raise AudioError(f"{path}: cannot decode ({e})") from e
+            last = len(x) < block
+            y = _to_mono(x)
+            if rs is not None and last and not got:  # the whole file in one block: one-shot is faster
+                y = soxr.resample(y, native, sr, quality="HQ")
+            elif rs is not None:
+                y = rs.resample_chunk(y, last=last)
+            if y.size:
+                got = True
+                yield np.ascontiguousarray(y, dtype=np.float32)
+            if last:
+                break
+    if not got:
+        raise AudioError(f"{path}: no audio samples decoded")
+
+
+def _stream_av(path: str, sr: int, block_seconds: float) -> Iterator[np.ndarray]:
+    import av
+
+    try:
+        container = av.open(path)
+    except Exception as e:
+        raise AudioError(f"{path}: cannot decode ({e})") from e
+    with container:
+        if not container.streams.audio:
+            raise AudioError(f"{path}: no audio stream")
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=sr)
+        block = int(block_seconds * sr)
+        chunks: list[np.ndarray] = []
+        n = 0
+        got = False
+        try:
+            frames = container.decode(container.streams.audio[0])
+            for frame in itertools.chain(frames, [None]):
+                for out in resampler.resample(frame):
+                    chunks.append(out.to_ndarray().reshape(-1))
+                    n += chunks[-1].size
+                if n >= block or (frame is None and n):
+                    got = True
+                    yield np.concatenate(chunks).astype(np.float32, copy=False)
+                    chunks, n = [], 0
+        except AudioError:
+            raise
+        except Exception as e:
+            raise AudioError(f"{path}: cannot decode ({e})") from e
+    if not got:
+        raise AudioError(f"{path}: no audio samples decoded")
 
 
 def find_audio(paths: list[str | Path]) -> list[Path]:

@@ -15,6 +15,8 @@ before the transform, longer audio is cut (see :func:`fit_clip`).
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from torch import nn
@@ -90,22 +92,43 @@ class LogMel(nn.Module):
         self.register_buffer("window", torch.hann_window(c.n_fft, periodic=True), persistent=False)
         fb = mel_filterbank(sample_rate=c.sample_rate, n_fft=c.n_fft, n_mels=c.n_mels, f_min=c.f_min, f_max=c.f_max)
         self.register_buffer("filterbank", torch.from_numpy(fb), persistent=False)
+        # Each mel filter spans a few FFT bins only (about 1,000 non-zeros of 65,664): on the CPU
+        # a sparse product is three times faster than the dense one; GPUs prefer dense.
+        self._sparse_fb: torch.Tensor | None = None
+
+    def _mel(self, mag: torch.Tensor) -> torch.Tensor:
+        if mag.device.type != "cpu":
+            return torch.matmul(self.filterbank, mag)
+        if self._sparse_fb is None:
+            with warnings.catch_warnings():  # torch flags its sparse CSR support as beta
+                warnings.simplefilter("ignore", UserWarning)
+                self._sparse_fb = self.filterbank.to_sparse_csr()
+        return torch.stack([torch.sparse.mm(self._sparse_fb, m) for m in mag])
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         c = self.config
         shape = y.shape[:-1]
+        flat = y.reshape(-1, y.shape[-1]).to(self.window.dtype)
+        if flat.device.type == "cpu" and len(flat) > 1:  # on the CPU one clip at a time stays in cache
+            out = torch.cat([self._transform(row[None]) for row in flat])
+        else:
+            out = self._transform(flat)
+        return out.reshape(*shape, c.n_mels, out.shape[-1])
+
+    def _transform(self, flat: torch.Tensor) -> torch.Tensor:
+        c = self.config
         spec = torch.stft(
-            y.reshape(-1, y.shape[-1]).to(self.window.dtype),
+            flat,
             n_fft=c.n_fft,
             hop_length=c.hop_length,
             window=self.window,
             center=True,
             pad_mode="constant",
             return_complex=True,
-        ).abs()
-        mel = torch.matmul(self.filterbank, spec)
-        out = torch.log1p(c.compression * mel)
-        return out.reshape(*shape, c.n_mels, out.shape[-1])
+        )
+        parts = torch.view_as_real(spec)  # |A| = sqrt(re^2 + im^2): twice as fast as complex abs
+        mag = (parts[..., 0].square() + parts[..., 1].square()).sqrt_()
+        return torch.log1p(c.compression * self._mel(mag))
 
 
 class ClipMel(nn.Module):

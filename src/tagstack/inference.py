@@ -51,6 +51,7 @@ class Result:
     tags: list[str]
     probs: np.ndarray  # (n_tags,) whole-file probabilities
     seconds: float
+    embedding: np.ndarray | None = None  # (n_features,) all layers and scales
     taggram: np.ndarray | None = None  # (windows, n_tags)
     window_starts: np.ndarray | None = None  # seconds
 
@@ -104,9 +105,8 @@ class Tagger:
             for i in range(0, max(len(y), 1), n):
                 yield y[i : i + n]
             return
-        block = n * 4  # decode four windows at a time
         rest = np.zeros(0, np.float32)
-        for chunk in stream(source, sr=self.cfg.sample_rate, block_seconds=block / self.cfg.sample_rate):
+        for chunk in stream(source, sr=self.cfg.sample_rate, block_seconds=self.cfg.clip_seconds):
             rest = np.concatenate([rest, chunk])
             while rest.size >= n:
                 yield rest[:n]
@@ -114,25 +114,40 @@ class Tagger:
         if rest.size:
             yield rest
 
-    def _window_features(self, windows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-window aggregated features of all scales and the number of audio segments per scale."""
-        n = self.cfg.clip_samples
-        hop = self.cfg.hop_length
-        batch = torch.from_numpy(np.stack([np.pad(w, (0, n - w.size)) for w in windows])).to(self.device)
-        mels = self.frontend(batch)
-        frames = torch.tensor([min(self.cfg.n_frames, max(1, -(-w.size // hop))) for w in windows], device=self.device)
+    def _window_features(self, windows: list[np.ndarray], *, alone: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-window aggregated features of all scales, and how many segments each window gave each scale.
+
+        Full windows run through the front end together. A shorter (last)
+        window is transformed at its own length, and only the segments that
+        lie entirely within its audio are aggregated; a scale with no such
+        segment gets weight 0, unless the file is that window ``alone``
+        (shorter than one clip), when one zero-padded segment is used.
+        """
+        n, hop = self.cfg.clip_samples, self.cfg.hop_length
+        scales = sorted(self.model.local)
+        full = [w for w in windows if w.size >= n]
         feats, counts = [], []
-        for scale in sorted(self.model.local):
-            model = self.model.local[scale]
-            full = self.cfg.n_frames // scale
-            segs = torch.clamp(frames // scale, min=1, max=full)
-            if bool((segs == full).all()):
-                f, _ = aggregate_clips(model, mels)
-            else:  # a short last window: aggregate only the segments that hold audio
-                f = torch.stack([aggregate_clips(model, m[None, : int(s) * scale])[0][0] for m, s in zip(mels, segs)])
-            feats.append(f)
-            counts.append(segs.float())
-        return torch.cat(feats, dim=1), torch.stack(counts, dim=1)
+        if full:
+            mels = self.frontend(torch.from_numpy(np.stack([w[:n] for w in full])).to(self.device))
+            feats.append(torch.cat([aggregate_clips(self.model.local[s], mels)[0] for s in scales], dim=1))
+            counts.append(torch.tensor([[self.cfg.n_frames // s for s in scales]] * len(full), device=self.device, dtype=torch.float32))
+        for w in windows[len(full):]:
+            audio_frames = -(-w.size // hop)  # frames centred inside the audio
+            segs = [audio_frames // s for s in scales]
+            if alone and not full:
+                segs = [max(1, k) for k in segs]
+            frames = max(k * s for k, s in zip(segs, scales))
+            mel = None
+            if frames:
+                y = torch.from_numpy(np.pad(w, (0, max(0, frames * hop - w.size)))).to(self.device)
+                mel = self.frontend.logmel(y[None])[..., :frames].transpose(1, 2)
+            parts = []
+            for s, k in zip(scales, segs):
+                width = sum(i["channels"] for i in self.model.local[s].feature_info)
+                parts.append(aggregate_clips(self.model.local[s], mel[:, : k * s])[0][0] if k else torch.zeros(width, device=self.device))
+            feats.append(torch.cat(parts)[None])
+            counts.append(torch.tensor([segs], device=self.device, dtype=torch.float32))
+        return torch.cat(feats), torch.cat(counts)
 
     def _column_weights(self) -> torch.Tensor:
         """For every feature column, the index of its scale (to weight windows by their segments)."""
@@ -148,7 +163,7 @@ class Tagger:
 
         def flush() -> None:
             nonlocal total, weight
-            f, c = self._window_features(pending)
+            f, c = self._window_features(pending, alone=total is None)
             w = c[:, col_scale]  # segments behind each column
             total = (f * w).sum(0) if total is None else total + (f * w).sum(0)
             weight = w.sum(0) if weight is None else weight + w.sum(0)
@@ -181,62 +196,53 @@ class Tagger:
     def predict(self, source: str | Path | np.ndarray, *, sr: int | None = None, taggram: bool = False) -> Result:
         """Whole-file tag probabilities (and, if asked, the taggram) of a file or a mono array."""
         windows, embedding, seconds = self._scan(source, sr)
-        probs = self._classify(embedding)[0]
-        result = Result(path=str(source) if not isinstance(source, np.ndarray) else "<array>", tags=self.tags, probs=probs, seconds=seconds)
-        if taggram:
+        has_global = self.model.global_model is not None  # a model of local CNNs only can still embed
+        probs = self._classify(embedding)[0] if has_global else np.full(len(self.tags), np.nan)
+        result = Result(path=str(source) if not isinstance(source, np.ndarray) else "<array>", tags=self.tags, probs=probs,
+                        seconds=seconds, embedding=embedding)
+        if taggram and has_global:
             result.taggram = self._classify(windows)
             result.window_starts = np.arange(len(windows)) * self.cfg.clip_seconds
         return result
 
-    def predict_many(
-        self, paths: Iterable[str | Path], *, taggram: bool = False, workers: int = 2, long_seconds: float = 600.0
-    ) -> Iterator[Result | TagstackError]:
-        """Tag many files, decoding the next ones in threads while the networks run on the current one.
+    def predict_many(self, paths: Iterable[str | Path], *, taggram: bool = False, workers: int | None = None) -> Iterator[Result | TagstackError]:
+        """Tag many files on all cores: each worker thread decodes and runs one file at a time.
 
         Yields, in input order, a :class:`Result` or the :class:`TagstackError`
-        that made a file unusable (the others go on). Files longer than
-        ``long_seconds`` are streamed in windows instead of decoded whole.
+        that made a file unusable (the others go on). Torch ops run single
+        threaded meanwhile, so decoding and the networks of different files
+        fill the cores instead of contending inside each op.
         """
         from collections import deque
         from concurrent.futures import ThreadPoolExecutor
 
-        from .audio import duration_seconds, load
+        threads = torch.get_num_threads()
+        workers = workers or threads
 
-        def decode(path):
+        def one(path) -> Result | TagstackError:
             try:
-                if duration_seconds(path) > long_seconds:
-                    return path, None
-                return path, load(path, sr=self.cfg.sample_rate)
+                return self.predict(path, taggram=taggram)
             except TagstackError as e:
-                return path, e
+                return e
 
-        n = self.cfg.clip_samples
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            queue: deque = deque()
-            it = iter(paths)
-            for p in itertools.islice(it, 2 * workers):
-                queue.append(pool.submit(decode, p))
-            while queue:
-                path, y = queue.popleft().result()
-                nxt = next(it, None)
-                if nxt is not None:
-                    queue.append(pool.submit(decode, nxt))
-                if isinstance(y, TagstackError):
-                    yield y
-                    continue
-                try:
-                    windows = self._windows(path, None) if y is None else (y[i : i + n] for i in range(0, max(y.size, 1), n))
-                    per_window, embedding, seconds = self._features(windows)
-                    r = Result(path=str(path), tags=self.tags, probs=self._classify(embedding)[0], seconds=seconds)
-                    if taggram:
-                        r.taggram = self._classify(per_window)
-                        r.window_starts = np.arange(len(per_window)) * self.cfg.clip_seconds
-                    yield r
-                except TagstackError as e:
-                    yield e
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                it = iter(paths)
+                queue = deque(pool.submit(one, p) for p in itertools.islice(it, 2 * workers))
+                while queue:
+                    result = queue.popleft().result()
+                    nxt = next(it, None)
+                    if nxt is not None:
+                        queue.append(pool.submit(one, nxt))
+                    yield result
+        finally:
+            torch.set_num_threads(threads)
 
     def tag(self, source, *, sr: int | None = None, top_k: int | None = 5, threshold: float | None = None) -> list[tuple[str, float]]:
         """The best tags of a file or array as ``(tag, probability)`` pairs."""
+        if self.model.global_model is None:
+            raise ParameterError("this model has no global classifier (stage 3); it can embed but not tag")
         return self.predict(source, sr=sr).top(top_k, threshold)
 
     def embed(self, source, *, sr: int | None = None, scales: Iterable[int] | None = None, layers: Iterable[int] | None = None) -> np.ndarray:

@@ -85,14 +85,17 @@ def embed_files(a: argparse.Namespace) -> int:
     """``tagstack embed``: one feature vector per readable file, saved as .npy (+ .txt names) or .parquet."""
     files = _files(a.paths)
     tagger = Tagger(a.model, device=a.device)
+    from .aggregation import select_columns
+
+    cols = select_columns(tagger.model.layout, scales=a.scales, layers=a.layers)
     names, vectors, failed = [], [], 0
-    for f in tqdm(files, desc="embed", unit="file", disable=len(files) < 2 or None):
-        try:
-            vectors.append(tagger.embed(f, scales=a.scales, layers=a.layers))
-            names.append(str(f))
-        except TagstackError as e:
-            print(f"tagstack: skipped {e}", file=sys.stderr)
+    for f, r in zip(files, tqdm(tagger.predict_many(files), total=len(files), desc="embed", unit="file", disable=len(files) < 2 or None)):
+        if isinstance(r, TagstackError):
+            print(f"tagstack: skipped {r}", file=sys.stderr)
             failed += 1
+            continue
+        vectors.append(r.embedding[cols])
+        names.append(str(f))
     if vectors:
         x = np.stack(vectors).astype(np.float32)
         out = Path(a.out)
