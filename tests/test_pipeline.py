@@ -131,3 +131,17 @@ def test_long_audio_is_streamed_in_windows(run, tmp_path):
     assert e.shape == (1792,)
     e_arr = tagger.embed(y, sr=SR)
     np.testing.assert_allclose(e, e_arr, rtol=1e-4, atol=1e-5)
+
+
+def test_a_model_file_whose_weights_do_not_match_is_refused(run, tmp_path):
+    import json as _json
+
+    from safetensors.torch import load_file, save_file
+
+    _, out, _ = run
+    meta = read_metadata(out / "model.safetensors")
+    tensors = load_file(str(out / "model.safetensors"))
+    del tensors["global.net.0.weight"]
+    save_file(tensors, str(tmp_path / "broken.safetensors"), metadata={"tagstack": _json.dumps(meta)})
+    with pytest.raises(ModelFileError, match="broken.safetensors.*do not match"):
+        load_model(tmp_path / "broken.safetensors")

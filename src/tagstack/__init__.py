@@ -10,4 +10,17 @@ from .errors import AudioError, DatasetError, ModelFileError, ParameterError, Ta
 
 __version__ = "0.1.0"
 
-__all__ = ["AudioError", "DatasetError", "ModelFileError", "ParameterError", "TagstackError", "__version__"]
+#: Public API loaded on first use, so ``import tagstack`` stays light.
+_LAZY = {"Tagger": "inference", "load_model": "artifact", "TaggingModel": "artifact", "run_all": "pipeline",
+         "ExperimentConfig": "config", "TrainConfig": "config", "FrontEndConfig": "config", "load_dataset": "datasets"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'tagstack' has no attribute {name!r}")
+
+
+__all__ = ["AudioError", "DatasetError", "ModelFileError", "ParameterError", "TagstackError", "__version__", *_LAZY]

@@ -116,7 +116,13 @@ def read_metadata(path: str | Path) -> dict:
 def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> TaggingModel:
     """Rebuild a :class:`TaggingModel` from a file written by :meth:`TaggingModel.save`."""
     meta = read_metadata(path)
-    tensors = load_file(str(path))
+    try:
+        return _build(meta, load_file(str(path))).to(device)
+    except (KeyError, TypeError, RuntimeError, ValueError) as e:
+        raise ModelFileError(f"{path}: weights do not match the described architecture ({e})") from e
+
+
+def _build(meta: dict, tensors: dict[str, torch.Tensor]) -> TaggingModel:
     local = {}
     for s, arch in meta["local"].items():
         m = LocalCNN(LocalArch.from_dict(arch))
@@ -127,6 +133,5 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> Taggi
     if meta["global"] is not None:
         g = GlobalMLP(GlobalArch(**meta["global"]))
         g.load_state_dict({k[7:]: v.float() if v.is_floating_point() else v for k, v in tensors.items() if k.startswith("global.")})
-    model = TaggingModel(local=local, global_model=g, tags=meta["tags"], frontend=FrontEndConfig(**meta["frontend"]),
-                         scales=tuple(meta["scales"]), layers=None if meta["layers"] is None else tuple(meta["layers"]), info=meta["info"])
-    return model.to(device)
+    return TaggingModel(local=local, global_model=g, tags=meta["tags"], frontend=FrontEndConfig(**meta["frontend"]),
+                        scales=tuple(meta["scales"]), layers=None if meta["layers"] is None else tuple(meta["layers"]), info=meta["info"])

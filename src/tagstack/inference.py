@@ -256,8 +256,3 @@ class Tagger:
         r = self.predict(source, sr=sr, taggram=True)
         return r.taggram, r.window_starts
 
-
-def load_tagger(model: str | Path | None = None, *, device: str = "auto") -> Tagger:
-    """Load a model file (the shipped default when None) for tagging and embedding."""
-    return Tagger(model, device=device)
-

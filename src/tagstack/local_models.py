@@ -117,10 +117,6 @@ class LocalCNN(nn.Module):
         self.register_buffer("input_mean", torch.zeros(()))
         self.register_buffer("input_std", torch.ones(()))
 
-    @property
-    def n_layers(self) -> int:
-        return len(self.blocks)
-
     def set_normalisation(self, mean: float, std: float) -> None:
         self.input_mean.fill_(float(mean))
         self.input_std.fill_(float(std))
