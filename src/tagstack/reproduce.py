@@ -129,10 +129,11 @@ def _per_tag_figure(out: Path, name: str, tags: list[str], singles: dict[str, np
     a1.bar(range(len(order)), concat[order], color="tab:blue")
     a1.set_ylim(max(0, np.nanmin(concat) - 0.05), 1.0)
     a1.set(ylabel="ROC-AUC (concatenation)", title=title)
-    width = 0.8 / (len(singles) + 1)
-    for k, (label, v) in enumerate(singles.items()):
+    others = list(singles.items())[1:]  # the gain of the smallest over itself is zero
+    width = 0.8 / (len(others) + 1)
+    for k, (label, v) in enumerate(others):
         a2.bar(np.arange(len(order)) + k * width, v[order] - smallest[order], width=width, label=f"{label} - {list(singles)[0]}")
-    a2.bar(np.arange(len(order)) + len(singles) * width, concat[order] - smallest[order], width=width, label=f"concatenation - {list(singles)[0]}")
+    a2.bar(np.arange(len(order)) + len(others) * width, concat[order] - smallest[order], width=width, label=f"concatenation - {list(singles)[0]}")
     a2.axhline(0, color="k", lw=0.5)
     a2.set_xticks(range(len(order)), [tags[i] for i in order], rotation=75, fontsize=7)
     a2.set(ylabel="ROC-AUC gain over the smallest")
