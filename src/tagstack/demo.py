@@ -16,7 +16,7 @@ from .config import ExperimentConfig, TrainConfig
 from .corpus import build_corpus, corpus_clips
 from .pipeline import run_all, tagstack_home
 
-DEMO_LOCAL_EPOCHS = 6
+DEMO_LOCAL_EPOCHS = 5
 DEMO_GLOBAL_EPOCHS = 60
 
 
