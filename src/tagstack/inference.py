@@ -140,7 +140,7 @@ class Tagger:
             mel = None
             if frames:
                 y = torch.from_numpy(np.pad(w, (0, max(0, frames * hop - w.size)))).to(self.device)
-                mel = self.frontend.logmel(y[None])[..., :frames].transpose(1, 2)
+                mel = self.frontend.logmel.frames_first(y[None])[:, :frames]
             parts = []
             for s, k in zip(scales, segs):
                 width = sum(i["channels"] for i in self.model.local[s].feature_info)

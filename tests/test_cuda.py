@@ -1,0 +1,64 @@
+"""The CUDA code paths give the CPU's numbers. These run only where a CUDA GPU is present.
+
+CI has no GPU, so these skip there; run them on a GPU machine with
+``pytest tests/test_cuda.py``.
+"""
+import numpy as np
+import pytest
+import torch
+
+from synth import TEST_FRONTEND
+from tagstack.frontend import ClipMel, LogMel
+from tagstack.inference import DEFAULT_MODEL, Tagger
+from tagstack.local_models import LocalCNN, local_arch
+from tagstack.training import choose_device
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+
+
+def test_auto_device_is_the_gpu():
+    assert choose_device("auto").type == "cuda"
+
+
+def test_gpu_front_end_matches_the_cpu_one():
+    y = torch.from_numpy(np.random.default_rng(0).standard_normal((3, 641655)).astype(np.float32) * 0.1)
+    cpu = LogMel()(y)
+    gpu = LogMel().cuda()(y.cuda()).cpu()
+    np.testing.assert_allclose(gpu.numpy(), cpu.numpy(), rtol=1e-4, atol=1e-5)
+    assert ClipMel().cuda()(y.cuda()).shape == (3, 1250, 128)
+
+
+def test_gpu_local_cnn_matches_the_cpu_one():
+    torch.manual_seed(0)
+    model = LocalCNN(local_arch(27, n_tags=10)).eval()
+    x = torch.randn(4, 27, 128)
+    with torch.inference_mode():
+        cpu = model(x)
+        gpu = model.cuda()(x.cuda()).cpu()
+    np.testing.assert_allclose(gpu.numpy(), cpu.numpy(), rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.skipif(not DEFAULT_MODEL.exists(), reason="no shipped model in this checkout")
+def test_tagging_on_the_gpu_gives_the_cpu_probabilities():
+    rng = np.random.default_rng(1)
+    y = (0.1 * rng.standard_normal(22050 * 70)).astype(np.float32)  # three windows, the last one partial
+    cpu = Tagger(device="cpu").predict(y, sr=22050, taggram=True)
+    gpu = Tagger(device="cuda").predict(y, sr=22050, taggram=True)
+    np.testing.assert_allclose(gpu.probs, cpu.probs, atol=2e-3)
+    np.testing.assert_allclose(gpu.taggram, cpu.taggram, atol=2e-3)
+
+
+def test_training_runs_on_the_gpu(tmp_path, synth_dir):
+    from tagstack.config import ExperimentConfig, TrainConfig
+    from tagstack.pipeline import run_all
+
+    cfg = ExperimentConfig(
+        dataset="manifest", root=str(synth_dir), scales=(18, 27), frontend=TEST_FRONTEND,
+        local=TrainConfig(max_epochs=3, batch_size=32, lr_stages=1, patience=2),
+        global_=TrainConfig(max_epochs=10, batch_size=8, monitor="roc_auc", patience=3),
+        cache_dir=str(tmp_path / "cache"), workers=1, device="cuda",
+    )
+    metrics = run_all(cfg, tmp_path / "run")
+    assert metrics["global"]["roc_auc"] > 0.7
+    tagger = Tagger(tmp_path / "run" / "model.safetensors", device="cuda")
+    assert len(tagger.tags) == 4
