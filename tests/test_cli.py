@@ -55,6 +55,21 @@ def test_tag_writes_taggram_plot_and_data(model_file, synth_dir, tmp_path):
     assert np.load(tmp_path / "clip001.taggram.npy").shape == (1, 4)
 
 
+def test_taggram_hop_and_files_sharing_a_name(model_file, synth_dir, tmp_path):
+    import soundfile as sf
+
+    y, sr = sf.read(synth_dir / "clip001.wav")
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        sf.write(tmp_path / sub / "song.wav", np.concatenate([y, y]), sr)  # 10 s: two clips of the test model
+    out = tmp_path / "grams"
+    assert main(["tag", str(tmp_path / "a"), str(tmp_path / "b"), "--model", str(model_file), "--taggram", str(out), "--hop", "2.5"]) == 0
+    assert sorted(p.name for p in out.glob("*.npy")) == ["song-2.taggram.npy", "song.taggram.npy"]
+    lines = (out / "song.taggram.csv").read_text().splitlines()
+    assert lines[0].startswith("start_s,end_s,")
+    assert [l.split(",")[:2] for l in lines[1:]] == [["0.00", "5.00"], ["2.50", "7.50"], ["5.00", "10.00"]]
+
+
 def test_embed_npy_and_parquet(model_file, synth_dir, tmp_path):
     assert main(["embed", str(synth_dir), "--model", str(model_file), "--out", str(tmp_path / "e.npy"), "--scales", "27", "--layers", "3"]) == 0
     x = np.load(tmp_path / "e.npy")

@@ -8,7 +8,7 @@ import torch
 from synth import TEST_FRONTEND
 from tagstack.artifact import load_model, read_metadata
 from tagstack.config import ExperimentConfig, TrainConfig, load_config
-from tagstack.errors import ModelFileError
+from tagstack.errors import ModelFileError, ParameterError
 from tagstack.inference import Tagger
 
 SCALES = (18, 27, 54)
@@ -122,15 +122,55 @@ def test_long_audio_is_streamed_in_windows(run, tmp_path):
     y = np.concatenate([render({"low"}, 5.0, rng), render({"high"}, 5.0, rng), render({"high"}, 2.5, rng)])
     sf.write(tmp_path / "long.wav", y, SR, subtype="FLOAT")
     r = tagger.predict(tmp_path / "long.wav", taggram=True)
-    assert r.taggram.shape == (3, 4)  # 12.5 s in 5 s windows
+    # 12.5 s in 5 s windows, and one ending at the end: the last 2.5 s hold segments of every scale
+    assert r.taggram.shape == (3, 4)
+    np.testing.assert_allclose(r.window_starts, [0.0, 5.0, 7.5])
     assert r.seconds == pytest.approx(12.5, abs=0.01)
     high, low = r.tags.index("high"), r.tags.index("low")
     assert r.taggram[0, low] > r.taggram[0, high] and r.taggram[1, high] > r.taggram[1, low]
+    assert r.taggram[2, high] > r.taggram[2, low]
     # the whole-file embedding is the segment-weighted mean of the window embeddings
     e = tagger.embed(tmp_path / "long.wav")
     assert e.shape == (1792,)
     e_arr = tagger.embed(y, sr=SR)
     np.testing.assert_allclose(e, e_arr, rtol=1e-4, atol=1e-5)
+
+
+def test_taggram_hop_gives_each_window_tagged_alone(run, tmp_path):
+    import soundfile as sf
+    from synth import SR, render
+
+    _, out, _ = run
+    tagger = Tagger(out / "model.safetensors", device="cpu")
+    rng = np.random.default_rng(4)
+    y = np.concatenate([render({"low"}, 6.0, rng), render({"high"}, 6.0, rng), render({"noise"}, 7.8, rng)])  # 19.8 s
+    sf.write(tmp_path / "long.wav", y, SR, subtype="FLOAT")
+    plain = tagger.predict(tmp_path / "long.wav")
+    r = tagger.predict(tmp_path / "long.wav", taggram=True, hop=1.5)
+    # windows every 1.5 s while a whole 5 s window fits, then one ending at the end of the file,
+    # since the last 1.3 s hold a segment of the largest scale (54 frames, 1.25 s)
+    np.testing.assert_allclose(r.window_starts, list(np.arange(0, 13.6, 1.5)) + [14.8], atol=1e-4)
+    for start, row in zip(r.window_starts, r.taggram):
+        a = int(round(start * SR))
+        np.testing.assert_allclose(row, tagger.predict(y[a : a + 5 * SR], sr=SR).probs, atol=1e-4)
+    # the file's own tags and embedding do not depend on the taggram
+    np.testing.assert_allclose(r.probs, plain.probs, atol=1e-6)
+    np.testing.assert_allclose(r.embedding, plain.embedding, atol=1e-6)
+    # streamed from a file across block boundaries = the same array in memory
+    np.testing.assert_allclose(tagger.taggram(y, sr=SR, hop=1.5)[0], r.taggram, atol=1e-4)
+    with pytest.raises(ParameterError, match="hop"):
+        tagger.predict(y, sr=SR, taggram=True, hop=0)
+
+
+def test_a_file_shorter_than_a_clip_is_one_taggram_window(run):
+    from synth import SR, render
+
+    _, out, _ = run
+    tagger = Tagger(out / "model.safetensors", device="cpu")
+    y = render({"low"}, 3.0, np.random.default_rng(5))
+    gram, starts = tagger.taggram(y, sr=SR, hop=1.0)
+    assert gram.shape == (1, 4) and list(starts) == [0.0]
+    np.testing.assert_allclose(gram[0], tagger.predict(y, sr=SR).probs, atol=1e-6)
 
 
 def test_a_model_file_whose_weights_do_not_match_is_refused(run, tmp_path):

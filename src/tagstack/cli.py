@@ -238,7 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threshold", type=float, help="report every tag with probability >= this instead of the top k")
     t.add_argument("--format", choices=["table", "jsonl", "csv"], default="table", help="output format (default: table)")
     t.add_argument("--output", "-o", type=Path, help="write to this file instead of standard output")
-    t.add_argument("--taggram", type=Path, metavar="DIR", help="also write each file's taggram (per 29.1 s window) as .npy/.csv and .png into DIR")
+    t.add_argument("--taggram", type=Path, metavar="DIR", help="also write each file's taggram (tags per 29.1 s window) as .npy/.csv and .png into DIR")
+    t.add_argument("--hop", type=float, metavar="SECONDS",
+                   help="seconds between the starts of taggram windows (default: the clip length, back to back; "
+                        "e.g. 5 for overlapping windows every 5 s, at one network pass per window)")
     _add_device(t)
     t.set_defaults(func=cmd_tag)
 

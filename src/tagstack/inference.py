@@ -10,10 +10,14 @@ bounded on hour-long files:
   which equals averaging over every segment of the file;
 - the **tags** of a file are the global classifier applied to that
   embedding;
-- the **taggram** is the global classifier applied to each window alone.
+- the **taggram** is the global classifier applied to windows alone: back
+  to back by default, or starting every ``hop`` seconds (overlapping when
+  ``hop`` is shorter than a clip) for a finer view; its windows are full
+  clips, the last one ending at the end of the file.
 
-A window shorter than 29.1 s (the end of a file) is zero-padded for the
-front end, and only its segments that hold audio are aggregated.
+A window shorter than 29.1 s (the end of a file, or a file shorter than a
+clip) is zero-padded for the front end, and only its segments that hold
+audio are aggregated.
 
 Example
 -------
@@ -64,6 +68,16 @@ class Result:
         return pairs[:k] if k else pairs
 
 
+@dataclass
+class _Window:
+    """One clip-long stretch of a source, and what it is used for."""
+
+    audio: np.ndarray
+    start: int  # sample index at the model's rate
+    clip: bool  # one of the back-to-back windows that make the file's embedding
+    gram: bool  # a column of the taggram
+
+
 class Tagger:
     """A loaded model, ready to tag and embed many files (load it once).
 
@@ -90,29 +104,61 @@ class Tagger:
         return self.model.tags
 
     # ------------------------------------------------------------ windows
-    def _windows(self, source: str | Path | np.ndarray, sr: int | None) -> Iterator[np.ndarray]:
-        n = self.cfg.clip_samples
-        if isinstance(source, np.ndarray):
-            y = np.asarray(source, dtype=np.float32)
-            if y.ndim == 2:
-                y = y.mean(axis=0) if y.shape[0] < y.shape[1] else y.mean(axis=1)
-            if sr is None:
-                raise ParameterError("sr is required when tagging an array")
-            if sr != self.cfg.sample_rate:
-                import soxr
-
-                y = soxr.resample(y, sr, self.cfg.sample_rate, quality="HQ").astype(np.float32)
-            for i in range(0, max(len(y), 1), n):
-                yield y[i : i + n]
+    def _blocks(self, source: str | Path | np.ndarray, sr: int | None) -> Iterator[np.ndarray]:
+        """The source as consecutive mono float32 blocks at the model's sample rate."""
+        if not isinstance(source, np.ndarray):
+            yield from stream(source, sr=self.cfg.sample_rate, block_seconds=self.cfg.clip_seconds)
             return
-        rest = np.zeros(0, np.float32)
-        for chunk in stream(source, sr=self.cfg.sample_rate, block_seconds=self.cfg.clip_seconds):
-            rest = np.concatenate([rest, chunk])
-            while rest.size >= n:
-                yield rest[:n]
-                rest = rest[n:]
-        if rest.size:
-            yield rest
+        y = np.asarray(source, dtype=np.float32)
+        if y.ndim == 2:
+            y = y.mean(axis=0) if y.shape[0] < y.shape[1] else y.mean(axis=1)
+        if sr is None:
+            raise ParameterError("sr is required when tagging an array")
+        if sr != self.cfg.sample_rate:
+            import soxr
+
+            y = soxr.resample(y, sr, self.cfg.sample_rate, quality="HQ").astype(np.float32)
+        yield y
+
+    def _windows(self, source: str | Path | np.ndarray, sr: int | None, gram_hop: int | None = None) -> Iterator[_Window]:
+        """Clip-length windows of the source, in one decoding pass with a bounded buffer.
+
+        The back-to-back windows (the last one partial) make the file's
+        embedding. With ``gram_hop`` (samples), taggram windows start every
+        ``gram_hop`` samples while they fit, plus one window ending at the
+        end of the file when the others leave at least a segment of the
+        largest scale uncovered; a window that is both is yielded once.
+        """
+        n = self.cfg.clip_samples
+        min_tail = max(self.model.local) * self.cfg.hop_length
+        buf, buf_start, total = np.zeros(0, np.float32), 0, 0
+        next_clip, next_gram, gram_end = 0, 0 if gram_hop else None, 0
+
+        def take(start: int, stop: int) -> np.ndarray:
+            return buf[start - buf_start : stop - buf_start]
+
+        for block in self._blocks(source, sr):
+            buf = np.concatenate([buf, block]) if buf.size else block
+            total += block.size
+            while True:
+                start = next_clip if next_gram is None else min(next_clip, next_gram)
+                if start + n > total:
+                    break
+                clip, gram = start == next_clip, start == next_gram
+                yield _Window(take(start, start + n), start, clip, gram)
+                if clip:
+                    next_clip += n
+                if gram:
+                    next_gram += gram_hop
+                    gram_end = start + n
+            keep = min(next_clip, next_gram if next_gram is not None else next_clip, max(0, total - n))
+            buf, buf_start = buf[keep - buf_start :], keep
+        tail = max(0, total - n)
+        gram_tail = next_gram is not None and total - gram_end >= min(min_tail, total) and total > 0
+        if next_clip < total or total == 0:
+            yield _Window(take(next_clip, total), next_clip, True, gram_tail and tail == next_clip)
+        if gram_tail and tail != next_clip:
+            yield _Window(take(tail, total), tail, False, True)
 
     def _window_features(self, windows: list[np.ndarray], *, alone: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-window aggregated features of all scales, and how many segments each window gave each scale.
@@ -122,19 +168,25 @@ class Tagger:
         lie entirely within its audio are aggregated; a scale with no such
         segment gets weight 0, unless the file is that window ``alone``
         (shorter than one clip), when one zero-padded segment is used.
+        Rows come back in the order of ``windows``.
         """
         n, hop = self.cfg.clip_samples, self.cfg.hop_length
         scales = sorted(self.model.local)
-        full = [w for w in windows if w.size >= n]
-        feats, counts = [], []
+        full = [i for i, w in enumerate(windows) if w.size >= n]
+        feats: list[torch.Tensor | None] = [None] * len(windows)
+        counts: list[torch.Tensor | None] = [None] * len(windows)
         if full:
-            mels = self.frontend(torch.from_numpy(np.stack([w[:n] for w in full])).to(self.device))
-            feats.append(torch.cat([aggregate_clips(self.model.local[s], mels)[0] for s in scales], dim=1))
-            counts.append(torch.tensor([[self.cfg.n_frames // s for s in scales]] * len(full), device=self.device, dtype=torch.float32))
-        for w in windows[len(full):]:
+            mels = self.frontend(torch.from_numpy(np.stack([windows[i][:n] for i in full])).to(self.device))
+            f = torch.cat([aggregate_clips(self.model.local[s], mels)[0] for s in scales], dim=1)
+            c = torch.tensor([self.cfg.n_frames // s for s in scales], device=self.device, dtype=torch.float32)
+            for row, i in enumerate(full):
+                feats[i], counts[i] = f[row], c
+        for i, w in enumerate(windows):
+            if feats[i] is not None:
+                continue
             audio_frames = -(-w.size // hop)  # frames centred inside the audio
             segs = [audio_frames // s for s in scales]
-            if alone and not full:
+            if alone:
                 segs = [max(1, k) for k in segs]
             frames = max(k * s for k, s in zip(segs, scales))
             mel = None
@@ -145,9 +197,9 @@ class Tagger:
             for s, k in zip(scales, segs):
                 width = sum(i["channels"] for i in self.model.local[s].feature_info)
                 parts.append(aggregate_clips(self.model.local[s], mel[:, : k * s])[0][0] if k else torch.zeros(width, device=self.device))
-            feats.append(torch.cat(parts)[None])
-            counts.append(torch.tensor([segs], device=self.device, dtype=torch.float32))
-        return torch.cat(feats), torch.cat(counts)
+            feats[i] = torch.cat(parts)
+            counts[i] = torch.tensor(segs, device=self.device, dtype=torch.float32)
+        return torch.stack(feats), torch.stack(counts)
 
     def _column_weights(self) -> torch.Tensor:
         """For every feature column, the index of its scale (to weight windows by their segments)."""
@@ -155,35 +207,43 @@ class Tagger:
         cols = np.concatenate([[scales.index(b.scale)] * (b.stop - b.start) for b in self.model.layout])
         return torch.from_numpy(cols).to(self.device)
 
-    def _features(self, windows: Iterable[np.ndarray], batch_windows: int = 8) -> tuple[np.ndarray, np.ndarray, float]:
-        """Per-window features, the whole-source embedding (segment-weighted mean) and the duration."""
+    def _features(self, windows: Iterable[_Window], batch_windows: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+        """Taggram windows' features and start samples, the whole-source embedding and the duration.
+
+        The embedding is the segment-weighted mean of the back-to-back
+        windows' features, which is the mean over every segment of the source.
+        """
         col_scale = self._column_weights()
-        per_window, total, weight, samples = [], None, None, 0
-        pending: list[np.ndarray] = []
+        gram_feats, gram_starts, total, weight, samples = [], [], None, None, 0
+        pending: list[_Window] = []
 
         def flush() -> None:
             nonlocal total, weight
-            f, c = self._window_features(pending, alone=total is None)
-            w = c[:, col_scale]  # segments behind each column
+            short_file = total is None and pending[0].audio.size < self.cfg.clip_samples
+            f, c = self._window_features([w.audio for w in pending], alone=short_file)
+            clip = torch.tensor([w.clip for w in pending], device=self.device)
+            w = c[:, col_scale] * clip[:, None]  # segments behind each column; taggram-only windows weigh 0
             total = (f * w).sum(0) if total is None else total + (f * w).sum(0)
             weight = w.sum(0) if weight is None else weight + w.sum(0)
-            per_window.append(f.cpu().numpy())
+            gram = [i for i, win in enumerate(pending) if win.gram]
+            if gram:
+                gram_feats.append(f[gram].cpu().numpy())
+                gram_starts.extend(pending[i].start for i in gram)
             pending.clear()
 
         with torch.inference_mode():
-            for w in windows:
-                samples += w.size
-                pending.append(w)
+            for win in windows:
+                if win.clip:
+                    samples += win.audio.size
+                pending.append(win)
                 if len(pending) == batch_windows:
                     flush()
             if pending:
                 flush()
-        if total is None:
+        if total is None or samples == 0:
             raise ParameterError("no audio")
-        return np.concatenate(per_window), (total / weight).cpu().numpy(), samples / self.cfg.sample_rate
-
-    def _scan(self, source, sr: int | None) -> tuple[np.ndarray, np.ndarray, float]:
-        return self._features(self._windows(source, sr))
+        feats = np.concatenate(gram_feats) if gram_feats else np.zeros((0, total.shape[0]), np.float32)
+        return feats, np.asarray(gram_starts), (total / weight).cpu().numpy(), samples / self.cfg.sample_rate
 
     def _classify(self, feats: np.ndarray) -> np.ndarray:
         if self.model.global_model is None:
@@ -193,19 +253,36 @@ class Tagger:
             return self.model.global_model.predict_proba(x).cpu().numpy()
 
     # ------------------------------------------------------------ public API
-    def predict(self, source: str | Path | np.ndarray, *, sr: int | None = None, taggram: bool = False) -> Result:
-        """Whole-file tag probabilities (and, if asked, the taggram) of a file or a mono array."""
-        windows, embedding, seconds = self._scan(source, sr)
+    def predict(self, source: str | Path | np.ndarray, *, sr: int | None = None, taggram: bool = False,
+                hop: float | None = None) -> Result:
+        """Whole-file tag probabilities (and, if asked, the taggram) of a file or a mono array.
+
+        ``hop`` is the time in seconds between the starts of taggram windows
+        (each one clip long, 29.1 s for the paper's models); the default is
+        the clip length, windows back to back. A smaller hop gives a finer
+        taggram at the cost of one network pass per window. The file's own
+        tags and embedding do not depend on it.
+        """
+        gram_hop = self._gram_hop(hop) if taggram else None
+        gram_feats, gram_starts, embedding, seconds = self._features(self._windows(source, sr, gram_hop))
         has_global = self.model.global_model is not None  # a model of local CNNs only can still embed
         probs = self._classify(embedding)[0] if has_global else np.full(len(self.tags), np.nan)
         result = Result(path=str(source) if not isinstance(source, np.ndarray) else "<array>", tags=self.tags, probs=probs,
                         seconds=seconds, embedding=embedding)
         if taggram and has_global:
-            result.taggram = self._classify(windows)
-            result.window_starts = np.arange(len(windows)) * self.cfg.clip_seconds
+            result.taggram = self._classify(gram_feats)
+            result.window_starts = gram_starts / self.cfg.sample_rate
         return result
 
-    def predict_many(self, paths: Iterable[str | Path], *, taggram: bool = False, workers: int | None = None) -> Iterator[Result | TagstackError]:
+    def _gram_hop(self, hop: float | None) -> int:
+        if hop is None:
+            return self.cfg.clip_samples
+        if not hop > 0:
+            raise ParameterError(f"the taggram hop must be a positive number of seconds, got {hop!r}")
+        return max(1, round(hop * self.cfg.sample_rate))
+
+    def predict_many(self, paths: Iterable[str | Path], *, taggram: bool = False, hop: float | None = None,
+                     workers: int | None = None) -> Iterator[Result | TagstackError]:
         """Tag many files on all cores: each worker thread decodes and runs one file at a time.
 
         Yields, in input order, a :class:`Result` or the :class:`TagstackError`
@@ -221,7 +298,7 @@ class Tagger:
 
         def one(path) -> Result | TagstackError:
             try:
-                return self.predict(path, taggram=taggram)
+                return self.predict(path, taggram=taggram, hop=hop)
             except TagstackError as e:
                 return e
 
@@ -247,12 +324,15 @@ class Tagger:
 
     def embed(self, source, *, sr: int | None = None, scales: Iterable[int] | None = None, layers: Iterable[int] | None = None) -> np.ndarray:
         """The multi-level, multi-scale feature vector of a file (chosen scales and layers; all by default)."""
-        _, embedding, _ = self._scan(source, sr)
+        _, _, embedding, _ = self._features(self._windows(source, sr))
         cols = select_columns(self.model.layout, scales=scales, layers=layers)
         return embedding[cols]
 
-    def taggram(self, source, *, sr: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Tag probabilities per 29.1 s window: ``(windows, n_tags)`` and the window start times."""
-        r = self.predict(source, sr=sr, taggram=True)
+    def taggram(self, source, *, sr: int | None = None, hop: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Tag probabilities per clip-long window: ``(windows, n_tags)`` and the window start times in seconds.
+
+        Windows start every ``hop`` seconds (default: back to back); see :meth:`predict`.
+        """
+        r = self.predict(source, sr=sr, taggram=True, hop=hop)
         return r.taggram, r.window_starts
 

@@ -27,23 +27,40 @@ def _files(paths: list[str]) -> list[Path]:
     return files
 
 
-def write_taggram(result, out_dir: Path) -> None:
-    """A file's taggram as .npy, .csv (window start, tag probabilities) and .png."""
+def write_taggram(result, out_dir: Path, stem: str, clip_seconds: float) -> None:
+    """A file's taggram as ``stem``.taggram.npy, .csv (window start and end, tag probabilities) and .png."""
     from .report import _plt, save_figure
 
-    stem = Path(result.path).stem
     atomic_save_npy(out_dir / f"{stem}.taggram.npy", result.taggram.astype(np.float32))
-    lines = ["start_s," + ",".join(result.tags)]
-    lines += [f"{t:.1f}," + ",".join(f"{v:.4f}" for v in row) for t, row in zip(result.window_starts, result.taggram)]
+    ends = np.minimum(result.window_starts + clip_seconds, result.seconds)
+    lines = ["start_s,end_s," + ",".join(result.tags)]
+    lines += [f"{t:.2f},{e:.2f}," + ",".join(f"{v:.4f}" for v in row)
+              for t, e, row in zip(result.window_starts, ends, result.taggram)]
     atomic_write_text(out_dir / f"{stem}.taggram.csv", "\n".join(lines) + "\n")
+    # each column drawn at its window's centre, as wide as the gaps to its neighbours
+    centres = (result.window_starts + ends) / 2
+    edges = np.concatenate([[0.0], (centres[1:] + centres[:-1]) / 2, [result.seconds]]) if len(centres) > 1 else np.array([0.0, result.seconds])
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(result.taggram) + 3), 0.18 * len(result.tags) + 1.5))
-    im = ax.imshow(result.taggram.T, aspect="auto", origin="lower", cmap="magma", vmin=0, vmax=1,
-                   extent=[0, result.seconds, -0.5, len(result.tags) - 0.5], interpolation="nearest")
+    fig, ax = plt.subplots(figsize=(min(20, max(6, 0.5 * len(result.taggram) + 3)), 0.18 * len(result.tags) + 1.5))
+    im = ax.pcolormesh(edges, np.arange(len(result.tags) + 1) - 0.5, result.taggram.T, cmap="magma", vmin=0, vmax=1)
     ax.set_yticks(range(len(result.tags)), result.tags, fontsize=7)
-    ax.set(xlabel="time (s)", title=f"taggram: {Path(result.path).name}")
+    ax.set(xlabel=f"time (s); each column a {clip_seconds:g} s window, drawn at its centre", title=f"taggram: {Path(result.path).name}")
     fig.colorbar(im, ax=ax, label="probability")
     save_figure(fig, out_dir / f"{stem}.taggram.png")
+
+
+def _unique_stems(files: list[Path]) -> list[str]:
+    """File stems for output names, numbered where two files share one (a/x.mp3, b/x.mp3 -> x, x-2)."""
+    used: set[str] = set()
+    stems = []
+    for f in files:
+        stem, n = f.stem, 1
+        while stem in used:
+            n += 1
+            stem = f"{f.stem}-{n}"
+        used.add(stem)
+        stems.append(stem)
+    return stems
 
 
 def tag_files(a: argparse.Namespace) -> int:
@@ -56,15 +73,16 @@ def tag_files(a: argparse.Namespace) -> int:
     if writer:
         writer.writerow(["path", "tag", "probability"])
     try:
-        results = tagger.predict_many(files, taggram=a.taggram is not None)
-        for f, r in zip(files, tqdm(results, total=len(files), desc="tag", unit="file", disable=len(files) < 2 or None)):
+        results = tagger.predict_many(files, taggram=a.taggram is not None, hop=a.hop)
+        stems = _unique_stems(files)
+        for f, stem, r in zip(files, stems, tqdm(results, total=len(files), desc="tag", unit="file", disable=len(files) < 2 or None)):
             if isinstance(r, TagstackError):
                 print(f"tagstack: skipped {r}", file=sys.stderr)
                 failed += 1
                 continue
             top = r.top(a.top_k or None, a.threshold)
             if a.taggram is not None:
-                write_taggram(r, a.taggram)
+                write_taggram(r, a.taggram, stem, tagger.cfg.clip_seconds)
             if a.format == "jsonl":
                 out.write(json.dumps({"path": str(f), "seconds": round(r.seconds, 2), "tags": {t: round(p, 4) for t, p in top}}) + "\n")
             elif writer:
