@@ -119,7 +119,7 @@ class LogMel(nn.Module):
         re, im = spec[..., 0::2], spec[..., 1::2]
         mag = torch.addcmul(re.square(), im, im).sqrt_()  # |A|: one pass, faster than complex abs()
         if mag.device.type == "cpu":
-            mel = torch.cat([mag[..., lo:hi] @ w for lo, hi, w in self._groups], dim=-1)
+            mel = torch.cat([mag[..., lo:hi] @ w.to(mag.dtype) for lo, hi, w in self._groups], dim=-1)
         else:
             mel = mag @ self.filterbank_t
         return torch.log1p(mel.mul_(c.compression))
