@@ -55,7 +55,7 @@ def test_tag_writes_taggram_plot_and_data(model_file, synth_dir, tmp_path):
     assert np.load(tmp_path / "clip001.taggram.npy").shape == (1, 4)
 
 
-def test_taggram_hop_and_files_sharing_a_name(model_file, synth_dir, tmp_path):
+def test_taggram_hop_and_files_sharing_a_name(model_file, synth_dir, tmp_path, capsys):
     import soundfile as sf
 
     y, sr = sf.read(synth_dir / "clip001.wav")
@@ -68,6 +68,10 @@ def test_taggram_hop_and_files_sharing_a_name(model_file, synth_dir, tmp_path):
     lines = (out / "song.taggram.csv").read_text().splitlines()
     assert lines[0].startswith("start_s,end_s,")
     assert [l.split(",")[:2] for l in lines[1:]] == [["0.00", "5.00"], ["2.50", "7.50"], ["5.00", "10.00"]]
+    # a --hop that cannot be used is one error up front, not one per file
+    assert main(["tag", str(tmp_path / "a"), "--model", str(model_file), "--hop", "2.5"]) == 1
+    assert main(["tag", str(tmp_path / "a"), "--model", str(model_file), "--taggram", str(out), "--hop", "-1"]) == 1
+    assert "--hop" in capsys.readouterr().err
 
 
 def test_embed_npy_and_parquet(model_file, synth_dir, tmp_path):

@@ -65,6 +65,8 @@ def _unique_stems(files: list[Path]) -> list[str]:
 
 def tag_files(a: argparse.Namespace) -> int:
     """``tagstack tag``: tag every file; report unreadable ones and return 1 if any."""
+    if a.hop is not None and (a.taggram is None or not a.hop > 0):
+        raise ParameterError(f"--hop {a.hop} needs --taggram DIR and a positive number of seconds")
     files = _files(a.paths)
     tagger = Tagger(a.model, device=a.device)
     out = open(a.output, "w", newline="") if a.output else sys.stdout
