@@ -13,11 +13,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tagstack.artifact import load_model
-from tagstack.config import ExperimentConfig, TrainConfig
-from tagstack.corpus import build_corpus, corpus_clips
+from tagstack.config import global_schedule, local_schedule, tagstack_home
+from tagstack.datasets.corpus import build_corpus, corpus_clips
+from tagstack.experiments.config import ExperimentConfig
+from tagstack.experiments.run import run_experiment
 from tagstack.fileio import atomic_write_text
-from tagstack.pipeline import run_all, tagstack_home
+from tagstack.models.file import load_model, save_model
 
 PRETRAINED = Path(__file__).resolve().parents[1] / "src" / "tagstack" / "pretrained"
 COMMAND = "python scripts/train_default_model.py"
@@ -33,14 +34,14 @@ def main() -> None:
         build_corpus(corpus, size="default")
     cfg = ExperimentConfig(
         dataset="corpus", root=str(corpus),
-        local=TrainConfig(batch_size=64, max_epochs=a.local_epochs, lr_stages=2, patience=2),
-        global_=TrainConfig(batch_size=16, max_epochs=100, lr_stages=3, patience=6, monitor="roc_auc"),
+        local=local_schedule(max_epochs=a.local_epochs, lr_stages=2, patience=2),
+        global_=global_schedule(lr_stages=3, patience=6),
     )
-    metrics = run_all(cfg, a.out)
+    metrics = run_experiment(cfg, a.out)
     model = load_model(Path(a.out) / "model.safetensors")
     model.info["command"] = COMMAND
     model.info["corpus"] = "tagstack corpus build --size default --seed 0"
-    model.save(PRETRAINED / "tagstack-corpus.safetensors", half=True)
+    save_model(model, PRETRAINED / "tagstack-corpus.safetensors", half=True)
     clips = corpus_clips(corpus)
     g = metrics["global"]
     n = metrics["n_clips"]

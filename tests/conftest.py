@@ -24,3 +24,13 @@ def synth_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synth")
     make_dataset(root, n_clips=64)
     return root
+
+
+#: Fixtures that train networks: every test that uses one is marked ``slow`` (``pytest -m "not slow"`` skips them).
+TRAINING_FIXTURES = {"run", "model_file_trained", "trained_model"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -224,6 +224,7 @@ def test_every_adapter_is_listed():
     assert {"corpus", "manifest", "folders", "mtat", "msd", "tagtraum", "gtzan", "jamendo"} <= set(DATASETS)
 
 
+@pytest.mark.slow
 def test_cli_runs_the_three_stages_on_a_dataset_by_name(tmp_path):
     """`tagstack run --dataset gtzan ...` on generated GTZAN-format audio."""
     import soundfile as sf
@@ -231,7 +232,8 @@ def test_cli_runs_the_three_stages_on_a_dataset_by_name(tmp_path):
 
     from synth import SR, TEST_FRONTEND, render
     from tagstack.cli import main
-    from tagstack.config import ExperimentConfig, TrainConfig, to_dict
+    from tagstack.config import TrainConfig, to_dict
+    from tagstack.experiments.config import ExperimentConfig
     from tagstack.datasets.gtzan import GENRES
 
     rng = np.random.default_rng(0)

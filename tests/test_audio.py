@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tagstack.audio import find_audio, load, stream
+from tagstack.audio.io import find_audio, load, stream
 from tagstack.errors import AudioError
 
 SR = 22050

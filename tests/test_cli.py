@@ -9,11 +9,12 @@ from tagstack.cli import main
 
 
 @pytest.fixture(scope="module")
-def model_file(tmp_path_factory, synth_dir):
+def trained_model(tmp_path_factory, synth_dir):
     out = tmp_path_factory.mktemp("clirun")
     from synth import TEST_FRONTEND
-    from tagstack.config import ExperimentConfig, TrainConfig
-    from tagstack.pipeline import run_all
+    from tagstack.config import TrainConfig
+    from tagstack.experiments.config import ExperimentConfig
+    from tagstack.experiments.run import run_experiment as run_all
 
     cfg = ExperimentConfig(dataset="manifest", root=str(synth_dir), scales=(18, 27), frontend=TEST_FRONTEND,
                            local=TrainConfig(max_epochs=2, batch_size=32, lr_stages=1),
@@ -32,30 +33,30 @@ def test_help_reads_well(capsys):
         assert cmd in text
 
 
-def test_tag_formats_and_bad_files(model_file, synth_dir, tmp_path, capsys):
+def test_tag_formats_and_bad_files(trained_model, synth_dir, tmp_path, capsys):
     (tmp_path / "empty.wav").write_bytes(b"")
     (tmp_path / "corrupt.mp3").write_bytes(b"\x00garbage" * 100)
     rc = main(["tag", str(synth_dir / "clip000.wav"), str(tmp_path / "empty.wav"), str(tmp_path / "corrupt.mp3"),
-               "--model", str(model_file), "--format", "jsonl", "--top-k", "2", "--device", "cpu"])
+               "--model", str(trained_model), "--format", "jsonl", "--top-k", "2", "--device", "cpu"])
     captured = capsys.readouterr()
     assert rc == 1
     assert "empty.wav: file is empty" in captured.err
     assert "corrupt.mp3" in captured.err and "2 of 3 files" in captured.err
     lines = [json.loads(l) for l in captured.out.strip().splitlines()]
     assert len(lines) == 1 and len(lines[0]["tags"]) == 2
-    assert main(["tag", str(synth_dir / "clip00*.wav"), "--model", str(model_file), "--format", "csv", "--threshold", "0.0"]) == 0
+    assert main(["tag", str(synth_dir / "clip00*.wav"), "--model", str(trained_model), "--format", "csv", "--threshold", "0.0"]) == 0
     rows = capsys.readouterr().out.strip().splitlines()
     assert rows[0] == "path,tag,probability" and len(rows) == 1 + 10 * 4
 
 
-def test_tag_writes_taggram_plot_and_data(model_file, synth_dir, tmp_path):
-    assert main(["tag", str(synth_dir / "clip001.wav"), "--model", str(model_file), "--taggram", str(tmp_path)]) == 0
+def test_tag_writes_taggram_plot_and_data(trained_model, synth_dir, tmp_path):
+    assert main(["tag", str(synth_dir / "clip001.wav"), "--model", str(trained_model), "--taggram", str(tmp_path)]) == 0
     for suffix in (".taggram.npy", ".taggram.csv", ".taggram.png"):
         assert (tmp_path / f"clip001{suffix}").exists()
     assert np.load(tmp_path / "clip001.taggram.npy").shape == (1, 4)
 
 
-def test_taggram_hop_and_files_sharing_a_name(model_file, synth_dir, tmp_path, capsys):
+def test_taggram_hop_and_files_sharing_a_name(trained_model, synth_dir, tmp_path, capsys):
     import soundfile as sf
 
     y, sr = sf.read(synth_dir / "clip001.wav")
@@ -63,26 +64,29 @@ def test_taggram_hop_and_files_sharing_a_name(model_file, synth_dir, tmp_path, c
         (tmp_path / sub).mkdir()
         sf.write(tmp_path / sub / "song.wav", np.concatenate([y, y]), sr)  # 10 s: two clips of the test model
     out = tmp_path / "grams"
-    assert main(["tag", str(tmp_path / "a"), str(tmp_path / "b"), "--model", str(model_file), "--taggram", str(out), "--hop", "2.5"]) == 0
+    assert main(["tag", str(tmp_path / "a"), str(tmp_path / "b"), "--model", str(trained_model), "--taggram", str(out), "--hop", "2.5"]) == 0
     assert sorted(p.name for p in out.glob("*.npy")) == ["song-2.taggram.npy", "song.taggram.npy"]
     lines = (out / "song.taggram.csv").read_text().splitlines()
     assert lines[0].startswith("start_s,end_s,")
     assert [l.split(",")[:2] for l in lines[1:]] == [["0.00", "5.00"], ["2.50", "7.50"], ["5.00", "10.00"]]
     # a --hop that cannot be used is one error up front, not one per file
-    assert main(["tag", str(tmp_path / "a"), "--model", str(model_file), "--hop", "2.5"]) == 1
-    assert main(["tag", str(tmp_path / "a"), "--model", str(model_file), "--taggram", str(out), "--hop", "-1"]) == 1
+    assert main(["tag", str(tmp_path / "a"), "--model", str(trained_model), "--hop", "2.5"]) == 1
+    assert main(["tag", str(tmp_path / "a"), "--model", str(trained_model), "--taggram", str(out), "--hop", "-1"]) == 1
     assert "--hop" in capsys.readouterr().err
 
 
-def test_embed_npy_and_parquet(model_file, synth_dir, tmp_path):
-    assert main(["embed", str(synth_dir), "--model", str(model_file), "--out", str(tmp_path / "e.npy"), "--scales", "27", "--layers", "3"]) == 0
-    x = np.load(tmp_path / "e.npy")
-    names = (tmp_path / "e.txt").read_text().split()
+def test_embed_npz_and_parquet_record_their_scales_and_layers(trained_model, synth_dir, tmp_path):
+    assert main(["embed", str(synth_dir), "--model", str(trained_model), "--out", str(tmp_path / "e.npz"), "--scales", "27", "--layers", "3"]) == 0
+    with np.load(tmp_path / "e.npz") as f:
+        x, names = f["embeddings"], list(f["paths"])
+        assert list(f["scales"]) == [27] and list(f["layers"]) == [3]
     assert x.shape == (64, 256) and len(names) == 64 and names[0].endswith("clip000.wav")
     pq = pytest.importorskip("pyarrow.parquet")
-    assert main(["embed", str(synth_dir / "clip000.wav"), "--model", str(model_file), "--out", str(tmp_path / "e.parquet")]) == 0
+    assert main(["embed", str(synth_dir / "clip000.wav"), "--model", str(trained_model), "--out", str(tmp_path / "e.parquet")]) == 0
     t = pq.read_table(tmp_path / "e.parquet")
     assert t.num_rows == 1 and len(t.column("embedding")[0]) == 1024
+    assert json.loads(t.schema.metadata[b"tagstack.scales"]) == [18, 27]
+    assert main(["embed", str(synth_dir / "clip000.wav"), "--model", str(trained_model), "--out", str(tmp_path / "e.npy")]) == 1
 
 
 def test_errors_are_one_line_with_nonzero_status(tmp_path, capsys):

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from synth import TEST_FRONTEND
-from tagstack.frontend import ClipMel, LogMel
-from tagstack.inference import DEFAULT_MODEL, Tagger
-from tagstack.local_models import LocalCNN, local_arch
-from tagstack.training import choose_device
+from tagstack.audio.frontend import ClipMel, LogMel
+from tagstack.inference.tagger import DEFAULT_MODEL, Tagger
+from tagstack.models.local import LocalCNN, local_arch
+from tagstack.runtime import choose_device
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
 
@@ -49,8 +49,9 @@ def test_tagging_on_the_gpu_gives_the_cpu_probabilities():
 
 
 def test_training_runs_on_the_gpu(tmp_path, synth_dir):
-    from tagstack.config import ExperimentConfig, TrainConfig
-    from tagstack.pipeline import run_all
+    from tagstack.config import TrainConfig
+    from tagstack.experiments.config import ExperimentConfig
+    from tagstack.experiments.run import run_experiment as run_all
 
     cfg = ExperimentConfig(
         dataset="manifest", root=str(synth_dir), scales=(18, 27), frontend=TEST_FRONTEND,

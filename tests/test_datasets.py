@@ -5,8 +5,8 @@ import soundfile as sf
 from tagstack.config import FrontEndConfig
 from tagstack.datasets import ClipSet, load_dataset, read_folders, read_manifest, stratified_split, write_manifest
 from tagstack.errors import DatasetError
-from tagstack.frontend import clip_mels
-from tagstack.melcache import MelCache
+from tagstack.audio.frontend import clip_mels
+from tagstack.datasets.melcache import MelCache
 
 FE = FrontEndConfig(clip_seconds=2.0, n_frames=80)
 
@@ -79,7 +79,7 @@ def test_mel_cache_builds_resumes_and_reports_bad_files(tmp_path):
     assert "file not found" in report["skipped"][str(tmp_path / "missing.wav")]
     assert list(report["padded"]) == [str(tmp_path / "short.wav")]
     assert cache.valid.tolist() == [True, True, False, False, False]
-    from tagstack.audio import load
+    from tagstack.audio.io import load
 
     ref = clip_mels([load(tmp_path / "ok.wav")], config=FE)[0]
     np.testing.assert_allclose(cache.mels[0].astype(np.float32), ref, rtol=2e-3, atol=2e-3)  # float16 storage

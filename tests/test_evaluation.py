@@ -1,7 +1,7 @@
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from tagstack.evaluation import accuracy, bootstrap_ci, evaluate, tagging_metrics
+from tagstack.train.evaluation import accuracy, bootstrap_ci, evaluate, tagging_metrics
 
 
 def test_macro_scores_match_sklearn_and_skip_tags_without_positives():

@@ -5,7 +5,7 @@ import torch
 
 from tagstack.config import FrontEndConfig
 from tagstack.errors import ParameterError
-from tagstack.frontend import ClipMel, LogMel, clip_mels, fit_clip, mel_filterbank
+from tagstack.audio.frontend import ClipMel, LogMel, clip_mels, fit_clip, mel_filterbank
 
 SR = 22050
 

@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from tagstack.aggregation import aggregate_clips, feature_layout, select_columns
+from tagstack.models.aggregation import aggregate, feature_layout, select_columns
 from tagstack.errors import ParameterError
-from tagstack.global_classifier import GlobalArch, GlobalMLP
-from tagstack.local_models import ARCHITECTURES, build_local_cnn, n_segments
+from tagstack.models.classifier import GlobalArch, GlobalMLP
+from tagstack.models.local import ARCHITECTURES, build_local_cnn, n_segments
 
 # (frames, channels) of every conv layer's output, from Sec. II-A
 EXPECTED = {
@@ -50,7 +50,7 @@ def test_aggregated_feature_is_4096_dimensional():
     sizes = {s: sum(b.stop - b.start for b in layout if b.scale == s) for s in ARCHITECTURES}
     assert sizes == {18: 512, 27: 512, 54: 768, 108: 1024, 216: 1280}
     mels = torch.randn(2, 1250, 128)
-    feats = torch.cat([aggregate_clips(models[s], mels)[0] for s in sorted(models)], dim=1)
+    feats = torch.cat([aggregate(models[s], mels)[0] for s in sorted(models)], dim=1)
     assert feats.shape == (2, 4096)
     assert len(select_columns(layout, scales=[18, 27, 54])) == 512 + 512 + 768
     assert len(select_columns(layout, scales=[27], layers=[1, 3])) == 128 + 256
@@ -62,7 +62,8 @@ def test_aggregation_is_max_within_segment_then_mean_over_segments():
     torch.manual_seed(1)
     model = build_local_cnn(27, n_tags=3).eval()
     mels = torch.randn(1, 100, 128)  # 3 segments of 27 frames, 19 frames dropped
-    feats, probs = aggregate_clips(model, mels)
+    with torch.no_grad():
+        feats, probs = aggregate(model, mels)
     # by hand: run each segment alone, max over time, mean over segments
     segs = [mels[:, i * 27 : (i + 1) * 27] for i in range(3)]
     with torch.no_grad():

@@ -4,8 +4,9 @@ import json
 import pytest
 
 from synth import TEST_FRONTEND
-from tagstack.config import ExperimentConfig, TrainConfig
-from tagstack.reproduce import ablations
+from tagstack.config import TrainConfig
+from tagstack.experiments.config import ExperimentConfig
+from tagstack.experiments.reproduce import ablations
 
 
 def test_ablation_plan_matches_the_paper():
@@ -17,14 +18,14 @@ def test_ablation_plan_matches_the_paper():
 
 @pytest.mark.slow
 def test_reproduce_writes_tables_figures_and_report(tmp_path, synth_dir):
-    from tagstack.reproduce import reproduce
+    from tagstack.experiments.reproduce import reproduce
 
     cfg = ExperimentConfig(dataset="manifest", root=str(synth_dir), scales=(18, 27, 54), frontend=TEST_FRONTEND,
                            local=TrainConfig(max_epochs=2, batch_size=32, lr_stages=1),
                            global_=TrainConfig(max_epochs=4, batch_size=8, lr_stages=1, monitor="roc_auc"),
                            cache_dir=str(tmp_path / "cache"), workers=1)
     joint = TrainConfig(lr=0.001, batch_size=8, max_epochs=1, lr_stages=1, monitor="roc_auc")
-    res = reproduce(cfg, tmp_path / "rep", seeds=(0, 1), joint=joint, n_boot=20)
+    res = reproduce(cfg.replace(seeds=(0, 1), joint=joint, n_boot=20), tmp_path / "rep")
     out = tmp_path / "rep"
     for name in ("fig2_local_vs_global", "fig3_levels", "fig4_scales", "fig5_levels", "fig5_scales", "table2_measured", "table2_published"):
         assert (out / "tables" / f"{name}.csv").exists() and (out / "tables" / f"{name}.md").exists(), name
@@ -37,19 +38,19 @@ def test_reproduce_writes_tables_figures_and_report(tmp_path, synth_dir):
     # stage 1 ran once: one checkpoint per scale, not one per ablation
     assert sorted(p.name for p in (out / "1-local").iterdir()) == ["18", "27", "54"]
     # transfer: reuse those CNNs from a model file on the same data
-    from tagstack.artifact import TaggingModel
-    from tagstack.pipeline import load_run_model  # noqa: F401
+    from tagstack.models.file import save_model
+    from tagstack.models.tagger import TaggingModel
     import torch
 
     models = {}
-    from tagstack.local_models import build_local_cnn
+    from tagstack.models.local import build_local_cnn
 
     for s in (18, 27, 54):
         m = build_local_cnn(s, n_tags=4)
         m.load_state_dict(torch.load(out / "1-local" / str(s) / "best.pt", weights_only=True))
         models[s] = m
-    TaggingModel(local=models, global_model=None, tags=["a", "b", "c", "d"], frontend=TEST_FRONTEND).save(tmp_path / "cnns.safetensors")
-    res2 = reproduce(cfg, tmp_path / "transfer", seeds=(0,), local_from=tmp_path / "cnns.safetensors", joint=None, n_boot=10)
+    save_model(TaggingModel(models, None, tags=["a", "b", "c", "d"], frontend=TEST_FRONTEND), tmp_path / "cnns.safetensors")
+    res2 = reproduce(cfg.replace(seeds=(0,), local_from=str(tmp_path / "cnns.safetensors"), joint=None, n_boot=10), tmp_path / "transfer")
     assert (tmp_path / "transfer" / "tables" / "table1_transfer.md").exists()
     assert not (tmp_path / "transfer" / "1-local").exists()
     assert json.loads((tmp_path / "transfer" / "results.json").read_text())["local_from"]

@@ -6,7 +6,7 @@ import pytest
 import soundfile as sf
 
 from tagstack.cli import main
-from tagstack.inference import DEFAULT_MODEL, Tagger
+from tagstack.inference.tagger import DEFAULT_MODEL, Tagger
 
 pytestmark = pytest.mark.skipif(not DEFAULT_MODEL.exists(), reason="no shipped model in this checkout")
 
@@ -24,7 +24,7 @@ def audio_files(tmp_path_factory):
 
 
 def test_default_model_describes_itself():
-    from tagstack.artifact import read_metadata
+    from tagstack.models.file import read_metadata
 
     meta = read_metadata(DEFAULT_MODEL)
     assert sorted(int(s) for s in meta["local"]) == [18, 27, 54, 108, 216]
@@ -45,8 +45,8 @@ def test_tag_every_format_with_the_default_model(audio_files, capsys):
 
 
 def test_embed_with_the_default_model(audio_files, tmp_path):
-    assert main(["embed", str(audio_files / "piece.wav"), str(audio_files / "piece.mp3"), "--out", str(tmp_path / "e.npy")]) == 0
-    x = np.load(tmp_path / "e.npy")
+    assert main(["embed", str(audio_files / "piece.wav"), str(audio_files / "piece.mp3"), "--out", str(tmp_path / "e.npz")]) == 0
+    x = np.load(tmp_path / "e.npz")["embeddings"]
     assert x.shape == (2, 4096) and np.isfinite(x).all()
     assert np.corrcoef(x[0], x[1])[0, 1] > 0.95  # the same music in two encodings
 

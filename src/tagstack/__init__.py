@@ -1,18 +1,25 @@
 """tagstack: multi-level and multi-scale music auto-tagging (Lee & Nam, 2017).
 
-Stages, each in a module named for it: :mod:`~tagstack.frontend` (log-mel),
-:mod:`~tagstack.local_models` (stage 1 CNNs), :mod:`~tagstack.aggregation`
-(stage 2), :mod:`~tagstack.global_classifier` (stage 3), with
-:mod:`~tagstack.training`, :mod:`~tagstack.evaluation`,
-:mod:`~tagstack.datasets`, :mod:`~tagstack.inference` and :mod:`~tagstack.cli`.
+The tree is the architecture: :mod:`~tagstack.audio` (decoding, front end),
+:mod:`~tagstack.models` (local CNNs, aggregation, global classifier, the whole
+tagger and its file), :mod:`~tagstack.datasets` (adapters, mel cache, corpus),
+:mod:`~tagstack.train` (loop, stages, evaluation), :mod:`~tagstack.experiments`
+(configuration, the orchestrator, reproduce, demo), :mod:`~tagstack.inference`
+(tagging and embedding), :mod:`~tagstack.report` (everything shown to a person)
+and :mod:`~tagstack.cli`.
 """
 from .errors import AudioError, DatasetError, ModelFileError, ParameterError, TagstackError
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-#: Public API loaded on first use, so ``import tagstack`` stays light.
-_LAZY = {"Tagger": "inference", "load_model": "artifact", "TaggingModel": "artifact", "run_all": "pipeline",
-         "ExperimentConfig": "config", "TrainConfig": "config", "FrontEndConfig": "config", "load_dataset": "datasets"}
+#: Public API, imported on first use so ``import tagstack`` stays light.
+_LAZY = {
+    "Tagger": "inference.tagger", "tag_files": "inference.outputs", "embed_files": "inference.outputs",
+    "TaggingModel": "models.tagger", "load_model": "models.file", "save_model": "models.file",
+    "ExperimentConfig": "experiments.config", "Experiment": "experiments.run", "run_experiment": "experiments.run",
+    "reproduce": "experiments.reproduce", "TrainConfig": "config", "FrontEndConfig": "config",
+    "load_dataset": "datasets", "load": "audio.io", "stream": "audio.io",
+}
 
 
 def __getattr__(name: str):

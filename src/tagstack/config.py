@@ -1,28 +1,28 @@
 """Configuration as plain data.
 
-Every experiment is described by dataclasses that are saved, fully resolved, as
-``config.toml`` next to the results they produce; :func:`load_config` rebuilds
-the same objects, so a run directory can be reproduced from its config alone.
+The front end and the training schedule are frozen-in-spirit dataclasses,
+validated when built. The experiment that combines them (data, scales,
+layers, schedules, seeds ...) is :class:`tagstack.experiments.config.ExperimentConfig`;
+the schedules' defaults live here, once: :func:`local_schedule`,
+:func:`global_schedule` and :func:`joint_schedule`.
 """
 from __future__ import annotations
 
 import dataclasses
-import sys
-from dataclasses import dataclass, field
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import tomli_w
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 from .errors import ParameterError
 
 #: The five input sizes of the paper (frames of 512 samples at 22,050 Hz).
 PAPER_SCALES: tuple[int, ...] = (18, 27, 54, 108, 216)
+
+
+def tagstack_home() -> Path:
+    """Where corpora and mel caches live: ``$TAGSTACK_HOME`` or ``~/.cache/tagstack``."""
+    return Path(os.environ.get("TAGSTACK_HOME", Path.home() / ".cache" / "tagstack"))
 
 
 @dataclass(frozen=True)
@@ -99,33 +99,6 @@ class TrainConfig:
                 raise ParameterError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
 
 
-@dataclass
-class ExperimentConfig:
-    """Everything a three-stage run needs; saved as ``config.toml`` in its run directory."""
-
-    dataset: str = "corpus"
-    root: str = ""
-    split: str = ""
-    split_dir: str = ""  # where the published split/label files are, when not under root
-    merge_synonyms: bool = False  # MagnaTagATune 'full' split: merge synonymous tags
-    scales: tuple[int, ...] = PAPER_SCALES
-    layers: tuple[int, ...] | None = None  # None: every conv layer
-    global_hidden: int = 512
-    frontend: FrontEndConfig = field(default_factory=FrontEndConfig)
-    local: TrainConfig = field(default_factory=lambda: TrainConfig(batch_size=64))
-    global_: TrainConfig = field(default_factory=lambda: TrainConfig(batch_size=16, monitor="roc_auc"))
-    cache_dir: str = ""
-    workers: int = 0  # 0: one per CPU core
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        self.scales = tuple(int(s) for s in self.scales)
-        if self.layers is not None:
-            self.layers = tuple(int(i) for i in self.layers)
-        if self.global_hidden < 1:
-            raise ParameterError(f"global_hidden must be >= 1, got {self.global_hidden}")
-
-
 def to_dict(obj: Any) -> dict[str, Any]:
     """A dataclass as TOML-safe plain data (None values dropped, tuples as lists)."""
 
@@ -139,30 +112,16 @@ def to_dict(obj: Any) -> dict[str, Any]:
     return clean(dataclasses.asdict(obj))
 
 
-def save_config(config: ExperimentConfig, path: str | Path) -> None:
-    """Write ``config`` as TOML, atomically."""
-    from .fileio import atomic_write_bytes
-
-    atomic_write_bytes(Path(path), tomli_w.dumps(to_dict(config)).encode())
+def local_schedule(**overrides: Any) -> TrainConfig:
+    """Stage 1 (local CNNs): the authors' schedule on batches of 64 segments, monitoring validation loss."""
+    return TrainConfig(**{"batch_size": 64, **overrides})
 
 
-def config_from_dict(data: dict[str, Any]) -> ExperimentConfig:
-    """Inverse of :func:`to_dict` for :class:`ExperimentConfig`."""
-    data = dict(data)
-    known = {f.name for f in dataclasses.fields(ExperimentConfig)}
-    unknown = set(data) - known
-    if unknown:
-        raise ParameterError(f"unknown configuration keys: {sorted(unknown)}")
-    if "frontend" in data:
-        data["frontend"] = FrontEndConfig(**data["frontend"])
-    for key in ("local", "global_"):
-        if key in data:
-            data[key] = TrainConfig(**data[key])
-    data.setdefault("layers", None)
-    return ExperimentConfig(**data)
+def global_schedule(**overrides: Any) -> TrainConfig:
+    """Stage 3 (global MLP): the authors' schedule on batches of 16 clips, monitoring validation ROC-AUC."""
+    return TrainConfig(**{"batch_size": 16, "monitor": "roc_auc", **overrides})
 
 
-def load_config(path: str | Path) -> ExperimentConfig:
-    """Read a ``config.toml`` written by :func:`save_config`."""
-    with open(path, "rb") as f:
-        return config_from_dict(tomllib.load(f))
+def joint_schedule(**overrides: Any) -> TrainConfig:
+    """Joint fine-tuning: a rate of 0.001 (a tenth of the staged start), batches of 8 clips, 3 epochs."""
+    return TrainConfig(**{"lr": 0.001, "batch_size": 8, "max_epochs": 3, "lr_stages": 2, "patience": 2, "monitor": "roc_auc", **overrides})

@@ -6,6 +6,7 @@ then renamed over the destination, which POSIX makes atomic.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -14,11 +15,27 @@ from typing import Any, Callable
 import numpy as np
 
 
+#: Name prefix of the temporary files of :func:`atomic_write`; what a killed process leaves is found by it.
+TEMP_PREFIX = ".tagstack-tmp-"
+
+
+def remove_leftovers(folder: Path) -> int:
+    """Delete the temporary files that killed atomic writes left anywhere under ``folder``; returns how many."""
+    n = 0
+    for p in Path(folder).rglob(f"{TEMP_PREFIX}*"):
+        try:
+            p.unlink()
+            n += 1
+        except OSError:
+            pass
+    return n
+
+
 def atomic_write(path: Path, writer: Callable[[str], None], *, suffix: str = "") -> None:
     """Call ``writer(tmp_path)`` and rename the result to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
     os.close(fd)
     try:
         writer(tmp)
@@ -48,8 +65,24 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def finite_json(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float replaced by None, so strict JSON parsers read it (as ``null``)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, (np.floating, np.integer)):
+        return finite_json(obj.item())
+    if isinstance(obj, np.ndarray):
+        return finite_json(obj.tolist())
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    return obj
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """Write ``obj`` as strict JSON (NaN and infinity as ``null``), atomically."""
+    atomic_write_text(path, json.dumps(finite_json(obj), indent=2, allow_nan=False) + "\n")
 
 
 def atomic_save_npy(path: Path, array: np.ndarray) -> None:

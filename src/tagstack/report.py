@@ -1,4 +1,8 @@
-"""The run report: a short Markdown file and the plots it shows."""
+"""Everything tagstack shows a person: run reports, reproduction tables and figures, taggram plots, model cards.
+
+Computation lives elsewhere; these functions only format results that are
+passed in, as Markdown, CSV and PNG (matplotlib, headless).
+"""
 from __future__ import annotations
 
 import json
@@ -7,10 +11,10 @@ from pathlib import Path
 import numpy as np
 
 from .datasets import ClipSet
-from .fileio import atomic_write, atomic_write_text
+from .fileio import atomic_save_npy, atomic_write, atomic_write_text
 
 
-def _plt():
+def plt_module():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -22,12 +26,12 @@ def _plt():
 def save_figure(fig, path: Path) -> None:
     """Save a matplotlib figure atomically and close it."""
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"), suffix=".png")
-    _plt().close(fig)
+    plt_module().close(fig)
 
 
 def plot_curves(run_dir: Path, out: Path) -> None:
     """Validation loss and ROC-AUC per epoch of every trained network."""
-    plt = _plt()
+    plt = plt_module()
     histories = {}
     for h in sorted(run_dir.glob("1-local/*/history.json"), key=lambda p: int(p.parent.name)):
         histories[f"local {h.parent.name}"] = json.loads(h.read_text())
@@ -49,7 +53,7 @@ def plot_curves(run_dir: Path, out: Path) -> None:
 
 def plot_per_tag(tags: list[str], series: dict[str, list[float]], out: Path, *, title: str) -> None:
     """Per-tag ROC-AUC bars of several models, tags sorted by the last series."""
-    plt = _plt()
+    plt = plt_module()
     last = np.array(list(series.values())[-1], dtype=float)
     order = np.argsort(np.nan_to_num(last, nan=-1))[::-1]
     fig, ax = plt.subplots(figsize=(max(8, 0.28 * len(tags)), 4.5))
@@ -96,3 +100,140 @@ def write_report(run_dir: Path, metrics: dict, clips: ClipSet) -> None:
         lines.append(f"| {t} | {clips.groups.get(t, '')} | {lv:.4f} | {gv:.4f} |")
     lines += ["", "## Training curves", "", "![curves](plots/curves.png)", ""]
     atomic_write_text(run_dir / "report.md", "\n".join(lines))
+
+
+# ------------------------------------------------------------ the reproduction (tagstack reproduce)
+
+def write_table(out: Path, name: str, header: list[str], rows: list[list]) -> str:
+    """Write ``name``.csv and .md; returns the Markdown."""
+    def fmt(v):
+        return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    csv_text = "\n".join(",".join(f'"{fmt(v)}"' if "," in fmt(v) else fmt(v) for v in r) for r in [header, *rows]) + "\n"
+    md = "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]) + "\n"
+    atomic_write_text(out / "tables" / f"{name}.csv", csv_text)
+    atomic_write_text(out / "tables" / f"{name}.md", md)
+    return md
+
+
+def bar_figure(out: Path, name: str, labels: list[str], series: dict[str, tuple[list[float], list[float]]], title: str) -> None:
+    plt = plt_module()
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(labels) + 2), 4))
+    width = 0.8 / len(series)
+    lo = min(min(v) for v, _ in series.values())
+    for k, (sname, (vals, errs)) in enumerate(series.items()):
+        ax.bar(np.arange(len(labels)) + k * width, vals, width=width, yerr=errs, capsize=3, label=sname)
+    ax.set_xticks(np.arange(len(labels)) + 0.4 - width / 2, labels, rotation=30, ha="right")
+    ax.set_ylim(max(0.0, lo - 0.05), min(1.0, max(max(v) for v, _ in series.values()) + 0.03))
+    ax.set(ylabel="test ROC-AUC", title=title)
+    ax.legend(fontsize=8)
+    save_figure(fig, out / "figures" / f"{name}.png")
+
+
+def per_tag_gain_figure(out: Path, name: str, tags: list[str], singles: dict[str, np.ndarray], concat: np.ndarray, title: str) -> list[list]:
+    """Fig. 5 style: absolute ROC-AUC of the concatenation (sorted) and each single model's gap to it."""
+    plt = plt_module()
+    order = [i for i in np.argsort(-np.nan_to_num(concat, nan=-1)) if not np.isnan(concat[i])]
+    smallest = list(singles.values())[0]
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(max(8, 0.3 * len(order)), 7), sharex=True)
+    a1.bar(range(len(order)), concat[order], color="tab:blue")
+    a1.set_ylim(max(0, np.nanmin(concat) - 0.05), 1.0)
+    a1.set(ylabel="ROC-AUC (concatenation)", title=title)
+    others = list(singles.items())[1:]  # the gain of the smallest over itself is zero
+    width = 0.8 / (len(others) + 1)
+    for k, (label, v) in enumerate(others):
+        a2.bar(np.arange(len(order)) + k * width, v[order] - smallest[order], width=width, label=f"{label} - {list(singles)[0]}")
+    a2.bar(np.arange(len(order)) + len(others) * width, concat[order] - smallest[order], width=width, label=f"concatenation - {list(singles)[0]}")
+    a2.axhline(0, color="k", lw=0.5)
+    a2.set_xticks(range(len(order)), [tags[i] for i in order], rotation=75, fontsize=7)
+    a2.set(ylabel="ROC-AUC gain over the smallest")
+    a2.legend(fontsize=7)
+    save_figure(fig, out / "figures" / f"{name}.png")
+    return [[tags[i], *(float(v[i]) for v in singles.values()), float(concat[i]), float(concat[i] - smallest[i])] for i in order]
+
+
+def write_reproduction_report(out: Path, name: str, md: dict[str, str], seed_note: str, joint_result, staged: dict, local_from) -> None:
+    parts = [f"# Reproduction of Lee & Nam (2017) on {name}", "",
+             f"Global models trained with {seed_note}; ± is the standard deviation over seeds; intervals are 95% bootstrap "
+             "intervals over test clips. Configuration: `config.toml`. Local CNNs: "
+             + (f"taken from `{local_from}` (transfer learning)." if local_from else "trained here once, reused by every ablation."), ""]
+    sections = [("fig2", "Fig. 2: local vs global models per input size", "fig2_local_vs_global"),
+                ("fig3", "Fig. 3: levels of the 27-frame model", "fig3_levels"),
+                ("fig4", "Fig. 4: combinations of scales", "fig4_scales"),
+                ("fig5_levels", "Fig. 5 (top): per-tag ROC-AUC, levels", "fig5_levels"),
+                ("fig5_scales", "Fig. 5 (bottom): per-tag ROC-AUC, scales", "fig5_scales")]
+    for key, title, fig in sections:
+        if key in md:
+            parts += [f"## {title}", "", f"![{fig}](figures/{fig}.png)", "", md[key]]
+    if "table1" in md:
+        parts += ["## Table I: transfer learning", "", md["table1"]]
+    parts += ["## Table II: this run (measured)", "", md["table2"], "### The paper's Table II and Table I (published, not measured here)", "", md["table2_published"]]
+    if joint_result:
+        staged_roc = np.mean([v["roc_auc"] for v in staged["seeds"].values()])
+        verdict = "beats" if joint_result["roc_auc"] > staged_roc else "does not beat"
+        parts += ["## Joint fine-tuning", "",
+                  f"Fine-tuning the local CNNs and the global network together end to end {verdict} the staged model: "
+                  f"test ROC-AUC {joint_result['roc_auc']:.4f} (95% CI {joint_result['roc_auc_ci95'][0]:.4f}-{joint_result['roc_auc_ci95'][1]:.4f}) "
+                  f"against {staged_roc:.4f} (CI {staged['roc_auc_ci95'][0]:.4f}-{staged['roc_auc_ci95'][1]:.4f}).", ""]
+    atomic_write_text(out / "report.md", "\n".join(parts))
+
+
+# ------------------------------------------------------------ taggrams
+
+def write_taggram(result, out_dir: Path, stem: str, clip_seconds: float) -> None:
+    """A file's taggram as ``stem``.taggram.npy, .csv (window start and end, tag probabilities) and .png."""
+    atomic_save_npy(out_dir / f"{stem}.taggram.npy", result.taggram.astype(np.float32))
+    ends = np.minimum(result.window_starts + clip_seconds, result.seconds)
+    lines = ["start_s,end_s," + ",".join(result.tags)]
+    lines += [f"{t:.2f},{e:.2f}," + ",".join(f"{v:.4f}" for v in row)
+              for t, e, row in zip(result.window_starts, ends, result.taggram)]
+    atomic_write_text(out_dir / f"{stem}.taggram.csv", "\n".join(lines) + "\n")
+    # each column drawn at its window's centre, as wide as the gaps to its neighbours
+    centres = (result.window_starts + ends) / 2
+    edges = np.concatenate([[0.0], (centres[1:] + centres[:-1]) / 2, [result.seconds]]) if len(centres) > 1 else np.array([0.0, result.seconds])
+    plt = plt_module()
+    fig, ax = plt.subplots(figsize=(min(20, max(6, 0.5 * len(result.taggram) + 3)), 0.18 * len(result.tags) + 1.5))
+    im = ax.pcolormesh(edges, np.arange(len(result.tags) + 1) - 0.5, result.taggram.T, cmap="magma", vmin=0, vmax=1)
+    ax.set_yticks(range(len(result.tags)), result.tags, fontsize=7)
+    ax.set(xlabel=f"time (s); each column a {clip_seconds:g} s window, drawn at its centre", title=f"taggram: {Path(result.path).name}")
+    fig.colorbar(im, ax=ax, label="probability")
+    save_figure(fig, out_dir / f"{stem}.taggram.png")
+
+
+# ------------------------------------------------------------ terminal summaries
+
+def metrics_table(metrics: dict) -> str:
+    """Test scores of a run (local CNNs, global model, tag groups) as a plain-text table."""
+    lines = ["", f"{'model':<34} {'ROC-AUC':>8} {'PR-AUC':>8}"]
+    for s, m in metrics["local"].items():
+        lines.append(f"{'local, ' + s + ' frames':<34} {m['roc_auc']:>8.4f} {m['pr_auc']:>8.4f}")
+    g = metrics["global"]
+    lines.append(f"{'global, multi-level multi-scale':<34} {g['roc_auc']:>8.4f} {g['pr_auc']:>8.4f}")
+    if "accuracy" in g:
+        lines.append(f"global accuracy: {g['accuracy']:.4f}")
+    if g.get("groups"):
+        best = max(metrics["local"], key=lambda s: metrics["local"][s]["roc_auc"])
+        lines += ["", f"{'tag group':<14} {'local ' + best:>10} {'global':>8}   (mean per-tag ROC-AUC)"]
+        for grp, v in g["groups"].items():
+            lines.append(f"{grp:<14} {metrics['local'][best]['groups'].get(grp, float('nan')):>10.4f} {v:>8.4f}")
+    return "\n".join(lines)
+
+
+def model_summary(meta: dict, path: str) -> str:
+    """A short human description of a model file's header (``tagstack info``)."""
+    info = meta.get("info", {})
+    test = info.get("test", {})
+    g = meta.get("global")
+    lines = [f"model: {path}",
+             f"tags ({len(meta['tags'])}, {meta['task']}): {', '.join(meta['tags'][:12])}{' ...' if len(meta['tags']) > 12 else ''}",
+             f"local CNNs: {', '.join(meta['local'])} frames; features: {meta['feature_layout'][-1]['stop'] if meta['feature_layout'] else 0}",
+             "global classifier: " + ("none (embedding only)" if g is None else
+                                      f"{g['n_hidden_layers']} x {g['hidden']} units on {g['n_features']} features")
+             + f" (scales {meta['scales']}, layers {meta['layers'] or 'all'})",
+             f"front end: {meta['frontend']['sample_rate']} Hz, {meta['frontend']['n_mels']} mels, {meta['frontend']['clip_seconds']} s clips"]
+    if info.get("dataset"):
+        lines.append(f"trained on: {info['dataset']}" + (f" ({info['data']})" if isinstance(info.get("data"), str) else ""))
+    if test.get("roc_auc") is not None:
+        lines.append(f"test: ROC-AUC {test['roc_auc']:.4f}, PR-AUC {test.get('pr_auc') or float('nan'):.4f}")
+    lines.append("(--json for the whole header)")
+    return "\n".join(lines)

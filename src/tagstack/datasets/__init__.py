@@ -1,9 +1,13 @@
 """Dataset adapters: each turns a dataset's published files into a :class:`ClipSet`.
 
-:func:`load_dataset` picks the adapter by name; :data:`DATASETS` lists them.
+:data:`DATASETS` is the registry: every adapter declares the options it
+takes, and :func:`load_dataset` refuses any other, so a flag that an adapter
+would ignore (``--merge-synonyms`` for GTZAN, say) is an error, not a no-op.
 """
 from __future__ import annotations
 
+import importlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -12,54 +16,53 @@ from .base import SPLITS, ClipSet, stratified_split
 from .manifest import read_folders, read_manifest, write_manifest
 
 
-def _manifest(root: Path, split: str, **_: object) -> ClipSet:
-    """A manifest file, or the manifest.csv/.tsv in the folder ``root``."""
-    p = root if root.is_file() else next((root / n for n in ("manifest.csv", "manifest.tsv") if (root / n).is_file()), root / "manifest.csv")
-    return read_manifest(p)
+@dataclass(frozen=True)
+class Adapter:
+    """One dataset format: where its loader lives, what it is, which options it takes."""
+
+    module: str
+    function: str
+    description: str
+    options: frozenset[str] = frozenset()
+
+    @property
+    def loader(self) -> Callable[..., ClipSet]:
+        return getattr(importlib.import_module(f".{self.module}", __name__), self.function)
 
 
-def _folders(root: Path, split: str, **_: object) -> ClipSet:
-    return read_folders(root)
-
-
-def _corpus(root: Path, split: str, **_: object) -> ClipSet:
-    from ..corpus import corpus_clips
-    from ..pipeline import tagstack_home
-
-    return corpus_clips(root if str(root) not in ("", ".") else tagstack_home() / "corpus" / "default")
-
-
-def _lazy(module: str, func: str) -> Callable[..., ClipSet]:
-    def load(root: Path, split: str, **options: object) -> ClipSet:
-        import importlib
-
-        return getattr(importlib.import_module(f".{module}", __name__), func)(root, split, **options)
-
-    return load
-
-
-#: name -> (loader(root, split, **options), description)
-DATASETS: dict[str, tuple[Callable[..., ClipSet], str]] = {
-    "corpus": (_corpus, "the embedded score-rendered corpus (tagstack corpus build)"),
-    "mtat": (_lazy("mtat", "load_mtat"), "MagnaTagATune top-50; --split lee (the paper's) or full"),
-    "msd": (_lazy("msd", "load_msd"), "Million Song Dataset, Last.fm top-50, Lee's split (7digital previews)"),
-    "tagtraum": (_lazy("msd", "load_tagtraum"), "Tagtraum CD2C genres on MSD, Lee's split (single-label)"),
-    "gtzan": (_lazy("gtzan", "load_gtzan"), "GTZAN genres; --split fault-filtered or kfold-K-N (single-label)"),
-    "jamendo": (_lazy("jamendo", "load_jamendo"), "MTG-Jamendo autotagging top-50 (split-0 TSV files)"),
-    "manifest": (_manifest, "your own collection: manifest.csv/tsv with path, tags[, split]"),
-    "folders": (_folders, "your own collection: one folder per label (single-label)"),
+#: name -> adapter; options besides ``root`` and ``split``.
+DATASETS: dict[str, Adapter] = {
+    "corpus": Adapter("corpus", "load_corpus", "the embedded score-rendered corpus (tagstack corpus build)"),
+    "mtat": Adapter("mtat", "load_mtat", "MagnaTagATune top-50; --split lee (the paper's) or full", frozenset({"split_dir", "merge"})),
+    "msd": Adapter("msd", "load_msd", "Million Song Dataset, Last.fm top-50, Lee's split (7digital previews)", frozenset({"split_dir"})),
+    "tagtraum": Adapter("msd", "load_tagtraum", "Tagtraum CD2C genres on MSD, Lee's split (single-label)", frozenset({"split_dir"})),
+    "gtzan": Adapter("gtzan", "load_gtzan", "GTZAN genres; --split fault-filtered or kfold-K-N (single-label)", frozenset({"split_dir"})),
+    "jamendo": Adapter("jamendo", "load_jamendo", "MTG-Jamendo autotagging top-50 (split-0 TSV files)", frozenset({"split_dir"})),
+    "manifest": Adapter("manifest", "load_manifest", "your own collection: manifest.csv/tsv with path, tags[, split]"),
+    "folders": Adapter("manifest", "load_folders", "your own collection: one folder per label (single-label)"),
 }
 
 
-def load_dataset(name: str, root: str | Path = "", *, split: str = "", **options: object) -> ClipSet:
-    """Read dataset ``name`` from ``root`` with the named ``split`` scheme."""
+def check_dataset(name: str, options: dict[str, object]) -> dict[str, object]:
+    """The options that apply (those with a value), or a :class:`ParameterError` for an unknown name or option."""
     if name not in DATASETS:
         raise ParameterError(f"unknown dataset {name!r}; choose from {sorted(DATASETS)}")
-    loader = DATASETS[name][0]
+    given = {k: v for k, v in options.items() if v not in ("", None, False)}
+    extra = sorted(set(given) - DATASETS[name].options)
+    if extra:
+        flags = ", ".join("--merge-synonyms" if k == "merge" else f"--{k.replace('_', '-')}" for k in extra)
+        raise ParameterError(f"dataset {name!r} takes no {flags}")
+    return given
+
+
+def load_dataset(name: str, root: str | Path = "", *, split: str = "", **options: object) -> ClipSet:
+    """Read dataset ``name`` from ``root`` with the named ``split`` scheme (its default when empty)."""
+    given = check_dataset(name, options)
     root = Path(root) if root else Path()
     if name != "corpus" and not root.exists():
         raise DatasetError(f"{root}: dataset root not found")
-    return loader(root, split, **options)
+    return DATASETS[name].loader(root, split, **given)
 
 
-__all__ = ["SPLITS", "ClipSet", "DATASETS", "load_dataset", "read_folders", "read_manifest", "stratified_split", "write_manifest"]
+__all__ = ["SPLITS", "Adapter", "ClipSet", "DATASETS", "check_dataset", "load_dataset", "read_folders", "read_manifest",
+           "stratified_split", "write_manifest"]

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DatasetError, ParameterError
-from ._files import find_file, read_lines
+from .files import find_file, read_lines
 from .base import ClipSet
 
 GENRES = ("blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock")
@@ -35,7 +35,7 @@ def _resolve(audio_root: Path, rel: str) -> str:
     return rel  # missing audio is reported by the mel cache, clip by clip
 
 
-def load_gtzan(root: Path, split: str = "fault-filtered", *, split_dir: str | Path = "", seed: int = 0, **_: object) -> ClipSet:
+def load_gtzan(root: Path, split: str = "fault-filtered", *, split_dir: str | Path = "", seed: int = 0) -> ClipSet:
     split = split or "fault-filtered"
     audio_root = _audio_root(root)
     if split == "fault-filtered":

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DatasetError
-from ._files import find_file, read_lines
+from .files import find_file, read_lines
 from .base import ClipSet
 
 
@@ -30,7 +30,7 @@ def read_split_tsv(path: Path) -> list[tuple[str, list[str]]]:
     return out
 
 
-def load_jamendo(root: Path, split: str = "0", *, split_dir: str | Path = "", **_: object) -> ClipSet:
+def load_jamendo(root: Path, split: str = "0", *, split_dir: str | Path = "") -> ClipSet:
     folders = (split_dir, root)
     rows, names = [], []
     for name, file in (("train", "train"), ("valid", "validation"), ("test", "test")):

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..audio import AUDIO_EXTENSIONS
-from ..errors import DatasetError
+from ..audio.io import AUDIO_EXTENSIONS
+from ..errors import DatasetError, ParameterError
 from ..fileio import atomic_write_text
 from .base import SPLITS, ClipSet, stratified_split
 
@@ -107,3 +107,22 @@ def read_folders(root: str | Path, *, name: str | None = None, seed: int = 0) ->
     assign = stratified_split(paths, [classes[k] for k in y], seed=seed)
     splits = np.array([assign[p] for p in paths], dtype=object)
     return ClipSet(name=name or root.name, root=root, paths=paths, labels=labels, tags=classes, splits=splits, task="multiclass")
+
+
+def load_manifest(root: Path, split: str = "") -> ClipSet:
+    """Adapter: a manifest file, or the manifest.csv/.tsv in the folder ``root``."""
+    _no_split(split)
+    names = ("manifest.csv", "manifest.tsv")
+    path = root if root.is_file() else next((root / n for n in names if (root / n).is_file()), root / "manifest.csv")
+    return read_manifest(path)
+
+
+def load_folders(root: Path, split: str = "") -> ClipSet:
+    """Adapter: one folder per label."""
+    _no_split(split)
+    return read_folders(root)
+
+
+def _no_split(split: str) -> None:
+    if split:
+        raise ParameterError(f"a manifest carries its own split column (or gets a seeded split); --split {split!r} does not apply")

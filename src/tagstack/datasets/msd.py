@@ -17,13 +17,17 @@ Ids without an audio path are kept out and counted in a message.
 """
 from __future__ import annotations
 
+import logging
+
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import DatasetError
-from ._files import find_file, read_lines, read_pickle
+from .files import find_file, read_lines, read_pickle
 from .base import ClipSet
+
+log = logging.getLogger(__name__)
 
 MSD_TRAIN = 201_680
 TAGTRAUM_TRAIN = 141_372
@@ -39,7 +43,7 @@ def _audio_paths(ids: list[str], folders: tuple) -> tuple[list[str], list[int]]:
             paths.append(p)
             kept.append(i)
     if len(kept) < len(ids):
-        print(f"{len(ids) - len(kept)} of {len(ids)} track ids have no 7digital path and are left out")
+        log.warning(f"{len(ids) - len(kept)} of {len(ids)} track ids have no 7digital path and are left out")
     return paths, kept
 
 
@@ -47,7 +51,7 @@ def _train_valid_test(train: list[str], test: list[str], n_train: int) -> tuple[
     return train + test, ["train"] * min(n_train, len(train)) + ["valid"] * max(0, len(train) - n_train) + ["test"] * len(test)
 
 
-def load_msd(root: Path, split: str = "lee", *, split_dir: str | Path = "", **_: object) -> ClipSet:
+def load_msd(root: Path, split: str = "lee", *, split_dir: str | Path = "") -> ClipSet:
     """Million Song Dataset, Last.fm top-50 tags, Lee's split."""
     folders = (split_dir, root)
     tags = read_lines(find_file("50tagList.txt", *folders))
@@ -77,7 +81,7 @@ def read_tagtraum(path: Path) -> dict[str, str]:
     return out
 
 
-def load_tagtraum(root: Path, split: str = "lee", *, split_dir: str | Path = "", **_: object) -> ClipSet:
+def load_tagtraum(root: Path, split: str = "lee", *, split_dir: str | Path = "") -> ClipSet:
     """Tagtraum CD2C genre annotations on MSD, Lee's stratified split."""
     folders = (split_dir, root)
     genre_of = read_tagtraum(find_file("msd_tagtraum_cd2c.cls", *folders))

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DatasetError, ParameterError
-from ._files import find_file, read_lines, read_pickle
+from .files import find_file, read_lines, read_pickle
 from .base import ClipSet
 
 BROKEN_CLIPS = {35644, 55753, 57881}
@@ -109,7 +109,7 @@ def top_tags(tags: list[str], y: np.ndarray, n: int = 50) -> list[int]:
     return list(np.argsort(-y.sum(axis=0), kind="stable")[:n])
 
 
-def load_mtat(root: Path, split: str = "lee", *, split_dir: str | Path = "", merge: bool = False, **_: object) -> ClipSet:
+def load_mtat(root: Path, split: str = "lee", *, split_dir: str | Path = "", merge: bool = False) -> ClipSet:
     """MagnaTagATune from ``root`` (annotations_final.csv and the mp3 folders)."""
     split = split or "lee"
     ids, tags, y, paths = read_annotations(find_file("annotations_final.csv", root, split_dir))

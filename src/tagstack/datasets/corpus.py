@@ -35,6 +35,8 @@ is written to a temporary name and renamed).
 """
 from __future__ import annotations
 
+import logging
+
 import csv
 import hashlib
 import io
@@ -52,10 +54,13 @@ import soundfile as sf
 import soxr
 from tqdm.auto import tqdm
 
-from .datasets.base import ClipSet, stratified_split
-from .datasets.manifest import TAG_SEPARATOR, read_manifest
-from .errors import DatasetError, ParameterError
-from .fileio import atomic_write, atomic_write_json, atomic_write_text
+from .base import ClipSet, stratified_split
+from .manifest import TAG_SEPARATOR, read_manifest
+from ..config import tagstack_home
+from ..errors import DatasetError, ParameterError
+from ..fileio import atomic_write, atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
 
 SR = 22050
 CLIP_SECONDS = 29.1
@@ -465,16 +470,16 @@ def build_corpus(out: str | Path, *, size: str | int = "default", seed: int = 0,
             _collect(*_render_piece(a), results, failures, bar)
     bar.close()
     if failures:
-        print(f"skipped {len(failures)} pieces that could not be rendered:")
+        log.warning(f"skipped {len(failures)} pieces that could not be rendered:")
         for f in failures:
-            print(f"  {f}")
+            log.warning(f"  {f}")
     records = [c for p, _ in jobs if p.id in results for c in results[p.id]]
     if not records:
         raise DatasetError(f"{out}: no clip could be rendered")
     split_of = stratified_split([r["piece"] for r in records], [r["style"] for r in records], seed=seed)
     _write_manifest(out, records, split_of)
     clips = corpus_clips(out)
-    print(clips.summary())
+    log.info(clips.summary())
     return clips
 
 
@@ -503,3 +508,10 @@ def corpus_clips(root: str | Path) -> ClipSet:
     if not (root / "manifest.csv").is_file():
         raise DatasetError(f"{root}: no corpus here (no manifest.csv); build one with `tagstack corpus build --out {root}`")
     return read_manifest(root / "manifest.csv", name="corpus")
+
+
+def load_corpus(root: Path, split: str = "") -> ClipSet:
+    """Adapter: the corpus at ``root``, or the default one under ``$TAGSTACK_HOME`` when ``root`` is empty."""
+    if split:
+        raise ParameterError(f"the corpus has one split (by piece, stratified by style), not {split!r}")
+    return corpus_clips(root if str(root) not in ("", ".") else tagstack_home() / "corpus" / "default")

@@ -36,15 +36,15 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from .aggregation import aggregate_clips, select_columns
-from .artifact import TaggingModel, load_model
-from .audio import stream
-from .errors import ParameterError, TagstackError
-from .frontend import ClipMel
-from .training import choose_device
+from ..audio.frontend import ClipMel
+from ..audio.io import stream
+from ..errors import AudioError, ParameterError, TagstackError
+from ..models.file import load_model
+from ..models.tagger import TaggingModel
+from ..runtime import choose_device
 
-#: The model that ships inside the package (trained on the default corpus).
-DEFAULT_MODEL = Path(__file__).parent / "pretrained" / "tagstack-corpus.safetensors"
+#: The model that ships inside the package.
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "pretrained" / "tagstack-corpus.safetensors"
 
 
 @dataclass
@@ -60,12 +60,21 @@ class Result:
     window_starts: np.ndarray | None = None  # seconds
 
     def top(self, k: int | None = None, threshold: float | None = None) -> list[tuple[str, float]]:
-        """Tags sorted by probability: the ``k`` best, or all at or above ``threshold``."""
+        """Tags sorted by probability: the ``k`` best (all when None or 0), or all at or above ``threshold``."""
+        check_selection(k, threshold)
         order = np.argsort(-self.probs)
         pairs = [(self.tags[i], float(self.probs[i])) for i in order]
         if threshold is not None:
             pairs = [p for p in pairs if p[1] >= threshold]
         return pairs[:k] if k else pairs
+
+
+def check_selection(top_k: int | None, threshold: float | None) -> None:
+    """Refuse a tag selection that cannot mean anything (a negative count, a threshold outside [0, 1])."""
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0):
+        raise ParameterError(f"top_k must be a whole number >= 0 (0 or None: all tags), got {top_k!r}")
+    if threshold is not None and not (isinstance(threshold, (int, float)) and 0 <= threshold <= 1):
+        raise ParameterError(f"threshold must be a probability in [0, 1], got {threshold!r}")
 
 
 @dataclass
@@ -95,9 +104,9 @@ class Tagger:
             self.model = model.to(self.device)
         else:
             self.model = load_model(model or DEFAULT_MODEL, device=self.device)
+        self.model.eval()
         self.frontend = ClipMel(self.model.frontend).to(self.device)
         self.cfg = self.model.frontend
-        self._cols = torch.from_numpy(select_columns(self.model.layout, scales=self.model.scales, layers=self.model.layers)).to(self.device)
 
     @property
     def tags(self) -> list[str]:
@@ -105,20 +114,8 @@ class Tagger:
 
     # ------------------------------------------------------------ windows
     def _blocks(self, source: str | Path | np.ndarray, sr: int | None) -> Iterator[np.ndarray]:
-        """The source as consecutive mono float32 blocks at the model's sample rate."""
-        if not isinstance(source, np.ndarray):
-            yield from stream(source, sr=self.cfg.sample_rate, block_seconds=self.cfg.clip_seconds)
-            return
-        y = np.asarray(source, dtype=np.float32)
-        if y.ndim == 2:
-            y = y.mean(axis=0) if y.shape[0] < y.shape[1] else y.mean(axis=1)
-        if sr is None:
-            raise ParameterError("sr is required when tagging an array")
-        if sr != self.cfg.sample_rate:
-            import soxr
-
-            y = soxr.resample(y, sr, self.cfg.sample_rate, quality="HQ").astype(np.float32)
-        yield y
+        """The source as consecutive mono float32 blocks at the model's rate, through the one decoder."""
+        return stream(source, sr=self.cfg.sample_rate, block_seconds=self.cfg.clip_seconds, source_sr=sr)
 
     def _windows(self, source: str | Path | np.ndarray, sr: int | None, gram_hop: int | None = None) -> Iterator[_Window]:
         """Clip-length windows of the source, in one decoding pass with a bounded buffer.
@@ -130,7 +127,7 @@ class Tagger:
         largest scale uncovered; a window that is both is yielded once.
         """
         n = self.cfg.clip_samples
-        min_tail = max(self.model.local) * self.cfg.hop_length
+        min_tail = max(self.model.local_scales) * self.cfg.hop_length
         buf, buf_start, total = np.zeros(0, np.float32), 0, 0
         next_clip, next_gram, gram_end = 0, 0 if gram_hop else None, 0
 
@@ -171,13 +168,13 @@ class Tagger:
         Rows come back in the order of ``windows``.
         """
         n, hop = self.cfg.clip_samples, self.cfg.hop_length
-        scales = sorted(self.model.local)
+        scales = self.model.local_scales
         full = [i for i, w in enumerate(windows) if w.size >= n]
         feats: list[torch.Tensor | None] = [None] * len(windows)
         counts: list[torch.Tensor | None] = [None] * len(windows)
         if full:
             mels = self.frontend(torch.from_numpy(np.stack([windows[i][:n] for i in full])).to(self.device))
-            f = torch.cat([aggregate_clips(self.model.local[s], mels)[0] for s in scales], dim=1)
+            f = self.model.forward_features(mels)
             c = torch.tensor([self.cfg.n_frames // s for s in scales], device=self.device, dtype=torch.float32)
             for row, i in enumerate(full):
                 feats[i], counts[i] = f[row], c
@@ -195,15 +192,15 @@ class Tagger:
                 mel = self.frontend.logmel.frames_first(y[None])[:, :frames]
             parts = []
             for s, k in zip(scales, segs):
-                width = sum(i["channels"] for i in self.model.local[s].feature_info)
-                parts.append(aggregate_clips(self.model.local[s], mel[:, : k * s])[0][0] if k else torch.zeros(width, device=self.device))
+                width = sum(i["channels"] for i in self.model.local_models[s].feature_info)
+                parts.append(self.model.scale_features(s, mel[:, : k * s])[0][0] if k else torch.zeros(width, device=self.device))
             feats[i] = torch.cat(parts)
             counts[i] = torch.tensor(segs, device=self.device, dtype=torch.float32)
         return torch.stack(feats), torch.stack(counts)
 
     def _column_weights(self) -> torch.Tensor:
         """For every feature column, the index of its scale (to weight windows by their segments)."""
-        scales = sorted(self.model.local)
+        scales = list(self.model.local_scales)
         cols = np.concatenate([[scales.index(b.scale)] * (b.stop - b.start) for b in self.model.layout])
         return torch.from_numpy(cols).to(self.device)
 
@@ -246,11 +243,8 @@ class Tagger:
         return feats, np.asarray(gram_starts), (total / weight).cpu().numpy(), samples / self.cfg.sample_rate
 
     def _classify(self, feats: np.ndarray) -> np.ndarray:
-        if self.model.global_model is None:
-            raise ParameterError("this model has no global classifier (stage 3); it can embed but not tag")
         with torch.inference_mode():
-            x = torch.from_numpy(np.atleast_2d(feats)).to(self.device)[:, self._cols]
-            return self.model.global_model.predict_proba(x).cpu().numpy()
+            return self.model.proba_from_features(torch.from_numpy(np.atleast_2d(feats)).to(self.device)).cpu().numpy()
 
     # ------------------------------------------------------------ public API
     def predict(self, source: str | Path | np.ndarray, *, sr: int | None = None, taggram: bool = False,
@@ -264,15 +258,26 @@ class Tagger:
         tags and embedding do not depend on it.
         """
         gram_hop = self._gram_hop(hop) if taggram else None
+        name = str(source) if not isinstance(source, np.ndarray) else "<array>"
         gram_feats, gram_starts, embedding, seconds = self._features(self._windows(source, sr, gram_hop))
-        has_global = self.model.global_model is not None  # a model of local CNNs only can still embed
-        probs = self._classify(embedding)[0] if has_global else np.full(len(self.tags), np.nan)
-        result = Result(path=str(source) if not isinstance(source, np.ndarray) else "<array>", tags=self.tags, probs=probs,
-                        seconds=seconds, embedding=embedding)
-        if taggram and has_global:
+        tagging = self.model.head is not None  # a model of local CNNs only can still embed
+        probs = self._classify(embedding)[0] if tagging else np.zeros(0, np.float32)
+        result = Result(path=name, tags=self.tags if tagging else [], probs=probs, seconds=seconds, embedding=embedding)
+        if taggram and tagging:
             result.taggram = self._classify(gram_feats)
             result.window_starts = gram_starts / self.cfg.sample_rate
+        for part in (result.probs, result.embedding, result.taggram):
+            if part is not None and not np.isfinite(part).all():  # finite audio and weights make this unreachable; never let it out
+                raise AudioError(f"{name}: the model produced non-finite values for this audio")
         return result
+
+    def _embedding(self, source: str | Path | np.ndarray, sr: int | None = None) -> Result:
+        """A :class:`Result` holding only the embedding (works with models that have no global classifier)."""
+        _, _, embedding, seconds = self._features(self._windows(source, sr))
+        name = str(source) if not isinstance(source, np.ndarray) else "<array>"
+        if not np.isfinite(embedding).all():
+            raise AudioError(f"{name}: the model produced non-finite values for this audio")
+        return Result(path=name, tags=[], probs=np.zeros(0, np.float32), seconds=seconds, embedding=embedding)
 
     def _gram_hop(self, hop: float | None) -> int:
         if hop is None:
@@ -282,7 +287,7 @@ class Tagger:
         return max(1, round(hop * self.cfg.sample_rate))
 
     def predict_many(self, paths: Iterable[str | Path], *, taggram: bool = False, hop: float | None = None,
-                     workers: int | None = None) -> Iterator[Result | TagstackError]:
+                     workers: int | None = None, embed_only: bool = False) -> Iterator[Result | TagstackError]:
         """Tag many files on all cores: each worker thread decodes and runs one file at a time.
 
         Yields, in input order, a :class:`Result` or the :class:`TagstackError`
@@ -298,7 +303,7 @@ class Tagger:
 
         def one(path) -> Result | TagstackError:
             try:
-                return self.predict(path, taggram=taggram, hop=hop)
+                return self._embedding(path) if embed_only else self.predict(path, taggram=taggram, hop=hop)
             except TagstackError as e:
                 return e
 
@@ -318,15 +323,15 @@ class Tagger:
 
     def tag(self, source, *, sr: int | None = None, top_k: int | None = 5, threshold: float | None = None) -> list[tuple[str, float]]:
         """The best tags of a file or array as ``(tag, probability)`` pairs."""
-        if self.model.global_model is None:
+        if self.model.head is None:
             raise ParameterError("this model has no global classifier (stage 3); it can embed but not tag")
+        check_selection(top_k, threshold)
         return self.predict(source, sr=sr).top(top_k, threshold)
 
     def embed(self, source, *, sr: int | None = None, scales: Iterable[int] | None = None, layers: Iterable[int] | None = None) -> np.ndarray:
         """The multi-level, multi-scale feature vector of a file (chosen scales and layers; all by default)."""
-        _, _, embedding, _ = self._features(self._windows(source, sr))
-        cols = select_columns(self.model.layout, scales=scales, layers=layers)
-        return embedding[cols]
+        cols = self.model.columns_of(scales=scales, layers=layers)
+        return self._embedding(source, sr).embedding[cols]
 
     def taggram(self, source, *, sr: int | None = None, hop: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Tag probabilities per clip-long window: ``(windows, n_tags)`` and the window start times in seconds.

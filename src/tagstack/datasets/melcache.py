@@ -19,6 +19,8 @@ files contribute the 29.1 s at their centre.
 """
 from __future__ import annotations
 
+import logging
+
 import hashlib
 import json
 import multiprocessing as mp
@@ -30,12 +32,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .audio import duration_seconds, load
-from .config import FrontEndConfig
-from .datasets.base import ClipSet
-from .errors import AudioError
-from .fileio import atomic_write_json
-from .frontend import ClipMel
+from ..audio.frontend import ClipMel
+from ..audio.io import duration_seconds, load
+from ..config import FrontEndConfig
+from .base import ClipSet
+from ..errors import AudioError
+from ..fileio import atomic_write_json
+
+log = logging.getLogger(__name__)
 
 
 def _decode(args: tuple[str, int, float, float]) -> tuple[np.ndarray | None, str]:
@@ -140,7 +144,7 @@ class MelCache:
                 path = str(self.clips.audio_path(i))
                 if y is None:
                     failed[path] = note
-                    tqdm.write(f"skipped {note}")
+                    log.warning(f"skipped {note}")
                 else:
                     if note:
                         padded[path] = note
@@ -157,7 +161,7 @@ class MelCache:
             atomic_write_json(self.dir / "failed.json", failed)
         valid = np.asarray(done, dtype=bool)
         if failed:
-            print(f"mel cache {self.clips.name}: skipped {len(failed)} of {len(self.clips)} files (listed in {self.dir / 'failed.json'})")
+            log.warning(f"mel cache {self.clips.name}: skipped {len(failed)} of {len(self.clips)} files (listed in {self.dir / 'failed.json'})")
         return {"cached": int(valid.sum()), "computed": computed, "skipped": failed, "padded": padded}
 
     @property

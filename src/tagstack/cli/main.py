@@ -1,18 +1,21 @@
 """The ``tagstack`` command: a thin layer over the Python API, one function per subcommand.
 
-Every :class:`~tagstack.errors.TagstackError` becomes one line on stderr and
-exit status 1; ``main(argv)`` can be called in-process (the tests do).
+Only this package reads command-line flags; below it everything takes plain
+arguments. Every :class:`~tagstack.errors.TagstackError` becomes one line on
+stderr and exit status 1; ``main(argv)`` can be called in-process (the tests do).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
-from . import __version__
-from .config import PAPER_SCALES, ExperimentConfig, TrainConfig, load_config
-from .errors import TagstackError
+from .. import __version__
+from ..config import PAPER_SCALES, global_schedule, joint_schedule, local_schedule
+from ..errors import TagstackError
+from ..experiments.config import ExperimentConfig, load_config
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -41,11 +44,12 @@ def _add_experiment(p: argparse.ArgumentParser) -> None:
     m.add_argument("--hidden", type=int, default=512, help="units of each global hidden layer: 512 or 1024 in the paper (default: 512)")
     t = p.add_argument_group("training")
     t.add_argument("--config", type=Path, help="a config.toml to run (the data, model and training flags are then ignored)")
-    t.add_argument("--local-epochs", type=int, default=100, help="maximum epochs per local CNN (default: 100)")
-    t.add_argument("--global-epochs", type=int, default=100, help="maximum epochs of the global classifier (default: 100)")
-    t.add_argument("--lr-stages", type=int, default=4, help="learning rates tried (0.01, then x0.2 each; default: 4)")
-    t.add_argument("--patience", type=int, default=3, help="epochs without improvement before the rate drops (default: 3)")
-    t.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    d = local_schedule()
+    t.add_argument("--local-epochs", type=int, default=d.max_epochs, help=f"maximum epochs per local CNN (default: {d.max_epochs})")
+    t.add_argument("--global-epochs", type=int, default=d.max_epochs, help=f"maximum epochs of the global classifier (default: {d.max_epochs})")
+    t.add_argument("--lr-stages", type=int, default=d.lr_stages, help=f"learning rates tried ({d.lr:g}, then x{d.lr_decay:g} each; default: {d.lr_stages})")
+    t.add_argument("--patience", type=int, default=d.patience, help=f"epochs without improvement before the rate drops (default: {d.patience})")
+    t.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default: {d.seed})")
     _add_device(p)
 
 
@@ -54,91 +58,71 @@ def config_from_args(a: argparse.Namespace) -> ExperimentConfig:
     if a.config:
         return load_config(a.config)
     sched = dict(lr_stages=a.lr_stages, patience=a.patience, seed=a.seed)
+    extra = {}
+    if getattr(a, "seeds", None) is not None:  # reproduce
+        extra = dict(seeds=a.seeds, local_from=str(a.local_from or ""),
+                     joint=None if a.no_joint else joint_schedule(max_epochs=a.joint_epochs, seed=a.seed))
     return ExperimentConfig(
-        dataset=a.dataset, root=a.root, split=a.split, split_dir=a.split_dir, merge_synonyms=a.merge_synonyms, scales=a.scales, layers=a.layers, global_hidden=a.hidden,
-        local=TrainConfig(batch_size=64, max_epochs=a.local_epochs, **sched),
-        global_=TrainConfig(batch_size=16, max_epochs=a.global_epochs, monitor="roc_auc", **sched),
-        cache_dir=a.cache_dir, workers=a.workers, device=a.device,
+        dataset=a.dataset, root=a.root, split=a.split, split_dir=a.split_dir, merge_synonyms=a.merge_synonyms, scales=a.scales,
+        layers=a.layers, global_hidden=a.hidden, local=local_schedule(max_epochs=a.local_epochs, **sched),
+        global_=global_schedule(max_epochs=a.global_epochs, **sched), cache_dir=a.cache_dir, workers=a.workers, device=a.device, **extra,
     )
-
-
-def _print_metrics(metrics: dict) -> None:
-    print(f"\n{'model':<34} {'ROC-AUC':>8} {'PR-AUC':>8}")
-    for s, m in metrics["local"].items():
-        print(f"{'local, ' + s + ' frames':<34} {m['roc_auc']:>8.4f} {m['pr_auc']:>8.4f}")
-    g = metrics["global"]
-    print(f"{'global, multi-level multi-scale':<34} {g['roc_auc']:>8.4f} {g['pr_auc']:>8.4f}")
-    if "accuracy" in g:
-        print(f"global accuracy: {g['accuracy']:.4f}")
-    if g.get("groups"):
-        best = max(metrics["local"], key=lambda s: metrics["local"][s]["roc_auc"])
-        print(f"\n{'tag group':<14} {'local ' + best:>10} {'global':>8}   (mean per-tag ROC-AUC)")
-        for grp, v in g["groups"].items():
-            print(f"{grp:<14} {metrics['local'][best]['groups'].get(grp, float('nan')):>10.4f} {v:>8.4f}")
 
 
 # ------------------------------------------------------------------ commands
 
 def cmd_run(a: argparse.Namespace) -> int:
-    from .pipeline import run_all
+    from ..experiments.run import run_experiment
+    from ..report import metrics_table
 
-    metrics = run_all(config_from_args(a), a.out)
-    _print_metrics(metrics)
+    print(metrics_table(run_experiment(config_from_args(a), a.out)))
     print(f"\nrun directory: {a.out} (report.md, metrics.json, model.safetensors, plots/)")
     return 0
 
 
 def cmd_local(a: argparse.Namespace) -> int:
-    from .pipeline import prepare, run_local
+    from ..experiments.run import Experiment
 
-    cfg = config_from_args(a)
-    run_local(cfg, Path(a.out), prepare(cfg))
+    Experiment(config_from_args(a), a.out).local_models()
     print(f"local CNNs in {Path(a.out) / '1-local'}")
     return 0
 
 
 def cmd_aggregate(a: argparse.Namespace) -> int:
-    from .pipeline import prepare, run_aggregate, run_local
+    from ..experiments.run import Experiment
 
-    cfg = config_from_args(a)
-    data = prepare(cfg)
-    feats = run_aggregate(cfg, Path(a.out), data, run_local(cfg, Path(a.out), data))["features"]
+    feats = Experiment(config_from_args(a), a.out).features()["features"]
     print(f"features {feats.shape} in {Path(a.out) / '2-aggregate'}")
     return 0
 
 
 def cmd_global(a: argparse.Namespace) -> int:
-    from .evaluation import evaluate
-    from .pipeline import prepare, run_aggregate, run_global, run_local
+    from ..experiments.run import Experiment
+    from ..train.evaluation import evaluate
 
-    cfg = config_from_args(a)
-    out = Path(a.out)
-    data = prepare(cfg)
-    models = run_local(cfg, out, data)
-    feats = run_aggregate(cfg, out, data, models)["features"]
-    name = "3-global" if a.scales == PAPER_SCALES and a.layers is None else f"3-global-s{'-'.join(map(str, a.scales))}-l{'-'.join(map(str, a.layers or ['all']))}"
-    _, probs = run_global(cfg, out, data, feats, models, workdir=out / name)
-    m = evaluate(data.clips.labels[data.clips.indices("test")], probs, task=data.clips.task)
+    exp = Experiment(config_from_args(a), a.out)
+    default = tuple(a.scales) == PAPER_SCALES and a.layers is None
+    name = "3-global" if default else f"3-global-s{'-'.join(map(str, a.scales))}-l{'-'.join(map(str, a.layers or ['all']))}"
+    model = exp.train_head(name=name)
+    clips = exp.data.clips
+    m = evaluate(clips.labels[clips.indices("test")] >= 0.5, exp.test_probs(model), task=clips.task)
     print(f"global model ({name}): test ROC-AUC {m['roc_auc']:.4f}, PR-AUC {m['pr_auc']:.4f}")
     return 0
 
 
 def cmd_reproduce(a: argparse.Namespace) -> int:
-    from .reproduce import reproduce
+    from ..experiments.config import quick
+    from ..experiments.reproduce import reproduce
 
-    if a.quick:
-        a.local_epochs, a.global_epochs, a.lr_stages = min(a.local_epochs, 2), min(a.global_epochs, 20), 2
     cfg = config_from_args(a)
-    joint = None if a.no_joint else TrainConfig(lr=0.001, batch_size=8, max_epochs=1 if a.quick else a.joint_epochs,
-                                                lr_stages=2, patience=2, monitor="roc_auc", seed=a.seed)
-    reproduce(cfg, a.out, seeds=a.seeds, local_from=a.local_from, joint=joint, n_boot=50 if a.quick else 200)
+    reproduce(quick(cfg) if a.quick else cfg, a.out)
     print(f"tables, figures and report.md in {a.out}")
     return 0
 
 
 def cmd_corpus(a: argparse.Namespace) -> int:
-    from .corpus import build_corpus
-    from .pipeline import tagstack_home
+    from ..config import tagstack_home
+    from ..datasets.corpus import build_corpus
 
     out = a.out or tagstack_home() / "corpus" / a.size
     build_corpus(out, size=int(a.size) if a.size.isdigit() else a.size, seed=a.seed, workers=a.workers)
@@ -147,39 +131,61 @@ def cmd_corpus(a: argparse.Namespace) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from ..experiments.demo import run_demo
 
     run_demo(out=a.out, device=a.device, workers=a.workers)
     return 0
 
 
 def cmd_datasets(a: argparse.Namespace) -> int:
-    from .datasets import DATASETS
+    from ..datasets import DATASETS
 
-    for name, (_, desc) in DATASETS.items():
-        print(f"{name:<12} {desc}")
+    for name, adapter in DATASETS.items():
+        print(f"{name:<12} {adapter.description}")
     return 0
 
 
 def cmd_tag(a: argparse.Namespace) -> int:
-    from .tagcli import tag_files
+    from ..inference.outputs import tag_files
 
-    return tag_files(a)
+    return tag_files(a.paths, model=a.model, device=a.device, top_k=a.top_k, threshold=a.threshold, fmt=a.format,
+                     output=a.output, taggram_dir=a.taggram, hop=a.hop).exit_status
 
 
 def cmd_embed(a: argparse.Namespace) -> int:
-    from .tagcli import embed_files
+    from ..inference.outputs import embed_files
 
-    return embed_files(a)
+    return embed_files(a.paths, a.out, model=a.model, device=a.device, scales=a.scales, layers=a.layers).exit_status
 
 
 def cmd_info(a: argparse.Namespace) -> int:
-    from .artifact import read_metadata
-    from .inference import DEFAULT_MODEL
+    from ..inference.tagger import DEFAULT_MODEL
+    from ..models.file import read_metadata
+    from ..report import model_summary
 
-    meta = read_metadata(a.model or DEFAULT_MODEL)
-    print(json.dumps(meta, indent=2))
+    path = a.model or DEFAULT_MODEL
+    meta = read_metadata(path)
+    print(json.dumps(meta, indent=2) if a.json else model_summary(meta, str(path)))
     return 0
+
+
+class _TqdmHandler(logging.Handler):
+    """Log records written between progress-bar updates, so neither garbles the other."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm.auto import tqdm
+
+        tqdm.write(self.format(record), file=sys.stderr)
+
+
+def _log_to_terminal() -> None:
+    """Show the library's progress messages (logging) on stderr."""
+    root = logging.getLogger("tagstack")
+    if not any(isinstance(h, _TqdmHandler) for h in root.handlers):
+        handler = _TqdmHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -216,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quick", action="store_true", help="a few minutes: 2 local epochs, 20 global epochs, 1 joint epoch")
     r.add_argument("--seeds", type=_ints, default=(0,), help="seeds of the global models, e.g. 0,1,2 (default: 0)")
     r.add_argument("--local-from", type=Path, help="model file whose local CNNs to use (transfer learning) instead of training them here")
-    r.add_argument("--joint-epochs", type=int, default=3, help="epochs of joint fine-tuning (default: 3)")
+    r.add_argument("--joint-epochs", type=int, default=joint_schedule().max_epochs,
+                   help=f"epochs of joint fine-tuning (default: {joint_schedule().max_epochs})")
     r.add_argument("--no-joint", action="store_true", help="skip joint fine-tuning")
     _add_experiment(r)
     r.set_defaults(func=cmd_reproduce, local_epochs=20)
@@ -247,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("embed", help="multi-level, multi-scale feature vectors of audio files")
     e.add_argument("paths", nargs="+", help="audio files, folders or glob patterns")
-    e.add_argument("--out", "-o", type=Path, required=True, help="output .npy (with a .txt list of files beside it) or .parquet")
+    e.add_argument("--out", "-o", type=Path, required=True,
+                   help="output file: .npz (arrays embeddings, paths, scales, layers) or .parquet (path, embedding; scales and layers in its metadata)")
     e.add_argument("--model", type=Path, help="model file (default: the model shipped with tagstack)")
     e.add_argument("--scales", type=_ints, help="input sizes to keep, comma-separated, e.g. 27,54 (default: all)")
     e.add_argument("--layers", type=_ints, help="conv layers to keep, 1-based, comma-separated, e.g. 3,4 (default: all)")
@@ -256,12 +264,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="print a model file's description (tags, front end, architecture, scores)")
     i.add_argument("model", nargs="?", type=Path, help="model file (default: the shipped model)")
+    i.add_argument("--json", action="store_true", help="print the whole JSON header instead of a summary")
     i.set_defaults(func=cmd_info)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _log_to_terminal()
     try:
         return args.func(args)
     except TagstackError as e:

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import FrontEndConfig
-from .errors import ParameterError
+from ..config import FrontEndConfig
+from ..errors import ParameterError
 
 
 def hz_to_mel(f: np.ndarray | float) -> np.ndarray:

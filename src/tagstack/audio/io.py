@@ -1,0 +1,312 @@
+"""The one decoder: any audio file or array to mono float32 blocks at the front end's rate.
+
+Every caller (training's mel cache, tagging, embedding, the service) reads
+audio through :func:`stream`; :func:`load` is its concatenation. One path
+means one behaviour everywhere:
+
+- **decoding** at the file's own rate and channel layout: libsndfile (wav,
+  flac, ogg, mp3) first, PyAV/FFmpeg for everything else (m4a/aac, opus,
+  wma ...). FFmpeg only converts sample formats; it never downmixes or
+  resamples, so a stereo m4a reaches the networks at the same level as the
+  same music in wav (letting FFmpeg downmix made it 3 dB louder);
+- **downmix**: the mean of the channels;
+- **finiteness**: a block holding NaN or infinity is refused with the file's
+  name, so nothing non-finite reaches a network;
+- **resampling**: soxr (HQ) as one continuous stream, so block boundaries
+  leave no trace and ``load`` equals the concatenated ``stream`` exactly.
+
+Arrays given to the API go through the same downmix, check and resampler.
+"""
+from __future__ import annotations
+
+import glob
+import math
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from ..errors import AudioError, ParameterError
+
+#: Extensions picked up when a folder is searched for audio.
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".m4a", ".aac", ".mp4", ".au", ".aiff", ".aif", ".opus", ".wma")
+
+#: The largest sample rate accepted (files and arrays); anything above is a corrupt header or a mistake.
+MAX_SAMPLE_RATE = 768_000
+
+
+def check_file(path: str | Path) -> str:
+    """``path`` as a string, or an :class:`AudioError` saying why it cannot be an audio file."""
+    p = Path(path)
+    try:
+        if p.is_dir():
+            raise AudioError(f"{path}: is a folder, not an audio file")
+        if not p.exists():
+            raise AudioError(f"{path}: file not found" + (" (a broken symbolic link)" if p.is_symlink() else ""))
+        if p.stat().st_size == 0:
+            raise AudioError(f"{path}: file is empty")
+    except OSError as e:  # symlink loops, permissions, names the OS refuses
+        raise AudioError(f"{path}: cannot open ({e.strerror or e})") from None
+    return str(path)
+
+
+def _mono(x: np.ndarray) -> np.ndarray:
+    """The mean of the channels of ``(frames, channels)``, summed column by column (``mean(axis=1)`` is slow on few columns)."""
+    if x.shape[1] == 1:
+        return x[:, 0]
+    y = x[:, 0].copy()
+    for c in range(1, x.shape[1]):
+        y += x[:, c]
+    y *= 1.0 / x.shape[1]
+    return y
+
+
+# ------------------------------------------------------------ native-rate sources
+
+def _soundfile_blocks(f: sf.SoundFile, start: int, block: int) -> Iterator[np.ndarray]:
+    with f:
+        if start:
+            f.seek(min(start, f.frames))
+        while True:
+            x = f.read(block, dtype="float32", always_2d=True)
+            if len(x):
+                yield x
+            if len(x) < block:
+                return
+
+
+def _av_blocks(path: str, offset: float, block_seconds: float) -> tuple[int, Iterator[np.ndarray]]:
+    import av
+
+    container = av.open(path)
+    if not container.streams.audio:
+        container.close()
+        raise AudioError(f"{path}: no audio stream")
+    stream = container.streams.audio[0]
+    rate = stream.codec_context.sample_rate or stream.rate
+    if not rate:
+        container.close()
+        raise AudioError(f"{path}: no sample rate in the audio stream")
+    _check_rate(rate, path)
+    start, block = int(round(offset * rate)), max(1, int(block_seconds * rate))
+
+    def blocks() -> Iterator[np.ndarray]:
+        skip, pending, n = start, [], 0
+        converter = None
+        with container:
+            for frame in container.decode(stream):
+                if converter is None:  # float conversion only: the file's own layout and rate
+                    converter = av.AudioResampler(format="flt", layout=frame.layout.name, rate=frame.sample_rate)
+                    channels = len(frame.layout.channels)
+                for out in converter.resample(frame):
+                    x = out.to_ndarray().reshape(-1, channels)
+                    if skip:
+                        cut = min(skip, len(x))
+                        x, skip = x[cut:], skip - cut
+                    if len(x):
+                        pending.append(x)
+                        n += len(x)
+                while n >= block:
+                    x = np.concatenate(pending)
+                    yield x[:block]
+                    pending, n = ([x[block:]] if len(x) > block else []), len(x) - block
+        if n:
+            yield np.concatenate(pending)
+
+    return int(rate), blocks()
+
+
+def _file_blocks(path: str, offset: float, block_seconds: float) -> tuple[int, Iterator[np.ndarray]]:
+    """The file's sample rate and its ``(frames, channels)`` float32 blocks from ``offset`` seconds."""
+    try:
+        f = sf.SoundFile(path)
+    except Exception as sf_error:  # libsndfile cannot read it: FFmpeg
+        try:
+            return _av_blocks(path, offset, block_seconds)
+        except AudioError:
+            raise
+        except Exception as av_error:
+            raise AudioError(f"{path}: cannot decode ({_short(sf_error)}; {_short(av_error)})") from None
+    _check_rate(f.samplerate, path)
+    return f.samplerate, _soundfile_blocks(f, int(round(offset * f.samplerate)), max(1, int(block_seconds * f.samplerate)))
+
+
+def _array_blocks(y: np.ndarray, block: int) -> Iterator[np.ndarray]:
+    for i in range(0, len(y), block):
+        yield y[i : i + block]
+
+
+def as_frames(y: np.ndarray) -> np.ndarray:
+    """An API array as float32 ``(frames, channels)``.
+
+    1-D arrays are mono; 2-D arrays are ``(channels, samples)`` or
+    ``(samples, channels)``, the shorter axis taken as channels. Integer PCM
+    is scaled to [-1, 1) as soundfile reads it (int16 / 32768 ...).
+    """
+    y = np.asarray(y)
+    if y.dtype.kind in "iu":
+        info = np.iinfo(y.dtype)
+        scale = float(-info.min) if y.dtype.kind == "i" else (info.max + 1) / 2
+        y = (y.astype(np.float64) - (0 if y.dtype.kind == "i" else scale)) / scale
+    elif y.dtype.kind != "f":
+        raise ParameterError(f"audio arrays must hold floats or integer PCM, got dtype {y.dtype}")
+    if y.ndim == 1:
+        y = y[:, None]
+    elif y.ndim == 2:
+        y = y.T if y.shape[0] < y.shape[1] else y
+    else:
+        raise ParameterError(f"audio arrays must be 1-D (mono) or 2-D (channels x samples), got shape {y.shape}")
+    if y.shape[0] == 0:
+        raise ParameterError("the audio array is empty")
+    return np.ascontiguousarray(y, dtype=np.float32)
+
+
+def _check_rate(rate, what: str) -> None:
+    if isinstance(rate, bool) or not isinstance(rate, (int, np.integer)) or not 0 < rate <= MAX_SAMPLE_RATE:
+        raise (ParameterError if what == "array" else AudioError)(
+            f"{'sr' if what == 'array' else what}: sample rate must be an integer in 1..{MAX_SAMPLE_RATE} Hz, got {rate!r}")
+
+
+def _short(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+# ------------------------------------------------------------ the one pipeline
+
+def stream(
+    source: str | Path | np.ndarray,
+    *,
+    sr: int = 22050,
+    block_seconds: float = 60.0,
+    offset: float = 0.0,
+    duration: float | None = None,
+    source_sr: int | None = None,
+) -> Iterator[np.ndarray]:
+    """Yield ``source`` as consecutive mono float32 blocks at ``sr`` Hz, decoding it once.
+
+    Parameters
+    ----------
+    source : path or np.ndarray
+        A file libsndfile or FFmpeg can read, or samples (see :func:`as_frames`).
+    sr : int > 0
+        Output rate; soxr resamples as one continuous stream when it differs.
+    block_seconds : float > 0
+        About this many seconds of input per block (memory stays bounded).
+    offset, duration : float [seconds]
+        Read only ``duration`` seconds from ``offset`` (all when None).
+    source_sr : int
+        The rate of an array ``source`` (required then, ignored for files).
+
+    Raises
+    ------
+    AudioError
+        A file that is missing, empty, undecodable, silent of samples or not
+        finite; the message names the file and the reason.
+    ParameterError
+        A malformed argument (an array without ``source_sr``, a bad shape ...).
+    """
+    _check_rate(sr, "array")
+    if not block_seconds > 0 or offset < 0 or (duration is not None and not duration > 0):
+        raise ParameterError(f"need block_seconds > 0, offset >= 0 and duration > 0, got {block_seconds}, {offset}, {duration}")
+    if isinstance(source, np.ndarray):
+        if source_sr is None:
+            raise ParameterError("sr is required when the audio is an array")
+        _check_rate(source_sr, "array")
+        name, native = "<array>", int(source_sr)
+        frames = as_frames(source)[int(round(offset * native)) :]
+        blocks = _array_blocks(frames, max(1, int(block_seconds * native)))
+    else:
+        name = check_file(source)
+        native, blocks = _file_blocks(name, offset, block_seconds)
+    return _mono_stream(name, native, sr, blocks, duration)
+
+
+def _mono_stream(name: str, native: int, sr: int, blocks: Iterator[np.ndarray], duration: float | None) -> Iterator[np.ndarray]:
+    resampler = soxr.ResampleStream(native, sr, 1, dtype="float32", quality="HQ") if native != sr else None
+    wanted = math.inf if duration is None else int(round(duration * native))
+    got = 0
+    produced = False
+    nxt = _next(blocks, name)
+    while nxt is not None:
+        x, nxt = (nxt if wanted == math.inf else nxt[: max(0, wanted - got)]), None
+        got += len(x)
+        if got < wanted:
+            nxt = _next(blocks, name)
+        y = _mono(x) if len(x) else np.zeros(0, np.float32)
+        if not np.isfinite(y).all():
+            raise AudioError(f"{name}: the audio contains NaN or infinite samples")
+        if resampler is not None:
+            y = resampler.resample_chunk(y, last=nxt is None)
+        if y.size:
+            produced = True
+            yield np.ascontiguousarray(y, dtype=np.float32)
+    if not produced:
+        raise AudioError(f"{name}: no audio samples decoded")
+
+
+def _next(blocks: Iterator[np.ndarray], name: str) -> np.ndarray | None:
+    try:
+        return next(blocks)
+    except StopIteration:
+        return None
+    except (AudioError, ParameterError):
+        raise
+    except Exception as e:  # a decoder failing mid-file (truncated, corrupt)
+        raise AudioError(f"{name}: cannot decode ({_short(e)})") from None
+
+
+def load(
+    source: str | Path | np.ndarray,
+    *,
+    sr: int = 22050,
+    offset: float = 0.0,
+    duration: float | None = None,
+    source_sr: int | None = None,
+) -> np.ndarray:
+    """The whole of :func:`stream` as one mono float32 array at ``sr`` Hz.
+
+    Returns
+    -------
+    y : np.ndarray [shape=(n,), dtype=float32]
+    """
+    return np.concatenate(list(stream(source, sr=sr, offset=offset, duration=duration, source_sr=source_sr)))
+
+
+def duration_seconds(path: str | Path) -> float:
+    """Length of an audio file in seconds, read from its header when possible."""
+    path = check_file(path)
+    try:
+        return float(sf.info(path).duration)
+    except Exception:
+        pass
+    try:
+        import av
+
+        with av.open(path) as c:
+            if c.duration is not None:
+                return c.duration / 1_000_000
+            s = c.streams.audio[0]
+            return float(s.duration * s.time_base)
+    except Exception as e:
+        raise AudioError(f"{path}: cannot read duration ({_short(e)})") from None
+
+
+def find_audio(paths: list[str | Path]) -> list[Path]:
+    """Expand files, folders (recursively) and glob patterns into a list of audio files.
+
+    Files named explicitly are kept whatever their extension (a bad one is
+    reported when decoded); folders contribute their files with an audio
+    extension, sorted.
+    """
+    found: list[Path] = []
+    for item in paths:
+        s = str(item)
+        candidates = [Path(m) for m in sorted(glob.glob(s, recursive=True))] if any(c in s for c in "*?[") else [Path(s)]
+        for c in candidates:
+            if c.is_dir():
+                found.extend(sorted(q for q in c.rglob("*") if q.suffix.lower() in AUDIO_EXTENSIONS and q.is_file()))
+            else:
+                found.append(c)
+    return found

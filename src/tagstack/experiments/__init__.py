@@ -1,0 +1,2 @@
+"""Experiments: configuration (:mod:`.config`), the one orchestrator (:mod:`.run`), the paper's
+comparisons (:mod:`.reproduce`) and the demo (:mod:`.demo`)."""

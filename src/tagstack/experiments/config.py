@@ -1,0 +1,154 @@
+"""An experiment as plain data: what to train on, which model, which schedules, which seeds.
+
+:class:`ExperimentConfig` is validated when it is built, before any work
+(an unknown dataset or option, a scale with no CNN, a layer no chosen CNN
+has, are errors at once, not after the mel cache or five CNNs), and saved
+fully resolved as ``config.toml`` in every run directory it produced, so
+``tagstack run --config RUN/config.toml`` reruns exactly that experiment.
+The presets of the demo and of the shipped model are here too.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from ..config import PAPER_SCALES, FrontEndConfig, TrainConfig, global_schedule, joint_schedule, local_schedule, to_dict
+from ..datasets import check_dataset
+from ..errors import ParameterError
+from ..fileio import atomic_write_bytes
+from ..models.local import ARCHITECTURES
+from ..runtime import choose_device
+
+
+@dataclass
+class ExperimentConfig:
+    """Everything a run needs; saved as ``config.toml`` in its run directory.
+
+    ``seeds`` are the global models' seeds (``reproduce`` reports mean and
+    standard deviation over them); ``local_from`` takes the local CNNs from a
+    model file instead of training them (transfer learning, Table I);
+    ``joint`` is the schedule of joint fine-tuning (``None``: none).
+    """
+
+    dataset: str = "corpus"
+    root: str = ""
+    split: str = ""
+    split_dir: str = ""  # where the published split/label files are, when not under root
+    merge_synonyms: bool = False  # MagnaTagATune 'full' split: merge synonymous tags
+    scales: tuple[int, ...] = PAPER_SCALES
+    layers: tuple[int, ...] | None = None  # None: every conv layer
+    global_hidden: int = 512
+    frontend: FrontEndConfig = field(default_factory=FrontEndConfig)
+    local: TrainConfig = field(default_factory=local_schedule)
+    global_: TrainConfig = field(default_factory=global_schedule)
+    joint: TrainConfig | None = None
+    seeds: tuple[int, ...] = (0,)
+    local_from: str = ""
+    n_boot: int = 200
+    cache_dir: str = ""
+    workers: int = 0  # 0: one per usable CPU
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        check_dataset(self.dataset, {"split_dir": self.split_dir, "merge": self.merge_synonyms})
+        self.scales = tuple(sorted(int(s) for s in self.scales))
+        if not self.scales or len(set(self.scales)) != len(self.scales):
+            raise ParameterError(f"scales must be distinct input sizes, got {list(self.scales)}")
+        bad = [s for s in self.scales if s not in ARCHITECTURES]
+        if bad:
+            raise ParameterError(f"no local CNN for {bad} frames; choose scales from {sorted(ARCHITECTURES)}")
+        if self.layers is not None:
+            self.layers = tuple(sorted(int(i) for i in self.layers))
+            depth = max(len(ARCHITECTURES[s]) for s in self.scales)
+            missing = [i for i in self.layers if not 1 <= i <= depth]
+            if not self.layers or missing:
+                raise ParameterError(f"layers {missing or '[]'} do not exist in the CNNs of scales {list(self.scales)} "
+                                     f"(they have layers 1..{depth})")
+        self.seeds = tuple(int(s) for s in self.seeds)
+        if not self.seeds:
+            raise ParameterError("seeds must name at least one seed")
+        if self.global_hidden < 1 or self.workers < 0 or self.n_boot < 0:
+            raise ParameterError(f"need global_hidden >= 1, workers >= 0, n_boot >= 0; got {self.global_hidden}, {self.workers}, {self.n_boot}")
+        if self.local_from and not Path(self.local_from).is_file():
+            raise ParameterError(f"local_from: {self.local_from}: model file not found")
+        choose_device(self.device)
+
+    def replace(self, **changes: Any) -> "ExperimentConfig":
+        """A copy with ``changes``, validated again."""
+        return dataclasses.replace(self, **changes)
+
+
+def save_config(config: ExperimentConfig, path: str | Path) -> None:
+    """Write ``config`` as TOML, atomically."""
+    atomic_write_bytes(Path(path), tomli_w.dumps(to_dict(config)).encode())
+
+
+def config_from_dict(data: dict[str, Any]) -> ExperimentConfig:
+    """Inverse of :func:`~tagstack.config.to_dict` for :class:`ExperimentConfig`; unknown keys are errors."""
+    data = dict(data)
+    unknown = set(data) - {f.name for f in dataclasses.fields(ExperimentConfig)}
+    if unknown:
+        raise ParameterError(f"unknown configuration keys: {sorted(unknown)}")
+    try:
+        if "frontend" in data:
+            data["frontend"] = FrontEndConfig(**data["frontend"])
+        for key in ("local", "global_", "joint"):
+            if key in data:
+                data[key] = TrainConfig(**data[key])
+    except TypeError as e:
+        raise ParameterError(f"configuration: {e}") from None
+    data.setdefault("layers", None)
+    data.setdefault("joint", None)
+    return ExperimentConfig(**data)
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read a ``config.toml`` written by :func:`save_config`."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ParameterError(f"{path}: cannot read configuration ({e.strerror})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ParameterError(f"{path}: not valid TOML ({e})") from None
+    return config_from_dict(data)
+
+
+# ------------------------------------------------------------ presets
+
+#: The demo's budget: short enough for a first run on two CPU cores (see README for its measured scores).
+DEMO_LOCAL_EPOCHS = 5
+DEMO_GLOBAL_EPOCHS = 60
+
+
+def demo_config(corpus_dir: Path, *, device: str = "auto", workers: int = 0) -> ExperimentConfig:
+    """The demo: all five scales and layers on the default corpus, on a shortened schedule."""
+    return ExperimentConfig(
+        dataset="corpus", root=str(corpus_dir), device=device, workers=workers,
+        local=local_schedule(max_epochs=DEMO_LOCAL_EPOCHS, lr_stages=2, patience=2),
+        global_=global_schedule(max_epochs=DEMO_GLOBAL_EPOCHS, lr_stages=3, patience=6),
+    )
+
+
+def quick(config: ExperimentConfig) -> ExperimentConfig:
+    """``reproduce --quick``: a smoke run of a few minutes (2 local epochs, 20 global, 1 joint, 50 bootstrap draws)."""
+    return config.replace(
+        local=dataclasses.replace(config.local, max_epochs=min(config.local.max_epochs, 2), lr_stages=2),
+        global_=dataclasses.replace(config.global_, max_epochs=min(config.global_.max_epochs, 20), lr_stages=2),
+        joint=None if config.joint is None else dataclasses.replace(config.joint, max_epochs=1),
+        n_boot=min(config.n_boot, 50),
+    )
+
+
+__all__ = ["DEMO_GLOBAL_EPOCHS", "DEMO_LOCAL_EPOCHS", "ExperimentConfig", "config_from_dict", "demo_config", "joint_schedule",
+           "load_config", "quick", "save_config"]

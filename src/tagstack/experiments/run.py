@@ -1,0 +1,287 @@
+"""The one orchestrator: every entry point (``run``, the per-stage commands, ``reproduce``,
+the demo, the shipped model's script, the Python API) drives an :class:`Experiment`.
+
+A run directory mirrors the stages::
+
+    RUN/
+      config.toml            the resolved ExperimentConfig
+      dataset.txt            clips and positives per tag per split
+      1-local/<frames>/      stage 1: last.pt (resume point), best.pt, history.json
+      2-aggregate/           stage 2: features.npy (all layers, all scales), local_probs_<frames>.npy, layout.json
+      3-global/...           stage 3: one folder per global model (last.pt, best.pt, history.json)
+      4-joint/               joint fine-tuning, when asked for
+      model.safetensors      the whole tagger as one self-describing file
+      metrics.json           local and global test metrics (macro, per tag, per group)
+      report.md, plots/      the report and its figures
+
+Every stage reuses what is on disk and says so, so an interrupted run
+started again with the same command continues where it stopped.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import tagstack_home
+from ..datasets import ClipSet, load_dataset
+from ..datasets.melcache import MelCache
+from ..errors import DatasetError, ParameterError
+from ..fileio import atomic_save_npy, atomic_write_json, atomic_write_text, remove_leftovers
+from ..models.aggregation import feature_layout
+from ..models.classifier import GlobalArch, GlobalMLP
+from ..models.file import load_model, save_model
+from ..models.local import LocalCNN, build_local_cnn
+from ..models.tagger import TaggingModel
+from ..runtime import choose_device
+from ..train.evaluation import bootstrap_ci, evaluate
+from ..train.stages import finetune_joint, model_clip_probs, train_global, train_local
+from .config import ExperimentConfig, save_config
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prepared:
+    """A dataset with its mel cache, restricted to the clips whose frames are cached.
+
+    Stages address clips only through :meth:`rows` (their rows in ``mels``)
+    and :meth:`labels` (aligned with those rows), so no caller juggles two
+    index spaces.
+    """
+
+    clips: ClipSet
+    mels: np.ndarray
+    mel_rows: np.ndarray  # row in ``mels`` of each clip of ``clips``
+    report: dict
+
+    def rows(self, split: str) -> np.ndarray:
+        return self.mel_rows[self.clips.indices(split)]
+
+    def labels(self, split: str) -> np.ndarray:
+        return self.clips.labels[self.clips.indices(split)]
+
+
+class Experiment:
+    """One configuration, one run directory; each stage computed once and reused.
+
+    Parameters
+    ----------
+    config : ExperimentConfig
+        Already validated; saved as ``config.toml`` at once.
+    run_dir : path
+    clips : ClipSet, optional
+        The dataset, when the caller has it in memory (else ``config`` names it).
+    """
+
+    def __init__(self, config: ExperimentConfig, run_dir: str | Path, *, clips: ClipSet | None = None) -> None:
+        self.config = config
+        self.dir = Path(run_dir)
+        self.device = choose_device(config.device)
+        self._clips = clips
+        self._data: Prepared | None = None
+        self._local: dict[int, LocalCNN] | None = None
+        self._features: dict | None = None
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ParameterError(f"{self.dir}: cannot create the run directory ({e.strerror})") from None
+        removed = remove_leftovers(self.dir)
+        if removed:
+            log.info("removed %d unfinished temporary files an interrupted run left in %s", removed, self.dir)
+        save_config(config, self.dir / "config.toml")
+
+    # ------------------------------------------------------------ data
+    @property
+    def data(self) -> Prepared:
+        """The dataset and its mel cache (built or resumed on first use)."""
+        if self._data is None:
+            c = self.config
+            clips = self._clips or load_dataset(c.dataset, c.root, split=c.split, split_dir=c.split_dir, merge=c.merge_synonyms)
+            cache = MelCache(clips, cache_dir=c.cache_dir or tagstack_home() / "mels", frontend=c.frontend)
+            report = cache.build(workers=c.workers, device=self.device)
+            kept = clips.subset(cache.valid)
+            for split in ("train", "valid", "test"):
+                if len(kept.indices(split)) < 2:
+                    raise DatasetError(f"{clips.name}: only {len(kept.indices(split))} usable clips in split '{split}'")
+            self._data = Prepared(clips=kept, mels=cache.mels, mel_rows=np.flatnonzero(cache.valid), report=report)
+            atomic_write_text(self.dir / "dataset.txt", kept.summary() + "\n")
+        return self._data
+
+    # ------------------------------------------------------------ stage 1
+    def local_models(self) -> dict[int, LocalCNN]:
+        """Stage 1: one local CNN per scale, trained (or resumed, or reused), or taken from ``local_from``."""
+        if self._local is not None:
+            return self._local
+        c = self.config
+        if c.local_from:
+            source = load_model(c.local_from)
+            if source.frontend != c.frontend:
+                raise ParameterError(f"{c.local_from}: its front end {source.frontend} differs from this experiment's {c.frontend}")
+            missing = [s for s in c.scales if s not in source.local_scales]
+            if missing:
+                raise ParameterError(f"{c.local_from} has local CNNs for {list(source.local_scales)}, not for {missing}")
+            log.info("stage 1: local CNNs %s taken from %s (transfer learning)", list(c.scales), c.local_from)
+            self._local = {s: source.local_models[s] for s in c.scales}
+            return self._local
+        d = self.data
+        models = {}
+        for i, scale in enumerate(c.scales, 1):
+            log.info("stage 1: local CNN %d of %d (%d frames)", i, len(c.scales), scale)
+            torch.manual_seed(c.local.seed)
+            model = build_local_cnn(scale, n_tags=len(d.clips.tags), n_mels=c.frontend.n_mels)
+            train_local(model, d.mels, train_rows=d.rows("train"), valid_rows=d.rows("valid"), train_labels=d.labels("train"),
+                        valid_labels=d.labels("valid"), config=c.local, workdir=self.dir / "1-local" / str(scale), device=self.device)
+            models[scale] = model.cpu()
+        self._local = models
+        return models
+
+    # ------------------------------------------------------------ stage 2
+    def features(self) -> dict:
+        """Stage 2: every layer of every scale for every clip, extracted once and stored.
+
+        Returns ``features`` (clips x all features, in clip order of
+        ``data.clips``) and ``local_probs`` (scale -> clips x tags).
+        """
+        if self._features is not None:
+            return self._features
+        out = self.dir / "2-aggregate"
+        f_path = out / "features.npy"
+        models = self.local_models()
+        d = self.data
+        if f_path.exists():
+            log.info("stage 2: features reused from %s", f_path)
+        else:
+            log.info("stage 2: aggregating every layer of %d CNNs over %d clips", len(models), len(d.mel_rows))
+            extractor = TaggingModel(models, None, tags=d.clips.tags, frontend=self.config.frontend).to(self.device).eval()
+            feats, probs = _extract(extractor, d.mels, d.mel_rows, self.device)
+            for s, p in probs.items():
+                atomic_save_npy(out / f"local_probs_{s}.npy", p)
+            atomic_write_json(out / "layout.json", [b.__dict__ for b in feature_layout(models)])
+            atomic_save_npy(f_path, feats)
+        self._features = {"features": np.load(f_path), "local_probs": {s: np.load(out / f"local_probs_{s}.npy") for s in sorted(models)}}
+        return self._features
+
+    # ------------------------------------------------------------ stage 3
+    def train_head(self, *, scales: tuple[int, ...] | None = None, layers: tuple[int, ...] | None = None,
+                   seed: int | None = None, name: str = "3-global") -> TaggingModel:
+        """Stage 3: a global classifier on the chosen slice of the stored features, as a whole tagger."""
+        c = self.config
+        d, feats = self.data, self.features()["features"]
+        if scales is None and layers is None:  # the configured model; otherwise exactly the slice asked for
+            scales, layers = c.scales, c.layers
+        scales = c.scales if scales is None else scales
+        shell = TaggingModel(self.local_models(), None, tags=d.clips.tags, frontend=c.frontend, scales=scales, layers=layers)
+        cols = shell.columns.numpy()
+        schedule = c.global_ if seed is None else dataclasses.replace(c.global_, seed=seed)
+        log.info("stage 3: global classifier %s on %d features", name, len(cols))
+        torch.manual_seed(schedule.seed)
+        head = GlobalMLP(GlobalArch(n_features=len(cols), n_outputs=len(d.clips.tags), hidden=c.global_hidden, task=d.clips.task))
+        x = feats[:, cols]
+        tr, va = d.clips.indices("train"), d.clips.indices("valid")
+        train_global(head, x[tr], d.clips.labels[tr], x[va], d.clips.labels[va], config=schedule, workdir=self.dir / name, device=self.device)
+        return TaggingModel(self.local_models(), head.cpu(), tags=d.clips.tags, frontend=c.frontend, scales=scales, layers=layers,
+                            info={"dataset": d.clips.name})
+
+    def test_probs(self, model: TaggingModel) -> np.ndarray:
+        """Test-set probabilities of a staged tagger, from the stored features (the same head as inference)."""
+        test = self.data.clips.indices("test")
+        with torch.inference_mode():
+            return model.cpu().eval().proba_from_features(torch.from_numpy(self.features()["features"][test])).numpy()
+
+    # ------------------------------------------------------------ joint fine-tuning
+    def finetune(self, staged: TaggingModel, *, name: str = "4-joint") -> tuple[TaggingModel, np.ndarray]:
+        """Joint fine-tuning of a copy of ``staged`` end to end; returns it and its test probabilities."""
+        if self.config.joint is None:
+            raise ParameterError("this experiment has no joint schedule (config.joint)")
+        d = self.data
+        model = copy.deepcopy(staged).to(self.device)
+        log.info("joint fine-tuning of the whole tagger (%d epochs at most)", self.config.joint.max_epochs)
+        finetune_joint(model, d.mels, train_rows=d.rows("train"), valid_rows=d.rows("valid"), train_labels=d.labels("train"),
+                       valid_labels=d.labels("valid"), config=self.config.joint, workdir=self.dir / name, device=self.device)
+        return model.cpu().eval(), model_clip_probs(model, d.mels, d.rows("test"), device=self.device)
+
+    # ------------------------------------------------------------ the standard run
+    def run(self) -> dict:
+        """All three stages, test metrics, the model file and the report; returns the metrics."""
+        from ..report import write_report
+
+        d = self.data
+        model = self.train_head()
+        probs = self.test_probs(model)
+        metrics = self.metrics(model, probs)
+        model.info.update({"config": _portable(self.config), "test": _test_summary(d.clips.tags, metrics["global"])})
+        save_model(model, self.dir / "model.safetensors")
+        atomic_write_json(self.dir / "metrics.json", metrics)
+        write_report(self.dir, metrics, d.clips)
+        return metrics
+
+    def metrics(self, model: TaggingModel, global_probs: np.ndarray) -> dict:
+        """Test metrics of every local CNN and of the global model, with per-group means and a bootstrap interval."""
+        d = self.data
+        test = d.clips.indices("test")
+        y = d.clips.labels[test] >= 0.5
+        out = {"dataset": d.clips.name, "n_clips": {s: int(len(d.clips.indices(s))) for s in ("train", "valid", "test")},
+               "tags": d.clips.tags, "skipped_files": d.report["skipped"], "local": {}, "global": {}}
+        for s, p in self.features()["local_probs"].items():
+            m = evaluate(y, p[test], task="multilabel")
+            m["groups"] = group_metrics(d.clips, m["per_tag"]["roc_auc"])
+            out["local"][str(s)] = m
+        g = evaluate(y, global_probs, task=d.clips.task)
+        g["groups"] = group_metrics(d.clips, g["per_tag"]["roc_auc"])
+        g["roc_auc_ci95"] = bootstrap_ci(y, global_probs, n_boot=self.config.n_boot)
+        out["global"] = g
+        return out
+
+
+def _extract(model: TaggingModel, mels: np.ndarray, rows: np.ndarray, device: torch.device, batch: int = 8) -> tuple[np.ndarray, dict]:
+    from tqdm.auto import tqdm
+
+    feats, probs = [], {s: [] for s in model.local_scales}
+    with torch.inference_mode():
+        for i in tqdm(range(0, len(rows), batch), desc="stage 2", unit="batch", disable=None):
+            x = torch.from_numpy(np.asarray(mels[rows[i : i + batch]], dtype=np.float32)).to(device)
+            f, p = model.features_and_local_probs(x)
+            feats.append(f.cpu().numpy())
+            for s in p:
+                probs[s].append(p[s].cpu().numpy())
+    return np.concatenate(feats).astype(np.float32), {s: np.concatenate(v).astype(np.float32) for s, v in probs.items()}
+
+
+def group_metrics(clips: ClipSet, per_tag: list[float]) -> dict[str, float]:
+    """Mean per-tag ROC-AUC of each tag group (instrument, style ...)."""
+    by: dict[str, list[float]] = {}
+    for t, v in zip(clips.tags, per_tag):
+        if t in clips.groups and v is not None and v == v:
+            by.setdefault(clips.groups[t], []).append(v)
+    return {g: float(np.mean(v)) for g, v in sorted(by.items())}
+
+
+def _portable(config: ExperimentConfig) -> dict:
+    """The configuration for a model file, without this machine's paths (root, cache, local_from)."""
+    from ..config import to_dict
+
+    d = to_dict(config)
+    for key in ("root", "cache_dir", "split_dir", "local_from", "device", "workers"):
+        d.pop(key, None)
+    return d
+
+
+def _test_summary(tags: list[str], g: dict) -> dict:
+    return {"roc_auc": g["roc_auc"], "pr_auc": g["pr_auc"],
+            "per_tag_roc_auc": dict(zip(tags, g["per_tag"]["roc_auc"])), "per_tag_pr_auc": dict(zip(tags, g["per_tag"]["pr_auc"]))}
+
+
+def run_experiment(config: ExperimentConfig, run_dir: str | Path, *, clips: ClipSet | None = None) -> dict:
+    """All three stages of ``config`` into ``run_dir``; the metrics also written to ``metrics.json``."""
+    return Experiment(config, run_dir, clips=clips).run()
+
+
+def load_run_model(run_dir: str | Path) -> TaggingModel:
+    """The tagger a finished run saved."""
+    return load_model(Path(run_dir) / "model.safetensors")

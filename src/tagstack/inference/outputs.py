@@ -1,0 +1,208 @@
+"""Tagging and embedding many files into output files: what ``tagstack tag`` and ``embed`` run, callable from Python.
+
+A file that cannot be used is reported with its reason and the others go
+on. Every output file is complete or absent: results go to a temporary file
+beside the destination, renamed over it only when the job ends, so a killed
+run never leaves a partial file that looks whole, nor destroys an earlier
+result. The destination is checked before any work starts.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Iterable
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..audio.io import find_audio
+from ..errors import ParameterError, TagstackError
+from ..fileio import atomic_write
+from ..report import write_taggram
+from .tagger import Tagger, check_selection
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("table", "jsonl", "csv")
+EMBEDDING_SUFFIXES = (".npz", ".parquet")
+
+
+@dataclass
+class BatchReport:
+    """What a batch job did: files done, and each skipped file with its reason."""
+
+    done: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def exit_status(self) -> int:
+        return 1 if self.skipped else 0
+
+
+def audio_files(paths: Iterable[str | Path]) -> list[Path]:
+    """Files, folders (recursively) and globs as a list of files; an error when none is found."""
+    paths = [str(p) for p in paths]
+    files = find_audio(paths)
+    if not files:
+        raise ParameterError(f"no audio files found in {paths}")
+    return files
+
+
+def check_destination(path: Path, *, folder: bool = False) -> None:
+    """Refuse, before any work, an output that cannot be written (missing or read-only folder, a folder as file)."""
+    path = Path(path)
+    target = path if folder else path.parent
+    if folder and path.exists() and not path.is_dir():
+        raise ParameterError(f"{path}: exists and is not a folder")
+    if not folder and path.is_dir():
+        raise ParameterError(f"{path}: is a folder; give a file name")
+    parent = target if target.exists() else target.parent
+    if folder and not target.exists() and not parent.is_dir():
+        raise ParameterError(f"{path}: its parent folder {parent} does not exist")
+    if not folder and not target.is_dir():
+        raise ParameterError(f"{path}: the folder {target} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ParameterError(f"{path}: the folder {parent} is not writable")
+
+
+def tag_files(paths: Iterable[str | Path], *, tagger: Tagger | None = None, model: str | Path | None = None, device: str = "auto",
+              top_k: int | None = 5, threshold: float | None = None, fmt: str = "table", output: str | Path | None = None,
+              taggram_dir: str | Path | None = None, hop: float | None = None, stdout: IO[str] | None = None) -> BatchReport:
+    """Tag every file and write the results as a table, JSON lines or CSV.
+
+    Results stream to ``stdout`` (standard output by default), or go whole to
+    ``output`` at the end. With ``taggram_dir`` each file's taggram is written
+    there too (.npy, .csv, .png), windows every ``hop`` seconds.
+    """
+    if fmt not in FORMATS:
+        raise ParameterError(f"format must be one of {FORMATS}, got {fmt!r}")
+    check_selection(top_k, threshold)
+    if hop is not None and (taggram_dir is None or not hop > 0):
+        raise ParameterError(f"--hop {hop} needs --taggram DIR and a positive number of seconds")
+    if output is not None:
+        check_destination(Path(output))
+    if taggram_dir is not None:
+        check_destination(Path(taggram_dir), folder=True)
+    files = audio_files(paths)
+    tagger = tagger or Tagger(model, device=device)
+    if tagger.model.head is None:
+        raise ParameterError("this model has no global classifier (stage 3); it can embed but not tag")
+    out = io.StringIO() if output is not None else (stdout or sys.stdout)
+    writer = csv.writer(out) if fmt == "csv" else None
+    if writer:
+        writer.writerow(["path", "tag", "probability"])
+    report = BatchReport()
+    stems = _unique_stems(files)
+    results = tagger.predict_many(files, taggram=taggram_dir is not None, hop=hop)
+    for f, stem, r in zip(files, stems, tqdm(results, total=len(files), desc="tag", unit="file", disable=len(files) < 2 or None)):
+        if isinstance(r, TagstackError):
+            _skip(report, f, r)
+            continue
+        top = r.top(top_k or None, threshold)
+        if taggram_dir is not None:
+            write_taggram(r, Path(taggram_dir), stem, tagger.cfg.clip_seconds)
+        if fmt == "jsonl":
+            out.write(json.dumps({"path": str(f), "seconds": round(r.seconds, 2), "tags": {t: round(p, 4) for t, p in top}}, allow_nan=False) + "\n")
+        elif writer:
+            for t, p in top:
+                writer.writerow([str(f), t, f"{p:.4f}"])
+        else:
+            out.write(f"{f}  ({r.seconds:.1f} s)\n" + "".join(f"    {t:<16} {p:.3f}\n" for t, p in top))
+        out.flush()
+        report.done += 1
+    if output is not None:
+        text = out.getvalue()
+        atomic_write(Path(output), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    _summary(report, len(files), "tagged")
+    return report
+
+
+def embed_files(paths: Iterable[str | Path], out: str | Path, *, tagger: Tagger | None = None, model: str | Path | None = None,
+                device: str = "auto", scales: Iterable[int] | None = None, layers: Iterable[int] | None = None) -> BatchReport:
+    """One feature vector per readable file, in one file: ``.npz`` (``embeddings``, ``paths``, ``scales``, ``layers``) or ``.parquet``.
+
+    Either way the file records which scales and layers its columns are
+    (Parquet in its schema metadata), and the vectors and names can never
+    disagree, since they are one file written at once.
+    """
+    out = Path(out)
+    if out.suffix not in EMBEDDING_SUFFIXES:
+        raise ParameterError(f"{out}: the embedding file must end in {' or '.join(EMBEDDING_SUFFIXES)}")
+    if out.suffix == ".parquet":
+        _need_pyarrow()
+    check_destination(out)
+    files = audio_files(paths)
+    tagger = tagger or Tagger(model, device=device)
+    cols = tagger.model.columns_of(scales=scales, layers=layers)
+    chosen_scales = sorted({b.scale for b in tagger.model.layout if (scales is None or b.scale in set(scales))})
+    chosen_layers = sorted({b.layer for b in tagger.model.layout if b.scale in chosen_scales and (layers is None or b.layer in set(layers))})
+    names, vectors = [], []
+    report = BatchReport()
+    results = tagger.predict_many(files, embed_only=True)
+    for f, r in zip(files, tqdm(results, total=len(files), desc="embed", unit="file", disable=len(files) < 2 or None)):
+        if isinstance(r, TagstackError):
+            _skip(report, f, r)
+            continue
+        vectors.append(r.embedding[cols])
+        names.append(str(f))
+        report.done += 1
+    if vectors:
+        x = np.stack(vectors).astype(np.float32)
+        if out.suffix == ".parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            meta = {"tagstack.scales": json.dumps(chosen_scales), "tagstack.layers": json.dumps(chosen_layers),
+                    "tagstack.dimensions": str(x.shape[1])}
+            table = pa.table({"path": names, "embedding": list(x)}).replace_schema_metadata(meta)
+            atomic_write(out, lambda tmp: pq.write_table(table, tmp), suffix=".parquet")
+        else:
+            def write(tmp: str) -> None:
+                with open(tmp, "wb") as fh:
+                    np.savez(fh, embeddings=x, paths=np.array(names), scales=np.array(chosen_scales), layers=np.array(chosen_layers))
+
+            atomic_write(out, write, suffix=".npz")
+        log.info("%d embeddings of %d dimensions (scales %s, layers %s) written to %s", len(names), x.shape[1], chosen_scales, chosen_layers, out)
+    _summary(report, len(files), "embedded")
+    return report
+
+
+def _need_pyarrow() -> None:
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        raise ParameterError("writing .parquet needs pyarrow: pip install 'tagstack[parquet]'") from None
+
+
+def _skip(report: BatchReport, path: Path, error: TagstackError) -> None:
+    reason = str(error)
+    report.skipped.append((str(path), reason))
+    log.warning("skipped %s", reason)
+
+
+def _summary(report: BatchReport, total: int, verb: str) -> None:
+    if report.skipped:
+        log.warning("%d of %d files could not be %s", len(report.skipped), total, verb)
+
+
+def _unique_stems(files: list[Path]) -> list[str]:
+    """File stems for output names, numbered where two files share one (a/x.mp3, b/x.mp3 -> x, x-2)."""
+    used: set[str] = set()
+    stems = []
+    for f in files:
+        stem, n = f.stem, 1
+        while stem in used:
+            n += 1
+            stem = f"{f.stem}-{n}"
+        used.add(stem)
+        stems.append(stem)
+    return stems
+
+
+__all__ = ["BatchReport", "FORMATS", "audio_files", "check_destination", "embed_files", "tag_files"]

@@ -1,0 +1,113 @@
+"""Stage 2: multi-level, multi-scale feature aggregation (Sec. II-B).
+
+For one clip and one conv layer of one local CNN, the layer's activation on
+every segment is max-pooled over time within the segment, then averaged over
+the clip's segments; the resulting vectors of the chosen layers and scales are
+concatenated. With all layers of the five paper CNNs that is
+512 + 512 + 768 + 1,024 + 1,280 = 4,096 dimensions.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import ParameterError
+from .local import LocalCNN
+
+
+@dataclass(frozen=True)
+class FeatureBlock:
+    """Where the features of one (scale, layer) sit in the concatenated vector."""
+
+    scale: int
+    layer: int
+    start: int
+    stop: int
+
+
+def feature_layout(models: dict[int, LocalCNN]) -> list[FeatureBlock]:
+    """Blocks of every layer of every model, in order of scale then layer."""
+    blocks, start = [], 0
+    for scale in sorted(models):
+        for info in models[scale].feature_info:
+            blocks.append(FeatureBlock(scale, info["layer"], start, start + info["channels"]))
+            start += info["channels"]
+    return blocks
+
+
+def select_columns(
+    layout: Sequence[FeatureBlock], *, scales: Iterable[int] | None = None, layers: Iterable[int] | None = None
+) -> np.ndarray:
+    """Column indices of the chosen scales and layers (1-based), for slicing stored features.
+
+    Features are extracted once with every layer and scale and sliced, so the
+    ablations of Figs. 3 and 4 never recompute them.
+    """
+    scales = None if scales is None else {int(x) for x in scales}
+    layers = None if layers is None else {int(x) for x in layers}
+    available = {b.scale for b in layout}
+    if scales is not None and not scales <= available:
+        raise ParameterError(f"scales {sorted(scales - available)} not in the features (have {sorted(available)})")
+    chosen = [b for b in layout if scales is None or b.scale in scales]
+    if layers is not None:
+        missing = layers - {b.layer for b in chosen}
+        if missing:
+            have = sorted({b.layer for b in chosen})
+            raise ParameterError(f"layers {sorted(missing)} not in the features of scales {sorted(scales or available)} (have layers {have})")
+        chosen = [b for b in chosen if b.layer in layers]
+    if not chosen:
+        raise ParameterError(f"no features for scales={sorted(scales) if scales else scales} layers={sorted(layers) if layers else layers}")
+    return np.concatenate([np.arange(b.start, b.stop) for b in chosen])
+
+
+def segment(mels: torch.Tensor, size: int) -> torch.Tensor:
+    """``(clips, frames, mels)`` -> ``(clips, n_segments, size, mels)``, dropping the remainder."""
+    n = mels.shape[1] // size
+    if n == 0:
+        raise ParameterError(f"a clip of {mels.shape[1]} frames holds no segment of {size} frames")
+    return mels[:, : n * size].reshape(mels.shape[0], n, size, mels.shape[2])
+
+
+def aggregate(
+    model: LocalCNN, mels: torch.Tensor, *, layers: Iterable[int] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The paper's aggregation of one local CNN over a batch of clips (differentiable).
+
+    Every segment of every clip goes through the CNN once; each chosen
+    layer's activation is max-pooled over time within the segment and
+    averaged over the clip's segments, and the CNN's own clip prediction is
+    the mean of its segment probabilities. This is the only place either
+    average is computed: stage 1's validation, stage 2, joint fine-tuning
+    and inference all call it.
+
+    Parameters
+    ----------
+    mels : torch.Tensor [shape=(clips, frames, n_mels)]
+        Frames beyond the last whole segment are ignored.
+    layers : iterable of int, optional
+        1-based conv layers whose features to return (all when None; none for ``()``).
+
+    Returns
+    -------
+    features : torch.Tensor [shape=(clips, sum of chosen layer widths)]
+    probs : torch.Tensor [shape=(clips, n_tags)]
+    """
+    segs = segment(mels, model.arch.n_frames)
+    b, s = segs.shape[:2]
+    acts, logits = model.forward_intermediates(segs.reshape(b * s, *segs.shape[2:]))
+    chosen = range(1, len(acts) + 1) if layers is None else check_layers(model, layers)
+    feats = [acts[i - 1].amax(dim=2).reshape(b, s, -1).mean(dim=1) for i in chosen]
+    probs = torch.sigmoid(logits).reshape(b, s, -1).mean(dim=1)
+    return (torch.cat(feats, dim=1) if feats else logits.new_zeros(b, 0)), probs
+
+
+def check_layers(model: LocalCNN, layers: Iterable[int]) -> list[int]:
+    """``layers`` as a list, or a :class:`ParameterError` naming the ones the model lacks."""
+    layers = [int(i) for i in layers]
+    bad = [i for i in layers if not 1 <= i <= len(model.feature_info)]
+    if bad:
+        raise ParameterError(f"layers {bad} do not exist in the {model.arch.n_frames}-frame CNN (it has 1..{len(model.feature_info)})")
+    return layers

@@ -1,0 +1,159 @@
+"""The one training loop, for stage 1 (local CNNs), stage 3 (global classifier) and joint fine-tuning.
+
+The authors' schedule: SGD with Nesterov momentum, learning rate 0.01, and
+whenever the monitored validation score has not improved for ``patience``
+epochs the best checkpoint is restored and the rate multiplied by 0.2; after
+``lr_stages`` rates training stops. A checkpoint is written atomically after
+every epoch, so a killed run resumes at the epoch where it stopped, and a
+finished run is not trained again.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
+
+from ..config import TrainConfig
+from ..errors import TagstackError
+from ..fileio import atomic_write, atomic_write_json
+
+
+@dataclass
+class TrainState:
+    """The trainer's progress, saved with every checkpoint."""
+
+    epoch: int = 0
+    stage: int = 0
+    lr: float = 0.0
+    best_score: float = -math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    done: bool = False
+    history: list[dict] = field(default_factory=list)
+
+
+def _score(metrics: dict, monitor: str) -> float:
+    """Higher is better: negative loss, or ROC-AUC."""
+    return -metrics["loss"] if monitor == "loss" else metrics["roc_auc"]
+
+
+def _save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, state: TrainState) -> None:
+    payload = {"model": model.state_dict(), "optimizer": opt.state_dict(), "state": json.dumps(asdict(state))}
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def _load_weights(path: Path, device: torch.device) -> dict:
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:
+        raise TagstackError(f"{path}: cannot read these weights ({type(e).__name__}); delete the folder to train again") from None
+
+
+def _optimizer(model: nn.Module, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay)
+
+
+def fit(
+    model: nn.Module,
+    *,
+    train_batches: Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]],
+    n_batches: int,
+    validate: Callable[[nn.Module], dict],
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    config: TrainConfig,
+    workdir: str | Path,
+    device: torch.device,
+    desc: str = "train",
+) -> TrainState:
+    """Train ``model`` in place and leave it holding its best weights.
+
+    Parameters
+    ----------
+    train_batches : callable
+        ``train_batches(epoch)`` yields ``(inputs, targets)`` CPU tensors for one
+        epoch, shuffled deterministically from the epoch number.
+    validate : callable
+        ``validate(model)`` returns a dict with at least ``loss`` and ``roc_auc``.
+    workdir : path
+        Holds ``last.pt`` (resume point), ``best.pt`` and ``history.json``.
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    last, best = workdir / "last.pt", workdir / "best.pt"
+    model.to(device)
+    state = TrainState(lr=config.lr)
+    opt = _optimizer(model, config, config.lr)
+    if last.exists():
+        try:
+            ckpt = torch.load(last, map_location=device, weights_only=True)
+            state = TrainState(**json.loads(ckpt["state"]))
+            model.load_state_dict(ckpt["model"])
+            opt = _optimizer(model, config, state.lr)
+            opt.load_state_dict(ckpt["optimizer"])
+        except Exception as e:  # written atomically by tagstack, so damaged by something else
+            raise TagstackError(f"{last}: cannot resume from this checkpoint ({type(e).__name__}); "
+                                "delete it to train this network again from the start") from None
+        log.info("[%s] %s", desc, "already trained, reused" if state.done else f"resuming after epoch {state.epoch} (lr {state.lr:g})")
+    started = time.time()
+    epochs_run = 0
+    while not state.done:
+        torch.manual_seed(config.seed + state.epoch)
+        model.train()
+        total, count = 0.0, 0
+        bar = tqdm(train_batches(state.epoch), total=n_batches, desc=f"[{desc}] epoch {state.epoch + 1}", leave=False, unit="batch", disable=None)
+        for x, y in bar:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(x)
+            count += len(x)
+            bar.set_postfix(loss=f"{total / max(count, 1):.4f}")
+        bar.close()
+        model.eval()
+        metrics = validate(model)
+        state.epoch += 1
+        epochs_run += 1
+        record = {"epoch": state.epoch, "lr": state.lr, "train_loss": total / max(count, 1), **{f"val_{k}": v for k, v in metrics.items()}}
+        state.history.append(record)
+        score = _score(metrics, config.monitor)
+        if score > state.best_score:
+            state.best_score, state.best_epoch, state.bad_epochs = score, state.epoch, 0
+            atomic_write(best, lambda tmp: torch.save(model.state_dict(), tmp))
+        else:
+            state.bad_epochs += 1
+        if state.bad_epochs >= config.patience:
+            state.stage += 1
+            if state.stage >= config.lr_stages:
+                state.done = True
+            else:
+                model.load_state_dict(_load_weights(best, device))
+                state.lr *= config.lr_decay
+                state.bad_epochs = 0
+                opt = _optimizer(model, config, state.lr)
+        if state.epoch >= config.max_epochs:
+            state.done = True
+        per_epoch = (time.time() - started) / epochs_run
+        left = "" if state.done else f", at most {per_epoch * (config.max_epochs - state.epoch) / 60:.1f} min left"
+        log.info(
+            f"[{desc}] epoch {state.epoch}: train loss {record['train_loss']:.4f}, val loss {metrics['loss']:.4f}, "
+            f"val ROC-AUC {metrics['roc_auc']:.4f}, lr {record['lr']:g} ({per_epoch:.1f} s/epoch{left})"
+        )
+        _save_checkpoint(last, model, opt, state)
+        atomic_write_json(workdir / "history.json", state.history)
+    if best.exists():
+        model.load_state_dict(_load_weights(best, device))
+    model.eval()
+    return state

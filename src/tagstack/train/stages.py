@@ -1,0 +1,183 @@
+"""What each stage trains, on which batches, judged by which validation: all through :func:`~.loop.fit`.
+
+- stage 1 (:func:`train_local`): one local CNN on shuffled segments, each
+  carrying its clip's labels; validated on clip predictions (the mean of
+  segment predictions, computed by :func:`~tagstack.models.aggregation.aggregate`);
+- stage 3 (:func:`train_global`): the global classifier on stored features;
+- joint fine-tuning (:func:`finetune_joint`): the whole
+  :class:`~tagstack.models.TaggingModel` end to end on clips.
+
+Labels may be soft (values in [0, 1], e.g. a teacher's probabilities):
+training uses them as they are; validation ROC-AUC counts a value of at
+least 0.5 as a positive.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import TrainConfig
+from ..models.aggregation import aggregate
+from ..models.classifier import GlobalMLP
+from ..models.local import LocalCNN
+from ..models.tagger import TaggingModel
+from .evaluation import tagging_metrics
+from .loop import TrainState, fit
+
+Batches = Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]]
+
+
+def input_statistics(mels: np.ndarray, rows: np.ndarray, *, chunk: int = 256) -> tuple[float, float]:
+    """Scalar mean and standard deviation of the frames of clips ``rows`` (read in chunks, float64)."""
+    s = ss = 0.0
+    n = 0
+    for i in range(0, len(rows), chunk):
+        x = np.asarray(mels[np.sort(rows[i : i + chunk])], dtype=np.float64)
+        s += x.sum()
+        ss += np.square(x).sum()
+        n += x.size
+    mean = s / n
+    return float(mean), float(np.sqrt(max(ss / n - mean * mean, 1e-12)))
+
+
+def segment_batches(mels: np.ndarray, labels: np.ndarray, rows: np.ndarray, *, size: int, batch_size: int, seed: int) -> tuple[Batches, int]:
+    """Shuffled segments across clips, each with its clip's labels (``labels`` row-aligned with ``rows``).
+
+    Returns ``(batches(epoch), n_batches)``; segments are read straight from
+    ``mels`` (a memmap is fine), one batch at a time.
+    """
+    per_clip = mels.shape[1] // size
+    which = np.repeat(np.arange(len(rows)), per_clip)
+    seg_of = np.tile(np.arange(per_clip), len(rows))
+    n_batches = math.ceil(len(which) / batch_size)
+    offsets = np.arange(size)
+
+    def batches(epoch: int):
+        order = np.random.default_rng([seed, epoch]).permutation(len(which))
+        for b in range(n_batches):
+            sel = order[b * batch_size : (b + 1) * batch_size]
+            if len(sel) < 2:  # BatchNorm needs two samples
+                continue
+            k, s = which[sel], seg_of[sel]
+            x = np.asarray(mels[rows[k][:, None], s[:, None] * size + offsets[None, :]], dtype=np.float32)
+            yield torch.from_numpy(x), torch.from_numpy(labels[k])
+
+    return batches, n_batches
+
+
+def clip_batches(mels: np.ndarray, labels: np.ndarray, rows: np.ndarray, *, batch_size: int, seed: int, multiclass: bool) -> tuple[Batches, int]:
+    """Shuffled whole clips (joint fine-tuning); ``labels`` row-aligned with ``rows``."""
+    n = math.ceil(len(rows) / batch_size)
+
+    def batches(epoch: int):
+        order = np.random.default_rng([seed, epoch]).permutation(len(rows))
+        for b in range(n):
+            sel = np.sort(order[b * batch_size : (b + 1) * batch_size])
+            if len(sel) < 2:
+                continue
+            y = torch.from_numpy(labels[sel])
+            yield torch.from_numpy(np.asarray(mels[rows[sel]], dtype=np.float32)), (y.argmax(1) if multiclass else y)
+
+    return batches, n
+
+
+def validation_metrics(probs: np.ndarray, labels: np.ndarray, task: str) -> dict:
+    """Validation loss and macro ROC-AUC of clip-level probabilities."""
+    probs = np.clip(probs, 1e-7, 1 - 1e-7)
+    if task == "multiclass":
+        loss = float(-np.mean(np.log(probs[labels > 0])))
+    else:
+        loss = float(-np.mean(labels * np.log(probs) + (1 - labels) * np.log(1 - probs)))
+    return {"loss": loss, "roc_auc": tagging_metrics(labels >= 0.5, probs)["roc_auc"]}
+
+
+def _batched(fn: Callable[[torch.Tensor], torch.Tensor], mels: np.ndarray, rows: np.ndarray, device: torch.device, batch: int) -> np.ndarray:
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(rows), batch):
+            x = torch.from_numpy(np.asarray(mels[rows[i : i + batch]], dtype=np.float32)).to(device)
+            out.append(fn(x).cpu().numpy())
+    return np.concatenate(out)
+
+
+def local_clip_probs(model: LocalCNN, mels: np.ndarray, rows: np.ndarray, *, device: torch.device, batch_clips: int = 16) -> np.ndarray:
+    """A local CNN's clip predictions (the mean of its segment predictions)."""
+    model.eval()
+    return _batched(lambda x: aggregate(model, x, layers=())[1], mels, rows, device, batch_clips)
+
+
+def train_local(model: LocalCNN, mels: np.ndarray, *, train_rows: np.ndarray, valid_rows: np.ndarray,
+                train_labels: np.ndarray, valid_labels: np.ndarray, config: TrainConfig, workdir: str | Path,
+                device: torch.device) -> TrainState:
+    """Stage 1: train one local CNN on shuffled segments with binary cross-entropy.
+
+    ``*_rows`` index ``mels`` (the mel cache); ``*_labels`` are aligned with them.
+    """
+    model.set_normalisation(*input_statistics(mels, train_rows))  # a resumed run recomputes the same values
+    batches, n = segment_batches(mels, train_labels, train_rows, size=model.arch.n_frames, batch_size=config.batch_size, seed=config.seed)
+
+    def validate(m: nn.Module) -> dict:
+        return validation_metrics(local_clip_probs(m, mels, valid_rows, device=device), valid_labels, "multilabel")
+
+    return fit(model, train_batches=batches, n_batches=n, validate=validate, loss_fn=nn.BCEWithLogitsLoss(),
+               config=config, workdir=workdir, device=device, desc=f"local {model.arch.n_frames}")
+
+
+def train_global(model: GlobalMLP, x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray, y_valid: np.ndarray, *,
+                 config: TrainConfig, workdir: str | Path, device: torch.device) -> TrainState:
+    """Stage 3: train the global classifier on aggregated features (standardised with the training set's statistics)."""
+    x_train = np.asarray(x_train, dtype=np.float32)
+    y_train = np.asarray(y_train, dtype=np.float32)
+    model.set_normalisation(torch.from_numpy(x_train.mean(0)), torch.from_numpy(x_train.std(0)))
+    multiclass = model.arch.task == "multiclass"
+    n = math.ceil(len(x_train) / config.batch_size)
+
+    def batches(epoch: int):
+        order = np.random.default_rng([config.seed, epoch]).permutation(len(x_train))
+        for b in range(n):
+            sel = order[b * config.batch_size : (b + 1) * config.batch_size]
+            if len(sel) < 2:
+                continue
+            y = torch.from_numpy(y_train[sel])
+            yield torch.from_numpy(x_train[sel]), (y.argmax(1) if multiclass else y)
+
+    xv = torch.from_numpy(np.asarray(x_valid, dtype=np.float32))
+
+    def validate(m: nn.Module) -> dict:
+        with torch.inference_mode():
+            return validation_metrics(m.predict_proba(xv.to(device)).cpu().numpy(), y_valid, model.arch.task)
+
+    loss_fn = nn.CrossEntropyLoss() if multiclass else nn.BCEWithLogitsLoss()
+    return fit(model, train_batches=batches, n_batches=n, validate=validate, loss_fn=loss_fn,
+               config=config, workdir=workdir, device=device, desc="global")
+
+
+def model_clip_probs(model: TaggingModel, mels: np.ndarray, rows: np.ndarray, *, device: torch.device, batch_clips: int = 8) -> np.ndarray:
+    """The whole tagger's probabilities for clips ``rows`` of ``mels``."""
+    model.eval()
+    return _batched(model.predict_proba, mels, rows, device, batch_clips)
+
+
+def finetune_joint(model: TaggingModel, mels: np.ndarray, *, train_rows: np.ndarray, valid_rows: np.ndarray,
+                   train_labels: np.ndarray, valid_labels: np.ndarray, config: TrainConfig, workdir: str | Path,
+                   device: torch.device) -> TrainState:
+    """The paper's future work (Sec. V): local CNNs and global classifier trained together, end to end.
+
+    A clip's frames go through every local CNN and are aggregated exactly as
+    in stage 2 (differentiably), and the classifier reads the concatenation:
+    the same :class:`TaggingModel` that tags files, from its staged weights.
+    """
+    multiclass = model.task == "multiclass"
+    batches, n = clip_batches(mels, train_labels, train_rows, batch_size=config.batch_size, seed=config.seed, multiclass=multiclass)
+
+    def validate(m: nn.Module) -> dict:
+        return validation_metrics(model_clip_probs(m, mels, valid_rows, device=device), valid_labels, model.task)
+
+    loss = nn.CrossEntropyLoss() if multiclass else nn.BCEWithLogitsLoss()
+    return fit(model, train_batches=batches, n_batches=n, validate=validate, loss_fn=loss, config=config,
+               workdir=workdir, device=device, desc="joint")

@@ -1,0 +1,196 @@
+"""One computation behind every path: the equivalences a redesign must keep.
+
+- the decoder: ``load`` equals the concatenated ``stream`` for every backend
+  and format; a stereo m4a (FFmpeg) reaches the networks at the level of the
+  same music in wav (libsndfile); an array equals its file;
+- the model: the features stage 2 stores for training equal the features
+  inference computes for the same audio; the module joint fine-tuning trains
+  starts from exactly the staged tagger's outputs;
+- the entry points: the CLI and the Python API give the same tags.
+
+No test here trains a network: random weights exercise the same paths.
+"""
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from synth import SR, TAGS, TEST_FRONTEND, render
+from tagstack.audio.frontend import ClipMel
+from tagstack.audio.io import load, stream
+from tagstack.cli import main
+from tagstack.inference.tagger import Tagger
+from tagstack.models.classifier import GlobalArch, GlobalMLP
+from tagstack.models.file import load_model, save_model
+from tagstack.models.local import build_local_cnn
+from tagstack.models.tagger import TaggingModel
+
+
+def music(sr: int, seconds: float, channels: int = 2) -> np.ndarray:
+    """A few seconds of stereo 'music': two tones and noise, different in each channel."""
+    rng = np.random.default_rng(0)
+    t = np.arange(int(sr * seconds)) / sr
+    left = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.05 * rng.standard_normal(t.size)
+    right = 0.3 * np.sin(2 * np.pi * 330 * t + 1.0) + 0.05 * rng.standard_normal(t.size)
+    return np.stack([left, right][:channels], axis=1).astype(np.float32)
+
+
+def write_m4a(path, y: np.ndarray, sr: int) -> None:
+    av = pytest.importorskip("av")
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("aac", rate=sr)
+        s.layout = "stereo"
+        s.bit_rate = 256_000
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(y.T), format="fltp", layout="stereo")
+        frame.sample_rate = sr
+        for p in s.encode(frame):
+            c.mux(p)
+        for p in s.encode(None):
+            c.mux(p)
+
+
+@pytest.fixture(scope="module")
+def encoded(tmp_path_factory):
+    """The same stereo music at 44.1 kHz as wav, flac, ogg, mp3 and m4a."""
+    d = tmp_path_factory.mktemp("encoded")
+    y = music(44100, 6.0)
+    files = {}
+    for ext, fmt, subtype in (("wav", "WAV", "FLOAT"), ("flac", "FLAC", "PCM_24"), ("ogg", "OGG", "VORBIS"), ("mp3", "MP3", "MPEG_LAYER_III")):
+        if fmt in sf.available_formats():
+            sf.write(d / f"m.{ext}", y, 44100, format=fmt, subtype=subtype)
+            files[ext] = d / f"m.{ext}"
+    write_m4a(d / "m.m4a", y, 44100)
+    files["m4a"] = d / "m.m4a"
+    return y, files
+
+
+@pytest.mark.parametrize("ext", ["wav", "flac", "ogg", "mp3", "m4a"])
+@pytest.mark.parametrize("block_seconds", [0.37, 2.0, 60.0])
+def test_load_equals_the_concatenated_stream(encoded, ext, block_seconds):
+    _, files = encoded
+    if ext not in files:
+        pytest.skip(f"no {ext} encoder here")
+    whole = load(files[ext], sr=SR)
+    blocks = list(stream(files[ext], sr=SR, block_seconds=block_seconds))
+    np.testing.assert_array_equal(np.concatenate(blocks), whole)
+    assert all(b.dtype == np.float32 and b.ndim == 1 for b in blocks)
+
+
+@pytest.mark.parametrize("ext", ["flac", "ogg", "mp3", "m4a"])
+def test_every_format_reaches_the_networks_at_the_level_of_wav(encoded, ext):
+    _, files = encoded
+    if ext not in files:
+        pytest.skip(f"no {ext} encoder here")
+    ref = load(files["wav"], sr=SR)
+    y = load(files[ext], sr=SR)
+    ratio = np.sqrt(np.mean(y[SR:-SR] ** 2) / np.mean(ref[SR:-SR] ** 2))
+    assert ratio == pytest.approx(1.0, abs=0.05), f"{ext} decodes {20 * np.log10(ratio):+.2f} dB from wav"
+
+
+def test_an_array_equals_its_file(encoded, tmp_path):
+    y, files = encoded
+    from_file = load(files["wav"], sr=SR)
+    np.testing.assert_array_equal(load(y, sr=SR, source_sr=44100), from_file)  # (samples, channels)
+    np.testing.assert_array_equal(load(y.T.copy(), sr=SR, source_sr=44100), from_file)  # (channels, samples)
+    pcm = np.round(y * 32767).astype(np.int16)
+    sf.write(tmp_path / "pcm.wav", pcm, 44100, subtype="PCM_16")
+    np.testing.assert_allclose(load(pcm, sr=SR, source_sr=44100), load(tmp_path / "pcm.wav", sr=SR), atol=1e-6)
+
+
+def test_offset_and_duration_are_a_slice_of_the_whole(encoded):
+    _, files = encoded
+    whole = load(files["flac"], sr=44100)
+    part = load(files["flac"], sr=44100, offset=1.5, duration=2.0)
+    np.testing.assert_array_equal(part, whole[int(1.5 * 44100) : int(3.5 * 44100)])
+
+
+# ------------------------------------------------------------ the model
+
+def random_tagger(seed: int = 0, scales=(18, 27, 54)) -> TaggingModel:
+    torch.manual_seed(seed)
+    local = {s: build_local_cnn(s, n_tags=len(TAGS)) for s in scales}
+    for m in local.values():
+        m.set_normalisation(0.5, 0.7)
+        for mod in m.modules():  # non-trivial BatchNorm statistics, as after training
+            if isinstance(mod, torch.nn.BatchNorm1d):
+                mod.running_mean.uniform_(-0.1, 0.1)
+                mod.running_var.uniform_(0.5, 1.5)
+    n = sum(b.channels for m in local.values() for b in m.arch.blocks)
+    head = GlobalMLP(GlobalArch(n_features=n, n_outputs=len(TAGS)))
+    head.set_normalisation(torch.rand(n), torch.rand(n) + 0.5)
+    return TaggingModel(local, head, tags=TAGS, frontend=TEST_FRONTEND).eval()
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "random.safetensors"
+    save_model(random_tagger(), path)
+    return path
+
+
+def test_a_saved_model_computes_what_it_computed(model_file):
+    model, loaded = random_tagger(), load_model(model_file)
+    x = torch.randn(3, TEST_FRONTEND.n_frames, 128)
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded(x), model(x))
+        torch.testing.assert_close(loaded.forward_features(x), model.forward_features(x))
+
+
+def test_forward_intermediates_are_the_blocks_of_forward_features():
+    model = random_tagger()
+    x = torch.randn(2, TEST_FRONTEND.n_frames, 128)
+    with torch.inference_mode():
+        full = model.forward_features(x)
+        parts = model.forward_intermediates(x, scales=[27, 54], layers=[1, 3])
+    assert sorted(parts) == [(27, 1), (27, 3), (54, 1), (54, 3)]
+    for b in model.layout:
+        if (b.scale, b.layer) in parts:
+            torch.testing.assert_close(parts[(b.scale, b.layer)], full[:, b.start : b.stop])
+
+
+def test_training_features_equal_inference_features(tmp_path, model_file):
+    """Stage 2 (mel cache -> stored features) and tagging a file (decoder -> windows) agree on the same audio."""
+    from synth import make_dataset
+    from tagstack.experiments.config import ExperimentConfig
+    from tagstack.experiments.run import Experiment
+
+    clips = make_dataset(tmp_path / "data", n_clips=8, seconds=TEST_FRONTEND.clip_seconds)
+    cfg = ExperimentConfig(dataset="manifest", root=str(tmp_path / "data"), scales=(18, 27, 54), frontend=TEST_FRONTEND,
+                           local_from=str(model_file), cache_dir=str(tmp_path / "cache"), workers=1, device="cpu")
+    exp = Experiment(cfg, tmp_path / "run")
+    stored = exp.features()["features"]
+    tagger = Tagger(model_file, device="cpu")
+    for i, path in enumerate(exp.data.clips.paths[:4]):
+        inferred = tagger.embed(clips.root / path)
+        # the cache stores frames as float16: agreement to that precision
+        np.testing.assert_allclose(stored[i], inferred, rtol=2e-2, atol=2e-2)
+        assert np.corrcoef(stored[i], inferred)[0, 1] > 0.9999
+
+
+def test_joint_finetuning_starts_from_the_staged_outputs(model_file):
+    """The module joint fine-tuning trains is the staged tagger itself: same outputs before any step."""
+    staged = load_model(model_file)
+    y = np.stack([render({"low", "pulse"}, TEST_FRONTEND.clip_seconds, np.random.default_rng(i)) for i in range(3)])
+    with torch.inference_mode():
+        mels = ClipMel(TEST_FRONTEND)(torch.from_numpy(y))
+        stage3 = staged.proba_from_features(staged.forward_features(mels))  # stage 3 reads stored features
+        joint = staged.train(False)(mels).sigmoid()  # joint fine-tuning's forward on clips
+    torch.testing.assert_close(joint, stage3)
+
+
+def test_cli_and_api_give_the_same_tags(tmp_path, model_file):
+    rng = np.random.default_rng(3)
+    for i, tags in enumerate(({"low"}, {"high", "noise"})):
+        sf.write(tmp_path / f"c{i}.wav", render(tags, 7.3, rng), SR)
+    out = tmp_path / "tags.jsonl"
+    assert main(["tag", str(tmp_path / "c0.wav"), str(tmp_path / "c1.wav"), "--model", str(model_file), "--format", "jsonl",
+                 "--top-k", "0", "-o", str(out), "--device", "cpu"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    tagger = Tagger(model_file, device="cpu")
+    for row in rows:
+        api = dict(tagger.tag(row["path"], top_k=None))
+        assert row["tags"].keys() == api.keys()
+        for t, p in row["tags"].items():
+            assert p == pytest.approx(api[t], abs=1e-4)
