@@ -66,15 +66,12 @@ def test_bad_files_raise_an_error_naming_file_and_reason(tmp_path, content, reas
         load(path)
 
 
-def test_truncated_file_is_read_as_far_as_it_goes_or_reported(tmp_path):
+def test_a_truncated_file_is_reported_with_its_name_and_the_reason(tmp_path):
     sf.write(tmp_path / "a.flac", tone(SR, 3.0), SR)
     data = (tmp_path / "a.flac").read_bytes()
     (tmp_path / "t.flac").write_bytes(data[: len(data) // 2])
-    try:
-        y = load(tmp_path / "t.flac")
-        assert 0 < y.size < 3 * SR
-    except AudioError as e:
-        assert "t.flac" in str(e)
+    with pytest.raises(AudioError, match=r"t\.flac: cannot decode \(.*lost sync"):
+        load(tmp_path / "t.flac")
 
 
 def test_find_audio_expands_folders_and_globs(tmp_path):

@@ -56,7 +56,13 @@ def test_stratified_split_keeps_groups_together():
     keys = [f"piece{i // 3}" for i in range(90)]
     strata = [f"style{(i // 3) % 3}" for i in range(90)]
     assign = stratified_split(keys, strata, seed=0)
-    assert set(assign) == set(keys)
+    assert set(assign) == set(keys)  # one split per piece: all three clips of a piece share it by construction
+    by_style = {}
+    for key, style in zip(keys, strata):
+        by_style.setdefault(style, {}).setdefault(assign[key], set()).add(key)
+    for style, splits in by_style.items():  # each style's 10 pieces: 7 train, 1 valid, 2 test
+        assert {s: len(p) for s, p in splits.items()} == {"train": 7, "valid": 1, "test": 2}, style
+    assert stratified_split(keys, strata, seed=0) == assign and stratified_split(keys, strata, seed=1) != assign
 
 
 def _write(path, seconds, sr=22050):

@@ -7,7 +7,8 @@ Manifest format (also what the rendered corpus writes)::
     audio/b.ogg,choir;slow,test
 
 ``path`` is relative to the manifest's folder (or absolute); ``tags`` are
-separated by ``;``; ``split`` (``train``/``valid``/``test``) is optional: when
+separated by ``;``, each a name or ``name=value`` for a soft label in [0, 1];
+``split`` (``train``/``valid``/``test``) is optional: when
 the column is missing or empty, a seeded split stratified by each clip's
 rarest tag is made. A tab-separated file (``.tsv``) works the same way.
 A folder per label (``root/<label>/*.wav``) is read as a single-label task.
@@ -28,41 +29,89 @@ TAG_SEPARATOR = ";"
 
 
 def read_manifest(path: str | Path, *, name: str | None = None, task: str = "multilabel", seed: int = 0) -> ClipSet:
-    """Read a manifest into a :class:`ClipSet`; tags are sorted alphabetically."""
+    """Read a manifest into a :class:`ClipSet`; tags are sorted alphabetically.
+
+    A tag may carry a soft label, ``name=value`` with the value in [0, 1]
+    (e.g. a teacher model's probability); a bare name means 1. Errors name
+    the file and the line: an unterminated quote, a path listed twice, a
+    split column filled on some rows only, an unknown split, a bad value.
+    A UTF-8 byte-order mark (Excel's "CSV UTF-8") is accepted.
+    """
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path}: manifest not found")
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    records: list[tuple[int, dict[str, str]]] = []
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f, delimiter=delimiter))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise DatasetError(f"{path}: cannot read manifest ({e})") from e
-    if not rows or "path" not in rows[0] or "tags" not in rows[0]:
-        raise DatasetError(f"{path}: a manifest needs a header with 'path' and 'tags' columns")
-    tag_lists = []
-    for i, r in enumerate(rows, start=2):
-        if not r["path"]:
-            raise DatasetError(f"{path}, line {i}: empty path")
-        tag_lists.append([t.strip() for t in (r["tags"] or "").split(TAG_SEPARATOR) if t.strip()])
-    tags = sorted({t for ts in tag_lists for t in ts})
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f, delimiter=delimiter, strict=True)
+            header = [h.strip() for h in next(reader, [])]
+            if "path" not in header or "tags" not in header:
+                raise DatasetError(f"{path}: a manifest needs a header with 'path' and 'tags' columns, got {header}")
+            for row in reader:
+                if not any(c.strip() for c in row):
+                    continue
+                if len(row) > len(header):
+                    raise DatasetError(f"{path}, line {reader.line_num}: {len(row)} fields for {len(header)} columns")
+                records.append((reader.line_num, dict(zip(header, [c.strip() for c in row]))))
+    except csv.Error as e:
+        raise DatasetError(f"{path}, line {reader.line_num}: {e} (an unterminated quote?)") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path}: cannot read manifest ({e})") from None
+    if not records:
+        raise DatasetError(f"{path}: the manifest lists no clips")
+    seen: dict[str, int] = {}
+    tag_values: list[dict[str, float]] = []
+    for line, r in records:
+        p = r.get("path", "")
+        if not p:
+            raise DatasetError(f"{path}, line {line}: empty path")
+        if p in seen:
+            raise DatasetError(f"{path}, line {line}: {p} is already listed on line {seen[p]}")
+        seen[p] = line
+        tag_values.append(_parse_tags(r.get("tags", ""), path, line))
+    tags = sorted({t for tv in tag_values for t in tv})
     col = {t: j for j, t in enumerate(tags)}
-    labels = np.zeros((len(rows), len(tags)), np.float32)
-    for i, ts in enumerate(tag_lists):
-        labels[i, [col[t] for t in ts]] = 1
-    splits = np.array([(r.get("split") or "").strip() for r in rows], dtype=object)
-    bad = sorted({s for s in splits if s and s not in SPLITS})
+    labels = np.zeros((len(records), len(tags)), np.float32)
+    for i, tv in enumerate(tag_values):
+        for t, v in tv.items():
+            labels[i, col[t]] = v
+    splits = np.array([r.get("split", "") for _, r in records], dtype=object)
+    bad = [(line, s) for (line, _), s in zip(records, splits) if s and s not in SPLITS]
     if bad:
-        raise DatasetError(f"{path}: unknown split names {bad}; use {SPLITS}")
-    if not any(splits):
-        splits = _make_splits([r["path"] for r in rows], labels, seed=seed)
+        raise DatasetError(f"{path}, line {bad[0][0]}: unknown split {bad[0][1]!r}; use {SPLITS}")
+    empty = [line for (line, _), s in zip(records, splits) if not s]
+    if empty and len(empty) < len(records):
+        lines = ", ".join(map(str, empty[:5])) + (" ..." if len(empty) > 5 else "")
+        raise DatasetError(f"{path}: {len(empty)} rows have no split (lines {lines}) while others have one; "
+                           "fill the split column on every row, or leave it empty everywhere for a seeded split")
+    if empty:
+        splits = _make_splits([r["path"] for _, r in records], labels, seed=seed)
     groups = {}
     group_file = path.with_name("tag_groups.csv")
     if group_file.is_file():
-        with open(group_file, newline="", encoding="utf-8") as f:
+        with open(group_file, newline="", encoding="utf-8-sig") as f:
             groups = {r["tag"]: r["group"] for r in csv.DictReader(f)}
-    return ClipSet(name=name or path.parent.name, root=path.parent, paths=[r["path"] for r in rows],
+    return ClipSet(name=name or path.parent.name, root=path.parent, paths=[r["path"] for _, r in records],
                    labels=labels, tags=tags, splits=splits, task=task, groups=groups)
+
+
+def _parse_tags(text: str, path: Path, line: int) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for item in text.split(TAG_SEPARATOR):
+        item = item.strip()
+        if not item:
+            continue
+        name, _, value = item.partition("=")
+        name = name.strip()
+        try:
+            v = float(value) if value else 1.0
+        except ValueError:
+            v = float("nan")
+        if not name or not 0.0 <= v <= 1.0:
+            raise DatasetError(f"{path}, line {line}: tag {item!r} is not a name or name=value with a value in [0, 1]")
+        out[name] = v
+    return out
 
 
 def _make_splits(paths: list[str], labels: np.ndarray, *, seed: int) -> np.ndarray:
@@ -77,7 +126,7 @@ def write_manifest(clips: ClipSet, path: str | Path) -> None:
     path = Path(path)
     lines = ["path,tags,split"]
     for p, row, s in zip(clips.paths, clips.labels, clips.splits):
-        ts = TAG_SEPARATOR.join(clips.tags[j] for j in np.flatnonzero(row))
+        ts = TAG_SEPARATOR.join(clips.tags[j] if row[j] == 1 else f"{clips.tags[j]}={row[j]:.4g}" for j in np.flatnonzero(row))
         lines.append(f"{_csv_field(p)},{_csv_field(ts)},{s}")
     atomic_write_text(path, "\n".join(lines) + "\n")
     if clips.groups:

@@ -25,6 +25,7 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -37,7 +38,8 @@ from ..audio.io import duration_seconds, load
 from ..config import FrontEndConfig
 from .base import ClipSet
 from ..errors import AudioError
-from ..fileio import atomic_write_json
+from ..runtime import usable_cpus
+from ..fileio import atomic_write_json, remove_leftovers
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,20 @@ def _decode(args: tuple[str, int, float, float]) -> tuple[np.ndarray | None, str
         return None, f"{path}: too short ({seconds:.2f} s < {min_seconds} s)"
     note = f"padded from {seconds:.2f} s" if seconds < clip_seconds - 0.05 else ""
     return y, note
+
+
+def die_with_parent() -> None:
+    """Worker initialiser: on Linux, ask the kernel to end this process when its parent dies (even by kill -9)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+        if os.getppid() == 1:  # the parent was already gone before prctl took effect
+            os._exit(1)
 
 
 class MelCache:
@@ -83,6 +99,12 @@ class MelCache:
     def _done_path(self) -> Path:
         return self.dir / "done.u8"
 
+    def _complete_files(self) -> bool:
+        """Both memory-mapped files exist with the sizes this cache's shape needs."""
+        n, frames, mels = self.shape
+        sizes = {self._mels_path: n * frames * mels * 2, self._done_path: n}
+        return all(p.exists() and p.stat().st_size == size for p, size in sizes.items())
+
     def _open(self, mode: str) -> tuple[np.memmap, np.memmap]:
         mels = np.memmap(self._mels_path, dtype=np.float16, mode=mode, shape=self.shape)
         done = np.memmap(self._done_path, dtype=np.uint8, mode=mode, shape=(self.shape[0],))
@@ -99,7 +121,8 @@ class MelCache:
         ``skipped`` (path -> reason) and ``padded`` (path -> note).
         """
         self.dir.mkdir(parents=True, exist_ok=True)
-        if not self._mels_path.exists():
+        remove_leftovers(self.dir)
+        if not self._complete_files():  # new, or a kill left one file without the other: start this cache over
             np.memmap(self._mels_path, dtype=np.float16, mode="w+", shape=self.shape).flush()
             np.memmap(self._done_path, dtype=np.uint8, mode="w+", shape=(self.shape[0],)).flush()
             atomic_write_json(self.dir / "info.json", {"dataset": self.clips.name, "shape": list(self.shape),
@@ -111,7 +134,7 @@ class MelCache:
         fe = self.frontend
         module = ClipMel(fe).to(device)
         jobs = [(str(self.clips.audio_path(i)), fe.sample_rate, fe.clip_seconds, min_seconds) for i in todo]
-        workers = workers or os.cpu_count() or 1
+        workers = workers or usable_cpus()
         pending: list[tuple[int, np.ndarray]] = []
         computed = 0
 
@@ -135,7 +158,7 @@ class MelCache:
         try:
             if workers > 1 and len(jobs) > 1:
                 ctx = mp.get_context("fork" if os.name == "posix" else "spawn")
-                pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+                pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=die_with_parent)
                 results = pool.map(_decode, jobs, chunksize=4)
             else:
                 pool = None

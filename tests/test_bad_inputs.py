@@ -1,0 +1,256 @@
+"""Bad inputs get one clear line naming the file and the reason; nothing wrong gets out.
+
+Covers the validation paths shared by the CLI, the API and training: audio
+(non-finite, empty, not audio, folders), arrays, model files (headers and
+weights from strangers), dataset files (pickles that would run code,
+manifests that would lose clips) and output destinations.
+"""
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+import soundfile as sf
+import soxr
+from safetensors.torch import load_file, save_file
+
+from synth import SR, render
+from tagstack.audio.io import load
+from tagstack.cli import main
+from tagstack.datasets.files import read_pickle
+from tagstack.datasets.manifest import read_manifest
+from tagstack.errors import AudioError, DatasetError, ModelFileError, ParameterError
+from tagstack.inference.tagger import Tagger
+from tagstack.models.file import load_model, read_metadata, save_model
+from test_equivalence import random_tagger
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "m.safetensors"
+    save_model(random_tagger(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bad")
+    rng = np.random.default_rng(0)
+    sf.write(d / "good.wav", render({"low"}, 6.0, rng), SR)
+    sf.write(d / "ünïcode ñame.flac", render({"high"}, 6.0, rng), SR)
+    y = render({"noise"}, 6.0, rng)
+    y[1000:1010] = np.nan
+    sf.write(d / "nan.wav", y, SR, subtype="FLOAT")
+    y = render({"noise"}, 6.0, rng)
+    y[5] = np.inf
+    sf.write(d / "inf.wav", y, SR, subtype="FLOAT")
+    (d / "empty.mp3").write_bytes(b"")
+    (d / "text.ogg").write_text("this is not audio\n" * 50)
+    sf.write(d / "truncated.flac", render({"low"}, 6.0, rng), SR)
+    data = (d / "truncated.flac").read_bytes()
+    (d / "truncated.flac").write_bytes(data[: len(data) // 3])
+    sf.write(d / "silent.wav", np.zeros(SR * 3, np.float32), SR)
+    sf.write(d / "tiny.wav", render({"low"}, 0.05, rng), SR)
+    sf.write(d / "8k.wav", soxr.resample(render({"low"}, 4.0, rng), SR, 8000), 8000)
+    sf.write(d / "96k-8ch.wav", np.tile(soxr.resample(render({"high"}, 3.0, rng), SR, 96000)[:, None] * 0.5, (1, 8)), 96000)
+    return d
+
+
+def test_tag_skips_every_bad_file_with_one_line_and_tags_the_rest(folder, model_file, tmp_path, capsys):
+    out = tmp_path / "tags.jsonl"
+    status = main(["tag", str(folder), "--model", str(model_file), "--format", "jsonl", "-o", str(out), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert status == 1 and "Traceback" not in err
+    rows = [json.loads(line) for line in out.read_text().splitlines()]  # strict JSON: a NaN token would fail here
+    tagged = {os.path.basename(r["path"]) for r in rows}
+    assert tagged == {"good.wav", "ünïcode ñame.flac", "silent.wav", "tiny.wav", "8k.wav", "96k-8ch.wav"}
+    for r in rows:
+        assert all(np.isfinite(v) for v in r["tags"].values())
+    for name, reason in (("nan.wav", "NaN or infinite"), ("inf.wav", "NaN or infinite"), ("empty.mp3", "empty"),
+                         ("text.ogg", "cannot decode"), ("truncated.flac", "")):
+        line = next(l for l in err.splitlines() if name in l)
+        assert reason in line, line
+    assert "5 of 11 files could not be tagged" in err
+
+
+def test_embed_skips_bad_files_and_every_vector_is_finite(folder, model_file, tmp_path):
+    out = tmp_path / "e.npz"
+    assert main(["embed", str(folder), "--model", str(model_file), "--out", str(out), "--device", "cpu"]) == 1
+    with np.load(out) as z:
+        assert len(z["paths"]) == 6 and np.isfinite(z["embeddings"]).all()
+
+
+def test_non_finite_arrays_are_refused_by_the_api(model_file):
+    tagger = Tagger(model_file, device="cpu")
+    y = render({"low"}, 3.0, np.random.default_rng(1))
+    y[100] = np.nan
+    with pytest.raises(AudioError, match="NaN or infinite"):
+        tagger.tag(y, sr=SR)
+    with pytest.raises(AudioError, match="NaN or infinite"):
+        tagger.embed(np.full(SR, np.inf, np.float32), sr=SR)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(y=np.zeros((2, 3, 1000), np.float32), sr=SR), "1-D .mono. or 2-D"),
+    (dict(y=np.zeros(1000, np.float32), sr=0), "sample rate must be an integer"),
+    (dict(y=np.zeros(1000, np.float32), sr=None), "sr is required"),
+    (dict(y=np.zeros(0, np.float32), sr=SR), "empty"),
+    (dict(y=np.array(["a", "b"]), sr=SR), "floats or integer PCM"),
+])
+def test_malformed_arrays_are_parameter_errors(model_file, kwargs, message):
+    with pytest.raises(ParameterError, match=message):
+        Tagger(model_file, device="cpu").tag(kwargs["y"], sr=kwargs["sr"])
+
+
+def test_integer_pcm_is_scaled_as_soundfile_reads_it():
+    y = (np.sin(np.arange(SR) / 10) * 20000).astype(np.int16)
+    np.testing.assert_allclose(load(y, sr=SR, source_sr=SR), y / 32768.0, atol=1e-7)
+
+
+@pytest.mark.parametrize("top_k,threshold", [(-1, None), (2.5, None), (None, 1.5), (None, -0.1)])
+def test_meaningless_tag_selections_are_refused(model_file, top_k, threshold):
+    with pytest.raises(ParameterError):
+        Tagger(model_file, device="cpu").tag(np.zeros(SR * 6, np.float32) + 0.01, sr=SR, top_k=top_k, threshold=threshold)
+
+
+def test_folders_and_missing_files_are_named_for_what_they_are(tmp_path, model_file):
+    tagger = Tagger(model_file, device="cpu")
+    with pytest.raises(AudioError, match="is a folder"):
+        tagger.tag(tmp_path)
+    with pytest.raises(AudioError, match="file not found"):
+        tagger.tag(tmp_path / "nope.wav")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    with pytest.raises(AudioError, match="loop"):
+        tagger.tag(tmp_path / "loop")
+
+
+# ------------------------------------------------------------ model files
+
+def rewrite(src, dst, *, meta=None, tensors=None, raw_meta=None):
+    t = load_file(str(src))
+    m = read_metadata(src)
+    if tensors:
+        tensors(t)
+    if meta:
+        meta(m)
+    save_file(t, str(dst), metadata={"tagstack": raw_meta if raw_meta is not None else json.dumps(m)})
+    return dst
+
+
+def set_in(path_keys, value):
+    def change(m):
+        d = m
+        for k in path_keys[:-1]:
+            d = d[k]
+        d[path_keys[-1]] = value
+    return change
+
+
+@pytest.mark.parametrize("case,kwargs,field", [
+    ("not-json", dict(raw_meta="{not json"), "not valid JSON"),
+    ("a-list", dict(raw_meta="[1, 2, 3]"), "field 'tagstack' must be a JSON object"),
+    ("deep", dict(raw_meta="[" * 100000 + "]" * 100000), "not valid JSON|must be a JSON object"),
+    ("huge-hidden", dict(meta=set_in(["global", "hidden"], 40000)), "global.hidden"),
+    ("huge-fft", dict(meta=set_in(["frontend", "n_fft"], 2 ** 24)), "frontend.n_fft"),
+    ("huge-rate", dict(meta=set_in(["frontend", "sample_rate"], 10 ** 9)), "frontend.sample_rate"),
+    ("short-tags", dict(meta=set_in(["tags"], ["a", "b"])), "global.n_outputs"),
+    ("tags-not-strings", dict(meta=set_in(["tags"], [1, 2, 3, 4])), "field 'tags'"),
+    ("channels", dict(meta=set_in(["local", "27", "blocks", 0, "channels"], 64)), "tensors"),
+    ("bad-scale", dict(meta=set_in(["scales"], [99])), "field 'scales'"),
+])
+def test_broken_model_headers_are_one_model_file_error_naming_the_field(model_file, tmp_path, case, kwargs, field):
+    bad = rewrite(model_file, tmp_path / f"{case}.safetensors", **kwargs)
+    with pytest.raises(ModelFileError, match=f"{case}.safetensors") as e:
+        load_model(bad)
+    assert __import__("re").search(field, str(e.value)), str(e.value)
+    assert main(["tag", str(tmp_path), "--model", str(bad)]) == 1
+
+
+def test_non_finite_weights_are_refused_when_loading(model_file, tmp_path):
+    def poison(t):
+        t["global.net.0.weight"][0, 0] = float("nan")
+
+    bad = rewrite(model_file, tmp_path / "nan.safetensors", tensors=poison)
+    with pytest.raises(ModelFileError, match="nan.safetensors.*NaN or infinite.*global.net.0.weight"):
+        load_model(bad)
+
+
+def test_model_headers_are_strict_json(tmp_path):
+    model = random_tagger()
+    model.info["test"] = {"per_tag_roc_auc": {"low": float("nan")}}
+    save_model(model, tmp_path / "m.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "m.safetensors"), framework="pt") as f:
+        text = f.metadata()["tagstack"]
+    assert "NaN" not in text and json.loads(text)["info"]["test"]["per_tag_roc_auc"]["low"] is None
+
+
+# ------------------------------------------------------------ dataset files
+
+class RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+def test_a_split_file_that_would_run_code_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "train_list_pub.cP"
+    with open(path, "wb") as f:
+        pickle.dump(["0/a.npy", RunsCode()], f, protocol=2)
+    with pytest.raises(DatasetError, match="train_list_pub.cP.*posix.system|train_list_pub.cP.*system"):
+        read_pickle(path)
+    assert not (tmp_path / "PWNED").exists()
+    with open(path, "wb") as f:
+        pickle.dump({"ids": ["a", "b"], "y": np.eye(2, dtype=np.float32)}, f, protocol=2)
+    assert read_pickle(path)["ids"] == ["a", "b"]
+
+
+@pytest.mark.parametrize("text,message", [
+    ('path,tags,split\na.wav,x,train\n"b.wav,y,test\nc.wav,z,valid\n', "unterminated quote|line"),
+    ("path,tags,split\na.wav,x,train\nb.wav,y,\nc.wav,z,test\n", "1 rows have no split"),
+    ("path,tags,split\na.wav,x,train\na.wav,y,test\n", "line 3: a.wav is already listed on line 2"),
+    ("path,tags,split\na.wav,x=1.5,train\n", "line 2: tag 'x=1.5'"),
+    ("path,tags,split\na.wav,x,training\n", "line 2: unknown split 'training'"),
+])
+def test_manifests_that_would_lose_clips_name_the_line(tmp_path, text, message):
+    (tmp_path / "manifest.csv").write_text(text)
+    with pytest.raises(DatasetError, match=message):
+        read_manifest(tmp_path / "manifest.csv")
+
+
+def test_a_manifest_saved_by_excel_with_a_byte_order_mark_is_read(tmp_path):
+    (tmp_path / "manifest.csv").write_bytes("\ufeffpath,tags,split\na.wav,x;y=0.25,train\n".encode("utf-8"))
+    clips = read_manifest(tmp_path / "manifest.csv")
+    assert clips.paths == ["a.wav"] and clips.tags == ["x", "y"] and clips.labels.tolist() == [[1.0, 0.25]]
+
+
+# ------------------------------------------------------------ outputs
+
+def test_unwritable_or_missing_destinations_fail_before_any_work(folder, model_file, tmp_path, capsys):
+    assert main(["embed", str(folder / "good.wav"), "--model", str(model_file), "--out", str(tmp_path / "no" / "such" / "e.npz")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    if os.geteuid() != 0:  # root writes anywhere
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o500)
+        assert main(["tag", str(folder / "good.wav"), "--model", str(model_file), "-o", str(ro / "t.csv")]) == 1
+    assert main(["tag", str(folder / "good.wav"), "--model", str(model_file), "-o", str(tmp_path)]) == 1
+    assert "is a folder" in capsys.readouterr().err
+
+
+def test_a_failed_tag_run_leaves_the_previous_output_whole(folder, model_file, tmp_path):
+    out = tmp_path / "tags.csv"
+    assert main(["tag", str(folder / "good.wav"), "--model", str(model_file), "--format", "csv", "-o", str(out)]) == 0
+    before = out.read_text()
+    assert main(["tag", str(folder / "good.wav"), "--model", str(tmp_path / "missing.safetensors"), "-o", str(out)]) == 1
+    assert out.read_text() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tagstack-tmp-")]
+
+
+def test_metrics_json_holds_null_not_nan(tmp_path):
+    from tagstack.fileio import atomic_write_json
+
+    atomic_write_json(tmp_path / "m.json", {"per_tag": [0.5, float("nan")], "x": np.float32("inf")})
+    text = (tmp_path / "m.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text and json.loads(text) == {"per_tag": [0.5, None], "x": None}
