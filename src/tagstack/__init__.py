@@ -8,7 +8,15 @@ tagger and its file), :mod:`~tagstack.datasets` (adapters, mel cache, corpus),
 (tagging and embedding), :mod:`~tagstack.report` (everything shown to a person)
 and :mod:`~tagstack.cli`.
 """
-from .errors import AudioError, DatasetError, ModelFileError, ParameterError, TagstackError
+import os
+
+# Idle OpenMP threads sleep instead of spinning. With the default (spinning), torch ops on a machine whose
+# cores are busy with other work ran 12x slower with 2 threads than with 1 (bench/bench_threads.py); passive
+# waiting keeps 2 threads at least as fast as 1. It must be set before torch starts its OpenMP runtime, so
+# here, before any tagstack module imports torch; a user's own setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from .errors import AudioError, DatasetError, ModelFileError, ParameterError, TagstackError  # noqa: E402
 
 __version__ = "0.2.0"
 

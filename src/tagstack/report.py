@@ -237,3 +237,42 @@ def model_summary(meta: dict, path: str) -> str:
         lines.append(f"test: ROC-AUC {test['roc_auc']:.4f}, PR-AUC {test.get('pr_auc') or float('nan'):.4f}")
     lines.append("(--json for the whole header)")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------ model cards
+
+def model_card(name: str, data: str, command: str, config, metrics: dict, transfer_md: str = "") -> str:
+    """The Markdown card of a shipped model: data and licences, how it was trained, test scores per tag, transfer."""
+    g, n = metrics["global"], metrics["n_clips"]
+    loc, glo = config.local, config.global_
+    lines = [
+        f"# Model card: {name}", "",
+        "The paper's five local CNNs (18, 27, 54, 108, 216 frames), all conv layers aggregated (4,096 features),",
+        f"and a global MLP (2 x {config.global_hidden} units). Weights are stored as float16 (normalisation statistics in float32).", "",
+        "## Data", "", data, "",
+        f"{sum(n.values())} clips: {n['train']} train / {n['valid']} validation / {n['test']} test; {len(metrics['tags'])} tags. "
+        f"Files skipped when building the mel cache: {len(metrics['skipped_files'])}.", "",
+        "## Training", "", f"    {command}", "",
+        f"Local CNNs: at most {loc.max_epochs} epochs, learning rate {loc.lr:g} multiplied by {loc.lr_decay:g} "
+        f"{loc.lr_stages - 1} time(s) after {loc.patience} epochs without improvement, batches of {loc.batch_size} segments. "
+        f"Global MLP: at most {glo.max_epochs} epochs, {glo.lr_stages} learning rates from {glo.lr:g}, patience {glo.patience}, "
+        f"batches of {glo.batch_size} clips, monitoring validation ROC-AUC.", "",
+        "## Test scores", "",
+        f"Macro ROC-AUC {g['roc_auc']:.4f} (95% bootstrap CI {g['roc_auc_ci95'][0]:.4f}-{g['roc_auc_ci95'][1]:.4f}), "
+        f"macro PR-AUC {g['pr_auc']:.4f}, over the {g['n_tags_evaluated']} tags with positives and negatives in the test split"
+        + (" (soft labels count as positive from 0.5)." if "real" in name else "."), "",
+        "| model | ROC-AUC | PR-AUC |", "|---|---|---|",
+        *[f"| local {s} frames | {m['roc_auc']:.4f} | {m['pr_auc']:.4f} |" for s, m in metrics["local"].items()],
+        f"| global | {g['roc_auc']:.4f} | {g['pr_auc']:.4f} |", "",
+        "| tag | ROC-AUC | PR-AUC |", "|---|---|---|",
+        *[f"| {t} | {_fmt(r)} | {_fmt(p)} |" for t, r, p in zip(metrics["tags"], g["per_tag"]["roc_auc"], g["per_tag"]["pr_auc"])],
+        "",
+    ]
+    if transfer_md:
+        lines += ["## Transfer to real recordings (linear probe)", "", "Measured by `bench/bench_transfer.py` "
+                  "(docs/transfer/README.md):", "", transfer_md.strip(), ""]
+    return "\n".join(lines)
+
+
+def _fmt(v) -> str:
+    return "–" if v is None or v != v else f"{v:.4f}"

@@ -159,11 +159,11 @@ def cmd_embed(a: argparse.Namespace) -> int:
 
 
 def cmd_info(a: argparse.Namespace) -> int:
-    from ..inference.tagger import DEFAULT_MODEL
+    from ..inference.tagger import resolve_model
     from ..models.file import read_metadata
     from ..report import model_summary
 
-    path = a.model or DEFAULT_MODEL
+    path = resolve_model(a.model)
     meta = read_metadata(path)
     print(json.dumps(meta, indent=2) if a.json else model_summary(meta, str(path)))
     return 0
@@ -240,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("tag", help="tag audio files, folders (recursively) or globs")
     t.add_argument("paths", nargs="+", help="audio files, folders or glob patterns")
-    t.add_argument("--model", type=Path, help="model file (default: the model shipped with tagstack)")
+    t.add_argument("--model", type=Path, help="model file, or a shipped model: real (default, trained on real recordings) or corpus")
     t.add_argument("--top-k", type=int, default=5, help="tags per file (default: 5; 0 for all)")
     t.add_argument("--threshold", type=float, help="report every tag with probability >= this instead of the top k")
     t.add_argument("--format", choices=["table", "jsonl", "csv"], default="table", help="output format (default: table)")
@@ -256,14 +256,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("paths", nargs="+", help="audio files, folders or glob patterns")
     e.add_argument("--out", "-o", type=Path, required=True,
                    help="output file: .npz (arrays embeddings, paths, scales, layers) or .parquet (path, embedding; scales and layers in its metadata)")
-    e.add_argument("--model", type=Path, help="model file (default: the model shipped with tagstack)")
+    e.add_argument("--model", type=Path, help="model file, or a shipped model: real (default, trained on real recordings) or corpus")
     e.add_argument("--scales", type=_ints, help="input sizes to keep, comma-separated, e.g. 27,54 (default: all)")
     e.add_argument("--layers", type=_ints, help="conv layers to keep, 1-based, comma-separated, e.g. 3,4 (default: all)")
     _add_device(e)
     e.set_defaults(func=cmd_embed)
 
     i = sub.add_parser("info", help="print a model file's description (tags, front end, architecture, scores)")
-    i.add_argument("model", nargs="?", type=Path, help="model file (default: the shipped model)")
+    i.add_argument("model", nargs="?", type=Path, help="model file, or a shipped model: real (default) or corpus")
     i.add_argument("--json", action="store_true", help="print the whole JSON header instead of a summary")
     i.set_defaults(func=cmd_info)
     return p

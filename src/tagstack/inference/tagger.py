@@ -43,8 +43,19 @@ from ..models.file import load_model
 from ..models.tagger import TaggingModel
 from ..runtime import choose_device
 
-#: The model that ships inside the package.
-DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "pretrained" / "tagstack-corpus.safetensors"
+#: The models that ship inside the package, by name; each has a card (``<file>.md``) beside it.
+PRETRAINED = {name: Path(__file__).resolve().parents[1] / "pretrained" / f"tagstack-{name}.safetensors" for name in ("real", "corpus")}
+#: The default: trained on real recordings.
+DEFAULT_MODEL = PRETRAINED["real"]
+
+
+def resolve_model(model: str | Path | None) -> Path:
+    """A model file from a path, a shipped model's name (``real``, ``corpus``) or None (the default)."""
+    if model is None:
+        return DEFAULT_MODEL
+    if str(model) in PRETRAINED and not Path(model).exists():
+        return PRETRAINED[str(model)]
+    return Path(model)
 
 
 @dataclass
@@ -93,7 +104,9 @@ class Tagger:
     Parameters
     ----------
     model : str, Path or TaggingModel, optional
-        A model file (``.safetensors``); the shipped default model when None.
+        A model file (``.safetensors``), or the name of a shipped model: ``"real"``
+        (the default, trained on real recordings) or ``"corpus"`` (trained on the
+        score-rendered corpus).
     device : str
         ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda:0"`` ...
     """
@@ -103,7 +116,7 @@ class Tagger:
         if isinstance(model, TaggingModel):
             self.model = model.to(self.device)
         else:
-            self.model = load_model(model or DEFAULT_MODEL, device=self.device)
+            self.model = load_model(resolve_model(model), device=self.device)
         self.model.eval()
         self.frontend = ClipMel(self.model.frontend).to(self.device)
         self.cfg = self.model.frontend

@@ -1,0 +1,208 @@
+"""Real-audio transfer: how well do a model's features separate real music it never saw?
+
+A linear probe (standardised features, logistic regression) is fitted and
+scored with repeated stratified k-fold cross-validation (10 x 10 by default)
+on a labelled set of real recordings, for every feature set side by side,
+in one run, on the same clips and folds:
+
+- each tagstack model given (``--model NAME=PATH``): all levels and scales,
+  each level alone (over all scales), each scale alone (all its levels), and
+  its tag probabilities;
+- two baselines that need no training data: the mean and standard deviation
+  of the same front end's log-mel frames, and the same five CNNs with random
+  weights (the input normalisation of the first model given);
+- musicnn (``--musicnn NPZ``, written by ``bench/musicnn_features.py`` for the
+  same files): its MTT and MSD models' penultimate layers and MTT tags.
+
+The default set is Emotify's four genres (400 clips of 60 s, music from
+Magnatune), held out of every tagstack training run. GTZAN is not used.
+
+    python bench/bench_transfer.py --eval DATA/emotify/genres.csv \\
+        --model real=src/tagstack/pretrained/tagstack-real.safetensors \\
+        --model corpus=src/tagstack/pretrained/tagstack-corpus.safetensors \\
+        --musicnn DATA/musicnn/emotify.npz --out docs/transfer
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def read_eval(path: Path) -> tuple[list[Path], np.ndarray, list[str]]:
+    """``path,label`` rows (any label column name) -> files, label indices, class names."""
+    rows = list(csv.reader(open(path, newline="", encoding="utf-8-sig")))
+    header, rows = rows[0], [r for r in rows[1:] if r]
+    col = 1 if len(header) > 1 else None
+    if col is None or header[0] != "path":
+        sys.exit(f"{path}: expected a header 'path,<label>'")
+    classes = sorted({r[col] for r in rows})
+    files = [(path.parent / r[0]).resolve() for r in rows]
+    return files, np.array([classes.index(r[col]) for r in rows]), classes
+
+
+def probe(x: np.ndarray, y: np.ndarray, *, folds: int, repeats: int, seed: int = 0) -> tuple[float, float]:
+    """Mean and standard deviation (over repetitions) of linear-probe accuracy."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import RepeatedStratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0))
+    cv = RepeatedStratifiedKFold(n_splits=folds, n_repeats=repeats, random_state=seed)
+    scores = cross_val_score(clf, x, y, cv=cv, n_jobs=1).reshape(repeats, folds).mean(axis=1)
+    return float(scores.mean()), float(scores.std())
+
+
+def logmel_stats(files: list[Path]) -> np.ndarray:
+    """Mean and standard deviation over time of every log-mel band of the whole file (the paper's front end)."""
+    import torch
+
+    from tagstack.audio.frontend import LogMel
+    from tagstack.audio.io import stream
+    from tagstack.config import FrontEndConfig
+
+    fe = FrontEndConfig()
+    logmel = LogMel(fe)
+    out = []
+    for f in files:
+        frames = []
+        with torch.inference_mode():
+            for block in stream(f, sr=fe.sample_rate, block_seconds=30.0):
+                if block.size >= fe.n_fft:
+                    frames.append(logmel.frames_first(torch.from_numpy(block)[None])[0].numpy())
+        m = np.concatenate(frames)
+        out.append(np.concatenate([m.mean(0), m.std(0)]))
+    return np.stack(out)
+
+
+def random_model(like_path: Path, seed: int = 0):
+    """The same CNNs as the model at ``like_path``, with random weights (and its input normalisation)."""
+    import torch
+
+    from tagstack.models.file import load_model
+    from tagstack.models.local import LocalCNN
+    from tagstack.models.tagger import TaggingModel
+
+    like = load_model(like_path)
+    torch.manual_seed(seed)
+    local = {}
+    for s, m in like.local_models.items():
+        fresh = LocalCNN(m.arch)
+        fresh.set_normalisation(float(m.input_mean), float(m.input_std))
+        local[s] = fresh
+    return TaggingModel(local, None, tags=like.tags, frontend=like.frontend).eval()
+
+
+def embeddings(model, files: list[Path], cache: Path | None, name: str, *, with_probs: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Whole-file embeddings (and tag probabilities) of ``files``, cached as ``cache/name.npz``."""
+    from tagstack.inference.tagger import Tagger
+
+    path = cache / f"{name}.npz" if cache else None
+    if path and path.exists():
+        with np.load(path) as z:
+            if list(z["paths"]) == [str(f) for f in files]:
+                return z["embeddings"], (z["probs"] if "probs" in z and z["probs"].size else None)
+    tagger = Tagger(model, device="cpu")
+    emb, probs = [], []
+    started = time.time()
+    for i, r in enumerate(tagger.predict_many(files, embed_only=not with_probs)):
+        if isinstance(r, Exception):
+            sys.exit(f"{files[i]}: {r}")
+        emb.append(r.embedding)
+        if with_probs:
+            probs.append(r.probs)
+        done = i + 1
+        eta = (time.time() - started) / done * (len(files) - done)
+        print(f"\r  {name}: {done}/{len(files)} files, ETA {eta:.0f} s", end="", file=sys.stderr)
+    print(file=sys.stderr)
+    emb_a, probs_a = np.stack(emb), (np.stack(probs) if with_probs else np.zeros(0))
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, paths=np.array([str(f) for f in files]), embeddings=emb_a, probs=probs_a)
+    return emb_a, (probs_a if with_probs else None)
+
+
+def feature_rows(name: str, model, emb: np.ndarray, probs: np.ndarray | None) -> list[tuple[str, np.ndarray]]:
+    """All levels and scales, each level, each scale, and the tag probabilities of one model."""
+    layout = model.layout
+    rows = [(f"{name}: all levels and scales ({emb.shape[1]}-d)", emb)]
+    for layer in sorted({b.layer for b in layout}):
+        cols = np.concatenate([np.arange(b.start, b.stop) for b in layout if b.layer == layer])
+        rows.append((f"{name}: level {layer} of every scale ({len(cols)}-d)", emb[:, cols]))
+    for scale in sorted({b.scale for b in layout}):
+        cols = np.concatenate([np.arange(b.start, b.stop) for b in layout if b.scale == scale])
+        rows.append((f"{name}: scale {scale} frames, all its levels ({len(cols)}-d)", emb[:, cols]))
+    if probs is not None:
+        rows.append((f"{name}: its {probs.shape[1]} tag probabilities", probs))
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--eval", type=Path, required=True, help="CSV 'path,label' of real labelled audio (paths relative to it)")
+    p.add_argument("--model", action="append", default=[], metavar="NAME=PATH", help="a tagstack model to probe (repeatable)")
+    p.add_argument("--musicnn", type=Path, help="musicnn outputs for the same files (bench/musicnn_features.py)")
+    p.add_argument("--folds", type=int, default=10, help="folds per repetition (default: 10)")
+    p.add_argument("--repeats", type=int, default=10, help="repetitions with new folds (default: 10)")
+    p.add_argument("--cache", type=Path, help="folder to cache embeddings in (reruns skip the networks)")
+    p.add_argument("--out", type=Path, help="folder for results.json, results.md and a bar chart")
+    a = p.parse_args()
+
+    from tagstack.models.file import load_model
+
+    files, y, classes = read_eval(a.eval)
+    print(f"{a.eval}: {len(files)} clips, {len(classes)} classes {classes}; {a.repeats} x {a.folds}-fold linear probe", file=sys.stderr)
+    rows: list[tuple[str, np.ndarray]] = []
+    print("  log-mel mean and std ...", file=sys.stderr)
+    rows.append(("baseline: log-mel mean + std of the same front end (256-d, no training)", logmel_stats(files)))
+    models = [tuple(m.split("=", 1)) for m in a.model]
+    if models:
+        rnd = random_model(Path(models[0][1]))
+        emb, _ = embeddings(rnd, files, a.cache, "random-cnns", with_probs=False)
+        rows += feature_rows("baseline: the same CNNs, random weights", rnd, emb, None)
+    for name, path in models:
+        model = load_model(path)
+        emb, probs = embeddings(model, files, a.cache, name, with_probs=model.head is not None)
+        rows += feature_rows(f"tagstack {name}", model, emb, probs)
+    if a.musicnn:
+        with np.load(a.musicnn) as z:
+            order = {str(Path(q).resolve()): i for i, q in enumerate(z["resolved_paths"])}
+            idx = [order[str(f)] for f in files]
+            rows += [("musicnn, MSD model: penultimate layer (200-d)", z["msd_penultimate"][idx]),
+                     ("musicnn, MTT model: penultimate layer (200-d)", z["mtt_penultimate"][idx]),
+                     ("musicnn, MTT model: its 50 tag probabilities", z["mtt_probs"][idx])]
+    results = []
+    for label, x in rows:
+        t = time.time()
+        mean, std = probe(np.asarray(x, dtype=np.float64), y, folds=a.folds, repeats=a.repeats)
+        results.append({"features": label, "accuracy": mean, "std": std, "dimensions": int(x.shape[1])})
+        print(f"{mean * 100:6.1f}% ± {std * 100:.1f}  {label}  ({time.time() - t:.0f} s)")
+    if a.out:
+        a.out.mkdir(parents=True, exist_ok=True)
+        meta = {"eval": str(a.eval.name), "clips": len(files), "classes": classes, "folds": a.folds, "repeats": a.repeats,
+                "probe": "StandardScaler + LogisticRegression(C=1, lbfgs), RepeatedStratifiedKFold(random_state=0)"}
+        (a.out / "results.json").write_text(json.dumps({**meta, "results": results}, indent=2) + "\n")
+        md = [f"Linear probe on {a.eval.name} ({len(files)} clips, {len(classes)} classes), {a.repeats} x {a.folds}-fold "
+              "stratified cross-validation; ± is the standard deviation over repetitions.", "",
+              "| features | accuracy |", "|---|---|"]
+        md += [f"| {r['features']} | {r['accuracy'] * 100:.1f}% ± {r['std'] * 100:.1f} |" for r in results]
+        (a.out / "results.md").write_text("\n".join(md) + "\n")
+        from tagstack.report import plt_module, save_figure
+
+        plt = plt_module()
+        fig, ax = plt.subplots(figsize=(9, 0.32 * len(results) + 1))
+        ax.barh(range(len(results)), [r["accuracy"] * 100 for r in results], xerr=[r["std"] * 100 for r in results], color="tab:blue")
+        ax.set_yticks(range(len(results)), [r["features"] for r in results], fontsize=7)
+        ax.invert_yaxis()
+        ax.set(xlabel="linear-probe accuracy (%)", title=f"Transfer to real audio: {a.eval.name}")
+        save_figure(fig, a.out / "transfer.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""kill -9 at work: nothing half-written is left, no child outlives its parent, and the rerun finishes the job."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from synth import SR, TEST_FRONTEND, render
+
+pytestmark = [pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and SIGKILL"), pytest.mark.slow]
+
+
+def children_of(pid: int) -> list[int]:
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(d))
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def many_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("many")
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        sf.write(d / f"c{i:02d}.wav", render({"low", "pulse"} if i % 2 else {"high"}, TEST_FRONTEND.clip_seconds, rng), SR)
+    return d
+
+
+def test_killed_mel_cache_leaves_no_worker_and_resumes(many_files, tmp_path):
+    script = f"""
+import sys
+sys.path.insert(0, {str(os.path.dirname(__file__))!r})
+from synth import TEST_FRONTEND
+from tagstack.datasets import read_folders
+from tagstack.datasets.manifest import read_manifest
+from tagstack.datasets.base import ClipSet
+from tagstack.datasets.melcache import MelCache
+import numpy as np, pathlib
+root = pathlib.Path({str(many_files)!r})
+paths = sorted(p.name for p in root.glob("*.wav"))
+clips = ClipSet(name="k", root=root, paths=paths, labels=np.ones((len(paths), 1)), tags=["x"], splits=np.array(["train"] * len(paths), dtype=object))
+print(MelCache(clips, cache_dir={str(tmp_path / 'cache')!r}, frontend=TEST_FRONTEND).build(workers=2, batch_size=2)["cached"], flush=True)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    deadline = time.time() + 60
+    workers = []
+    while time.time() < deadline and len(workers) < 2:
+        workers = children_of(proc.pid)
+        time.sleep(0.05)
+    assert workers, "the cache never started its decoding workers"
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    for _ in range(100):
+        if not any(alive(w) for w in workers):
+            break
+        time.sleep(0.05)
+    assert not any(alive(w) for w in workers), "decoding workers outlived their parent"
+    again = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.strip().splitlines()[-1] == "40"
+    assert not list((tmp_path / "cache").rglob(".tagstack-tmp-*"))
+
+
+def test_killed_tag_run_leaves_the_previous_output_whole(many_files, tmp_path):
+    from test_equivalence import random_tagger
+    from tagstack.models.file import save_model
+
+    model = tmp_path / "m.safetensors"
+    save_model(random_tagger(), model)
+    out = tmp_path / "tags.csv"
+    cmd = [sys.executable, "-m", "tagstack", "tag", str(many_files), "--model", str(model), "--format", "csv", "-o", str(out), "--device", "cpu"]
+    started = time.time()
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    took = time.time() - started
+    assert first.returncode == 0, first.stderr[-2000:]
+    whole = out.read_text()
+    assert len(whole.splitlines()) == 1 + 40 * 4  # a header, then 4 tags per file
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(took * 0.7)  # well into tagging (model loaded, files being written out), before the end
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert out.read_text() == whole  # the earlier complete result, not a truncated one
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tagstack-tmp-")]
