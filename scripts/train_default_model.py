@@ -51,8 +51,8 @@ def main() -> None:
     p.add_argument("which", choices=sorted(DATA), help="the real-music default model, or the corpus model")
     p.add_argument("--data", type=Path, help="real: the folder scripts/build_real_data.py wrote (holding 4q/manifest.csv)")
     p.add_argument("--out", type=Path, help="run directory (default: runs/<which>-model)")
-    p.add_argument("--local-epochs", type=int, default=30, help="maximum epochs per local CNN (default: 30)")
-    p.add_argument("--lr-stages", type=int, default=3, help="learning rates of the local CNNs (default: 3)")
+    p.add_argument("--local-epochs", type=int, default=12, help="maximum epochs per local CNN (default: 12)")
+    p.add_argument("--lr-stages", type=int, default=2, help="learning rates of the local CNNs (default: 2)")
     p.add_argument("--device", default="auto", help="torch device (default: auto)")
     a = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -75,7 +75,7 @@ def main() -> None:
     model = exp.train_head()
     metrics = exp.metrics(model, exp.test_probs(model))
     command = f"python scripts/train_default_model.py {a.which}" + (" --data DATA" if a.which == "real" else "") + \
-        (f" --local-epochs {a.local_epochs}" if a.local_epochs != 30 else "") + (f" --lr-stages {a.lr_stages}" if a.lr_stages != 3 else "")
+        (f" --local-epochs {a.local_epochs}" if a.local_epochs != 12 else "") + (f" --lr-stages {a.lr_stages}" if a.lr_stages != 2 else "")
     model.info.update({"name": name, "data": DATA[a.which], "command": command,
                        "test": {"roc_auc": metrics["global"]["roc_auc"], "pr_auc": metrics["global"]["pr_auc"],
                                 "per_tag_roc_auc": dict(zip(metrics["tags"], metrics["global"]["per_tag"]["roc_auc"])),

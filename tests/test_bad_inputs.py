@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import soxr
+import torch
 from safetensors.torch import load_file, save_file
 
 from synth import SR, render
@@ -254,3 +255,22 @@ def test_metrics_json_holds_null_not_nan(tmp_path):
     atomic_write_json(tmp_path / "m.json", {"per_tag": [0.5, float("nan")], "x": np.float32("inf")})
     text = (tmp_path / "m.json").read_text()
     assert "NaN" not in text and "Infinity" not in text and json.loads(text) == {"per_tag": [0.5, None], "x": None}
+
+
+def test_a_damaged_checkpoint_is_named_and_leftovers_of_killed_writes_are_removed(tmp_path):
+    from tagstack.config import TrainConfig
+    from tagstack.errors import TagstackError
+    from tagstack.fileio import TEMP_PREFIX, remove_leftovers
+    from tagstack.models.local import build_local_cnn
+    from tagstack.train.loop import fit
+
+    work = tmp_path / "1-local" / "27"
+    work.mkdir(parents=True)
+    (work / "last.pt").write_bytes(b"\x00garbage, not a checkpoint")
+    with pytest.raises(TagstackError, match="last.pt: cannot resume from this checkpoint.*delete it"):
+        fit(build_local_cnn(27, n_tags=2), train_batches=lambda e: iter(()), n_batches=0, validate=lambda m: {},
+            loss_fn=torch.nn.BCEWithLogitsLoss(), config=TrainConfig(), workdir=work, device=torch.device("cpu"))
+    (work / f"{TEMP_PREFIX}best.pt.abc123.tmp").write_bytes(b"x" * 1000)
+    (tmp_path / f"{TEMP_PREFIX}features.npy.xyz.npy").write_bytes(b"x")
+    assert remove_leftovers(tmp_path) == 2
+    assert not list(tmp_path.rglob(f"{TEMP_PREFIX}*")) and (work / "last.pt").exists()
