@@ -29,3 +29,14 @@ def test_bootstrap_interval_contains_the_estimate():
     s = rng.random((300, 4)) + y * 0.4
     lo, hi = bootstrap_ci(y, s, n_boot=100)
     assert lo < tagging_metrics(y, s)["roc_auc"] < hi
+
+
+def test_rank_macro_roc_auc_equals_sklearn_with_ties_and_one_class_tags():
+    from tagstack.train.evaluation import macro_roc_auc
+
+    rng = np.random.default_rng(2)
+    y = rng.random((150, 30)) < 0.15
+    y[:, 0] = False  # no positive: left out, as tagging_metrics does
+    s = np.round(rng.random((150, 30)) + 0.3 * y, 1)  # many ties
+    assert np.isclose(macro_roc_auc(y, s), tagging_metrics(y, s)["roc_auc"], rtol=0, atol=1e-12)
+    assert np.isnan(macro_roc_auc(np.zeros((5, 2), bool), s[:5, :2]))

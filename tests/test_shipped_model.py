@@ -54,3 +54,18 @@ def test_embed_with_the_default_model(audio_files, tmp_path):
 def test_tag_a_real_dataset_clip(shared_data):
     r = Tagger().predict(shared_data / "fixtures" / "audio" / "mtat-joram-moments_of_clarity-08-solipsism-59-88.mp3")
     assert abs(r.seconds - 29.27) < 0.15 and np.all((r.probs >= 0) & (r.probs <= 1))
+
+
+@pytest.mark.parametrize("name", ["real", "corpus"])
+def test_each_shipped_model_loads_by_name_with_its_card(name, capsys):
+    from tagstack.inference.tagger import PRETRAINED
+
+    assert PRETRAINED[name].exists() and PRETRAINED[name].with_suffix(".md").exists()
+    tagger = Tagger(name, device="cpu")
+    assert tagger.model.info["name"] == f"tagstack-{name}" and "/home/" not in json.dumps(tagger.model.info)
+    assert main(["info", name]) == 0 and f"tagstack-{name}" in capsys.readouterr().out
+
+
+def test_the_default_model_was_trained_on_real_recordings():
+    meta = Tagger(device="cpu").model.info
+    assert meta["name"] == "tagstack-real" and "Real recordings" in meta["data"] and "GTZAN is never used" in meta["data"]

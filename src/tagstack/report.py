@@ -232,7 +232,10 @@ def model_summary(meta: dict, path: str) -> str:
              + f" (scales {meta['scales']}, layers {meta['layers'] or 'all'})",
              f"front end: {meta['frontend']['sample_rate']} Hz, {meta['frontend']['n_mels']} mels, {meta['frontend']['clip_seconds']} s clips"]
     if info.get("dataset"):
-        lines.append(f"trained on: {info['dataset']}" + (f" ({info['data']})" if isinstance(info.get("data"), str) else ""))
+        data = info.get("data") if isinstance(info.get("data"), str) else ""
+        lines.append(f"trained on: {info['dataset']}" + (f" ({data.split('. ')[0].rstrip('.')})" if data else ""))
+    if info.get("name"):
+        lines.append(f"model card: {info['name']}.md beside the shipped model files")
     if test.get("roc_auc") is not None:
         lines.append(f"test: ROC-AUC {test['roc_auc']:.4f}, PR-AUC {test.get('pr_auc') or float('nan'):.4f}")
     lines.append("(--json for the whole header)")

@@ -68,17 +68,37 @@ def evaluate(y_true: np.ndarray, y_score: np.ndarray, *, task: str = "multilabel
 def bootstrap_ci(
     y_true: np.ndarray, y_score: np.ndarray, *, n_boot: int = 200, level: float = 0.95, seed: int = 0
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of macro ROC-AUC over clips."""
+    """Percentile bootstrap interval of macro ROC-AUC over clips.
+
+    Each resample's macro ROC-AUC is computed from ranks (the Mann-Whitney
+    statistic, ties averaged), which equals scikit-learn's ``roc_auc_score``
+    per tag (tested) and is fast enough for hundreds of resamples of hundreds of tags.
+    """
     y_true, y_score = _check(y_true, y_score)
+    y_true = y_true >= 0.5
     rng = np.random.default_rng(seed)
     values = []
     for _ in range(n_boot):
         idx = rng.integers(0, len(y_true), len(y_true))
-        try:
-            values.append(tagging_metrics(y_true[idx], y_score[idx])["roc_auc"])
-        except ParameterError:
-            continue
+        v = macro_roc_auc(y_true[idx], y_score[idx])
+        if v == v:
+            values.append(v)
     if not values:
         return (math.nan, math.nan)
     lo, hi = np.percentile(values, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
     return float(lo), float(hi)
+
+
+def macro_roc_auc(y_true: np.ndarray, y_score: np.ndarray) -> float:
+    """Macro ROC-AUC over the tags with both classes, from ranks; NaN when no tag has both."""
+    from scipy.stats import rankdata
+
+    y = np.asarray(y_true, dtype=bool)
+    pos = y.sum(axis=0)
+    neg = len(y) - pos
+    ok = (pos > 0) & (neg > 0)
+    if not ok.any():
+        return math.nan
+    ranks = rankdata(y_score[:, ok], axis=0)
+    u = (ranks * y[:, ok]).sum(axis=0) - pos[ok] * (pos[ok] + 1) / 2
+    return float(np.mean(u / (pos[ok] * neg[ok])))
