@@ -5,9 +5,9 @@ scored with repeated stratified k-fold cross-validation (10 x 10 by default)
 on a labelled set of real recordings, for every feature set side by side,
 in one run, on the same clips and folds:
 
-- each tagstack model given (``--model NAME=PATH``): all levels and scales,
-  each level alone (over all scales), each scale alone (all its levels), and
-  its tag probabilities;
+- each tagstack model given (``--model NAME=PATH``): all levels and scales
+  and its tag probabilities, and for the first one also each level alone
+  (over all scales) and each scale alone (all its levels);
 - two baselines that need no training data: the mean and standard deviation
   of the same front end's log-mel frames, and the same five CNNs with random
   weights (the input normalisation of the first model given);
@@ -128,10 +128,12 @@ def embeddings(model, files: list[Path], cache: Path | None, name: str, *, with_
     return emb_a, (probs_a if with_probs else None)
 
 
-def feature_rows(name: str, model, emb: np.ndarray, probs: np.ndarray | None) -> list[tuple[str, np.ndarray]]:
-    """All levels and scales, each level, each scale, and the tag probabilities of one model."""
+def feature_rows(name: str, model, emb: np.ndarray, probs: np.ndarray | None, *, detail: bool = True) -> list[tuple[str, np.ndarray]]:
+    """All levels and scales, (with ``detail``) each level and each scale, and the tag probabilities of one model."""
     layout = model.layout
     rows = [(f"{name}: all levels and scales ({emb.shape[1]}-d)", emb)]
+    if not detail:
+        return rows + ([(f"{name}: its {probs.shape[1]} tag probabilities", probs)] if probs is not None else [])
     for layer in sorted({b.layer for b in layout}):
         cols = np.concatenate([np.arange(b.start, b.stop) for b in layout if b.layer == layer])
         rows.append((f"{name}: level {layer} of every scale ({len(cols)}-d)", emb[:, cols]))
@@ -165,11 +167,11 @@ def main() -> None:
     if models:
         rnd = random_model(Path(models[0][1]))
         emb, _ = embeddings(rnd, files, a.cache, "random-cnns", with_probs=False)
-        rows += feature_rows("baseline: the same CNNs, random weights", rnd, emb, None)
-    for name, path in models:
+        rows += feature_rows("baseline: the same CNNs, random weights", rnd, emb, None, detail=False)
+    for k, (name, path) in enumerate(models):
         model = load_model(path)
         emb, probs = embeddings(model, files, a.cache, name, with_probs=model.head is not None)
-        rows += feature_rows(f"tagstack {name}", model, emb, probs)
+        rows += feature_rows(f"tagstack {name}", model, emb, probs, detail=k == 0)
     if a.musicnn:
         with np.load(a.musicnn) as z:
             order = {str(Path(q).resolve()): i for i, q in enumerate(z["resolved_paths"])}
