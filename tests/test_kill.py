@@ -101,3 +101,24 @@ def test_killed_tag_run_leaves_the_previous_output_whole(many_files, tmp_path):
     proc.wait()
     assert out.read_text() == whole  # the earlier complete result, not a truncated one
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tagstack-tmp-")]
+
+
+def test_killed_embed_leaves_no_partial_file(many_files, tmp_path):
+    from test_equivalence import random_tagger
+    from tagstack.models.file import save_model
+
+    model = tmp_path / "m.safetensors"
+    save_model(random_tagger(), model)
+    out = tmp_path / "e.npz"
+    cmd = [sys.executable, "-m", "tagstack", "embed", str(many_files), "--model", str(model), "--out", str(out), "--device", "cpu"]
+    started = time.time()
+    assert subprocess.run(cmd, capture_output=True, timeout=300).returncode == 0
+    took = time.time() - started
+    out.unlink()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(took * 0.7)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".tagstack-tmp-")]
+
