@@ -22,7 +22,7 @@ from pathlib import Path
 
 from tagstack.config import global_schedule, local_schedule, tagstack_home
 from tagstack.experiments.config import ExperimentConfig
-from tagstack.experiments.run import Experiment
+from tagstack.experiments.run import Experiment, test_summary
 from tagstack.fileio import atomic_write_text
 from tagstack.models.file import save_model
 from tagstack.report import model_card
@@ -76,10 +76,7 @@ def main() -> None:
     metrics = exp.metrics(model, exp.test_probs(model))
     command = f"python scripts/train_default_model.py {a.which}" + (" --data DATA" if a.which == "real" else "") + \
         (f" --local-epochs {a.local_epochs}" if a.local_epochs != 12 else "") + (f" --lr-stages {a.lr_stages}" if a.lr_stages != 2 else "")
-    model.info.update({"name": name, "data": DATA[a.which], "command": command,
-                       "test": {"roc_auc": metrics["global"]["roc_auc"], "pr_auc": metrics["global"]["pr_auc"],
-                                "per_tag_roc_auc": dict(zip(metrics["tags"], metrics["global"]["per_tag"]["roc_auc"])),
-                                "per_tag_pr_auc": dict(zip(metrics["tags"], metrics["global"]["per_tag"]["pr_auc"]))}})
+    model.info.update({"name": name, "data": DATA[a.which], "command": command, "test": test_summary(metrics["tags"], metrics["global"])})
     save_model(model, PRETRAINED / f"{name}.safetensors", half=True)
     card = PRETRAINED / f"{name}.md"
     transfer = Path(__file__).resolve().parents[1] / "docs" / "transfer" / "results.md"

@@ -215,7 +215,7 @@ class Experiment:
         model = self.train_head()
         probs = self.test_probs(model)
         metrics = self.metrics(model, probs)
-        model.info.update({"config": _portable(self.config), "test": _test_summary(d.clips.tags, metrics["global"])})
+        model.info.update({"config": _portable(self.config), "test": test_summary(d.clips.tags, metrics["global"])})
         save_model(model, self.dir / "model.safetensors")
         atomic_write_json(self.dir / "metrics.json", metrics)
         write_report(self.dir, metrics, d.clips)
@@ -272,7 +272,8 @@ def _portable(config: ExperimentConfig) -> dict:
     return d
 
 
-def _test_summary(tags: list[str], g: dict) -> dict:
+def test_summary(tags: list[str], g: dict) -> dict:
+    """The test scores a model file records: macro and per-tag ROC-AUC and PR-AUC."""
     return {"roc_auc": g["roc_auc"], "pr_auc": g["pr_auc"],
             "per_tag_roc_auc": dict(zip(tags, g["per_tag"]["roc_auc"])), "per_tag_pr_auc": dict(zip(tags, g["per_tag"]["pr_auc"]))}
 
