@@ -6,6 +6,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("TQDM_DISABLE", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `import tagstack` does; test modules may import torch first
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

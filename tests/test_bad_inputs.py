@@ -274,3 +274,28 @@ def test_a_damaged_checkpoint_is_named_and_leftovers_of_killed_writes_are_remove
     (tmp_path / f"{TEMP_PREFIX}features.npy.xyz.npy").write_bytes(b"x")
     assert remove_leftovers(tmp_path) == 2
     assert not list(tmp_path.rglob(f"{TEMP_PREFIX}*")) and (work / "last.pt").exists()
+
+
+@pytest.mark.slow
+def test_an_hour_long_file_is_tagged_embedded_and_taggrammed_whole(model_file, tmp_path, capsys):
+    """One hour of audio (written block by block, 8 kHz 16-bit) through ``tag``, ``embed`` and the API: finite, complete."""
+    path = tmp_path / "hour long.wav"
+    rng = np.random.default_rng(7)
+    minutes = [soxr.resample(render(tags, 60.0, rng), SR, 8000) * 0.5 for tags in ({"low"}, {"high", "pulse"})]
+    with sf.SoundFile(path, "w", samplerate=8000, channels=1, subtype="PCM_16") as f:
+        for minute in range(60):
+            f.write(minutes[minute % 2])
+    out = tmp_path / "tags.jsonl"
+    assert main(["tag", str(path), "--model", str(model_file), "--format", "jsonl", "-o", str(out), "--device", "cpu"]) == 0
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert all(np.isfinite(v) for v in row["tags"].values())
+    emb = tmp_path / "e.npz"
+    assert main(["embed", str(path), "--model", str(model_file), "--out", str(emb), "--device", "cpu"]) == 0
+    with np.load(emb) as z:
+        assert z["embeddings"].shape[0] == 1 and np.isfinite(z["embeddings"]).all()
+    assert "Traceback" not in capsys.readouterr().err
+    result = Tagger(model_file, device="cpu").predict(path, taggram=True)
+    assert result.seconds == pytest.approx(3600.0)
+    clip = Tagger(model_file, device="cpu").cfg.clip_seconds
+    assert len(result.window_starts) == int(3600 // clip) and result.window_starts[-1] + clip <= 3600.0
+    assert np.isfinite(result.taggram).all() and np.isfinite(result.probs).all()

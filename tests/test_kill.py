@@ -122,3 +122,53 @@ def test_killed_embed_leaves_no_partial_file(many_files, tmp_path):
     proc.wait()
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".tagstack-tmp-")]
 
+
+
+TRAIN_SCRIPT = """
+import sys, json, logging
+logging.basicConfig(level=logging.INFO)
+sys.path.insert(0, {tests!r})
+from synth import TEST_FRONTEND
+from tagstack.config import TrainConfig
+from tagstack.experiments.config import ExperimentConfig
+from tagstack.experiments.run import run_experiment
+cfg = ExperimentConfig(dataset="manifest", root={root!r}, scales=(18, 27), frontend=TEST_FRONTEND,
+                       local=TrainConfig(max_epochs=6, batch_size=32, lr_stages=2, patience=2),
+                       global_=TrainConfig(max_epochs=8, batch_size=8, monitor="roc_auc", patience=3),
+                       cache_dir={cache!r}, workers=2)
+print(json.dumps(run_experiment(cfg, {out!r})["global"]["roc_auc"]), flush=True)
+"""
+
+
+def test_killed_training_resumes_to_the_same_model(synth_dir, tmp_path):
+    """kill -9 in the middle of stage 1; the rerun resumes from the last epoch and ends with the uninterrupted run's model."""
+    from safetensors.numpy import load_file
+
+    def script(name: str) -> list[str]:
+        code = TRAIN_SCRIPT.format(tests=os.path.dirname(__file__), root=str(synth_dir), cache=str(tmp_path / "cache"), out=str(tmp_path / name))
+        return [sys.executable, "-c", code]
+
+    whole = subprocess.run(script("whole"), capture_output=True, text=True, timeout=600)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+
+    proc = subprocess.Popen(script("killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    second_net = tmp_path / "killed" / "1-local" / "27" / "last.pt"  # the first CNN is done, the second has an epoch
+    deadline = time.time() + 300
+    while time.time() < deadline and not second_net.exists() and proc.poll() is None:
+        time.sleep(0.02)
+    assert proc.poll() is None, "training ended before it could be killed"
+    children = children_of(proc.pid)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(0.5)
+    assert not any(alive(c) for c in children), "a child process outlived the killed training"
+    assert not (tmp_path / "killed" / "model.safetensors").exists()
+
+    again = subprocess.run(script("killed"), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "[local 27] resuming after epoch" in again.stderr
+    assert "[local 18] already trained, reused" in again.stderr
+    assert again.stdout.strip().splitlines()[-1] == whole.stdout.strip().splitlines()[-1]
+    a, b = load_file(tmp_path / "whole" / "model.safetensors"), load_file(tmp_path / "killed" / "model.safetensors")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert not list((tmp_path / "killed").rglob(".tagstack-tmp-*"))
