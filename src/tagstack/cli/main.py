@@ -169,6 +169,16 @@ def cmd_info(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(a: argparse.Namespace) -> int:
+    try:
+        from ..service import ServiceLimits, serve
+    except ImportError as e:
+        raise TagstackError(f"tagstack serve needs the web stack: pip install 'tagstack[serve]' ({e.name} is missing)") from None
+    serve(a.model, host=a.host, port=a.port, device=a.device,
+          limits=ServiceLimits(max_upload_mb=a.max_upload_mb, max_seconds=a.max_seconds, concurrency=a.concurrency))
+    return 0
+
+
 class _TqdmHandler(logging.Handler):
     """Log records written between progress-bar updates, so neither garbles the other."""
 
@@ -266,6 +276,18 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("model", nargs="?", type=Path, help="model file, or a shipped model: real (default) or corpus")
     i.add_argument("--json", action="store_true", help="print the whole JSON header instead of a summary")
     i.set_defaults(func=cmd_info)
+
+    v = sub.add_parser("serve", help="an HTTP tagging service with a web page (needs the serve extra)",
+                       description="Serve tags, embeddings and taggrams over HTTP: a JSON API under /api (OpenAPI docs at /docs) "
+                                   "and a web page at /. The model is loaded once; analyses run in parallel across requests.")
+    v.add_argument("--model", type=Path, help="model file, or a shipped model: real (default, trained on real recordings) or corpus")
+    v.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 for every interface)")
+    v.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    v.add_argument("--max-upload-mb", type=float, default=200.0, help="largest upload accepted, in MB (default: 200)")
+    v.add_argument("--max-seconds", type=float, default=3 * 3600.0, help="longest audio accepted, in seconds (default: 10800, three hours)")
+    v.add_argument("--concurrency", type=int, default=0, help="files analysed at once (default: 0, one per usable CPU)")
+    _add_device(v)
+    v.set_defaults(func=cmd_serve)
     return p
 
 

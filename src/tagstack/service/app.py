@@ -1,0 +1,329 @@
+"""The HTTP service: tags, embeddings and taggrams of uploaded audio (FastAPI on uvicorn).
+
+It is a thin layer over :class:`~tagstack.inference.tagger.Tagger`, so an
+upload is decoded, windowed and tagged exactly as ``tagstack tag`` and the
+Python API do it. What the service adds is what a shared server needs:
+
+- the model is loaded once; analyses run in worker threads (at most
+  ``concurrency`` at a time, parallel across requests rather than inside small
+  ops), so the event loop keeps answering while files are tagged;
+- an upload is streamed to a temporary file (never held in memory) and
+  decoded in blocks, so a long file costs bounded memory; the temporary file
+  is removed whatever happens;
+- every bad request gets a 4xx and one line, ``{"error": "..."}``: bad
+  parameters 400, not audio or undecodable 422, too large or too long 413,
+  an unsupported file type 415. Nothing a client sends gives a 500.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import anyio
+import numpy as np
+import torch
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.datastructures import UploadFile
+
+from .. import __version__
+from ..audio.io import AUDIO_EXTENSIONS, duration_seconds
+from ..errors import ParameterError, TagstackError
+from ..inference.tagger import Result, Tagger, check_selection
+from ..models.file import read_metadata
+from ..runtime import usable_cpus
+
+log = logging.getLogger(__name__)
+
+#: Raw-body uploads: the file type a Content-Type names (anything else is sniffed from the bytes).
+CONTENT_TYPES = {"audio/wav": ".wav", "audio/x-wav": ".wav", "audio/wave": ".wav", "audio/flac": ".flac", "audio/x-flac": ".flac",
+                 "audio/ogg": ".ogg", "audio/mpeg": ".mp3", "audio/mp3": ".mp3", "audio/mp4": ".m4a", "audio/x-m4a": ".m4a",
+                 "audio/aac": ".aac", "audio/opus": ".opus", "audio/aiff": ".aiff", "audio/x-aiff": ".aiff"}
+
+#: A taggram asked for with ``hop=auto`` has at most this many windows.
+AUTO_WINDOWS = 64
+
+
+@dataclass(frozen=True)
+class ServiceLimits:
+    """What one request may cost; validated when built (``tagstack serve`` options)."""
+
+    max_upload_mb: float = 200.0
+    max_seconds: float = 3 * 3600.0
+    concurrency: int = 0  # analyses at once; 0: one per usable CPU
+
+    def __post_init__(self) -> None:
+        if not self.max_upload_mb > 0 or not self.max_seconds > 0 or self.concurrency < 0:
+            raise ParameterError(f"need max_upload_mb > 0, max_seconds > 0 and concurrency >= 0, got "
+                                 f"{self.max_upload_mb}, {self.max_seconds}, {self.concurrency}")
+
+    @property
+    def max_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def workers(self) -> int:
+        return self.concurrency or usable_cpus()
+
+
+class Problem(Exception):
+    """A request the service refuses: an HTTP status and one line for the client."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+class _BodyLimit:
+    """ASGI middleware: refuse bodies over ``limit`` bytes, by Content-Length at once or while they stream in."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await _problem_response(413, self._reason())(scope, receive, send)
+        seen = 0
+
+        async def counting_receive():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise Problem(413, self._reason())
+            return message
+
+        return await self.app(scope, counting_receive, send)
+
+    def _reason(self) -> str:
+        return f"upload larger than this service's limit of {self.limit / 1024 / 1024:g} MB (--max-upload-mb)"
+
+
+def _problem_response(status: int, reason: str) -> JSONResponse:
+    return JSONResponse({"error": reason}, status_code=status)
+
+
+def _ints(text: str | None, name: str) -> list[int] | None:
+    if text in (None, ""):
+        return None
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise Problem(400, f"{name} must be comma-separated integers, e.g. 27,54; got {text!r}") from None
+
+
+def _suffix(filename: str | None, content_type: str | None) -> str:
+    """The file type of an upload: its name's extension, else its Content-Type's, else none (sniffed by the decoder)."""
+    ext = Path(filename or "").suffix.lower()
+    if ext:
+        if ext not in AUDIO_EXTENSIONS:
+            raise Problem(415, f"unsupported file type {ext!r}; this service reads {', '.join(AUDIO_EXTENSIONS)}")
+        return ext
+    ctype = (content_type or "").split(";")[0].strip().lower()
+    if ctype in CONTENT_TYPES:
+        return CONTENT_TYPES[ctype]
+    raw = ("application/octet-stream", "video/mp4", "application/x-www-form-urlencoded")  # the last is curl --data-binary's default
+    if ctype and not (ctype.startswith("audio/") or ctype in raw):
+        raise Problem(415, f"unsupported Content-Type {ctype!r}; send audio (audio/*, application/octet-stream) or a multipart form")
+    return ""
+
+
+class Service:
+    """The loaded model, the limits and the upload folder shared by every request."""
+
+    def __init__(self, tagger: Tagger, model_path: Path | None, limits: ServiceLimits) -> None:
+        self.tagger, self.limits = tagger, limits
+        self.meta = read_metadata(model_path) if model_path is not None else None
+        card = model_path.with_suffix(".md") if model_path is not None else None
+        self.card = card.read_text(encoding="utf-8") if card is not None and card.is_file() else ""
+        self.name = model_path.stem if model_path is not None else "model"
+        self.limiter = anyio.CapacityLimiter(limits.workers)
+        self.upload_dir: Path | None = None
+
+    def model_info(self) -> dict:
+        m = self.tagger.model
+        info = (self.meta or {}).get("info", {})
+        return {"name": self.name, "tags": m.tags, "task": m.task, "scales": sorted(m.local_scales),
+                "layers": {str(s): sorted(b.layer for b in m.layout if b.scale == s) for s in sorted(m.local_scales)},
+                "classifier_reads": {"scales": list(m.scales), "layers": list(m.layers) if m.layers else "all"},
+                "n_features": m.n_features, "clip_seconds": self.tagger.cfg.clip_seconds,
+                "sample_rate": self.tagger.cfg.sample_rate, "dataset": info.get("dataset"), "data": info.get("data"),
+                "test": info.get("test"), "card": self.card, "version": __version__,
+                "limits": {"max_upload_mb": self.limits.max_upload_mb, "max_seconds": self.limits.max_seconds}}
+
+    async def save_upload(self, request: Request) -> tuple[Path, str]:
+        """The request's audio in a new temporary file, and the name the client gave it."""
+        ctype = request.headers.get("content-type", "")
+        fd, tmp = tempfile.mkstemp(dir=self.upload_dir, prefix="upload-")
+        path = Path(tmp)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                if ctype.startswith("multipart/form-data"):
+                    async with request.form(max_files=1, max_fields=20) as form:
+                        upload = form.get("file")
+                        if not isinstance(upload, UploadFile):
+                            raise Problem(400, "a multipart upload needs its audio in a field named 'file'")
+                        name = upload.filename or "upload"
+                        suffix = _suffix(name, upload.content_type)
+                        while chunk := await upload.read(1 << 20):
+                            out.write(chunk)
+                else:
+                    name = request.query_params.get("filename") or "upload"
+                    suffix = _suffix(request.query_params.get("filename"), ctype)
+                    async for chunk in request.stream():
+                        out.write(chunk)
+            if path.stat().st_size == 0:
+                raise Problem(400, f"{name}: the upload is empty")
+            if suffix:  # the decoders sniff content, but FFmpeg is surer of some containers with their extension
+                path = path.rename(path.with_name(path.name + suffix))
+            return path, name
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+
+    def analyse(self, path: Path, name: str, *, top_k: int | None, threshold: float | None, embed: bool,
+                scales: list[int] | None, layers: list[int] | None, taggram: bool, hop: str | None) -> dict:
+        """Everything asked about one uploaded file (runs in a worker thread)."""
+        model = self.tagger.model
+        if model.head is None and not embed:
+            raise Problem(400, "this model has no global classifier; it can only embed (embed=true)")
+        try:
+            check_selection(top_k, threshold)
+            cols = model.columns_of(scales=scales, layers=layers) if embed else None
+            seconds = duration_seconds(path)
+            if seconds > self.limits.max_seconds:
+                raise Problem(413, f"{name}: {seconds:.0f} s of audio; this service takes at most {self.limits.max_seconds:g} s (--max-seconds)")
+            hop_s = self._hop(hop, seconds) if taggram else None
+            result: Result = self.tagger.predict(path, taggram=taggram, hop=hop_s)
+        except TagstackError as e:  # AudioError, ParameterError: the client's file or parameters
+            reason = str(e).replace(str(path), name)
+            raise Problem(400 if isinstance(e, ParameterError) else 422, reason) from None
+        out: dict = {"file": name, "seconds": round(result.seconds, 3), "model": self.name}
+        if model.head is not None:
+            out["tags"] = [{"tag": t, "probability": float(p)} for t, p in result.top(top_k, threshold)]
+        if embed:
+            s = sorted({b.scale for b in model.layout if scales is None or b.scale in scales})
+            l_ = sorted({b.layer for b in model.layout if layers is None or b.layer in layers})
+            out["embedding"] = {"scales": s, "layers": l_, "values": result.embedding[cols].astype(float).tolist()}
+        if taggram and result.taggram is not None:
+            out["taggram"] = {"tags": result.tags, "window_seconds": self.tagger.cfg.clip_seconds, "hop_seconds": hop_s,
+                              "starts": [round(float(t), 3) for t in result.window_starts],
+                              "probabilities": np.round(result.taggram, 5).astype(float).tolist()}
+        return out
+
+    def _hop(self, hop: str | None, seconds: float) -> float | None:
+        """Seconds between taggram windows: a number, or ``auto`` (about 64 windows over the file, at most 4 per clip)."""
+        if hop in (None, "", "clip"):
+            return None
+        if hop == "auto":
+            clip = self.tagger.cfg.clip_seconds
+            return max(clip / 4, (seconds - clip) / (AUTO_WINDOWS - 1)) if seconds > clip else None
+        try:
+            return float(hop)
+        except ValueError:
+            raise Problem(400, f"hop must be a number of seconds, 'clip' or 'auto'; got {hop!r}") from None
+
+
+def create_app(model: str | Path | None = None, *, device: str = "auto", limits: ServiceLimits | None = None) -> FastAPI:
+    """The service's ASGI application, with ``model`` (a file or a shipped name) loaded once."""
+    from ..inference.tagger import resolve_model
+
+    limits = limits or ServiceLimits()
+    path = resolve_model(model)
+    service = Service(Tagger(path, device=device), path, limits)
+    if service.tagger.device.type == "cpu":  # parallel across requests, one thread each (see ServiceLimits.concurrency)
+        torch.set_num_threads(max(1, usable_cpus() // limits.workers))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        service.upload_dir = Path(tempfile.mkdtemp(prefix="tagstack-serve-"))
+        log.info("serving %s (%d tags) on %s, %d analyses at once", service.name, len(service.tagger.tags),
+                 service.tagger.device, limits.workers)
+        try:
+            yield
+        finally:
+            shutil.rmtree(service.upload_dir, ignore_errors=True)
+
+    app = FastAPI(title="tagstack", version=__version__, lifespan=lifespan,
+                  description="Music auto-tagging with multi-level, multi-scale CNN features (Lee & Nam, 2017).")
+    app.add_middleware(_BodyLimit, limit=limits.max_bytes)
+    app.state.service = service
+
+    @app.exception_handler(Problem)
+    async def problem(request: Request, exc: Problem) -> JSONResponse:
+        return _problem_response(exc.status, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_parameters(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first.get("loc", ())[1:]) or "request"
+        return _problem_response(400, f"parameter {where}: {first.get('msg', 'invalid')}")
+
+    @app.get("/api/health", summary="Liveness and the loaded model")
+    async def health() -> dict:
+        return {"status": "ok", "model": service.name, "device": str(service.tagger.device)}
+
+    @app.get("/api/model", summary="The loaded model: tags, scales, layers, training data, scores and model card")
+    async def model_info() -> dict:
+        return service.model_info()
+
+    @app.post("/api/tag", summary="Tag an audio file (multipart field 'file', or the raw body)")
+    async def tag(request: Request,
+                  top_k: int | None = Query(5, ge=0, description="best tags to return (0: all)"),
+                  threshold: float | None = Query(None, ge=0, le=1, description="return every tag at or above this instead of the top k"),
+                  embed: bool = Query(False, description="also return the multi-level, multi-scale embedding"),
+                  scales: str | None = Query(None, description="embedding scales, e.g. 27,54 (default: all)"),
+                  layers: str | None = Query(None, description="embedding layers, 1-based, e.g. 1,2 (default: all)"),
+                  taggram: bool = Query(False, description="also return tag probabilities per window over time"),
+                  hop: str | None = Query(None, description="seconds between taggram windows, 'clip' (back to back) or 'auto'"),
+                  filename: str | None = Query(None, description="the file's name, for a raw-body upload (its extension names the format)"),
+                  ) -> JSONResponse:
+        s, l_ = _ints(scales, "scales"), _ints(layers, "layers")
+        path, name = await service.save_upload(request)
+        try:
+            out = await anyio.to_thread.run_sync(
+                lambda: service.analyse(path, name, top_k=None if threshold is not None else top_k, threshold=threshold,
+                                        embed=embed, scales=s, layers=l_, taggram=taggram, hop=hop),
+                limiter=service.limiter)
+        finally:
+            path.unlink(missing_ok=True)
+        return JSONResponse(out)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> HTMLResponse:
+        return HTMLResponse(_asset("index.html"))
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def static(name: str) -> Response:
+        types = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
+        if Path(name).suffix not in types or not resources.files(__package__).joinpath("page", name).is_file():
+            return _problem_response(404, f"no such file: {name}")
+        return Response(_asset(name), media_type=types[Path(name).suffix])
+
+    return app
+
+
+def _asset(name: str) -> str:
+    return resources.files(__package__).joinpath("page", name).read_text(encoding="utf-8")
+
+
+def serve(model: str | Path | None = None, *, host: str = "127.0.0.1", port: int = 8000, device: str = "auto",
+          limits: ServiceLimits | None = None) -> None:
+    """Run the service until interrupted (``tagstack serve``)."""
+    import uvicorn
+
+    app = create_app(model, device=device, limits=limits)
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
+
+
+__all__ = ["Problem", "ServiceLimits", "create_app", "serve"]

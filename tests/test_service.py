@@ -1,0 +1,231 @@
+"""``tagstack serve`` as a client meets it: a real server process on a loopback port, a real browser, real load.
+
+The service must give what the Python API gives for the same file, refuse every
+bad request with a 4xx and one line, leave no upload behind, and hold up under
+concurrent clients with bad files mixed in.
+"""
+import http.client
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+from synth import SR, render  # noqa: E402
+from tagstack.inference.tagger import Tagger  # noqa: E402
+from tagstack.models.file import save_model  # noqa: E402
+from test_equivalence import random_tagger  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from bench_serve import free_port, start_server  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    save_model(random_tagger(), path)
+    (path.with_suffix(".md")).write_text("# Model card: tiny\n\nA randomly initialised test model.\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(model_file, tmp_path_factory):
+    """A real ``tagstack serve`` process (2 MB upload limit, 100 s duration limit) with its own TMPDIR."""
+    tmp = tmp_path_factory.mktemp("server-tmp")
+    port = free_port()
+    env = {**os.environ, "TMPDIR": str(tmp)}
+    proc = start_server(str(model_file), port, ["--device", "cpu", "--max-upload-mb", "2", "--max-seconds", "100"], env=env)
+    yield f"127.0.0.1:{port}", proc, tmp
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def request(server, method: str, path: str, body: bytes = b"", headers: dict | None = None) -> tuple[int, dict]:
+    conn = http.client.HTTPConnection(server[0].split(":")[0], int(server[0].split(":")[1]), timeout=120)
+    conn.request(method, path, body=body, headers=headers or {})
+    r = conn.getresponse()
+    text = r.read().decode()
+    return r.status, json.loads(text)  # every answer is one strict JSON object
+
+
+def multipart(name: str, data: bytes, field: str = "file") -> tuple[bytes, dict]:
+    boundary = uuid.uuid4().hex
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{name}\"\r\n"
+            f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+def wav_bytes(y: np.ndarray, sr: int = SR, fmt: str = "WAV", subtype: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, y, sr, format=fmt, subtype=subtype)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def song(tmp_path_factory):
+    path = tmp_path_factory.mktemp("song") / "song.mp3"
+    sf.write(path, render({"low", "pulse"}, 22.0, np.random.default_rng(3)), SR, format="MP3")
+    return path
+
+
+def test_health_and_model_information(server, model_file):
+    assert request(server, "GET", "/api/health") == (200, {"status": "ok", "model": "tiny", "device": "cpu"})
+    status, info = request(server, "GET", "/api/model")
+    tagger = Tagger(model_file, device="cpu")
+    assert status == 200 and info["tags"] == tagger.tags and info["n_features"] == tagger.model.n_features
+    assert info["scales"] == [18, 27, 54] and info["card"].startswith("# Model card: tiny")
+    status, spec = request(server, "GET", "/openapi.json")
+    assert status == 200 and "/api/tag" in spec["paths"]
+
+
+def test_the_service_gives_what_the_api_gives(server, model_file, song):
+    """Raw body and multipart uploads: the same tags, embedding and taggram as ``Tagger`` on the file."""
+    tagger = Tagger(model_file, device="cpu")
+    expected = tagger.predict(song, taggram=True, hop=4.0)
+    data = song.read_bytes()
+    status, raw = request(server, "POST", "/api/tag?top_k=0&filename=song.mp3", data, {"Content-Type": "audio/mpeg"})
+    assert status == 200 and raw["file"] == "song.mp3" and raw["seconds"] == pytest.approx(22.0, abs=0.05)
+    got = {t["tag"]: t["probability"] for t in raw["tags"]}
+    assert list(got) == [t for t, _ in expected.top(0)]
+    np.testing.assert_allclose([got[t] for t in tagger.tags], expected.probs, rtol=1e-5, atol=1e-6)
+
+    body, headers = multipart("song.mp3", data)
+    status, full = request(server, "POST", "/api/tag?top_k=2&embed=true&scales=27,54&layers=1,2&taggram=true&hop=4", body, headers)
+    assert status == 200 and [t["tag"] for t in full["tags"]] == [t for t, _ in expected.top(2)]
+    np.testing.assert_allclose(full["embedding"]["values"], tagger.embed(song, scales=[27, 54], layers=[1, 2]), rtol=1e-5, atol=1e-6)
+    assert full["embedding"]["scales"] == [27, 54] and full["embedding"]["layers"] == [1, 2]
+    np.testing.assert_allclose(full["taggram"]["probabilities"], expected.taggram, atol=1e-5)
+    np.testing.assert_allclose(full["taggram"]["starts"], expected.window_starts, atol=1e-3)
+
+    status, thr = request(server, "POST", "/api/tag?threshold=0.5", data, {"Content-Type": "audio/mpeg"})
+    assert status == 200 and [t["tag"] for t in thr["tags"]] == [t for t, _ in expected.top(threshold=0.5)]
+
+
+@pytest.mark.parametrize("case,status,reason", [
+    ("text", 422, "text.mp3: cannot"),
+    ("empty", 400, "empty"),
+    ("nan", 422, "NaN or infinite"),
+    ("type", 415, "unsupported file type '.txt'"),
+    ("content_type", 415, "unsupported Content-Type 'text/plain'"),
+    ("large", 413, "larger than this service's limit of 2 MB"),
+    ("long", 413, "at most 100 s"),
+    ("top_k", 400, "parameter top_k"),
+    ("threshold", 400, "parameter threshold"),
+    ("scales", 400, "scales must be comma-separated integers"),
+    ("missing_scale", 400, "36"),
+    ("hop", 400, "hop must be a number"),
+    ("field", 400, "field named 'file'"),
+])
+def test_bad_requests_get_a_4xx_and_one_line(server, song, case, status, reason):
+    rng = np.random.default_rng(0)
+    nan = np.zeros(SR, np.float32)
+    nan[10] = np.nan
+    data, path, headers = song.read_bytes(), "/api/tag", {"Content-Type": "application/octet-stream"}
+    if case == "text":
+        data, path = b"this is not audio\n" * 100, "/api/tag?filename=text.mp3"
+    elif case == "empty":
+        data = b""
+    elif case == "nan":
+        data = wav_bytes(nan, subtype="FLOAT")
+    elif case == "type":
+        path = "/api/tag?filename=notes.txt"
+    elif case == "content_type":
+        headers = {"Content-Type": "text/plain"}
+    elif case == "large":
+        data = wav_bytes(rng.standard_normal(SR * 70).astype(np.float32) * 0.1, subtype="FLOAT")  # ~4.5 MB
+    elif case == "long":
+        data = wav_bytes(np.zeros(8000 * 120, np.int16), sr=8000, subtype="PCM_16")  # 120 s in 1.9 MB
+    elif case in ("top_k", "threshold", "scales", "missing_scale", "hop"):
+        path += {"top_k": "?top_k=-1", "threshold": "?threshold=2", "scales": "?embed=true&scales=a,b",
+                 "missing_scale": "?embed=true&scales=36", "hop": "?taggram=true&hop=soon"}[case]
+    elif case == "field":
+        data, headers = multipart("song.mp3", data, field="audio")
+    got, body = request(server, "POST", path, data, headers)
+    assert got == status and set(body) == {"error"}
+    assert reason in body["error"] and "\n" not in body["error"] and "Traceback" not in body["error"]
+
+
+def test_no_upload_is_left_behind(server, song):
+    request(server, "POST", "/api/tag", song.read_bytes(), {"Content-Type": "audio/mpeg"})
+    request(server, "POST", "/api/tag?filename=x.mp3", b"junk" * 100)
+    (upload_dir,) = Path(server[2]).glob("tagstack-serve-*")
+    assert list(upload_dir.iterdir()) == []
+
+
+def test_load_with_bad_files_mixed_in(server):
+    """500 requests at 16 concurrent clients, one in ten a bad file: no good one fails, every bad one is a 4xx, memory stays flat."""
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_serve.py"), "--url", f"http://{server[0]}", "--requests", "500",
+                          "--concurrency", "16", "--bad-every", "10", "--seconds", "6", "--json"],
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    r = json.loads(out.stdout)
+    assert r["good"] == 450 and r["good_ok"] == 450, r["good_failed"]
+    assert r["bad"] == 50 and r["bad_4xx"] == 50 and r["malformed_json"] == 0
+    print(f"\nload: {r['requests_per_s']} requests/s, p50 {r['latency_ms']['p50']} ms, p99 {r['latency_ms']['p99']} ms")
+
+
+def test_memory_does_not_grow_under_load(server):
+    def rss() -> float:
+        return int(open(f"/proc/{server[1].pid}/status").read().split("VmRSS:")[1].split()[0]) / 1024
+
+    cmd = [sys.executable, str(ROOT / "bench" / "bench_serve.py"), "--url", f"http://{server[0]}", "--requests", "200",
+           "--concurrency", "16", "--bad-every", "7", "--seconds", "6", "--json"]
+    assert subprocess.run(cmd, capture_output=True, timeout=900).returncode == 0
+    after_first = rss()
+    for _ in range(2):
+        assert subprocess.run(cmd, capture_output=True, timeout=900).returncode == 0
+    assert rss() < after_first + 40, (after_first, rss())
+
+
+def chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+@pytest.mark.skipif(chromium() is None, reason="no Chromium installed (.ci/run installs Debian's)")
+def test_the_page_in_a_real_browser(server, tmp_path):
+    """Upload a generated file on the page: its tag bars and taggram appear, the console stays clean, nothing leaves the machine."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    clip = tmp_path / "drums and bass.wav"
+    sf.write(clip, render({"low", "pulse"}, 40.0, np.random.default_rng(5)), SR)
+    base = f"http://{server[0]}"
+    problems, foreign = [], []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
+        page = browser.new_page()
+        page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        page.on("request", lambda r: foreign.append(r.url) if not r.url.startswith(base) else None)
+        page.goto(base + "/")
+        page.wait_for_function("document.getElementById('model-line').textContent.startsWith('tiny')")
+        assert "A randomly initialised test model" in page.inner_text("#card")
+        page.set_input_files("#file", str(clip))
+        page.wait_for_selector("#results:not([hidden])", timeout=60_000)
+        assert page.inner_text("#result-name") == "drums and bass.wav"
+        bars = page.query_selector_all("#bars li")
+        assert len(bars) == 4  # the tiny model has 4 tags; the page asks for the top 10
+        widths = page.eval_on_selector_all("#bars .bar", "els => els.map(e => parseFloat(e.style.width))")
+        assert all(0 <= w <= 100 for w in widths) and widths == sorted(widths, reverse=True)
+        painted = page.evaluate("""() => {
+            const c = document.getElementById('taggram'), d = c.getContext('2d').getImageData(150, 0, c.width - 158, c.height - 28).data;
+            const colours = new Set();
+            for (let i = 0; i < d.length; i += 4 * 97) colours.add(d[i] + ',' + d[i + 1] + ',' + d[i + 2] + ',' + d[i + 3]);
+            return colours.size;
+        }""")
+        assert painted > 3  # cells of several probabilities, not a blank canvas
+        page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+        browser.close()
+    assert problems == [] and foreign == []
