@@ -88,12 +88,18 @@ class TrainConfig:
     weight_decay: float = 0.0
     monitor: str = "loss"  # "loss" (validation loss) or "roc_auc"
     seed: int = 0
+    warmup_epochs: int = 0  # the first rate is reached linearly over this many epochs (0: at once, as the authors)
+    clip_norm: float = 0.0  # gradients rescaled to at most this L2 norm (0: never, as the authors)
 
     def __post_init__(self) -> None:
         if self.monitor not in ("loss", "roc_auc"):
             raise ParameterError(f"monitor must be 'loss' or 'roc_auc', got {self.monitor!r}")
         if self.lr <= 0 or not (0 < self.lr_decay < 1):
             raise ParameterError(f"need lr > 0 and 0 < lr_decay < 1, got lr={self.lr}, lr_decay={self.lr_decay}")
+        if not 0 < self.momentum < 1:  # Nesterov momentum needs one
+            raise ParameterError(f"momentum must be in (0, 1) for SGD with Nesterov momentum, got {self.momentum}")
+        if self.warmup_epochs < 0 or self.clip_norm < 0:
+            raise ParameterError(f"need warmup_epochs >= 0 and clip_norm >= 0, got {self.warmup_epochs}, {self.clip_norm}")
         for name in ("lr_stages", "patience", "max_epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ParameterError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")

@@ -112,11 +112,19 @@ def fit(
         model.train()
         total, count = 0.0, 0
         bar = tqdm(train_batches(state.epoch), total=n_batches, desc=f"[{desc}] epoch {state.epoch + 1}", leave=False, unit="batch", disable=None)
-        for x, y in bar:
+        for b, (x, y) in enumerate(bar):
+            if state.epoch < config.warmup_epochs:  # a linear ramp to the first rate, batch by batch
+                for group in opt.param_groups:
+                    group["lr"] = state.lr * (state.epoch * n_batches + b + 1) / (config.warmup_epochs * n_batches)
+            elif state.epoch == config.warmup_epochs and b == 0:
+                for group in opt.param_groups:
+                    group["lr"] = state.lr
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(model(x), y)
             loss.backward()
+            if config.clip_norm:
+                nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
             opt.step()
             total += float(loss.detach()) * len(x)
             count += len(x)
