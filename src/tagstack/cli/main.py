@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..config import PAPER_SCALES, global_schedule, joint_schedule, local_schedule
-from ..errors import TagstackError
+from ..errors import ParameterError, TagstackError
 from ..experiments.config import ExperimentConfig, load_config
 
 
@@ -23,6 +23,15 @@ def _ints(text: str) -> tuple[int, ...]:
         return tuple(int(t) for t in text.split(",") if t.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _add_engine(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("distributed (Ray)")
+    g.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local (this process, default) or ray: Ray workers that each load the model once, writing Parquet shards "
+                        "into the output folder; a rerun skips files already done (needs the ray extra)")
+    g.add_argument("--ray-address", metavar="ADDRESS", help="an existing Ray cluster: auto, or host:6379 (default: start Ray on this machine)")
+    g.add_argument("--workers", type=int, default=0, help="Ray workers (default: one per CPU of the cluster, or one per GPU when it has GPUs)")
 
 
 def _add_device(p: argparse.ArgumentParser) -> None:
@@ -145,9 +154,29 @@ def cmd_datasets(a: argparse.Namespace) -> int:
     return 0
 
 
+def _on_ray(a: argparse.Namespace, out: Path | None, *, embed: bool) -> int:
+    """``--engine ray``: the job on a Ray cluster, into a folder of Parquet shards."""
+    from ..distributed.ray_batch import run_on_ray
+    from ..inference.outputs import audio_files
+
+    if out is None:
+        raise ParameterError("--engine ray writes a folder of Parquet shards: give it with -o DIR")
+    report = run_on_ray(audio_files(a.paths), out, model=a.model, address=a.ray_address, workers=a.workers or None,
+                        device=a.device, embed=embed)
+    for path, reason in report.failed:
+        print(f"tagstack: skipped {reason if reason.startswith(path) else f'{path}: {reason}'}", file=sys.stderr)
+    print(f"{report.done} files done in this run, {report.reused} already done before, {len(report.failed)} failed; "
+          f"results in {out}/tags-*.parquet, failures in {out}/failures-*.parquet", file=sys.stderr)
+    return report.exit_status
+
+
 def cmd_tag(a: argparse.Namespace) -> int:
     from ..inference.outputs import tag_files
 
+    if a.engine == "ray":
+        if a.taggram or a.format != "table":
+            raise ParameterError("--engine ray writes Parquet (path, seconds, one column per tag); --taggram and --format are for the local engine")
+        return _on_ray(a, a.output, embed=False)
     return tag_files(a.paths, model=a.model, device=a.device, top_k=a.top_k, threshold=a.threshold, fmt=a.format,
                      output=a.output, taggram_dir=a.taggram, hop=a.hop).exit_status
 
@@ -155,6 +184,10 @@ def cmd_tag(a: argparse.Namespace) -> int:
 def cmd_embed(a: argparse.Namespace) -> int:
     from ..inference.outputs import embed_files
 
+    if a.engine == "ray":
+        if a.scales or a.layers:
+            raise ParameterError("--engine ray stores the whole embedding; choose --scales/--layers when reading it (TaggingModel.columns_of)")
+        return _on_ray(a, a.out, embed=True)
     return embed_files(a.paths, a.out, model=a.model, device=a.device, scales=a.scales, layers=a.layers).exit_status
 
 
@@ -254,21 +287,23 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--top-k", type=int, default=5, help="tags per file (default: 5; 0 for all)")
     t.add_argument("--threshold", type=float, help="report every tag with probability >= this instead of the top k")
     t.add_argument("--format", choices=["table", "jsonl", "csv"], default="table", help="output format (default: table)")
-    t.add_argument("--output", "-o", type=Path, help="write to this file instead of standard output")
+    t.add_argument("--output", "-o", type=Path, help="write to this file instead of standard output (with --engine ray: a folder of Parquet shards)")
     t.add_argument("--taggram", type=Path, metavar="DIR", help="also write each file's taggram (tags per 29.1 s window) as .npy/.csv and .png into DIR")
     t.add_argument("--hop", type=float, metavar="SECONDS",
                    help="seconds between the starts of taggram windows (default: the clip length, back to back; "
                         "e.g. 5 for overlapping windows every 5 s, at one network pass per window)")
+    _add_engine(t)
     _add_device(t)
     t.set_defaults(func=cmd_tag)
 
     e = sub.add_parser("embed", help="multi-level, multi-scale feature vectors of audio files")
     e.add_argument("paths", nargs="+", help="audio files, folders or glob patterns")
     e.add_argument("--out", "-o", type=Path, required=True,
-                   help="output file: .npz (arrays embeddings, paths, scales, layers) or .parquet (path, embedding; scales and layers in its metadata)")
+                   help="output file: .npz (arrays embeddings, paths, scales, layers) or .parquet (path, embedding; scales and layers in its metadata); with --engine ray, a folder of Parquet shards")
     e.add_argument("--model", type=Path, help="model file, or a shipped model: real (default, trained on real recordings) or corpus")
     e.add_argument("--scales", type=_ints, help="input sizes to keep, comma-separated, e.g. 27,54 (default: all)")
     e.add_argument("--layers", type=_ints, help="conv layers to keep, 1-based, comma-separated, e.g. 3,4 (default: all)")
+    _add_engine(e)
     _add_device(e)
     e.set_defaults(func=cmd_embed)
 

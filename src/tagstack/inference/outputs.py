@@ -46,9 +46,17 @@ class BatchReport:
 
 
 def audio_files(paths: Iterable[str | Path]) -> list[Path]:
-    """Files, folders (recursively) and globs as a list of files; an error when none is found."""
+    """Files, folders (recursively), globs and manifests (``.csv``: their clips) as a list of files; an error when none is found."""
+    from ..datasets.manifest import read_manifest
+
     paths = [str(p) for p in paths]
-    files = find_audio(paths)
+    files: list[Path] = []
+    for p in paths:
+        if p.lower().endswith(".csv") and Path(p).is_file():
+            clips = read_manifest(p)
+            files.extend(Path(clips.root) / c for c in clips.paths)
+        else:
+            files.extend(find_audio([p]))
     if not files:
         raise ParameterError(f"no audio files found in {paths}")
     return files

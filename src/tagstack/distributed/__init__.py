@@ -1,0 +1,1 @@
+"""Running past one machine: batch tagging and embedding on Ray (``ray_batch``)."""

@@ -1,0 +1,201 @@
+"""Tagging and embedding a catalogue on a Ray cluster (Ray Data), resumable, into Parquet shards.
+
+The work is the single-machine path's, run elsewhere: each worker is a Ray
+actor that loads the model once into a :class:`~tagstack.inference.tagger.Tagger`
+and tags the files of its batches through the same decoder and model code
+(``tests/test_distributed.py`` checks the results equal ``Tagger.predict``'s).
+
+The output is a folder of Parquet shards. A worker writes one shard per batch
+of files, to a temporary name renamed when whole, so every shard is complete
+or absent; its name is a hash of the batch's paths, so a batch that Ray
+retries after a killed worker rewrites the same shard instead of adding a
+duplicate. Results go to ``tags-*.parquet`` (path, seconds, one
+probability column per tag, optional embedding and taggram); files that could
+not be used go to ``failures-*.parquet`` (path, reason). A rerun of the same
+command reads the paths already in the folder and does only the rest.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from ..errors import ParameterError, TagstackError
+from ..fileio import TEMP_PREFIX, atomic_write, remove_leftovers
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RayJobReport:
+    """What a Ray job did: files done this run, files already done before, and each failure with its reason."""
+
+    done: int = 0
+    reused: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def exit_status(self) -> int:
+        return 1 if self.failed else 0
+
+
+def done_paths(out: Path) -> set[str]:
+    """Paths that already have a result or a failure in the shards of ``out``."""
+    import pyarrow.parquet as pq
+
+    seen: set[str] = set()
+    for shard in sorted(out.glob("*.parquet")):
+        if not shard.name.startswith(TEMP_PREFIX):
+            seen.update(pq.read_table(shard, columns=["path"]).column("path").to_pylist())
+    return seen
+
+
+def read_results(out: str | Path) -> tuple["pyarrow.Table", "pyarrow.Table"]:  # noqa: F821
+    """The results and the failures of a Ray job's folder, each as one Arrow table."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = Path(out)
+
+    def concat(prefix: str):
+        parts = [pq.read_table(p) for p in sorted(out.glob(f"{prefix}-*.parquet"))]
+        return pa.concat_tables(parts) if parts else None
+
+    return concat("tags"), concat("failures")
+
+
+#: Columns of a result shard besides the tags' (a tag of the same name gets a ``tag_`` prefix).
+RESERVED = {"path", "seconds", "embedding", "taggram", "taggram_windows", "window_starts"}
+
+
+def _column(tag: str) -> str:
+    return f"tag_{tag}" if tag in RESERVED else tag
+
+
+class _Worker:
+    """A Ray actor: the model loaded once, each batch of paths tagged and written as a shard."""
+
+    def __init__(self, model: str, device: str, out: str, embed: bool, taggram: bool, hop: float | None) -> None:
+        import torch
+
+        from ..inference.tagger import Tagger
+
+        self.tagger = Tagger(model, device=device)
+        if self.tagger.device.type == "cpu":
+            torch.set_num_threads(1)  # one worker per CPU: parallel across files, not inside small ops
+        self.out, self.embed, self.taggram, self.hop = Path(out), embed, taggram, hop
+
+    def __call__(self, batch: dict) -> dict:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        paths = [str(p) for p in batch["path"]]
+        rows, failures = [], []
+        for path in paths:
+            try:
+                r = self.tagger.predict(path, taggram=self.taggram, hop=self.hop)
+            except TagstackError as e:
+                failures.append((path, str(e)))
+                continue
+            row = {"path": path, "seconds": float(r.seconds), **{_column(t): float(p) for t, p in zip(r.tags, r.probs)}}
+            if self.embed:
+                row["embedding"] = r.embedding.astype(np.float32).tolist()
+            if self.taggram and r.taggram is not None:
+                row["taggram"] = r.taggram.astype(np.float32).ravel().tolist()
+                row["taggram_windows"] = int(r.taggram.shape[0])
+                row["window_starts"] = r.window_starts.astype(np.float32).tolist()
+            rows.append(row)
+        key = hashlib.sha1("\n".join(sorted(paths)).encode()).hexdigest()[:16]
+        if rows:
+            table = pa.Table.from_pylist(rows)
+            atomic_write(self.out / f"tags-{key}.parquet", lambda tmp: pq.write_table(table, tmp))
+        if failures:
+            table = pa.table({"path": [p for p, _ in failures], "reason": [r for _, r in failures]})
+            atomic_write(self.out / f"failures-{key}.parquet", lambda tmp: pq.write_table(table, tmp))
+        failed = dict(failures)
+        return {"path": paths, "reason": [failed.get(p, "") for p in paths]}
+
+
+def run_on_ray(files: Iterable[str | Path], out: str | Path, *, model: str | Path | None = None, address: str | None = None,
+               workers: int | None = None, device: str = "auto", embed: bool = False, taggram: bool = False,
+               hop: float | None = None, batch_files: int = 8) -> RayJobReport:
+    """Tag (and embed) ``files`` on Ray into the Parquet folder ``out``, skipping files already there.
+
+    ``address`` is an existing cluster (``"auto"`` or ``"ray://host:10001"``,
+    ``"host:6379"``); ``None`` starts a local Ray in this process. ``workers``
+    actors each load the model once (default: one per CPU of the cluster, or
+    one per GPU when it has GPUs, each then using its GPU).
+    """
+    try:
+        import ray
+    except ImportError:
+        raise ParameterError("the Ray engine needs Ray: pip install 'tagstack[ray]'") from None
+    from ..inference.tagger import resolve_model
+    from ..models.file import read_metadata
+
+    model_path = resolve_model(model)
+    read_metadata(model_path)  # a bad model is one line here, not an error in every worker
+    if batch_files < 1:
+        raise ParameterError(f"batch_files must be >= 1, got {batch_files}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(out)
+    files = [str(f) for f in files]
+    job = {"model": str(model_path), "embed": embed, "taggram": taggram, "hop": hop, "files": len(files)}
+    atomic_write(out / "job.json", lambda tmp: Path(tmp).write_text(json.dumps(job, indent=1)))  # what produced these shards
+    before = done_paths(out)
+    todo = [f for f in files if f not in before]
+    report = RayJobReport(reused=len(files) - len(todo))
+    if report.reused:
+        log.info("%d of %d files already have results in %s; tagging the other %d", report.reused, len(files), out, len(todo))
+    if not todo:
+        return _with_failures(report, out, set(files))
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    import ray.data
+
+    for name in ("ray", "ray.data"):  # tagstack reports the job's progress itself
+        logging.getLogger(name).setLevel(logging.ERROR)
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0)) if device in ("auto", "cuda") or device.startswith("cuda") else 0
+    n = workers or (gpus if gpus else max(1, int(resources.get("CPU", 1))))
+    worker_device = "cuda" if gpus else "cpu"
+    log.info("Ray: %d workers (%s), %d files in batches of %d", n, "GPU" if gpus else "CPU", len(todo), batch_files)
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    batch_files = max(1, min(batch_files, -(-len(todo) // n)))  # small jobs still reach every worker
+    ds = ray.data.from_items([{"path": f} for f in todo], override_num_blocks=-(-len(todo) // batch_files))
+    # Ray Data restarts a killed worker and retries its batch (max_restarts=-1, max_task_retries=-1 by default)
+    ds = ds.map_batches(_Worker, batch_size=batch_files, concurrency=n, num_cpus=0 if gpus else 1, num_gpus=1 if gpus else 0,
+                        fn_constructor_kwargs=dict(model=str(model_path), device=worker_device, out=str(out), embed=embed,
+                                                   taggram=taggram, hop=hop))
+    started, last = time.time(), 0.0
+    for row in ds.iter_rows():
+        report.done += not row["reason"]
+        if row["reason"]:
+            report.failed.append((row["path"], row["reason"]))
+        now = time.time()
+        count = report.done + len(report.failed)
+        if now - last > 5 or count == len(todo):
+            rate = count / max(now - started, 1e-9)
+            log.info("%d/%d files, %.1f files/s, ETA %.0f s", count, len(todo), rate, (len(todo) - count) / max(rate, 1e-9))
+            last = now
+    return _with_failures(report, out, set(files))
+
+
+def _with_failures(report: RayJobReport, out: Path, wanted: set[str]) -> RayJobReport:
+    """The job's failures as the folder records them (this run's and earlier ones), for the files asked about."""
+    _, failures = read_results(out)
+    if failures is not None:
+        report.failed = sorted((p, r) for p, r in zip(failures.column("path").to_pylist(), failures.column("reason").to_pylist())
+                               if p in wanted)
+    return report
+
+
+__all__ = ["RayJobReport", "done_paths", "read_results", "run_on_ray"]

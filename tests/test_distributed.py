@@ -1,0 +1,143 @@
+"""Batch tagging and embedding on a real local Ray cluster (workers are separate processes): results, failures, kills.
+
+The Ray path must give, file for file, what the single-machine path gives,
+report bad files in its failure table, write shards that are each whole, and
+survive a killed driver (rerun: nothing lost, nothing twice) and a killed
+worker (Ray retries its batch).
+"""
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+pytest.importorskip("ray")
+pytest.importorskip("pyarrow")
+
+from synth import SR, render  # noqa: E402
+from tagstack.distributed.ray_batch import read_results, run_on_ray  # noqa: E402
+from tagstack.inference.outputs import audio_files  # noqa: E402
+from tagstack.inference.tagger import Tagger  # noqa: E402
+from tagstack.models.file import save_model  # noqa: E402
+from test_equivalence import random_tagger  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and SIGKILL")]
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "m.safetensors"
+    save_model(random_tagger(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def catalogue(tmp_path_factory):
+    """40 good clips (wav, flac, mp3) and two bad files."""
+    d = tmp_path_factory.mktemp("catalogue")
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        ext = ("wav", "flac", "mp3")[i % 3]
+        sf.write(d / f"c{i:02d}.{ext}", render({"low", "pulse"} if i % 2 else {"high"}, 6.0, rng), SR)
+    (d / "text.mp3").write_text("not audio\n" * 100)
+    y = render({"noise"}, 3.0, rng)
+    y[50] = np.nan
+    sf.write(d / "nan.wav", y, SR, subtype="FLOAT")
+    return d
+
+
+@pytest.fixture
+def local_ray():
+    """Ray started in this process for one test (the CLI tests start their own in their process)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def test_ray_gives_the_single_machine_results_and_a_failure_table(catalogue, model_file, tmp_path, local_ray):
+    out = tmp_path / "out"
+    files = audio_files([catalogue])
+    report = run_on_ray(files, out, model=model_file, device="cpu", embed=True, workers=2, batch_files=4)
+    assert report.done == 40 and report.exit_status == 1
+    assert sorted(os.path.basename(p) for p, _ in report.failed) == ["nan.wav", "text.mp3"]
+    tags, failures = read_results(out)
+    assert Counter(tags.column("path").to_pylist()) == Counter(str(f) for f in files if f.name not in ("nan.wav", "text.mp3"))
+    reasons = dict(zip(failures.column("path").to_pylist(), failures.column("reason").to_pylist()))
+    assert "NaN or infinite" in reasons[str(catalogue / "nan.wav")] and "cannot decode" in reasons[str(catalogue / "text.mp3")]
+    tagger = Tagger(model_file, device="cpu")
+    rows = tags.to_pylist()
+    for row in rows[::7]:
+        expected = tagger.predict(row["path"])
+        np.testing.assert_allclose([row[t] for t in tagger.tags], expected.probs, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(row["embedding"], expected.embedding, rtol=1e-5, atol=1e-6)
+        assert row["seconds"] == pytest.approx(expected.seconds)
+    again = run_on_ray(files, out, model=model_file, device="cpu", embed=True, workers=2)
+    assert again.done == 0 and again.reused == 42 and len(again.failed) == 2  # a rerun does nothing again
+
+
+def shards(out):
+    return sorted(out.glob("tags-*.parquet"))
+
+
+def test_killed_driver_then_rerun_loses_and_repeats_nothing(catalogue, model_file, tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "tagstack", "tag", str(catalogue), "--engine", "ray", "-o", str(out), "--model", str(model_file),
+           "--device", "cpu", "--workers", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 180
+    while time.time() < deadline and not shards(out) and proc.poll() is None:
+        time.sleep(0.1)
+    assert proc.poll() is None and shards(out), "the job ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(3)
+    written = len(shards(out))
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 1, rerun.stderr[-2000:]  # the two bad files
+    assert "already have results" in rerun.stderr and written >= 1
+    tags, failures = read_results(out)
+    paths = tags.column("path").to_pylist()
+    assert len(paths) == len(set(paths)) == 40
+    assert sorted(failures.column("path").to_pylist()) == sorted(str(catalogue / n) for n in ("nan.wav", "text.mp3"))
+    assert not [p for p in out.iterdir() if p.name.startswith(".tagstack-tmp-")]
+
+
+def test_a_killed_worker_is_replaced_and_its_batch_retried(catalogue, model_file, tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "tagstack", "embed", str(catalogue), "--engine", "ray", "-o", str(out), "--model", str(model_file),
+           "--device", "cpu", "--workers", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    victim = None
+    deadline = time.time() + 180
+    while time.time() < deadline and victim is None and proc.poll() is None:
+        victim = next((pid for pid in ray_workers() if pid), None)
+        time.sleep(0.1)
+    assert victim is not None, "no Ray worker process appeared"
+    while time.time() < deadline and not shards(out) and proc.poll() is None:
+        time.sleep(0.05)
+    os.kill(victim, signal.SIGKILL)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 1, err[-2000:]
+    tags, _ = read_results(out)
+    paths = tags.column("path").to_pylist()
+    assert len(paths) == len(set(paths)) == 40
+
+
+def ray_workers() -> list[int]:
+    found = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/cmdline", "rb") as f:
+                    if b"MapWorker" in f.read():
+                        found.append(int(d))
+            except OSError:
+                pass
+    return found
