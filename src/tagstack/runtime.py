@@ -1,6 +1,7 @@
-"""Where computation runs: the torch device, and how many CPU threads to use.
+"""Where computation runs: the torch device, how many CPU threads, and which process of a ``torchrun`` job this is.
 
-The device is CUDA when one is available unless the caller names another.
+The device is CUDA when one is available unless the caller names another
+(under ``torchrun``, the GPU of this process's local rank).
 Threads follow the CPUs this process may actually use (its affinity mask,
 which a container or ``taskset`` narrows), not the machine's core count.
 """
@@ -16,7 +17,9 @@ from .errors import ParameterError
 def choose_device(name: str | None = "auto") -> torch.device:
     """``"auto"`` picks CUDA when available, else the CPU; anything else is passed to torch."""
     if name in ("auto", "", None):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if world_size() > 1 else torch.device("cuda")
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError) as e:
@@ -32,3 +35,39 @@ def usable_cpus() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+def world_size() -> int:
+    """Processes in this job: ``torchrun``'s ``WORLD_SIZE``, or 1."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        raise ParameterError(f"WORLD_SIZE must be an integer, got {os.environ['WORLD_SIZE']!r}") from None
+
+
+def distributed() -> tuple[int, int]:
+    """``(rank, world size)`` of this process, joining ``torchrun``'s process group on first call; ``(0, 1)`` alone.
+
+    The backend is NCCL when CUDA is available, else gloo (CPU). The timeout
+    is long because rank 0 may build a large mel cache while the others wait.
+    """
+    if world_size() == 1:
+        return 0, 1
+    import datetime
+
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        cuda = torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(hours=12))
+    return dist.get_rank(), dist.get_world_size()
+
+
+def barrier() -> None:
+    """Wait for every process of a ``torchrun`` job (nothing alone)."""
+    if distributed()[1] > 1:
+        import torch.distributed as dist
+
+        dist.barrier()

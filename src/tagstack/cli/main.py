@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -326,10 +327,31 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: Commands that train, and so may run as several processes under torchrun (DistributedDataParallel).
+DISTRIBUTED_COMMANDS = {"run", "local", "aggregate", "global", "reproduce", "demo"}
+
+
+def _join_torchrun(command: str) -> None:
+    """Under ``torchrun``, join the process group; only the first process talks to the terminal."""
+    from ..runtime import distributed, world_size
+
+    if world_size() == 1:
+        return
+    if command not in DISTRIBUTED_COMMANDS:
+        raise ParameterError(f"tagstack {command} runs as one process; under torchrun only {', '.join(sorted(DISTRIBUTED_COMMANDS))} do")
+    rank, world = distributed()
+    if rank > 0:
+        logging.getLogger("tagstack").setLevel(logging.WARNING)
+        sys.stdout = open(os.devnull, "w")
+    else:
+        logging.getLogger("tagstack").info("torchrun: %d processes; this one (rank 0) writes the results", world)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _log_to_terminal()
     try:
+        _join_torchrun(args.command)
         return args.func(args)
     except TagstackError as e:
         print(f"tagstack: error: {e}", file=sys.stderr)
@@ -337,6 +359,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tagstack: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    finally:
+        if os.environ.get("WORLD_SIZE", "1") != "1":
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from ..models.classifier import GlobalArch, GlobalMLP
 from ..models.file import load_model, save_model
 from ..models.local import LocalCNN, build_local_cnn
 from ..models.tagger import TaggingModel
-from ..runtime import choose_device
+from ..runtime import barrier, choose_device, distributed
 from ..train.evaluation import bootstrap_ci, evaluate
 from ..train.stages import finetune_joint, model_clip_probs, train_global, train_local
 from .config import ExperimentConfig, save_config
@@ -81,7 +81,10 @@ class Experiment:
 
     def __init__(self, config: ExperimentConfig, run_dir: str | Path, *, clips: ClipSet | None = None) -> None:
         self.config = config
-        self.dir = Path(run_dir)
+        rank, _ = distributed()
+        # Under torchrun every process runs the whole experiment (training is shared through DDP); the
+        # first writes the run directory, the others a private copy inside it that nobody reads.
+        self.dir = Path(run_dir) if rank == 0 else Path(run_dir) / ".ranks" / str(rank)
         self.device = choose_device(config.device)
         self._clips = clips
         self._data: Prepared | None = None
@@ -104,7 +107,12 @@ class Experiment:
             c = self.config
             clips = self._clips or load_dataset(c.dataset, c.root, split=c.split, split_dir=c.split_dir, merge=c.merge_synonyms)
             cache = MelCache(clips, cache_dir=c.cache_dir or tagstack_home() / "mels", frontend=c.frontend)
+            rank, _ = distributed()
+            if rank > 0:  # under torchrun the first process builds the cache, the others then open it
+                barrier()
             report = cache.build(workers=c.workers, device=self.device)
+            if rank == 0:
+                barrier()
             kept = clips.subset(cache.valid)
             for split in ("train", "valid", "test"):
                 if len(kept.indices(split)) < 2:

@@ -6,6 +6,12 @@ epochs the best checkpoint is restored and the rate multiplied by 0.2; after
 ``lr_stages`` rates training stops. A checkpoint is written atomically after
 every epoch, so a killed run resumes at the epoch where it stopped, and a
 finished run is not trained again.
+
+Under ``torchrun`` (DistributedDataParallel) every process runs this same
+loop on the same shuffled batches and computes its share of each one; the
+gradients are averaged, so the steps, the schedule and early stopping are
+those of one process with the same batch size, and every process holds the
+same weights and takes the same decisions without further communication.
 """
 from __future__ import annotations
 
@@ -27,6 +33,7 @@ log = logging.getLogger(__name__)
 from ..config import TrainConfig
 from ..errors import TagstackError
 from ..fileio import atomic_write, atomic_write_json
+from ..runtime import distributed
 
 
 @dataclass
@@ -105,14 +112,26 @@ def fit(
             raise TagstackError(f"{last}: cannot resume from this checkpoint ({type(e).__name__}); "
                                 "delete it to train this network again from the start") from None
         log.info("[%s] %s", desc, "already trained, reused" if state.done else f"resuming after epoch {state.epoch} (lr {state.lr:g})")
+    rank, world = distributed()
+    step_model = model
+    if world > 1:  # torchrun: every process takes its share of each batch; DDP averages the gradients
+        from torch.nn.parallel import DistributedDataParallel
+
+        step_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                             find_unused_parameters=True)
     started = time.time()
     epochs_run = 0
     while not state.done:
         torch.manual_seed(config.seed + state.epoch)
         model.train()
         total, count = 0.0, 0
-        bar = tqdm(train_batches(state.epoch), total=n_batches, desc=f"[{desc}] epoch {state.epoch + 1}", leave=False, unit="batch", disable=None)
+        bar = tqdm(train_batches(state.epoch), total=n_batches, desc=f"[{desc}] epoch {state.epoch + 1}", leave=False, unit="batch",
+                   disable=None if rank == 0 else True)
         for b, (x, y) in enumerate(bar):
+            if world > 1:
+                if len(x) < world:  # every process sees the same batches, so all skip this one
+                    continue
+                x, y = x[rank::world], y[rank::world]
             if state.epoch < config.warmup_epochs:  # a linear ramp to the first rate, batch by batch
                 for group in opt.param_groups:
                     group["lr"] = state.lr * (state.epoch * n_batches + b + 1) / (config.warmup_epochs * n_batches)
@@ -121,7 +140,7 @@ def fit(
                     group["lr"] = state.lr
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x), y)
+            loss = loss_fn(step_model(x), y)
             loss.backward()
             if config.clip_norm:
                 nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
@@ -130,6 +149,9 @@ def fit(
             count += len(x)
             bar.set_postfix(loss=f"{total / max(count, 1):.4f}")
         bar.close()
+        if world > 1:  # running statistics (BatchNorm) are rank 0's, as DDP broadcasts them before each step
+            for buf in model.buffers():
+                torch.distributed.broadcast(buf, 0)
         model.eval()
         metrics = validate(model)
         state.epoch += 1
