@@ -141,3 +141,19 @@ def ray_workers() -> list[int]:
             except OSError:
                 pass
     return found
+
+
+def test_mel_cache_built_on_ray_equals_the_local_one(synth_dir, tmp_path, local_ray):
+    from synth import TEST_FRONTEND
+    from tagstack.datasets.manifest import read_manifest
+    from tagstack.datasets.melcache import MelCache
+
+    clips = read_manifest(synth_dir / "manifest.csv")
+    here = MelCache(clips, cache_dir=tmp_path / "local", frontend=TEST_FRONTEND)
+    here.build(workers=2)
+    on_ray = MelCache(clips, cache_dir=tmp_path / "ray", frontend=TEST_FRONTEND)
+    report = on_ray.build(workers=2, engine="ray")
+    assert report["cached"] == report["computed"] == len(clips)
+    np.testing.assert_array_equal(on_ray.valid, here.valid)
+    np.testing.assert_array_equal(np.asarray(on_ray.mels), np.asarray(here.mels))
+    assert on_ray.build(workers=2, engine="ray")["computed"] == 0  # resumed: nothing left to do

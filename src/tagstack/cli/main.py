@@ -48,6 +48,9 @@ def _add_experiment(p: argparse.ArgumentParser) -> None:
     g.add_argument("--merge-synonyms", action="store_true", help="MagnaTagATune full split: merge synonymous tags (female/woman ...)")
     g.add_argument("--cache-dir", default="", help="mel cache folder (default: $TAGSTACK_HOME/mels)")
     g.add_argument("--workers", type=int, default=0, help="decoding processes (default: one per CPU core)")
+    g.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="where the mel cache decodes clips: local processes (default) or ray workers (needs the ray extra)")
+    g.add_argument("--ray-address", default="", metavar="ADDRESS", help="with --engine ray: an existing cluster, auto or host:6379 (default: start Ray here)")
     m = p.add_argument_group("model")
     m.add_argument("--scales", type=_ints, default=PAPER_SCALES, help="input sizes in frames, comma-separated (default: 18,27,54,108,216)")
     m.add_argument("--layers", type=_ints, default=None, help="conv layers fed to the global model, 1-based, comma-separated (default: all)")
@@ -75,7 +78,8 @@ def config_from_args(a: argparse.Namespace) -> ExperimentConfig:
     return ExperimentConfig(
         dataset=a.dataset, root=a.root, split=a.split, split_dir=a.split_dir, merge_synonyms=a.merge_synonyms, scales=a.scales,
         layers=a.layers, global_hidden=a.hidden, local=local_schedule(max_epochs=a.local_epochs, **sched),
-        global_=global_schedule(max_epochs=a.global_epochs, **sched), cache_dir=a.cache_dir, workers=a.workers, device=a.device, **extra,
+        global_=global_schedule(max_epochs=a.global_epochs, **sched), cache_dir=a.cache_dir, workers=a.workers, device=a.device,
+        engine=a.engine, ray_address=a.ray_address, **extra,
     )
 
 

@@ -11,7 +11,9 @@ Building is parallel (worker processes decode and resample; the front end
 runs in torch, batched, on the GPU when there is one), shows progress, and is
 resumable and atomic per clip: a clip's ``done`` flag is set only after its
 frames have been flushed to disk, and only flagged clips are ever read.
-Files that cannot be used are skipped and listed in ``failed.json``.
+Files that cannot be used are skipped and listed in ``failed.json``. On a
+Ray cluster (``engine="ray"``) the workers decode and compute the frames,
+and this process writes them into the same store.
 
 Clips shorter than the clip length (29.1 s) are zero-padded at the end when
 they hold at least ``min_seconds`` of audio, and skipped below that. Longer
@@ -37,7 +39,7 @@ from ..audio.frontend import ClipMel
 from ..audio.io import duration_seconds, load
 from ..config import FrontEndConfig
 from .base import ClipSet
-from ..errors import AudioError
+from ..errors import AudioError, ParameterError
 from ..runtime import usable_cpus
 from ..fileio import atomic_write_json, remove_leftovers
 
@@ -60,6 +62,29 @@ def _decode(args: tuple[str, int, float, float]) -> tuple[np.ndarray | None, str
         return None, f"{path}: too short ({seconds:.2f} s < {min_seconds} s)"
     note = f"padded from {seconds:.2f} s" if seconds < clip_seconds - 0.05 else ""
     return y, note
+
+
+def _decode_frames(args: tuple[str, int, float, float, dict]) -> tuple[np.ndarray | None, str]:
+    """Ray worker: decode one clip and compute its frames on the worker's CPU (8x less to send back than samples)."""
+    y, note = _decode(args[:4])
+    if y is None:
+        return None, note
+    fe = FrontEndConfig(**args[4])
+    with torch.inference_mode():
+        mel = _cpu_frontend(args[4])(torch.from_numpy(_pad(y, fe.clip_samples))[None])[0]
+    return mel.numpy().astype(np.float16), note
+
+
+_FRONTENDS: dict[str, ClipMel] = {}
+
+
+def _cpu_frontend(params: dict) -> ClipMel:
+    """One front end per worker process and configuration (building its filterbank once)."""
+    key = json.dumps(params, sort_keys=True)
+    if key not in _FRONTENDS:
+        torch.set_num_threads(1)  # one Ray worker per CPU
+        _FRONTENDS[key] = ClipMel(FrontEndConfig(**params))
+    return _FRONTENDS[key]
 
 
 def die_with_parent() -> None:
@@ -114,8 +139,14 @@ class MelCache:
         f = self.dir / "failed.json"
         return json.loads(f.read_text()) if f.exists() else {}
 
-    def build(self, *, workers: int = 0, device: str | torch.device = "cpu", batch_size: int = 16, min_seconds: float = 5.0) -> dict:
+    def build(self, *, workers: int = 0, device: str | torch.device = "cpu", batch_size: int = 16, min_seconds: float = 5.0,
+              engine: str = "local", ray_address: str = "") -> dict:
         """Compute the frames of every clip not yet cached; returns a report.
+
+        ``engine="ray"`` decodes and computes frames in Ray workers (a local
+        Ray, or the cluster at ``ray_address``: ``auto``, ``host:6379``) and
+        writes them into the same memory-mapped store here, with the same
+        resumption and failure list.
 
         The report has ``cached`` (clips now present), ``computed`` (this call),
         ``skipped`` (path -> reason) and ``padded`` (path -> note).
@@ -138,25 +169,33 @@ class MelCache:
         pending: list[tuple[int, np.ndarray]] = []
         computed = 0
 
+        frames_done: list[int] = []
+
         def flush() -> None:
             nonlocal computed
-            if not pending:
+            if not pending and not frames_done:
                 return
-            batch = torch.from_numpy(np.stack([_pad(y, fe.clip_samples) for _, y in pending])).to(device)
-            with torch.inference_mode():
-                out = module(batch).cpu().numpy().astype(np.float16)
-            for (i, _), m in zip(pending, out):
-                mels[i] = m
+            if pending:
+                batch = torch.from_numpy(np.stack([_pad(y, fe.clip_samples) for _, y in pending])).to(device)
+                with torch.inference_mode():
+                    out = module(batch).cpu().numpy().astype(np.float16)
+                for (i, _), m in zip(pending, out):
+                    mels[i] = m
             mels.flush()
-            for i, _ in pending:
+            finished = [i for i, _ in pending] + frames_done
+            for i in finished:
                 done[i] = 1
             done.flush()
-            computed += len(pending)
+            computed += len(finished)
             pending.clear()
+            frames_done.clear()
 
         bar = tqdm(total=len(todo), desc=f"mel cache {self.clips.name}", unit="clip", disable=not todo)
         try:
-            if workers > 1 and len(jobs) > 1:
+            if engine == "ray" and jobs:
+                pool = _ray_pool(ray_address, workers if workers else None)
+                results = pool.imap(_decode_frames, [(*job, dict(fe.__dict__)) for job in jobs], chunksize=4)
+            elif workers > 1 and len(jobs) > 1:
                 ctx = mp.get_context("fork" if os.name == "posix" else "spawn")
                 pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=die_with_parent)
                 results = pool.map(_decode, jobs, chunksize=4)
@@ -171,13 +210,19 @@ class MelCache:
                 else:
                     if note:
                         padded[path] = note
-                    pending.append((i, y))
-                    if len(pending) >= batch_size:
-                        flush()
+                    if y.ndim == 2:  # frames computed by a Ray worker
+                        mels[i] = y
+                        frames_done.append(i)
+                        if len(frames_done) >= batch_size:
+                            flush()
+                    else:
+                        pending.append((i, y))
+                        if len(pending) >= batch_size:
+                            flush()
                 bar.update(1)
             flush()
             if pool is not None:
-                pool.shutdown()
+                pool.close() if engine == "ray" else pool.shutdown()
         finally:
             bar.close()
             flush()
@@ -200,6 +245,18 @@ class MelCache:
         if not self._done_path.exists():
             return np.zeros(self.shape[0], dtype=bool)
         return np.asarray(self._open("r")[1], dtype=bool)
+
+
+def _ray_pool(address: str, workers: int | None):
+    """A Ray pool of worker processes (``ray.util.multiprocessing``), starting a local Ray unless given a cluster."""
+    try:
+        import ray
+        from ray.util.multiprocessing import Pool
+    except ImportError:
+        raise ParameterError("the Ray engine needs Ray: pip install 'tagstack[ray]'") from None
+    if not ray.is_initialized():
+        ray.init(address=address or None, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    return Pool(processes=workers)
 
 
 def _pad(y: np.ndarray, n: int) -> np.ndarray:

@@ -57,9 +57,13 @@ class ExperimentConfig:
     n_boot: int = 200
     cache_dir: str = ""
     workers: int = 0  # 0: one per usable CPU
+    engine: str = "local"  # where the mel cache's clips are decoded: "local" processes or "ray" workers
+    ray_address: str = ""  # with engine "ray": an existing cluster ("auto", "host:6379"); "" starts one here
     device: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.engine not in ("local", "ray"):
+            raise ParameterError(f"engine must be 'local' or 'ray', got {self.engine!r}")
         check_dataset(self.dataset, {"split_dir": self.split_dir, "merge": self.merge_synonyms})
         self.scales = tuple(sorted(int(s) for s in self.scales))
         if not self.scales or len(set(self.scales)) != len(self.scales):

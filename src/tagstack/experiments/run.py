@@ -110,7 +110,7 @@ class Experiment:
             rank, _ = distributed()
             if rank > 0:  # under torchrun the first process builds the cache, the others then open it
                 barrier()
-            report = cache.build(workers=c.workers, device=self.device)
+            report = cache.build(workers=c.workers, device=self.device, engine=c.engine, ray_address=c.ray_address)
             if rank == 0:
                 barrier()
             kept = clips.subset(cache.valid)
@@ -271,11 +271,11 @@ def group_metrics(clips: ClipSet, per_tag: list[float]) -> dict[str, float]:
 
 
 def _portable(config: ExperimentConfig) -> dict:
-    """The configuration for a model file, without this machine's paths (root, cache, local_from)."""
+    """The configuration for a model file, without what belongs to this machine (paths, device, workers, engine)."""
     from ..config import to_dict
 
     d = to_dict(config)
-    for key in ("root", "cache_dir", "split_dir", "local_from", "device", "workers"):
+    for key in ("root", "cache_dir", "split_dir", "local_from", "device", "workers", "engine", "ray_address"):
         d.pop(key, None)
     return d
 
