@@ -229,3 +229,23 @@ def test_the_page_in_a_real_browser(server, tmp_path):
         page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
         browser.close()
     assert problems == [] and foreign == []
+
+
+def test_the_event_loop_answers_while_files_are_tagged(server):
+    """A slow analysis (a 45 s file, a taggram window every 0.1 s) runs in a worker thread; /api/health answers meanwhile."""
+    import threading
+    import time
+
+    data = wav_bytes(render({"low", "pulse"}, 45.0, np.random.default_rng(9)))  # 2.0 MB, just under the limit
+    finished = []
+    slow = threading.Thread(target=lambda: finished.append(
+        request(server, "POST", "/api/tag?taggram=true&hop=0.1", data, {"Content-Type": "audio/wav"})))
+    slow.start()
+    time.sleep(0.5)
+    started = time.perf_counter()
+    assert request(server, "GET", "/api/health")[0] == 200
+    answered = time.perf_counter() - started
+    still_running = not finished
+    slow.join()
+    assert finished[0][0] == 200 and len(finished[0][1]["taggram"]["starts"]) > 350
+    assert still_running and answered < 1.0
