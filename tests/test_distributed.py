@@ -114,15 +114,12 @@ def test_a_killed_worker_is_replaced_and_its_batch_retried(catalogue, model_file
     cmd = [sys.executable, "-m", "tagstack", "embed", str(catalogue), "--engine", "ray", "-o", str(out), "--model", str(model_file),
            "--device", "cpu", "--workers", "2"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    victim = None
     deadline = time.time() + 180
-    while time.time() < deadline and victim is None and proc.poll() is None:
-        victim = next((pid for pid in ray_workers() if pid), None)
-        time.sleep(0.1)
-    assert victim is not None, "no Ray worker process appeared"
     while time.time() < deadline and not shards(out) and proc.poll() is None:
         time.sleep(0.05)
-    os.kill(victim, signal.SIGKILL)
+    victims = ray_workers(under=proc.pid)  # this job's workers only, not another cluster's
+    assert victims and proc.poll() is None, "no worker of this job to kill before it ended"
+    os.kill(victims[0], signal.SIGKILL)
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 1, err[-2000:]
     tags, _ = read_results(out)
@@ -130,30 +127,25 @@ def test_a_killed_worker_is_replaced_and_its_batch_retried(catalogue, model_file
     assert len(paths) == len(set(paths)) == 40
 
 
-def ray_workers() -> list[int]:
-    found = []
+def ray_workers(under: int) -> list[int]:
+    """Ray Data worker processes descending from process ``under``."""
+    parent, workers = {}, []
     for d in os.listdir("/proc"):
         if d.isdigit():
             try:
+                with open(f"/proc/{d}/stat") as f:
+                    parent[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
                 with open(f"/proc/{d}/cmdline", "rb") as f:
                     if b"MapWorker" in f.read():
-                        found.append(int(d))
-            except OSError:
+                        workers.append(int(d))
+            except (OSError, IndexError, ValueError):
                 pass
-    return found
 
+    def descends(pid: int) -> bool:
+        while pid > 1:
+            pid = parent.get(pid, 0)
+            if pid == under:
+                return True
+        return False
 
-def test_mel_cache_built_on_ray_equals_the_local_one(synth_dir, tmp_path, local_ray):
-    from synth import TEST_FRONTEND
-    from tagstack.datasets.manifest import read_manifest
-    from tagstack.datasets.melcache import MelCache
-
-    clips = read_manifest(synth_dir / "manifest.csv")
-    here = MelCache(clips, cache_dir=tmp_path / "local", frontend=TEST_FRONTEND)
-    here.build(workers=2)
-    on_ray = MelCache(clips, cache_dir=tmp_path / "ray", frontend=TEST_FRONTEND)
-    report = on_ray.build(workers=2, engine="ray")
-    assert report["cached"] == report["computed"] == len(clips)
-    np.testing.assert_array_equal(on_ray.valid, here.valid)
-    np.testing.assert_array_equal(np.asarray(on_ray.mels), np.asarray(here.mels))
-    assert on_ray.build(workers=2, engine="ray")["computed"] == 0  # resumed: nothing left to do
+    return [w for w in workers if descends(w)]
