@@ -170,7 +170,11 @@ def write_reproduction_report(out: Path, name: str, md: dict[str, str], seed_not
     parts += ["## Table II: this run (measured)", "", md["table2"], "### The paper's Table II and Table I (published, not measured here)", "", md["table2_published"]]
     if joint_result:
         staged_roc = np.mean([v["roc_auc"] for v in staged["seeds"].values()])
-        verdict = "beats" if joint_result["roc_auc"] > staged_roc else "does not beat"
+        ci = staged["roc_auc_ci95"]
+        if ci[0] <= joint_result["roc_auc"] <= ci[1]:  # a difference inside the staged model's interval is not a win
+            verdict = "scores " + ("above" if joint_result["roc_auc"] > staged_roc else "below") + ", inside the bootstrap interval of,"
+        else:
+            verdict = "beats" if joint_result["roc_auc"] > staged_roc else "does not beat"
         parts += ["## Joint fine-tuning", "",
                   f"Fine-tuning the local CNNs and the global network together end to end {verdict} the staged model: "
                   f"test ROC-AUC {joint_result['roc_auc']:.4f} (95% CI {joint_result['roc_auc_ci95'][0]:.4f}-{joint_result['roc_auc_ci95'][1]:.4f}) "
