@@ -163,6 +163,7 @@ def test_no_upload_is_left_behind(server, song):
     assert list(upload_dir.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_load_with_bad_files_mixed_in(server):
     """500 requests at 16 concurrent clients, one in ten a bad file: no good one fails, every bad one is a 4xx, memory stays flat."""
     out = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_serve.py"), "--url", f"http://{server[0]}", "--requests", "500",
@@ -175,6 +176,7 @@ def test_load_with_bad_files_mixed_in(server):
     print(f"\nload: {r['requests_per_s']} requests/s, p50 {r['latency_ms']['p50']} ms, p99 {r['latency_ms']['p99']} ms")
 
 
+@pytest.mark.slow
 def test_memory_does_not_grow_under_load(server):
     def rss() -> float:
         return int(open(f"/proc/{server[1].pid}/status").read().split("VmRSS:")[1].split()[0]) / 1024
@@ -195,6 +197,7 @@ def chromium() -> str | None:
     return None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(chromium() is None, reason="no Chromium installed (.ci/run installs Debian's)")
 def test_the_page_in_a_real_browser(server, tmp_path):
     """Upload a generated file on the page: its tag bars and taggram appear, the console stays clean, nothing leaves the machine."""
