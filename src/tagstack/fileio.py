@@ -2,6 +2,11 @@
 
 Everything goes to a temporary file in the destination's folder first and is
 then renamed over the destination, which POSIX makes atomic.
+
+Under ``torchrun`` every process runs the same experiment, and only the
+first (``RANK`` 0) writes: in the others these functions do nothing, so the
+run directory has exactly one writer and every process reads the same
+checkpoints (the trainer waits for all processes after each epoch's writes).
 """
 from __future__ import annotations
 
@@ -19,8 +24,15 @@ import numpy as np
 TEMP_PREFIX = ".tagstack-tmp-"
 
 
+def writes_here() -> bool:
+    """Whether this process writes files: always, except the processes of a ``torchrun`` job other than rank 0."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def remove_leftovers(folder: Path) -> int:
     """Delete the temporary files that killed atomic writes left anywhere under ``folder``; returns how many."""
+    if not writes_here():
+        return 0
     n = 0
     for p in Path(folder).rglob(f"{TEMP_PREFIX}*"):
         try:
@@ -32,7 +44,9 @@ def remove_leftovers(folder: Path) -> int:
 
 
 def atomic_write(path: Path, writer: Callable[[str], None], *, suffix: str = "") -> None:
-    """Call ``writer(tmp_path)`` and rename the result to ``path``."""
+    """Call ``writer(tmp_path)`` and rename the result to ``path`` (nothing in a torchrun process other than rank 0)."""
+    if not writes_here():
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}.", suffix=suffix or ".tmp", dir=path.parent)

@@ -81,10 +81,9 @@ class Experiment:
 
     def __init__(self, config: ExperimentConfig, run_dir: str | Path, *, clips: ClipSet | None = None) -> None:
         self.config = config
-        rank, _ = distributed()
-        # Under torchrun every process runs the whole experiment (training is shared through DDP); the
-        # first writes the run directory, the others a private copy inside it that nobody reads.
-        self.dir = Path(run_dir) if rank == 0 else Path(run_dir) / ".ranks" / str(rank)
+        # Under torchrun every process runs the whole experiment (training is shared through DDP) in
+        # this same directory; only rank 0 writes files (fileio.writes_here).
+        self.dir = Path(run_dir)
         self.device = choose_device(config.device)
         self._clips = clips
         self._data: Prepared | None = None
@@ -172,6 +171,8 @@ class Experiment:
                 atomic_save_npy(out / f"local_probs_{s}.npy", p)
             atomic_write_json(out / "layout.json", [b.__dict__ for b in feature_layout(models)])
             atomic_save_npy(f_path, feats)
+            self._features = {"features": feats, "local_probs": {s: probs[s] for s in sorted(models)}}
+            return self._features
         self._features = {"features": np.load(f_path), "local_probs": {s: np.load(out / f"local_probs_{s}.npy") for s in sorted(models)}}
         return self._features
 

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 from ..config import TrainConfig
 from ..errors import TagstackError
 from ..fileio import atomic_write, atomic_write_json
-from ..runtime import distributed
+from ..runtime import barrier, distributed
 
 
 @dataclass
@@ -183,6 +183,7 @@ def fit(
         )
         _save_checkpoint(last, model, opt, state)
         atomic_write_json(workdir / "history.json", state.history)
+        barrier()  # under torchrun, rank 0's checkpoints are on disk before any process reads them
     if best.exists():
         model.load_state_dict(_load_weights(best, device))
     model.eval()
