@@ -58,3 +58,37 @@ def test_a_finished_distributed_run_is_resumed_not_retrained(two_runs):
     assert again.returncode == 0, again.stderr[-2000:]
     assert "[local 18] already trained, reused" in again.stderr and "[global] already trained, reused" in again.stderr
     assert json.loads((tmp / "two" / "metrics.json").read_text())["global"] == json.loads(before)["global"]
+
+
+def test_a_killed_distributed_run_resumes_to_the_uninterrupted_result(two_runs):
+    """kill -9 torchrun in the middle of stage 1: its workers die with it, and the same command resumes from rank 0's checkpoints."""
+    import os
+    import signal
+    import time
+
+    from test_kill import alive, children_of
+
+    tmp, cmd, _ = two_runs
+    killed = [a if a != str(tmp / "two") else str(tmp / "killed") for a in cmd]
+    proc = subprocess.Popen(killed, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = tmp / "killed" / "1-local" / "27" / "last.pt"  # the second CNN has an epoch behind it
+    deadline = time.time() + 300
+    while time.time() < deadline and not marker.exists() and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "training ended before it could be killed"
+    workers = children_of(proc.pid)
+    assert workers, "torchrun started no worker"
+    proc.send_signal(signal.SIGKILL)  # the agent alone: its workers must follow it
+    proc.wait()
+    for _ in range(100):
+        if not any(alive(w) for w in workers):
+            break
+        time.sleep(0.05)
+    assert not any(alive(w) for w in workers), "training processes outlived the killed torchrun"
+    again = subprocess.run(killed, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "[local 27] resuming after epoch" in again.stderr
+    a = json.loads((tmp / "two" / "metrics.json").read_text())
+    b = json.loads((tmp / "killed" / "metrics.json").read_text())
+    assert b["global"]["roc_auc"] == pytest.approx(a["global"]["roc_auc"], abs=1e-6)
+    assert not list((tmp / "killed").rglob(".tagstack-tmp-*"))

@@ -8,6 +8,7 @@ which a container or ``taskset`` narrows), not the machine's core count.
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 
@@ -71,3 +72,22 @@ def barrier() -> None:
         import torch.distributed as dist
 
         dist.barrier()
+
+
+def die_with_parent() -> None:
+    """On Linux, ask the kernel to end this process when its parent dies, even by kill -9.
+
+    Used by the mel cache's decoding workers and by every process of a
+    ``torchrun`` job (whose agent starts them in sessions of their own, so
+    killing the agent would otherwise leave them training).
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+        if os.getppid() == 1:  # the parent was already gone before prctl took effect
+            os._exit(1)

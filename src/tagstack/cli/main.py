@@ -342,12 +342,13 @@ DISTRIBUTED_COMMANDS = {"run", "local", "aggregate", "global", "reproduce", "dem
 
 def _join_torchrun(command: str) -> None:
     """Under ``torchrun``, join the process group; only the first process talks to the terminal."""
-    from ..runtime import distributed, world_size
+    from ..runtime import die_with_parent, distributed, world_size
 
     if world_size() == 1:
         return
     if command not in DISTRIBUTED_COMMANDS:
         raise ParameterError(f"tagstack {command} runs as one process; under torchrun only {', '.join(sorted(DISTRIBUTED_COMMANDS))} do")
+    die_with_parent()  # a killed torchrun agent takes its workers with it
     rank, world = distributed()
     if rank > 0:
         logging.getLogger("tagstack").setLevel(logging.WARNING)

@@ -27,7 +27,6 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
-import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -40,7 +39,7 @@ from ..audio.io import duration_seconds, load
 from ..config import FrontEndConfig
 from .base import ClipSet
 from ..errors import AudioError, ParameterError
-from ..runtime import usable_cpus
+from ..runtime import die_with_parent, usable_cpus
 from ..fileio import atomic_write_json, remove_leftovers
 
 log = logging.getLogger(__name__)
@@ -85,20 +84,6 @@ def _cpu_frontend(params: dict) -> ClipMel:
         torch.set_num_threads(1)  # one Ray worker per CPU
         _FRONTENDS[key] = ClipMel(FrontEndConfig(**params))
     return _FRONTENDS[key]
-
-
-def die_with_parent() -> None:
-    """Worker initialiser: on Linux, ask the kernel to end this process when its parent dies (even by kill -9)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
-        if os.getppid() == 1:  # the parent was already gone before prctl took effect
-            os._exit(1)
 
 
 class MelCache:

@@ -56,8 +56,8 @@ def done_paths(out: Path) -> set[str]:
     return seen
 
 
-def read_results(out: str | Path) -> tuple["pyarrow.Table", "pyarrow.Table"]:  # noqa: F821
-    """The results and the failures of a Ray job's folder, each as one Arrow table."""
+def read_results(out: str | Path) -> tuple:
+    """The results and the failures of a Ray job's folder as two ``pyarrow.Table`` (None where the folder has none)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 

@@ -23,7 +23,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
