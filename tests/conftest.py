@@ -27,6 +27,17 @@ def synth_dir(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def model_file(tmp_path_factory) -> Path:
+    """A randomly initialised tagger (three scales, the synth tags) saved as a model file; modules may define their own."""
+    from tagstack.models.file import save_model
+    from test_equivalence import random_tagger
+
+    path = tmp_path_factory.mktemp("model") / "m.safetensors"
+    save_model(random_tagger(), path)
+    return path
+
+
 #: Fixtures that train networks: every test that uses one is marked ``slow`` (``pytest -m "not slow"`` skips them).
 TRAINING_FIXTURES = {"run", "model_file_trained", "trained_model"}
 

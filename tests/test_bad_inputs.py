@@ -28,13 +28,6 @@ from test_equivalence import random_tagger
 
 
 @pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model") / "m.safetensors"
-    save_model(random_tagger(), path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     d = tmp_path_factory.mktemp("bad")
     rng = np.random.default_rng(0)

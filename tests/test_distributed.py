@@ -23,17 +23,8 @@ from synth import SR, render  # noqa: E402
 from tagstack.distributed.ray_batch import read_results, run_on_ray  # noqa: E402
 from tagstack.inference.outputs import audio_files  # noqa: E402
 from tagstack.inference.tagger import Tagger  # noqa: E402
-from tagstack.models.file import save_model  # noqa: E402
-from test_equivalence import random_tagger  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and SIGKILL")]
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model") / "m.safetensors"
-    save_model(random_tagger(), path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -129,23 +120,19 @@ def test_a_killed_worker_is_replaced_and_its_batch_retried(catalogue, model_file
 
 def ray_workers(under: int) -> list[int]:
     """Ray Data worker processes descending from process ``under``."""
-    parent, workers = {}, []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    parent[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
-                with open(f"/proc/{d}/cmdline", "rb") as f:
-                    if b"MapWorker" in f.read():
-                        workers.append(int(d))
-            except (OSError, IndexError, ValueError):
-                pass
+    from test_kill import children_of
 
-    def descends(pid: int) -> bool:
-        while pid > 1:
-            pid = parent.get(pid, 0)
-            if pid == under:
-                return True
-        return False
-
-    return [w for w in workers if descends(w)]
+    descendants, todo = [], [under]
+    while todo:
+        kids = children_of(todo.pop())
+        descendants += kids
+        todo += kids
+    workers = []
+    for pid in descendants:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"MapWorker" in f.read():
+                    workers.append(pid)
+        except OSError:
+            pass
+    return workers

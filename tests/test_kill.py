@@ -80,12 +80,8 @@ print(MelCache(clips, cache_dir={str(tmp_path / 'cache')!r}, frontend=TEST_FRONT
     assert not list((tmp_path / "cache").rglob(".tagstack-tmp-*"))
 
 
-def test_killed_tag_run_leaves_the_previous_output_whole(many_files, tmp_path):
-    from test_equivalence import random_tagger
-    from tagstack.models.file import save_model
-
-    model = tmp_path / "m.safetensors"
-    save_model(random_tagger(), model)
+def test_killed_tag_run_leaves_the_previous_output_whole(many_files, model_file, tmp_path):
+    model = model_file
     out = tmp_path / "tags.csv"
     cmd = [sys.executable, "-m", "tagstack", "tag", str(many_files), "--model", str(model), "--format", "csv", "-o", str(out), "--device", "cpu"]
     started = time.time()
@@ -103,12 +99,8 @@ def test_killed_tag_run_leaves_the_previous_output_whole(many_files, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tagstack-tmp-")]
 
 
-def test_killed_embed_leaves_no_partial_file(many_files, tmp_path):
-    from test_equivalence import random_tagger
-    from tagstack.models.file import save_model
-
-    model = tmp_path / "m.safetensors"
-    save_model(random_tagger(), model)
+def test_killed_embed_leaves_no_partial_file(many_files, model_file, tmp_path):
+    model = model_file
     out = tmp_path / "e.npz"
     cmd = [sys.executable, "-m", "tagstack", "embed", str(many_files), "--model", str(model), "--out", str(out), "--device", "cpu"]
     started = time.time()
