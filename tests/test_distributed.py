@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -66,8 +67,9 @@ def test_ray_gives_the_single_machine_results_and_a_failure_table(catalogue, mod
     rows = tags.to_pylist()
     for row in rows[::7]:
         expected = tagger.predict(row["path"])
-        np.testing.assert_allclose([row[t] for t in tagger.tags], expected.probs, rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(row["embedding"], expected.embedding, rtol=1e-5, atol=1e-6)
+        # the worker's four files share network passes: equal up to float rounding in batched convolutions
+        np.testing.assert_allclose([row[t] for t in tagger.tags], expected.probs, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(row["embedding"], expected.embedding, rtol=1e-4, atol=1e-5)
         assert row["seconds"] == pytest.approx(expected.seconds)
     again = run_on_ray(files, out, model=model_file, device="cpu", embed=True, workers=2)
     assert again.done == 0 and again.reused == 42 and len(again.failed) == 2  # a rerun does nothing again
@@ -78,9 +80,9 @@ def shards(out):
 
 
 def test_killed_driver_then_rerun_loses_and_repeats_nothing(catalogue, model_file, tmp_path):
-    out = tmp_path / "out"
+    out, grams = tmp_path / "out", tmp_path / "taggrams"
     cmd = [sys.executable, "-m", "tagstack", "tag", str(catalogue), "--engine", "ray", "-o", str(out), "--model", str(model_file),
-           "--device", "cpu", "--workers", "2"]
+           "--device", "cpu", "--workers", "2", "--taggram", str(grams), "--hop", "2"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 180
     while time.time() < deadline and not shards(out) and proc.poll() is None:
@@ -98,6 +100,13 @@ def test_killed_driver_then_rerun_loses_and_repeats_nothing(catalogue, model_fil
     assert len(paths) == len(set(paths)) == 40
     assert sorted(failures.column("path").to_pylist()) == sorted(str(catalogue / n) for n in ("nan.wav", "text.mp3"))
     assert not [p for p in out.iterdir() if p.name.startswith(".tagstack-tmp-")]
+    # every tagged file has its taggram files, the single-machine path's windows and values
+    assert sorted(p.name for p in grams.iterdir()) == sorted(f"{Path(p).stem}.taggram.{x}" for p in paths for x in ("csv", "npy", "png"))
+    expected = Tagger(model_file, device="cpu").predict(paths[0], taggram=True, hop=2)
+    np.testing.assert_allclose(np.load(grams / f"{Path(paths[0]).stem}.taggram.npy"), expected.taggram, atol=1e-5)
+    row = tags.slice(0, 1).to_pylist()[0]
+    np.testing.assert_allclose(np.reshape(row["taggram"], (row["taggram_windows"], -1)), expected.taggram, atol=1e-5)
+    np.testing.assert_allclose(row["window_starts"], expected.window_starts, atol=1e-4)
 
 
 def test_a_killed_worker_is_replaced_and_its_batch_retried(catalogue, model_file, tmp_path):

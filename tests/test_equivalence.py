@@ -21,6 +21,7 @@ from synth import SR, TAGS, TEST_FRONTEND, render
 from tagstack.audio.frontend import ClipMel
 from tagstack.audio.io import load, stream
 from tagstack.cli import main
+from tagstack.errors import ParameterError, TagstackError
 from tagstack.inference.tagger import Tagger
 from tagstack.models.classifier import GlobalArch, GlobalMLP
 from tagstack.models.file import load_model, save_model
@@ -194,3 +195,37 @@ def test_cli_and_api_give_the_same_tags(tmp_path, model_file):
         assert row["tags"].keys() == api.keys()
         for t, p in row["tags"].items():
             assert p == pytest.approx(api[t], abs=1e-4)
+
+
+def test_batched_files_equal_each_file_alone(tmp_path, model_file):
+    """predict_batch shares network passes across files (a GPU's batches); each file's result is predict's."""
+    rng = np.random.default_rng(5)
+    clip = TEST_FRONTEND.clip_seconds
+    lengths = {"long": 3.4 * clip, "short": 0.4 * clip, "exact": clip, "two": 2.2 * clip}
+    files = []
+    for name, seconds in lengths.items():
+        sf.write(tmp_path / f"{name}.wav", render({"low", "pulse"}, seconds, rng), SR)
+        files.append(tmp_path / f"{name}.wav")
+    (tmp_path / "notes.wav").write_text("not audio")
+    files.insert(2, tmp_path / "notes.wav")
+    tagger = Tagger(model_file, device="cpu")
+    for batch_windows in (1, 3, 64):  # passes that split files, span several, hold them all
+        got = tagger.predict_batch(files, taggram=True, hop=0.4 * clip, batch_windows=batch_windows)
+        assert len(got) == len(files)
+        for path, r in zip(files, got):
+            if path.name == "notes.wav":
+                with pytest.raises(TagstackError) as alone:
+                    tagger.predict(path)
+                assert isinstance(r, TagstackError) and str(r) == str(alone.value)
+                continue
+            ref = tagger.predict(path, taggram=True, hop=0.4 * clip)
+            assert r.path == str(path) and r.seconds == ref.seconds
+            np.testing.assert_allclose(r.probs, ref.probs, atol=1e-5)
+            np.testing.assert_allclose(r.embedding, ref.embedding, rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(r.taggram, ref.taggram, atol=1e-5)
+            np.testing.assert_array_equal(r.window_starts, ref.window_starts)
+    embedded = tagger.predict_batch(files[:2], embed_only=True, batch_windows=2)
+    assert embedded[0].tags == [] and embedded[0].taggram is None
+    np.testing.assert_allclose(embedded[1].embedding, tagger.embed(files[1]), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ParameterError, match="batch_windows"):
+        tagger.predict_batch(files, batch_windows=0)

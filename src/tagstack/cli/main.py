@@ -164,7 +164,8 @@ def cmd_datasets(a: argparse.Namespace) -> int:
     return 0
 
 
-def _on_ray(a: argparse.Namespace, out: Path | None, *, embed: bool) -> int:
+def _on_ray(a: argparse.Namespace, out: Path | None, *, embed: bool, taggram_dir: Path | None = None,
+            hop: float | None = None) -> int:
     """``--engine ray``: the job on a Ray cluster, into a folder of Parquet shards."""
     from ..distributed.ray_batch import run_on_ray
     from ..inference.outputs import audio_files
@@ -172,7 +173,7 @@ def _on_ray(a: argparse.Namespace, out: Path | None, *, embed: bool) -> int:
     if out is None:
         raise ParameterError("--engine ray writes a folder of Parquet shards: give it with -o DIR")
     report = run_on_ray(audio_files(a.paths), out, model=a.model, address=a.ray_address, workers=a.workers or None,
-                        device=a.device, embed=embed)
+                        device=a.device, embed=embed, taggram_dir=taggram_dir, hop=hop)
     for path, reason in report.failed:
         print(f"tagstack: skipped {reason if reason.startswith(path) else f'{path}: {reason}'}", file=sys.stderr)
     print(f"{report.done} files done in this run, {report.reused} already done before, {len(report.failed)} failed; "
@@ -184,9 +185,11 @@ def cmd_tag(a: argparse.Namespace) -> int:
     from ..inference.outputs import tag_files
 
     if a.engine == "ray":
-        if a.taggram or a.format != "table":
-            raise ParameterError("--engine ray writes Parquet (path, seconds, one column per tag); --taggram and --format are for the local engine")
-        return _on_ray(a, a.output, embed=False)
+        if a.format != "table":
+            raise ParameterError("--engine ray writes Parquet (path, seconds, one column per tag); --format is for the local engine")
+        if a.hop is not None and (a.taggram is None or not a.hop > 0):
+            raise ParameterError(f"--hop {a.hop} needs --taggram DIR and a positive number of seconds")
+        return _on_ray(a, a.output, embed=False, taggram_dir=a.taggram, hop=a.hop)
     return tag_files(a.paths, model=a.model, device=a.device, top_k=a.top_k, threshold=a.threshold, fmt=a.format,
                      output=a.output, taggram_dir=a.taggram, hop=a.hop).exit_status
 
@@ -298,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threshold", type=float, help="report every tag with probability >= this instead of the top k")
     t.add_argument("--format", choices=["table", "jsonl", "csv"], default="table", help="output format (default: table)")
     t.add_argument("--output", "-o", type=Path, help="write to this file instead of standard output (with --engine ray: a folder of Parquet shards)")
-    t.add_argument("--taggram", type=Path, metavar="DIR", help="also write each file's taggram (tags per 29.1 s window) as .npy/.csv and .png into DIR")
+    t.add_argument("--taggram", type=Path, metavar="DIR", help="also write each file's taggram (tags per 29.1 s window) as .npy/.csv and .png into DIR "
+                   "(with --engine ray: the workers write them, and the Parquet shards get taggram columns too)")
     t.add_argument("--hop", type=float, metavar="SECONDS",
                    help="seconds between the starts of taggram windows (default: the clip length, back to back; "
                         "e.g. 5 for overlapping windows every 5 s, at one network pass per window)")

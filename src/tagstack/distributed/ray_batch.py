@@ -28,6 +28,7 @@ import numpy as np
 
 from ..errors import ParameterError, TagstackError
 from ..fileio import TEMP_PREFIX, atomic_write, remove_leftovers
+from ..inference.outputs import unique_stems
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +80,14 @@ def _column(tag: str) -> str:
 
 
 class _Worker:
-    """A Ray actor: the model loaded once, each batch of paths tagged and written as a shard."""
+    """A Ray actor: the model loaded once, each batch of paths tagged together and written as a shard.
 
-    def __init__(self, model: str, device: str, out: str, embed: bool, taggram: bool, hop: float | None) -> None:
+    The files of a batch share network passes (:meth:`Tagger.predict_batch`),
+    which is what fills a GPU when files are short.
+    """
+
+    def __init__(self, model: str, device: str, out: str, embed: bool, taggram: bool, hop: float | None,
+                 taggram_dir: str | None) -> None:
         import torch
 
         from ..inference.tagger import Tagger
@@ -90,18 +96,20 @@ class _Worker:
         if self.tagger.device.type == "cpu":
             torch.set_num_threads(1)  # one worker per CPU: parallel across files, not inside small ops
         self.out, self.embed, self.taggram, self.hop = Path(out), embed, taggram, hop
+        self.taggram_dir = Path(taggram_dir) if taggram_dir else None
 
     def __call__(self, batch: dict) -> dict:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
+        from ..report import write_taggram
+
         paths = [str(p) for p in batch["path"]]
         rows, failures = [], []
-        for path in paths:
-            try:
-                r = self.tagger.predict(path, taggram=self.taggram, hop=self.hop)
-            except TagstackError as e:
-                failures.append((path, str(e)))
+        results = self.tagger.predict_batch(paths, taggram=self.taggram, hop=self.hop)
+        for path, stem, r in zip(paths, batch["stem"], results):
+            if isinstance(r, TagstackError):
+                failures.append((path, str(r)))
                 continue
             row = {"path": path, "seconds": float(r.seconds), **{_column(t): float(p) for t, p in zip(r.tags, r.probs)}}
             if self.embed:
@@ -110,6 +118,8 @@ class _Worker:
                 row["taggram"] = r.taggram.astype(np.float32).ravel().tolist()
                 row["taggram_windows"] = int(r.taggram.shape[0])
                 row["window_starts"] = r.window_starts.astype(np.float32).tolist()
+                if self.taggram_dir is not None:  # before the shard: a file in a shard has its taggram files
+                    write_taggram(r, self.taggram_dir, str(stem), self.tagger.cfg.clip_seconds)
             rows.append(row)
         key = hashlib.sha1("\n".join(sorted(paths)).encode()).hexdigest()[:16]
         if rows:
@@ -124,13 +134,19 @@ class _Worker:
 
 def run_on_ray(files: Iterable[str | Path], out: str | Path, *, model: str | Path | None = None, address: str | None = None,
                workers: int | None = None, device: str = "auto", embed: bool = False, taggram: bool = False,
-               hop: float | None = None, batch_files: int = 8) -> RayJobReport:
+               hop: float | None = None, taggram_dir: str | Path | None = None,
+               batch_files: int | None = None) -> RayJobReport:
     """Tag (and embed) ``files`` on Ray into the Parquet folder ``out``, skipping files already there.
 
     ``address`` is an existing cluster (``"auto"`` or ``"ray://host:10001"``,
     ``"host:6379"``); ``None`` starts a local Ray in this process. ``workers``
     actors each load the model once (default: one per CPU of the cluster, or
-    one per GPU when it has GPUs, each then using its GPU).
+    one per GPU when it has GPUs, each then using its GPU). Each worker tags
+    ``batch_files`` files at a time (default 8, or 64 on GPUs), their windows
+    sharing network passes. With ``taggram_dir`` (which implies ``taggram``)
+    the workers also write each file's taggram there as the local
+    ``tagstack tag --taggram`` does (.npy, .csv, .png, named by file stem,
+    numbered where stems repeat).
     """
     try:
         import ray
@@ -141,12 +157,16 @@ def run_on_ray(files: Iterable[str | Path], out: str | Path, *, model: str | Pat
 
     model_path = resolve_model(model)
     read_metadata(model_path)  # a bad model is one line here, not an error in every worker
-    if batch_files < 1:
+    if batch_files is not None and batch_files < 1:
         raise ParameterError(f"batch_files must be >= 1, got {batch_files}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     remove_leftovers(out)
     files = [str(f) for f in files]
+    taggram = taggram or taggram_dir is not None
+    if taggram_dir is not None:
+        Path(taggram_dir).mkdir(parents=True, exist_ok=True)
+        remove_leftovers(Path(taggram_dir))
     job = {"model": str(model_path), "embed": embed, "taggram": taggram, "hop": hop, "files": len(files)}
     atomic_write(out / "job.json", lambda tmp: Path(tmp).write_text(json.dumps(job, indent=1)))  # what produced these shards
     before = done_paths(out)
@@ -166,15 +186,18 @@ def run_on_ray(files: Iterable[str | Path], out: str | Path, *, model: str | Pat
     gpus = int(resources.get("GPU", 0)) if device in ("auto", "cuda") or device.startswith("cuda") else 0
     n = workers or (gpus if gpus else max(1, int(resources.get("CPU", 1))))
     worker_device = "cuda" if gpus else "cpu"
+    batch_files = batch_files or (64 if gpus else 8)
     log.info("Ray: %d workers (%s), %d files in batches of %d", n, "GPU" if gpus else "CPU", len(todo), batch_files)
 
     ray.data.DataContext.get_current().enable_progress_bars = False
     batch_files = max(1, min(batch_files, -(-len(todo) // n)))  # small jobs still reach every worker
-    ds = ray.data.from_items([{"path": f} for f in todo], override_num_blocks=-(-len(todo) // batch_files))
+    stems = dict(zip(files, unique_stems([Path(f) for f in files])))  # over the whole list: the same on a rerun
+    ds = ray.data.from_items([{"path": f, "stem": stems[f]} for f in todo], override_num_blocks=-(-len(todo) // batch_files))
     # Ray Data restarts a killed worker and retries its batch (max_restarts=-1, max_task_retries=-1 by default)
     ds = ds.map_batches(_Worker, batch_size=batch_files, concurrency=n, num_cpus=0 if gpus else 1, num_gpus=1 if gpus else 0,
                         fn_constructor_kwargs=dict(model=str(model_path), device=worker_device, out=str(out), embed=embed,
-                                                   taggram=taggram, hop=hop))
+                                                   taggram=taggram, hop=hop,
+                                                   taggram_dir=str(taggram_dir) if taggram_dir is not None else None))
     started, last = time.time(), 0.0
     for row in ds.iter_rows():
         report.done += not row["reason"]

@@ -106,7 +106,7 @@ def tag_files(paths: Iterable[str | Path], *, tagger: Tagger | None = None, mode
     if writer:
         writer.writerow(["path", "tag", "probability"])
     report = BatchReport()
-    stems = _unique_stems(files)
+    stems = unique_stems(files)
     results = tagger.predict_many(files, taggram=taggram_dir is not None, hop=hop)
     for f, stem, r in zip(files, stems, tqdm(results, total=len(files), desc="tag", unit="file", disable=len(files) < 2 or None)):
         if isinstance(r, TagstackError):
@@ -199,7 +199,7 @@ def _summary(report: BatchReport, total: int, verb: str) -> None:
         log.warning("%d of %d files could not be %s", len(report.skipped), total, verb)
 
 
-def _unique_stems(files: list[Path]) -> list[str]:
+def unique_stems(files: list[Path]) -> list[str]:
     """File stems for output names, numbered where two files share one (a/x.mp3, b/x.mp3 -> x, x-2)."""
     used: set[str] = set()
     stems = []
@@ -213,4 +213,4 @@ def _unique_stems(files: list[Path]) -> list[str]:
     return stems
 
 
-__all__ = ["BatchReport", "FORMATS", "audio_files", "check_destination", "embed_files", "tag_files"]
+__all__ = ["BatchReport", "FORMATS", "audio_files", "check_destination", "embed_files", "tag_files", "unique_stems"]

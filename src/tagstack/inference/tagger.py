@@ -98,6 +98,34 @@ class _Window:
     gram: bool  # a column of the taggram
 
 
+class _Aggregate:
+    """One source's running sums: the segment-weighted feature total, its weights, taggram rows, samples."""
+
+    def __init__(self) -> None:
+        self.total: torch.Tensor | None = None
+        self.weight: torch.Tensor | None = None
+        self.gram_feats: list[np.ndarray] = []
+        self.gram_starts: list[int] = []
+        self.samples = 0
+
+    def add(self, feats: torch.Tensor, weights: torch.Tensor, gram: np.ndarray | None, starts: list[int]) -> None:
+        part, w = (feats * weights).sum(0), weights.sum(0)
+        self.total = part if self.total is None else self.total + part
+        self.weight = w if self.weight is None else self.weight + w
+        if gram is not None:
+            self.gram_feats.append(gram)
+            self.gram_starts.extend(starts)
+
+    def embedding(self) -> np.ndarray:
+        """The mean over every segment of the source (windows weighted by their segments)."""
+        return (self.total / self.weight).cpu().numpy()
+
+    def taggram_features(self) -> tuple[np.ndarray, np.ndarray]:
+        width = self.total.shape[0]
+        feats = np.concatenate(self.gram_feats) if self.gram_feats else np.zeros((0, width), np.float32)
+        return feats, np.asarray(self.gram_starts)
+
+
 class Tagger:
     """A loaded model, ready to tag and embed many files (load it once).
 
@@ -170,14 +198,14 @@ class Tagger:
         if gram_tail and tail != next_clip:
             yield _Window(take(tail, total), tail, False, True)
 
-    def _window_features(self, windows: list[np.ndarray], *, alone: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def _window_features(self, windows: list[np.ndarray], alone: list[bool]) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-window aggregated features of all scales, and how many segments each window gave each scale.
 
         Full windows run through the front end together. A shorter (last)
         window is transformed at its own length, and only the segments that
         lie entirely within its audio are aggregated; a scale with no such
-        segment gets weight 0, unless the file is that window ``alone``
-        (shorter than one clip), when one zero-padded segment is used.
+        segment gets weight 0, unless the window is its file ``alone``
+        (a file shorter than one clip), when one zero-padded segment is used.
         Rows come back in the order of ``windows``.
         """
         n, hop = self.cfg.clip_samples, self.cfg.hop_length
@@ -196,7 +224,7 @@ class Tagger:
                 continue
             audio_frames = -(-w.size // hop)  # frames centred inside the audio
             segs = [audio_frames // s for s in scales]
-            if alone:
+            if alone[i]:
                 segs = [max(1, k) for k in segs]
             frames = max(k * s for k, s in zip(segs, scales))
             mel = None
@@ -217,43 +245,60 @@ class Tagger:
         cols = np.concatenate([[scales.index(b.scale)] * (b.stop - b.start) for b in self.model.layout])
         return torch.from_numpy(cols).to(self.device)
 
-    def _features(self, windows: Iterable[_Window], batch_windows: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-        """Taggram windows' features and start samples, the whole-source embedding and the duration.
+    def _batch_windows(self, batch_windows: int | None) -> int:
+        """Windows per network pass: enough to fill a GPU, few on a CPU (where batching gains little)."""
+        if batch_windows is None:
+            return 64 if self.device.type == "cuda" else 8
+        if batch_windows < 1:
+            raise ParameterError(f"batch_windows must be >= 1, got {batch_windows}")
+        return batch_windows
 
-        The embedding is the segment-weighted mean of the back-to-back
-        windows' features, which is the mean over every segment of the source.
+    def _features(self, sources: list[Iterator[_Window]], batch_windows: int | None = None) -> list[_Aggregate | TagstackError]:
+        """Run the windows of several sources through the networks together, ``batch_windows`` per pass.
+
+        Windows of consecutive sources share a pass, so many short files fill
+        a GPU batch instead of each taking a pass of its own; each source keeps
+        its own aggregate. A source whose decoding fails mid-way gets its
+        error in its place and its pending windows are dropped; the others go on.
         """
+        size = self._batch_windows(batch_windows)
         col_scale = self._column_weights()
-        gram_feats, gram_starts, total, weight, samples = [], [], None, None, 0
-        pending: list[_Window] = []
+        aggs = [_Aggregate() for _ in sources]
+        out: list[_Aggregate | TagstackError] = list(aggs)
+        pending: list[tuple[int, _Window, bool]] = []  # (source, window, alone)
 
         def flush() -> None:
-            nonlocal total, weight
-            short_file = total is None and pending[0].audio.size < self.cfg.clip_samples
-            f, c = self._window_features([w.audio for w in pending], alone=short_file)
-            clip = torch.tensor([w.clip for w in pending], device=self.device)
-            w = c[:, col_scale] * clip[:, None]  # segments behind each column; taggram-only windows weigh 0
-            total = (f * w).sum(0) if total is None else total + (f * w).sum(0)
-            weight = w.sum(0) if weight is None else weight + w.sum(0)
-            gram = [i for i, win in enumerate(pending) if win.gram]
-            if gram:
-                gram_feats.append(f[gram].cpu().numpy())
-                gram_starts.extend(pending[i].start for i in gram)
+            f, c = self._window_features([w.audio for _, w, _ in pending], [a for _, _, a in pending])
+            clip = torch.tensor([w.clip for _, w, _ in pending], device=self.device)
+            weights = c[:, col_scale] * clip[:, None]  # segments behind each column; taggram-only windows weigh 0
+            owners = np.array([k for k, _, _ in pending])
+            for k in dict.fromkeys(owners.tolist()):
+                rows = np.flatnonzero(owners == k)
+                sel = torch.from_numpy(rows).to(self.device)
+                gram = [int(i) for i in rows if pending[i][1].gram]
+                aggs[k].add(f[sel], weights[sel], f[gram].cpu().numpy() if gram else None, [pending[i][1].start for i in gram])
             pending.clear()
 
         with torch.inference_mode():
-            for win in windows:
-                if win.clip:
-                    samples += win.audio.size
-                pending.append(win)
-                if len(pending) == batch_windows:
-                    flush()
+            for k, windows in enumerate(sources):
+                first = True
+                try:
+                    for win in windows:
+                        if win.clip:
+                            aggs[k].samples += win.audio.size
+                        pending.append((k, win, first and win.audio.size < self.cfg.clip_samples))
+                        first = False
+                        if len(pending) >= size:
+                            flush()
+                except TagstackError as e:
+                    out[k] = e
+                    pending[:] = [p for p in pending if p[0] != k]
             if pending:
                 flush()
-        if total is None or samples == 0:
-            raise ParameterError("no audio")
-        feats = np.concatenate(gram_feats) if gram_feats else np.zeros((0, total.shape[0]), np.float32)
-        return feats, np.asarray(gram_starts), (total / weight).cpu().numpy(), samples / self.cfg.sample_rate
+        for k, agg in enumerate(aggs):
+            if not isinstance(out[k], TagstackError) and (agg.total is None or agg.samples == 0):
+                out[k] = ParameterError("no audio")
+        return out
 
     def _classify(self, feats: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
@@ -270,27 +315,53 @@ class Tagger:
         taggram at the cost of one network pass per window. The file's own
         tags and embedding do not depend on it.
         """
-        gram_hop = self._gram_hop(hop) if taggram else None
-        name = str(source) if not isinstance(source, np.ndarray) else "<array>"
-        gram_feats, gram_starts, embedding, seconds = self._features(self._windows(source, sr, gram_hop))
-        tagging = self.model.head is not None  # a model of local CNNs only can still embed
-        probs = self._classify(embedding)[0] if tagging else np.zeros(0, np.float32)
-        result = Result(path=name, tags=self.tags if tagging else [], probs=probs, seconds=seconds, embedding=embedding)
-        if taggram and tagging:
-            result.taggram = self._classify(gram_feats)
-            result.window_starts = gram_starts / self.cfg.sample_rate
-        for part in (result.probs, result.embedding, result.taggram):
-            if part is not None and not np.isfinite(part).all():  # finite audio and weights make this unreachable; never let it out
-                raise AudioError(f"{name}: the model produced non-finite values for this audio")
+        result = self.predict_batch([source], sr=sr, taggram=taggram, hop=hop)[0]
+        if isinstance(result, TagstackError):
+            raise result
         return result
+
+    def predict_batch(self, sources: Iterable[str | Path | np.ndarray], *, sr: int | None = None, taggram: bool = False,
+                      hop: float | None = None, embed_only: bool = False,
+                      batch_windows: int | None = None) -> list[Result | TagstackError]:
+        """:meth:`predict` for several sources at once, their windows sharing network passes.
+
+        This is what fills a GPU with short files (a 30 s file is one
+        window): ``batch_windows`` windows go through the networks together
+        (default 64 on CUDA, 8 on a CPU). Returns, in input order, a
+        :class:`Result` or the :class:`TagstackError` that made that source
+        unusable. Each result equals :meth:`predict`'s for the same source up
+        to float rounding in the batched convolutions. ``embed_only`` skips the
+        classifier (and works for models without one).
+        """
+        sources = list(sources)
+        gram_hop = self._gram_hop(hop) if taggram and not embed_only else None
+        names = [str(s) if not isinstance(s, np.ndarray) else "<array>" for s in sources]
+        aggs = self._features([self._windows(s, sr, gram_hop) for s in sources], batch_windows)
+        ok = [k for k, a in enumerate(aggs) if not isinstance(a, TagstackError)]
+        tagging = self.model.head is not None and not embed_only  # a model of local CNNs only can still embed
+        embeddings = np.stack([aggs[k].embedding() for k in ok]) if ok else np.zeros((0, 0), np.float32)
+        probs = self._classify(embeddings) if tagging and ok else None
+        results: list[Result | TagstackError] = list(aggs)
+        for row, k in enumerate(ok):
+            seconds = aggs[k].samples / self.cfg.sample_rate
+            r = Result(path=names[k], tags=self.tags if tagging else [], probs=probs[row] if tagging else np.zeros(0, np.float32),
+                       seconds=seconds, embedding=embeddings[row])
+            if gram_hop is not None and tagging:
+                feats, starts = aggs[k].taggram_features()
+                r.taggram = self._classify(feats)
+                r.window_starts = starts / self.cfg.sample_rate
+            if any(part is not None and not np.isfinite(part).all() for part in (r.probs, r.embedding, r.taggram)):
+                # finite audio and weights make this unreachable; never let it out
+                r = AudioError(f"{names[k]}: the model produced non-finite values for this audio")
+            results[k] = r
+        return results
 
     def _embedding(self, source: str | Path | np.ndarray, sr: int | None = None) -> Result:
         """A :class:`Result` holding only the embedding (works with models that have no global classifier)."""
-        _, _, embedding, seconds = self._features(self._windows(source, sr))
-        name = str(source) if not isinstance(source, np.ndarray) else "<array>"
-        if not np.isfinite(embedding).all():
-            raise AudioError(f"{name}: the model produced non-finite values for this audio")
-        return Result(path=name, tags=[], probs=np.zeros(0, np.float32), seconds=seconds, embedding=embedding)
+        result = self.predict_batch([source], sr=sr, embed_only=True)[0]
+        if isinstance(result, TagstackError):
+            raise result
+        return result
 
     def _gram_hop(self, hop: float | None) -> int:
         if hop is None:

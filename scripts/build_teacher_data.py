@@ -1,0 +1,170 @@
+"""Add a teacher's MagnaTagATune tags to the real recordings, for training on more real music than has human labels.
+
+    python scripts/build_teacher_data.py --data DATA --teacher-python /work/venv-musicnn/bin/python
+
+``DATA`` is the folder ``scripts/build_real_data.py`` wrote. Real labelled
+music is scarce here (629 training clips of 4Q), while the Debian game
+soundtracks (17 hours, GPL / CC-BY(-SA)) have no labels at all. musicnn's
+MagnaTagATune model (Pons & Serra 2019; ISC licence, weights in its PyPI
+wheel) tags any audio with the paper's own 50 MTAT tags, so it can serve as a
+teacher: its averaged tag probabilities become soft labels (``tag=0.734`` in
+the manifest) for every clip, and the student (the paper's five CNNs) learns
+to hear instruments, voices and genres from recordings instead of from 629
+clips of moods.
+
+Steps (each resumes; rerunning skips what is done):
+
+1. Cut every Debian track (``DATA/debian/files.csv``) into 29.1 s windows,
+   keeping every other one (window k starts at ``2 k x 29.1 s``) so that
+   clips of one track are not near-duplicates; mono 22,050 Hz 16-bit FLAC
+   through tagstack's own decoder, in ``DATA/teacher/debian/<package>/``.
+2. Run ``bench/musicnn_features.py --models MTT_musicnn`` in musicnn's own
+   virtual environment (``--teacher-python``; its ``--help`` gives the
+   set-up) on the 4Q clips and on those windows, two processes at once.
+3. Write ``DATA/teacher/manifest.csv``: 4Q clips keep their human tags and
+   their split; each clip also gets the teacher's 50 tags as soft labels
+   (values under 0.005 left out). Where a teacher tag has the name of a 4Q tag
+   (electronic, vocal, quiet, soft, new age, country) the human label wins on
+   4Q clips. Debian windows are split by track (80/10/10, seeded), so no track
+   is in two splits. Emotify is not touched (it stays held out) and GTZAN is
+   never read.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+WINDOW = 29.1  # seconds: tagstack's clip length
+SR = 22050
+TEACHER = "MTT_musicnn"
+MIN_VALUE = 0.005
+
+
+def cut_debian(data: Path, out: Path) -> list[tuple[str, str]]:
+    """Step 1: (clip path relative to ``out``, track) for every kept window, writing the missing ones."""
+    import soundfile as sf
+
+    from tagstack.audio.io import duration_seconds, load
+    from tagstack.fileio import atomic_write_bytes
+
+    clips: list[tuple[str, str]] = []
+    with open(data / "debian" / "files.csv", newline="", encoding="utf-8") as fh:
+        tracks = list(csv.DictReader(fh))
+    for i, t in enumerate(tracks):
+        src = data / "debian" / t["path"]
+        n = int(duration_seconds(src) // WINDOW)
+        stem = Path(t["path"]).with_suffix("")
+        for k in range(0, n, 2):
+            rel = f"debian/{stem}-{k:03d}.flac"
+            clips.append((rel, t["path"]))
+            dst = out / rel
+            if dst.exists():
+                continue
+            y = load(src, sr=SR, offset=k * WINDOW, duration=WINDOW)
+            buf = io.BytesIO()
+            sf.write(buf, np.clip(y, -1.0, 1.0), SR, format="FLAC", subtype="PCM_16")
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(dst, buf.getvalue())
+        print(f"[cut {i + 1}/{len(tracks)}] {t['path']}: {len(range(0, n, 2))} windows", file=sys.stderr, flush=True)
+    return clips
+
+
+def run_teacher(python: str, jobs: list[tuple[Path, Path]]) -> None:
+    """Step 2: one musicnn process per (input list, output .npz), all at once; fail if any fails."""
+    procs = []
+    for inputs, npz in jobs:
+        cmd = [python, str(ROOT / "bench" / "musicnn_features.py"), str(inputs), "--models", TEACHER, "--out", str(npz),
+               "--progress-every", "60"]
+        procs.append((npz, subprocess.Popen(cmd)))
+    failed = [str(npz) for npz, p in procs if p.wait() != 0]
+    if failed:
+        raise SystemExit(f"musicnn failed for {', '.join(failed)}")
+
+
+def teacher_labels(npz: Path, base: Path) -> tuple[list[str], dict[str, np.ndarray]]:
+    """The teacher's tag names and, per file resolved from ``base``, its averaged probabilities."""
+    with np.load(npz, allow_pickle=False) as z:
+        if len(z["failed"]):
+            print(f"{npz}: the teacher could not read {len(z['failed'])} files: {z['failed'][:3].tolist()}", file=sys.stderr)
+        tags = [str(t) for t in z["mtt_tags"]]
+        probs = {str((base / p).resolve()): z["mtt_probs"][i] for i, p in enumerate(z["paths"].tolist())}
+    return tags, probs
+
+
+def track_splits(tracks: list[str], seed: int) -> dict[str, str]:
+    """80/10/10 by track, the same for the same list and seed."""
+    order = sorted(set(tracks), key=lambda t: zlib.crc32(f"{seed}:{t}".encode()))
+    n = len(order)
+    n_test, n_valid = round(0.1 * n), round(0.1 * n)
+    return {t: "test" if i < n_test else "valid" if i < n_test + n_valid else "train" for i, t in enumerate(order)}
+
+
+def write_manifest(data: Path, out: Path, clips: list[tuple[str, str]], seed: int) -> dict:
+    """Step 3: the combined manifest; returns counts."""
+    from tagstack.datasets.manifest import TAG_SEPARATOR, read_manifest
+    from tagstack.fileio import atomic_write_text
+
+    fourq = read_manifest(data / "4q" / "manifest.csv")
+    tags_a, probs_a = teacher_labels(out / "4q.npz", data / "4q")
+    tags_b, probs_b = teacher_labels(out / "debian.npz", out)
+    if tags_a != tags_b:
+        raise SystemExit("the two teacher runs have different tag lists")
+    human = set(fourq.tags)
+    rows = ["path,tags,split"]
+    counts = {"4q": 0, "debian": 0, "missing": 0}
+
+    def soft(p: np.ndarray, skip: set[str]) -> list[str]:
+        return [f"{t}={v:.3f}" for t, v in zip(tags_a, p) if v >= MIN_VALUE and t not in skip]
+
+    for path, row, split in zip(fourq.paths, fourq.labels, fourq.splits):
+        p = probs_a.get(str((data / "4q" / path).resolve()))
+        if p is None:
+            counts["missing"] += 1
+            continue
+        mine = [fourq.tags[j] for j in np.flatnonzero(row >= 0.5)]
+        rows.append(f'"../4q/{path}","{TAG_SEPARATOR.join(mine + soft(p, human))}",{split}')
+        counts["4q"] += 1
+    splits = track_splits([t for _, t in clips], seed)
+    for rel, track in clips:
+        p = probs_b.get(str((out / rel).resolve()))
+        if p is None:
+            counts["missing"] += 1
+            continue
+        rows.append(f'"{rel}","{TAG_SEPARATOR.join(soft(p, set()))}",{splits[track]}')
+        counts["debian"] += 1
+    atomic_write_text(out / "manifest.csv", "\n".join(rows) + "\n")
+    groups = ["tag,group"] + [f"{t},{g}" for t, g in sorted(fourq.groups.items())] + \
+        [f'"{t}",mtat (musicnn teacher)' for t in tags_a if t not in human]
+    atomic_write_text(out / "tag_groups.csv", "\n".join(groups) + "\n")
+    return counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, required=True, help="the folder scripts/build_real_data.py wrote")
+    p.add_argument("--teacher-python", required=True, help="python of musicnn's virtual environment")
+    p.add_argument("--seed", type=int, default=0, help="seed of the Debian track split (default 0)")
+    a = p.parse_args(argv)
+    out = a.data / "teacher"
+    clips = cut_debian(a.data, out)
+    listing = "\n".join(rel for rel, _ in clips) + "\n"
+    (out / "debian-clips.txt").write_text(listing, encoding="utf-8")
+    run_teacher(a.teacher_python, [(a.data / "4q" / "manifest.csv", out / "4q.npz"),
+                                   (out / "debian-clips.txt", out / "debian.npz")])
+    counts = write_manifest(a.data, out, clips, a.seed)
+    print(f"wrote {out / 'manifest.csv'}: {counts['4q']} 4Q clips, {counts['debian']} Debian windows"
+          + (f", {counts['missing']} left out (no teacher labels)" if counts["missing"] else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
