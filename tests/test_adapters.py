@@ -2,13 +2,12 @@
 where ../shared/data has them, on the real split and label files."""
 import pickle
 import re
-import shutil
 
 import numpy as np
 import pytest
 
 from tagstack.datasets import DATASETS, load_dataset
-from tagstack.datasets.mtat import BROKEN_CLIPS, camel, merge_synonyms, read_annotations
+from tagstack.datasets.mtat import BROKEN_CLIPS, camel, merge_synonyms
 from tagstack.errors import DatasetError, ParameterError
 
 

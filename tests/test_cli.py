@@ -57,7 +57,6 @@ def test_tag_writes_taggram_plot_and_data(trained_model, synth_dir, tmp_path):
 
 
 def test_taggram_hop_and_files_sharing_a_name(trained_model, synth_dir, tmp_path, capsys):
-    import soundfile as sf
 
     y, sr = sf.read(synth_dir / "clip001.wav")
     for sub in ("a", "b"):

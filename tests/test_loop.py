@@ -1,5 +1,4 @@
 """The one training loop's options beyond the authors' schedule: linear warm-up and gradient clipping."""
-import numpy as np
 import torch
 from torch import nn
 

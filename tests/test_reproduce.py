@@ -50,7 +50,7 @@ def test_reproduce_writes_tables_figures_and_report(tmp_path, synth_dir):
         m.load_state_dict(torch.load(out / "1-local" / str(s) / "best.pt", weights_only=True))
         models[s] = m
     save_model(TaggingModel(models, None, tags=["a", "b", "c", "d"], frontend=TEST_FRONTEND), tmp_path / "cnns.safetensors")
-    res2 = reproduce(cfg.replace(seeds=(0,), local_from=str(tmp_path / "cnns.safetensors"), joint=None, n_boot=10), tmp_path / "transfer")
+    reproduce(cfg.replace(seeds=(0,), local_from=str(tmp_path / "cnns.safetensors"), joint=None, n_boot=10), tmp_path / "transfer")
     assert (tmp_path / "transfer" / "tables" / "table1_transfer.md").exists()
     assert not (tmp_path / "transfer" / "1-local").exists()
     assert json.loads((tmp_path / "transfer" / "results.json").read_text())["local_from"]

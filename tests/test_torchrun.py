@@ -62,7 +62,6 @@ def test_a_finished_distributed_run_is_resumed_not_retrained(two_runs):
 
 def test_a_killed_distributed_run_resumes_to_the_uninterrupted_result(two_runs):
     """kill -9 torchrun in the middle of stage 1: its workers die with it, and the same command resumes from rank 0's checkpoints."""
-    import os
     import signal
     import time
 
