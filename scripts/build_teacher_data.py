@@ -16,7 +16,9 @@ Steps (each resumes; rerunning skips what is done):
 
 1. Cut every Debian track (``DATA/debian/files.csv``) into 29.1 s windows,
    keeping every other one (window k starts at ``2 k x 29.1 s``) so that
-   clips of one track are not near-duplicates; mono 22,050 Hz 16-bit FLAC
+   clips of one track are not near-duplicates, listed in a fixed
+   pseudo-random order (any prefix samples every package; ``--debian-windows
+   N`` keeps the first N, which bounds the teacher's time); mono 22,050 Hz 16-bit FLAC
    through tagstack's own decoder, in ``DATA/teacher/debian/<package>/``.
 2. Run ``bench/musicnn_features.py --models MTT_musicnn`` in musicnn's own
    virtual environment (``--teacher-python``; its ``--help`` gives the
@@ -152,10 +154,16 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, required=True, help="the folder scripts/build_real_data.py wrote")
     p.add_argument("--teacher-python", required=True, help="python of musicnn's virtual environment")
+    p.add_argument("--debian-windows", type=int, default=0, metavar="N",
+                   help="label only the first N Debian windows of the fixed order (default 0: all; the shipped model used 0 = see its card)")
     p.add_argument("--seed", type=int, default=0, help="seed of the Debian track split (default 0)")
     a = p.parse_args(argv)
     out = a.data / "teacher"
     clips = cut_debian(a.data, out)
+    # a fixed pseudo-random order, so that any prefix (--debian-windows) samples every package and track
+    clips.sort(key=lambda c: zlib.crc32(c[0].encode()))
+    if a.debian_windows:
+        clips = clips[: a.debian_windows]
     listing = "\n".join(rel for rel, _ in clips) + "\n"
     (out / "debian-clips.txt").write_text(listing, encoding="utf-8")
     run_teacher(a.teacher_python, [(a.data / "4q" / "manifest.csv", out / "4q.npz"),

@@ -4,10 +4,13 @@
     python scripts/train_default_model.py corpus [--out runs/default-model]
 
 ``real`` (the default model, ``tagstack-real.safetensors``) trains on real
-recordings with human labels: the 900 clips of the 4Q Audio Emotion Dataset
-with their AllMusic moods and genres and emotion quadrant, as
-``scripts/build_real_data.py`` writes them (``DATA/4q/manifest.csv``, split
-by artist).
+recordings: the 4Q Audio Emotion Dataset's clips with their AllMusic moods,
+genres and emotion quadrant (split by artist), plus the 50 MagnaTagATune tags
+of a teacher (musicnn's MTT model) as soft labels on those clips and on
+windows of the Debian game soundtracks, as ``scripts/build_teacher_data.py``
+writes them (``DATA/teacher/manifest.csv``). ``--labels human`` trains on the
+4Q clips and their human labels alone (``DATA/4q/manifest.csv``), as the
+first real model did.
 ``corpus`` (``tagstack-corpus.safetensors``) trains on the score-rendered
 default corpus. Both use the paper's five CNNs, all layers and the global
 MLP, through the same orchestrator as ``tagstack run``; the weights are
@@ -28,6 +31,20 @@ from tagstack.models.file import save_model
 from tagstack.report import model_card
 
 PRETRAINED = Path(__file__).resolve().parents[1] / "src" / "tagstack" / "pretrained"
+
+TEACHER_DATA = (
+    "Real recordings: the 900 clips (about 30 s each, 7.5 hours) of the 4Q Audio Emotion Dataset (Panda, Malheiro & "
+    "Paiva, IEEE Trans. Affective Computing 2018), AllMusic previews of commercial music, with AllMusic's moods and genres "
+    "and the Russell quadrant (q1-q4) as tags (the 152 with at least 20 clips; split by artist), plus 29.1 s windows of "
+    "the Debian game-soundtrack packages (GPL / CC-BY(-SA) per file; split by track). Every clip also carries the 50 "
+    "MagnaTagATune tags of a teacher, musicnn's MTT model (Pons & Serra 2019, ISC licence), as soft labels (its "
+    "probabilities averaged over the clip); where a teacher tag has the name of a 4Q tag, the human label wins on 4Q "
+    "clips. Test scores of the teacher's tags measure agreement with musicnn (its probability >= 0.5 counted as "
+    "present), not human judgement. Licence of the 4Q audio: none stated; AllMusic previews, research use only, not "
+    "redistributable (the weights learned from them are shipped for research use). Emotify is held out for evaluation "
+    "and GTZAN is never used. Built by scripts/build_real_data.py and scripts/build_teacher_data.py "
+    "(docs/data/real_sources.md)."
+)
 
 DATA = {
     "real": (
@@ -53,6 +70,9 @@ def main() -> None:
     p.add_argument("--out", type=Path, help="run directory (default: runs/<which>-model)")
     p.add_argument("--local-epochs", type=int, default=12, help="maximum epochs per local CNN (default: 12)")
     p.add_argument("--lr-stages", type=int, default=2, help="learning rates of the local CNNs (default: 2)")
+    p.add_argument("--labels", choices=("teacher", "human"), default="teacher",
+                   help="real: 4Q's human labels plus the teacher's on 4Q and Debian clips (default), or 4Q's human labels alone")
+    p.add_argument("--dest", type=Path, default=PRETRAINED, help=f"folder for the model and its card (default: {PRETRAINED})")
     p.add_argument("--device", default="auto", help="torch device (default: auto)")
     a = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -60,7 +80,10 @@ def main() -> None:
     if a.which == "real":
         if a.data is None:
             p.error("real needs --data (the folder scripts/build_real_data.py wrote)")
-        dataset, root, name = "manifest", str(a.data / "4q" / "manifest.csv"), "tagstack-real"
+        manifest = a.data / ("teacher" if a.labels == "teacher" else "4q") / "manifest.csv"
+        if not manifest.is_file():
+            p.error(f"{manifest} not found: run scripts/build_real_data.py" + (" and scripts/build_teacher_data.py" if a.labels == "teacher" else ""))
+        dataset, root, name = "manifest", str(manifest), "tagstack-real"
     else:
         from tagstack.datasets.corpus import build_corpus
 
@@ -74,14 +97,17 @@ def main() -> None:
     exp = Experiment(cfg, out)
     model = exp.train_head()
     metrics = exp.metrics(model, exp.test_probs(model))
+    data_text = TEACHER_DATA if a.which == "real" and a.labels == "teacher" else DATA[a.which]
     command = f"python scripts/train_default_model.py {a.which}" + (" --data DATA" if a.which == "real" else "") + \
+        (" --labels human" if a.which == "real" and a.labels == "human" else "") + \
         (f" --local-epochs {a.local_epochs}" if a.local_epochs != 12 else "") + (f" --lr-stages {a.lr_stages}" if a.lr_stages != 2 else "")
-    model.info.update({"name": name, "data": DATA[a.which], "command": command, "test": test_summary(metrics["tags"], metrics["global"])})
-    save_model(model, PRETRAINED / f"{name}.safetensors", half=True)
-    card = PRETRAINED / f"{name}.md"
+    model.info.update({"name": name, "data": data_text, "command": command, "test": test_summary(metrics["tags"], metrics["global"])})
+    a.dest.mkdir(parents=True, exist_ok=True)
+    save_model(model, a.dest / f"{name}.safetensors", half=True)
+    card = a.dest / f"{name}.md"
     transfer = Path(__file__).resolve().parents[1] / "docs" / "transfer" / "results.md"
-    atomic_write_text(card, model_card(name, DATA[a.which], command, cfg, metrics, transfer.read_text() if transfer.exists() else ""))
-    print(f"{name}.safetensors and its card written to {PRETRAINED}")
+    atomic_write_text(card, model_card(name, data_text, command, cfg, metrics, transfer.read_text() if transfer.exists() else ""))
+    print(f"{name}.safetensors and its card written to {a.dest}")
 
 
 if __name__ == "__main__":

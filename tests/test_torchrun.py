@@ -91,3 +91,17 @@ def test_a_killed_distributed_run_resumes_to_the_uninterrupted_result(two_runs):
     b = json.loads((tmp / "killed" / "metrics.json").read_text())
     assert b["global"]["roc_auc"] == pytest.approx(a["global"]["roc_auc"], abs=1e-6)
     assert not list((tmp / "killed").rglob(".tagstack-tmp-*"))
+
+
+def test_stage_2_split_between_processes_equals_one_process(two_runs):
+    """Under torchrun each process extracts half the clips and they are gathered: the same array one process computes."""
+    from tagstack.experiments.config import load_config
+    from tagstack.experiments.run import Experiment
+
+    tmp, _, _ = two_runs
+    shutil.copytree(tmp / "two" / "1-local", tmp / "redo" / "1-local")
+    alone = Experiment(load_config(tmp / "cfg.toml"), tmp / "redo").features()
+    shared = tmp / "two" / "2-aggregate"
+    np.testing.assert_allclose(np.load(shared / "features.npy"), alone["features"], rtol=1e-5, atol=1e-5)
+    for s, probs in alone["local_probs"].items():
+        np.testing.assert_allclose(np.load(shared / f"local_probs_{s}.npy"), probs, rtol=1e-5, atol=1e-6)

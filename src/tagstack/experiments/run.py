@@ -166,7 +166,7 @@ class Experiment:
         else:
             log.info("stage 2: aggregating every layer of %d CNNs over %d clips", len(models), len(d.mel_rows))
             extractor = TaggingModel(models, None, tags=d.clips.tags, frontend=self.config.frontend).to(self.device).eval()
-            feats, probs = _extract(extractor, d.mels, d.mel_rows, self.device)
+            feats, probs = _extract_shared(extractor, d.mels, d.mel_rows, self.device)
             for s, p in probs.items():
                 atomic_save_npy(out / f"local_probs_{s}.npy", p)
             atomic_write_json(out / "layout.json", [b.__dict__ for b in feature_layout(models)])
@@ -251,7 +251,8 @@ class Experiment:
 def _extract(model: TaggingModel, mels: np.ndarray, rows: np.ndarray, device: torch.device, batch: int = 8) -> tuple[np.ndarray, dict]:
     from tqdm.auto import tqdm
 
-    feats, probs = [], {s: [] for s in model.local_scales}
+    width = model.layout[-1].stop
+    feats, probs = [np.zeros((0, width), np.float32)], {s: [np.zeros((0, len(model.tags)), np.float32)] for s in model.local_scales}
     with torch.inference_mode():
         for i in tqdm(range(0, len(rows), batch), desc="stage 2", unit="batch", disable=None):
             x = torch.from_numpy(np.asarray(mels[rows[i : i + batch]], dtype=np.float32)).to(device)
@@ -260,6 +261,31 @@ def _extract(model: TaggingModel, mels: np.ndarray, rows: np.ndarray, device: to
             for s in p:
                 probs[s].append(p[s].cpu().numpy())
     return np.concatenate(feats).astype(np.float32), {s: np.concatenate(v).astype(np.float32) for s, v in probs.items()}
+
+
+def _extract_shared(model: TaggingModel, mels: np.ndarray, rows: np.ndarray, device: torch.device) -> tuple[np.ndarray, dict]:
+    """Stage 2 over ``rows``; under torchrun each process extracts a contiguous share and every process gets all of it.
+
+    Stage 3 then trains on every process (each takes its part of every
+    batch), so all of them need the whole array: an all-gather, instead of
+    every process extracting everything.
+    """
+    rank, world = distributed()
+    if world == 1:
+        return _extract(model, mels, rows, device)
+    import torch.distributed as dist
+
+    share = -(-len(rows) // world)
+    feats, probs = _extract(model, mels, rows[rank * share : (rank + 1) * share], device)
+    scales = sorted(probs)
+    mine = np.zeros((share, feats.shape[1] + len(scales) * len(model.tags)), np.float32)
+    mine[: len(feats)] = np.concatenate([feats] + [probs[s] for s in scales], axis=1)
+    on = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    parts = [torch.empty(mine.shape, dtype=torch.float32, device=on) for _ in range(world)]
+    dist.all_gather(parts, torch.from_numpy(mine).to(on))
+    whole = torch.cat(parts).cpu().numpy()[: len(rows)]
+    width, n = feats.shape[1], len(model.tags)
+    return whole[:, :width].copy(), {s: whole[:, width + i * n : width + (i + 1) * n].copy() for i, s in enumerate(scales)}
 
 
 def group_metrics(clips: ClipSet, per_tag: list[float]) -> dict[str, float]:
