@@ -1,0 +1,59 @@
+"""scripts/build_teacher_data.py: cutting the Debian windows and merging a teacher's soft tags with human tags."""
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from tagstack.audio.io import load
+from tagstack.datasets.manifest import read_manifest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "build_teacher_data.py"
+spec = importlib.util.spec_from_file_location("build_teacher_data", SCRIPT)
+build = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(build)
+
+
+def teacher_npz(path: Path, written: list[str], probs: np.ndarray, tags: list[str]) -> None:
+    """What bench/musicnn_features.py --models MTT_musicnn writes, for the fields the script reads."""
+    np.savez(path, paths=np.array(written), mtt_probs=probs.astype(np.float32), mtt_tags=np.array(tags),
+             failed=np.zeros((0, 2), dtype=str))
+
+
+def test_windows_then_a_manifest_of_human_and_teacher_tags(tmp_path):
+    data, rng = tmp_path / "data", np.random.default_rng(0)
+    (data / "debian" / "pkg").mkdir(parents=True)
+    (data / "4q" / "Q1").mkdir(parents=True)
+    tracks = {"pkg/a.flac": 100.0, "pkg/b.flac": 40.0, "pkg/c.flac": 20.0}  # 3 windows (keep 0, 2), 1 (keep 0), none
+    for rel, seconds in tracks.items():
+        sf.write(data / "debian" / rel, 0.1 * rng.standard_normal((int(seconds * 8000), 2)), 8000)
+    (data / "debian" / "files.csv").write_text("path,package\n" + "".join(f"{r},pkg\n" for r in tracks))
+    for name in ("x", "y"):
+        sf.write(data / "4q" / "Q1" / f"{name}.wav", 0.1 * rng.standard_normal(8000 * 5), 8000)
+    (data / "4q" / "manifest.csv").write_text("path,tags,split\nQ1/x.wav,q1;country,train\nQ1/y.wav,q2,test\n")
+
+    out = data / "teacher"
+    clips = build.cut_debian(data, out)
+    assert [c for c, _ in clips] == ["debian/pkg/a-000.flac", "debian/pkg/a-002.flac", "debian/pkg/b-000.flac"]
+    window = load(out / "debian/pkg/a-002.flac", sr=build.SR)
+    source = load(data / "debian/pkg/a.flac", sr=build.SR, offset=2 * build.WINDOW, duration=build.WINDOW)
+    assert len(window) == len(source) == round(build.WINDOW * build.SR)
+    np.testing.assert_allclose(window, source, atol=1e-4)  # 16-bit FLAC of the decoder's own samples
+
+    tags = ["guitar", "country", "piano"]
+    teacher_npz(out / "4q.npz", ["Q1/x.wav", "Q1/y.wav"], np.array([[0.9, 0.0, 0.001], [0.2, 0.7, 0.6]]), tags)
+    teacher_npz(out / "debian.npz", [c for c, _ in clips], np.array([[0.1, 0.8, 0.3]] * 3), tags)
+    counts = build.write_manifest(data, out, clips, seed=0)
+    assert counts == {"4q": 2, "debian": 3, "missing": 0}
+    m = read_manifest(out / "manifest.csv")
+    row = dict(zip(m.paths, m.labels))
+    col = {t: j for j, t in enumerate(m.tags)}
+    x, y = row["../4q/Q1/x.wav"], row["../4q/Q1/y.wav"]
+    assert x[col["q1"]] == 1 and x[col["guitar"]] == np.float32(0.9) and x[col["piano"]] == 0  # 0.001 < 0.005: left out
+    assert x[col["country"]] == 1 and y[col["country"]] == 0  # a 4Q tag: the human label wins over the teacher's 0.7
+    assert y[col["piano"]] == np.float32(0.6)
+    assert row["debian/pkg/a-000.flac"][col["country"]] == np.float32(0.8)  # no human label: the teacher's
+    splits = dict(zip(m.paths, m.splits))
+    assert splits["../4q/Q1/x.wav"] == "train" and splits["../4q/Q1/y.wav"] == "test"
+    assert splits["debian/pkg/a-000.flac"] == splits["debian/pkg/a-002.flac"]  # one track, one split
+    assert m.groups["guitar"] == "mtat (musicnn teacher)"
