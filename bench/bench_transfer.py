@@ -103,14 +103,21 @@ def random_model(like_path: Path, seed: int = 0):
     return TaggingModel(local, None, tags=like.tags, frontend=like.frontend).eval()
 
 
-def embeddings(model, files: list[Path], cache: Path | None, name: str, *, with_probs: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """Whole-file embeddings (and tag probabilities) of ``files``, cached as ``cache/name.npz``."""
+def file_key(path: Path) -> str:
+    """The sha256 of a model file: a cached embedding is reused only for the same weights."""
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def embeddings(model, files: list[Path], cache: Path | None, name: str, *, with_probs: bool, key: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Whole-file embeddings (and tag probabilities) of ``files``, cached as ``cache/name.npz`` under ``key``."""
     from tagstack.inference.tagger import Tagger
 
     path = cache / f"{name}.npz" if cache else None
     if path and path.exists():
         with np.load(path) as z:
-            if list(z["paths"]) == [str(f) for f in files]:
+            if list(z["paths"]) == [str(f) for f in files] and "key" in z and str(z["key"]) == key:
                 return z["embeddings"], (z["probs"] if "probs" in z and z["probs"].size else None)
     tagger = Tagger(model, device="cpu")
     emb, probs = [], []
@@ -128,7 +135,7 @@ def embeddings(model, files: list[Path], cache: Path | None, name: str, *, with_
     emb_a, probs_a = np.stack(emb), (np.stack(probs) if with_probs else np.zeros(0))
     if path:
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, paths=np.array([str(f) for f in files]), embeddings=emb_a, probs=probs_a)
+        np.savez(path, paths=np.array([str(f) for f in files]), embeddings=emb_a, probs=probs_a, key=np.array(key))
     return emb_a, (probs_a if with_probs else None)
 
 
@@ -170,11 +177,11 @@ def main() -> None:
     models = [tuple(m.split("=", 1)) for m in a.model]
     if models:
         rnd = random_model(Path(models[0][1]))
-        emb, _ = embeddings(rnd, files, a.cache, "random-cnns", with_probs=False)
+        emb, _ = embeddings(rnd, files, a.cache, "random-cnns", with_probs=False, key="random:" + file_key(Path(models[0][1])))
         rows += feature_rows("baseline: the same CNNs, random weights", rnd, emb, None, detail=False)
     for k, (name, path) in enumerate(models):
         model = load_model(path)
-        emb, probs = embeddings(model, files, a.cache, name, with_probs=model.head is not None)
+        emb, probs = embeddings(model, files, a.cache, name, with_probs=model.head is not None, key=file_key(Path(path)))
         rows += feature_rows(f"tagstack {name}", model, emb, probs, detail=k == 0)
     if a.musicnn:
         with np.load(a.musicnn) as z:
