@@ -229,3 +229,34 @@ def test_batched_files_equal_each_file_alone(tmp_path, model_file):
     np.testing.assert_allclose(embedded[1].embedding, tagger.embed(files[1]), rtol=1e-4, atol=1e-5)
     with pytest.raises(ParameterError, match="batch_windows"):
         tagger.predict_batch(files, batch_windows=0)
+
+
+def test_evaluate_scores_a_model_on_a_labelled_split(tmp_path, model_file, synth_dir, capsys):
+    """`tagstack evaluate`: the test clips tagged as `tag` does, scored against scikit-learn on the shared tags."""
+    from sklearn.metrics import roc_auc_score
+
+    from tagstack.datasets import read_manifest
+
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", "--model", str(model_file), "--dataset", "manifest", "--root", str(synth_dir),
+                 "--json", str(out), "--device", "cpu"]) == 0
+    result = json.loads(out.read_text())
+    clips = read_manifest(synth_dir / "manifest.csv")
+    test = clips.indices("test")
+    tagger = Tagger(model_file, device="cpu")
+    probs = np.stack([tagger.predict(clips.audio_path(i)).probs for i in test])
+    y = clips.labels[test] >= 0.5
+    cols = [tagger.tags.index(t) for t in clips.tags]
+    expected = [roc_auc_score(y[:, j], probs[:, cols[j]]) for j in range(len(clips.tags)) if 0 < y[:, j].sum() < len(y)]
+    assert result["clips"] == len(test) and result["tags"] == clips.tags and result["skipped"] == []
+    assert result["roc_auc"] == pytest.approx(np.mean(expected), abs=1e-4)
+    lo, hi = result["roc_auc_ci"]
+    assert lo <= result["roc_auc"] <= hi
+    assert f"macro ROC-AUC {result['roc_auc']:.4f}" in capsys.readouterr().out
+    # a dataset whose tags the model does not know: one line saying so
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "manifest.csv").write_text("path,tags,split\n" + "".join(
+        f"{clips.audio_path(i)},kazoo,test\n" for i in test))
+    assert main(["evaluate", "--model", str(model_file), "--dataset", "manifest", "--root", str(other), "--device", "cpu"]) == 1
+    assert "no name in common" in capsys.readouterr().err

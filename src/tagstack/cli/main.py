@@ -215,6 +215,20 @@ def cmd_info(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from ..fileio import atomic_write_json
+    from ..inference.assess import evaluate_model, evaluation_text
+
+    result = evaluate_model(a.model, a.dataset, a.root, split_scheme=a.split, split=a.subset, device=a.device,
+                            split_dir=a.split_dir, merge=a.merge_synonyms)
+    for path, reason in result["skipped"]:
+        print(f"tagstack: skipped {reason if reason.startswith(path) else f'{path}: {reason}'}", file=sys.stderr)
+    print(evaluation_text(result, str(a.model or "the default model")))
+    if a.json is not None:
+        atomic_write_json(a.json, {"model": str(a.model or "real"), **result})
+    return 0
+
+
 def cmd_serve(a: argparse.Namespace) -> int:
     try:
         from ..service import ServiceLimits, serve
@@ -325,6 +339,21 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("model", nargs="?", type=Path, help="model file, or a shipped model: real (default) or corpus")
     i.add_argument("--json", action="store_true", help="print the whole JSON header instead of a summary")
     i.set_defaults(func=cmd_info)
+
+    ev = sub.add_parser("evaluate", help="score a model on a split of your labelled dataset (tags matched by name)",
+                        description="Tag every clip of one split of a labelled dataset with a model, as `tagstack tag` does, and "
+                                    "report macro ROC-AUC (95%% bootstrap interval) and PR-AUC over the tags the model and the "
+                                    "dataset share by name, so shipped and trained models compare on the same clips and tags.")
+    ev.add_argument("--model", type=Path, help="model file, or a shipped model: real (default) or corpus")
+    ev.add_argument("--dataset", required=True, help="dataset adapter (see `tagstack datasets`), e.g. manifest, mtat, jamendo")
+    ev.add_argument("--root", required=True, help="dataset folder or manifest file")
+    ev.add_argument("--split", default="", help="split scheme of the adapter (default: its own)")
+    ev.add_argument("--split-dir", default="", help="folder of the published split/label files, when not under --root")
+    ev.add_argument("--merge-synonyms", action="store_true", help="MagnaTagATune full split: merge synonymous tags")
+    ev.add_argument("--subset", choices=("test", "valid", "train"), default="test", help="which part of the split to score (default: test)")
+    ev.add_argument("--json", type=Path, metavar="FILE", help="also write the result (per-tag scores included) as JSON")
+    _add_device(ev)
+    ev.set_defaults(func=cmd_evaluate)
 
     v = sub.add_parser("serve", help="an HTTP tagging service with a web page (needs the serve extra)",
                        description="Serve tags, embeddings and taggrams over HTTP: a JSON API under /api (OpenAPI docs at /docs) "

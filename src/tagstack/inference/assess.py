@@ -1,0 +1,84 @@
+"""Scoring a trained model on a labelled dataset: the API behind ``tagstack evaluate``.
+
+A shipped model, or one trained elsewhere, is judged on the user's own
+labelled audio: every clip of a split is tagged through the same
+:class:`~tagstack.inference.tagger.Tagger` as ``tagstack tag`` (whole files,
+all their windows), and the model's tags are matched to the dataset's by
+name. Macro ROC-AUC and PR-AUC are computed over the shared tags that have
+both classes in the split, with a bootstrap interval over clips, so a model
+can be compared with another on exactly the same clips and tags.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..datasets import load_dataset
+from ..errors import ParameterError, TagstackError
+from ..train.evaluation import bootstrap_ci, tagging_metrics
+from .tagger import Tagger
+
+
+def evaluate_model(model: str | Path | None, dataset: str, root: str | Path, *, split_scheme: str = "", split: str = "test",
+                   device: str = "auto", n_boot: int = 200, tagger: Tagger | None = None, **options: object) -> dict:
+    """Score ``model`` on one split of a labelled dataset, over the tags both share.
+
+    Returns ``clips`` (scored), ``skipped`` (``[path, reason]`` of files that
+    could not be used), ``tags`` (shared tags, in the dataset's order),
+    ``roc_auc``, ``pr_auc``, ``roc_auc_ci`` (95% bootstrap over clips),
+    ``n_tags_evaluated`` and ``per_tag`` (tag -> ROC-AUC and PR-AUC, None where
+    the split has one class only). Soft labels count as present from 0.5.
+    ``options`` go to the dataset adapter (``split_dir``, ``merge``).
+    """
+    clips = load_dataset(dataset, root, split=split_scheme, **{k: v for k, v in options.items() if v})
+    rows = clips.indices(split)
+    if not len(rows):
+        raise ParameterError(f"{root}: the {split!r} split is empty")
+    tagger = tagger or Tagger(model, device=device)
+    if tagger.model.head is None:
+        raise ParameterError("this model has no global classifier (stage 3); it can embed but not tag")
+    shared = [t for t in clips.tags if t in set(tagger.tags)]
+    if not shared:
+        raise ParameterError(f"the model's tags and the dataset's have no name in common "
+                             f"(model: {', '.join(tagger.tags[:5])} ...; dataset: {', '.join(clips.tags[:5])} ...)")
+    model_cols = [tagger.tags.index(t) for t in shared]
+    data_cols = [clips.tags.index(t) for t in shared]
+    files = [clips.audio_path(i) for i in rows]
+    probs, kept, skipped = [], [], []
+    results = tagger.predict_many(files)
+    for i, f, r in zip(rows, files, tqdm(results, total=len(files), desc="evaluate", unit="clip", disable=None)):
+        if isinstance(r, TagstackError):
+            skipped.append([str(f), str(r)])
+            continue
+        probs.append(r.probs[model_cols])
+        kept.append(i)
+    if not kept:
+        raise ParameterError(f"{root}: no clip of the {split!r} split could be used")
+    y = clips.labels[np.asarray(kept)][:, data_cols] >= 0.5
+    scores = np.stack(probs)
+    metrics = tagging_metrics(y, scores)
+    per_tag = {t: {"roc_auc": _finite(roc), "pr_auc": _finite(pr)}
+               for t, roc, pr in zip(shared, metrics["per_tag"]["roc_auc"], metrics["per_tag"]["pr_auc"])}
+    return {"dataset": dataset, "root": str(root), "split": split, "clips": len(kept), "skipped": skipped, "tags": shared,
+            "roc_auc": metrics["roc_auc"], "pr_auc": metrics["pr_auc"], "roc_auc_ci": [_finite(v) for v in bootstrap_ci(y, scores, n_boot=n_boot)],
+            "n_tags_evaluated": metrics["n_tags_evaluated"], "per_tag": per_tag}
+
+
+def _finite(v: float) -> float | None:
+    return None if v != v else float(v)
+
+
+def evaluation_text(result: dict, model_name: str) -> str:
+    """A plain-text summary of :func:`evaluate_model`'s result."""
+    lo, hi = result["roc_auc_ci"]
+    ci = f" (95% CI {lo:.4f}-{hi:.4f})" if lo is not None else ""
+    lines = [f"{model_name} on {result['root']} ({result['split']}: {result['clips']} clips"
+             + (f", {len(result['skipped'])} skipped" if result["skipped"] else "") + ")",
+             f"  macro ROC-AUC {result['roc_auc']:.4f}{ci}, macro PR-AUC {result['pr_auc']:.4f}, "
+             f"over {result['n_tags_evaluated']} of {len(result['tags'])} shared tags"]
+    return "\n".join(lines)
+
+
+__all__ = ["evaluate_model", "evaluation_text"]
