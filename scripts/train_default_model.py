@@ -8,9 +8,9 @@ recordings: the 4Q Audio Emotion Dataset's clips with their AllMusic moods,
 genres and emotion quadrant (split by artist), plus the 50 MagnaTagATune tags
 of a teacher (musicnn's MTT model) as soft labels on those clips and on
 windows of the Debian game soundtracks, as ``scripts/build_teacher_data.py``
-writes them (``DATA/teacher/manifest.csv``). ``--labels human`` trains on the
-4Q clips and their human labels alone (``DATA/4q/manifest.csv``), as the
-first real model did.
+writes them (``DATA/teacher/manifest.csv``). ``--labels human`` trains
+``tagstack-real-4q.safetensors`` on the 4Q clips and their human labels alone
+(``DATA/4q/manifest.csv``), as the first real model did.
 ``corpus`` (``tagstack-corpus.safetensors``) trains on the score-rendered
 default corpus. Both use the paper's five CNNs, all layers and the global
 MLP, through the same orchestrator as ``tagstack run``; the weights are
@@ -83,7 +83,7 @@ def main() -> None:
         manifest = a.data / ("teacher" if a.labels == "teacher" else "4q") / "manifest.csv"
         if not manifest.is_file():
             p.error(f"{manifest} not found: run scripts/build_real_data.py" + (" and scripts/build_teacher_data.py" if a.labels == "teacher" else ""))
-        dataset, root, name = "manifest", str(manifest), "tagstack-real"
+        dataset, root, name = "manifest", str(manifest), "tagstack-real" if a.labels == "teacher" else "tagstack-real-4q"
     else:
         from tagstack.datasets.corpus import build_corpus
 

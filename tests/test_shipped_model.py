@@ -56,7 +56,7 @@ def test_tag_a_real_dataset_clip(shared_data):
     assert abs(r.seconds - 29.27) < 0.15 and np.all((r.probs >= 0) & (r.probs <= 1))
 
 
-@pytest.mark.parametrize("name", ["real", "corpus"])
+@pytest.mark.parametrize("name", ["real", "real-4q", "corpus"])
 def test_each_shipped_model_loads_by_name_with_its_card(name, capsys):
     from tagstack.inference.tagger import PRETRAINED
 
@@ -69,3 +69,11 @@ def test_each_shipped_model_loads_by_name_with_its_card(name, capsys):
 def test_the_default_model_was_trained_on_real_recordings():
     meta = Tagger(device="cpu").model.info
     assert meta["name"] == "tagstack-real" and "Real recordings" in meta["data"] and "GTZAN is never used" in meta["data"]
+
+
+def test_the_default_model_speaks_magnatagatune_and_4q():
+    """The teacher's 50 MTAT tags (minus the six named like 4Q tags) beside 4Q's 152 human tags."""
+    tags = set(Tagger(device="cpu").tags)
+    assert {"guitar", "piano", "drums", "female vocal", "techno", "classical", "rock"} <= tags
+    assert {"q1", "q4", "angry", "calm", "pop/rock", "jazz"} <= tags and len(tags) == 196
+    assert set(Tagger("real-4q", device="cpu").tags) <= tags

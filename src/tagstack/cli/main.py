@@ -310,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("tag", help="tag audio files, folders (recursively) or globs")
     t.add_argument("paths", nargs="+", help="audio files, folders or glob patterns")
-    t.add_argument("--model", type=Path, help="model file, or a shipped model: real (default, trained on real recordings) or corpus")
+    t.add_argument("--model", type=Path, help="model file, or a shipped model: real (default, trained on real recordings), real-4q or corpus")
     t.add_argument("--top-k", type=int, default=5, help="tags per file (default: 5; 0 for all)")
     t.add_argument("--threshold", type=float, help="report every tag with probability >= this instead of the top k")
     t.add_argument("--format", choices=["table", "jsonl", "csv"], default="table", help="output format (default: table)")
@@ -328,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("paths", nargs="+", help="audio files, folders or glob patterns")
     e.add_argument("--out", "-o", type=Path, required=True,
                    help="output file: .npz (arrays embeddings, paths, scales, layers) or .parquet (path, embedding; scales and layers in its metadata); with --engine ray, a folder of Parquet shards")
-    e.add_argument("--model", type=Path, help="model file, or a shipped model: real (default, trained on real recordings) or corpus")
+    e.add_argument("--model", type=Path, help="model file, or a shipped model: real (default, trained on real recordings), real-4q or corpus")
     e.add_argument("--scales", type=_ints, help="input sizes to keep, comma-separated, e.g. 27,54 (default: all)")
     e.add_argument("--layers", type=_ints, help="conv layers to keep, 1-based, comma-separated, e.g. 3,4 (default: all)")
     _add_engine(e)
@@ -336,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_embed)
 
     i = sub.add_parser("info", help="print a model file's description (tags, front end, architecture, scores)")
-    i.add_argument("model", nargs="?", type=Path, help="model file, or a shipped model: real (default) or corpus")
+    i.add_argument("model", nargs="?", type=Path, help="model file, or a shipped model: real (default), real-4q or corpus")
     i.add_argument("--json", action="store_true", help="print the whole JSON header instead of a summary")
     i.set_defaults(func=cmd_info)
 
@@ -344,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Tag every clip of one split of a labelled dataset with a model, as `tagstack tag` does, and "
                                     "report macro ROC-AUC (95%% bootstrap interval) and PR-AUC over the tags the model and the "
                                     "dataset share by name, so shipped and trained models compare on the same clips and tags.")
-    ev.add_argument("--model", type=Path, help="model file, or a shipped model: real (default) or corpus")
+    ev.add_argument("--model", type=Path, help="model file, or a shipped model: real (default), real-4q or corpus")
     ev.add_argument("--dataset", required=True, help="dataset adapter (see `tagstack datasets`), e.g. manifest, mtat, jamendo")
     ev.add_argument("--root", required=True, help="dataset folder or manifest file")
     ev.add_argument("--split", default="", help="split scheme of the adapter (default: its own)")
@@ -358,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("serve", help="an HTTP tagging service with a web page (needs the serve extra)",
                        description="Serve tags, embeddings and taggrams over HTTP: a JSON API under /api (OpenAPI docs at /docs) "
                                    "and a web page at /. The model is loaded once; analyses run in parallel across requests.")
-    v.add_argument("--model", type=Path, help="model file, or a shipped model: real (default, trained on real recordings) or corpus")
+    v.add_argument("--model", type=Path, help="model file, or a shipped model: real (default, trained on real recordings), real-4q or corpus")
     v.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 for every interface)")
     v.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     v.add_argument("--max-upload-mb", type=float, default=200.0, help="largest upload accepted, in MB (default: 200)")

@@ -44,13 +44,13 @@ from ..models.tagger import TaggingModel
 from ..runtime import choose_device
 
 #: The models that ship inside the package, by name; each has a card (``<file>.md``) beside it.
-PRETRAINED = {name: Path(__file__).resolve().parents[1] / "pretrained" / f"tagstack-{name}.safetensors" for name in ("real", "corpus")}
+PRETRAINED = {name: Path(__file__).resolve().parents[1] / "pretrained" / f"tagstack-{name}.safetensors" for name in ("real", "real-4q", "corpus")}
 #: The default: trained on real recordings.
 DEFAULT_MODEL = PRETRAINED["real"]
 
 
 def resolve_model(model: str | Path | None) -> Path:
-    """A model file from a path, a shipped model's name (``real``, ``corpus``) or None (the default)."""
+    """A model file from a path, a shipped model's name (``real``, ``real-4q``, ``corpus``) or None (the default)."""
     if model is None:
         return DEFAULT_MODEL
     if str(model) in PRETRAINED and not Path(model).exists():
@@ -133,8 +133,9 @@ class Tagger:
     ----------
     model : str, Path or TaggingModel, optional
         A model file (``.safetensors``), or the name of a shipped model: ``"real"``
-        (the default, trained on real recordings) or ``"corpus"`` (trained on the
-        score-rendered corpus).
+        (the default, trained on real recordings with human and teacher tags),
+        ``"real-4q"`` (the same recordings' human mood and genre tags alone: the
+        better mood tagger) or ``"corpus"`` (trained on the score-rendered corpus).
     device : str
         ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda:0"`` ...
     """
