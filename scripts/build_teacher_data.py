@@ -57,12 +57,18 @@ def cut_debian(data: Path, out: Path) -> list[tuple[str, str]]:
     from tagstack.audio.io import duration_seconds, load
     from tagstack.fileio import atomic_write_bytes
 
+    from tagstack.errors import TagstackError
+
     clips: list[tuple[str, str]] = []
     with open(data / "debian" / "files.csv", newline="", encoding="utf-8") as fh:
         tracks = list(csv.DictReader(fh))
     for i, t in enumerate(tracks):
         src = data / "debian" / t["path"]
-        n = int(duration_seconds(src) // WINDOW)
+        try:
+            n = int(duration_seconds(src) // WINDOW)
+        except TagstackError as e:  # one unreadable track is reported, the others are cut
+            print(f"[cut {i + 1}/{len(tracks)}] skipped: {e}", file=sys.stderr, flush=True)
+            continue
         stem = Path(t["path"]).with_suffix("")
         for k in range(0, n, 2):
             rel = f"debian/{stem}-{k:03d}.flac"
@@ -120,7 +126,9 @@ def write_manifest(data: Path, out: Path, clips: list[tuple[str, str]], seed: in
     if tags_a != tags_b:
         raise SystemExit("the two teacher runs have different tag lists")
     human = set(fourq.tags)
-    rows = ["path,tags,split"]
+    buf = io.StringIO()
+    rows = csv.writer(buf, lineterminator="\n")
+    rows.writerow(["path", "tags", "split"])
     counts = {"4q": 0, "debian": 0, "missing": 0}
 
     def soft(p: np.ndarray, skip: set[str]) -> list[str]:
@@ -132,7 +140,7 @@ def write_manifest(data: Path, out: Path, clips: list[tuple[str, str]], seed: in
             counts["missing"] += 1
             continue
         mine = [fourq.tags[j] for j in np.flatnonzero(row >= 0.5)]
-        rows.append(f'"../4q/{path}","{TAG_SEPARATOR.join(mine + soft(p, human))}",{split}')
+        rows.writerow([f"../4q/{path}", TAG_SEPARATOR.join(mine + soft(p, human)), split])
         counts["4q"] += 1
     splits = track_splits([t for _, t in clips], seed)
     for rel, track in clips:
@@ -140,12 +148,14 @@ def write_manifest(data: Path, out: Path, clips: list[tuple[str, str]], seed: in
         if p is None:
             counts["missing"] += 1
             continue
-        rows.append(f'"{rel}","{TAG_SEPARATOR.join(soft(p, set()))}",{splits[track]}')
+        rows.writerow([rel, TAG_SEPARATOR.join(soft(p, set())), splits[track]])
         counts["debian"] += 1
-    atomic_write_text(out / "manifest.csv", "\n".join(rows) + "\n")
-    groups = ["tag,group"] + [f"{t},{g}" for t, g in sorted(fourq.groups.items())] + \
-        [f'"{t}",mtat (musicnn teacher)' for t in tags_a if t not in human]
-    atomic_write_text(out / "tag_groups.csv", "\n".join(groups) + "\n")
+    atomic_write_text(out / "manifest.csv", buf.getvalue())
+    buf = io.StringIO()
+    groups = csv.writer(buf, lineterminator="\n")
+    groups.writerows([["tag", "group"], *sorted(fourq.groups.items()),
+                      *[[t, "mtat (musicnn teacher)"] for t in tags_a if t not in human]])
+    atomic_write_text(out / "tag_groups.csv", buf.getvalue())
     return counts
 
 
@@ -164,8 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     clips.sort(key=lambda c: zlib.crc32(c[0].encode()))
     if a.debian_windows:
         clips = clips[: a.debian_windows]
-    listing = "\n".join(rel for rel, _ in clips) + "\n"
-    (out / "debian-clips.txt").write_text(listing, encoding="utf-8")
+    from tagstack.fileio import atomic_write_text
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "debian-clips.txt", "\n".join(rel for rel, _ in clips) + "\n")
     run_teacher(a.teacher_python, [(a.data / "4q" / "manifest.csv", out / "4q.npz"),
                                    (out / "debian-clips.txt", out / "debian.npz")])
     counts = write_manifest(a.data, out, clips, a.seed)

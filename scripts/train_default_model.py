@@ -1,7 +1,7 @@
 """Retrain a model that ships inside tagstack (src/tagstack/pretrained/) and write its model card.
 
     python scripts/train_default_model.py real --data /path/to/realdata [--out runs/real-model]
-    python scripts/train_default_model.py corpus [--out runs/default-model]
+    python scripts/train_default_model.py corpus [--out runs/corpus-model]
 
 ``real`` (the default model, ``tagstack-real.safetensors``) trains on real
 recordings: the 4Q Audio Emotion Dataset's clips with their AllMusic moods,
@@ -67,7 +67,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("which", choices=sorted(DATA), help="the real-music default model, or the corpus model")
     p.add_argument("--data", type=Path, help="real: the folder scripts/build_real_data.py wrote (holding 4q/manifest.csv)")
-    p.add_argument("--out", type=Path, help="run directory (default: runs/<which>-model)")
+    p.add_argument("--out", type=Path, help="run directory (default: runs/real-model, runs/real-4q-model or runs/corpus-model)")
     p.add_argument("--local-epochs", type=int, default=12, help="maximum epochs per local CNN (default: 12)")
     p.add_argument("--lr-stages", type=int, default=2, help="learning rates of the local CNNs (default: 2)")
     p.add_argument("--labels", choices=("teacher", "human"), default="teacher",
@@ -76,7 +76,7 @@ def main() -> None:
     p.add_argument("--device", default="auto", help="torch device (default: auto)")
     a = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    out = a.out or Path("runs") / f"{a.which}-model"
+    out = a.out or Path("runs") / ("real-4q-model" if a.which == "real" and a.labels == "human" else f"{a.which}-model")
     if a.which == "real":
         if a.data is None:
             p.error("real needs --data (the folder scripts/build_real_data.py wrote)")

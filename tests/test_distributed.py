@@ -145,3 +145,18 @@ def ray_workers(under: int) -> list[int]:
         except OSError:
             pass
     return workers
+
+
+def test_a_folder_of_other_settings_is_refused_not_silently_skipped(catalogue, model_file, tmp_path, local_ray):
+    from tagstack.errors import ParameterError
+
+    out = tmp_path / "out"
+    files = audio_files([catalogue])[:3]
+    run_on_ray(files, out, model=model_file, device="cpu", workers=1)
+    with pytest.raises(ParameterError, match="other settings.*embed False -> True"):
+        run_on_ray(files, out, model=model_file, device="cpu", workers=1, embed=True)  # would skip all three
+    (tmp_path / "taken").write_text("a file")
+    with pytest.raises(ParameterError, match="not a folder"):
+        run_on_ray(files, tmp_path / "new", model=model_file, device="cpu", taggram_dir=tmp_path / "taken")
+    with pytest.raises(ParameterError, match="hop"):
+        run_on_ray(files, tmp_path / "new", model=model_file, device="cpu", taggram=True, hop=0)

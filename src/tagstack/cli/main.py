@@ -218,15 +218,18 @@ def cmd_info(a: argparse.Namespace) -> int:
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from ..fileio import atomic_write_json
     from ..inference.assess import evaluate_model, evaluation_text
+    from ..inference.outputs import check_destination
 
-    result = evaluate_model(a.model, a.dataset, a.root, split_scheme=a.split, split=a.subset, device=a.device,
+    if a.json is not None:
+        check_destination(a.json)
+    result = evaluate_model(a.model, a.dataset, a.root, scheme=a.split, subset=a.subset, device=a.device,
                             split_dir=a.split_dir, merge=a.merge_synonyms)
     for path, reason in result["skipped"]:
         print(f"tagstack: skipped {reason if reason.startswith(path) else f'{path}: {reason}'}", file=sys.stderr)
     print(evaluation_text(result, str(a.model or "the default model")))
     if a.json is not None:
         atomic_write_json(a.json, {"model": str(a.model or "real"), **result})
-    return 0
+    return 1 if result["skipped"] else 0
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
@@ -343,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="score a model on a split of your labelled dataset (tags matched by name)",
                         description="Tag every clip of one split of a labelled dataset with a model, as `tagstack tag` does, and "
                                     "report macro ROC-AUC (95%% bootstrap interval) and PR-AUC over the tags the model and the "
-                                    "dataset share by name, so shipped and trained models compare on the same clips and tags.")
+                                    "dataset share by name (case, spaces and punctuation ignored), so shipped and trained models compare on the same clips and tags.")
     ev.add_argument("--model", type=Path, help="model file, or a shipped model: real (default), real-4q or corpus")
     ev.add_argument("--dataset", required=True, help="dataset adapter (see `tagstack datasets`), e.g. manifest, mtat, jamendo")
     ev.add_argument("--root", required=True, help="dataset folder or manifest file")

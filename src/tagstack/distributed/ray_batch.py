@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import ParameterError, TagstackError
 from ..fileio import TEMP_PREFIX, atomic_write, remove_leftovers
-from ..inference.outputs import unique_stems
+from ..inference.outputs import check_destination, unique_stems
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,11 @@ class _Worker:
                 row["taggram_windows"] = int(r.taggram.shape[0])
                 row["window_starts"] = r.window_starts.astype(np.float32).tolist()
                 if self.taggram_dir is not None:  # before the shard: a file in a shard has its taggram files
-                    write_taggram(r, self.taggram_dir, str(stem), self.tagger.cfg.clip_seconds)
+                    try:
+                        write_taggram(r, self.taggram_dir, str(stem), self.tagger.cfg.clip_seconds)
+                    except OSError as e:
+                        failures.append((path, f"{path}: cannot write its taggram ({e})"))
+                        continue
             rows.append(row)
         key = hashlib.sha1("\n".join(sorted(paths)).encode()).hexdigest()[:16]
         if rows:
@@ -159,15 +163,22 @@ def run_on_ray(files: Iterable[str | Path], out: str | Path, *, model: str | Pat
     read_metadata(model_path)  # a bad model is one line here, not an error in every worker
     if batch_files is not None and batch_files < 1:
         raise ParameterError(f"batch_files must be >= 1, got {batch_files}")
-    out = Path(out)
+    if hop is not None and not hop > 0:
+        raise ParameterError(f"the taggram hop must be a positive number of seconds, got {hop!r}")
+    out = Path(out).resolve()  # workers elsewhere in the cluster must not resolve it against their own folders
+    check_destination(out, folder=True)
     out.mkdir(parents=True, exist_ok=True)
     remove_leftovers(out)
     files = [str(f) for f in files]
     taggram = taggram or taggram_dir is not None
     if taggram_dir is not None:
-        Path(taggram_dir).mkdir(parents=True, exist_ok=True)
-        remove_leftovers(Path(taggram_dir))
-    job = {"model": str(model_path), "embed": embed, "taggram": taggram, "hop": hop, "files": len(files)}
+        taggram_dir = Path(taggram_dir).resolve()
+        check_destination(taggram_dir, folder=True)
+        taggram_dir.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(taggram_dir)
+    job = {"model": str(model_path), "embed": embed, "taggram": taggram, "hop": hop,
+           "taggram_dir": str(taggram_dir) if taggram_dir is not None else None}
+    _same_settings(out / "job.json", job)
     atomic_write(out / "job.json", lambda tmp: Path(tmp).write_text(json.dumps(job, indent=1)))  # what produced these shards
     before = done_paths(out)
     todo = [f for f in files if f not in before]
@@ -210,6 +221,21 @@ def run_on_ray(files: Iterable[str | Path], out: str | Path, *, model: str | Pat
             log.info("%d/%d files, %.1f files/s, ETA %.0f s", count, len(todo), rate, (len(todo) - count) / max(rate, 1e-9))
             last = now
     return _with_failures(report, out, set(files))
+
+
+def _same_settings(path: Path, job: dict) -> None:
+    """Refuse to add to a folder whose shards were made with other settings (a rerun would skip their files)."""
+    if not path.exists():
+        return
+    try:
+        before = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return  # no readable record: the shards are still whole, only their settings are unknown
+    changed = [k for k in job if k in before and before[k] != job[k]]
+    if changed:
+        what = ", ".join(f"{k} {before[k]!r} -> {job[k]!r}" for k in changed)
+        raise ParameterError(f"{path.parent}: holds results made with other settings ({what}); "
+                             "use a new output folder, or the same settings to resume")
 
 
 def _with_failures(report: RayJobReport, out: Path, wanted: set[str]) -> RayJobReport:

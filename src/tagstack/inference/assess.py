@@ -10,6 +10,7 @@ can be compared with another on exactly the same clips and tags.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +22,15 @@ from ..train.evaluation import bootstrap_ci, tagging_metrics
 from .tagger import Tagger
 
 
-def evaluate_model(model: str | Path | None, dataset: str, root: str | Path, *, split_scheme: str = "", split: str = "test",
+def tag_key(tag: str) -> str:
+    """A tag's name for matching across vocabularies: lower case, letters and digits only (female vocal = femaleVocal)."""
+    return re.sub(r"[^0-9a-z]", "", tag.lower())
+
+
+def evaluate_model(model: str | Path | None, dataset: str, root: str | Path, *, scheme: str = "", subset: str = "test",
                    device: str = "auto", n_boot: int = 200, tagger: Tagger | None = None, **options: object) -> dict:
-    """Score ``model`` on one split of a labelled dataset, over the tags both share.
+    """Score ``model`` on the ``subset`` (test, valid, train) of a labelled dataset's split ``scheme`` (the
+    adapter's default when empty), over the tags both share by name (compared by :func:`tag_key`).
 
     Returns ``clips`` (scored), ``skipped`` (``[path, reason]`` of files that
     could not be used), ``tags`` (shared tags, in the dataset's order),
@@ -32,18 +39,19 @@ def evaluate_model(model: str | Path | None, dataset: str, root: str | Path, *, 
     the split has one class only). Soft labels count as present from 0.5.
     ``options`` go to the dataset adapter (``split_dir``, ``merge``).
     """
-    clips = load_dataset(dataset, root, split=split_scheme, **{k: v for k, v in options.items() if v})
-    rows = clips.indices(split)
+    clips = load_dataset(dataset, root, split=scheme, **{k: v for k, v in options.items() if v})
+    rows = clips.indices(subset)
     if not len(rows):
-        raise ParameterError(f"{root}: the {split!r} split is empty")
+        raise ParameterError(f"{root}: the {subset!r} part of the split is empty")
     tagger = tagger or Tagger(model, device=device)
     if tagger.model.head is None:
         raise ParameterError("this model has no global classifier (stage 3); it can embed but not tag")
-    shared = [t for t in clips.tags if t in set(tagger.tags)]
+    model_keys = {tag_key(t): j for j, t in enumerate(tagger.tags)}
+    shared = [t for t in clips.tags if tag_key(t) in model_keys]
     if not shared:
         raise ParameterError(f"the model's tags and the dataset's have no name in common "
                              f"(model: {', '.join(tagger.tags[:5])} ...; dataset: {', '.join(clips.tags[:5])} ...)")
-    model_cols = [tagger.tags.index(t) for t in shared]
+    model_cols = [model_keys[tag_key(t)] for t in shared]
     data_cols = [clips.tags.index(t) for t in shared]
     files = [clips.audio_path(i) for i in rows]
     probs, kept, skipped = [], [], []
@@ -55,13 +63,13 @@ def evaluate_model(model: str | Path | None, dataset: str, root: str | Path, *, 
         probs.append(r.probs[model_cols])
         kept.append(i)
     if not kept:
-        raise ParameterError(f"{root}: no clip of the {split!r} split could be used")
+        raise ParameterError(f"{root}: no clip of the {subset!r} part could be used")
     y = clips.labels[np.asarray(kept)][:, data_cols] >= 0.5
     scores = np.stack(probs)
     metrics = tagging_metrics(y, scores)
     per_tag = {t: {"roc_auc": _finite(roc), "pr_auc": _finite(pr)}
                for t, roc, pr in zip(shared, metrics["per_tag"]["roc_auc"], metrics["per_tag"]["pr_auc"])}
-    return {"dataset": dataset, "root": str(root), "split": split, "clips": len(kept), "skipped": skipped, "tags": shared,
+    return {"dataset": dataset, "root": str(root), "scheme": scheme, "subset": subset, "clips": len(kept), "skipped": skipped, "tags": shared,
             "roc_auc": metrics["roc_auc"], "pr_auc": metrics["pr_auc"], "roc_auc_ci": [_finite(v) for v in bootstrap_ci(y, scores, n_boot=n_boot)],
             "n_tags_evaluated": metrics["n_tags_evaluated"], "per_tag": per_tag}
 
@@ -74,7 +82,7 @@ def evaluation_text(result: dict, model_name: str) -> str:
     """A plain-text summary of :func:`evaluate_model`'s result."""
     lo, hi = result["roc_auc_ci"]
     ci = f" (95% CI {lo:.4f}-{hi:.4f})" if lo is not None else ""
-    lines = [f"{model_name} on {result['root']} ({result['split']}: {result['clips']} clips"
+    lines = [f"{model_name} on {result['root']} ({result['subset']}: {result['clips']} clips"
              + (f", {len(result['skipped'])} skipped" if result["skipped"] else "") + ")",
              f"  macro ROC-AUC {result['roc_auc']:.4f}{ci}, macro PR-AUC {result['pr_auc']:.4f}, "
              f"over {result['n_tags_evaluated']} of {len(result['tags'])} shared tags"]
