@@ -208,12 +208,16 @@ def test_batched_files_equal_each_file_alone(tmp_path, model_file):
         files.append(tmp_path / f"{name}.wav")
     (tmp_path / "notes.wav").write_text("not audio")
     files.insert(2, tmp_path / "notes.wav")
+    late = render({"low"}, 3.5 * clip, rng)
+    late[int(2.5 * clip * SR)] = np.nan  # decodes for two windows, then fails: its pending windows must go
+    sf.write(tmp_path / "late.wav", late, SR, subtype="FLOAT")
+    files.insert(4, tmp_path / "late.wav")
     tagger = Tagger(model_file, device="cpu")
     for batch_windows in (1, 3, 64):  # passes that split files, span several, hold them all
         got = tagger.predict_batch(files, taggram=True, hop=0.4 * clip, batch_windows=batch_windows)
         assert len(got) == len(files)
         for path, r in zip(files, got):
-            if path.name == "notes.wav":
+            if path.name in ("notes.wav", "late.wav"):
                 with pytest.raises(TagstackError) as alone:
                     tagger.predict(path)
                 assert isinstance(r, TagstackError) and str(r) == str(alone.value)
