@@ -35,6 +35,16 @@ def alive(pid: int) -> bool:
         return False
 
 
+def kill_and_survivors(proc, workers: list[int], seconds: float = 5.0) -> list[int]:
+    """kill -9 ``proc`` alone, then give its ``workers`` up to ``seconds`` to follow it; the ones still alive."""
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + seconds
+    while time.time() < deadline and any(alive(w) for w in workers):
+        time.sleep(0.05)
+    return [w for w in workers if alive(w)]
+
+
 @pytest.fixture(scope="module")
 def many_files(tmp_path_factory):
     d = tmp_path_factory.mktemp("many")
@@ -67,13 +77,7 @@ print(MelCache(clips, cache_dir={str(tmp_path / 'cache')!r}, frontend=TEST_FRONT
         time.sleep(0.05)
     assert workers, "the cache never started its decoding workers"
     time.sleep(0.5)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    for _ in range(100):
-        if not any(alive(w) for w in workers):
-            break
-        time.sleep(0.05)
-    assert not any(alive(w) for w in workers), "decoding workers outlived their parent"
+    assert not kill_and_survivors(proc, workers), "decoding workers outlived their parent"
     again = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
     assert again.stdout.strip().splitlines()[-1] == "40"

@@ -62,10 +62,9 @@ def test_a_finished_distributed_run_is_resumed_not_retrained(two_runs):
 
 def test_a_killed_distributed_run_resumes_to_the_uninterrupted_result(two_runs):
     """kill -9 torchrun in the middle of stage 1: its workers die with it, and the same command resumes from rank 0's checkpoints."""
-    import signal
     import time
 
-    from test_kill import alive, children_of
+    from test_kill import children_of, kill_and_survivors
 
     tmp, cmd, _ = two_runs
     killed = [a if a != str(tmp / "two") else str(tmp / "killed") for a in cmd]
@@ -77,13 +76,8 @@ def test_a_killed_distributed_run_resumes_to_the_uninterrupted_result(two_runs):
     assert proc.poll() is None, "training ended before it could be killed"
     workers = children_of(proc.pid)
     assert workers, "torchrun started no worker"
-    proc.send_signal(signal.SIGKILL)  # the agent alone: its workers must follow it
-    proc.wait()
-    for _ in range(100):
-        if not any(alive(w) for w in workers):
-            break
-        time.sleep(0.05)
-    assert not any(alive(w) for w in workers), "training processes outlived the killed torchrun"
+    # the agent alone is killed: its workers must follow it
+    assert not kill_and_survivors(proc, workers), "training processes outlived the killed torchrun"
     again = subprocess.run(killed, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "[local 27] resuming after epoch" in again.stderr

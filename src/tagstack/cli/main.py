@@ -164,6 +164,12 @@ def cmd_datasets(a: argparse.Namespace) -> int:
     return 0
 
 
+def _print_skipped(skipped) -> None:
+    """One stderr line per (path, reason) a job could not use; the reason names the file when it already does."""
+    for path, reason in skipped:
+        print(f"tagstack: skipped {reason if reason.startswith(path) else f'{path}: {reason}'}", file=sys.stderr)
+
+
 def _on_ray(a: argparse.Namespace, out: Path | None, *, embed: bool, taggram_dir: Path | None = None,
             hop: float | None = None) -> int:
     """``--engine ray``: the job on a Ray cluster, into a folder of Parquet shards."""
@@ -174,8 +180,7 @@ def _on_ray(a: argparse.Namespace, out: Path | None, *, embed: bool, taggram_dir
         raise ParameterError("--engine ray writes a folder of Parquet shards: give it with -o DIR")
     report = run_on_ray(audio_files(a.paths), out, model=a.model, address=a.ray_address, workers=a.workers or None,
                         device=a.device, embed=embed, taggram_dir=taggram_dir, hop=hop)
-    for path, reason in report.failed:
-        print(f"tagstack: skipped {reason if reason.startswith(path) else f'{path}: {reason}'}", file=sys.stderr)
+    _print_skipped(report.failed)
     print(f"{report.done} files done in this run, {report.reused} already done before, {len(report.failed)} failed; "
           f"results in {out}/tags-*.parquet, failures in {out}/failures-*.parquet", file=sys.stderr)
     return report.exit_status
@@ -224,8 +229,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         check_destination(a.json)
     result = evaluate_model(a.model, a.dataset, a.root, scheme=a.split, subset=a.subset, device=a.device,
                             split_dir=a.split_dir, merge=a.merge_synonyms)
-    for path, reason in result["skipped"]:
-        print(f"tagstack: skipped {reason if reason.startswith(path) else f'{path}: {reason}'}", file=sys.stderr)
+    _print_skipped(result["skipped"])
     print(evaluation_text(result, str(a.model or "the default model")))
     if a.json is not None:
         atomic_write_json(a.json, {"model": str(a.model or "real"), **result})
