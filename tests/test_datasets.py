@@ -21,6 +21,33 @@ def test_manifest_round_trip(tmp_path):
     assert list(back.splits) == ["train", "test"] and back.groups == {"piano": "instrument"}
 
 
+def test_manifest_unknown_column_marks_tags_and_groups_unknown_and_round_trips(tmp_path):
+    (tmp_path / "tag_groups.csv").write_text("tag,group\nhappy,mood\nsad,mood\nguitar,instrument\n")
+    (tmp_path / "manifest.csv").write_text(
+        "path,tags,split,unknown\n"
+        "a.wav,happy;guitar=0.8,train,\n"
+        "b.wav,sad,valid,guitar\n"
+        "c.wav,guitar=0.6,test,mood\n")
+    clips = read_manifest(tmp_path / "manifest.csv")
+    assert clips.tags == ["guitar", "happy", "sad"]
+    np.testing.assert_array_equal(clips.labels, np.array([[0.8, 1, 0], [np.nan, 0, 1], [0.6, np.nan, np.nan]], np.float32))
+    assert "clips" in clips.summary()  # counts ignore unknown labels instead of failing on NaN
+    (tmp_path / "copy").mkdir()
+    write_manifest(clips, tmp_path / "copy" / "manifest.csv")
+    back = read_manifest(tmp_path / "copy" / "manifest.csv")
+    np.testing.assert_array_equal(back.labels, clips.labels)
+    assert back.groups == clips.groups
+
+
+def test_manifest_unknown_column_errors_name_the_line(tmp_path):
+    (tmp_path / "m.csv").write_text("path,tags,split,unknown\na.wav,happy,train,tempo\n")
+    with pytest.raises(DatasetError, match=r"m.csv, line 2: unknown 'tempo' is neither a tag"):
+        read_manifest(tmp_path / "m.csv")
+    (tmp_path / "n.csv").write_text("path,tags,split,unknown\na.wav,happy,train,happy\n")
+    with pytest.raises(DatasetError, match=r"n.csv, line 2: tag 'happy' is both labelled and listed as unknown"):
+        read_manifest(tmp_path / "n.csv")
+
+
 def test_manifest_without_split_gets_a_seeded_split(tmp_path):
     lines = ["path\ttags"] + [f"f{i}.wav\t{'rock' if i % 2 else 'jazz'};guitar" for i in range(40)]
     (tmp_path / "m.tsv").write_text("\n".join(lines))

@@ -40,3 +40,22 @@ def test_rank_macro_roc_auc_equals_sklearn_with_ties_and_one_class_tags():
     s = np.round(rng.random((150, 30)) + 0.3 * y, 1)  # many ties
     assert np.isclose(macro_roc_auc(y, s), tagging_metrics(y, s)["roc_auc"], rtol=0, atol=1e-12)
     assert np.isnan(macro_roc_auc(np.zeros((5, 2), bool), s[:5, :2]))
+
+
+def test_unknown_labels_are_left_out_of_each_tags_scores():
+    """A NaN label (never annotated) scores as if its clip were absent for that tag only."""
+    from tagstack.train.evaluation import binary_targets, macro_roc_auc
+
+    rng = np.random.default_rng(3)
+    y = (rng.random((120, 3)) < 0.4).astype(np.float32)
+    s = rng.random((120, 3)) + 0.4 * y
+    y_unknown = y.copy()
+    y_unknown[:40, 1] = np.nan  # tag 1 unknown on the first 40 clips
+    m = tagging_metrics(binary_targets(y_unknown), s)
+    ref = [roc_auc_score(y[:, 0], s[:, 0]), roc_auc_score(y[40:, 1], s[40:, 1]), roc_auc_score(y[:, 2], s[:, 2])]
+    np.testing.assert_allclose(m["per_tag"]["roc_auc"], ref)
+    assert np.isclose(m["per_tag"]["pr_auc"][1], average_precision_score(y[40:, 1], s[40:, 1]))
+    assert np.isclose(macro_roc_auc(y_unknown, s), np.mean(ref), rtol=0, atol=1e-12)
+    lo, hi = bootstrap_ci(y_unknown, s, n_boot=50)
+    assert lo < np.mean(ref) < hi
+    np.testing.assert_array_equal(binary_targets(np.array([[0.2, 0.5, np.nan]])), np.array([[0, 1, np.nan]], np.float32))

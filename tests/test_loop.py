@@ -37,3 +37,41 @@ def test_warm_up_and_clipping_are_validated():
         TrainConfig(clip_norm=-0.5)
     with pytest.raises(ParameterError, match="momentum"):
         TrainConfig(momentum=0.0)
+
+
+def test_masked_bce_ignores_unknown_labels_and_equals_bce_without_them():
+    from tagstack.train.stages import masked_bce
+
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(6, 4, generator=g, requires_grad=True)
+    y = torch.rand(6, 4, generator=g)
+    assert torch.allclose(masked_bce(logits, y), nn.BCEWithLogitsLoss()(logits, y))
+    y_unknown = y.clone()
+    y_unknown[:3, 2] = float("nan")
+    known = ~torch.isnan(y_unknown)
+    loss = masked_bce(logits, y_unknown)
+    assert torch.allclose(loss, nn.BCEWithLogitsLoss()(logits[known], y[known]))
+    loss.backward()
+    assert torch.all(logits.grad[:3, 2] == 0) and torch.all(logits.grad[known] != 0)
+    none_known = masked_bce(logits, torch.full_like(y, float("nan")))
+    assert none_known.item() == 0 and none_known.requires_grad
+
+
+def test_global_stage_trains_on_labels_with_unknowns(tmp_path):
+    """Stage 3 on features whose labels are partly unknown: finite losses and validation scores, a model that learned."""
+    import numpy as np
+
+    from tagstack.models.classifier import GlobalArch, GlobalMLP
+    from tagstack.train.stages import train_global
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(240, 12)).astype(np.float32)
+    y = (x[:, :3] > 0).astype(np.float32)
+    y[:120, 2] = np.nan  # half the clips never annotated for tag 2
+    torch.manual_seed(0)
+    head = GlobalMLP(GlobalArch(12, 3, hidden=16, dropout=0.0))
+    state = train_global(head, x[:200], y[:200], x[200:], y[200:], config=TrainConfig(lr=0.05, max_epochs=15, batch_size=20),
+                         workdir=tmp_path / "g", device=torch.device("cpu"))
+    last = state.history[-1]
+    assert np.isfinite(last["train_loss"]) and np.isfinite(last["val_loss"])
+    assert last["val_roc_auc"] > 0.9

@@ -27,7 +27,9 @@ class ClipSet:
     paths : list[str]
         Audio file of each clip (absolute, or relative to ``root``).
     labels : np.ndarray [shape=(clips, tags), dtype=float32]
-        0/1 labels; one-hot rows for single-label (``multiclass``) tasks.
+        0/1 labels, or soft ones in [0, 1]; NaN where a clip's label for a
+        tag is unknown (its source never annotated that tag). One-hot rows
+        for single-label (``multiclass``) tasks, which allow no NaN.
     tags : list[str]
         Column names of ``labels``.
     splits : np.ndarray [shape=(clips,), dtype=str]
@@ -58,6 +60,8 @@ class ClipSet:
             raise DatasetError(f"{self.name}: {self.splits.shape[0]} split names for {n} clips")
         if self.task not in ("multilabel", "multiclass"):
             raise ParameterError(f"task must be 'multilabel' or 'multiclass', got {self.task!r}")
+        if self.task == "multiclass" and np.isnan(self.labels).any():
+            raise DatasetError(f"{self.name}: a single-label (multiclass) dataset cannot have unknown (NaN) labels")
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -85,7 +89,7 @@ class ClipSet:
         lines = [f"{self.name}: {len(self)} clips, {len(self.tags)} {'classes' if self.task == 'multiclass' else 'tags'}"]
         width = max([len(t) for t in self.tags] + [3])
         lines.append(f"{'tag':<{width}} " + " ".join(f"{s:>6}" for s in SPLITS))
-        counts = {s: self.labels[self.indices(s)].sum(axis=0) for s in SPLITS}
+        counts = {s: np.nansum(self.labels[self.indices(s)], axis=0) for s in SPLITS}
         lines.append(f"{'clips':<{width}} " + " ".join(f"{len(self.indices(s)):>6}" for s in SPLITS))
         for j, t in enumerate(self.tags):
             lines.append(f"{t:<{width}} " + " ".join(f"{int(counts[s][j]):>6}" for s in SPLITS))

@@ -11,6 +11,17 @@ separated by ``;``, each a name or ``name=value`` for a soft label in [0, 1];
 ``split`` (``train``/``valid``/``test``) is optional: when
 the column is missing or empty, a seeded split stratified by each clip's
 rarest tag is made. A tab-separated file (``.tsv``) works the same way.
+
+A tag not listed on a row is a negative for that clip. When sources with
+different vocabularies are merged (moods on some clips, instruments on
+others), an optional ``unknown`` column names, per row, the tags (or tag
+groups of ``tag_groups.csv``) that the clip was never annotated for: those
+labels become unknown (NaN) and count neither as positive nor as negative,
+in training or in evaluation::
+
+    path,tags,split,unknown
+    4q/a.mp3,happy;pop;guitar=0.8,train,
+    games/b.flac,guitar=0.6;drums=0.9,train,mood;genre
 A folder per label (``root/<label>/*.wav``) is read as a single-label task.
 """
 from __future__ import annotations
@@ -72,10 +83,19 @@ def read_manifest(path: str | Path, *, name: str | None = None, task: str = "mul
         tag_values.append(_parse_tags(r.get("tags", ""), path, line))
     tags = sorted({t for tv in tag_values for t in tv})
     col = {t: j for j, t in enumerate(tags)}
+    groups = {}
+    group_file = path.with_name("tag_groups.csv")
+    if group_file.is_file():
+        with open(group_file, newline="", encoding="utf-8-sig") as f:
+            groups = {r["tag"]: r["group"] for r in csv.DictReader(f)}
     labels = np.zeros((len(records), len(tags)), np.float32)
-    for i, tv in enumerate(tag_values):
+    for i, ((line, r), tv) in enumerate(zip(records, tag_values)):
         for t, v in tv.items():
             labels[i, col[t]] = v
+        for t in _unknown_tags(r.get("unknown", ""), col, groups, path, line):
+            if t in tv:
+                raise DatasetError(f"{path}, line {line}: tag {t!r} is both labelled and listed as unknown")
+            labels[i, col[t]] = np.nan
     splits = np.array([r.get("split", "") for _, r in records], dtype=object)
     bad = [(line, s) for (line, _), s in zip(records, splits) if s and s not in SPLITS]
     if bad:
@@ -87,11 +107,6 @@ def read_manifest(path: str | Path, *, name: str | None = None, task: str = "mul
                            "fill the split column on every row, or leave it empty everywhere for a seeded split")
     if empty:
         splits = _make_splits([r["path"] for _, r in records], labels, seed=seed)
-    groups = {}
-    group_file = path.with_name("tag_groups.csv")
-    if group_file.is_file():
-        with open(group_file, newline="", encoding="utf-8-sig") as f:
-            groups = {r["tag"]: r["group"] for r in csv.DictReader(f)}
     return ClipSet(name=name or path.parent.name, root=path.parent, paths=[r["path"] for _, r in records],
                    labels=labels, tags=tags, splits=splits, task=task, groups=groups)
 
@@ -114,20 +129,36 @@ def _parse_tags(text: str, path: Path, line: int) -> dict[str, float]:
     return out
 
 
+def _unknown_tags(text: str, col: dict[str, int], groups: dict[str, str], path: Path, line: int) -> list[str]:
+    """The tags named in an ``unknown`` cell, each given as a tag or as a group of ``tag_groups.csv``."""
+    out: list[str] = []
+    for item in filter(None, (x.strip() for x in text.split(TAG_SEPARATOR))):
+        members = [item] if item in col else [t for t, g in groups.items() if g == item and t in col]
+        if not members:
+            raise DatasetError(f"{path}, line {line}: unknown {item!r} is neither a tag of the manifest nor a group of tag_groups.csv")
+        out.extend(members)
+    return out
+
+
 def _make_splits(paths: list[str], labels: np.ndarray, *, seed: int) -> np.ndarray:
-    freq = labels.sum(axis=0)
-    strata = [str(int(np.argmin(np.where(row > 0, freq, np.inf)))) if row.any() else "none" for row in labels]
+    freq = np.nansum(labels, axis=0)
+    strata = [str(int(np.argmin(np.where(row > 0, freq, np.inf)))) if (row > 0).any() else "none" for row in labels]
     assign = stratified_split(paths, strata, seed=seed)
     return np.array([assign[p] for p in paths], dtype=object)
 
 
 def write_manifest(clips: ClipSet, path: str | Path) -> None:
-    """Write ``clips`` as a manifest (atomically), with ``tag_groups.csv`` beside it when groups are known."""
+    """Write ``clips`` as a manifest (atomically), with ``tag_groups.csv`` beside it when groups are known.
+
+    Unknown (NaN) labels go to an ``unknown`` column, written only when there are some.
+    """
     path = Path(path)
-    lines = ["path,tags,split"]
-    for p, row, s in zip(clips.paths, clips.labels, clips.splits):
-        ts = TAG_SEPARATOR.join(clips.tags[j] if row[j] == 1 else f"{clips.tags[j]}={row[j]:.4g}" for j in np.flatnonzero(row))
-        lines.append(f"{_csv_field(p)},{_csv_field(ts)},{s}")
+    unknown = np.isnan(clips.labels)
+    lines = ["path,tags,split" + (",unknown" if unknown.any() else "")]
+    for p, row, s, u in zip(clips.paths, clips.labels, clips.splits, unknown):
+        ts = TAG_SEPARATOR.join(clips.tags[j] if row[j] == 1 else f"{clips.tags[j]}={row[j]:.4g}" for j in np.flatnonzero(row > 0))
+        extra = f",{_csv_field(TAG_SEPARATOR.join(clips.tags[j] for j in np.flatnonzero(u)))}" if unknown.any() else ""
+        lines.append(f"{_csv_field(p)},{_csv_field(ts)},{s}{extra}")
     atomic_write_text(path, "\n".join(lines) + "\n")
     if clips.groups:
         rows = ["tag,group"] + [f"{t},{clips.groups[t]}" for t in clips.tags if t in clips.groups]

@@ -38,7 +38,7 @@ def run_demo(*, out: str | Path = "runs/demo", device: str = "auto", workers: in
     print("\ntags of three test clips (predicted top 5 | true tags):")
     for i in clips.indices("test")[:: max(1, len(clips.indices("test")) // 3)][:3]:
         top = tagger.tag(clips.audio_path(i), top_k=5)
-        true = [clips.tags[j] for j in np.flatnonzero(clips.labels[i])]
+        true = [clips.tags[j] for j in np.flatnonzero(clips.labels[i] >= 0.5)]
         print(f"  {clips.paths[i]}\n    predicted: {', '.join(f'{t} {p:.2f}' for t, p in top)}\n    true:      {', '.join(true)}")
     print(f"\nrun directory: {out} (report.md, metrics.json, model.safetensors, plots/); {time.time() - started:.0f} s in all")
     return metrics

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..fileio import atomic_write_json
-from ..train.evaluation import bootstrap_ci, evaluate
+from ..train.evaluation import binary_targets, bootstrap_ci, evaluate
 from .config import ExperimentConfig
 from ..report import bar_figure, per_tag_gain_figure, write_reproduction_report, write_table
 from .run import Experiment
@@ -101,7 +101,7 @@ def reproduce(config: ExperimentConfig, out: str | Path) -> dict:
     agg = exp.features()
     clips = exp.data.clips
     test = clips.indices("test")
-    y = clips.labels[test] >= 0.5
+    y = binary_targets(clips.labels[test])
     task = clips.task
     multiclass = task == "multiclass"
 

@@ -39,7 +39,7 @@ from ..models.file import load_model, save_model
 from ..models.local import LocalCNN, build_local_cnn
 from ..models.tagger import TaggingModel
 from ..runtime import barrier, choose_device, distributed
-from ..train.evaluation import bootstrap_ci, evaluate
+from ..train.evaluation import binary_targets, bootstrap_ci, evaluate
 from ..train.stages import finetune_joint, model_clip_probs, train_global, train_local
 from .config import ExperimentConfig, save_config
 
@@ -234,7 +234,7 @@ class Experiment:
         """Test metrics of every local CNN and of the global model, with per-group means and a bootstrap interval."""
         d = self.data
         test = d.clips.indices("test")
-        y = d.clips.labels[test] >= 0.5
+        y = binary_targets(d.clips.labels[test])
         out = {"dataset": d.clips.name, "n_clips": {s: int(len(d.clips.indices(s))) for s in ("train", "valid", "test")},
                "tags": d.clips.tags, "skipped_files": d.report["skipped"], "local": {}, "global": {}}
         for s, p in self.features()["local_probs"].items():

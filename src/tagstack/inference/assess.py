@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from ..datasets import load_dataset
 from ..errors import ParameterError, TagstackError
-from ..train.evaluation import bootstrap_ci, tagging_metrics
+from ..train.evaluation import binary_targets, bootstrap_ci, tagging_metrics
 from .tagger import Tagger
 
 
@@ -36,7 +36,8 @@ def evaluate_model(model: str | Path | None, dataset: str, root: str | Path, *, 
     could not be used), ``tags`` (shared tags, in the dataset's order),
     ``roc_auc``, ``pr_auc``, ``roc_auc_ci`` (95% bootstrap over clips),
     ``n_tags_evaluated`` and ``per_tag`` (tag -> ROC-AUC and PR-AUC, None where
-    the split has one class only). Soft labels count as present from 0.5.
+    the split has one class only). Soft labels count as present from 0.5;
+    unknown labels (NaN) are left out of their tag's scores.
     ``options`` go to the dataset adapter (``split_dir``, ``merge``).
     """
     clips = load_dataset(dataset, root, split=scheme, **{k: v for k, v in options.items() if v})
@@ -64,7 +65,7 @@ def evaluate_model(model: str | Path | None, dataset: str, root: str | Path, *, 
         kept.append(i)
     if not kept:
         raise ParameterError(f"{root}: no clip of the {subset!r} part could be used")
-    y = clips.labels[np.asarray(kept)][:, data_cols] >= 0.5
+    y = binary_targets(clips.labels[np.asarray(kept)][:, data_cols])
     scores = np.stack(probs)
     metrics = tagging_metrics(y, scores)
     per_tag = {t: {"roc_auc": _finite(roc), "pr_auc": _finite(pr)}

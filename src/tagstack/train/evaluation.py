@@ -3,8 +3,10 @@
 Tagging is scored with macro ROC-AUC and PR-AUC (average precision) over the
 tags that have at least one positive and one negative clip in the evaluated
 set (an AUC is undefined otherwise); the per-tag values are kept, with NaN for
-the tags left out. Single-label tasks also get accuracy. Bootstrap confidence
-intervals resample clips with replacement.
+the tags left out. A label may be unknown (NaN: the clip was never annotated
+for that tag, e.g. a mood on a clip from a source without moods); each tag is
+then scored on the clips that know it. Single-label tasks also get accuracy.
+Bootstrap confidence intervals resample clips with replacement.
 """
 from __future__ import annotations
 
@@ -24,17 +26,25 @@ def _check(y_true: np.ndarray, y_score: np.ndarray) -> tuple[np.ndarray, np.ndar
     return y_true, y_score
 
 
+def binary_targets(labels: np.ndarray) -> np.ndarray:
+    """0/1 targets from labels that may be soft (present from 0.5), keeping unknown (NaN) labels NaN."""
+    labels = np.asarray(labels, dtype=np.float32)
+    return np.where(np.isnan(labels), np.nan, labels >= 0.5).astype(np.float32)
+
+
 def per_tag_scores(y_true: np.ndarray, y_score: np.ndarray) -> dict[str, np.ndarray]:
-    """ROC-AUC and average precision of every tag (NaN where a tag has one class only)."""
+    """ROC-AUC and average precision of every tag on the clips that know it (NaN where a tag has one class only)."""
     y_true, y_score = _check(y_true, y_score)
     n = y_true.shape[1]
     roc = np.full(n, np.nan)
     pr = np.full(n, np.nan)
     for j in range(n):
-        pos = y_true[:, j].sum()
-        if 0 < pos < len(y_true):
-            roc[j] = roc_auc_score(y_true[:, j], y_score[:, j])
-            pr[j] = average_precision_score(y_true[:, j], y_score[:, j])
+        known = ~np.isnan(y_true[:, j]) if y_true.dtype.kind == "f" else slice(None)
+        t, s = y_true[known, j], y_score[known, j]
+        pos = t.sum()
+        if 0 < pos < len(t):
+            roc[j] = roc_auc_score(t, s)
+            pr[j] = average_precision_score(t, s)
     return {"roc_auc": roc, "pr_auc": pr}
 
 
@@ -75,7 +85,7 @@ def bootstrap_ci(
     per tag (tested) and is fast enough for hundreds of resamples of hundreds of tags.
     """
     y_true, y_score = _check(y_true, y_score)
-    y_true = y_true >= 0.5
+    y_true = binary_targets(y_true)
     rng = np.random.default_rng(seed)
     values = []
     for _ in range(n_boot):
@@ -90,15 +100,22 @@ def bootstrap_ci(
 
 
 def macro_roc_auc(y_true: np.ndarray, y_score: np.ndarray) -> float:
-    """Macro ROC-AUC over the tags with both classes, from ranks; NaN when no tag has both."""
+    """Macro ROC-AUC over the tags with both classes, from ranks; NaN when no tag has both.
+
+    Unknown labels (NaN) take no part: their scores are ranked above every
+    score (+inf), which leaves the ranks of the known clips as if they were
+    ranked alone.
+    """
     from scipy.stats import rankdata
 
-    y = np.asarray(y_true, dtype=bool)
+    y_true = np.asarray(y_true, dtype=np.float64)
+    known = ~np.isnan(y_true)
+    y = known & (y_true >= 0.5)
     pos = y.sum(axis=0)
-    neg = len(y) - pos
+    neg = known.sum(axis=0) - pos
     ok = (pos > 0) & (neg > 0)
     if not ok.any():
         return math.nan
-    ranks = rankdata(y_score[:, ok], axis=0)
+    ranks = rankdata(np.where(known, y_score, np.inf)[:, ok], axis=0)
     u = (ranks * y[:, ok]).sum(axis=0) - pos[ok] * (pos[ok] + 1) / 2
     return float(np.mean(u / (pos[ok] * neg[ok])))

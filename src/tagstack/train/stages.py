@@ -9,7 +9,10 @@
 
 Labels may be soft (values in [0, 1], e.g. a teacher's probabilities):
 training uses them as they are; validation ROC-AUC counts a value of at
-least 0.5 as a positive.
+least 0.5 as a positive. Labels may be unknown (NaN, a tag the clip's source
+never annotated): they add nothing to the loss or to the validation scores,
+so clips of a source without moods do not teach the model that they are not
+sad (:func:`masked_bce`).
 """
 from __future__ import annotations
 
@@ -20,16 +23,30 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from ..config import TrainConfig
 from ..models.aggregation import aggregate
 from ..models.classifier import GlobalMLP
 from ..models.local import LocalCNN
 from ..models.tagger import TaggingModel
-from .evaluation import tagging_metrics
+from .evaluation import binary_targets, tagging_metrics
 from .loop import TrainState, fit
 
 Batches = Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]]
+
+
+def masked_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy with logits, the mean over the known labels only (NaN = unknown).
+
+    Equal to :class:`torch.nn.BCEWithLogitsLoss` when every label is known.
+    """
+    known = ~torch.isnan(target)
+    if bool(known.all()):
+        return F.binary_cross_entropy_with_logits(logits, target)
+    if not bool(known.any()):
+        return logits.sum() * 0.0  # keeps the graph (DDP expects a gradient for every parameter)
+    return F.binary_cross_entropy_with_logits(logits[known], target[known])
 
 
 def input_statistics(mels: np.ndarray, rows: np.ndarray, *, chunk: int = 256) -> tuple[float, float]:
@@ -87,13 +104,13 @@ def clip_batches(mels: np.ndarray, labels: np.ndarray, rows: np.ndarray, *, batc
 
 
 def validation_metrics(probs: np.ndarray, labels: np.ndarray, task: str) -> dict:
-    """Validation loss and macro ROC-AUC of clip-level probabilities."""
+    """Validation loss and macro ROC-AUC of clip-level probabilities, on the known labels."""
     probs = np.clip(probs, 1e-7, 1 - 1e-7)
     if task == "multiclass":
         loss = float(-np.mean(np.log(probs[labels > 0])))
     else:
-        loss = float(-np.mean(labels * np.log(probs) + (1 - labels) * np.log(1 - probs)))
-    return {"loss": loss, "roc_auc": tagging_metrics(labels >= 0.5, probs)["roc_auc"]}
+        loss = float(-np.nanmean(labels * np.log(probs) + (1 - labels) * np.log(1 - probs)))
+    return {"loss": loss, "roc_auc": tagging_metrics(binary_targets(labels), probs)["roc_auc"]}
 
 
 def _batched(fn: Callable[[torch.Tensor], torch.Tensor], mels: np.ndarray, rows: np.ndarray, device: torch.device, batch: int) -> np.ndarray:
@@ -124,7 +141,7 @@ def train_local(model: LocalCNN, mels: np.ndarray, *, train_rows: np.ndarray, va
     def validate(m: nn.Module) -> dict:
         return validation_metrics(local_clip_probs(m, mels, valid_rows, device=device), valid_labels, "multilabel")
 
-    return fit(model, train_batches=batches, n_batches=n, validate=validate, loss_fn=nn.BCEWithLogitsLoss(),
+    return fit(model, train_batches=batches, n_batches=n, validate=validate, loss_fn=masked_bce,
                config=config, workdir=workdir, device=device, desc=f"local {model.arch.n_frames}")
 
 
@@ -152,7 +169,7 @@ def train_global(model: GlobalMLP, x_train: np.ndarray, y_train: np.ndarray, x_v
         with torch.inference_mode():
             return validation_metrics(m.predict_proba(xv.to(device)).cpu().numpy(), y_valid, model.arch.task)
 
-    loss_fn = nn.CrossEntropyLoss() if multiclass else nn.BCEWithLogitsLoss()
+    loss_fn = nn.CrossEntropyLoss() if multiclass else masked_bce
     return fit(model, train_batches=batches, n_batches=n, validate=validate, loss_fn=loss_fn,
                config=config, workdir=workdir, device=device, desc="global")
 
@@ -178,6 +195,6 @@ def finetune_joint(model: TaggingModel, mels: np.ndarray, *, train_rows: np.ndar
     def validate(m: nn.Module) -> dict:
         return validation_metrics(model_clip_probs(m, mels, valid_rows, device=device), valid_labels, model.task)
 
-    loss = nn.CrossEntropyLoss() if multiclass else nn.BCEWithLogitsLoss()
+    loss = nn.CrossEntropyLoss() if multiclass else masked_bce
     return fit(model, train_batches=batches, n_batches=n, validate=validate, loss_fn=loss, config=config,
                workdir=workdir, device=device, desc="joint")
