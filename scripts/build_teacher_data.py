@@ -28,8 +28,11 @@ Steps (each resumes; rerunning skips what is done):
    (values under 0.005 left out). Where a teacher tag has the name of a 4Q tag
    (electronic, vocal, quiet, soft, new age, country) the human label wins on
    4Q clips. Debian windows are split by track (80/10/10, seeded), so no track
-   is in two splits. Emotify is not touched (it stays held out) and GTZAN is
-   never read.
+   is in two splits. A Debian window was never annotated with 4Q's moods,
+   genres and quadrants: those tags (except the teacher's own) are listed in
+   its ``unknown`` column, so that they count neither as negatives in
+   training nor in evaluation. Emotify is not touched (it stays held out) and
+   GTZAN is never read.
 """
 from __future__ import annotations
 
@@ -128,7 +131,8 @@ def write_manifest(data: Path, out: Path, clips: list[tuple[str, str]], seed: in
     human = set(fourq.tags)
     buf = io.StringIO()
     rows = csv.writer(buf, lineterminator="\n")
-    rows.writerow(["path", "tags", "split"])
+    rows.writerow(["path", "tags", "split", "unknown"])
+    unknown = TAG_SEPARATOR.join(t for t in fourq.tags if t not in tags_a)
     counts = {"4q": 0, "debian": 0, "missing": 0}
 
     def soft(p: np.ndarray, skip: set[str]) -> list[str]:
@@ -140,7 +144,7 @@ def write_manifest(data: Path, out: Path, clips: list[tuple[str, str]], seed: in
             counts["missing"] += 1
             continue
         mine = [fourq.tags[j] for j in np.flatnonzero(row >= 0.5)]
-        rows.writerow([f"../4q/{path}", TAG_SEPARATOR.join(mine + soft(p, human)), split])
+        rows.writerow([f"../4q/{path}", TAG_SEPARATOR.join(mine + soft(p, human)), split, ""])
         counts["4q"] += 1
     splits = track_splits([t for _, t in clips], seed)
     for rel, track in clips:
@@ -148,7 +152,7 @@ def write_manifest(data: Path, out: Path, clips: list[tuple[str, str]], seed: in
         if p is None:
             counts["missing"] += 1
             continue
-        rows.writerow([rel, TAG_SEPARATOR.join(soft(p, set())), splits[track]])
+        rows.writerow([rel, TAG_SEPARATOR.join(soft(p, set())), splits[track], unknown])
         counts["debian"] += 1
     atomic_write_text(out / "manifest.csv", buf.getvalue())
     buf = io.StringIO()

@@ -53,6 +53,9 @@ def test_windows_then_a_manifest_of_human_and_teacher_tags(tmp_path):
     assert x[col["country"]] == 1 and y[col["country"]] == 0  # a 4Q tag: the human label wins over the teacher's 0.7
     assert y[col["piano"]] == np.float32(0.6)
     assert row["debian/pkg/a-000.flac"][col["country"]] == np.float32(0.8)  # no human label: the teacher's
+    d = row["debian/pkg/b-000.flac"]
+    assert np.isnan(d[col["q1"]]) and np.isnan(d[col["q2"]])  # never annotated with 4Q's tags: unknown, not negative
+    assert not np.isnan(x).any() and not np.isnan(d[[col[t] for t in tags]]).any()  # the teacher's tags are known everywhere
     splits = dict(zip(m.paths, m.splits))
     assert splits["../4q/Q1/x.wav"] == "train" and splits["../4q/Q1/y.wav"] == "test"
     assert splits["debian/pkg/a-000.flac"] == splits["debian/pkg/a-002.flac"]  # one track, one split
