@@ -5,6 +5,7 @@ import pytest
 pytest.importorskip("music21")
 pytest.importorskip("midirenderer")
 
+from tagstack.errors import ParameterError  # noqa: E402
 from tagstack.datasets.corpus import GROUPS, STYLES, build_corpus, corpus_clips, list_pieces, metre_of, mode_of  # noqa: E402
 
 
@@ -50,6 +51,15 @@ def test_build_is_deterministic_resumable_and_split_by_piece(tmp_path):
         assert split_of_piece.setdefault(r["piece"], r["split"]) == r["split"]
         assert r["style"] in r["tags"].split(";")
     assert np.all(clips.labels.sum(axis=1) >= 5)  # style, tempo, mode, texture, dynamics, instrument(s)
+
+    # a production chain changes the sound only: same clips, voicing and tags; another folder, never mixed
+    build_corpus(tmp_path / "c", size=1, seed=3, workers=2, production=("lossy", "reverb"))
+    assert (tmp_path / "c" / "manifest.csv").read_bytes() == (tmp_path / "a" / "manifest.csv").read_bytes()
+    produced = sf.read(tmp_path / "c" / files[0].relative_to(tmp_path / "a"))[0]
+    plain = sf.read(files[0])[0]
+    assert produced.shape == plain.shape and np.abs(produced - plain).max() > 0.1 * np.abs(plain).max()
+    with pytest.raises(ParameterError, match="other settings.*production"):
+        build_corpus(tmp_path / "a", size=1, seed=3, workers=2, production=("reverb",))
 
 
 def test_ogg_checksum_matches_a_bitwise_reference():

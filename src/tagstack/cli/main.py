@@ -142,9 +142,11 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
 def cmd_corpus(a: argparse.Namespace) -> int:
     from ..config import tagstack_home
     from ..datasets.corpus import build_corpus
+    from ..datasets.production import parse_effects
 
-    out = a.out or tagstack_home() / "corpus" / a.size
-    build_corpus(out, size=int(a.size) if a.size.isdigit() else a.size, seed=a.seed, workers=a.workers)
+    production = parse_effects(a.produce)
+    out = a.out or tagstack_home() / "corpus" / (a.size + ("-produced" if production else ""))
+    build_corpus(out, size=int(a.size) if a.size.isdigit() else a.size, seed=a.seed, workers=a.workers, production=production)
     print(f"corpus in {out}")
     return 0
 
@@ -311,6 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", type=Path, help="corpus folder (default: $TAGSTACK_HOME/corpus/SIZE)")
     c.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     c.add_argument("--workers", type=int, default=0, help="rendering processes (default: one per core)")
+    c.add_argument("--produce", default="", metavar="EFFECTS",
+                   help="production chain after rendering: 'all' or some of eq,compress,reverb,noise,level,lossy "
+                        "(default: none; the default folder is then $TAGSTACK_HOME/corpus/SIZE-produced)")
     c.set_defaults(func=cmd_corpus)
 
     sub.add_parser("datasets", help="list the dataset adapters").set_defaults(func=cmd_datasets)

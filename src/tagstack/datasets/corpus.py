@@ -7,7 +7,9 @@ collection with its Chinese tunes, Ryan's Mammoth Collection of Irish and
 Scottish dance tunes ...). Each clip is an excerpt of one piece, re-voiced
 with General-MIDI instruments, rendered with the TimGM6mb soundfont shipped in
 ``pretty_midi`` through ``midirenderer`` (both from PyPI), resampled to
-22,050 Hz mono with soxr, cut or looped to 29.1 s, and stored as Ogg Vorbis.
+22,050 Hz mono with soxr, cut or looped to 29.1 s, optionally put through
+a production chain (:mod:`.production`: EQ, compression, room reverb, noise,
+level, MP3 round trip), and stored as Ogg Vorbis.
 
 The tags sit at several levels of abstraction, so multi-level and
 multi-scale effects can be measured on the corpus:
@@ -56,6 +58,7 @@ from tqdm.auto import tqdm
 
 from .base import ClipSet, stratified_split
 from .manifest import TAG_SEPARATOR, read_manifest
+from .production import EFFECTS, produce
 from ..config import tagstack_home
 from ..errors import DatasetError, ParameterError
 from ..fileio import atomic_write, atomic_write_json, atomic_write_text
@@ -392,10 +395,10 @@ def _piece_seed(seed: int, piece: Piece) -> list[int]:
     return [seed, int.from_bytes(digest[:8], "little")]
 
 
-def _render_piece(job: tuple[Piece, int, int, str]) -> tuple[str, list[dict] | None, str]:
+def _render_piece(job: tuple[Piece, int, int, str, tuple[str, ...]]) -> tuple[str, list[dict] | None, str]:
     """Worker: render the clips of one piece into ``out``; returns (piece id, clip records, error)."""
     global _SOUNDFONT
-    piece, n_clips, seed, out = job
+    piece, n_clips, seed, out, production = job
     out_dir = Path(out)
     record = out_dir / "pieces" / (hashlib.sha1(piece.id.encode()).hexdigest()[:16] + ".json")
     if record.exists():
@@ -409,6 +412,8 @@ def _render_piece(job: tuple[Piece, int, int, str]) -> tuple[str, list[dict] | N
         clips = []
         for k in range(n_clips):
             y, tags = render_clip(score, rng, style, _SOUNDFONT)
+            if production:  # a stream of its own: the same voicing and tags as the plain corpus
+                y = produce(y, SR, np.random.default_rng([*_piece_seed(seed, piece), k, 1]), production)
             name = f"audio/{piece.style}/{hashlib.sha1(piece.id.encode()).hexdigest()[:12]}-{k}.ogg"
 
             data = _encode_ogg(y, int(hashlib.sha1(name.encode()).hexdigest()[:8], 16))
@@ -444,17 +449,26 @@ def plan(size: str | int, *, seed: int = 0) -> list[tuple[Piece, int]]:
     return jobs
 
 
-def build_corpus(out: str | Path, *, size: str | int = "default", seed: int = 0, workers: int = 0) -> ClipSet:
+def build_corpus(out: str | Path, *, size: str | int = "default", seed: int = 0, workers: int = 0,
+                 production: tuple[str, ...] = ()) -> ClipSet:
     """Build (or finish building) the corpus in ``out`` and return it.
 
     Writes ``out/audio/<style>/*.ogg``, ``out/manifest.csv`` (path, tags,
-    split, piece, style) and ``out/tag_groups.csv``, prints the tag counts per
-    split, and returns the :class:`ClipSet`. Already rendered pieces are kept.
+    split, piece, style), ``out/tag_groups.csv`` and ``out/build.json`` (the
+    seed and production effects), prints the tag counts per split, and
+    returns the :class:`ClipSet`. Already rendered pieces are kept; a folder
+    built with another seed or other effects is refused rather than mixed.
+    ``production`` names effects of :mod:`.production` that every clip goes
+    through after rendering (the same voicing and tags as without them).
     """
     out = Path(out)
+    if set(production) - set(EFFECTS):
+        raise ParameterError(f"unknown production effect(s) {sorted(set(production) - set(EFFECTS))}; choose from {', '.join(EFFECTS)}")
+    production = tuple(e for e in EFFECTS if e in production)  # chain order
     jobs = plan(size, seed=seed)
+    _same_build(out, {"seed": seed, "production": list(production)})
     workers = workers or os.cpu_count() or 1
-    args = [(p, k, seed, str(out)) for p, k in jobs]
+    args = [(p, k, seed, str(out), production) for p, k in jobs]
     # longest pieces first keeps the workers busy to the end
     args.sort(key=lambda a: a[0].style in ("string-quartet", "romantic", "madrigal"), reverse=True)
     results: dict[str, list[dict]] = {}
@@ -481,6 +495,21 @@ def build_corpus(out: str | Path, *, size: str | int = "default", seed: int = 0,
     clips = corpus_clips(out)
     log.info(clips.summary())
     return clips
+
+
+def _same_build(out: Path, settings: dict) -> None:
+    """Record the build's settings in ``out/build.json``; refuse to add to a folder built with others."""
+    path = out / "build.json"
+    if path.exists():
+        before = json.loads(path.read_text())
+        changed = [k for k in settings if before.get(k, settings[k]) != settings[k]]
+        if changed:
+            what = ", ".join(f"{k} {before[k]!r} -> {settings[k]!r}" for k in changed)
+            raise ParameterError(f"{out}: a corpus built with other settings ({what}); use another folder")
+    elif (out / "pieces").is_dir() and settings["production"]:
+        raise ParameterError(f"{out}: a corpus built without production effects; use another folder")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, settings)
 
 
 def _collect(pid, clips, err, results, failures, bar) -> None:
