@@ -1,4 +1,6 @@
 """The score-rendered corpus: tags, determinism, resumability, split by piece."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -60,6 +62,13 @@ def test_build_is_deterministic_resumable_and_split_by_piece(tmp_path):
     assert produced.shape == plain.shape and np.abs(produced - plain).max() > 0.1 * np.abs(plain).max()
     with pytest.raises(ParameterError, match="other settings.*production"):
         build_corpus(tmp_path / "a", size=1, seed=3, workers=2, production=("reverb",))
+    # another soundfont file renders with it: the default's own file gives the default's bytes
+    import pretty_midi
+
+    build_corpus(tmp_path / "d", size=1, seed=3, workers=2, soundfont=Path(pretty_midi.__file__).parent / "TimGM6mb.sf2")
+    assert files[0].read_bytes() == (tmp_path / "d" / files[0].relative_to(tmp_path / "a")).read_bytes()
+    with pytest.raises(ParameterError, match="nowhere.sf2: soundfont not found"):
+        build_corpus(tmp_path / "e", size=1, soundfont=tmp_path / "nowhere.sf2")
 
 
 def test_ogg_checksum_matches_a_bitwise_reference():

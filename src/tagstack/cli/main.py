@@ -145,8 +145,9 @@ def cmd_corpus(a: argparse.Namespace) -> int:
     from ..datasets.production import parse_effects
 
     production = parse_effects(a.produce)
-    out = a.out or tagstack_home() / "corpus" / (a.size + ("-produced" if production else ""))
-    build_corpus(out, size=int(a.size) if a.size.isdigit() else a.size, seed=a.seed, workers=a.workers, production=production)
+    out = a.out or tagstack_home() / "corpus" / (a.size + ("-produced" if production else "") + (f"-{a.soundfont.stem}" if a.soundfont else ""))
+    build_corpus(out, size=int(a.size) if a.size.isdigit() else a.size, seed=a.seed, workers=a.workers, production=production,
+                 soundfont=a.soundfont)
     print(f"corpus in {out}")
     return 0
 
@@ -316,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--produce", default="", metavar="EFFECTS",
                    help="production chain after rendering: 'all' or some of eq,compress,reverb,noise,level,lossy "
                         "(default: none; the default folder is then $TAGSTACK_HOME/corpus/SIZE-produced)")
+    c.add_argument("--soundfont", type=Path, help="a General-MIDI .sf2/.sf3 to render with instead of TimGM6mb "
+                   "(e.g. /usr/share/sounds/sf2/FluidR3_GM.sf2 of Debian's fluid-soundfont-gm)")
     c.set_defaults(func=cmd_corpus)
 
     sub.add_parser("datasets", help="list the dataset adapters").set_defaults(func=cmd_datasets)

@@ -381,7 +381,10 @@ def _encode_ogg(y: np.ndarray, serial: int) -> bytes:
     return set_ogg_serial(buf.getvalue(), serial)
 
 
-def _soundfont() -> bytes:
+def _soundfont(path: str | None = None) -> bytes:
+    """The bytes of the General-MIDI soundfont: ``path``, or TimGM6mb (6 MB, shipped in ``pretty_midi``)."""
+    if path:
+        return Path(path).read_bytes()
     import pretty_midi
 
     return (Path(pretty_midi.__file__).parent / "TimGM6mb.sf2").read_bytes()
@@ -395,10 +398,10 @@ def _piece_seed(seed: int, piece: Piece) -> list[int]:
     return [seed, int.from_bytes(digest[:8], "little")]
 
 
-def _render_piece(job: tuple[Piece, int, int, str, tuple[str, ...]]) -> tuple[str, list[dict] | None, str]:
+def _render_piece(job: tuple[Piece, int, int, str, tuple[str, ...], str | None]) -> tuple[str, list[dict] | None, str]:
     """Worker: render the clips of one piece into ``out``; returns (piece id, clip records, error)."""
     global _SOUNDFONT
-    piece, n_clips, seed, out, production = job
+    piece, n_clips, seed, out, production, soundfont = job
     out_dir = Path(out)
     record = out_dir / "pieces" / (hashlib.sha1(piece.id.encode()).hexdigest()[:16] + ".json")
     if record.exists():
@@ -406,7 +409,7 @@ def _render_piece(job: tuple[Piece, int, int, str, tuple[str, ...]]) -> tuple[st
     try:
         score = _parse(piece)
         if _SOUNDFONT is None:
-            _SOUNDFONT = _soundfont()
+            _SOUNDFONT = _soundfont(soundfont)
         style = next(s for s in STYLES if s.name == piece.style)
         rng = np.random.default_rng(_piece_seed(seed, piece))
         clips = []
@@ -450,7 +453,7 @@ def plan(size: str | int, *, seed: int = 0) -> list[tuple[Piece, int]]:
 
 
 def build_corpus(out: str | Path, *, size: str | int = "default", seed: int = 0, workers: int = 0,
-                 production: tuple[str, ...] = ()) -> ClipSet:
+                 production: tuple[str, ...] = (), soundfont: str | Path | None = None) -> ClipSet:
     """Build (or finish building) the corpus in ``out`` and return it.
 
     Writes ``out/audio/<style>/*.ogg``, ``out/manifest.csv`` (path, tags,
@@ -460,15 +463,20 @@ def build_corpus(out: str | Path, *, size: str | int = "default", seed: int = 0,
     built with another seed or other effects is refused rather than mixed.
     ``production`` names effects of :mod:`.production` that every clip goes
     through after rendering (the same voicing and tags as without them).
+    ``soundfont`` is another General-MIDI ``.sf2``/``.sf3`` file to render
+    with (e.g. Debian's ``fluid-soundfont-gm``, FluidR3_GM, MIT licence).
     """
     out = Path(out)
     if set(production) - set(EFFECTS):
         raise ParameterError(f"unknown production effect(s) {sorted(set(production) - set(EFFECTS))}; choose from {', '.join(EFFECTS)}")
     production = tuple(e for e in EFFECTS if e in production)  # chain order
     jobs = plan(size, seed=seed)
-    _same_build(out, {"seed": seed, "production": list(production)})
+    if soundfont is not None and not Path(soundfont).is_file():
+        raise ParameterError(f"{soundfont}: soundfont not found")
+    font = None if soundfont is None else f"{Path(soundfont).name} sha256:{hashlib.sha256(Path(soundfont).read_bytes()).hexdigest()[:16]}"
+    _same_build(out, {"seed": seed, "production": list(production), "soundfont": font})
     workers = workers or os.cpu_count() or 1
-    args = [(p, k, seed, str(out), production) for p, k in jobs]
+    args = [(p, k, seed, str(out), production, str(soundfont) if soundfont else None) for p, k in jobs]
     # longest pieces first keeps the workers busy to the end
     args.sort(key=lambda a: a[0].style in ("string-quartet", "romantic", "madrigal"), reverse=True)
     results: dict[str, list[dict]] = {}
@@ -502,12 +510,12 @@ def _same_build(out: Path, settings: dict) -> None:
     path = out / "build.json"
     if path.exists():
         before = json.loads(path.read_text())
-        changed = [k for k in settings if before.get(k, settings[k]) != settings[k]]
+        changed = [k for k in settings if before.get(k, None if k == "soundfont" else settings[k]) != settings[k]]
         if changed:
             what = ", ".join(f"{k} {before[k]!r} -> {settings[k]!r}" for k in changed)
             raise ParameterError(f"{out}: a corpus built with other settings ({what}); use another folder")
-    elif (out / "pieces").is_dir() and settings["production"]:
-        raise ParameterError(f"{out}: a corpus built without production effects; use another folder")
+    elif (out / "pieces").is_dir() and (settings["production"] or settings["soundfont"]):
+        raise ParameterError(f"{out}: a corpus built with the default sound (no production, TimGM6mb); use another folder")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, settings)
 
