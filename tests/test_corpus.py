@@ -62,13 +62,22 @@ def test_build_is_deterministic_resumable_and_split_by_piece(tmp_path):
     assert produced.shape == plain.shape and np.abs(produced - plain).max() > 0.1 * np.abs(plain).max()
     with pytest.raises(ParameterError, match="other settings.*production"):
         build_corpus(tmp_path / "a", size=1, seed=3, workers=2, production=("reverb",))
-    # another soundfont file renders with it: the default's own file gives the default's bytes
+    # another soundfont renders with it, also in a process that already rendered with the default one:
+    # TimGM6mb with every sample at half amplitude gives the same clips, quieter
     import pretty_midi
 
-    build_corpus(tmp_path / "d", size=1, seed=3, workers=2, soundfont=Path(pretty_midi.__file__).parent / "TimGM6mb.sf2")
-    assert files[0].read_bytes() == (tmp_path / "d" / files[0].relative_to(tmp_path / "a")).read_bytes()
+    font = bytearray((Path(pretty_midi.__file__).parent / "TimGM6mb.sf2").read_bytes())
+    at = font.index(b"smpl") + 8
+    size = int.from_bytes(font[at - 4 : at], "little") // 2 * 2
+    font[at : at + size] = (np.frombuffer(bytes(font[at : at + size]), "<i2") // 2).astype("<i2").tobytes()
+    (tmp_path / "half.sf2").write_bytes(bytes(font))
+    build_corpus(tmp_path / "d", size=1, seed=3, workers=1, soundfont=tmp_path / "half.sf2")
+    half = sf.read(tmp_path / "d" / files[0].relative_to(tmp_path / "a"))[0]
+    assert half.shape == plain.shape and np.abs(half).max() < 0.75 * np.abs(plain).max()
     with pytest.raises(ParameterError, match="nowhere.sf2: soundfont not found"):
         build_corpus(tmp_path / "e", size=1, soundfont=tmp_path / "nowhere.sf2")
+    with pytest.raises(ParameterError, match="manifest.csv: not a SoundFont"):
+        build_corpus(tmp_path / "e", size=1, soundfont=tmp_path / "a" / "manifest.csv")
 
 
 def test_ogg_checksum_matches_a_bitwise_reference():

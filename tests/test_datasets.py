@@ -37,12 +37,20 @@ def test_manifest_unknown_column_marks_tags_and_groups_unknown_and_round_trips(t
     back = read_manifest(tmp_path / "copy" / "manifest.csv")
     np.testing.assert_array_equal(back.labels, clips.labels)
     assert back.groups == clips.groups
+    only_c = clips.subset([2])  # its mood tags are all unknown, none positive: they leave the vocabulary
+    write_manifest(only_c, tmp_path / "copy" / "c.csv")
+    back = read_manifest(tmp_path / "copy" / "c.csv")
+    assert back.tags == ["guitar"] and np.isclose(back.labels[0, 0], 0.6)
 
 
 def test_manifest_unknown_column_errors_name_the_line(tmp_path):
     (tmp_path / "m.csv").write_text("path,tags,split,unknown\na.wav,happy,train,tempo\n")
     with pytest.raises(DatasetError, match=r"m.csv, line 2: unknown 'tempo' is neither a tag"):
         read_manifest(tmp_path / "m.csv")
+    (tmp_path / "tag_groups.csv").write_text("tag,group\nsad,mood\n")
+    (tmp_path / "g.csv").write_text("path,tags,split,unknown\na.wav,happy,train,mood\n")
+    with pytest.raises(DatasetError, match=r"g.csv, line 2: unknown 'mood': no tag of this group"):
+        read_manifest(tmp_path / "g.csv")
     (tmp_path / "n.csv").write_text("path,tags,split,unknown\na.wav,happy,train,happy\n")
     with pytest.raises(DatasetError, match=r"n.csv, line 2: tag 'happy' is both labelled and listed as unknown"):
         read_manifest(tmp_path / "n.csv")

@@ -75,3 +75,22 @@ def test_global_stage_trains_on_labels_with_unknowns(tmp_path):
     last = state.history[-1]
     assert np.isfinite(last["train_loss"]) and np.isfinite(last["val_loss"])
     assert last["val_roc_auc"] > 0.9
+
+
+def test_share_weights_make_the_process_average_the_whole_batch_loss():
+    """torchrun: shares of unequal size and unequal unknown labels, weighted, average to one process's batch loss."""
+    from tagstack.train.loop import share_weight
+    from tagstack.train.stages import masked_bce
+
+    g = torch.Generator().manual_seed(3)
+    logits, y = torch.randn(7, 5, generator=g), torch.rand(7, 5, generator=g)
+    y[::2, 1:4] = float("nan")  # rows of another source, with 3 tags never annotated
+    whole = masked_bce(logits, y)
+    for world in (2, 3):
+        parts = [masked_bce(logits[r::world], y[r::world]) * share_weight(y, r, world) for r in range(world)]
+        assert torch.allclose(sum(parts) / world, whole)
+    classes = torch.tensor([0, 2, 1, 1, 0])  # class indices: shares weighted by their rows
+    ce = nn.CrossEntropyLoss()
+    scores = torch.randn(5, 3, generator=g)
+    parts = [ce(scores[r::2], classes[r::2]) * share_weight(classes, r, 2) for r in range(2)]
+    assert torch.allclose(sum(parts) / 2, ce(scores, classes))

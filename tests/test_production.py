@@ -44,12 +44,15 @@ def test_every_effect_keeps_length_range_and_is_seeded():
     y = music()
     for e in prod.EFFECTS + ("all",):
         effects = prod.parse_effects(e)
-        a = prod.produce(y, SR, np.random.default_rng(1), effects)
-        b = prod.produce(y, SR, np.random.default_rng(1), effects)
-        c = prod.produce(y, SR, np.random.default_rng(2), effects)
+        a = prod.produce(y, SR, [1], effects)
+        b = prod.produce(y, SR, [1], effects)
+        c = prod.produce(y, SR, [2], effects)
         assert a.dtype == np.float32 and a.shape == y.shape and np.isfinite(a).all() and np.abs(a).max() <= 0.99 + 1e-6, e
         assert np.array_equal(a, b) and not np.array_equal(a, c), e
-    assert not np.any(prod.produce(np.zeros(1000, np.float32), SR, np.random.default_rng(0), prod.EFFECTS))
+    assert not np.any(prod.produce(np.zeros(1000, np.float32), SR, [0], prod.EFFECTS))
+    # each effect has its own stream: adding one leaves the settings of the others alone
+    room = prod.produce(y, SR, [4], ("reverb",))
+    assert np.array_equal(prod.produce(room, SR, [4], ("lossy",)), prod.produce(y, SR, [4], ("reverb", "lossy")))
 
 
 def test_reverb_adds_a_decaying_tail():

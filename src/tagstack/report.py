@@ -267,7 +267,7 @@ def model_card(name: str, data: str, command: str, config, metrics: dict, transf
         "## Test scores", "",
         f"Macro ROC-AUC {g['roc_auc']:.4f} (95% bootstrap CI {g['roc_auc_ci95'][0]:.4f}-{g['roc_auc_ci95'][1]:.4f}), "
         f"macro PR-AUC {g['pr_auc']:.4f}, over the {g['n_tags_evaluated']} tags with positives and negatives in the test split"
-        + (" (soft labels count as positive from 0.5)." if "real" in name else "."), "",
+        + (" (soft labels count as positive from 0.5; a tag's unknown labels are left out of its scores)." if "real" in name else "."), "",
         "| model | ROC-AUC | PR-AUC |", "|---|---|---|",
         *[f"| local {s} frames | {m['roc_auc']:.4f} | {m['pr_auc']:.4f} |" for s, m in metrics["local"].items()],
         f"| global | {g['roc_auc']:.4f} | {g['pr_auc']:.4f} |", "",

@@ -142,10 +142,11 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
 def cmd_corpus(a: argparse.Namespace) -> int:
     from ..config import tagstack_home
     from ..datasets.corpus import build_corpus
-    from ..datasets.production import parse_effects
+    from ..datasets.production import EFFECTS, parse_effects
 
     production = parse_effects(a.produce)
-    out = a.out or tagstack_home() / "corpus" / (a.size + ("-produced" if production else "") + (f"-{a.soundfont.stem}" if a.soundfont else ""))
+    chain = "" if not production else "-produced-" + ("all" if production == EFFECTS else "+".join(production))
+    out = a.out or tagstack_home() / "corpus" / (a.size + chain + (f"-{a.soundfont.stem}" if a.soundfont else ""))
     build_corpus(out, size=int(a.size) if a.size.isdigit() else a.size, seed=a.seed, workers=a.workers, production=production,
                  soundfont=a.soundfont)
     print(f"corpus in {out}")
@@ -311,14 +312,15 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("corpus", help="build the score-rendered corpus (tiny, default, large, or N clips per style)")
     c.add_argument("action", choices=["build"])
     c.add_argument("--size", default="default", help="tiny (3 clips per style), default (100), large (400), or a number (default: default)")
-    c.add_argument("--out", type=Path, help="corpus folder (default: $TAGSTACK_HOME/corpus/SIZE)")
+    c.add_argument("--out", type=Path, help="corpus folder (default: $TAGSTACK_HOME/corpus/SIZE, plus the suffixes below)")
     c.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     c.add_argument("--workers", type=int, default=0, help="rendering processes (default: one per core)")
     c.add_argument("--produce", default="", metavar="EFFECTS",
                    help="production chain after rendering: 'all' or some of eq,compress,reverb,noise,level,lossy "
-                        "(default: none; the default folder is then $TAGSTACK_HOME/corpus/SIZE-produced)")
+                        "(default: none; the default folder is then $TAGSTACK_HOME/corpus/SIZE-produced-all, -produced-eq+reverb ...)")
     c.add_argument("--soundfont", type=Path, help="a General-MIDI .sf2/.sf3 to render with instead of TimGM6mb "
-                   "(e.g. /usr/share/sounds/sf2/FluidR3_GM.sf2 of Debian's fluid-soundfont-gm)")
+                   "(e.g. /usr/share/sounds/sf2/FluidR3_GM.sf2 of Debian's fluid-soundfont-gm; the default folder gets "
+                   "-STEM appended, e.g. -FluidR3_GM)")
     c.set_defaults(func=cmd_corpus)
 
     sub.add_parser("datasets", help="list the dataset adapters").set_defaults(func=cmd_datasets)

@@ -38,7 +38,7 @@ DATASETS: dict[str, Adapter] = {
     "tagtraum": Adapter("msd", "load_tagtraum", "Tagtraum CD2C genres on MSD, Lee's split (single-label)", frozenset({"split_dir"})),
     "gtzan": Adapter("gtzan", "load_gtzan", "GTZAN genres; --split fault-filtered or kfold-K-N (single-label)", frozenset({"split_dir"})),
     "jamendo": Adapter("jamendo", "load_jamendo", "MTG-Jamendo autotagging top-50 (split-0 TSV files)", frozenset({"split_dir"})),
-    "manifest": Adapter("manifest", "load_manifest", "your own collection: manifest.csv/tsv with path, tags[, split]"),
+    "manifest": Adapter("manifest", "load_manifest", "your own collection: manifest.csv/tsv with path, tags[, split][, unknown]"),
     "folders": Adapter("manifest", "load_folders", "your own collection: one folder per label (single-label)"),
 }
 

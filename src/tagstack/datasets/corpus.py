@@ -58,7 +58,7 @@ from tqdm.auto import tqdm
 
 from .base import ClipSet, stratified_split
 from .manifest import TAG_SEPARATOR, read_manifest
-from .production import EFFECTS, produce
+from .production import check_support, parse_effects, produce
 from ..config import tagstack_home
 from ..errors import DatasetError, ParameterError
 from ..fileio import atomic_write, atomic_write_json, atomic_write_text
@@ -382,15 +382,18 @@ def _encode_ogg(y: np.ndarray, serial: int) -> bytes:
 
 
 def _soundfont(path: str | None = None) -> bytes:
-    """The bytes of the General-MIDI soundfont: ``path``, or TimGM6mb (6 MB, shipped in ``pretty_midi``)."""
-    if path:
-        return Path(path).read_bytes()
-    import pretty_midi
+    """The bytes of the General-MIDI soundfont: ``path``, or TimGM6mb (6 MB, shipped in ``pretty_midi``), read once per process."""
+    if path not in _SOUNDFONTS:
+        if path:
+            _SOUNDFONTS[path] = Path(path).read_bytes()
+        else:
+            import pretty_midi
 
-    return (Path(pretty_midi.__file__).parent / "TimGM6mb.sf2").read_bytes()
+            _SOUNDFONTS[path] = (Path(pretty_midi.__file__).parent / "TimGM6mb.sf2").read_bytes()
+    return _SOUNDFONTS[path]
 
 
-_SOUNDFONT: bytes | None = None
+_SOUNDFONTS: dict[str | None, bytes] = {}
 
 
 def _piece_seed(seed: int, piece: Piece) -> list[int]:
@@ -400,7 +403,6 @@ def _piece_seed(seed: int, piece: Piece) -> list[int]:
 
 def _render_piece(job: tuple[Piece, int, int, str, tuple[str, ...], str | None]) -> tuple[str, list[dict] | None, str]:
     """Worker: render the clips of one piece into ``out``; returns (piece id, clip records, error)."""
-    global _SOUNDFONT
     piece, n_clips, seed, out, production, soundfont = job
     out_dir = Path(out)
     record = out_dir / "pieces" / (hashlib.sha1(piece.id.encode()).hexdigest()[:16] + ".json")
@@ -408,15 +410,13 @@ def _render_piece(job: tuple[Piece, int, int, str, tuple[str, ...], str | None])
         return piece.id, json.loads(record.read_text()), ""
     try:
         score = _parse(piece)
-        if _SOUNDFONT is None:
-            _SOUNDFONT = _soundfont(soundfont)
         style = next(s for s in STYLES if s.name == piece.style)
         rng = np.random.default_rng(_piece_seed(seed, piece))
         clips = []
         for k in range(n_clips):
-            y, tags = render_clip(score, rng, style, _SOUNDFONT)
+            y, tags = render_clip(score, rng, style, _soundfont(soundfont))
             if production:  # a stream of its own: the same voicing and tags as the plain corpus
-                y = produce(y, SR, np.random.default_rng([*_piece_seed(seed, piece), k, 1]), production)
+                y = produce(y, SR, [*_piece_seed(seed, piece), k, 1], production)
             name = f"audio/{piece.style}/{hashlib.sha1(piece.id.encode()).hexdigest()[:12]}-{k}.ogg"
 
             data = _encode_ogg(y, int(hashlib.sha1(name.encode()).hexdigest()[:8], 16))
@@ -453,26 +453,28 @@ def plan(size: str | int, *, seed: int = 0) -> list[tuple[Piece, int]]:
 
 
 def build_corpus(out: str | Path, *, size: str | int = "default", seed: int = 0, workers: int = 0,
-                 production: tuple[str, ...] = (), soundfont: str | Path | None = None) -> ClipSet:
+                 production: tuple[str, ...] | str = (), soundfont: str | Path | None = None) -> ClipSet:
     """Build (or finish building) the corpus in ``out`` and return it.
 
     Writes ``out/audio/<style>/*.ogg``, ``out/manifest.csv`` (path, tags,
     split, piece, style), ``out/tag_groups.csv`` and ``out/build.json`` (the
-    seed and production effects), prints the tag counts per split, and
+    seed, production effects and soundfont), prints the tag counts per split, and
     returns the :class:`ClipSet`. Already rendered pieces are kept; a folder
-    built with another seed or other effects is refused rather than mixed.
-    ``production`` names effects of :mod:`.production` that every clip goes
-    through after rendering (the same voicing and tags as without them).
+    built with another seed, other effects or another soundfont (as its
+    ``build.json`` says) is refused rather than mixed; a folder from before
+    ``build.json`` existed is taken to have the default sound.
+    ``production`` names effects of :mod:`.production` (a tuple, or a string
+    such as ``"all"`` or ``"reverb,eq"``) that every clip goes through after
+    rendering (the same voicing and tags as without them).
     ``soundfont`` is another General-MIDI ``.sf2``/``.sf3`` file to render
     with (e.g. Debian's ``fluid-soundfont-gm``, FluidR3_GM, MIT licence).
     """
     out = Path(out)
-    if set(production) - set(EFFECTS):
-        raise ParameterError(f"unknown production effect(s) {sorted(set(production) - set(EFFECTS))}; choose from {', '.join(EFFECTS)}")
-    production = tuple(e for e in EFFECTS if e in production)  # chain order
+    production = parse_effects(production if isinstance(production, str) else ",".join(production))  # chain order
+    check_support(production)
     jobs = plan(size, seed=seed)
-    if soundfont is not None and not Path(soundfont).is_file():
-        raise ParameterError(f"{soundfont}: soundfont not found")
+    if soundfont is not None:
+        _check_soundfont(Path(soundfont))
     font = None if soundfont is None else f"{Path(soundfont).name} sha256:{hashlib.sha256(Path(soundfont).read_bytes()).hexdigest()[:16]}"
     _same_build(out, {"seed": seed, "production": list(production), "soundfont": font})
     workers = workers or os.cpu_count() or 1
@@ -505,6 +507,17 @@ def build_corpus(out: str | Path, *, size: str | int = "default", seed: int = 0,
     return clips
 
 
+def _check_soundfont(path: Path) -> None:
+    """One clear line for a soundfont that is missing or not a SoundFont (RIFF ... sfbk), before any rendering."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except OSError as e:
+        raise ParameterError(f"{path}: soundfont not found or unreadable ({e.strerror})") from None
+    if head[:4] != b"RIFF" or head[8:12] != b"sfbk":
+        raise ParameterError(f"{path}: not a SoundFont file (.sf2/.sf3 start with RIFF ... sfbk)")
+
+
 def _same_build(out: Path, settings: dict) -> None:
     """Record the build's settings in ``out/build.json``; refuse to add to a folder built with others."""
     path = out / "build.json"
@@ -512,7 +525,7 @@ def _same_build(out: Path, settings: dict) -> None:
         before = json.loads(path.read_text())
         changed = [k for k in settings if before.get(k, None if k == "soundfont" else settings[k]) != settings[k]]
         if changed:
-            what = ", ".join(f"{k} {before[k]!r} -> {settings[k]!r}" for k in changed)
+            what = ", ".join(f"{k} {before.get(k)!r} -> {settings[k]!r}" for k in changed)
             raise ParameterError(f"{out}: a corpus built with other settings ({what}); use another folder")
     elif (out / "pieces").is_dir() and (settings["production"] or settings["soundfont"]):
         raise ParameterError(f"{out}: a corpus built with the default sound (no production, TimGM6mb); use another folder")

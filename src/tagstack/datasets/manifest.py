@@ -83,11 +83,7 @@ def read_manifest(path: str | Path, *, name: str | None = None, task: str = "mul
         tag_values.append(_parse_tags(r.get("tags", ""), path, line))
     tags = sorted({t for tv in tag_values for t in tv})
     col = {t: j for j, t in enumerate(tags)}
-    groups = {}
-    group_file = path.with_name("tag_groups.csv")
-    if group_file.is_file():
-        with open(group_file, newline="", encoding="utf-8-sig") as f:
-            groups = {r["tag"]: r["group"] for r in csv.DictReader(f)}
+    groups = _read_groups(path.with_name("tag_groups.csv"))
     labels = np.zeros((len(records), len(tags)), np.float32)
     for i, ((line, r), tv) in enumerate(zip(records, tag_values)):
         for t, v in tv.items():
@@ -129,11 +125,27 @@ def _parse_tags(text: str, path: Path, line: int) -> dict[str, float]:
     return out
 
 
+def _read_groups(path: Path) -> dict[str, str]:
+    """``tag_groups.csv`` (tag,group) beside a manifest, or {} when there is none."""
+    if not path.is_file():
+        return {}
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            if not {"tag", "group"} <= set(reader.fieldnames or ()):
+                raise DatasetError(f"{path}: needs a header with 'tag' and 'group' columns, got {reader.fieldnames}")
+            return {r["tag"].strip(): r["group"].strip() for r in reader if r["tag"]}
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DatasetError(f"{path}: cannot read tag groups ({e})") from None
+
+
 def _unknown_tags(text: str, col: dict[str, int], groups: dict[str, str], path: Path, line: int) -> list[str]:
     """The tags named in an ``unknown`` cell, each given as a tag or as a group of ``tag_groups.csv``."""
     out: list[str] = []
     for item in filter(None, (x.strip() for x in text.split(TAG_SEPARATOR))):
         members = [item] if item in col else [t for t, g in groups.items() if g == item and t in col]
+        if not members and item in groups.values():
+            raise DatasetError(f"{path}, line {line}: unknown {item!r}: no tag of this group of tag_groups.csv is in the manifest's tags")
         if not members:
             raise DatasetError(f"{path}, line {line}: unknown {item!r} is neither a tag of the manifest nor a group of tag_groups.csv")
         out.extend(members)
@@ -151,9 +163,10 @@ def write_manifest(clips: ClipSet, path: str | Path) -> None:
     """Write ``clips`` as a manifest (atomically), with ``tag_groups.csv`` beside it when groups are known.
 
     Unknown (NaN) labels go to an ``unknown`` column, written only when there are some.
+    A tag with no positive clip is left out, as reading leaves it out.
     """
     path = Path(path)
-    unknown = np.isnan(clips.labels)
+    unknown = np.isnan(clips.labels) & (np.nan_to_num(clips.labels) > 0).any(axis=0)
     lines = ["path,tags,split" + (",unknown" if unknown.any() else "")]
     for p, row, s, u in zip(clips.paths, clips.labels, clips.splits, unknown):
         ts = TAG_SEPARATOR.join(clips.tags[j] if row[j] == 1 else f"{clips.tags[j]}={row[j]:.4g}" for j in np.flatnonzero(row > 0))

@@ -2,14 +2,15 @@
 
 A General-MIDI rendering is dry, evenly balanced, noiseless and at one
 level; a record has been through a room, an equaliser, a compressor, a
-noisy chain, a level decision and a lossy codec. Each effect here draws its
-settings from the generator it is given, so a corpus build stays
-deterministic. Effects run in a fixed order, the order of a production
-chain: ``eq``, ``compress``, ``reverb``, ``noise``, ``level``, ``lossy``.
+noisy chain, a level decision and a lossy codec. Effects run in a fixed
+order, the order of a production chain: ``eq``, ``compress``, ``reverb``,
+``noise``, ``level``, ``lossy``. Each draws its settings from a random
+stream of its own (seeded by the caller), so a build stays deterministic and
+an effect's settings do not change when another effect is switched on.
 
 Whether an effect helps is measured, not assumed: a corpus rendered with it
 trains CNNs whose features are probed on real recordings
-(``bench/bench_production.py``; results in ``docs/transfer/production.md``).
+(``bench/bench_production.py``).
 """
 from __future__ import annotations
 
@@ -86,7 +87,7 @@ def compress(y: np.ndarray, sr: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def reverb(y: np.ndarray, sr: int, rng: np.random.Generator) -> np.ndarray:
-    """A room: exponentially decaying noise (RT60 0.3-2 s, darker as it decays) after a 5-30 ms pre-delay, mixed 10-45% wet."""
+    """A room: exponentially decaying noise (RT60 0.3-2 s, low-passed at 2-8 kHz) after a 5-30 ms pre-delay, mixed 10-45% wet."""
     from scipy.signal import fftconvolve, lfilter
 
     rt60 = rng.uniform(0.3, 2.0)
@@ -106,13 +107,14 @@ def noise(y: np.ndarray, sr: int, rng: np.random.Generator) -> np.ndarray:
     spec = np.fft.rfft(rng.standard_normal(y.size))
     f = np.fft.rfftfreq(y.size, 1 / sr)
     spec /= np.sqrt(np.maximum(f, 20.0))
+    spec[0] = 0.0  # no DC offset
     n = np.fft.irfft(spec, y.size)
     snr_db = rng.uniform(20, 45)
     return (y + n * (_rms(y) / _rms(n)) * 10 ** (-snr_db / 20)).astype(np.float32)
 
 
 def level(y: np.ndarray, sr: int, rng: np.random.Generator) -> np.ndarray:
-    """A level between quiet and mastered-loud (RMS -30 to -10 dBFS); peaks over full scale are soft-limited."""
+    """A level between quiet and mastered-loud (RMS -30 to -10 dBFS); peaks above 0.9 (-0.9 dBFS) are soft-limited below 1."""
     out = y * (10 ** (rng.uniform(-30, -10) / 20) / _rms(y))
     over = np.abs(out) > 0.9
     out[over] = np.sign(out[over]) * (0.9 + 0.0999 * np.tanh((np.abs(out[over]) - 0.9) / 0.0999))
@@ -133,15 +135,26 @@ def lossy(y: np.ndarray, sr: int, rng: np.random.Generator) -> np.ndarray:
 _APPLY = {"eq": eq, "compress": compress, "reverb": reverb, "noise": noise, "level": level, "lossy": lossy}
 
 
-def produce(y: np.ndarray, sr: int, rng: np.random.Generator, effects: tuple[str, ...]) -> np.ndarray:
-    """Run ``y`` (mono float32) through ``effects`` in chain order; silence stays silence, the result stays in [-1, 1]."""
+def check_support(effects: tuple[str, ...]) -> None:
+    """Fail early, in one line, when this machine cannot apply ``effects`` (``lossy`` needs libsndfile with MP3)."""
+    import soundfile as sf
+
+    if "lossy" in effects and "MP3" not in sf.available_formats():
+        raise ParameterError(f"the 'lossy' effect needs libsndfile >= 1.1 with MP3 support; this one is {sf.__libsndfile_version__}")
+
+
+def produce(y: np.ndarray, sr: int, seed: list[int], effects: tuple[str, ...]) -> np.ndarray:
+    """Run ``y`` (mono float32) through ``effects`` in chain order; silence stays silence, the result stays in [-1, 1].
+
+    Effect ``k`` of :data:`EFFECTS` draws from ``numpy.random.default_rng([*seed, k])``.
+    """
     if not np.any(y):
         return y
-    for name in EFFECTS:
+    for k, name in enumerate(EFFECTS):
         if name in effects:
-            y = _APPLY[name](y, sr, rng)
+            y = _APPLY[name](y, sr, np.random.default_rng([*seed, k]))
     peak = float(np.abs(y).max())
     return (y * (0.99 / peak) if peak > 0.99 else y).astype(np.float32)
 
 
-__all__ = ["EFFECTS", "parse_effects", "produce"]
+__all__ = ["EFFECTS", "check_support", "parse_effects", "produce"]

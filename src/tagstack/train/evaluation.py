@@ -68,7 +68,7 @@ def accuracy(labels: np.ndarray, y_score: np.ndarray) -> float:
 
 
 def evaluate(y_true: np.ndarray, y_score: np.ndarray, *, task: str = "multilabel") -> dict:
-    """All metrics of a task; ``y_true`` is a 0/1 matrix (one-hot for multi-class)."""
+    """All metrics of a task; ``y_true`` is a 0/1 matrix (one-hot for multi-class), NaN where a label is unknown."""
     out = tagging_metrics(y_true, y_score)
     if task == "multiclass":
         out["accuracy"] = accuracy(np.argmax(y_true, axis=1), y_score)

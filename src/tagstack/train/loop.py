@@ -8,7 +8,9 @@ every epoch, so a killed run resumes at the epoch where it stopped, and a
 finished run is not trained again.
 
 Under ``torchrun`` (DistributedDataParallel) every process runs this same
-loop on the same shuffled batches and computes its share of each one; the
+loop on the same shuffled batches and computes its share of each one; each
+share's mean loss is weighted by its part of the batch's known targets
+(:func:`share_weight`; shares differ in size, and in unknown labels) and the
 gradients are averaged, so the steps, the schedule and early stopping are
 those of one process with the same batch size, and every process holds the
 same weights and takes the same decisions without further communication.
@@ -70,6 +72,21 @@ def _optimizer(model: nn.Module, cfg: TrainConfig, lr: float) -> torch.optim.Opt
     return torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay)
 
 
+def _known(y: torch.Tensor) -> int:
+    """Targets that count in a mean loss: the non-NaN labels (tags), or the rows (class indices)."""
+    return int((~torch.isnan(y)).sum()) if y.is_floating_point() else int(y.shape[0])
+
+
+def share_weight(y: torch.Tensor, rank: int, world: int) -> float:
+    """The factor that turns the mean loss of process ``rank``'s share of a batch into its part of the batch's mean.
+
+    With it, the average over the ``world`` processes (what DDP does to
+    gradients) equals the gradient of the whole batch's mean loss on one
+    process, however the known targets fall into the shares.
+    """
+    return _known(y[rank::world]) / max(_known(y), 1) * world
+
+
 def fit(
     model: nn.Module,
     *,
@@ -127,9 +144,11 @@ def fit(
         bar = tqdm(train_batches(state.epoch), total=n_batches, desc=f"[{desc}] epoch {state.epoch + 1}", leave=False, unit="batch",
                    disable=None if rank == 0 else True)
         for b, (x, y) in enumerate(bar):
+            weight = 1.0
             if world > 1:
                 if len(x) < world:  # every process sees the same batches, so all skip this one
                     continue
+                weight = share_weight(y, rank, world)
                 x, y = x[rank::world], y[rank::world]
             if state.epoch < config.warmup_epochs:  # a linear ramp to the first rate, batch by batch
                 for group in opt.param_groups:
@@ -140,7 +159,7 @@ def fit(
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(step_model(x), y)
-            loss.backward()
+            (loss * weight).backward()
             if config.clip_norm:
                 nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
             opt.step()
