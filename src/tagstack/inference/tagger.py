@@ -134,8 +134,8 @@ class Tagger:
     model : str, Path or TaggingModel, optional
         A model file (``.safetensors``), or the name of a shipped model: ``"real"``
         (the default, trained on real recordings with human and teacher tags),
-        ``"real-4q"`` (the same recordings' human mood and genre tags alone: the
-        better mood tagger) or ``"corpus"`` (trained on the score-rendered corpus).
+        ``"real-4q"`` (4Q's human mood and genre tags alone: the baseline without a
+        teacher) or ``"corpus"`` (trained on the score-rendered corpus).
     device : str
         ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda:0"`` ...
     """
