@@ -15,8 +15,9 @@ clips of moods.
 Steps (each resumes; rerunning skips what is done):
 
 1. Cut every Debian track (``DATA/debian/files.csv``) into 29.1 s windows,
-   keeping every other one (window k starts at ``2 k x 29.1 s``) so that
-   clips of one track are not near-duplicates, listed in a fixed
+   keeping every other one (window k starts at ``2 k x 29.1 s``;
+   ``--window-step 1`` keeps them all) so that clips of one track are not
+   near-duplicates, listed in a fixed
    pseudo-random order (any prefix samples every package; ``--debian-windows
    N`` keeps the first N, which bounds the teacher's time); mono 22,050 Hz 16-bit FLAC
    through tagstack's own decoder, in ``DATA/teacher/debian/<package>/``.
@@ -39,6 +40,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import os
 import subprocess
 import sys
 import zlib
@@ -53,8 +55,8 @@ TEACHER = "MTT_musicnn"
 MIN_VALUE = 0.005
 
 
-def cut_debian(data: Path, out: Path) -> list[tuple[str, str]]:
-    """Step 1: (clip path relative to ``out``, track) for every kept window, writing the missing ones."""
+def cut_debian(data: Path, out: Path, step: int = 2) -> list[tuple[str, str]]:
+    """Step 1: (clip path relative to ``out``, track) for every kept window (every ``step``-th), writing the missing ones."""
     import soundfile as sf
 
     from tagstack.audio.io import duration_seconds, load
@@ -73,7 +75,7 @@ def cut_debian(data: Path, out: Path) -> list[tuple[str, str]]:
             print(f"[cut {i + 1}/{len(tracks)}] skipped: {e}", file=sys.stderr, flush=True)
             continue
         stem = Path(t["path"]).with_suffix("")
-        for k in range(0, n, 2):
+        for k in range(0, n, step):
             rel = f"debian/{stem}-{k:03d}.flac"
             clips.append((rel, t["path"]))
             dst = out / rel
@@ -84,7 +86,7 @@ def cut_debian(data: Path, out: Path) -> list[tuple[str, str]]:
             sf.write(buf, np.clip(y, -1.0, 1.0), SR, format="FLAC", subtype="PCM_16")
             dst.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(dst, buf.getvalue())
-        print(f"[cut {i + 1}/{len(tracks)}] {t['path']}: {len(range(0, n, 2))} windows", file=sys.stderr, flush=True)
+        print(f"[cut {i + 1}/{len(tracks)}] {t['path']}: {len(range(0, n, step))} windows", file=sys.stderr, flush=True)
     return clips
 
 
@@ -144,7 +146,7 @@ def write_manifest(data: Path, out: Path, clips: list[tuple[str, str]], seed: in
             counts["missing"] += 1
             continue
         mine = [fourq.tags[j] for j in np.flatnonzero(row >= 0.5)]
-        rows.writerow([f"../4q/{path}", TAG_SEPARATOR.join(mine + soft(p, human)), split, ""])
+        rows.writerow([Path(os.path.relpath(data / "4q" / path, out)).as_posix(), TAG_SEPARATOR.join(mine + soft(p, human)), split, ""])
         counts["4q"] += 1
     splits = track_splits([t for _, t in clips], seed)
     for rel, track in clips:
@@ -170,10 +172,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--teacher-python", required=True, help="python of musicnn's virtual environment")
     p.add_argument("--debian-windows", type=int, default=0, metavar="N",
                    help="label only the first N Debian windows of the fixed order (default 0: all; the shipped model used 0 = see its card)")
+    p.add_argument("--window-step", type=int, default=2, metavar="K",
+                   help="keep every K-th 29.1 s window of each Debian track (default 2, as the shipped model; 1: all)")
+    p.add_argument("--out", type=Path, help="output folder (default: DATA/teacher)")
     p.add_argument("--seed", type=int, default=0, help="seed of the Debian track split (default 0)")
     a = p.parse_args(argv)
-    out = a.data / "teacher"
-    clips = cut_debian(a.data, out)
+    if a.window_step < 1:
+        p.error(f"--window-step must be >= 1, got {a.window_step}")
+    out = a.out or a.data / "teacher"
+    clips = cut_debian(a.data, out, a.window_step)
     # a fixed pseudo-random order, so that any prefix (--debian-windows) samples every package and track
     clips.sort(key=lambda c: zlib.crc32(c[0].encode()))
     if a.debian_windows:

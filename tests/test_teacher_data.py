@@ -60,3 +60,6 @@ def test_windows_then_a_manifest_of_human_and_teacher_tags(tmp_path):
     assert splits["../4q/Q1/x.wav"] == "train" and splits["../4q/Q1/y.wav"] == "test"
     assert splits["debian/pkg/a-000.flac"] == splits["debian/pkg/a-002.flac"]  # one track, one split
     assert m.groups["guitar"] == "mtat (musicnn teacher)"
+
+    every = build.cut_debian(data, tmp_path / "every", step=1)  # --window-step 1: every window
+    assert [c for c, _ in every] == ["debian/pkg/a-000.flac", "debian/pkg/a-001.flac", "debian/pkg/a-002.flac", "debian/pkg/b-000.flac"]
