@@ -186,3 +186,33 @@ def test_a_model_file_whose_weights_do_not_match_is_refused(run, tmp_path):
     save_file(tensors, str(tmp_path / "broken.safetensors"), metadata={"tagstack": _json.dumps(meta)})
     with pytest.raises(ModelFileError, match="broken.safetensors.*'tensors'.*global.net.0.weight"):
         load_model(tmp_path / "broken.safetensors")
+
+
+@pytest.mark.slow
+def test_unknown_labels_run_through_every_stage_and_are_left_out_of_the_scores(tmp_path, synth_dir):
+    """A manifest whose first tag is unknown on a third of the clips: training runs, and that tag is scored on the others only."""
+    import shutil
+
+    from sklearn.metrics import roc_auc_score
+
+    from tagstack.datasets import read_manifest, write_manifest
+    from tagstack.experiments.run import Experiment
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_dir, data)
+    clips = read_manifest(data / "manifest.csv")
+    clips.labels[::3, 0] = np.nan  # a third of the clips never annotated for the first tag
+    write_manifest(clips, data / "manifest.csv")
+    cfg = ExperimentConfig(dataset="manifest", root=str(data), scales=(27,), frontend=TEST_FRONTEND,
+                           local=TrainConfig(max_epochs=2, batch_size=32, lr_stages=1, patience=5),
+                           global_=TrainConfig(max_epochs=5, batch_size=8, monitor="roc_auc", patience=5),
+                           cache_dir=str(tmp_path / "cache"), workers=1)
+    exp = Experiment(cfg, tmp_path / "run")
+    metrics = exp.run()
+    assert np.isfinite(metrics["global"]["roc_auc"]) and metrics["global"]["n_tags_evaluated"] == 4
+    test = exp.data.clips.indices("test")
+    y = exp.data.clips.labels[test]
+    known = ~np.isnan(y[:, 0])
+    assert 0 < known.sum() < len(test)
+    probs = exp.test_probs(load_model(tmp_path / "run" / "model.safetensors"))
+    assert np.isclose(metrics["global"]["per_tag"]["roc_auc"][0], roc_auc_score(y[known, 0], probs[known, 0]), atol=1e-4)
