@@ -523,7 +523,7 @@ def _same_build(out: Path, settings: dict) -> None:
     path = out / "build.json"
     if path.exists():
         before = json.loads(path.read_text())
-        changed = [k for k in settings if before.get(k, None if k == "soundfont" else settings[k]) != settings[k]]
+        changed = [k for k in settings if before.get(k) != settings[k]]
         if changed:
             what = ", ".join(f"{k} {before.get(k)!r} -> {settings[k]!r}" for k in changed)
             raise ParameterError(f"{out}: a corpus built with other settings ({what}); use another folder")

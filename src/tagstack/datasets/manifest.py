@@ -167,10 +167,11 @@ def write_manifest(clips: ClipSet, path: str | Path) -> None:
     """
     path = Path(path)
     unknown = np.isnan(clips.labels) & (np.nan_to_num(clips.labels) > 0).any(axis=0)
-    lines = ["path,tags,split" + (",unknown" if unknown.any() else "")]
+    has_unknown = bool(unknown.any())
+    lines = ["path,tags,split" + (",unknown" if has_unknown else "")]
     for p, row, s, u in zip(clips.paths, clips.labels, clips.splits, unknown):
         ts = TAG_SEPARATOR.join(clips.tags[j] if row[j] == 1 else f"{clips.tags[j]}={row[j]:.4g}" for j in np.flatnonzero(row > 0))
-        extra = f",{_csv_field(TAG_SEPARATOR.join(clips.tags[j] for j in np.flatnonzero(u)))}" if unknown.any() else ""
+        extra = f",{_csv_field(TAG_SEPARATOR.join(clips.tags[j] for j in np.flatnonzero(u)))}" if has_unknown else ""
         lines.append(f"{_csv_field(p)},{_csv_field(ts)},{s}{extra}")
     atomic_write_text(path, "\n".join(lines) + "\n")
     if clips.groups:
