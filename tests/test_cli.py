@@ -49,6 +49,33 @@ def test_tag_formats_and_bad_files(trained_model, synth_dir, tmp_path, capsys):
     assert rows[0] == "path,tag,probability" and len(rows) == 1 + 10 * 4
 
 
+def test_per_group_takes_the_best_tags_of_every_group_of_the_model_file(model_file, synth_dir, tmp_path, capsys):
+    from tagstack.inference.tagger import Tagger
+    from tagstack.models.file import load_model, read_metadata, save_model
+
+    model = load_model(model_file)
+    tags = model.tags
+    model.groups = {tags[0]: "a", tags[2]: "a", tags[1]: "b"}  # the rest has no group: "other"
+    save_model(model, tmp_path / "grouped.safetensors")
+    assert read_metadata(tmp_path / "grouped.safetensors")["tag_groups"] == model.groups
+    assert load_model(tmp_path / "grouped.safetensors").groups == model.groups  # round trip, in vocabulary order
+    clip = synth_dir / "clip000.wav"
+    probs = Tagger(model_file, device="cpu").predict(clip).probs
+    members = {"a": [0, 2], "b": [1], "other": list(range(3, len(tags)))}
+    expected = [(tags[max(ix, key=lambda i: probs[i])], g) for g, ix in members.items()]
+    assert main(["tag", str(clip), "--model", str(tmp_path / "grouped.safetensors"), "--per-group", "--top-k", "1",
+                 "--format", "csv", "--device", "cpu"]) == 0
+    rows = capsys.readouterr().out.strip().splitlines()
+    assert rows[0] == "path,tag,probability,group"
+    assert [tuple(r.split(",")[i] for i in (1, 3)) for r in rows[1:]] == expected
+    assert main(["tag", str(clip), "--model", str(tmp_path / "grouped.safetensors"), "--per-group", "--threshold", "0",
+                 "--format", "jsonl", "--device", "cpu"]) == 0
+    line = json.loads(capsys.readouterr().out)
+    assert len(line["tags"]) == len(tags) and line["groups"][tags[1]] == "b" and line["groups"][tags[3]] == "other"
+    assert main(["info", str(tmp_path / "grouped.safetensors")]) == 0
+    assert f"tag groups (--per-group): a (2), b (1), other ({len(tags) - 3})" in capsys.readouterr().out
+
+
 def test_tag_writes_taggram_plot_and_data(trained_model, synth_dir, tmp_path):
     assert main(["tag", str(synth_dir / "clip001.wav"), "--model", str(trained_model), "--taggram", str(tmp_path)]) == 0
     for suffix in (".taggram.npy", ".taggram.csv", ".taggram.png"):

@@ -202,6 +202,7 @@ def test_unknown_labels_run_through_every_stage_and_are_left_out_of_the_scores(t
     shutil.copytree(synth_dir, data)
     clips = read_manifest(data / "manifest.csv")
     clips.labels[::3, 0] = np.nan  # a third of the clips never annotated for the first tag
+    clips.groups = {clips.tags[0]: "sparse", clips.tags[2]: "dense"}  # tag_groups.csv, carried into the model file
     write_manifest(clips, data / "manifest.csv")
     cfg = ExperimentConfig(dataset="manifest", root=str(data), scales=(27,), frontend=TEST_FRONTEND,
                            local=TrainConfig(max_epochs=2, batch_size=32, lr_stages=1, patience=5),
@@ -214,5 +215,7 @@ def test_unknown_labels_run_through_every_stage_and_are_left_out_of_the_scores(t
     y = exp.data.clips.labels[test]
     known = ~np.isnan(y[:, 0])
     assert 0 < known.sum() < len(test)
-    probs = exp.test_probs(load_model(tmp_path / "run" / "model.safetensors"))
+    model = load_model(tmp_path / "run" / "model.safetensors")
+    assert model.groups == {clips.tags[0]: "sparse", clips.tags[2]: "dense"}
+    probs = exp.test_probs(model)
     assert np.isclose(metrics["global"]["per_tag"]["roc_auc"][0], roc_auc_score(y[known, 0], probs[known, 0]), atol=1e-4)

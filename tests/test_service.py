@@ -34,7 +34,9 @@ from bench_serve import free_port, start_server  # noqa: E402
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    save_model(random_tagger(), path)
+    model = random_tagger()
+    model.groups = {model.tags[0]: "first", model.tags[1]: "first"}  # the others have no group: "other"
+    save_model(model, path)
     (path.with_suffix(".md")).write_text("# Model card: tiny\n\nA randomly initialised test model.\n")
     return path
 
@@ -85,6 +87,7 @@ def test_health_and_model_information(server, model_file):
     tagger = Tagger(model_file, device="cpu")
     assert status == 200 and info["tags"] == tagger.tags and info["n_features"] == tagger.model.n_features
     assert info["scales"] == [18, 27, 54] and info["card"].startswith("# Model card: tiny")
+    assert info["tag_groups"] == tagger.model.groups and len(info["tag_groups"]) == 2
     status, spec = request(server, "GET", "/openapi.json")
     assert status == 200 and "/api/tag" in spec["paths"]
 
@@ -110,6 +113,11 @@ def test_the_service_gives_what_the_api_gives(server, model_file, song):
 
     status, thr = request(server, "POST", "/api/tag?threshold=0.5", data, {"Content-Type": "audio/mpeg"})
     assert status == 200 and [t["tag"] for t in thr["tags"]] == [t for t, _ in expected.top(threshold=0.5)]
+
+    status, grouped = request(server, "POST", "/api/tag?top_k=1&per_group=true", data, {"Content-Type": "audio/mpeg"})
+    assert status == 200 and [(t["tag"], t["group"]) for t in grouped["tags"]] == \
+        [(t, expected.group_of(t)) for t, _ in expected.top(1, per_group=True)]
+    assert [t["group"] for t in grouped["tags"]] == ["first", "other"]
 
 
 @pytest.mark.parametrize("case,status,reason", [

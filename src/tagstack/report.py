@@ -235,6 +235,12 @@ def model_summary(meta: dict, path: str) -> str:
                                       f"{g['n_hidden_layers']} x {g['hidden']} units on {g['n_features']} features")
              + f" (scales {meta['scales']}, layers {meta['layers'] or 'all'})",
              f"front end: {meta['frontend']['sample_rate']} Hz, {meta['frontend']['n_mels']} mels, {meta['frontend']['clip_seconds']} s clips"]
+    if meta.get("tag_groups"):
+        sizes: dict[str, int] = {}
+        for t in meta["tags"]:
+            group = meta["tag_groups"].get(t, "other")
+            sizes[group] = sizes.get(group, 0) + 1
+        lines.append("tag groups (--per-group): " + ", ".join(f"{g} ({n})" for g, n in sizes.items()))
     if info.get("dataset"):
         data = info.get("data") if isinstance(info.get("data"), str) else ""
         lines.append(f"trained on: {info['dataset']}" + (f" ({data.split('. ')[0].rstrip('.')})" if data else ""))

@@ -196,11 +196,13 @@ def cmd_tag(a: argparse.Namespace) -> int:
     if a.engine == "ray":
         if a.format != "table":
             raise ParameterError("--engine ray writes Parquet (path, seconds, one column per tag); --format is for the local engine")
+        if a.per_group:
+            raise ParameterError("--engine ray writes every tag's probability; --per-group is for the local engine")
         if a.hop is not None and (a.taggram is None or not a.hop > 0):
             raise ParameterError(f"--hop {a.hop} needs --taggram DIR and a positive number of seconds")
         return _on_ray(a, a.output, embed=False, taggram_dir=a.taggram, hop=a.hop)
     return tag_files(a.paths, model=a.model, device=a.device, top_k=a.top_k, threshold=a.threshold, fmt=a.format,
-                     output=a.output, taggram_dir=a.taggram, hop=a.hop).exit_status
+                     output=a.output, taggram_dir=a.taggram, hop=a.hop, per_group=a.per_group).exit_status
 
 
 def cmd_embed(a: argparse.Namespace) -> int:
@@ -330,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model", type=Path, help="model file, or a shipped model: real (default, trained on real recordings), real-4q or corpus")
     t.add_argument("--top-k", type=int, default=5, help="tags per file (default: 5; 0 for all)")
     t.add_argument("--threshold", type=float, help="report every tag with probability >= this instead of the top k")
+    t.add_argument("--per-group", action="store_true",
+                   help="apply --top-k / --threshold within each tag group of the model (the default model's: genre, mood, "
+                        "quadrant and its teachers' vocabularies) and show each tag's group, so that no vocabulary crowds out the others")
     t.add_argument("--format", choices=["table", "jsonl", "csv"], default="table", help="output format (default: table)")
     t.add_argument("--output", "-o", type=Path, help="write to this file instead of standard output (with --engine ray: a folder of Parquet shards)")
     t.add_argument("--taggram", type=Path, metavar="DIR", help="also write each file's taggram (tags per 29.1 s window) as .npy/.csv and .png into DIR "

@@ -195,7 +195,7 @@ class Experiment:
         tr, va = d.clips.indices("train"), d.clips.indices("valid")
         train_global(head, x[tr], d.clips.labels[tr], x[va], d.clips.labels[va], config=schedule, workdir=self.dir / name, device=self.device)
         return TaggingModel(self.local_models(), head.cpu(), tags=d.clips.tags, frontend=c.frontend, scales=scales, layers=layers,
-                            info={"dataset": d.clips.name})
+                            info={"dataset": d.clips.name}, groups=d.clips.groups)
 
     def test_probs(self, model: TaggingModel) -> np.ndarray:
         """Test-set probabilities of a staged tagger, from the stored features (the same head as inference)."""

@@ -81,8 +81,13 @@ def check_destination(path: Path, *, folder: bool = False) -> None:
 
 def tag_files(paths: Iterable[str | Path], *, tagger: Tagger | None = None, model: str | Path | None = None, device: str = "auto",
               top_k: int | None = 5, threshold: float | None = None, fmt: str = "table", output: str | Path | None = None,
-              taggram_dir: str | Path | None = None, hop: float | None = None, stdout: IO[str] | None = None) -> BatchReport:
+              taggram_dir: str | Path | None = None, hop: float | None = None, stdout: IO[str] | None = None,
+              per_group: bool = False) -> BatchReport:
     """Tag every file and write the results as a table, JSON lines or CSV.
+
+    With ``per_group`` the top ``k`` (or the threshold) apply within each tag
+    group of the model, and each tag's group is written beside it (a
+    ``group`` column; in JSON lines a ``groups`` object, tag -> group).
 
     Results stream to ``stdout`` (standard output by default), or go whole to
     ``output`` at the end. With ``taggram_dir`` each file's taggram is written
@@ -104,7 +109,7 @@ def tag_files(paths: Iterable[str | Path], *, tagger: Tagger | None = None, mode
     out = io.StringIO() if output is not None else (stdout or sys.stdout)
     writer = csv.writer(out) if fmt == "csv" else None
     if writer:
-        writer.writerow(["path", "tag", "probability"])
+        writer.writerow(["path", "tag", "probability"] + (["group"] if per_group else []))
     report = BatchReport()
     stems = unique_stems(files)
     results = tagger.predict_many(files, taggram=taggram_dir is not None, hop=hop)
@@ -112,16 +117,20 @@ def tag_files(paths: Iterable[str | Path], *, tagger: Tagger | None = None, mode
         if isinstance(r, TagstackError):
             _skip(report, f, r)
             continue
-        top = r.top(top_k or None, threshold)
+        top = r.top(top_k or None, threshold, per_group=per_group)
         if taggram_dir is not None:
             write_taggram(r, Path(taggram_dir), stem, tagger.cfg.clip_seconds)
         if fmt == "jsonl":
-            out.write(json.dumps({"path": str(f), "seconds": round(r.seconds, 2), "tags": {t: round(p, 4) for t, p in top}}, allow_nan=False) + "\n")
+            line = {"path": str(f), "seconds": round(r.seconds, 2), "tags": {t: round(p, 4) for t, p in top}}
+            if per_group:
+                line["groups"] = {t: r.group_of(t) for t, _ in top}
+            out.write(json.dumps(line, allow_nan=False) + "\n")
         elif writer:
             for t, p in top:
-                writer.writerow([str(f), t, f"{p:.4f}"])
+                writer.writerow([str(f), t, f"{p:.4f}"] + ([r.group_of(t)] if per_group else []))
         else:
-            out.write(f"{f}  ({r.seconds:.1f} s)\n" + "".join(f"    {t:<16} {p:.3f}\n" for t, p in top))
+            group = (lambda t: f"  {r.group_of(t)}") if per_group else (lambda t: "")
+            out.write(f"{f}  ({r.seconds:.1f} s)\n" + "".join(f"    {t:<16} {p:.3f}{group(t)}\n" for t, p in top))
         out.flush()
         report.done += 1
     if output is not None:

@@ -29,7 +29,7 @@ Example
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -69,15 +69,32 @@ class Result:
     embedding: np.ndarray | None = None  # (n_features,) all layers and scales
     taggram: np.ndarray | None = None  # (windows, n_tags)
     window_starts: np.ndarray | None = None  # seconds
+    groups: dict[str, str] = field(default_factory=dict)  # tag -> group, from the model file
 
-    def top(self, k: int | None = None, threshold: float | None = None) -> list[tuple[str, float]]:
-        """Tags sorted by probability: the ``k`` best (all when None or 0), or all at or above ``threshold``."""
+    def top(self, k: int | None = None, threshold: float | None = None, *, per_group: bool = False) -> list[tuple[str, float]]:
+        """Tags sorted by probability: the ``k`` best (all when None or 0), or all at or above ``threshold``.
+
+        With ``per_group`` the selection is made within each tag group of the
+        model (``groups``; tags without one form a group of their own), so that
+        a large vocabulary (say, 129 moods) cannot crowd out a small one
+        (genres, instruments). Groups come in the order of their first tag in
+        the vocabulary; :meth:`group_of` names each tag's group.
+        """
         check_selection(k, threshold)
-        order = np.argsort(-self.probs)
+        order = np.argsort(-self.probs, kind="stable")
         pairs = [(self.tags[i], float(self.probs[i])) for i in order]
         if threshold is not None:
             pairs = [p for p in pairs if p[1] >= threshold]
-        return pairs[:k] if k else pairs
+        if not per_group:
+            return pairs[:k] if k else pairs
+        by_group: dict[str, list[tuple[str, float]]] = {self.group_of(t): [] for t in self.tags}
+        for t, p in pairs:
+            by_group[self.group_of(t)].append((t, p))
+        return [pair for chosen in by_group.values() for pair in (chosen[:k] if k else chosen)]
+
+    def group_of(self, tag: str) -> str:
+        """The group of ``tag`` in the model's vocabulary ("other" for a tag without one)."""
+        return self.groups.get(tag, "other")
 
 
 def check_selection(top_k: int | None, threshold: float | None) -> None:
@@ -346,7 +363,7 @@ class Tagger:
         for row, k in enumerate(ok):
             seconds = aggs[k].samples / self.cfg.sample_rate
             r = Result(path=names[k], tags=self.tags if tagging else [], probs=probs[row] if tagging else np.zeros(0, np.float32),
-                       seconds=seconds, embedding=embeddings[row])
+                       seconds=seconds, embedding=embeddings[row], groups=self.model.groups if tagging else {})
             if gram_hop is not None and tagging:
                 feats, starts = aggs[k].taggram_features()
                 r.taggram = self._classify(feats)
@@ -406,12 +423,13 @@ class Tagger:
         finally:
             torch.set_num_threads(threads)
 
-    def tag(self, source, *, sr: int | None = None, top_k: int | None = 5, threshold: float | None = None) -> list[tuple[str, float]]:
-        """The best tags of a file or array as ``(tag, probability)`` pairs."""
+    def tag(self, source, *, sr: int | None = None, top_k: int | None = 5, threshold: float | None = None,
+            per_group: bool = False) -> list[tuple[str, float]]:
+        """The best tags of a file or array as ``(tag, probability)`` pairs (within each tag group with ``per_group``; see :meth:`Result.top`)."""
         if self.model.head is None:
             raise ParameterError("this model has no global classifier (stage 3); it can embed but not tag")
         check_selection(top_k, threshold)
-        return self.predict(source, sr=sr).top(top_k, threshold)
+        return self.predict(source, sr=sr).top(top_k, threshold, per_group=per_group)
 
     def embed(self, source, *, sr: int | None = None, scales: Iterable[int] | None = None, layers: Iterable[int] | None = None) -> np.ndarray:
         """The multi-level, multi-scale feature vector of a file (chosen scales and layers; all by default)."""

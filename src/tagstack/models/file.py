@@ -3,7 +3,7 @@
 The file holds the tensors of the local CNNs and of the global classifier
 (never a pickle, so a file from a stranger cannot run code) and, in its
 header, a JSON document with everything needed to rebuild them: the tag
-vocabulary, the front end, each network's architecture, which feature
+vocabulary and its tag groups, the front end, each network's architecture, which feature
 blocks the classifier reads, and provenance (dataset, command, test scores).
 
 A model file is a stranger's input. :func:`read_metadata` validates the
@@ -74,6 +74,7 @@ def metadata(model: TaggingModel) -> dict:
         "layers": None if model.layers is None else list(model.layers),
         "feature_layout": [asdict(b) for b in model.layout],
         "info": model.info,
+        "tag_groups": model.groups,
     }
 
 
@@ -217,6 +218,10 @@ def _validate(meta: Any, shapes: dict[str, tuple[int, ...]]) -> None:
     else:
         _need(all(a["n_tags"] == len(tags) for a in local.values()), "tags", "one name per local CNN output")
     _need(isinstance(meta.get("info", {}), dict), "info", "an object")
+    groups = meta.get("tag_groups", {})
+    _need(isinstance(groups, dict) and set(groups) <= set(tags)
+          and all(isinstance(g, str) and 0 < len(g) <= 100 for g in groups.values()), "tag_groups",
+          "an object from tag names to group names of 1..100 characters", groups if isinstance(groups, dict) else None)
     missing = sorted(set(expected) - set(shapes))
     extra = sorted(set(shapes) - set(expected))
     _need(not missing, "tensors", "all the described weights", f"{len(missing)} missing, e.g. {missing[:2]}" if missing else None)
@@ -247,7 +252,7 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> Taggi
         head = GlobalMLP(GlobalArch(**meta["global"]))
         head.load_state_dict({k[7:]: v.float() if v.is_floating_point() else v for k, v in tensors.items() if k.startswith("global.")})
     model = TaggingModel(local, head, tags=meta["tags"], frontend=FrontEndConfig(**meta["frontend"]), scales=meta["scales"],
-                         layers=meta["layers"], info=meta.get("info", {}))
+                         layers=meta["layers"], info=meta.get("info", {}), groups=meta.get("tag_groups", {}))
     return model.to(device).eval()
 
 

@@ -45,10 +45,15 @@ class TaggingModel(nn.Module):
         Which feature blocks the head reads (all scales and all layers when None).
     info : dict
         Free-form provenance (dataset, command, test scores), stored in the model file.
+    groups : dict[str, str], optional
+        The group of each tag (e.g. mood, genre, a teacher's vocabulary), as the training data's
+        ``tag_groups.csv`` gives it; stored in the model file so that tagging can pick the best
+        tags within each group. Names not in ``tags`` are dropped.
     """
 
     def __init__(self, local: dict[int, LocalCNN], head: GlobalMLP | None, *, tags: list[str], frontend: FrontEndConfig,
-                 scales: Iterable[int] | None = None, layers: Iterable[int] | None = None, info: dict | None = None) -> None:
+                 scales: Iterable[int] | None = None, layers: Iterable[int] | None = None, info: dict | None = None,
+                 groups: dict[str, str] | None = None) -> None:
         super().__init__()
         if not local:
             raise ParameterError("a tagger needs at least one local CNN")
@@ -59,6 +64,9 @@ class TaggingModel(nn.Module):
         self.scales = tuple(sorted(int(s) for s in scales)) if scales else tuple(sorted(local))
         self.layers = None if layers is None else tuple(sorted(int(i) for i in layers))
         self.info = dict(info or {})
+        if groups and not all(isinstance(g, str) and g for g in groups.values()):
+            raise ParameterError("tag groups must be non-empty names")
+        self.groups = {t: groups[t] for t in self.tags if t in (groups or {})}
         self.layout: list[FeatureBlock] = feature_layout(self.local_models)
         cols = select_columns(self.layout, scales=self.scales, layers=self.layers)
         self.register_buffer("columns", torch.from_numpy(cols), persistent=False)

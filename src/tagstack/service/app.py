@@ -158,7 +158,7 @@ class Service:
                 "classifier_reads": {"scales": list(m.scales), "layers": list(m.layers) if m.layers else "all"},
                 "n_features": m.n_features, "clip_seconds": self.tagger.cfg.clip_seconds,
                 "sample_rate": self.tagger.cfg.sample_rate, "dataset": info.get("dataset"), "data": info.get("data"),
-                "test": info.get("test"), "card": self.card, "version": __version__,
+                "test": info.get("test"), "card": self.card, "version": __version__, "tag_groups": m.groups,
                 "limits": {"max_upload_mb": self.limits.max_upload_mb, "max_seconds": self.limits.max_seconds}}
 
     async def save_upload(self, request: Request) -> tuple[Path, str]:
@@ -192,7 +192,8 @@ class Service:
             raise
 
     def analyse(self, path: Path, name: str, *, top_k: int | None, threshold: float | None, embed: bool,
-                scales: list[int] | None, layers: list[int] | None, taggram: bool, hop: str | None) -> dict:
+                scales: list[int] | None, layers: list[int] | None, taggram: bool, hop: str | None,
+                per_group: bool = False) -> dict:
         """Everything asked about one uploaded file (runs in a worker thread)."""
         model = self.tagger.model
         if model.head is None and not embed:
@@ -210,7 +211,8 @@ class Service:
             raise Problem(400 if isinstance(e, ParameterError) else 422, reason) from None
         out: dict = {"file": name, "seconds": round(result.seconds, 3), "model": self.name}
         if model.head is not None:
-            out["tags"] = [{"tag": t, "probability": float(p)} for t, p in result.top(top_k, threshold)]
+            out["tags"] = [{"tag": t, "probability": float(p)} | ({"group": result.group_of(t)} if model.groups else {})
+                           for t, p in result.top(top_k, threshold, per_group=per_group)]
         if embed:
             s = sorted({b.scale for b in model.layout if scales is None or b.scale in scales})
             l_ = sorted({b.layer for b in model.layout if layers is None or b.layer in layers})
@@ -281,6 +283,7 @@ def create_app(model: str | Path | None = None, *, device: str = "auto", limits:
     async def tag(request: Request,
                   top_k: int | None = Query(5, ge=0, description="best tags to return (0: all)"),
                   threshold: float | None = Query(None, ge=0, le=1, description="return every tag at or above this instead of the top k"),
+                  per_group: bool = Query(False, description="apply top_k / threshold within each tag group of the model"),
                   embed: bool = Query(False, description="also return the multi-level, multi-scale embedding"),
                   scales: str | None = Query(None, description="embedding scales, e.g. 27,54 (default: all)"),
                   layers: str | None = Query(None, description="embedding layers, 1-based, e.g. 1,2 (default: all)"),
@@ -293,7 +296,7 @@ def create_app(model: str | Path | None = None, *, device: str = "auto", limits:
         try:
             out = await anyio.to_thread.run_sync(
                 lambda: service.analyse(path, name, top_k=None if threshold is not None else top_k, threshold=threshold,
-                                        embed=embed, scales=s, layers=l_, taggram=taggram, hop=hop),
+                                        embed=embed, scales=s, layers=l_, taggram=taggram, hop=hop, per_group=per_group),
                 limiter=service.limiter)
         finally:
             path.unlink(missing_ok=True)
