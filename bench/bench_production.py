@@ -1,14 +1,15 @@
-"""Do production (reverb, EQ, compression, noise, level, MP3) and a larger soundfont make the rendered corpus teach CNNs that hear records?
+"""Do production (reverb, EQ, compression, noise, level, MP3), performance (drums, humanising) and a larger soundfont make the rendered corpus teach CNNs that hear records?
 
-For every variant (a set of effects of ``tagstack.datasets.production``;
-``none`` is the plain corpus) this renders the corpus with the same pieces,
+For every variant (a set of effects of ``tagstack.datasets.production`` and
+parts of ``tagstack.datasets.performance``; ``none`` is the plain corpus)
+this renders the corpus with the same pieces,
 voicing and tags, trains the paper's CNNs and classifier on it with the
 demo's budget (the same for every variant), and then probes every model's
 features on real recordings with ``bench/bench_transfer.py`` in one run, on
 the same clips and folds, beside the untrained baselines. Each step resumes.
 
     python bench/bench_production.py --eval DATA/emotify/genres.csv \\
-        --variants none,all,all@/usr/share/sounds/sf2/FluidR3_GM.sf2 \\
+        --variants none,all,drums+humanise,all@/usr/share/sounds/sf2/FluidR3_GM.sf2 \\
         --work /tmp/production --cache /tmp/bench-cache --out docs/transfer/production
 """
 from __future__ import annotations
@@ -27,7 +28,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--eval", type=Path, required=True, help="CSV 'path,label' of real labelled audio (bench_transfer.py --eval)")
     p.add_argument("--variants", default="none,all",
-                   help="comma-separated variants, each 'none', 'all' or effects joined by '+' (e.g. reverb+eq), optionally "
+                   help="comma-separated variants, each 'none', 'all' (every production effect) or effects and performance "
+                        "parts joined by '+' (e.g. reverb+eq, drums+humanise), optionally "
                         "followed by @SOUNDFONT (a General-MIDI .sf2 to render with instead of TimGM6mb); default: none,all")
     p.add_argument("--size", default="default", help="corpus size per variant (default: default, 100 clips per style)")
     p.add_argument("--work", type=Path, required=True, help="folder for the corpora and training runs")
@@ -37,6 +39,7 @@ def main() -> None:
     a = p.parse_args()
 
     from tagstack.datasets.corpus import build_corpus
+    from tagstack.datasets.performance import PERFORMANCE
     from tagstack.datasets.production import parse_effects
     from tagstack.experiments.config import demo_config
     from tagstack.experiments.run import Experiment
@@ -44,11 +47,15 @@ def main() -> None:
     models, in_domain = [], {}
     for variant in a.variants.split(","):
         chain, _, font = variant.partition("@")
-        effects = parse_effects(chain.replace("+", ","))
-        name = ("plain" if not effects else "all" if chain == "all" else "+".join(effects)) + (f"-{Path(font).stem}" if font else "")
+        parts = chain.split("+")
+        performance = tuple(p for p in PERFORMANCE if p in parts)
+        effects = parse_effects(",".join(p for p in parts if p not in PERFORMANCE))
+        sound = [*performance, *(["all"] if chain == "all" else effects)]
+        name = ("+".join(sound) if sound else "plain") + (f"-{Path(font).stem}" if font else "")
         corpus, run = a.work / f"corpus-{name}", a.work / f"run-{name}"
         t = time.time()
-        build_corpus(corpus, size=int(a.size) if a.size.isdigit() else a.size, production=effects, soundfont=font or None)
+        build_corpus(corpus, size=int(a.size) if a.size.isdigit() else a.size, production=effects, soundfont=font or None,
+                     performance=performance)
         print(f"[{name}] corpus in {corpus} ({time.time() - t:.0f} s)", file=sys.stderr)
         t = time.time()
         metrics = Experiment(demo_config(corpus), run).run()

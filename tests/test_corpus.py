@@ -62,6 +62,13 @@ def test_build_is_deterministic_resumable_and_split_by_piece(tmp_path):
     assert produced.shape == plain.shape and np.abs(produced - plain).max() > 0.1 * np.abs(plain).max()
     with pytest.raises(ParameterError, match="other settings.*production"):
         build_corpus(tmp_path / "a", size=1, seed=3, workers=2, production=("reverb",))
+    # so does a performance (drums where the style has them, humanised timing and dynamics)
+    build_corpus(tmp_path / "p", size=1, seed=3, workers=2, performance="all")
+    assert (tmp_path / "p" / "manifest.csv").read_bytes() == (tmp_path / "a" / "manifest.csv").read_bytes()
+    performed = sf.read(tmp_path / "p" / files[0].relative_to(tmp_path / "a"))[0]
+    assert performed.shape == plain.shape and not np.allclose(performed, plain, atol=1e-3)
+    with pytest.raises(ParameterError, match="other settings.*performance"):
+        build_corpus(tmp_path / "p", size=1, seed=3, workers=2)
     # another soundfont renders with it, also in a process that already rendered with the default one:
     # TimGM6mb with every sample at half amplitude gives the same clips, quieter
     import pretty_midi

@@ -142,13 +142,15 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
 def cmd_corpus(a: argparse.Namespace) -> int:
     from ..config import tagstack_home
     from ..datasets.corpus import build_corpus
+    from ..datasets.performance import PERFORMANCE, parse_performance
     from ..datasets.production import EFFECTS, parse_effects
 
-    production = parse_effects(a.produce)
+    production, performance = parse_effects(a.produce), parse_performance(a.perform)
+    played = "" if not performance else "-performed-" + ("all" if performance == PERFORMANCE else "+".join(performance))
     chain = "" if not production else "-produced-" + ("all" if production == EFFECTS else "+".join(production))
-    out = a.out or tagstack_home() / "corpus" / (a.size + chain + (f"-{a.soundfont.stem}" if a.soundfont else ""))
+    out = a.out or tagstack_home() / "corpus" / (a.size + played + chain + (f"-{a.soundfont.stem}" if a.soundfont else ""))
     build_corpus(out, size=int(a.size) if a.size.isdigit() else a.size, seed=a.seed, workers=a.workers, production=production,
-                 soundfont=a.soundfont)
+                 soundfont=a.soundfont, performance=performance)
     print(f"corpus in {out}")
     return 0
 
@@ -320,6 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--produce", default="", metavar="EFFECTS",
                    help="production chain after rendering: 'all' or some of eq,compress,reverb,noise,level,lossy "
                         "(default: none; the default folder is then $TAGSTACK_HOME/corpus/SIZE-produced-all, -produced-eq+reverb ...)")
+    c.add_argument("--perform", default="", metavar="PARTS",
+                   help="performance played into the MIDI: 'all' or some of drums,humanise (style-fitting drum kits; "
+                        "timing, accents and phrasing) (default: none; the default folder is then SIZE-performed-all ...)")
     c.add_argument("--soundfont", type=Path, help="a General-MIDI .sf2/.sf3 to render with instead of TimGM6mb "
                    "(e.g. /usr/share/sounds/sf2/FluidR3_GM.sf2 of Debian's fluid-soundfont-gm; the default folder gets "
                    "-STEM appended, e.g. -FluidR3_GM)")

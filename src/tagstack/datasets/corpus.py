@@ -58,6 +58,7 @@ from tqdm.auto import tqdm
 
 from .base import ClipSet, stratified_split
 from .manifest import TAG_SEPARATOR, read_manifest
+from .performance import drum_hits, humanise, parse_performance
 from .production import check_support, parse_effects, produce
 from ..config import tagstack_home
 from ..errors import DatasetError, ParameterError
@@ -275,8 +276,13 @@ def _accompaniment(tonic: int, mode: str, span: float, bar: float, *, chords: bo
     return [bass, pad] if chords else [bass]
 
 
-def render_clip(score: Score, rng: np.random.Generator, style: Style, soundfont: bytes) -> tuple[np.ndarray, list[str]]:
-    """Render one 29.1 s clip of ``score`` with random (seeded) voicing; returns audio and tags."""
+def render_clip(score: Score, rng: np.random.Generator, style: Style, soundfont: bytes, performance: tuple[str, ...] = (),
+                performer: np.random.Generator | None = None) -> tuple[np.ndarray, list[str]]:
+    """Render one 29.1 s clip of ``score`` with random (seeded) voicing; returns audio and tags.
+
+    ``performance`` (parts of :mod:`.performance`) draws from ``performer``,
+    never from ``rng``: the voicing and tags are those of the plain clip.
+    """
     import midirenderer
     import pretty_midi
 
@@ -328,6 +334,16 @@ def render_clip(score: Score, rng: np.random.Generator, style: Style, soundfont:
             inst.notes.append(pretty_midi.Note(velocity=vel, pitch=int(np.clip(p, 21, 108)), start=t0,
                                                end=min(t0 + max(d * sec_per_quarter * 0.97, 0.05), CLIP_SECONDS + 1.0)))
         pm.instruments.append(inst)
+    if "drums" in performance:
+        kit = pretty_midi.Instrument(program=0, is_drum=True)
+        for o, key, vel in drum_hits(style.name, metre, bar, beat, span, loud, performer):
+            if o * sec_per_quarter < CLIP_SECONDS:
+                kit.notes.append(pretty_midi.Note(velocity=vel, pitch=key, start=o * sec_per_quarter, end=o * sec_per_quarter + 0.1))
+        if kit.notes:
+            pm.instruments.append(kit)
+    if "humanise" in performance:
+        humanise([n for inst in pm.instruments for n in inst.notes], performer, sec_per_quarter=sec_per_quarter,
+                 bar=bar, beat=beat, loud=loud)
     buf = io.BytesIO()
     pm.write(buf)
     wav = midirenderer.render_wave_from(soundfont, buf.getvalue())
@@ -401,9 +417,9 @@ def _piece_seed(seed: int, piece: Piece) -> list[int]:
     return [seed, int.from_bytes(digest[:8], "little")]
 
 
-def _render_piece(job: tuple[Piece, int, int, str, tuple[str, ...], str | None]) -> tuple[str, list[dict] | None, str]:
+def _render_piece(job: tuple[Piece, int, int, str, tuple[str, ...], str | None, tuple[str, ...]]) -> tuple[str, list[dict] | None, str]:
     """Worker: render the clips of one piece into ``out``; returns (piece id, clip records, error)."""
-    piece, n_clips, seed, out, production, soundfont = job
+    piece, n_clips, seed, out, production, soundfont, performance = job
     out_dir = Path(out)
     record = out_dir / "pieces" / (hashlib.sha1(piece.id.encode()).hexdigest()[:16] + ".json")
     if record.exists():
@@ -414,7 +430,8 @@ def _render_piece(job: tuple[Piece, int, int, str, tuple[str, ...], str | None])
         rng = np.random.default_rng(_piece_seed(seed, piece))
         clips = []
         for k in range(n_clips):
-            y, tags = render_clip(score, rng, style, _soundfont(soundfont))
+            performer = np.random.default_rng([*_piece_seed(seed, piece), k, 2]) if performance else None
+            y, tags = render_clip(score, rng, style, _soundfont(soundfont), performance, performer)
             if production:  # a stream of its own: the same voicing and tags as the plain corpus
                 y = produce(y, SR, [*_piece_seed(seed, piece), k, 1], production)
             name = f"audio/{piece.style}/{hashlib.sha1(piece.id.encode()).hexdigest()[:12]}-{k}.ogg"
@@ -453,12 +470,13 @@ def plan(size: str | int, *, seed: int = 0) -> list[tuple[Piece, int]]:
 
 
 def build_corpus(out: str | Path, *, size: str | int = "default", seed: int = 0, workers: int = 0,
-                 production: tuple[str, ...] | str = (), soundfont: str | Path | None = None) -> ClipSet:
+                 production: tuple[str, ...] | str = (), soundfont: str | Path | None = None,
+                 performance: tuple[str, ...] | str = ()) -> ClipSet:
     """Build (or finish building) the corpus in ``out`` and return it.
 
     Writes ``out/audio/<style>/*.ogg``, ``out/manifest.csv`` (path, tags,
     split, piece, style), ``out/tag_groups.csv`` and ``out/build.json`` (the
-    seed, production effects and soundfont), prints the tag counts per split, and
+    seed, production effects, soundfont and performance), prints the tag counts per split, and
     returns the :class:`ClipSet`. Already rendered pieces are kept; a folder
     built with another seed, other effects or another soundfont (as its
     ``build.json`` says) is refused rather than mixed; a folder from before
@@ -468,17 +486,21 @@ def build_corpus(out: str | Path, *, size: str | int = "default", seed: int = 0,
     rendering (the same voicing and tags as without them).
     ``soundfont`` is another General-MIDI ``.sf2``/``.sf3`` file to render
     with (e.g. Debian's ``fluid-soundfont-gm``, FluidR3_GM, MIT licence).
+    ``performance`` names parts of :mod:`.performance` (``humanise``,
+    ``drums``; a tuple or a string such as ``"all"``) played into the MIDI
+    before it is rendered (the same voicing and tags as without them).
     """
     out = Path(out)
     production = parse_effects(production if isinstance(production, str) else ",".join(production))  # chain order
     check_support(production)
+    performance = parse_performance(performance if isinstance(performance, str) else ",".join(performance))
     jobs = plan(size, seed=seed)
     if soundfont is not None:
         _check_soundfont(Path(soundfont))
     font = None if soundfont is None else f"{Path(soundfont).name} sha256:{hashlib.sha256(Path(soundfont).read_bytes()).hexdigest()[:16]}"
-    _same_build(out, {"seed": seed, "production": list(production), "soundfont": font})
+    _same_build(out, {"seed": seed, "production": list(production), "soundfont": font, "performance": list(performance)})
     workers = workers or os.cpu_count() or 1
-    args = [(p, k, seed, str(out), production, str(soundfont) if soundfont else None) for p, k in jobs]
+    args = [(p, k, seed, str(out), production, str(soundfont) if soundfont else None, performance) for p, k in jobs]
     # longest pieces first keeps the workers busy to the end
     args.sort(key=lambda a: a[0].style in ("string-quartet", "romantic", "madrigal"), reverse=True)
     results: dict[str, list[dict]] = {}
@@ -521,14 +543,16 @@ def _check_soundfont(path: Path) -> None:
 def _same_build(out: Path, settings: dict) -> None:
     """Record the build's settings in ``out/build.json``; refuse to add to a folder built with others."""
     path = out / "build.json"
+    plain = {"production": [], "soundfont": None, "performance": []}  # a setting a build.json lacks had this value
     if path.exists():
-        before = json.loads(path.read_text())
+        before = {**plain, **json.loads(path.read_text())}
         changed = [k for k in settings if before.get(k) != settings[k]]
         if changed:
             what = ", ".join(f"{k} {before.get(k)!r} -> {settings[k]!r}" for k in changed)
             raise ParameterError(f"{out}: a corpus built with other settings ({what}); use another folder")
-    elif (out / "pieces").is_dir() and (settings["production"] or settings["soundfont"]):
-        raise ParameterError(f"{out}: a corpus built with the default sound (no production, TimGM6mb); use another folder")
+    elif (out / "pieces").is_dir() and any(settings[k] != v for k, v in plain.items()):
+        raise ParameterError(f"{out}: a corpus built with the default sound (no production or performance, TimGM6mb); "
+                             "use another folder")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, settings)
 
