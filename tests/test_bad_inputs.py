@@ -154,6 +154,8 @@ def set_in(path_keys, value):
     ("bad-scale", dict(meta=set_in(["scales"], [99])), "field 'scales'"),
     ("groups-of-no-tag", dict(meta=set_in(["tag_groups"], {"no such tag": "mood"})), "field 'tag_groups'"),
     ("groups-not-names", dict(meta=set_in(["tag_groups"], [1, 2])), "field 'tag_groups'"),
+    ("groups-empty-name", dict(meta=set_in(["tag_groups"], {"low": ""})), "field 'tag_groups'"),
+    ("groups-long-name", dict(meta=set_in(["tag_groups"], {"low": "x" * 101})), "field 'tag_groups'"),
 ])
 def test_broken_model_headers_are_one_model_file_error_naming_the_field(model_file, tmp_path, case, kwargs, field):
     bad = rewrite(model_file, tmp_path / f"{case}.safetensors", **kwargs)

@@ -54,6 +54,10 @@ def test_manifest_unknown_column_errors_name_the_line(tmp_path):
     (tmp_path / "n.csv").write_text("path,tags,split,unknown\na.wav,happy,train,happy\n")
     with pytest.raises(DatasetError, match=r"n.csv, line 2: tag 'happy' is both labelled and listed as unknown"):
         read_manifest(tmp_path / "n.csv")
+    (tmp_path / "tag_groups.csv").write_text("tag,group\nhappy,mood\nsad,\n")
+    (tmp_path / "n.csv").write_text("path,tags,split\na.wav,happy,train\n")
+    with pytest.raises(DatasetError, match=r"tag_groups.csv, line 3: the group of 'sad' must be a name of 1..100 characters"):
+        read_manifest(tmp_path / "n.csv")
 
 
 def test_manifest_without_split_gets_a_seeded_split(tmp_path):

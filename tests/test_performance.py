@@ -22,6 +22,10 @@ def onsets(hits, key):
     ("duple", 4.0, 1.0, [0, 2, 4, 6], [1, 3, 5, 7], 0.5),      # 4/4: low on 1 and 3, mid on 2 and 4
     ("triple", 3.0, 1.0, [0, 3], [1, 2, 4, 5], 0.5),           # 3/4: low on 1, mid on 2 and 3
     ("compound", 3.0, 1.5, [0, 3], [1.5, 4.5], 0.5),           # 6/8: low on the first, mid on the second dotted beat
+    ("compound", 4.5, 1.5, [0, 4.5], [1.5, 3, 6, 7.5], 0.5),   # 9/8: three beats, like 3/4
+    ("compound", 6.0, 1.5, [0, 3, 6, 9], [1.5, 4.5, 7.5, 10.5], 0.5),  # 12/8: like 4/4
+    ("duple", 2.0, 1.0, [0, 2], [1, 3], 0.5),                  # 2/4
+    (None, 4.0, 1.0, [0, 2, 4, 6], [1, 3, 5, 7], 0.5),         # no known metre: played as duple
 ])
 def test_drum_patterns_fit_the_metre(metre, bar, beat, low, mid, high_step):
     kit = KITS["jig"]
@@ -31,6 +35,18 @@ def test_drum_patterns_fit_the_metre(metre, bar, beat, low, mid, high_step):
     assert all(SOFT[0] * 0.6 - 1 <= v <= SOFT[1] for _, _, v in hits)
     loud = drum_hits("jig", metre, bar, beat, 2 * bar, loud=True, rng=np.random.default_rng(0))
     assert min(v for _, k, v in loud if k != kit[2]) >= LOUD[0]
+
+
+def test_drums_follow_the_bar_lines_of_a_tune_with_a_pickup():
+    """A jig that starts on its last eighth: the low drum falls on every bar line of the score, not on beat 0."""
+    from tagstack.datasets.corpus import STYLES, _parse, list_pieces, metre_grid
+
+    jigs = list_pieces(next(s for s in STYLES if s.name == "jig"))
+    score = next(sc for sc in map(_parse, jigs[:20]) if sc.pickup > 0 and metre_grid(sc)[0] == "compound")
+    metre, beat, bar = metre_grid(score)
+    hits = drum_hits("jig", metre, bar, beat, 4 * bar, loud=True, rng=np.random.default_rng(0), offset=score.pickup)
+    assert onsets(hits, KITS["jig"][0]) == [round(score.pickup + k * bar, 6) for k in range(4) if score.pickup + k * bar < 4 * bar]
+    assert min(o for o, _, _ in hits) == 0  # the pickup has its eighths too, nothing before the clip
 
 
 def test_styles_without_a_drummer_get_none():
@@ -55,6 +71,11 @@ def test_humanise_moves_onsets_a_little_and_shapes_dynamics_inside_their_band(lo
     v = np.array([n.velocity for n in notes])
     lo, hi = _LOUD_LIMITS if loud else _SOFT_LIMITS
     assert v.min() >= lo and v.max() <= hi and len(set(v)) > 5
+    drawn = int(0.6 * velocity)
+    light = grid(drawn)  # the drummer's light voice stays light in a loud clip
+    humanise(light, np.random.default_rng(2), sec_per_quarter=0.5, bar=4.0, beat=1.0, loud=loud)
+    assert max(n.velocity for n in light) <= hi and min(n.velocity for n in light) >= min(lo, int(0.8 * drawn))
+    assert np.mean([n.velocity for n in light]) < v.mean()
     downbeats, offbeats = v[::8], v[1::2]  # every bar's first eighth; the eighths between beats
     assert downbeats.mean() > offbeats.mean()
     again = grid(velocity)

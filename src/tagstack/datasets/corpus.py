@@ -187,6 +187,7 @@ class Score:
     numerator: int | None
     denominator: int | None
     length: float
+    pickup: float = 0.0  # where the first full bar starts (0 without a pickup bar)
 
 
 def _parse(piece: Piece) -> Score:
@@ -216,7 +217,9 @@ def _parse(piece: Piece) -> Score:
         raise DatasetError(f"{piece.id}: no notes")
     ts = next(iter(s.recurse().getElementsByClass("TimeSignature")), None)
     length = max(o + d for part in parts for o, d, _ in part)
-    return Score(parts, ts.numerator if ts else None, ts.denominator if ts else None, length)
+    measures = list(streams[0].getElementsByClass("Measure"))
+    pickup = float(measures[1].offset) if len(measures) >= 2 and measures[0].paddingLeft > 0 else 0.0
+    return Score(parts, ts.numerator if ts else None, ts.denominator if ts else None, length, pickup)
 
 
 def metre_of(numerator: int | None, denominator: int | None) -> str | None:
@@ -230,6 +233,14 @@ def metre_of(numerator: int | None, denominator: int | None) -> str | None:
     if numerator in (2, 4, 8):
         return "duple"
     return None
+
+
+def metre_grid(score: Score) -> tuple[str | None, float, float]:
+    """The score's metre, its beat and its bar in quarter notes (a compound metre's beat is dotted: 1.5)."""
+    metre = metre_of(score.numerator, score.denominator)
+    beat = 1.5 if metre == "compound" else (4.0 / score.denominator if score.denominator else 1.0)
+    bar = beat * ((score.numerator // 3) if metre == "compound" else (score.numerator or 4))
+    return metre, beat, bar
 
 
 def mode_of(notes: list[tuple[float, float, int]]) -> tuple[str, int]:
@@ -283,15 +294,15 @@ def render_clip(score: Score, rng: np.random.Generator, style: Style, soundfont:
     ``performance`` (parts of :mod:`.performance`) draws from ``performer``,
     never from ``rng``: the voicing and tags are those of the plain clip.
     """
+    if performance and performer is None:
+        raise ParameterError("a performance needs its own random stream (performer)")
     import midirenderer
     import pretty_midi
 
     tags = {style.name}
-    metre = metre_of(score.numerator, score.denominator)
+    metre, beat, bar = metre_grid(score)
     if metre:
         tags.add(metre)
-    beat = 1.5 if metre == "compound" else (4.0 / score.denominator if score.denominator else 1.0)
-    bar = beat * ((score.numerator // 3) if metre == "compound" else (score.numerator or 4))
     fast = bool(rng.random() < 0.5)
     beats_per_min = rng.uniform(104, 140) if fast else rng.uniform(48, 68)
     tags.add("fast" if fast else "slow")
@@ -336,14 +347,14 @@ def render_clip(score: Score, rng: np.random.Generator, style: Style, soundfont:
         pm.instruments.append(inst)
     if "drums" in performance:
         kit = pretty_midi.Instrument(program=0, is_drum=True)
-        for o, key, vel in drum_hits(style.name, metre, bar, beat, span, loud, performer):
+        for o, key, vel in drum_hits(style.name, metre, bar, beat, span, loud, performer, offset=score.pickup):
             if o * sec_per_quarter < CLIP_SECONDS:
                 kit.notes.append(pretty_midi.Note(velocity=vel, pitch=key, start=o * sec_per_quarter, end=o * sec_per_quarter + 0.1))
         if kit.notes:
             pm.instruments.append(kit)
     if "humanise" in performance:
         humanise([n for inst in pm.instruments for n in inst.notes], performer, sec_per_quarter=sec_per_quarter,
-                 bar=bar, beat=beat, loud=loud)
+                 bar=bar, beat=beat, loud=loud, offset=score.pickup % bar if bar > 0 else 0.0)
     buf = io.BytesIO()
     pm.write(buf)
     wav = midirenderer.render_wave_from(soundfont, buf.getvalue())

@@ -125,6 +125,10 @@ def _parse_tags(text: str, path: Path, line: int) -> dict[str, float]:
     return out
 
 
+#: Longest tag-group name (a model file refuses longer ones).
+MAX_GROUP_NAME = 100
+
+
 def _read_groups(path: Path) -> dict[str, str]:
     """``tag_groups.csv`` (tag,group) beside a manifest, or {} when there is none."""
     if not path.is_file():
@@ -134,7 +138,14 @@ def _read_groups(path: Path) -> dict[str, str]:
             reader = csv.DictReader(f)
             if not {"tag", "group"} <= set(reader.fieldnames or ()):
                 raise DatasetError(f"{path}: needs a header with 'tag' and 'group' columns, got {reader.fieldnames}")
-            return {r["tag"].strip(): r["group"].strip() for r in reader if r["tag"]}
+            groups = {}
+            for line, r in enumerate(reader, start=2):
+                tag, group = (r["tag"] or "").strip(), (r["group"] or "").strip()
+                if tag and not 0 < len(group) <= MAX_GROUP_NAME:
+                    raise DatasetError(f"{path}, line {line}: the group of {tag!r} must be a name of 1..{MAX_GROUP_NAME} characters, got {group!r}")
+                if tag:
+                    groups[tag] = group
+            return groups
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise DatasetError(f"{path}: cannot read tag groups ({e})") from None
 

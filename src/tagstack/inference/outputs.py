@@ -96,6 +96,8 @@ def tag_files(paths: Iterable[str | Path], *, tagger: Tagger | None = None, mode
     if fmt not in FORMATS:
         raise ParameterError(f"format must be one of {FORMATS}, got {fmt!r}")
     check_selection(top_k, threshold)
+    if threshold is not None:  # every tag at or above it, instead of the top k
+        top_k = None
     if hop is not None and (taggram_dir is None or not hop > 0):
         raise ParameterError(f"--hop {hop} needs --taggram DIR and a positive number of seconds")
     if output is not None:

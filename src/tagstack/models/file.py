@@ -26,6 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from ..config import FrontEndConfig
+from ..datasets.manifest import MAX_GROUP_NAME
 from ..errors import ModelFileError, TagstackError
 from ..fileio import atomic_write, finite_json
 from .classifier import TASKS, GlobalArch, GlobalMLP
@@ -220,8 +221,8 @@ def _validate(meta: Any, shapes: dict[str, tuple[int, ...]]) -> None:
     _need(isinstance(meta.get("info", {}), dict), "info", "an object")
     groups = meta.get("tag_groups", {})
     _need(isinstance(groups, dict) and set(groups) <= set(tags)
-          and all(isinstance(g, str) and 0 < len(g) <= 100 for g in groups.values()), "tag_groups",
-          "an object from tag names to group names of 1..100 characters", groups if isinstance(groups, dict) else None)
+          and all(isinstance(g, str) and 0 < len(g) <= MAX_GROUP_NAME for g in groups.values()), "tag_groups",
+          f"an object from tag names to group names of 1..{MAX_GROUP_NAME} characters", groups if isinstance(groups, dict) else None)
     missing = sorted(set(expected) - set(shapes))
     extra = sorted(set(shapes) - set(expected))
     _need(not missing, "tensors", "all the described weights", f"{len(missing)} missing, e.g. {missing[:2]}" if missing else None)
