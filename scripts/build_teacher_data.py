@@ -1,4 +1,4 @@
-"""Add a teacher's MagnaTagATune tags to the real recordings, for training on more real music than has human labels.
+"""Add a teacher's tags (musicnn's MTT model; optionally also its MSD model) to the real recordings, for training on more real music than has human labels.
 
     python scripts/build_teacher_data.py --data DATA --teacher-python /work/venv-musicnn/bin/python
 
@@ -6,11 +6,15 @@
 music is scarce here (629 training clips of 4Q), while the Debian game
 soundtracks (17 hours, GPL / CC-BY(-SA)) have no labels at all. musicnn's
 MagnaTagATune model (Pons & Serra 2019; ISC licence, weights in its PyPI
-wheel) tags any audio with the paper's own 50 MTAT tags, so it can serve as a
-teacher: its averaged tag probabilities become soft labels (``tag=0.734`` in
-the manifest) for every clip, and the student (the paper's five CNNs) learns
-to hear instruments, voices and genres from recordings instead of from 629
-clips of moods.
+wheel) tags any audio with the paper's own 50 MTAT tags, so it can serve as
+a teacher: its averaged tag probabilities become soft labels (``tag=0.734``
+in the manifest) for every clip, and the student (the paper's five CNNs)
+learns to hear instruments, voices and genres from recordings instead of
+from 629 clips of moods. ``--teachers MTT_musicnn,MSD_musicnn`` adds the
+Million Song Dataset model's 50 Last.fm tags (genres, decades, vocals,
+moods) as a second teacher; measured on 2026-12-02 it did not improve the
+student's transfer to Emotify or its 4Q scores (docs/transfer/README.md),
+so the shipped model uses the MTT teacher alone.
 
 Steps (each resumes; rerunning skips what is done):
 
@@ -21,16 +25,20 @@ Steps (each resumes; rerunning skips what is done):
    pseudo-random order (any prefix samples every package; ``--debian-windows
    N`` keeps the first N, which bounds the teacher's time); mono 22,050 Hz 16-bit FLAC
    through tagstack's own decoder, in ``DATA/teacher/debian/<package>/``.
-2. Run ``bench/musicnn_features.py --models MTT_musicnn`` in musicnn's own
+2. Run ``bench/musicnn_features.py --models TEACHER`` in musicnn's own
    virtual environment (``--teacher-python``; its ``--help`` gives the
-   set-up) on the 4Q clips and on those windows, two processes at once.
+   set-up) on the 4Q clips and on those windows, two processes at once,
+   for each teacher (``4q.npz``/``debian.npz`` for MTT,
+   ``4q-msd.npz``/``debian-msd.npz`` for MSD).
 3. Write ``DATA/teacher/manifest.csv``: 4Q clips keep their human tags and
-   their split; each clip also gets the teacher's 50 tags as soft labels
-   (values under 0.005 left out). Where a teacher tag has the name of a 4Q tag
-   (electronic, vocal, quiet, soft, new age, country) the human label wins on
-   4Q clips. Debian windows are split by track (80/10/10, seeded), so no track
+   their split; each clip also gets the teachers' tags as soft labels
+   (names in lower case; values under 0.005 left out; a tag both teachers
+   have, such as rock or guitar, gets the mean of their probabilities). Where
+   a teacher tag has the name of a 4Q tag (electronic, vocal, quiet, soft, new
+   age, country; with MSD also jazz, folk, blues, happy, sad, sexy, mellow,
+   easy listening) the human label wins on 4Q clips. Debian windows are split by track (80/10/10, seeded), so no track
    is in two splits. A Debian window was never annotated with 4Q's moods,
-   genres and quadrants: those tags (except the teacher's own) are listed in
+   genres and quadrants: those tags (except the teachers' own) are listed in
    its ``unknown`` column, so that they count neither as negatives in
    training nor in evaluation. Emotify is not touched (it stays held out) and
    GTZAN is never read.
@@ -51,7 +59,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 WINDOW = 29.1  # seconds: tagstack's clip length
 SR = 22050
-TEACHER = "MTT_musicnn"
+# musicnn model -> (its prefix in bench/musicnn_features.py's .npz, suffix of the .npz file name)
+TEACHERS = {"MTT_musicnn": ("mtt", ""), "MSD_musicnn": ("msd", "-msd")}
+GROUP = {("MTT_musicnn",): "mtat (musicnn teacher)", ("MSD_musicnn",): "msd (musicnn teacher)",
+         ("MTT_musicnn", "MSD_musicnn"): "mtat+msd (musicnn teachers)"}
+DEFAULT_TEACHERS = ("MTT_musicnn",)
 MIN_VALUE = 0.005
 
 
@@ -90,26 +102,51 @@ def cut_debian(data: Path, out: Path, step: int = 2) -> list[tuple[str, str]]:
     return clips
 
 
-def run_teacher(python: str, jobs: list[tuple[Path, Path]]) -> None:
-    """Step 2: one musicnn process per (input list, output .npz), all at once; fail if any fails."""
-    procs = []
-    for inputs, npz in jobs:
-        cmd = [python, str(ROOT / "bench" / "musicnn_features.py"), str(inputs), "--models", TEACHER, "--out", str(npz),
-               "--progress-every", "60"]
-        procs.append((npz, subprocess.Popen(cmd)))
-    failed = [str(npz) for npz, p in procs if p.wait() != 0]
-    if failed:
-        raise SystemExit(f"musicnn failed for {', '.join(failed)}")
+def run_teacher(python: str, jobs: list[tuple[Path, Path]], teachers: tuple[str, ...]) -> None:
+    """Step 2: for each teacher, one musicnn process per (input list, output .npz stem), at once; fail if any fails."""
+    for teacher in teachers:
+        procs = []
+        for inputs, stem in jobs:
+            npz = teacher_npz(stem, teacher)
+            cmd = [python, str(ROOT / "bench" / "musicnn_features.py"), str(inputs), "--models", teacher, "--out", str(npz),
+                   "--progress-every", "60"]
+            procs.append((npz, subprocess.Popen(cmd)))
+        failed = [str(npz) for npz, p in procs if p.wait() != 0]
+        if failed:
+            raise SystemExit(f"musicnn failed for {', '.join(failed)}")
 
 
-def teacher_labels(npz: Path, base: Path) -> tuple[list[str], dict[str, np.ndarray]]:
-    """The teacher's tag names and, per file resolved from ``base``, its averaged probabilities."""
+def teacher_npz(stem: Path, teacher: str) -> Path:
+    """Where one teacher's outputs for one input list go (``4q.npz``, ``4q-msd.npz``, ...)."""
+    return stem.with_name(stem.name + TEACHERS[teacher][1] + ".npz")
+
+
+def teacher_labels(npz: Path, base: Path, teacher: str) -> tuple[list[str], dict[str, np.ndarray]]:
+    """The teacher's tag names (lower case) and, per file resolved from ``base``, its averaged probabilities."""
+    prefix = TEACHERS[teacher][0]
     with np.load(npz, allow_pickle=False) as z:
         if len(z["failed"]):
             print(f"{npz}: the teacher could not read {len(z['failed'])} files: {z['failed'][:3].tolist()}", file=sys.stderr)
-        tags = [str(t) for t in z["mtt_tags"]]
-        probs = {str((base / p).resolve()): z["mtt_probs"][i] for i, p in enumerate(z["paths"].tolist())}
+        tags = [str(t).lower() for t in z[f"{prefix}_tags"]]
+        probs = {str((base / p).resolve()): z[f"{prefix}_probs"][i] for i, p in enumerate(z["paths"].tolist())}
     return tags, probs
+
+
+def combine(parts: list[tuple[list[str], dict[str, np.ndarray]]]) -> tuple[list[str], dict[str, np.ndarray]]:
+    """Several teachers as one: the union of their tags (first teacher's order first); a tag that two teachers
+    share gets the mean of their probabilities. Only files every teacher labelled are kept."""
+    tags = list(dict.fromkeys(t for names, _ in parts for t in names))
+    col = {t: j for j, t in enumerate(tags)}
+    files = set.intersection(*(set(probs) for _, probs in parts))
+    merged = {}
+    for f in files:
+        total, count = np.zeros(len(tags)), np.zeros(len(tags))
+        for names, probs in parts:
+            idx = [col[t] for t in names]
+            total[idx] += probs[f]
+            count[idx] += 1
+        merged[f] = (total / count).astype(np.float32)
+    return tags, merged
 
 
 def track_splits(tracks: list[str], seed: int) -> dict[str, str]:
@@ -120,16 +157,22 @@ def track_splits(tracks: list[str], seed: int) -> dict[str, str]:
     return {t: "test" if i < n_test else "valid" if i < n_test + n_valid else "train" for i, t in enumerate(order)}
 
 
-def write_manifest(data: Path, out: Path, clips: list[tuple[str, str]], seed: int) -> dict:
+def write_manifest(data: Path, out: Path, clips: list[tuple[str, str]], seed: int,
+                   teachers: tuple[str, ...] = DEFAULT_TEACHERS) -> dict:
     """Step 3: the combined manifest; returns counts."""
     from tagstack.datasets.manifest import TAG_SEPARATOR, read_manifest
     from tagstack.fileio import atomic_write_text
 
+    teachers = tuple(t for t in TEACHERS if t in teachers)  # one order (and tag order) whatever order they come in
     fourq = read_manifest(data / "4q" / "manifest.csv")
-    tags_a, probs_a = teacher_labels(out / "4q.npz", data / "4q")
-    tags_b, probs_b = teacher_labels(out / "debian.npz", out)
-    if tags_a != tags_b:
-        raise SystemExit("the two teacher runs have different tag lists")
+    per_4q = [teacher_labels(teacher_npz(out / "4q", t), data / "4q", t) for t in teachers]
+    per_debian = [teacher_labels(teacher_npz(out / "debian", t), out, t) for t in teachers]
+    for t, (a, _), (b, _) in zip(teachers, per_4q, per_debian):
+        if a != b:
+            raise SystemExit(f"the two {t} runs have different tag lists")
+    tags_a, probs_a = combine(per_4q)
+    _, probs_b = combine(per_debian)
+    of = {tag: tuple(t for t, (names, _) in zip(teachers, per_4q) if tag in names) for tag in tags_a}
     human = set(fourq.tags)
     buf = io.StringIO()
     rows = csv.writer(buf, lineterminator="\n")
@@ -160,7 +203,7 @@ def write_manifest(data: Path, out: Path, clips: list[tuple[str, str]], seed: in
     buf = io.StringIO()
     groups = csv.writer(buf, lineterminator="\n")
     groups.writerows([["tag", "group"], *sorted(fourq.groups.items()),
-                      *[[t, "mtat (musicnn teacher)"] for t in tags_a if t not in human]])
+                      *[[t, GROUP[of[t]]] for t in tags_a if t not in human]])
     atomic_write_text(out / "tag_groups.csv", buf.getvalue())
     return counts
 
@@ -175,10 +218,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--window-step", type=int, default=2, metavar="K",
                    help="keep every K-th 29.1 s window of each Debian track (default 2, as the shipped model; 1: all)")
     p.add_argument("--out", type=Path, help="output folder (default: DATA/teacher)")
+    p.add_argument("--teachers", default=",".join(DEFAULT_TEACHERS), metavar="LIST",
+                   help=f"comma-separated musicnn models whose tags become soft labels, from {', '.join(TEACHERS)} "
+                        f"(default {','.join(DEFAULT_TEACHERS)}, as the shipped model)")
     p.add_argument("--seed", type=int, default=0, help="seed of the Debian track split (default 0)")
     a = p.parse_args(argv)
     if a.window_step < 1:
         p.error(f"--window-step must be >= 1, got {a.window_step}")
+    chosen = {t.strip() for t in a.teachers.split(",") if t.strip()}
+    if not chosen or not chosen <= set(TEACHERS):
+        p.error(f"--teachers: choose from {', '.join(TEACHERS)} (got {a.teachers!r})")
+    teachers = tuple(t for t in TEACHERS if t in chosen)
     out = a.out or a.data / "teacher"
     clips = cut_debian(a.data, out, a.window_step)
     # a fixed pseudo-random order, so that any prefix (--debian-windows) samples every package and track
@@ -189,9 +239,9 @@ def main(argv: list[str] | None = None) -> int:
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "debian-clips.txt", "\n".join(rel for rel, _ in clips) + "\n")
-    run_teacher(a.teacher_python, [(a.data / "4q" / "manifest.csv", out / "4q.npz"),
-                                   (out / "debian-clips.txt", out / "debian.npz")])
-    counts = write_manifest(a.data, out, clips, a.seed)
+    run_teacher(a.teacher_python, [(a.data / "4q" / "manifest.csv", out / "4q"),
+                                   (out / "debian-clips.txt", out / "debian")], teachers)
+    counts = write_manifest(a.data, out, clips, a.seed, teachers)
     print(f"wrote {out / 'manifest.csv'}: {counts['4q']} 4Q clips, {counts['debian']} Debian windows"
           + (f", {counts['missing']} left out (no teacher labels)" if counts["missing"] else ""))
     return 0

@@ -14,10 +14,10 @@ build = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(build)
 
 
-def teacher_npz(path: Path, written: list[str], probs: np.ndarray, tags: list[str]) -> None:
-    """What bench/musicnn_features.py --models MTT_musicnn writes, for the fields the script reads."""
-    np.savez(path, paths=np.array(written), mtt_probs=probs.astype(np.float32), mtt_tags=np.array(tags),
-             failed=np.zeros((0, 2), dtype=str))
+def teacher_npz(path: Path, written: list[str], probs: np.ndarray, tags: list[str], prefix: str = "mtt") -> None:
+    """What bench/musicnn_features.py --models MTT_musicnn (or MSD_musicnn) writes, for the fields the script reads."""
+    np.savez(path, paths=np.array(written), failed=np.zeros((0, 2), dtype=str),
+             **{f"{prefix}_probs": probs.astype(np.float32), f"{prefix}_tags": np.array(tags)})
 
 
 def test_windows_then_a_manifest_of_human_and_teacher_tags(tmp_path):
@@ -43,7 +43,7 @@ def test_windows_then_a_manifest_of_human_and_teacher_tags(tmp_path):
     tags = ["guitar", "country", "piano"]
     teacher_npz(out / "4q.npz", ["Q1/x.wav", "Q1/y.wav"], np.array([[0.9, 0.0, 0.001], [0.2, 0.7, 0.6]]), tags)
     teacher_npz(out / "debian.npz", [c for c, _ in clips], np.array([[0.1, 0.8, 0.3]] * 3), tags)
-    counts = build.write_manifest(data, out, clips, seed=0)
+    counts = build.write_manifest(data, out, clips, seed=0, teachers=("MTT_musicnn",))
     assert counts == {"4q": 2, "debian": 3, "missing": 0}
     m = read_manifest(out / "manifest.csv")
     row = dict(zip(m.paths, m.labels))
@@ -63,3 +63,30 @@ def test_windows_then_a_manifest_of_human_and_teacher_tags(tmp_path):
 
     every = build.cut_debian(data, tmp_path / "every", step=1)  # --window-step 1: every window
     assert [c for c, _ in every] == ["debian/pkg/a-000.flac", "debian/pkg/a-001.flac", "debian/pkg/a-002.flac", "debian/pkg/b-000.flac"]
+
+
+def test_two_teachers_become_one_vocabulary(tmp_path):
+    """MTT and MSD musicnn tags side by side: names in lower case, a shared tag is their mean, groups say whose."""
+    data = tmp_path / "data"
+    (data / "4q").mkdir(parents=True)
+    (data / "4q" / "manifest.csv").write_text("path,tags,split\nx.wav,happy,train\ny.wav,q2,test\n")
+    out = data / "teacher"
+    out.mkdir()
+    clips = [("debian/p/a-000.flac", "p/a.flac")]
+    teacher_npz(out / "4q.npz", ["x.wav", "y.wav"], np.array([[0.9, 0.2], [0.1, 0.4]]), ["guitar", "rock"])
+    teacher_npz(out / "debian.npz", [clips[0][0]], np.array([[0.3, 0.5]]), ["guitar", "rock"])
+    msd = ["Rock", "Mellow", "happy"]
+    teacher_npz(out / "4q-msd.npz", ["x.wav", "y.wav"], np.array([[0.6, 0.1, 0.05], [0.2, 0.7, 0.8]]), msd, "msd")
+    teacher_npz(out / "debian-msd.npz", [clips[0][0]], np.array([[0.1, 0.2, 0.9]]), msd, "msd")
+    assert build.write_manifest(data, out, clips, seed=0, teachers=("MSD_musicnn", "MTT_musicnn"))["debian"] == 1
+    m = read_manifest(out / "manifest.csv")
+    col = {t: j for j, t in enumerate(m.tags)}
+    assert "Rock" not in col and "Mellow" not in col
+    row = dict(zip(m.paths, m.labels))
+    x, y, d = row["../4q/x.wav"], row["../4q/y.wav"], row["debian/p/a-000.flac"]
+    assert x[col["rock"]] == np.float32(0.4) and d[col["rock"]] == np.float32(0.3)  # mean of the two teachers
+    assert x[col["guitar"]] == np.float32(0.9) and d[col["mellow"]] == np.float32(0.2)  # one teacher's own tag
+    assert x[col["happy"]] == 1 and y[col["happy"]] == 0  # a 4Q tag: the human label wins on 4Q clips
+    assert d[col["happy"]] == np.float32(0.9) and np.isnan(d[col["q2"]])  # Debian: the teacher's, or unknown
+    assert m.groups["guitar"] == "mtat (musicnn teacher)" and m.groups["mellow"] == "msd (musicnn teacher)"
+    assert m.groups["rock"] == "mtat+msd (musicnn teachers)"
