@@ -142,6 +142,28 @@ def test_mel_cache_is_keyed_by_frontend_parameters(tmp_path):
     assert b.mels.shape == (1, 80, 96)
 
 
+def test_a_file_rewritten_in_place_is_never_served_from_the_cache(tmp_path):
+    """A dataset rebuilt at the same paths (new audio, same names) gets new frames, not the old file's."""
+    import os
+
+    from tagstack.audio.io import load
+
+    _write(tmp_path / "ok.wav", 2.0)
+    clips = ClipSet(name="t", root=tmp_path, paths=["ok.wav"], labels=np.ones((1, 1)), tags=["x"], splits=np.array(["train"], dtype=object))
+    first = MelCache(clips, cache_dir=tmp_path / "cache", frontend=FE)
+    first.build(workers=1, min_seconds=0.5)
+    before = first.mels[0].astype(np.float32).copy()
+    t = np.arange(int(2.0 * 22050)) / 22050
+    sf.write(tmp_path / "ok.wav", (0.5 * np.sin(2 * np.pi * 3000 * t)).astype(np.float32), 22050)  # same name, other audio
+    os.utime(tmp_path / "ok.wav", ns=(1, 1))  # even with an old timestamp: the size or time differs
+    second = MelCache(clips, cache_dir=tmp_path / "cache", frontend=FE)
+    assert second.dir != first.dir
+    assert second.build(workers=1, min_seconds=0.5)["computed"] == 1
+    ref = clip_mels([load(tmp_path / "ok.wav")], config=FE)[0]
+    np.testing.assert_allclose(second.mels[0].astype(np.float32), ref, rtol=2e-3, atol=2e-3)
+    assert np.abs(second.mels[0].astype(np.float32) - before).max() > 1.0
+
+
 def test_parallel_cache_build_matches_serial(tmp_path):
     for i in range(4):
         _write(tmp_path / f"{i}.wav", 2.0)

@@ -5,7 +5,9 @@ fast. The frames of all clips of a dataset live in one float16 file of shape
 ``(clips, n_frames, n_mels)`` (1,250 x 128 x 2 bytes = 320 kB a clip), opened
 with ``np.memmap`` so a set of MSD's size (about 77 GB) is never loaded into
 memory. The cache folder is named after the front-end parameters and the clip
-list, so changing either never reuses stale frames.
+list, each file with its size and modification time, so changing the front
+end, the list or any file (a dataset rebuilt in place) never reuses stale
+frames.
 
 Building is parallel (worker processes decode and resample; the front end
 runs in torch, batched, on the GPU when there is one), shows progress, and is
@@ -96,7 +98,7 @@ class MelCache:
     def __init__(self, clips: ClipSet, *, cache_dir: str | Path, frontend: FrontEndConfig | None = None) -> None:
         self.clips = clips
         self.frontend = frontend or FrontEndConfig()
-        listing = "\n".join(str(clips.audio_path(i)) for i in range(len(clips)))
+        listing = "\n".join(_signature(clips.audio_path(i)) for i in range(len(clips)))
         digest = hashlib.sha1(listing.encode()).hexdigest()[:10]
         self.dir = Path(cache_dir) / f"{clips.name}-fe{self.frontend.key()}-{digest}"
         self.shape = (len(clips), self.frontend.n_frames, self.frontend.n_mels)
@@ -242,6 +244,15 @@ def _ray_pool(address: str, workers: int | None):
     if not ray.is_initialized():
         ray.init(address=address or None, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     return Pool(processes=workers)
+
+
+def _signature(path: Path) -> str:
+    """A file as the cache knows it: path, size and modification time (a missing file is just its path)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return str(path)
+    return f"{path}\t{st.st_size}\t{st.st_mtime_ns}"
 
 
 def _pad(y: np.ndarray, n: int) -> np.ndarray:
