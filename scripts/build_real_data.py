@@ -53,13 +53,8 @@ Getting the sources (a person does this once; no other network access):
         fretsonfire-songs-muldjord=2.dfsg-2.1 fretsonfire-songs-sectoid=1.dfsg-3.1 \\
         warzone2100-music=4.3.3-3 hyperrogue-music=12.0q-1 \\
         planetblupi-music-ogg=1.14.2-3 singularity-music=007-2 \\
-        drascula-music=1.0+ds4-2 asc-music=1.3-6 \\
-        supertuxkart-data=1.4+dfsg-2 supertux-data=0.6.3-2 widelands-data=2:1.1-3 \\
-        hedgewars-data=1.0.2-6 freedroidrpg-data=1.0-1 flare-game=1.14-1 \\
-        megaglest-data=3.13.0-3
-    (2.5 GB: the last seven are whole game data packages, of which only the
-    music folders are used; once bookworm moves on, the same versions are on
-    snapshot.debian.org).
+        drascula-music=1.0+ds4-2 asc-music=1.3-6
+    (once bookworm moves on, the same versions are on snapshot.debian.org).
     The .deb files are read directly (ar + tar, zip for .pk3); dpkg is not needed.
 
 Then:
@@ -143,15 +138,6 @@ DEBIAN = (
     DebSource("drascula-music", "1.0+ds4-2", "usr/share/scummvm/drascula/", "audio/*.ogg",
               unselected="<language>/track*.ogg: symbolic links to audio/"),
     DebSource("asc-music", "1.3-6", "usr/share/games/asc/music/", "*.mp3"),
-    # game data packages whose music folders hold produced soundtracks (the rest is sound effects, not selected)
-    DebSource("supertuxkart-data", "1.4+dfsg-2", "usr/share/games/supertuxkart/data/music/", "*.ogg"),
-    DebSource("supertux-data", "0.6.3-2", "usr/share/games/supertux2/music/", "*.ogg"),
-    DebSource("widelands-data", "2:1.1-3", "usr/share/games/widelands/data/music/", "*.ogg"),
-    DebSource("hedgewars-data", "1.0.2-6", "usr/share/games/hedgewars/Data/Music/", "*.ogg"),
-    DebSource("freedroidrpg-data", "1.0-1", "usr/share/freedroidrpg/data/sound/music/", "*.ogg"),
-    DebSource("flare-game", "1.14-1", "usr/share/games/flare/mods/fantasycore/music/", "*.ogg"),
-    DebSource("megaglest-data", "3.13.0-3", "usr/share/games/megaglest/", "*/music/*.ogg",
-              unselected="sound effects and voices, not music"),
 )
 AUDIO_SUFFIXES = (".ogg", ".oga", ".opus", ".mp3", ".flac", ".wav")
 

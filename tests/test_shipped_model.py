@@ -63,6 +63,7 @@ def test_each_shipped_model_loads_by_name_with_its_card(name, capsys):
     assert PRETRAINED[name].exists() and PRETRAINED[name].with_suffix(".md").exists()
     tagger = Tagger(name, device="cpu")
     assert tagger.model.info["name"] == f"tagstack-{name}" and "/home/" not in json.dumps(tagger.model.info)
+    assert set(tagger.model.groups) == set(tagger.tags)  # every tag has its group (--per-group)
     assert main(["info", name]) == 0 and f"tagstack-{name}" in capsys.readouterr().out
 
 
