@@ -36,7 +36,7 @@ import math
 
 import numpy as np
 
-from ..errors import ParameterError
+from .production import parse_choice
 
 #: Every part, in the order it is applied (drums first, so that humanise moves the drummer too).
 PERFORMANCE = ("drums", "humanise")
@@ -58,16 +58,7 @@ _SOFT_LIMITS, _LOUD_LIMITS = (24, 66), (84, 127)
 
 def parse_performance(text: str) -> tuple[str, ...]:
     """``"humanise,drums"`` -> the parts in order; ``"all"`` -> both; ``""`` or ``"none"`` -> none."""
-    text = text.strip().lower()
-    if text in ("", "none"):
-        return ()
-    if text == "all":
-        return PERFORMANCE
-    names = {n.strip() for n in text.split(",") if n.strip()}
-    unknown = sorted(names - set(PERFORMANCE))
-    if unknown:
-        raise ParameterError(f"unknown performance part(s) {', '.join(unknown)}; choose from {', '.join(PERFORMANCE)} or 'all'")
-    return tuple(p for p in PERFORMANCE if p in names)
+    return parse_choice(text, PERFORMANCE, "performance part(s)")
 
 
 def drum_hits(style: str, metre: str | None, bar: float, beat: float, span: float, loud: bool,

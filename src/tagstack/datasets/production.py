@@ -25,18 +25,26 @@ from ..errors import ParameterError
 EFFECTS = ("eq", "compress", "reverb", "noise", "level", "lossy")
 
 
-def parse_effects(text: str) -> tuple[str, ...]:
-    """``"reverb,eq"`` -> the effects in chain order; ``"all"`` -> every effect; ``""`` or ``"none"`` -> none."""
+def parse_choice(text: str, choices: tuple[str, ...], what: str) -> tuple[str, ...]:
+    """``"b,a"`` -> the named ``choices`` in their own order; ``"all"`` -> every one; ``""`` or ``"none"`` -> none.
+
+    An unknown name is a :class:`ParameterError` naming it and ``what`` was asked for.
+    """
     text = text.strip().lower()
     if text in ("", "none"):
         return ()
     if text == "all":
-        return EFFECTS
+        return choices
     names = {n.strip() for n in text.split(",") if n.strip()}
-    unknown = sorted(names - set(EFFECTS))
+    unknown = sorted(names - set(choices))
     if unknown:
-        raise ParameterError(f"unknown production effect(s) {', '.join(unknown)}; choose from {', '.join(EFFECTS)} or 'all'")
-    return tuple(e for e in EFFECTS if e in names)
+        raise ParameterError(f"unknown {what} {', '.join(unknown)}; choose from {', '.join(choices)} or 'all'")
+    return tuple(c for c in choices if c in names)
+
+
+def parse_effects(text: str) -> tuple[str, ...]:
+    """``"reverb,eq"`` -> the effects in chain order; ``"all"`` -> every effect; ``""`` or ``"none"`` -> none."""
+    return parse_choice(text, EFFECTS, "production effect(s)")
 
 
 def _rms(y: np.ndarray) -> float:
