@@ -149,7 +149,14 @@ def sha256(data: bytes) -> str:
 
 
 def write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file (no half-written file on a crash)."""
+    """Write ``data`` to ``path`` through a temporary file (no half-written file on a crash).
+
+    A file that already holds exactly these bytes is left alone: its
+    modification time, which downstream caches key on (the teacher's labels,
+    tagstack's mel cache), stays, so a rebuild does not invalidate them.
+    """
+    if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")
     tmp.write_bytes(data)
