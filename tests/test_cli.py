@@ -49,7 +49,7 @@ def test_tag_formats_and_bad_files(trained_model, synth_dir, tmp_path, capsys):
     assert rows[0] == "path,tag,probability" and len(rows) == 1 + 10 * 4
 
 
-def test_per_group_takes_the_best_tags_of_every_group_of_the_model_file(model_file, synth_dir, tmp_path, capsys):
+def test_per_group_takes_the_best_tags_of_every_group_of_the_model_file(model_file, synth_dir, tmp_path, capsys, caplog):
     from tagstack.inference.tagger import Tagger
     from tagstack.models.file import load_model, read_metadata, save_model
 
@@ -72,6 +72,11 @@ def test_per_group_takes_the_best_tags_of_every_group_of_the_model_file(model_fi
                  "--top-k", "1", "--format", "jsonl", "--device", "cpu"]) == 0  # a threshold replaces the top k
     line = json.loads(capsys.readouterr().out)
     assert len(line["tags"]) == len(tags) and line["groups"][tags[1]] == "b" and line["groups"][tags[3]] == "other"
+    caplog.clear()
+    assert main(["tag", str(clip), "--model", str(model_file), "--per-group", "--top-k", "1", "--format", "csv",
+                 "--device", "cpu"]) == 0  # a model without groups: one group, and a warning saying so
+    assert [r.split(",")[3] for r in capsys.readouterr().out.strip().splitlines()[1:]] == ["other"]
+    assert "has no tag groups" in caplog.text
     assert main(["info", str(tmp_path / "grouped.safetensors")]) == 0
     assert f"tag groups (--per-group): a (2), b (1), other ({len(tags) - 3})" in capsys.readouterr().out
 

@@ -108,6 +108,9 @@ def tag_files(paths: Iterable[str | Path], *, tagger: Tagger | None = None, mode
     tagger = tagger or Tagger(model, device=device)
     if tagger.model.head is None:
         raise ParameterError("this model has no global classifier (stage 3); it can embed but not tag")
+    if per_group and not tagger.model.groups:
+        log.warning("this model file has no tag groups (its training data had no tag_groups.csv): "
+                    "--per-group treats all its tags as one group, 'other'")
     out = io.StringIO() if output is not None else (stdout or sys.stdout)
     writer = csv.writer(out) if fmt == "csv" else None
     if writer:
