@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .datasets import ClipSet
+from .datasets.manifest import UNGROUPED
 from .fileio import atomic_save_npy, atomic_write, atomic_write_text
 
 
@@ -238,7 +239,7 @@ def model_summary(meta: dict, path: str) -> str:
     if meta.get("tag_groups"):
         sizes: dict[str, int] = {}
         for t in meta["tags"]:
-            group = meta["tag_groups"].get(t, "other")
+            group = meta["tag_groups"].get(t, UNGROUPED)
             sizes[group] = sizes.get(group, 0) + 1
         lines.append("tag groups (--per-group): " + ", ".join(f"{g} ({n})" for g, n in sizes.items()))
     if info.get("dataset"):

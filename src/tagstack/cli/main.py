@@ -146,8 +146,11 @@ def cmd_corpus(a: argparse.Namespace) -> int:
     from ..datasets.production import EFFECTS, parse_effects
 
     production, performance = parse_effects(a.produce), parse_performance(a.perform)
-    played = "" if not performance else "-performed-" + ("all" if performance == PERFORMANCE else "+".join(performance))
-    chain = "" if not production else "-produced-" + ("all" if production == EFFECTS else "+".join(production))
+
+    def suffix(label: str, chosen: tuple[str, ...], every: tuple[str, ...]) -> str:
+        return f"-{label}-" + ("all" if chosen == every else "+".join(chosen)) if chosen else ""
+
+    played, chain = suffix("performed", performance, PERFORMANCE), suffix("produced", production, EFFECTS)
     out = a.out or tagstack_home() / "corpus" / (a.size + played + chain + (f"-{a.soundfont.stem}" if a.soundfont else ""))
     build_corpus(out, size=int(a.size) if a.size.isdigit() else a.size, seed=a.seed, workers=a.workers, production=production,
                  soundfont=a.soundfont, performance=performance)

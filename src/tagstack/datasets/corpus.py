@@ -354,7 +354,7 @@ def render_clip(score: Score, rng: np.random.Generator, style: Style, soundfont:
             pm.instruments.append(kit)
     if "humanise" in performance:
         humanise([n for inst in pm.instruments for n in inst.notes], performer, sec_per_quarter=sec_per_quarter,
-                 bar=bar, beat=beat, loud=loud, offset=score.pickup % bar if bar > 0 else 0.0)
+                 bar=bar, beat=beat, loud=loud, offset=score.pickup)
     buf = io.BytesIO()
     pm.write(buf)
     wav = midirenderer.render_wave_from(soundfont, buf.getvalue())
@@ -438,13 +438,15 @@ def _render_piece(job: tuple[Piece, int, int, str, tuple[str, ...], str | None, 
     try:
         score = _parse(piece)
         style = next(s for s in STYLES if s.name == piece.style)
-        rng = np.random.default_rng(_piece_seed(seed, piece))
+        piece_seed = _piece_seed(seed, piece)
+        rng = np.random.default_rng(piece_seed)
         clips = []
         for k in range(n_clips):
-            performer = np.random.default_rng([*_piece_seed(seed, piece), k, 2]) if performance else None
+            # performance and production draw from streams of their own: the same voicing and tags as the plain corpus
+            performer = np.random.default_rng([*piece_seed, k, 2]) if performance else None
             y, tags = render_clip(score, rng, style, _soundfont(soundfont), performance, performer)
-            if production:  # a stream of its own: the same voicing and tags as the plain corpus
-                y = produce(y, SR, [*_piece_seed(seed, piece), k, 1], production)
+            if production:
+                y = produce(y, SR, [*piece_seed, k, 1], production)
             name = f"audio/{piece.style}/{hashlib.sha1(piece.id.encode()).hexdigest()[:12]}-{k}.ogg"
 
             data = _encode_ogg(y, int(hashlib.sha1(name.encode()).hexdigest()[:8], 16))

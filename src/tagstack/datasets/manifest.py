@@ -127,6 +127,13 @@ def _parse_tags(text: str, path: Path, line: int) -> dict[str, float]:
 
 #: Longest tag-group name (a model file refuses longer ones).
 MAX_GROUP_NAME = 100
+#: The group a tag without one is shown in (``tagstack tag --per-group``, ``tagstack info``).
+UNGROUPED = "other"
+
+
+def is_group_name(group: object) -> bool:
+    """A tag-group name as ``tag_groups.csv``, a model and a model file accept it: a string of 1..MAX_GROUP_NAME characters."""
+    return isinstance(group, str) and 0 < len(group) <= MAX_GROUP_NAME
 
 
 def _read_groups(path: Path) -> dict[str, str]:
@@ -141,7 +148,7 @@ def _read_groups(path: Path) -> dict[str, str]:
             groups = {}
             for line, r in enumerate(reader, start=2):
                 tag, group = (r["tag"] or "").strip(), (r["group"] or "").strip()
-                if tag and not 0 < len(group) <= MAX_GROUP_NAME:
+                if tag and not is_group_name(group):
                     raise DatasetError(f"{path}, line {line}: the group of {tag!r} must be a name of 1..{MAX_GROUP_NAME} characters, got {group!r}")
                 if tag:
                     groups[tag] = group

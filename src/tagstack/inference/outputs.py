@@ -96,8 +96,6 @@ def tag_files(paths: Iterable[str | Path], *, tagger: Tagger | None = None, mode
     if fmt not in FORMATS:
         raise ParameterError(f"format must be one of {FORMATS}, got {fmt!r}")
     check_selection(top_k, threshold)
-    if threshold is not None:  # every tag at or above it, instead of the top k
-        top_k = None
     if hop is not None and (taggram_dir is None or not hop > 0):
         raise ParameterError(f"--hop {hop} needs --taggram DIR and a positive number of seconds")
     if output is not None:
@@ -122,7 +120,7 @@ def tag_files(paths: Iterable[str | Path], *, tagger: Tagger | None = None, mode
         if isinstance(r, TagstackError):
             _skip(report, f, r)
             continue
-        top = r.top(top_k or None, threshold, per_group=per_group)
+        top = r.top(top_k, threshold, per_group=per_group)
         if taggram_dir is not None:
             write_taggram(r, Path(taggram_dir), stem, tagger.cfg.clip_seconds)
         if fmt == "jsonl":

@@ -38,6 +38,7 @@ import torch
 
 from ..audio.frontend import ClipMel
 from ..audio.io import stream
+from ..datasets.manifest import UNGROUPED
 from ..errors import AudioError, ParameterError, TagstackError
 from ..models.file import load_model
 from ..models.tagger import TaggingModel
@@ -72,7 +73,7 @@ class Result:
     groups: dict[str, str] = field(default_factory=dict)  # tag -> group, from the model file
 
     def top(self, k: int | None = None, threshold: float | None = None, *, per_group: bool = False) -> list[tuple[str, float]]:
-        """Tags sorted by probability: the ``k`` best (all when None or 0), or all at or above ``threshold``.
+        """Tags sorted by probability: the ``k`` best (all when None or 0), or, given a ``threshold``, all at or above it (``k`` is then not used).
 
         With ``per_group`` the selection is made within each tag group of the
         model (``groups``; tags without one form a group of their own), so that
@@ -84,7 +85,7 @@ class Result:
         order = np.argsort(-self.probs, kind="stable")
         pairs = [(self.tags[i], float(self.probs[i])) for i in order]
         if threshold is not None:
-            pairs = [p for p in pairs if p[1] >= threshold]
+            pairs, k = [p for p in pairs if p[1] >= threshold], None
         if not per_group:
             return pairs[:k] if k else pairs
         by_group: dict[str, list[tuple[str, float]]] = {self.group_of(t): [] for t in self.tags}
@@ -93,8 +94,8 @@ class Result:
         return [pair for chosen in by_group.values() for pair in (chosen[:k] if k else chosen)]
 
     def group_of(self, tag: str) -> str:
-        """The group of ``tag`` in the model's vocabulary ("other" for a tag without one)."""
-        return self.groups.get(tag, "other")
+        """The group of ``tag`` in the model's vocabulary (``UNGROUPED``, "other", for a tag without one)."""
+        return self.groups.get(tag, UNGROUPED)
 
 
 def check_selection(top_k: int | None, threshold: float | None) -> None:

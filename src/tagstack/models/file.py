@@ -26,7 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from ..config import FrontEndConfig
-from ..datasets.manifest import MAX_GROUP_NAME
+from ..datasets.manifest import MAX_GROUP_NAME, is_group_name
 from ..errors import ModelFileError, TagstackError
 from ..fileio import atomic_write, finite_json
 from .classifier import TASKS, GlobalArch, GlobalMLP
@@ -221,7 +221,7 @@ def _validate(meta: Any, shapes: dict[str, tuple[int, ...]]) -> None:
     _need(isinstance(meta.get("info", {}), dict), "info", "an object")
     groups = meta.get("tag_groups", {})
     _need(isinstance(groups, dict) and set(groups) <= set(tags)
-          and all(isinstance(g, str) and 0 < len(g) <= MAX_GROUP_NAME for g in groups.values()), "tag_groups",
+          and all(map(is_group_name, groups.values())), "tag_groups",
           f"an object from tag names to group names of 1..{MAX_GROUP_NAME} characters", groups if isinstance(groups, dict) else None)
     missing = sorted(set(expected) - set(shapes))
     extra = sorted(set(shapes) - set(expected))

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..config import FrontEndConfig
-from ..datasets.manifest import MAX_GROUP_NAME
+from ..datasets.manifest import MAX_GROUP_NAME, is_group_name
 from ..errors import ParameterError
 from .aggregation import FeatureBlock, aggregate, feature_layout, select_columns
 from .classifier import GlobalMLP
@@ -65,7 +65,7 @@ class TaggingModel(nn.Module):
         self.scales = tuple(sorted(int(s) for s in scales)) if scales else tuple(sorted(local))
         self.layers = None if layers is None else tuple(sorted(int(i) for i in layers))
         self.info = dict(info or {})
-        if groups and not all(isinstance(g, str) and 0 < len(g) <= MAX_GROUP_NAME for g in groups.values()):
+        if groups and not all(map(is_group_name, groups.values())):
             raise ParameterError(f"tag groups must be names of 1..{MAX_GROUP_NAME} characters")
         self.groups = {t: groups[t] for t in self.tags if t in (groups or {})}
         self.layout: list[FeatureBlock] = feature_layout(self.local_models)

@@ -295,7 +295,7 @@ def create_app(model: str | Path | None = None, *, device: str = "auto", limits:
         path, name = await service.save_upload(request)
         try:
             out = await anyio.to_thread.run_sync(
-                lambda: service.analyse(path, name, top_k=None if threshold is not None else top_k, threshold=threshold,
+                lambda: service.analyse(path, name, top_k=top_k, threshold=threshold,
                                         embed=embed, scales=s, layers=l_, taggram=taggram, hop=hop, per_group=per_group),
                 limiter=service.limiter)
         finally:
