@@ -4,9 +4,12 @@ Generates ``--files`` 30 s MP3s (44.1 kHz stereo), starts one local Ray with
 all usable CPUs (or joins ``--address``), and tags the folder once per worker
 count into a fresh output folder; the single-process ``predict_many`` path on
 the same files is the reference. Ray's start-up is reported apart: it is paid
-once per job, not per file.
+once per job, not per file. ``--decode`` measures the workers decoding their
+own files (``worker``, the CPU default), the files decoded in CPU tasks that
+feed the workers (``tasks``, the GPU default), or both in turn.
 
     python bench/bench_ray.py --files 120 --workers 1,2
+    python bench/bench_ray.py --files 2000 --workers 1 --device cuda --decode both   # one GPU
 """
 from __future__ import annotations
 
@@ -46,6 +49,9 @@ def main() -> None:
     p.add_argument("--workers", default="1,2", help="worker counts to measure, comma-separated (default: 1,2)")
     p.add_argument("--model", help="model file (default: the shipped one)")
     p.add_argument("--address", help="an existing Ray cluster (default: start one here)")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda for GPU workers (default: cpu)")
+    p.add_argument("--decode", choices=("worker", "tasks", "both"), default="worker",
+                   help="where Ray decodes: in the workers, in CPU tasks feeding them, or both in turn (default: worker)")
     a = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     import ray
@@ -54,20 +60,25 @@ def main() -> None:
         tmp = Path(tmp)
         (tmp / "in").mkdir()
         files = make_files(tmp / "in", a.files)
-        tagger = Tagger(a.model, device="cpu")
+        tagger = Tagger(a.model, device=a.device)
         started = time.perf_counter()
         n = sum(1 for _ in tagger.predict_many(files))
         single = n / (time.perf_counter() - started)
-        print(f"single machine, predict_many (all cores, one process): {single:.1f} files/s")
+        print(f"single machine, predict_many (all cores, one process, {tagger.device}): {single:.1f} files/s")
+        del tagger
         started = time.perf_counter()
         ray.init(address=a.address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
         print(f"Ray start-up: {time.perf_counter() - started:.1f} s; cluster CPUs: {ray.cluster_resources().get('CPU')}")
+        modes = ("worker", "tasks") if a.decode == "both" else (a.decode,)
         for w in (int(x) for x in a.workers.split(",")):
-            started = time.perf_counter()
-            report = run_on_ray(files, tmp / f"out{w}", model=a.model, workers=w, device="cpu")
-            took = time.perf_counter() - started
-            print(f"Ray, {w} worker(s): {report.done / took:.1f} files/s ({report.done} files in {took:.1f} s, "
-                  f"worker start-up and model loading included); {report.done / took / single:.2f}x the single-machine path")
+            for mode in modes:
+                started = time.perf_counter()
+                report = run_on_ray(files, tmp / f"out{w}-{mode}", model=a.model, workers=w, device=a.device,
+                                    decode_tasks=mode == "tasks")
+                took = time.perf_counter() - started
+                print(f"Ray, {w} worker(s), decoding in {'CPU tasks' if mode == 'tasks' else 'the workers'}: "
+                      f"{report.done / took:.1f} files/s ({report.done} files in {took:.1f} s, worker start-up and model "
+                      f"loading included); {report.done / took / single:.2f}x the single-machine path")
         ray.shutdown()
 
 

@@ -75,6 +75,24 @@ def test_ray_gives_the_single_machine_results_and_a_failure_table(catalogue, mod
     assert again.done == 0 and again.reused == 42 and len(again.failed) == 2  # a rerun does nothing again
 
 
+def test_decoding_in_cpu_tasks_gives_the_same_results_and_failures(catalogue, model_file, tmp_path, local_ray):
+    """The decode stage that feeds GPU workers (forced on here, on CPUs) changes nothing a user sees."""
+    files = [f for f in audio_files([catalogue]) if f.name.startswith("c")][::5] + [catalogue / "nan.wav", catalogue / "text.mp3"]
+    report = run_on_ray(files, tmp_path / "out", model=model_file, device="cpu", embed=True, taggram=True, hop=2, workers=1,
+                        batch_files=3, decode_tasks=True)
+    assert report.done == len(files) - 2
+    reasons = dict(report.failed)
+    assert "NaN or infinite" in reasons[str(catalogue / "nan.wav")] and "cannot decode" in reasons[str(catalogue / "text.mp3")]
+    assert all(r.startswith(p) for p, r in report.failed)  # the decoder's own message, naming the file
+    tagger = Tagger(model_file, device="cpu")
+    for row in read_results(tmp_path / "out")[0].to_pylist():
+        expected = tagger.predict(row["path"], taggram=True, hop=2)
+        np.testing.assert_allclose([row[t] for t in tagger.tags], expected.probs, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(row["embedding"], expected.embedding, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(np.reshape(row["taggram"], (row["taggram_windows"], -1)), expected.taggram, atol=1e-5)
+        assert row["seconds"] == pytest.approx(expected.seconds)
+
+
 def shards(out):
     return sorted(out.glob("tags-*.parquet"))
 

@@ -4,6 +4,10 @@ The work is the single-machine path's, run elsewhere: each worker is a Ray
 actor that loads the model once into a :class:`~tagstack.inference.tagger.Tagger`
 and tags the files of its batches through the same decoder and model code
 (``tests/test_distributed.py`` checks the results equal ``Tagger.predict``'s).
+When the workers hold GPUs, decoding moves out of them into a stage of CPU
+tasks (the same decoder, at the model's rate) that feeds them decoded audio:
+a GPU actor that decoded its own files would wait on one CPU while the
+cluster's other cores sat idle.
 
 The output is a folder of Parquet shards. A worker writes one shard per batch
 of files, to a temporary name renamed when whole, so every shard is complete
@@ -26,7 +30,7 @@ from typing import Iterable
 
 import numpy as np
 
-from ..errors import ParameterError, TagstackError
+from ..errors import AudioError, ParameterError, TagstackError
 from ..fileio import TEMP_PREFIX, atomic_write, remove_leftovers
 from ..inference.outputs import check_destination, unique_stems
 
@@ -106,7 +110,10 @@ class _Worker:
 
         paths = [str(p) for p in batch["path"]]
         rows, failures = [], []
-        results = self.tagger.predict_batch(paths, taggram=self.taggram, hop=self.hop)
+        if "audio" in batch:  # decoded by the CPU stage (:func:`_decode`)
+            results = self._predict_decoded(paths, batch["audio"], [str(e) for e in batch["error"]])
+        else:
+            results = self.tagger.predict_batch(paths, taggram=self.taggram, hop=self.hop)
         for path, stem, r in zip(paths, batch["stem"], results):
             if isinstance(r, TagstackError):
                 failures.append((path, str(r)))
@@ -135,11 +142,42 @@ class _Worker:
         failed = dict(failures)
         return {"path": paths, "reason": [failed.get(p, "") for p in paths]}
 
+    def _predict_decoded(self, paths: list[str], audio, errors: list[str]) -> list:
+        """:meth:`Tagger.predict_batch` on audio the CPU stage decoded; its errors named by file, as the decoder names them."""
+        ok = [i for i, e in enumerate(errors) if not e]
+        got = self.tagger.predict_batch([np.asarray(audio[i], np.float32) for i in ok], sr=self.tagger.cfg.sample_rate,
+                                        taggram=self.taggram, hop=self.hop)
+        results: list = [AudioError(e) if e else None for e in errors]
+        for i, r in zip(ok, got):
+            if isinstance(r, TagstackError):
+                r = AudioError(str(r).replace("<array>", paths[i], 1) if str(r).startswith("<array>") else f"{paths[i]}: {r}")
+            results[i] = r
+        return results
+
+
+def _decode(batch: dict, sample_rate: int, block_seconds: float) -> dict:
+    """The CPU stage: each file of ``batch`` as mono float32 at the model's rate (the one decoder), or why it cannot be read.
+
+    The blocks are those :class:`Tagger` decodes a path into, so the workers'
+    results equal the single-machine path's.
+    """
+    from ..audio.io import stream
+
+    audio, errors = [], []
+    for path in batch["path"]:
+        try:
+            audio.append(np.concatenate(list(stream(str(path), sr=sample_rate, block_seconds=block_seconds))))
+            errors.append("")
+        except TagstackError as e:
+            audio.append(np.zeros(1, np.float32))  # a placeholder the worker never reads
+            errors.append(str(e))
+    return {"path": batch["path"], "stem": batch["stem"], "audio": audio, "error": np.array(errors, dtype=object)}
+
 
 def run_on_ray(files: Iterable[str | Path], out: str | Path, *, model: str | Path | None = None, address: str | None = None,
                workers: int | None = None, device: str = "auto", embed: bool = False, taggram: bool = False,
                hop: float | None = None, taggram_dir: str | Path | None = None,
-               batch_files: int | None = None) -> RayJobReport:
+               batch_files: int | None = None, decode_tasks: bool | None = None) -> RayJobReport:
     """Tag (and embed) ``files`` on Ray into the Parquet folder ``out``, skipping files already there.
 
     ``address`` is an existing cluster (``"auto"`` or ``"ray://host:10001"``,
@@ -150,7 +188,9 @@ def run_on_ray(files: Iterable[str | Path], out: str | Path, *, model: str | Pat
     sharing network passes. With ``taggram_dir`` (which implies ``taggram``)
     the workers also write each file's taggram there as the local
     ``tagstack tag --taggram`` does (.npy, .csv, .png, named by file stem,
-    numbered where stems repeat).
+    numbered where stems repeat). ``decode_tasks`` decodes the files in CPU
+    tasks of their own that feed the workers decoded audio (default: when the
+    workers use GPUs; ``True`` also on CPUs, ``False`` never).
     """
     try:
         import ray
@@ -198,12 +238,18 @@ def run_on_ray(files: Iterable[str | Path], out: str | Path, *, model: str | Pat
     n = workers or (gpus if gpus else max(1, int(resources.get("CPU", 1))))
     worker_device = "cuda" if gpus else "cpu"
     batch_files = batch_files or (64 if gpus else 8)
-    log.info("Ray: %d workers (%s), %d files in batches of %d", n, "GPU" if gpus else "CPU", len(todo), batch_files)
+    decode_tasks = bool(gpus) if decode_tasks is None else decode_tasks
+    log.info("Ray: %d workers (%s), %d files in batches of %d%s", n, "GPU" if gpus else "CPU", len(todo), batch_files,
+             ", decoded by CPU tasks" if decode_tasks else "")
 
     ray.data.DataContext.get_current().enable_progress_bars = False
     batch_files = max(1, min(batch_files, -(-len(todo) // n)))  # small jobs still reach every worker
     stems = dict(zip(files, unique_stems([Path(f) for f in files])))  # over the whole list: the same on a rerun
     ds = ray.data.from_items([{"path": f, "stem": stems[f]} for f in todo], override_num_blocks=-(-len(todo) // batch_files))
+    if decode_tasks:
+        front = read_metadata(model_path)["frontend"]
+        ds = ds.map_batches(_decode, batch_size=1, num_cpus=1,
+                            fn_kwargs=dict(sample_rate=front["sample_rate"], block_seconds=front["clip_seconds"]))
     # Ray Data restarts a killed worker and retries its batch (max_restarts=-1, max_task_retries=-1 by default)
     ds = ds.map_batches(_Worker, batch_size=batch_files, concurrency=n, num_cpus=0 if gpus else 1, num_gpus=1 if gpus else 0,
                         fn_constructor_kwargs=dict(model=str(model_path), device=worker_device, out=str(out), embed=embed,
