@@ -40,7 +40,11 @@ Steps (each resumes; rerunning skips what is done):
    is in two splits. A Debian window was never annotated with 4Q's moods,
    genres and quadrants: those tags (except the teachers' own) are listed in
    its ``unknown`` column, so that they count neither as negatives in
-   training nor in evaluation. Emotify is not touched (it stays held out) and
+   training nor in evaluation. With ``--penultimate`` every clip also gets
+   the teachers' penultimate-layer features (musicnn's 200-d embedding), each
+   dimension replaced by its quantile over all clips, as soft labels named
+   ``mtt penultimate 000`` ..., so that the student learns to order clips
+   the way the teacher's embedding does. Emotify is not touched (it stays held out) and
    GTZAN is never read.
 """
 from __future__ import annotations
@@ -157,8 +161,22 @@ def track_splits(tracks: list[str], seed: int) -> dict[str, str]:
     return {t: "test" if i < n_test else "valid" if i < n_test + n_valid else "train" for i, t in enumerate(order)}
 
 
+def teacher_penultimate(npz: Path, base: Path, teacher: str) -> dict[str, np.ndarray]:
+    """Per file resolved from ``base``, the teacher's penultimate-layer features averaged over the file."""
+    with np.load(npz, allow_pickle=False) as z:
+        feats = z[f"{TEACHERS[teacher][0]}_penultimate"]
+        return {str((base / p).resolve()): feats[i] for i, p in enumerate(z["paths"].tolist())}
+
+
+def quantile_labels(feats: np.ndarray) -> np.ndarray:
+    """Each column replaced by its values' mid-rank quantiles in (0, 1): a feature as a soft label of the same order."""
+    from scipy.stats import rankdata
+
+    return ((rankdata(feats, axis=0) - 0.5) / len(feats)).astype(np.float32)
+
+
 def write_manifest(data: Path, out: Path, clips: list[tuple[str, str]], seed: int,
-                   teachers: tuple[str, ...] = DEFAULT_TEACHERS) -> dict:
+                   teachers: tuple[str, ...] = DEFAULT_TEACHERS, penultimate: bool = False) -> dict:
     """Step 3: the combined manifest; returns counts."""
     from tagstack.datasets.manifest import TAG_SEPARATOR, read_manifest
     from tagstack.fileio import atomic_write_text
@@ -174,9 +192,8 @@ def write_manifest(data: Path, out: Path, clips: list[tuple[str, str]], seed: in
     _, probs_b = combine(per_debian)
     of = {tag: tuple(t for t, (names, _) in zip(teachers, per_4q) if tag in names) for tag in tags_a}
     human = set(fourq.tags)
-    buf = io.StringIO()
-    rows = csv.writer(buf, lineterminator="\n")
-    rows.writerow(["path", "tags", "split", "unknown"])
+    lines: list[list[str]] = []  # path, tags, split, unknown
+    feats: list[str] = []  # each line's file, for its penultimate features
     unknown = TAG_SEPARATOR.join(t for t in fourq.tags if t not in tags_a)
     counts = {"4q": 0, "debian": 0, "missing": 0}
 
@@ -189,7 +206,8 @@ def write_manifest(data: Path, out: Path, clips: list[tuple[str, str]], seed: in
             counts["missing"] += 1
             continue
         mine = [fourq.tags[j] for j in np.flatnonzero(row >= 0.5)]
-        rows.writerow([Path(os.path.relpath(data / "4q" / path, out)).as_posix(), TAG_SEPARATOR.join(mine + soft(p, human)), split, ""])
+        lines.append([Path(os.path.relpath(data / "4q" / path, out)).as_posix(), TAG_SEPARATOR.join(mine + soft(p, human)), split, ""])
+        feats.append(str((data / "4q" / path).resolve()))
         counts["4q"] += 1
     splits = track_splits([t for _, t in clips], seed)
     for rel, track in clips:
@@ -197,13 +215,27 @@ def write_manifest(data: Path, out: Path, clips: list[tuple[str, str]], seed: in
         if p is None:
             counts["missing"] += 1
             continue
-        rows.writerow([rel, TAG_SEPARATOR.join(soft(p, set())), splits[track], unknown])
+        lines.append([rel, TAG_SEPARATOR.join(soft(p, set())), splits[track], unknown])
+        feats.append(str((out / rel).resolve()))
         counts["debian"] += 1
+    feature_tags: list[str] = []
+    if penultimate:
+        for t in teachers:
+            per_file = teacher_penultimate(teacher_npz(out / "4q", t), data / "4q", t)
+            per_file.update(teacher_penultimate(teacher_npz(out / "debian", t), out, t))
+            q = quantile_labels(np.stack([per_file[f] for f in feats]))
+            names = [f"{TEACHERS[t][0]} penultimate {j:03d}" for j in range(q.shape[1])]
+            feature_tags += names
+            for line, row in zip(lines, q):
+                line[1] += TAG_SEPARATOR + TAG_SEPARATOR.join(f"{n}={v:.3f}" for n, v in zip(names, row))
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows([["path", "tags", "split", "unknown"], *lines])
     atomic_write_text(out / "manifest.csv", buf.getvalue())
     buf = io.StringIO()
     groups = csv.writer(buf, lineterminator="\n")
     groups.writerows([["tag", "group"], *sorted(fourq.groups.items()),
-                      *[[t, GROUP[of[t]]] for t in tags_a if t not in human]])
+                      *[[t, GROUP[of[t]]] for t in tags_a if t not in human],
+                      *[[t, "teacher features (quantiles)"] for t in feature_tags]])
     atomic_write_text(out / "tag_groups.csv", buf.getvalue())
     return counts
 
@@ -221,6 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--teachers", default=",".join(DEFAULT_TEACHERS), metavar="LIST",
                    help=f"comma-separated musicnn models whose tags become soft labels, from {', '.join(TEACHERS)} "
                         f"(default {','.join(DEFAULT_TEACHERS)}, as the shipped model)")
+    p.add_argument("--penultimate", action="store_true",
+                   help="also give every clip the teachers' 200 penultimate-layer features, each as its quantile "
+                        "over the clips, as soft labels (tried on 2026-12-02, not in the shipped model)")
     p.add_argument("--seed", type=int, default=0, help="seed of the Debian track split (default 0)")
     a = p.parse_args(argv)
     if a.window_step < 1:
@@ -241,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_text(out / "debian-clips.txt", "\n".join(rel for rel, _ in clips) + "\n")
     run_teacher(a.teacher_python, [(a.data / "4q" / "manifest.csv", out / "4q"),
                                    (out / "debian-clips.txt", out / "debian")], teachers)
-    counts = write_manifest(a.data, out, clips, a.seed, teachers)
+    counts = write_manifest(a.data, out, clips, a.seed, teachers, a.penultimate)
     print(f"wrote {out / 'manifest.csv'}: {counts['4q']} 4Q clips, {counts['debian']} Debian windows"
           + (f", {counts['missing']} left out (no teacher labels)" if counts["missing"] else ""))
     return 0

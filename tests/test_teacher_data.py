@@ -90,3 +90,29 @@ def test_two_teachers_become_one_vocabulary(tmp_path):
     assert d[col["happy"]] == np.float32(0.9) and np.isnan(d[col["q2"]])  # Debian: the teacher's, or unknown
     assert m.groups["guitar"] == "mtat (musicnn teacher)" and m.groups["mellow"] == "msd (musicnn teacher)"
     assert m.groups["rock"] == "mtat+msd (musicnn teachers)"
+
+
+def test_penultimate_features_become_quantile_soft_labels(tmp_path):
+    """--penultimate: each feature dimension, ranked over all clips, as a soft label in (0, 1) beside the tags."""
+    data = tmp_path / "data"
+    (data / "4q").mkdir(parents=True)
+    (data / "4q" / "manifest.csv").write_text("path,tags,split\nx.wav,happy,train\ny.wav,q2,test\n")
+    out = data / "teacher"
+    out.mkdir()
+    clips = [("debian/p/a-000.flac", "p/a.flac"), ("debian/p/b-000.flac", "p/b.flac")]
+    feats = {"x.wav": [0.5, -1.0], "y.wav": [-2.0, -1.0], clips[0][0]: [3.0, 0.2], clips[1][0]: [0.0, 7.0]}
+    for stem, names in (("4q", ["x.wav", "y.wav"]), ("debian", [c for c, _ in clips])):
+        np.savez(out / f"{stem}.npz", paths=np.array(names), failed=np.zeros((0, 2), dtype=str), mtt_tags=np.array(["rock"]),
+                 mtt_probs=np.full((len(names), 1), 0.5, np.float32), mtt_penultimate=np.array([feats[n] for n in names], np.float32))
+    build.write_manifest(data, out, clips, seed=0, teachers=("MTT_musicnn",), penultimate=True)
+    m = read_manifest(out / "manifest.csv")
+    col = {t: j for j, t in enumerate(m.tags)}
+    row = dict(zip(m.paths, m.labels))
+    f0 = [row[p][col["mtt penultimate 000"]] for p in ("../4q/x.wav", "../4q/y.wav", *[c for c, _ in clips])]
+    np.testing.assert_allclose(f0, [0.625, 0.125, 0.875, 0.375])  # ranks 3, 1, 4, 2 of 4, at mid-rank
+    f1 = [row[p][col["mtt penultimate 001"]] for p in ("../4q/x.wav", "../4q/y.wav")]
+    np.testing.assert_allclose(f1, [0.25, 0.25])  # a tie shares its mid-rank
+    assert row["../4q/x.wav"][col["rock"]] == np.float32(0.5) and row["../4q/x.wav"][col["happy"]] == 1  # tags unchanged
+    assert m.groups["mtt penultimate 000"] == "teacher features (quantiles)"
+    build.write_manifest(data, out, clips, seed=0, teachers=("MTT_musicnn",))
+    assert not [t for t in read_manifest(out / "manifest.csv").tags if "penultimate" in t]  # only when asked
