@@ -79,7 +79,7 @@ def test_decoding_in_cpu_tasks_gives_the_same_results_and_failures(catalogue, mo
     """The decode stage that feeds GPU workers (forced on here, on CPUs) changes nothing a user sees."""
     files = [f for f in audio_files([catalogue]) if f.name.startswith("c")][::5] + [catalogue / "nan.wav", catalogue / "text.mp3"]
     report = run_on_ray(files, tmp_path / "out", model=model_file, device="cpu", embed=True, taggram=True, hop=2, workers=1,
-                        batch_files=3, decode_tasks=True)
+                        batch_files=6, decode_tasks=True)  # blocks of 4 files (one decode task each) gathered into batches
     assert report.done == len(files) - 2
     reasons = dict(report.failed)
     assert "NaN or infinite" in reasons[str(catalogue / "nan.wav")] and "cannot decode" in reasons[str(catalogue / "text.mp3")]

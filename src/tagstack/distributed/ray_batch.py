@@ -75,6 +75,9 @@ def read_results(out: str | Path) -> tuple:
     return concat("tags"), concat("failures")
 
 
+#: Files per decode task (CPU) when decoding is apart from the workers.
+DECODE_BLOCK = 4
+
 #: Columns of a result shard besides the tags' (a tag of the same name gets a ``tag_`` prefix).
 RESERVED = {"path", "seconds", "embedding", "taggram", "taggram_windows", "window_starts"}
 
@@ -245,7 +248,9 @@ def run_on_ray(files: Iterable[str | Path], out: str | Path, *, model: str | Pat
     ray.data.DataContext.get_current().enable_progress_bars = False
     batch_files = max(1, min(batch_files, -(-len(todo) // n)))  # small jobs still reach every worker
     stems = dict(zip(files, unique_stems([Path(f) for f in files])))  # over the whole list: the same on a rerun
-    ds = ray.data.from_items([{"path": f, "stem": stems[f]} for f in todo], override_num_blocks=-(-len(todo) // batch_files))
+    # a decode task takes a block: blocks of a few files let every core decode, and a worker's batch gathers several
+    block = min(batch_files, DECODE_BLOCK) if decode_tasks else batch_files
+    ds = ray.data.from_items([{"path": f, "stem": stems[f]} for f in todo], override_num_blocks=-(-len(todo) // block))
     if decode_tasks:
         front = read_metadata(model_path)["frontend"]
         ds = ds.map_batches(_decode, batch_size=1, num_cpus=1,
