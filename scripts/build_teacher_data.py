@@ -41,10 +41,11 @@ Steps (each resumes; rerunning skips what is done):
    genres and quadrants: those tags (except the teachers' own) are listed in
    its ``unknown`` column, so that they count neither as negatives in
    training nor in evaluation. With ``--penultimate`` every clip also gets
-   the teachers' penultimate-layer features (musicnn's 200-d embedding), each
-   dimension replaced by its quantile over all clips, as soft labels named
-   ``mtt penultimate 000`` ..., so that the student learns to order clips
-   the way the teacher's embedding does. Emotify is not touched (it stays held out) and
+   each teacher's penultimate-layer features (musicnn's 200-d embedding),
+   each dimension replaced by its quantile over all clips, as soft labels
+   named ``mtt penultimate 000`` ..., so that the student learns to order
+   clips the way the teacher's embedding does (they count in the validation
+   loss and ROC-AUC like the tags, in valid and test clips too). Emotify is not touched (it stays held out) and
    GTZAN is never read.
 """
 from __future__ import annotations
@@ -125,6 +126,12 @@ def teacher_npz(stem: Path, teacher: str) -> Path:
     return stem.with_name(stem.name + TEACHERS[teacher][1] + ".npz")
 
 
+def per_file(npz: Path, base: Path, key: str) -> dict[str, np.ndarray]:
+    """One array of a teacher's .npz (``mtt_probs``, ``mtt_penultimate`` ...) as a row per file resolved from ``base``."""
+    with np.load(npz, allow_pickle=False) as z:
+        return {str((base / p).resolve()): z[key][i] for i, p in enumerate(z["paths"].tolist())}
+
+
 def teacher_labels(npz: Path, base: Path, teacher: str) -> tuple[list[str], dict[str, np.ndarray]]:
     """The teacher's tag names (lower case) and, per file resolved from ``base``, its averaged probabilities."""
     prefix = TEACHERS[teacher][0]
@@ -132,8 +139,7 @@ def teacher_labels(npz: Path, base: Path, teacher: str) -> tuple[list[str], dict
         if len(z["failed"]):
             print(f"{npz}: the teacher could not read {len(z['failed'])} files: {z['failed'][:3].tolist()}", file=sys.stderr)
         tags = [str(t).lower() for t in z[f"{prefix}_tags"]]
-        probs = {str((base / p).resolve()): z[f"{prefix}_probs"][i] for i, p in enumerate(z["paths"].tolist())}
-    return tags, probs
+    return tags, per_file(npz, base, f"{prefix}_probs")
 
 
 def combine(parts: list[tuple[list[str], dict[str, np.ndarray]]]) -> tuple[list[str], dict[str, np.ndarray]]:
@@ -159,13 +165,6 @@ def track_splits(tracks: list[str], seed: int) -> dict[str, str]:
     n = len(order)
     n_test, n_valid = round(0.1 * n), round(0.1 * n)
     return {t: "test" if i < n_test else "valid" if i < n_test + n_valid else "train" for i, t in enumerate(order)}
-
-
-def teacher_penultimate(npz: Path, base: Path, teacher: str) -> dict[str, np.ndarray]:
-    """Per file resolved from ``base``, the teacher's penultimate-layer features averaged over the file."""
-    with np.load(npz, allow_pickle=False) as z:
-        feats = z[f"{TEACHERS[teacher][0]}_penultimate"]
-        return {str((base / p).resolve()): feats[i] for i, p in enumerate(z["paths"].tolist())}
 
 
 def quantile_labels(feats: np.ndarray) -> np.ndarray:
@@ -221,9 +220,9 @@ def write_manifest(data: Path, out: Path, clips: list[tuple[str, str]], seed: in
     feature_tags: list[str] = []
     if penultimate:
         for t in teachers:
-            per_file = teacher_penultimate(teacher_npz(out / "4q", t), data / "4q", t)
-            per_file.update(teacher_penultimate(teacher_npz(out / "debian", t), out, t))
-            q = quantile_labels(np.stack([per_file[f] for f in feats]))
+            key = f"{TEACHERS[t][0]}_penultimate"
+            rows = {**per_file(teacher_npz(out / "4q", t), data / "4q", key), **per_file(teacher_npz(out / "debian", t), out, key)}
+            q = quantile_labels(np.stack([rows[f] for f in feats]))
             names = [f"{TEACHERS[t][0]} penultimate {j:03d}" for j in range(q.shape[1])]
             feature_tags += names
             for line, row in zip(lines, q):
@@ -254,8 +253,9 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"comma-separated musicnn models whose tags become soft labels, from {', '.join(TEACHERS)} "
                         f"(default {','.join(DEFAULT_TEACHERS)}, as the shipped model)")
     p.add_argument("--penultimate", action="store_true",
-                   help="also give every clip the teachers' 200 penultimate-layer features, each as its quantile "
-                        "over the clips, as soft labels (tried on 2026-12-02, not in the shipped model)")
+                   help="also give every clip each teacher's 200 penultimate-layer features, each as its quantile "
+                        "over the clips, as soft labels (they then count in the training and validation losses and "
+                        "scores like tags; tried on 2026-12-02, not in the shipped model)")
     p.add_argument("--seed", type=int, default=0, help="seed of the Debian track split (default 0)")
     a = p.parse_args(argv)
     if a.window_step < 1:

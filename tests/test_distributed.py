@@ -24,6 +24,7 @@ from synth import SR, render  # noqa: E402
 from tagstack.distributed.ray_batch import read_results, run_on_ray  # noqa: E402
 from tagstack.inference.outputs import audio_files  # noqa: E402
 from tagstack.inference.tagger import Tagger  # noqa: E402
+from tagstack.models.file import read_metadata  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and SIGKILL")]
 
@@ -75,22 +76,60 @@ def test_ray_gives_the_single_machine_results_and_a_failure_table(catalogue, mod
     assert again.done == 0 and again.reused == 42 and len(again.failed) == 2  # a rerun does nothing again
 
 
-def test_decoding_in_cpu_tasks_gives_the_same_results_and_failures(catalogue, model_file, tmp_path, local_ray):
+def test_decoding_in_cpu_tasks_gives_the_same_results_and_failures(catalogue, model_file, tmp_path, local_ray, caplog):
     """The decode stage that feeds GPU workers (forced on here, on CPUs) changes nothing a user sees."""
     files = [f for f in audio_files([catalogue]) if f.name.startswith("c")][::5] + [catalogue / "nan.wav", catalogue / "text.mp3"]
-    report = run_on_ray(files, tmp_path / "out", model=model_file, device="cpu", embed=True, taggram=True, hop=2, workers=1,
-                        batch_files=6, decode_tasks=True)  # blocks of 4 files (one decode task each) gathered into batches
+    grams = tmp_path / "grams"
+    with caplog.at_level("INFO", logger="tagstack.distributed.ray_batch"):
+        report = run_on_ray(files, tmp_path / "out", model=model_file, device="cpu", embed=True, taggram_dir=grams, hop=2,
+                            workers=1, batch_files=6, decode_tasks=True)
+    assert "decoded by CPU tasks" in caplog.text
     assert report.done == len(files) - 2
-    reasons = dict(report.failed)
-    assert "NaN or infinite" in reasons[str(catalogue / "nan.wav")] and "cannot decode" in reasons[str(catalogue / "text.mp3")]
-    assert all(r.startswith(p) for p, r in report.failed)  # the decoder's own message, naming the file
     tagger = Tagger(model_file, device="cpu")
+    expected = dict(zip(map(str, files), tagger.predict_batch(files, taggram=True, hop=2)))
+    assert dict(report.failed) == {p: str(r) for p, r in expected.items() if not hasattr(r, "probs")}  # the decoder's words
     for row in read_results(tmp_path / "out")[0].to_pylist():
-        expected = tagger.predict(row["path"], taggram=True, hop=2)
-        np.testing.assert_allclose([row[t] for t in tagger.tags], expected.probs, rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(row["embedding"], expected.embedding, rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(np.reshape(row["taggram"], (row["taggram_windows"], -1)), expected.taggram, atol=1e-5)
-        assert row["seconds"] == pytest.approx(expected.seconds)
+        want = expected[row["path"]]
+        np.testing.assert_allclose([row[t] for t in tagger.tags], want.probs, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(row["embedding"], want.embedding, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(np.reshape(row["taggram"], (row["taggram_windows"], -1)), want.taggram, atol=1e-5)
+        assert row["seconds"] == pytest.approx(want.seconds)
+    assert len(list(grams.glob("*.png"))) == report.done
+
+
+def test_the_decode_stage_and_its_worker_equal_predict_batch(model_file, tmp_path):
+    """Without Ray: what the CPU stage sends (audio, a long file left to stream, a reason) and what the worker makes
+    of it are, file by file, Tagger.predict_batch's results and error messages (Result.path included)."""
+    from tagstack.distributed import ray_batch
+
+    rng = np.random.default_rng(1)
+    paths = []
+    for name, seconds in (("short.wav", 2.0), ("clip.flac", 6.0), ("long.wav", 13.0)):
+        sf.write(tmp_path / name, render({"low", "high"}, seconds, rng), SR)
+        paths.append(tmp_path / name)
+    (tmp_path / "empty.wav").write_bytes(b"")
+    (tmp_path / "text.mp3").write_text("not audio\n" * 100)
+    y = render({"noise"}, 3.0, rng)
+    y[10] = np.inf
+    sf.write(tmp_path / "inf.wav", y, SR, subtype="FLOAT")
+    paths += [tmp_path / "empty.wav", tmp_path / "text.mp3", tmp_path / "inf.wav"]
+    tagger = Tagger(model_file, device="cpu")
+    batch = {"path": np.array([str(p) for p in paths], dtype=object), "stem": np.array([p.stem for p in paths], dtype=object)}
+    sent = ray_batch._decode(batch, frontend=read_metadata(model_file)["frontend"], max_seconds=10.0)
+    assert list(sent["status"]) == ["", "", ray_batch.STREAM_HERE, ray_batch.FAILED, ray_batch.FAILED, ray_batch.FAILED]
+    worker = ray_batch._Worker.__new__(ray_batch._Worker)  # the actor's object, without the actor
+    worker.tagger, worker.taggram, worker.hop = tagger, True, 1.5
+    got = worker._predict_decoded([str(p) for p in paths], sent["audio"], list(sent["status"]), list(sent["reason"]))
+    want = tagger.predict_batch(paths, taggram=True, hop=1.5)
+    for g, w in zip(got, want):
+        assert type(g) is type(w)
+        if hasattr(w, "probs"):
+            assert g.path == w.path and g.seconds == w.seconds
+            np.testing.assert_allclose(g.probs, w.probs, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(g.taggram, w.taggram, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(g.window_starts, w.window_starts)
+        else:
+            assert str(g) == str(w)
 
 
 def shards(out):
@@ -128,9 +167,10 @@ def test_killed_driver_then_rerun_loses_and_repeats_nothing(catalogue, model_fil
 
 
 def test_a_killed_worker_is_replaced_and_its_batch_retried(catalogue, model_file, tmp_path):
+    """With the decode stage of GPU clusters (--decode-in tasks): its processes or a worker killed, nothing lost or twice."""
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "tagstack", "embed", str(catalogue), "--engine", "ray", "-o", str(out), "--model", str(model_file),
-           "--device", "cpu", "--workers", "2"]
+           "--device", "cpu", "--workers", "2", "--decode-in", "tasks"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 180
     while time.time() < deadline and not shards(out) and proc.poll() is None:

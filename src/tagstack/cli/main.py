@@ -33,6 +33,9 @@ def _add_engine(p: argparse.ArgumentParser) -> None:
                         "into the output folder; a rerun skips files already done (needs the ray extra)")
     g.add_argument("--ray-address", metavar="ADDRESS", help="an existing Ray cluster: auto, or host:6379 (default: start Ray on this machine)")
     g.add_argument("--workers", type=int, default=0, help="Ray workers (default: one per CPU of the cluster, or one per GPU when it has GPUs)")
+    g.add_argument("--decode-in", choices=["auto", "tasks", "workers"], default="auto",
+                   help="where Ray decodes the files: in CPU tasks that feed the workers decoded audio, or in the workers "
+                        "themselves (default auto: tasks when the workers use GPUs, else workers)")
 
 
 def _add_device(p: argparse.ArgumentParser) -> None:
@@ -188,7 +191,8 @@ def _on_ray(a: argparse.Namespace, out: Path | None, *, embed: bool, taggram_dir
     if out is None:
         raise ParameterError("--engine ray writes a folder of Parquet shards: give it with -o DIR")
     report = run_on_ray(audio_files(a.paths), out, model=a.model, address=a.ray_address, workers=a.workers or None,
-                        device=a.device, embed=embed, taggram_dir=taggram_dir, hop=hop)
+                        device=a.device, embed=embed, taggram_dir=taggram_dir, hop=hop,
+                        decode_tasks={"auto": None, "tasks": True, "workers": False}[a.decode_in])
     _print_skipped(report.failed)
     print(f"{report.done} files done in this run, {report.reused} already done before, {len(report.failed)} failed; "
           f"results in {out}/tags-*.parquet, failures in {out}/failures-*.parquet", file=sys.stderr)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,8 +76,8 @@ def read_results(out: str | Path) -> tuple:
     return concat("tags"), concat("failures")
 
 
-#: Files per decode task (CPU) when decoding is apart from the workers.
-DECODE_BLOCK = 4
+#: Files longer than this (seconds) are not decoded whole by the CPU stage but streamed by their worker.
+DECODE_MAX_SECONDS = 600.0
 
 #: Columns of a result shard besides the tags' (a tag of the same name gets a ``tag_`` prefix).
 RESERVED = {"path", "seconds", "embedding", "taggram", "taggram_windows", "window_starts"}
@@ -114,7 +115,8 @@ class _Worker:
         paths = [str(p) for p in batch["path"]]
         rows, failures = [], []
         if "audio" in batch:  # decoded by the CPU stage (:func:`_decode`)
-            results = self._predict_decoded(paths, batch["audio"], [str(e) for e in batch["error"]])
+            results = self._predict_decoded(paths, batch["audio"], [str(x) for x in batch["status"]],
+                                            [str(x) for x in batch["reason"]])
         else:
             results = self.tagger.predict_batch(paths, taggram=self.taggram, hop=self.hop)
         for path, stem, r in zip(paths, batch["stem"], results):
@@ -145,36 +147,55 @@ class _Worker:
         failed = dict(failures)
         return {"path": paths, "reason": [failed.get(p, "") for p in paths]}
 
-    def _predict_decoded(self, paths: list[str], audio, errors: list[str]) -> list:
-        """:meth:`Tagger.predict_batch` on audio the CPU stage decoded; its errors named by file, as the decoder names them."""
-        ok = [i for i, e in enumerate(errors) if not e]
-        got = self.tagger.predict_batch([np.asarray(audio[i], np.float32) for i in ok], sr=self.tagger.cfg.sample_rate,
-                                        taggram=self.taggram, hop=self.hop)
-        results: list = [AudioError(e) if e else None for e in errors]
+    def _predict_decoded(self, paths: list[str], audio, status: list[str], reasons: list[str]) -> list:
+        """:meth:`Tagger.predict_batch` on what the CPU stage sent: decoded audio, a path it left to this worker
+        (a long file, streamed here in bounded memory), or the decoder's reason for failing."""
+        ok = [i for i, s in enumerate(status) if s != FAILED]
+        sources = [paths[i] if status[i] == STREAM_HERE else np.asarray(audio[i], np.float32) for i in ok]
+        got = self.tagger.predict_batch(sources, sr=self.tagger.cfg.sample_rate, taggram=self.taggram, hop=self.hop,
+                                        names=[paths[i] for i in ok])
+        results: list = [AudioError(r) if s == FAILED else None for s, r in zip(status, reasons)]
         for i, r in zip(ok, got):
-            if isinstance(r, TagstackError):
-                r = AudioError(str(r).replace("<array>", paths[i], 1) if str(r).startswith("<array>") else f"{paths[i]}: {r}")
             results[i] = r
         return results
 
 
-def _decode(batch: dict, sample_rate: int, block_seconds: float) -> dict:
-    """The CPU stage: each file of ``batch`` as mono float32 at the model's rate (the one decoder), or why it cannot be read.
+#: The decode stage's ``status`` of a file besides "" (decoded): left to the worker to stream, or failed.
+STREAM_HERE, FAILED = "stream", "failed"
 
-    The blocks are those :class:`Tagger` decodes a path into, so the workers'
-    results equal the single-machine path's.
+
+def _decode(batch: dict, frontend: dict, max_seconds: float) -> dict:
+    """The CPU stage: each file of ``batch`` as mono float32 at the model's rate, through the decoding the
+    :class:`Tagger` itself uses (so results equal the single-machine path's), or why it cannot be read.
+
+    A file longer than ``max_seconds`` is left to the worker, which streams it
+    in bounded memory: decoded whole it would sit in the object store (an hour
+    is 318 MB at 22,050 Hz), once per file of a worker's batch.
     """
-    from ..audio.io import stream
+    from ..audio.io import duration_seconds
+    from ..config import FrontEndConfig
+    from ..inference.tagger import model_stream
 
-    audio, errors = [], []
+    cfg = FrontEndConfig(**frontend)
+    audio, status, reasons = [], [], []
     for path in batch["path"]:
+        decoded, state, reason = np.zeros(1, np.float32), "", ""  # the placeholder is never read
         try:
-            audio.append(np.concatenate(list(stream(str(path), sr=sample_rate, block_seconds=block_seconds))))
-            errors.append("")
+            try:
+                long = duration_seconds(str(path)) > max_seconds
+            except TagstackError:
+                long = False  # no header to read: decoding says what is wrong, or decodes it
+            if long:
+                state = STREAM_HERE
+            else:
+                decoded = np.concatenate(list(model_stream(str(path), cfg)))
         except TagstackError as e:
-            audio.append(np.zeros(1, np.float32))  # a placeholder the worker never reads
-            errors.append(str(e))
-    return {"path": batch["path"], "stem": batch["stem"], "audio": audio, "error": np.array(errors, dtype=object)}
+            state, reason = FAILED, str(e)
+        audio.append(decoded)
+        status.append(state)
+        reasons.append(reason)
+    return {"path": batch["path"], "stem": batch["stem"], "audio": audio,
+            "status": np.array(status, dtype=object), "reason": np.array(reasons, dtype=object)}
 
 
 def run_on_ray(files: Iterable[str | Path], out: str | Path, *, model: str | Path | None = None, address: str | None = None,
@@ -193,7 +214,8 @@ def run_on_ray(files: Iterable[str | Path], out: str | Path, *, model: str | Pat
     ``tagstack tag --taggram`` does (.npy, .csv, .png, named by file stem,
     numbered where stems repeat). ``decode_tasks`` decodes the files in CPU
     tasks of their own that feed the workers decoded audio (default: when the
-    workers use GPUs; ``True`` also on CPUs, ``False`` never).
+    workers use GPUs; ``True`` also on CPUs, ``False`` never); files longer
+    than ``DECODE_MAX_SECONDS`` are still streamed by their worker.
     """
     try:
         import ray
@@ -203,7 +225,7 @@ def run_on_ray(files: Iterable[str | Path], out: str | Path, *, model: str | Pat
     from ..models.file import read_metadata
 
     model_path = resolve_model(model)
-    read_metadata(model_path)  # a bad model is one line here, not an error in every worker
+    front = read_metadata(model_path)["frontend"]  # a bad model is one line here, not an error in every worker
     if batch_files is not None and batch_files < 1:
         raise ParameterError(f"batch_files must be >= 1, got {batch_files}")
     if hop is not None and not hop > 0:
@@ -248,15 +270,20 @@ def run_on_ray(files: Iterable[str | Path], out: str | Path, *, model: str | Pat
     ray.data.DataContext.get_current().enable_progress_bars = False
     batch_files = max(1, min(batch_files, -(-len(todo) // n)))  # small jobs still reach every worker
     stems = dict(zip(files, unique_stems([Path(f) for f in files])))  # over the whole list: the same on a rerun
-    # a decode task takes a block: blocks of a few files let every core decode, and a worker's batch gathers several
-    block = min(batch_files, DECODE_BLOCK) if decode_tasks else batch_files
-    ds = ray.data.from_items([{"path": f, "stem": stems[f]} for f in todo], override_num_blocks=-(-len(todo) // block))
+    blocks = -(-len(todo) // batch_files)
+    if decode_tasks:  # a decode task takes a block: enough blocks for every core to decode, few enough to schedule
+        blocks = max(blocks, min(len(todo), 4 * int(resources.get("CPU", 1))))
+    ds = ray.data.from_items([{"path": f, "stem": stems[f]} for f in todo], override_num_blocks=blocks)
     if decode_tasks:
-        front = read_metadata(model_path)["frontend"]
-        ds = ds.map_batches(_decode, batch_size=1, num_cpus=1,
-                            fn_kwargs=dict(sample_rate=front["sample_rate"], block_seconds=front["clip_seconds"]))
+        # its memory (a file decoded whole, twice at the concatenation) is also what keeps Ray from fusing this
+        # stage into the workers' on CPUs, where both would otherwise ask for one CPU alone
+        ds = ds.map_batches(_decode, batch_size=1, num_cpus=1, memory=8 * DECODE_MAX_SECONDS * front["sample_rate"] + 2**27,
+                            fn_kwargs=dict(frontend=front, max_seconds=DECODE_MAX_SECONDS))
     # Ray Data restarts a killed worker and retries its batch (max_restarts=-1, max_task_retries=-1 by default)
-    ds = ds.map_batches(_Worker, batch_size=batch_files, concurrency=n, num_cpus=0 if gpus else 1, num_gpus=1 if gpus else 0,
+    cpus = int(resources.get("CPU", 1))
+    # CPU workers beside the decode tasks leave them at least one CPU to ask for, or every task would wait on them
+    worker_cpus = 0 if gpus else (math.floor(100 * min(1.0, max(0, cpus - 1) / n)) / 100 if decode_tasks else 1)
+    ds = ds.map_batches(_Worker, batch_size=batch_files, concurrency=n, num_cpus=worker_cpus, num_gpus=1 if gpus else 0,
                         fn_constructor_kwargs=dict(model=str(model_path), device=worker_device, out=str(out), embed=embed,
                                                    taggram=taggram, hop=hop,
                                                    taggram_dir=str(taggram_dir) if taggram_dir is not None else None))

@@ -38,6 +38,7 @@ import torch
 
 from ..audio.frontend import ClipMel
 from ..audio.io import stream
+from ..config import FrontEndConfig
 from ..datasets.manifest import UNGROUPED
 from ..errors import AudioError, ParameterError, TagstackError
 from ..models.file import load_model
@@ -144,6 +145,16 @@ class _Aggregate:
         return feats, np.asarray(self.gram_starts)
 
 
+def model_stream(source: str | Path | np.ndarray, cfg: FrontEndConfig, sr: int | None = None) -> Iterator[np.ndarray]:
+    """A source decoded for a model of front end ``cfg``: mono float32 blocks at its rate, a clip's length each.
+
+    Every path that hands audio to a :class:`Tagger` decodes through this
+    (the Tagger itself, and the Ray stage that decodes for GPU workers), so
+    their samples, and so their results, are the same.
+    """
+    return stream(source, sr=cfg.sample_rate, block_seconds=cfg.clip_seconds, source_sr=sr)
+
+
 class Tagger:
     """A loaded model, ready to tag and embed many files (load it once).
 
@@ -175,7 +186,7 @@ class Tagger:
     # ------------------------------------------------------------ windows
     def _blocks(self, source: str | Path | np.ndarray, sr: int | None) -> Iterator[np.ndarray]:
         """The source as consecutive mono float32 blocks at the model's rate, through the one decoder."""
-        return stream(source, sr=self.cfg.sample_rate, block_seconds=self.cfg.clip_seconds, source_sr=sr)
+        return model_stream(source, self.cfg, sr)
 
     def _windows(self, source: str | Path | np.ndarray, sr: int | None, gram_hop: int | None = None) -> Iterator[_Window]:
         """Clip-length windows of the source, in one decoding pass with a bounded buffer.
@@ -340,8 +351,8 @@ class Tagger:
         return result
 
     def predict_batch(self, sources: Iterable[str | Path | np.ndarray], *, sr: int | None = None, taggram: bool = False,
-                      hop: float | None = None, embed_only: bool = False,
-                      batch_windows: int | None = None) -> list[Result | TagstackError]:
+                      hop: float | None = None, embed_only: bool = False, batch_windows: int | None = None,
+                      names: list[str] | None = None) -> list[Result | TagstackError]:
         """:meth:`predict` for several sources at once, their windows sharing network passes.
 
         This is what fills a GPU with short files (a 30 s file is one
@@ -350,11 +361,15 @@ class Tagger:
         :class:`Result` or the :class:`TagstackError` that made that source
         unusable. Each result equals :meth:`predict`'s for the same source up
         to float rounding in the batched convolutions. ``embed_only`` skips the
-        classifier (and works for models without one).
+        classifier (and works for models without one). ``names`` label the
+        results (``Result.path``) instead of the paths (arrays: ``"<array>"``).
         """
         sources = list(sources)
         gram_hop = self._gram_hop(hop) if taggram and not embed_only else None
-        names = [str(s) if not isinstance(s, np.ndarray) else "<array>" for s in sources]
+        if names is None:
+            names = [str(s) if not isinstance(s, np.ndarray) else "<array>" for s in sources]
+        elif len(names) != len(sources):
+            raise ParameterError(f"{len(names)} names for {len(sources)} sources")
         aggs = self._features([self._windows(s, sr, gram_hop) for s in sources], batch_windows)
         ok = [k for k, a in enumerate(aggs) if not isinstance(a, TagstackError)]
         tagging = self.model.head is not None and not embed_only  # a model of local CNNs only can still embed
