@@ -126,3 +126,12 @@ def test_errors_are_one_line_with_nonzero_status(tmp_path, capsys):
     assert err.startswith("tagstack: error:") and "nomodel.safetensors" in err and "Traceback" not in err
     assert main(["run", "--dataset", "nope", "--out", str(tmp_path)]) == 1
     assert "unknown dataset 'nope'" in capsys.readouterr().err
+
+
+def test_ray_flags_without_the_ray_engine_are_refused(synth_dir, tmp_path, capsys):
+    clip = str(synth_dir / "clip000.wav")
+    assert main(["tag", clip, "--workers", "2", "--decode-in", "tasks"]) == 1
+    assert "--workers, --decode-in: for --engine ray only" in capsys.readouterr().err
+    assert main(["embed", clip, "-o", str(tmp_path / "e.npz"), "--ray-address", "auto"]) == 1
+    assert "--ray-address: for --engine ray only" in capsys.readouterr().err
+    assert not (tmp_path / "e.npz").exists()

@@ -199,6 +199,13 @@ def _on_ray(a: argparse.Namespace, out: Path | None, *, embed: bool, taggram_dir
     return report.exit_status
 
 
+def _refuse_ray_flags(a: argparse.Namespace) -> None:
+    """The local engine has no use for the Ray flags: say so rather than ignore them."""
+    given = [flag for flag, on in (("--ray-address", a.ray_address), ("--workers", a.workers), ("--decode-in", a.decode_in != "auto")) if on]
+    if given:
+        raise ParameterError(f"{', '.join(given)}: for --engine ray only (the local engine uses this machine's cores)")
+
+
 def cmd_tag(a: argparse.Namespace) -> int:
     from ..inference.outputs import tag_files
 
@@ -210,6 +217,7 @@ def cmd_tag(a: argparse.Namespace) -> int:
         if a.hop is not None and (a.taggram is None or not a.hop > 0):
             raise ParameterError(f"--hop {a.hop} needs --taggram DIR and a positive number of seconds")
         return _on_ray(a, a.output, embed=False, taggram_dir=a.taggram, hop=a.hop)
+    _refuse_ray_flags(a)
     return tag_files(a.paths, model=a.model, device=a.device, top_k=a.top_k, threshold=a.threshold, fmt=a.format,
                      output=a.output, taggram_dir=a.taggram, hop=a.hop, per_group=a.per_group).exit_status
 
@@ -221,6 +229,7 @@ def cmd_embed(a: argparse.Namespace) -> int:
         if a.scales or a.layers:
             raise ParameterError("--engine ray stores the whole embedding; choose --scales/--layers when reading it (TaggingModel.columns_of)")
         return _on_ray(a, a.out, embed=True)
+    _refuse_ray_flags(a)
     return embed_files(a.paths, a.out, model=a.model, device=a.device, scales=a.scales, layers=a.layers).exit_status
 
 
