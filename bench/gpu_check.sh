@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The GPU checks of the Ray path in one run, for a machine with an NVIDIA GPU and PyTorch:
+#   1. tests/test_cuda.py: the CUDA code paths give the CPU's numbers;
+#   2. bench/bench_ray.py on the GPU (FILES generated 30 s MP3s, default 2000): predict_many, then one GPU
+#      worker decoding its own files, then one fed by CPU decode tasks.
+#
+#   bash bench/gpu_check.sh OUT_DIR [FILES]
+#
+# Python packages the machine lacks (on a bare PyTorch image: soundfile, cffi, pycparser, soxr, av, tomli-w, ray,
+# jsonschema, jsonschema-specifications, referencing, rpds-py) are installed, without an index, from the wheels in
+# the folders .whl*/ of the repository root, when there are any. A wheel too large to travel in one piece may come
+# as NAME.whl.part-aa, -ab ... (`split -b 40M`), in one folder or several (brought over several calls); the parts
+# are joined first.
+set -uo pipefail
+out=${1:?give an output folder}
+files=${2:-2000}
+mkdir -p "$out"
+cd "$(dirname "$0")/.."
+if compgen -G ".whl*/*" >/dev/null; then
+    wheels=$(mktemp -d)
+    cp .whl*/* "$wheels"/
+    for first in "$wheels"/*.whl.part-aa; do
+        [ -e "$first" ] && cat "${first%-aa}"-* > "${first%.part-aa}"
+    done
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$wheels"/*.whl || exit 1
+    export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD/src:$PWD/tests" PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/gpu.txt"
+python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$out/test_cuda.log"
+python3 bench/bench_ray.py --files "$files" --workers 1 --device cuda --decode both 2>&1 | tee "$out/bench_ray.log"
