@@ -46,7 +46,7 @@ def read_eval(path: Path) -> tuple[list[Path], np.ndarray, list[str]]:
     return files, np.array([classes.index(r[col]) for r in rows]), classes
 
 
-def probe(x: np.ndarray, y: np.ndarray, *, folds: int, repeats: int, seed: int = 0) -> tuple[float, float]:
+def probe(x: np.ndarray, y: np.ndarray, *, folds: int, repeats: int, seed: int = 0, c: float = 1.0) -> tuple[float, float]:
     """Mean and standard deviation (over repetitions) of linear-probe accuracy."""
     from sklearn.decomposition import PCA
     from sklearn.linear_model import LogisticRegression
@@ -57,7 +57,7 @@ def probe(x: np.ndarray, y: np.ndarray, *, folds: int, repeats: int, seed: int =
     # The L2-penalised solution lies in the span of the training clips (representer theorem), so rotating the
     # standardised features onto that span (PCA keeping every component, no whitening) gives the same classifier
     # with at most n_train dimensions instead of 4,096: 5x faster, same predictions.
-    clf = make_pipeline(StandardScaler(), PCA(svd_solver="full"), LogisticRegression(max_iter=2000, C=1.0))
+    clf = make_pipeline(StandardScaler(), PCA(svd_solver="full"), LogisticRegression(max_iter=2000, C=c))
     cv = RepeatedStratifiedKFold(n_splits=folds, n_repeats=repeats, random_state=seed)
     scores = cross_val_score(clf, x, y, cv=cv, n_jobs=1).reshape(repeats, folds).mean(axis=1)
     return float(scores.mean()), float(scores.std())
@@ -163,6 +163,8 @@ def main() -> None:
     p.add_argument("--musicnn", type=Path, help="musicnn outputs for the same files (bench/musicnn_features.py)")
     p.add_argument("--folds", type=int, default=10, help="folds per repetition (default: 10)")
     p.add_argument("--repeats", type=int, default=10, help="repetitions with new folds (default: 10)")
+    p.add_argument("--C", type=float, default=1.0, dest="c",
+                   help="inverse L2 penalty of the logistic regression, the same for every feature set (default: 1)")
     p.add_argument("--cache", type=Path, help="folder to cache embeddings in (reruns skip the networks)")
     p.add_argument("--out", type=Path, help="folder for results.json, results.md and a bar chart")
     a = p.parse_args()
@@ -193,13 +195,13 @@ def main() -> None:
     results = []
     for label, x in rows:
         t = time.time()
-        mean, std = probe(np.asarray(x, dtype=np.float64), y, folds=a.folds, repeats=a.repeats)
+        mean, std = probe(np.asarray(x, dtype=np.float64), y, folds=a.folds, repeats=a.repeats, c=a.c)
         results.append({"features": label, "accuracy": mean, "std": std, "dimensions": int(x.shape[1])})
         print(f"{mean * 100:6.1f}% ± {std * 100:.1f}  {label}  ({time.time() - t:.0f} s)")
     if a.out:
         a.out.mkdir(parents=True, exist_ok=True)
         meta = {"eval": str(a.eval.name), "clips": len(files), "classes": classes, "folds": a.folds, "repeats": a.repeats,
-                "probe": "StandardScaler + PCA (all components: the training span) + LogisticRegression(C=1, lbfgs), RepeatedStratifiedKFold(random_state=0)"}
+                "probe": f"StandardScaler + PCA (all components: the training span) + LogisticRegression(C={a.c:g}, lbfgs), RepeatedStratifiedKFold(random_state=0)"}
         (a.out / "results.json").write_text(json.dumps({**meta, "results": results}, indent=2) + "\n")
         md = [f"Linear probe on {a.eval.name} ({len(files)} clips, {len(classes)} classes), {a.repeats} x {a.folds}-fold "
               "stratified cross-validation; ± is the standard deviation over repetitions.", "",
