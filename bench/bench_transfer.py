@@ -168,6 +168,8 @@ def main() -> None:
     p.add_argument("--cache", type=Path, help="folder to cache embeddings in (reruns skip the networks)")
     p.add_argument("--out", type=Path, help="folder for results.json, results.md and a bar chart")
     a = p.parse_args()
+    if not a.c > 0:
+        p.error(f"--C must be > 0, got {a.c}")
 
     from tagstack.models.file import load_model
 
@@ -203,8 +205,8 @@ def main() -> None:
         meta = {"eval": str(a.eval.name), "clips": len(files), "classes": classes, "folds": a.folds, "repeats": a.repeats,
                 "probe": f"StandardScaler + PCA (all components: the training span) + LogisticRegression(C={a.c:g}, lbfgs), RepeatedStratifiedKFold(random_state=0)"}
         (a.out / "results.json").write_text(json.dumps({**meta, "results": results}, indent=2) + "\n")
-        md = [f"Linear probe on {a.eval.name} ({len(files)} clips, {len(classes)} classes), {a.repeats} x {a.folds}-fold "
-              "stratified cross-validation; ± is the standard deviation over repetitions.", "",
+        md = [f"Linear probe (logistic regression, C = {a.c:g}) on {a.eval.name} ({len(files)} clips, {len(classes)} classes), "
+              f"{a.repeats} x {a.folds}-fold stratified cross-validation; ± is the standard deviation over repetitions.", "",
               "| features | accuracy |", "|---|---|"]
         md += [f"| {r['features']} | {r['accuracy'] * 100:.1f}% ± {r['std'] * 100:.1f} |" for r in results]
         (a.out / "results.md").write_text("\n".join(md) + "\n")

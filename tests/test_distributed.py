@@ -218,3 +218,5 @@ def test_a_folder_of_other_settings_is_refused_not_silently_skipped(catalogue, m
         run_on_ray(files, tmp_path / "new", model=model_file, device="cpu", taggram_dir=tmp_path / "taken")
     with pytest.raises(ParameterError, match="hop"):
         run_on_ray(files, tmp_path / "new", model=model_file, device="cpu", taggram=True, hop=0)
+    with pytest.raises(ParameterError, match="device cuda: the Ray cluster has no GPU"):  # not CPU numbers labelled GPU
+        run_on_ray(files, tmp_path / "gpu", model=model_file, device="cuda", workers=1)

@@ -259,7 +259,9 @@ def run_on_ray(files: Iterable[str | Path], out: str | Path, *, model: str | Pat
     for name in ("ray", "ray.data"):  # tagstack reports the job's progress itself
         logging.getLogger(name).setLevel(logging.ERROR)
     resources = ray.cluster_resources()
-    gpus = int(resources.get("GPU", 0)) if device in ("auto", "cuda") or device.startswith("cuda") else 0
+    gpus = int(resources.get("GPU", 0)) if device == "auto" or device.startswith("cuda") else 0
+    if device.startswith("cuda") and not gpus:
+        raise ParameterError(f"device {device}: the Ray cluster has no GPU (its resources: {dict(resources)})")
     n = workers or (gpus if gpus else max(1, int(resources.get("CPU", 1))))
     worker_device = "cuda" if gpus else "cpu"
     batch_files = batch_files or (64 if gpus else 8)
