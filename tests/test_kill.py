@@ -116,7 +116,10 @@ def test_killed_embed_leaves_no_partial_file(many_files, model_file, tmp_path):
     assert proc.poll() is None, "the run ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".tagstack-tmp-")]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tagstack-tmp-")]
+    if out.exists():  # the rerun was quick enough to finish writing before the kill: then the file is whole
+        with np.load(out, allow_pickle=False) as z:
+            assert len(z["paths"]) == len(z["embeddings"]) == 40
 
 
 
