@@ -65,13 +65,19 @@ def test_windows_then_a_manifest_of_human_and_teacher_tags(tmp_path):
     assert [c for c, _ in every] == ["debian/pkg/a-000.flac", "debian/pkg/a-001.flac", "debian/pkg/a-002.flac", "debian/pkg/b-000.flac"]
 
 
-def test_two_teachers_become_one_vocabulary(tmp_path):
-    """MTT and MSD musicnn tags side by side: names in lower case, a shared tag is their mean, groups say whose."""
+def two_4q_clips(tmp_path: Path) -> tuple[Path, Path]:
+    """A data folder whose 4Q manifest has two clips (x.wav: happy, train; y.wav: q2, test), and its teacher folder."""
     data = tmp_path / "data"
     (data / "4q").mkdir(parents=True)
     (data / "4q" / "manifest.csv").write_text("path,tags,split\nx.wav,happy,train\ny.wav,q2,test\n")
     out = data / "teacher"
     out.mkdir()
+    return data, out
+
+
+def test_two_teachers_become_one_vocabulary(tmp_path):
+    """MTT and MSD musicnn tags side by side: names in lower case, a shared tag is their mean, groups say whose."""
+    data, out = two_4q_clips(tmp_path)
     clips = [("debian/p/a-000.flac", "p/a.flac")]
     teacher_npz(out / "4q.npz", ["x.wav", "y.wav"], np.array([[0.9, 0.2], [0.1, 0.4]]), ["guitar", "rock"])
     teacher_npz(out / "debian.npz", [clips[0][0]], np.array([[0.3, 0.5]]), ["guitar", "rock"])
@@ -94,11 +100,7 @@ def test_two_teachers_become_one_vocabulary(tmp_path):
 
 def test_penultimate_features_become_quantile_soft_labels(tmp_path):
     """--penultimate: each feature dimension, ranked over all clips, as a soft label in (0, 1) beside the tags."""
-    data = tmp_path / "data"
-    (data / "4q").mkdir(parents=True)
-    (data / "4q" / "manifest.csv").write_text("path,tags,split\nx.wav,happy,train\ny.wav,q2,test\n")
-    out = data / "teacher"
-    out.mkdir()
+    data, out = two_4q_clips(tmp_path)
     clips = [("debian/p/a-000.flac", "p/a.flac"), ("debian/p/b-000.flac", "p/b.flac")]
     feats = {"x.wav": [0.5, -1.0], "y.wav": [-2.0, -1.0], clips[0][0]: [3.0, 0.2], clips[1][0]: [0.0, 7.0]}
     for stem, names in (("4q", ["x.wav", "y.wav"]), ("debian", [c for c, _ in clips])):

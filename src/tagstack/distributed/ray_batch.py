@@ -172,26 +172,24 @@ def _decode(batch: dict, frontend: dict, max_seconds: float) -> dict:
     in bounded memory: decoded whole it would sit in the object store (an hour
     is 318 MB at 22,050 Hz), once per file of a worker's batch.
     """
-    from ..audio.io import duration_seconds
     from ..config import FrontEndConfig
     from ..inference.tagger import model_stream
 
     cfg = FrontEndConfig(**frontend)
+    limit = max_seconds * cfg.sample_rate
     audio, status, reasons = [], [], []
     for path in batch["path"]:
-        decoded, state, reason = np.zeros(1, np.float32), "", ""  # the placeholder is never read
+        blocks, got, state, reason = [], 0, "", ""
         try:
-            try:
-                long = duration_seconds(str(path)) > max_seconds
-            except TagstackError:
-                long = False  # no header to read: decoding says what is wrong, or decodes it
-            if long:
-                state = STREAM_HERE
-            else:
-                decoded = np.concatenate(list(model_stream(str(path), cfg)))
+            for block in model_stream(str(path), cfg):
+                blocks.append(block)
+                got += block.size
+                if got > limit:
+                    blocks, state = [], STREAM_HERE
+                    break
         except TagstackError as e:
-            state, reason = FAILED, str(e)
-        audio.append(decoded)
+            blocks, state, reason = [], FAILED, str(e)
+        audio.append(np.concatenate(blocks) if blocks else np.zeros(1, np.float32))  # a placeholder is never read
         status.append(state)
         reasons.append(reason)
     return {"path": batch["path"], "stem": batch["stem"], "audio": audio,
@@ -262,7 +260,8 @@ def run_on_ray(files: Iterable[str | Path], out: str | Path, *, model: str | Pat
     gpus = int(resources.get("GPU", 0)) if device == "auto" or device.startswith("cuda") else 0
     if device.startswith("cuda") and not gpus:
         raise ParameterError(f"device {device}: the Ray cluster has no GPU (its resources: {dict(resources)})")
-    n = workers or (gpus if gpus else max(1, int(resources.get("CPU", 1))))
+    cpus = int(resources.get("CPU", 1))
+    n = workers or (gpus if gpus else max(1, cpus))
     worker_device = "cuda" if gpus else "cpu"
     batch_files = batch_files or (64 if gpus else 8)
     decode_tasks = bool(gpus) if decode_tasks is None else decode_tasks
@@ -274,7 +273,7 @@ def run_on_ray(files: Iterable[str | Path], out: str | Path, *, model: str | Pat
     stems = dict(zip(files, unique_stems([Path(f) for f in files])))  # over the whole list: the same on a rerun
     blocks = -(-len(todo) // batch_files)
     if decode_tasks:  # a decode task takes a block: enough blocks for every core to decode, few enough to schedule
-        blocks = max(blocks, min(len(todo), 4 * int(resources.get("CPU", 1))))
+        blocks = max(blocks, min(len(todo), 4 * cpus))
     ds = ray.data.from_items([{"path": f, "stem": stems[f]} for f in todo], override_num_blocks=blocks)
     if decode_tasks:
         # its memory (a file decoded whole, twice at the concatenation) is also what keeps Ray from fusing this
@@ -282,7 +281,6 @@ def run_on_ray(files: Iterable[str | Path], out: str | Path, *, model: str | Pat
         ds = ds.map_batches(_decode, batch_size=1, num_cpus=1, memory=8 * DECODE_MAX_SECONDS * front["sample_rate"] + 2**27,
                             fn_kwargs=dict(frontend=front, max_seconds=DECODE_MAX_SECONDS))
     # Ray Data restarts a killed worker and retries its batch (max_restarts=-1, max_task_retries=-1 by default)
-    cpus = int(resources.get("CPU", 1))
     # CPU workers beside the decode tasks leave them at least one CPU to ask for, or every task would wait on them
     worker_cpus = 0 if gpus else (math.floor(100 * min(1.0, max(0, cpus - 1) / n)) / 100 if decode_tasks else 1)
     ds = ds.map_batches(_Worker, batch_size=batch_files, concurrency=n, num_cpus=worker_cpus, num_gpus=1 if gpus else 0,
