@@ -54,3 +54,37 @@ def test_reproduce_writes_tables_figures_and_report(tmp_path, synth_dir):
     assert (tmp_path / "transfer" / "tables" / "table1_transfer.md").exists()
     assert not (tmp_path / "transfer" / "1-local").exists()
     assert json.loads((tmp_path / "transfer" / "results.json").read_text())["local_from"]
+
+
+@pytest.mark.slow
+def test_transfer_from_cnns_of_another_vocabulary(tmp_path, synth_dir):
+    """Table I's case: CNNs trained on one dataset's tags, the global model on another's (here 7 -> 4 tags).
+    The CNNs' own outputs are not scored on the new tags; everything else is."""
+    from synth import TEST_FRONTEND
+    from tagstack.experiments.reproduce import reproduce
+    from tagstack.experiments.run import Experiment
+    from tagstack.models.file import load_model, save_model
+    from tagstack.models.local import build_local_cnn
+    from tagstack.models.tagger import TaggingModel
+
+    cnns = tmp_path / "cnns.safetensors"
+    save_model(TaggingModel({s: build_local_cnn(s, n_tags=7) for s in (18, 27, 54)}, None, tags=list("abcdefg"),
+                            frontend=TEST_FRONTEND), cnns)
+    cfg = ExperimentConfig(dataset="manifest", root=str(synth_dir), scales=(18, 27, 54), frontend=TEST_FRONTEND,
+                           global_=TrainConfig(max_epochs=3, batch_size=8, lr_stages=1, monitor="roc_auc"),
+                           cache_dir=str(tmp_path / "cache"), workers=1, local_from=str(cnns), n_boot=10)
+    exp = Experiment(cfg, tmp_path / "run")
+    metrics = exp.run()
+    assert not exp.local_scored and metrics["local"] == {}
+    assert len(metrics["global"]["per_tag"]["roc_auc"]) == len(exp.data.clips.tags) == 4
+    model = load_model(tmp_path / "run" / "model.safetensors")
+    assert model.tags == exp.data.clips.tags and model.local_models[27].arch.n_tags == 7
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "| global, multi-level multi-scale |" in report and "local, 27 frames" not in report
+
+    res = reproduce(cfg.replace(seeds=(0,), joint=None), tmp_path / "rep")
+    assert res["local"] == {} and res["local_from"] == str(cnns)
+    fig2 = (tmp_path / "rep" / "tables" / "fig2_local_vs_global.md").read_text()
+    assert "–" in fig2 and (tmp_path / "rep" / "figures" / "fig2_local_vs_global.png").exists()
+    assert "local model" not in (tmp_path / "rep" / "tables" / "table2_measured.md").read_text()
+    assert (tmp_path / "rep" / "tables" / "table1_transfer.md").exists()

@@ -70,14 +70,21 @@ def plot_per_tag(tags: list[str], series: dict[str, list[float]], out: Path, *, 
     save_figure(fig, out)
 
 
+def best_local_scale(metrics: dict) -> str | None:
+    """The local CNN with the best test ROC-AUC, or None when none was scored (CNNs of another vocabulary)."""
+    return max(metrics["local"], key=lambda s: metrics["local"][s]["roc_auc"]) if metrics["local"] else None
+
+
 def write_report(run_dir: Path, metrics: dict, clips: ClipSet) -> None:
     """``report.md`` and ``plots/*.png`` of a finished three-stage run."""
     plots = run_dir / "plots"
     plot_curves(run_dir, plots / "curves.png")
-    best_local = max(metrics["local"], key=lambda s: metrics["local"][s]["roc_auc"])
-    plot_per_tag(clips.tags, {f"local {best_local} frames": metrics["local"][best_local]["per_tag"]["roc_auc"],
+    best_local = best_local_scale(metrics)
+    local = metrics["local"][best_local] if best_local else None  # None: local CNNs of another vocabulary (local_from)
+    plot_per_tag(clips.tags, {**({f"local {best_local} frames": local["per_tag"]["roc_auc"]} if local else {}),
                               "global": metrics["global"]["per_tag"]["roc_auc"]},
-                 plots / "per_tag_roc_auc.png", title="Per-tag test ROC-AUC, best local model vs global model")
+                 plots / "per_tag_roc_auc.png", title="Per-tag test ROC-AUC" + (", best local model vs global model" if local else ""))
+    vs = f" local {best_local} |" if local else ""
     g = metrics["global"]
     lines = [f"# tagstack run: {metrics['dataset']}", "",
              f"Clips: {metrics['n_clips']['train']} train, {metrics['n_clips']['valid']} validation, {metrics['n_clips']['test']} test; "
@@ -90,15 +97,15 @@ def write_report(run_dir: Path, metrics: dict, clips: ClipSet) -> None:
     if "accuracy" in g:
         lines += ["", f"Global accuracy: {g['accuracy']:.4f}"]
     if g.get("groups"):
-        lines += ["", "## Mean ROC-AUC per tag group", "", f"| group | local {best_local} | global |", "|---|---|---|"]
+        lines += ["", "## Mean ROC-AUC per tag group", "", f"| group |{vs} global |", "|---|" + "---|" * (2 if local else 1)]
         for grp, v in g["groups"].items():
-            lines.append(f"| {grp} | {metrics['local'][best_local]['groups'].get(grp, float('nan')):.4f} | {v:.4f} |")
+            lv = f" {local['groups'].get(grp, float('nan')):.4f} |" if local else ""
+            lines.append(f"| {grp} |{lv} {v:.4f} |")
     lines += ["", "## Per-tag ROC-AUC", "", "![per-tag](plots/per_tag_roc_auc.png)", "",
-              f"| tag | group | local {best_local} | global |", "|---|---|---|---|"]
+              f"| tag | group |{vs} global |", "|---|---|" + "---|" * (2 if local else 1)]
     for j, t in enumerate(clips.tags):
-        lv = metrics["local"][best_local]["per_tag"]["roc_auc"][j]
-        gv = g["per_tag"]["roc_auc"][j]
-        lines.append(f"| {t} | {clips.groups.get(t, '')} | {lv:.4f} | {gv:.4f} |")
+        lv = f" {local['per_tag']['roc_auc'][j]:.4f} |" if local else ""
+        lines.append(f"| {t} | {clips.groups.get(t, '')} |{lv} {g['per_tag']['roc_auc'][j]:.4f} |")
     lines += ["", "## Training curves", "", "![curves](plots/curves.png)", ""]
     atomic_write_text(run_dir / "report.md", "\n".join(lines))
 
@@ -216,11 +223,12 @@ def metrics_table(metrics: dict) -> str:
     lines.append(f"{'global, multi-level multi-scale':<34} {g['roc_auc']:>8.4f} {g['pr_auc']:>8.4f}")
     if "accuracy" in g:
         lines.append(f"global accuracy: {g['accuracy']:.4f}")
+    best = best_local_scale(metrics)
     if g.get("groups"):
-        best = max(metrics["local"], key=lambda s: metrics["local"][s]["roc_auc"])
-        lines += ["", f"{'tag group':<14} {'local ' + best:>10} {'global':>8}   (mean per-tag ROC-AUC)"]
+        lines += ["", f"{'tag group':<14} {'local ' + best if best else '':>10} {'global':>8}   (mean per-tag ROC-AUC)"]
         for grp, v in g["groups"].items():
-            lines.append(f"{grp:<14} {metrics['local'][best]['groups'].get(grp, float('nan')):>10.4f} {v:>8.4f}")
+            lv = f"{metrics['local'][best]['groups'].get(grp, float('nan')):>10.4f}" if best else " " * 10
+            lines.append(f"{grp:<14} {lv} {v:>8.4f}")
     return "\n".join(lines)
 
 

@@ -124,18 +124,21 @@ def reproduce(config: ExperimentConfig, out: str | Path) -> dict:
                     staged = model
         results[ab.key] = r
 
-    local = {str(s): evaluate(y, p[test], task="multilabel") for s, p in agg["local_probs"].items()}
+    # CNNs taken from a model of another vocabulary (the paper's transfer learning) cannot be scored on these tags
+    local = {str(s): evaluate(y, p[test], task="multilabel") for s, p in agg["local_probs"].items()} if exp.local_scored else {}
     md: dict[str, str] = {}
     seed_note = f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''} ({', '.join(map(str, seeds))})"
 
     # Fig. 2
-    rows = [[s, local[str(s)]["roc_auc"], local[str(s)]["pr_auc"], _pm(results[str(s)]), _pm(results[str(s)], "pr_auc")] for s in sorted(config.scales)]
+    scales = sorted(config.scales)
+    rows = [[s, *((local[str(s)]["roc_auc"], local[str(s)]["pr_auc"]) if local else ("–", "–")),
+             _pm(results[str(s)]), _pm(results[str(s)], "pr_auc")] for s in scales]
     md["fig2"] = write_table(out, "fig2_local_vs_global", ["input frames", "local ROC-AUC", "local PR-AUC", "global ROC-AUC", "global PR-AUC"], rows)
-    bar_figure(out, "fig2_local_vs_global", [f"{s} frames" for s in sorted(config.scales)],
-          {"local": ([local[str(s)]["roc_auc"] for s in sorted(config.scales)], [0] * len(config.scales)),
-           "global": ([np.mean([v["roc_auc"] for v in results[str(s)]["seeds"].values()]) for s in sorted(config.scales)],
-                      [np.std([v["roc_auc"] for v in results[str(s)]["seeds"].values()]) for s in sorted(config.scales)])},
-          "Fig. 2: local vs global models")
+    bar_figure(out, "fig2_local_vs_global", [f"{s} frames" for s in scales],
+          {**({"local": ([local[str(s)]["roc_auc"] for s in scales], [0] * len(scales))} if local else {}),
+           "global": ([np.mean([v["roc_auc"] for v in results[str(s)]["seeds"].values()]) for s in scales],
+                      [np.std([v["roc_auc"] for v in results[str(s)]["seeds"].values()]) for s in scales])},
+          "Fig. 2: local vs global models" if local else "Fig. 2: global models per scale (local CNNs from another vocabulary)")
 
     def fig_rows(abl: list[Ablation]) -> list[list]:
         return [[a.label, _pm(results[a.key]), _pm(results[a.key], "pr_auc"),
@@ -176,9 +179,10 @@ def reproduce(config: ExperimentConfig, out: str | Path) -> dict:
                         **({"accuracy": m["accuracy"]} if multiclass else {})}
 
     # Table II (and I)
-    best_local = max(local, key=lambda s: local[s]["roc_auc"])
+    best_local = max(local, key=lambda s: local[s]["roc_auc"]) if local else None
     ml_key = "27:L123" if "27:L123" in results else str(sorted(config.scales)[0])
-    rows = [[f"local model ({best_local} frames)", "measured", f"{local[best_local]['roc_auc']:.4f}", f"{local[best_local]['pr_auc']:.4f}"],
+    rows = [*([[f"local model ({best_local} frames)", "measured", f"{local[best_local]['roc_auc']:.4f}", f"{local[best_local]['pr_auc']:.4f}"]]
+              if best_local else []),
             [f"global, multi-level ({results[ml_key]['label']})", "measured", _pm(results[ml_key]), _pm(results[ml_key], "pr_auc")],
             [f"global, multi-level + multi-scale ({all_key})", "measured", _pm(results[all_key]), _pm(results[all_key], "pr_auc")]]
     if joint_result:

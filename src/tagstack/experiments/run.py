@@ -88,6 +88,7 @@ class Experiment:
         self._clips = clips
         self._data: Prepared | None = None
         self._local: dict[int, LocalCNN] | None = None
+        self._local_tags: list[str] = []  # what the local CNNs output: this dataset's tags, or local_from's
         self._features: dict | None = None
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -134,7 +135,7 @@ class Experiment:
             if missing:
                 raise ParameterError(f"{c.local_from} has local CNNs for {list(source.local_scales)}, not for {missing}")
             log.info("stage 1: local CNNs %s taken from %s (transfer learning)", list(c.scales), c.local_from)
-            self._local = {s: source.local_models[s] for s in c.scales}
+            self._local, self._local_tags = {s: source.local_models[s] for s in c.scales}, list(source.tags)
             return self._local
         d = self.data
         models = {}
@@ -145,8 +146,15 @@ class Experiment:
             train_local(model, d.mels, train_rows=d.rows("train"), valid_rows=d.rows("valid"), train_labels=d.labels("train"),
                         valid_labels=d.labels("valid"), config=c.local, workdir=self.dir / "1-local" / str(scale), device=self.device)
             models[scale] = model.cpu()
-        self._local = models
+        self._local, self._local_tags = models, list(d.clips.tags)
         return models
+
+    @property
+    def local_scored(self) -> bool:
+        """Whether the local CNNs output this dataset's tags, so that they can be scored on it (not so when they
+        come from ``local_from`` with another vocabulary, as in the paper's transfer learning)."""
+        self.local_models()
+        return self._local_tags == list(self.data.clips.tags)
 
     # ------------------------------------------------------------ stage 2
     def features(self) -> dict:
@@ -231,13 +239,14 @@ class Experiment:
         return metrics
 
     def metrics(self, model: TaggingModel, global_probs: np.ndarray) -> dict:
-        """Test metrics of every local CNN and of the global model, with per-group means and a bootstrap interval."""
+        """Test metrics of every local CNN (when it outputs these tags) and of the global model, with per-group means and
+        a bootstrap interval."""
         d = self.data
         test = d.clips.indices("test")
         y = binary_targets(d.clips.labels[test])
         out = {"dataset": d.clips.name, "n_clips": {s: int(len(d.clips.indices(s))) for s in ("train", "valid", "test")},
                "tags": d.clips.tags, "skipped_files": d.report["skipped"], "local": {}, "global": {}}
-        for s, p in self.features()["local_probs"].items():
+        for s, p in (self.features()["local_probs"] if self.local_scored else {}).items():
             m = evaluate(y, p[test], task="multilabel")
             m["groups"] = group_metrics(d.clips, m["per_tag"]["roc_auc"])
             out["local"][str(s)] = m
@@ -252,7 +261,8 @@ def _extract(model: TaggingModel, mels: np.ndarray, rows: np.ndarray, device: to
     from tqdm.auto import tqdm
 
     width = model.layout[-1].stop
-    feats, probs = [np.zeros((0, width), np.float32)], {s: [np.zeros((0, len(model.tags)), np.float32)] for s in model.local_scales}
+    feats = [np.zeros((0, width), np.float32)]
+    probs = {s: [np.zeros((0, m.arch.n_tags), np.float32)] for s, m in model.local_models.items()}
     with torch.inference_mode():
         for i in tqdm(range(0, len(rows), batch), desc="stage 2", unit="batch", disable=None):
             x = torch.from_numpy(np.asarray(mels[rows[i : i + batch]], dtype=np.float32)).to(device)
@@ -278,13 +288,14 @@ def _extract_shared(model: TaggingModel, mels: np.ndarray, rows: np.ndarray, dev
     share = -(-len(rows) // world)
     feats, probs = _extract(model, mels, rows[rank * share : (rank + 1) * share], device)
     scales = sorted(probs)
-    mine = np.zeros((share, feats.shape[1] + len(scales) * len(model.tags)), np.float32)
+    n = model.local_models[scales[0]].arch.n_tags  # every local CNN of one model has the same outputs
+    mine = np.zeros((share, feats.shape[1] + len(scales) * n), np.float32)
     mine[: len(feats)] = np.concatenate([feats] + [probs[s] for s in scales], axis=1)
     on = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
     parts = [torch.empty(mine.shape, dtype=torch.float32, device=on) for _ in range(world)]
     dist.all_gather(parts, torch.from_numpy(mine).to(on))
     whole = torch.cat(parts).cpu().numpy()[: len(rows)]
-    width, n = feats.shape[1], len(model.tags)
+    width = feats.shape[1]
     return whole[:, :width].copy(), {s: whole[:, width + i * n : width + (i + 1) * n].copy() for i, s in enumerate(scales)}
 
 
