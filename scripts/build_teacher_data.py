@@ -40,13 +40,16 @@ Steps (each resumes; rerunning skips what is done):
    is in two splits. A Debian window was never annotated with 4Q's moods,
    genres and quadrants: those tags (except the teachers' own) are listed in
    its ``unknown`` column, so that they count neither as negatives in
-   training nor in evaluation. With ``--penultimate`` every clip also gets
-   each teacher's penultimate-layer features (musicnn's 200-d embedding),
-   each dimension replaced by its quantile over all clips, as soft labels
-   named ``mtt penultimate 000`` ..., so that the student learns to order
-   clips the way the teacher's embedding does (they count in the validation
-   loss and ROC-AUC like the tags, in valid and test clips too). Emotify is not touched (it stays held out) and
-   GTZAN is never read.
+   training nor in evaluation. With ``--penultimate MODELS`` it also writes
+   ``DATA/teacher/manifest-distill.csv``: the same clips and tags, plus, for
+   every clip, those teachers' penultimate-layer features (musicnn's 200-d
+   embedding), each dimension replaced by its quantile over all clips, as
+   soft labels named ``msd penultimate 000`` ..., so that the student's
+   CNNs learn to order clips the way the teacher's embedding does
+   (``scripts/train_default_model.py real --distill`` trains the CNNs on it
+   and the global model on ``manifest.csv``'s tags alone, so that the
+   features never become tags). Emotify is not touched (it stays held out)
+   and GTZAN is never read.
 """
 from __future__ import annotations
 
@@ -175,8 +178,8 @@ def quantile_labels(feats: np.ndarray) -> np.ndarray:
 
 
 def write_manifest(data: Path, out: Path, clips: list[tuple[str, str]], seed: int,
-                   teachers: tuple[str, ...] = DEFAULT_TEACHERS, penultimate: bool = False) -> dict:
-    """Step 3: the combined manifest; returns counts."""
+                   teachers: tuple[str, ...] = DEFAULT_TEACHERS, penultimate: tuple[str, ...] = ()) -> dict:
+    """Step 3: the combined manifest (and, with ``penultimate`` teachers, the distillation manifest); returns counts."""
     from tagstack.datasets.manifest import TAG_SEPARATOR, read_manifest
     from tagstack.fileio import atomic_write_text
 
@@ -217,19 +220,24 @@ def write_manifest(data: Path, out: Path, clips: list[tuple[str, str]], seed: in
         lines.append([rel, TAG_SEPARATOR.join(soft(p, set())), splits[track], unknown])
         feats.append(str((out / rel).resolve()))
         counts["debian"] += 1
+    def write(name: str, rows: list[list[str]]) -> None:
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerows([["path", "tags", "split", "unknown"], *rows])
+        atomic_write_text(out / name, buf.getvalue())
+
+    write("manifest.csv", lines)
     feature_tags: list[str] = []
+    distill = [list(line) for line in lines]
+    for t in (t for t in TEACHERS if t in penultimate):
+        key = f"{TEACHERS[t][0]}_penultimate"
+        rows = {**per_file(teacher_npz(out / "4q", t), data / "4q", key), **per_file(teacher_npz(out / "debian", t), out, key)}
+        q = quantile_labels(np.stack([rows[f] for f in feats]))
+        names = [f"{TEACHERS[t][0]} penultimate {j:03d}" for j in range(q.shape[1])]
+        feature_tags += names
+        for line, row in zip(distill, q):
+            line[1] += TAG_SEPARATOR + TAG_SEPARATOR.join(f"{n}={v:.3f}" for n, v in zip(names, row))
     if penultimate:
-        for t in teachers:
-            key = f"{TEACHERS[t][0]}_penultimate"
-            rows = {**per_file(teacher_npz(out / "4q", t), data / "4q", key), **per_file(teacher_npz(out / "debian", t), out, key)}
-            q = quantile_labels(np.stack([rows[f] for f in feats]))
-            names = [f"{TEACHERS[t][0]} penultimate {j:03d}" for j in range(q.shape[1])]
-            feature_tags += names
-            for line, row in zip(lines, q):
-                line[1] += TAG_SEPARATOR + TAG_SEPARATOR.join(f"{n}={v:.3f}" for n, v in zip(names, row))
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerows([["path", "tags", "split", "unknown"], *lines])
-    atomic_write_text(out / "manifest.csv", buf.getvalue())
+        write("manifest-distill.csv", distill)
     buf = io.StringIO()
     groups = csv.writer(buf, lineterminator="\n")
     groups.writerows([["tag", "group"], *sorted(fourq.groups.items()),
@@ -252,10 +260,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--teachers", default=",".join(DEFAULT_TEACHERS), metavar="LIST",
                    help=f"comma-separated musicnn models whose tags become soft labels, from {', '.join(TEACHERS)} "
                         f"(default {','.join(DEFAULT_TEACHERS)}, as the shipped model)")
-    p.add_argument("--penultimate", action="store_true",
-                   help="also give every clip each teacher's 200 penultimate-layer features, each as its quantile "
-                        "over the clips, as soft labels (they then count in the training and validation losses and "
-                        "scores like tags; tried on 2026-12-02, not in the shipped model)")
+    p.add_argument("--penultimate", default="", metavar="LIST",
+                   help="also write manifest-distill.csv: the tags plus these musicnn models' 200 penultimate-layer "
+                        "features per clip, each as its quantile over the clips, as soft labels (for "
+                        "scripts/train_default_model.py real --distill; default: none)")
     p.add_argument("--seed", type=int, default=0, help="seed of the Debian track split (default 0)")
     a = p.parse_args(argv)
     if a.window_step < 1:
@@ -264,6 +272,10 @@ def main(argv: list[str] | None = None) -> int:
     if not chosen or not chosen <= set(TEACHERS):
         p.error(f"--teachers: choose from {', '.join(TEACHERS)} (got {a.teachers!r})")
     teachers = tuple(t for t in TEACHERS if t in chosen)
+    features = {t.strip() for t in a.penultimate.split(",") if t.strip()}
+    if not features <= set(TEACHERS):
+        p.error(f"--penultimate: choose from {', '.join(TEACHERS)} (got {a.penultimate!r})")
+    penultimate = tuple(t for t in TEACHERS if t in features)
     out = a.out or a.data / "teacher"
     clips = cut_debian(a.data, out, a.window_step)
     # a fixed pseudo-random order, so that any prefix (--debian-windows) samples every package and track
@@ -275,9 +287,10 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "debian-clips.txt", "\n".join(rel for rel, _ in clips) + "\n")
     run_teacher(a.teacher_python, [(a.data / "4q" / "manifest.csv", out / "4q"),
-                                   (out / "debian-clips.txt", out / "debian")], teachers)
-    counts = write_manifest(a.data, out, clips, a.seed, teachers, a.penultimate)
-    print(f"wrote {out / 'manifest.csv'}: {counts['4q']} 4Q clips, {counts['debian']} Debian windows"
+                                   (out / "debian-clips.txt", out / "debian")], tuple(t for t in TEACHERS if t in chosen | features))
+    counts = write_manifest(a.data, out, clips, a.seed, teachers, penultimate)
+    print(f"wrote {out / 'manifest.csv'}" + (" and manifest-distill.csv" if penultimate else "")
+          + f": {counts['4q']} 4Q clips, {counts['debian']} Debian windows"
           + (f", {counts['missing']} left out (no teacher labels)" if counts["missing"] else ""))
     return 0
 

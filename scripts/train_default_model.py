@@ -10,7 +10,12 @@ of a teacher (musicnn's MTT model) as soft labels on those clips and on
 windows of the Debian game soundtracks, as ``scripts/build_teacher_data.py``
 writes them (``DATA/teacher/manifest.csv``). ``--labels human`` trains
 ``tagstack-real-4q.safetensors`` on the 4Q clips and their human labels alone
-(``DATA/4q/manifest.csv``), as the first real model did.
+(``DATA/4q/manifest.csv``), as the first real model did. ``--distill`` trains
+the five CNNs on ``DATA/teacher/manifest-distill.csv`` instead (the same
+clips and tags plus a teacher's penultimate-layer features as soft labels,
+``scripts/build_teacher_data.py --penultimate``), and then the global MLP
+on ``manifest.csv``'s tags alone, with those CNNs (``local_from``): the
+features shape the embedding but never become tags.
 ``corpus`` (``tagstack-corpus.safetensors``) trains on the score-rendered
 default corpus. Both use the paper's five CNNs, all layers and the global
 MLP, through the same orchestrator as ``tagstack run``; the weights are
@@ -27,7 +32,8 @@ from tagstack.config import global_schedule, local_schedule, tagstack_home
 from tagstack.experiments.config import ExperimentConfig
 from tagstack.experiments.run import Experiment, test_summary
 from tagstack.fileio import atomic_write_text
-from tagstack.models.file import save_model
+from tagstack.models.file import load_model, save_model
+from tagstack.models.tagger import TaggingModel
 from tagstack.report import model_card
 
 PRETRAINED = Path(__file__).resolve().parents[1] / "src" / "tagstack" / "pretrained"
@@ -64,6 +70,25 @@ DATA = {
 }
 
 
+DISTILL = (
+    " Distillation: the five CNNs were trained on these tags plus the 200 penultimate-layer features of musicnn's {teacher} "
+    "model on every clip, each feature replaced by its quantile over the clips, as soft labels, so that the CNNs order clips "
+    "as the teacher's embedding does; the global MLP was then trained on the tags alone, on those CNNs' features (the "
+    "feature labels are not outputs of this model)."
+)
+
+
+def distilled_cnns(cfg: ExperimentConfig, manifest: Path, out: Path) -> tuple[ExperimentConfig, str]:
+    """Stage 1 on the distillation manifest (in ``out/distill``, resumable), its CNNs saved as a model file without a
+    global model; returns ``cfg`` taking its CNNs from that file, and the card's sentence naming the teacher."""
+    cnns = out / "distilled-cnns.safetensors"
+    if not cnns.is_file():
+        first = Experiment(cfg.replace(root=str(manifest)), out / "distill")
+        save_model(TaggingModel(first.local_models(), None, tags=first.data.clips.tags, frontend=cfg.frontend), cnns)
+    teachers = sorted({t.split()[0].upper() for t in load_model(cnns).tags if " penultimate " in t})
+    return cfg.replace(local_from=str(cnns)), DISTILL.format(teacher=" and ".join(teachers))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("which", choices=sorted(DATA), help="the real-music default model, or the corpus model")
@@ -73,6 +98,9 @@ def main() -> None:
     p.add_argument("--lr-stages", type=int, default=2, help="learning rates of the local CNNs (default: 2)")
     p.add_argument("--labels", choices=("teacher", "human"), default="teacher",
                    help="real: 4Q's human labels plus the teacher's on 4Q and Debian clips (default), or 4Q's human labels alone")
+    p.add_argument("--distill", action="store_true",
+                   help="real: train the CNNs on DATA/teacher/manifest-distill.csv (tags plus a teacher's embedding as soft "
+                        "labels) and the global model on the tags alone")
     p.add_argument("--dest", type=Path, default=PRETRAINED, help=f"folder for the model and its card (default: {PRETRAINED})")
     p.add_argument("--device", default="auto", help="torch device (default: auto)")
     a = p.parse_args()
@@ -85,6 +113,9 @@ def main() -> None:
         if not manifest.is_file():
             p.error(f"{manifest} not found: run scripts/build_real_data.py" + (" and scripts/build_teacher_data.py" if a.labels == "teacher" else ""))
         dataset, root, name = "manifest", str(manifest), "tagstack-real" if a.labels == "teacher" else "tagstack-real-4q"
+        distill = manifest.with_name("manifest-distill.csv")
+        if a.distill and (a.labels != "teacher" or not distill.is_file()):
+            p.error("--distill needs --labels teacher and DATA/teacher/manifest-distill.csv (scripts/build_teacher_data.py --penultimate)")
     else:
         from tagstack.datasets.corpus import build_corpus
 
@@ -95,13 +126,16 @@ def main() -> None:
     cfg = ExperimentConfig(dataset=dataset, root=root, device=a.device,
                            local=local_schedule(max_epochs=a.local_epochs, lr_stages=a.lr_stages, patience=3),
                            global_=global_schedule(lr_stages=3, patience=6))
+    data_text = TEACHER_DATA if a.which == "real" and a.labels == "teacher" else DATA[a.which]
+    if a.distill:
+        cfg, sentence = distilled_cnns(cfg, distill, out)
+        data_text += sentence
     exp = Experiment(cfg, out)
     model = exp.train_head()
     metrics = exp.metrics(model, exp.test_probs(model))
-    data_text = TEACHER_DATA if a.which == "real" and a.labels == "teacher" else DATA[a.which]
     command = f"python scripts/train_default_model.py {a.which}" + (" --data DATA" if a.which == "real" else "") + \
         (" --labels human" if a.which == "real" and a.labels == "human" else "") + \
-        (f" --local-epochs {a.local_epochs}" if a.local_epochs != 12 else "") + (f" --lr-stages {a.lr_stages}" if a.lr_stages != 2 else "")
+        (f" --local-epochs {a.local_epochs}" if a.local_epochs != 12 else "") + (f" --lr-stages {a.lr_stages}" if a.lr_stages != 2 else "") + (" --distill" if a.distill else "")
     model.info.update({"name": name, "data": data_text, "command": command, "test": test_summary(metrics["tags"], metrics["global"])})
     a.dest.mkdir(parents=True, exist_ok=True)
     save_model(model, a.dest / f"{name}.safetensors", half=True)

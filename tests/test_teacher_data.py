@@ -106,8 +106,10 @@ def test_penultimate_features_become_quantile_soft_labels(tmp_path):
     for stem, names in (("4q", ["x.wav", "y.wav"]), ("debian", [c for c, _ in clips])):
         np.savez(out / f"{stem}.npz", paths=np.array(names), failed=np.zeros((0, 2), dtype=str), mtt_tags=np.array(["rock"]),
                  mtt_probs=np.full((len(names), 1), 0.5, np.float32), mtt_penultimate=np.array([feats[n] for n in names], np.float32))
-    build.write_manifest(data, out, clips, seed=0, teachers=("MTT_musicnn",), penultimate=True)
-    m = read_manifest(out / "manifest.csv")
+    build.write_manifest(data, out, clips, seed=0, teachers=("MTT_musicnn",), penultimate=("MTT_musicnn",))
+    tags_only = read_manifest(out / "manifest.csv")
+    assert not [t for t in tags_only.tags if "penultimate" in t]  # the tags alone stay apart
+    m = read_manifest(out / "manifest-distill.csv")
     col = {t: j for j, t in enumerate(m.tags)}
     row = dict(zip(m.paths, m.labels))
     f0 = [row[p][col["mtt penultimate 000"]] for p in ("../4q/x.wav", "../4q/y.wav", *[c for c, _ in clips])]
@@ -116,5 +118,14 @@ def test_penultimate_features_become_quantile_soft_labels(tmp_path):
     np.testing.assert_allclose(f1, [0.25, 0.25])  # a tie shares its mid-rank
     assert row["../4q/x.wav"][col["rock"]] == np.float32(0.5) and row["../4q/x.wav"][col["happy"]] == 1  # tags unchanged
     assert m.groups["mtt penultimate 000"] == "teacher features (quantiles)"
+    assert dict(zip(m.paths, m.splits)) == dict(zip(tags_only.paths, tags_only.splits))
+    # another teacher's features beside the MTT teacher's tags: its features come, its tags do not
+    for stem, names in (("4q", ["x.wav", "y.wav"]), ("debian", [c for c, _ in clips])):
+        np.savez(out / f"{stem}-msd.npz", paths=np.array(names), failed=np.zeros((0, 2), dtype=str), msd_tags=np.array(["pop"]),
+                 msd_probs=np.full((len(names), 1), 0.9, np.float32), msd_penultimate=np.array([feats[n] for n in names], np.float32))
+    build.write_manifest(data, out, clips, seed=0, teachers=("MTT_musicnn",), penultimate=("MSD_musicnn",))
+    m = read_manifest(out / "manifest-distill.csv")
+    assert "msd penultimate 001" in m.tags and "mtt penultimate 000" not in m.tags and "pop" not in m.tags
+    (out / "manifest-distill.csv").unlink()
     build.write_manifest(data, out, clips, seed=0, teachers=("MTT_musicnn",))
-    assert not [t for t in read_manifest(out / "manifest.csv").tags if "penultimate" in t]  # only when asked
+    assert not (out / "manifest-distill.csv").exists()  # only when asked
