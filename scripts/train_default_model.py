@@ -98,6 +98,8 @@ def main() -> None:
     p.add_argument("--lr-stages", type=int, default=2, help="learning rates of the local CNNs (default: 2)")
     p.add_argument("--labels", choices=("teacher", "human"), default="teacher",
                    help="real: 4Q's human labels plus the teacher's on 4Q and Debian clips (default), or 4Q's human labels alone")
+    p.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
+                   help="mix the CNNs' training segments in pairs, weights ~ Beta(ALPHA, ALPHA) (default: 0, never)")
     p.add_argument("--distill", action="store_true",
                    help="real: train the CNNs on DATA/teacher/manifest-distill.csv (tags plus a teacher's embedding as soft "
                         "labels) and the global model on the tags alone")
@@ -124,7 +126,7 @@ def main() -> None:
             build_corpus(corpus, size="default")
         dataset, root, name = "corpus", str(corpus), "tagstack-corpus"
     cfg = ExperimentConfig(dataset=dataset, root=root, device=a.device,
-                           local=local_schedule(max_epochs=a.local_epochs, lr_stages=a.lr_stages, patience=3),
+                           local=local_schedule(max_epochs=a.local_epochs, lr_stages=a.lr_stages, patience=3, mixup=a.mixup),
                            global_=global_schedule(lr_stages=3, patience=6))
     data_text = TEACHER_DATA if a.which == "real" and a.labels == "teacher" else DATA[a.which]
     if a.distill:
@@ -135,7 +137,7 @@ def main() -> None:
     metrics = exp.metrics(model, exp.test_probs(model))
     command = f"python scripts/train_default_model.py {a.which}" + (" --data DATA" if a.which == "real" else "") + \
         (" --labels human" if a.which == "real" and a.labels == "human" else "") + \
-        (f" --local-epochs {a.local_epochs}" if a.local_epochs != 12 else "") + (f" --lr-stages {a.lr_stages}" if a.lr_stages != 2 else "") + (" --distill" if a.distill else "")
+        (f" --local-epochs {a.local_epochs}" if a.local_epochs != 12 else "") + (f" --lr-stages {a.lr_stages}" if a.lr_stages != 2 else "") + (f" --mixup {a.mixup:g}" if a.mixup else "") + (" --distill" if a.distill else "")
     model.info.update({"name": name, "data": data_text, "command": command, "test": test_summary(metrics["tags"], metrics["global"])})
     a.dest.mkdir(parents=True, exist_ok=True)
     save_model(model, a.dest / f"{name}.safetensors", half=True)

@@ -1,4 +1,4 @@
-"""The one training loop's options beyond the authors' schedule: linear warm-up and gradient clipping."""
+"""The one training loop's options beyond the authors' schedule: linear warm-up, gradient clipping, mixup."""
 import torch
 from torch import nn
 
@@ -37,6 +37,53 @@ def test_warm_up_and_clipping_are_validated():
         TrainConfig(clip_norm=-0.5)
     with pytest.raises(ParameterError, match="momentum"):
         TrainConfig(momentum=0.0)
+    with pytest.raises(ParameterError, match="mixup"):
+        TrainConfig(mixup=-1.0)
+
+
+def test_mixup_mixes_segments_and_labels_alike_and_keeps_unknowns_unknown():
+    """Stage-1 mixup: every segment is w * itself + (1 - w) * another segment of its batch, and its labels the same
+    mix of both clips' labels; the same epoch gives the same batches (resume); 0 leaves segments as they are."""
+    import numpy as np
+    from tagstack.train.stages import segment_batches
+
+    rng = np.random.default_rng(0)
+    n, size = 12, 5
+    mels = rng.normal(size=(n, size, 3)).astype(np.float32)  # one segment per clip
+    labels = np.zeros((n, n + 1), np.float32)
+    labels[:, :n] = np.eye(n)  # clip i alone has tag i: a mix can be read off its labels
+    labels[0, n] = np.nan  # clip 0 was never annotated for the last tag
+    rows = np.arange(n)
+    plain, nb = segment_batches(mels, labels, rows, size=size, batch_size=6, seed=4)
+    mixed, _ = segment_batches(mels, labels, rows, size=size, batch_size=6, seed=4, mixup=0.4)
+    assert [x.tolist() for x, _ in mixed(2)] == [x.tolist() for x, _ in mixed(2)]
+    changed = 0
+    for (x0, y0), (x, y) in zip(plain(2), mixed(2)):
+        for i in range(len(x)):
+            me = int(np.argmax(y0[i, :n].numpy()))  # the clip at this position, unmixed
+            np.testing.assert_array_equal(x0[i].numpy(), mels[me])
+            weights = y[i, :n].numpy()
+            others = [j for j in range(n) if j != me and weights[j] > 0]
+            if not others:  # mixed with itself, or a weight of 1
+                np.testing.assert_allclose(x[i].numpy(), mels[me], rtol=1e-5, atol=1e-6)
+                continue
+            changed += 1
+            (j,) = others
+            w = weights[me]
+            np.testing.assert_allclose(w + weights[j], 1.0, rtol=1e-5)
+            np.testing.assert_allclose(x[i].numpy(), w * mels[me] + (1 - w) * mels[j], rtol=1e-4, atol=1e-5)
+            assert np.isnan(y[i, n].item()) == (0 in (me, j))  # unknown in either clip: unknown in the mix
+    assert changed >= nb * 6 // 2
+
+
+def test_mixup_is_for_the_local_cnns_only():
+    import pytest
+    from tagstack.config import global_schedule
+    from tagstack.errors import ParameterError
+    from tagstack.experiments.config import ExperimentConfig
+
+    with pytest.raises(ParameterError, match="stage 1"):
+        ExperimentConfig(global_=global_schedule(mixup=0.4))
 
 
 def test_masked_bce_ignores_unknown_labels_and_equals_bce_without_them():

@@ -90,6 +90,7 @@ class TrainConfig:
     seed: int = 0
     warmup_epochs: int = 0  # the first rate is reached linearly over this many epochs (0: at once, as the authors)
     clip_norm: float = 0.0  # gradients rescaled to at most this L2 norm (0: never, as the authors)
+    mixup: float = 0.0  # stage 1: segments and labels mixed in pairs, weight ~ Beta(mixup, mixup) (0: never, as the authors)
 
     def __post_init__(self) -> None:
         if self.monitor not in ("loss", "roc_auc"):
@@ -98,8 +99,9 @@ class TrainConfig:
             raise ParameterError(f"need lr > 0 and 0 < lr_decay < 1, got lr={self.lr}, lr_decay={self.lr_decay}")
         if not 0 < self.momentum < 1:  # Nesterov momentum needs one
             raise ParameterError(f"momentum must be in (0, 1) for SGD with Nesterov momentum, got {self.momentum}")
-        if self.warmup_epochs < 0 or self.clip_norm < 0:
-            raise ParameterError(f"need warmup_epochs >= 0 and clip_norm >= 0, got {self.warmup_epochs}, {self.clip_norm}")
+        if self.warmup_epochs < 0 or self.clip_norm < 0 or self.mixup < 0:
+            raise ParameterError(f"need warmup_epochs >= 0, clip_norm >= 0 and mixup >= 0, got {self.warmup_epochs}, "
+                                 f"{self.clip_norm}, {self.mixup}")
         for name in ("lr_stages", "patience", "max_epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ParameterError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")

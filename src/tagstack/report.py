@@ -276,7 +276,8 @@ def model_card(name: str, data: str, command: str, config, metrics: dict, transf
         f"Files skipped when building the mel cache: {len(metrics['skipped_files'])}.", "",
         "## Training", "", f"    {command}", "",
         f"Local CNNs: at most {loc.max_epochs} epochs, learning rate {loc.lr:g} multiplied by {loc.lr_decay:g} "
-        f"{loc.lr_stages - 1} time(s) after {loc.patience} epochs without improvement, batches of {loc.batch_size} segments. "
+        f"{loc.lr_stages - 1} time(s) after {loc.patience} epochs without improvement, batches of {loc.batch_size} segments"
+        + (f", mixed in pairs (mixup, weights ~ Beta({loc.mixup:g}, {loc.mixup:g}))" if loc.mixup else "") + ". "
         f"Global MLP: at most {glo.max_epochs} epochs, {glo.lr_stages} learning rates from {glo.lr:g}, patience {glo.patience}, "
         f"batches of {glo.batch_size} clips, monitoring validation ROC-AUC.", "",
         "## Test scores", "",

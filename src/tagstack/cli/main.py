@@ -66,6 +66,9 @@ def _add_experiment(p: argparse.ArgumentParser) -> None:
     t.add_argument("--lr-stages", type=int, default=d.lr_stages, help=f"learning rates tried ({d.lr:g}, then x{d.lr_decay:g} each; default: {d.lr_stages})")
     t.add_argument("--patience", type=int, default=d.patience, help=f"epochs without improvement before the rate drops (default: {d.patience})")
     t.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default: {d.seed})")
+    t.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
+                   help="mix the local CNNs' training segments and labels in pairs, weights ~ Beta(ALPHA, ALPHA) "
+                        "(default: 0, never, as the authors)")
     t.add_argument("--clip-norm", type=float, default=0.0,
                    help="clip the global classifier's gradients to this L2 norm (default: 0, never, as the authors)")
     t.add_argument("--warmup-epochs", type=int, default=0,
@@ -85,7 +88,7 @@ def config_from_args(a: argparse.Namespace) -> ExperimentConfig:
                      joint=None if a.no_joint else joint_schedule(max_epochs=a.joint_epochs, seed=a.seed))
     return ExperimentConfig(
         dataset=a.dataset, root=a.root, split=a.split, split_dir=a.split_dir, merge_synonyms=a.merge_synonyms, scales=a.scales,
-        layers=a.layers, global_hidden=a.hidden, local=local_schedule(max_epochs=a.local_epochs, **sched),
+        layers=a.layers, global_hidden=a.hidden, local=local_schedule(max_epochs=a.local_epochs, mixup=a.mixup, **sched),
         global_=global_schedule(max_epochs=a.global_epochs, clip_norm=a.clip_norm, warmup_epochs=a.warmup_epochs, **sched), cache_dir=a.cache_dir, workers=a.workers, device=a.device,
         engine=a.engine, ray_address=a.ray_address, **extra,
     )

@@ -83,6 +83,8 @@ class ExperimentConfig:
             raise ParameterError("seeds must name at least one seed")
         if self.global_hidden < 1 or self.workers < 0 or self.n_boot < 0:
             raise ParameterError(f"need global_hidden >= 1, workers >= 0, n_boot >= 0; got {self.global_hidden}, {self.workers}, {self.n_boot}")
+        if self.global_.mixup or (self.joint is not None and self.joint.mixup):
+            raise ParameterError("mixup mixes the local CNNs' training segments: set it for stage 1 ([local]) only")
         if self.local_from and not Path(self.local_from).is_file():
             raise ParameterError(f"local_from: {self.local_from}: model file not found")
         choose_device(self.device)

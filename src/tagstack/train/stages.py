@@ -62,11 +62,17 @@ def input_statistics(mels: np.ndarray, rows: np.ndarray, *, chunk: int = 256) ->
     return float(mean), float(np.sqrt(max(ss / n - mean * mean, 1e-12)))
 
 
-def segment_batches(mels: np.ndarray, labels: np.ndarray, rows: np.ndarray, *, size: int, batch_size: int, seed: int) -> tuple[Batches, int]:
+def segment_batches(mels: np.ndarray, labels: np.ndarray, rows: np.ndarray, *, size: int, batch_size: int, seed: int,
+                    mixup: float = 0.0) -> tuple[Batches, int]:
     """Shuffled segments across clips, each with its clip's labels (``labels`` row-aligned with ``rows``).
 
     Returns ``(batches(epoch), n_batches)``; segments are read straight from
-    ``mels`` (a memmap is fine), one batch at a time.
+    ``mels`` (a memmap is fine), one batch at a time. With ``mixup`` > 0 each
+    segment is mixed with another of its batch, frames and labels alike, with a
+    weight drawn from Beta(mixup, mixup) (Zhang et al. 2018, as PANNs train on
+    AudioSet): a regulariser for small training sets, not in the paper. A label
+    unknown (NaN) in either segment stays unknown. The same epoch gives the
+    same segments and weights, so a resumed run trains on the same batches.
     """
     per_clip = mels.shape[1] // size
     which = np.repeat(np.arange(len(rows)), per_clip)
@@ -82,7 +88,14 @@ def segment_batches(mels: np.ndarray, labels: np.ndarray, rows: np.ndarray, *, s
                 continue
             k, s = which[sel], seg_of[sel]
             x = np.asarray(mels[rows[k][:, None], s[:, None] * size + offsets[None, :]], dtype=np.float32)
-            yield torch.from_numpy(x), torch.from_numpy(labels[k])
+            y = np.asarray(labels[k], dtype=np.float32)
+            if mixup > 0:
+                mix = np.random.default_rng([seed, epoch, b])
+                lam = mix.beta(mixup, mixup, size=len(sel)).astype(np.float32)
+                other = mix.permutation(len(sel))
+                x = lam[:, None, None] * x + (1 - lam[:, None, None]) * x[other]
+                y = lam[:, None] * y + (1 - lam[:, None]) * y[other]
+            yield torch.from_numpy(x), torch.from_numpy(y)
 
     return batches, n_batches
 
@@ -136,7 +149,8 @@ def train_local(model: LocalCNN, mels: np.ndarray, *, train_rows: np.ndarray, va
     ``*_rows`` index ``mels`` (the mel cache); ``*_labels`` are aligned with them.
     """
     model.set_normalisation(*input_statistics(mels, train_rows))  # a resumed run recomputes the same values
-    batches, n = segment_batches(mels, train_labels, train_rows, size=model.arch.n_frames, batch_size=config.batch_size, seed=config.seed)
+    batches, n = segment_batches(mels, train_labels, train_rows, size=model.arch.n_frames, batch_size=config.batch_size,
+                                 seed=config.seed, mixup=config.mixup)
 
     def validate(m: nn.Module) -> dict:
         return validation_metrics(local_clip_probs(m, mels, valid_rows, device=device), valid_labels, "multilabel")
