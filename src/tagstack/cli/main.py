@@ -388,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="score a model on a split of your labelled dataset (tags matched by name)",
                         description="Tag every clip of one split of a labelled dataset with a model, as `tagstack tag` does, and "
-                                    "report macro ROC-AUC (95%% bootstrap interval) and PR-AUC over the tags the model and the "
+                                    "report macro ROC-AUC (95% bootstrap interval) and PR-AUC over the tags the model and the "
                                     "dataset share by name (case, spaces and punctuation ignored), so shipped and trained models compare on the same clips and tags.")
     ev.add_argument("--model", type=Path, help="model file, or a shipped model: real (default), real-4q or corpus")
     ev.add_argument("--dataset", required=True, help="dataset adapter (see `tagstack datasets`), e.g. manifest, mtat, jamendo")
