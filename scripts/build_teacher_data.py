@@ -1,6 +1,6 @@
 """Add a teacher's tags (musicnn's MTT model; optionally also its MSD model) to the real recordings, for training on more real music than has human labels.
 
-    python scripts/build_teacher_data.py --data DATA --teacher-python /work/venv-musicnn/bin/python
+    python scripts/build_teacher_data.py --data DATA --teacher-python /work/venv-musicnn/bin/python --penultimate MTT_musicnn
 
 ``DATA`` is the folder ``scripts/build_real_data.py`` wrote. Real labelled
 music is scarce here (629 training clips of 4Q), while the Debian game
@@ -231,6 +231,9 @@ def write_manifest(data: Path, out: Path, clips: list[tuple[str, str]], seed: in
     for t in (t for t in TEACHERS if t in penultimate):
         key = f"{TEACHERS[t][0]}_penultimate"
         rows = {**per_file(teacher_npz(out / "4q", t), data / "4q", key), **per_file(teacher_npz(out / "debian", t), out, key)}
+        lacking = [f for f in feats if f not in rows]
+        if lacking:
+            raise SystemExit(f"{t} has no penultimate features for {len(lacking)} clips (first: {lacking[0]}); rerun it")
         q = quantile_labels(np.stack([rows[f] for f in feats]))
         names = [f"{TEACHERS[t][0]} penultimate {j:03d}" for j in range(q.shape[1])]
         feature_tags += names
@@ -238,6 +241,8 @@ def write_manifest(data: Path, out: Path, clips: list[tuple[str, str]], seed: in
             line[1] += TAG_SEPARATOR + TAG_SEPARATOR.join(f"{n}={v:.3f}" for n, v in zip(names, row))
     if penultimate:
         write("manifest-distill.csv", distill)
+    else:  # never leave one that no longer matches manifest.csv's clips and splits
+        (out / "manifest-distill.csv").unlink(missing_ok=True)
     buf = io.StringIO()
     groups = csv.writer(buf, lineterminator="\n")
     groups.writerows([["tag", "group"], *sorted(fourq.groups.items()),
@@ -263,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--penultimate", default="", metavar="LIST",
                    help="also write manifest-distill.csv: the tags plus these musicnn models' 200 penultimate-layer "
                         "features per clip, each as its quantile over the clips, as soft labels (for "
-                        "scripts/train_default_model.py real --distill; default: none)")
+                        "scripts/train_default_model.py real --distill; the shipped model: MTT_musicnn; default: none)")
     p.add_argument("--seed", type=int, default=0, help="seed of the Debian track split (default 0)")
     a = p.parse_args(argv)
     if a.window_step < 1:

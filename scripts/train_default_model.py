@@ -81,6 +81,13 @@ DISTILL = (
 def distilled_cnns(cfg: ExperimentConfig, manifest: Path, out: Path) -> tuple[ExperimentConfig, str]:
     """Stage 1 on the distillation manifest (in ``out/distill``, resumable), its CNNs saved as a model file without a
     global model; returns ``cfg`` taking its CNNs from that file, and the card's sentence naming the teacher."""
+    from tagstack.datasets.manifest import read_manifest
+
+    tags_only, distill = read_manifest(cfg.root), read_manifest(manifest)
+    if dict(zip(tags_only.paths, tags_only.splits)) != dict(zip(distill.paths, distill.splits)):
+        raise SystemExit(f"{manifest} and {cfg.root} list different clips or splits: rerun scripts/build_teacher_data.py --penultimate ...")
+    if not any(" penultimate " in t for t in distill.tags):
+        raise SystemExit(f"{manifest} has no teacher features (tags named '... penultimate NNN')")
     cnns = out / "distilled-cnns.safetensors"
     if not cnns.is_file():
         first = Experiment(cfg.replace(root=str(manifest)), out / "distill")
@@ -93,7 +100,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("which", choices=sorted(DATA), help="the real-music default model, or the corpus model")
     p.add_argument("--data", type=Path, help="real: the folder scripts/build_real_data.py wrote (holding 4q/manifest.csv)")
-    p.add_argument("--out", type=Path, help="run directory (default: runs/real-model, runs/real-4q-model or runs/corpus-model)")
+    p.add_argument("--out", type=Path, help="run directory (default: runs/real-model, runs/real-distill-model with --distill, runs/real-4q-model or runs/corpus-model)")
     p.add_argument("--local-epochs", type=int, default=12, help="maximum epochs per local CNN (default: 12)")
     p.add_argument("--lr-stages", type=int, default=2, help="learning rates of the local CNNs (default: 2)")
     p.add_argument("--labels", choices=("teacher", "human"), default="teacher",
@@ -107,7 +114,11 @@ def main() -> None:
     p.add_argument("--device", default="auto", help="torch device (default: auto)")
     a = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    out = a.out or Path("runs") / ("real-4q-model" if a.which == "real" and a.labels == "human" else f"{a.which}-model")
+    if a.distill and a.which != "real":
+        p.error("--distill is for the real model")
+    # each recipe its own run folder: a run folder resumes, and must not mix stages of two recipes
+    out = a.out or Path("runs") / ("real-4q-model" if a.which == "real" and a.labels == "human" else
+                                   "real-distill-model" if a.distill else f"{a.which}-model")
     if a.which == "real":
         if a.data is None:
             p.error("real needs --data (the folder scripts/build_real_data.py wrote)")
@@ -115,8 +126,8 @@ def main() -> None:
         if not manifest.is_file():
             p.error(f"{manifest} not found: run scripts/build_real_data.py" + (" and scripts/build_teacher_data.py" if a.labels == "teacher" else ""))
         dataset, root, name = "manifest", str(manifest), "tagstack-real" if a.labels == "teacher" else "tagstack-real-4q"
-        distill = manifest.with_name("manifest-distill.csv")
-        if a.distill and (a.labels != "teacher" or not distill.is_file()):
+        distill_manifest = manifest.with_name("manifest-distill.csv")
+        if a.distill and (a.labels != "teacher" or not distill_manifest.is_file()):
             p.error("--distill needs --labels teacher and DATA/teacher/manifest-distill.csv (scripts/build_teacher_data.py --penultimate)")
     else:
         from tagstack.datasets.corpus import build_corpus
@@ -130,7 +141,7 @@ def main() -> None:
                            global_=global_schedule(lr_stages=3, patience=6))
     data_text = TEACHER_DATA if a.which == "real" and a.labels == "teacher" else DATA[a.which]
     if a.distill:
-        cfg, sentence = distilled_cnns(cfg, distill, out)
+        cfg, sentence = distilled_cnns(cfg, distill_manifest, out)
         data_text += sentence
     exp = Experiment(cfg, out)
     model = exp.train_head()

@@ -37,8 +37,9 @@ def test_warm_up_and_clipping_are_validated():
         TrainConfig(clip_norm=-0.5)
     with pytest.raises(ParameterError, match="momentum"):
         TrainConfig(momentum=0.0)
-    with pytest.raises(ParameterError, match="mixup"):
-        TrainConfig(mixup=-1.0)
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ParameterError, match="mixup"):
+            TrainConfig(mixup=bad)
 
 
 def test_mixup_mixes_segments_and_labels_alike_and_keeps_unknowns_unknown():

@@ -82,6 +82,12 @@ def test_transfer_from_cnns_of_another_vocabulary(tmp_path, synth_dir):
     report = (tmp_path / "run" / "report.md").read_text()
     assert "| global, multi-level multi-scale |" in report and "local, 27 frames" not in report
 
+    # the same tag names as this dataset on the model file, but CNNs that output more (as --distill's do)
+    wider = tmp_path / "wider.safetensors"
+    save_model(TaggingModel({s: build_local_cnn(s, n_tags=7) for s in (18, 27, 54)}, None, tags=exp.data.clips.tags,
+                            frontend=TEST_FRONTEND), wider)
+    assert not Experiment(cfg.replace(local_from=str(wider)), tmp_path / "wider").local_scored
+
     res = reproduce(cfg.replace(seeds=(0,), joint=None), tmp_path / "rep")
     assert res["local"] == {} and res["local_from"] == str(cnns)
     fig2 = (tmp_path / "rep" / "tables" / "fig2_local_vs_global.md").read_text()

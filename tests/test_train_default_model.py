@@ -43,11 +43,20 @@ def test_distilled_cnns_then_a_global_model_on_the_tags_alone(tmp_path, synth_di
     assert train.distilled_cnns(cfg, data / "manifest-distill.csv", out)[0] == second  # resumed, not retrained
     assert Path(second.local_from).stat().st_mtime_ns == stamp
 
+    rows[0]["split"] = "test" if rows[0]["split"] != "test" else "train"  # a distillation manifest of other splits
+    with open(data / "manifest-distill.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    with pytest.raises(SystemExit, match="different clips or splits"):
+        train.distilled_cnns(cfg, data / "manifest-distill.csv", tmp_path / "other")
+
     exp = Experiment(second, out)
     exp.run()
     model = load_model(out / "model.safetensors")
     assert model.tags == exp.data.clips.tags and not [t for t in model.tags if "penultimate" in t]
     assert model.local_models[27].arch.n_tags == len(model.tags) + 2  # the CNNs learned the features too
+    assert not exp.local_scored  # their outputs are not these tags, so they are not scored on them
     for s in (18, 27):
         mine, theirs = model.local_models[s].state_dict(), cnns.local_models[s].state_dict()
         assert mine.keys() == theirs.keys() and all((mine[k] == theirs[k]).all() for k in mine)

@@ -99,7 +99,7 @@ class TrainConfig:
             raise ParameterError(f"need lr > 0 and 0 < lr_decay < 1, got lr={self.lr}, lr_decay={self.lr_decay}")
         if not 0 < self.momentum < 1:  # Nesterov momentum needs one
             raise ParameterError(f"momentum must be in (0, 1) for SGD with Nesterov momentum, got {self.momentum}")
-        if self.warmup_epochs < 0 or self.clip_norm < 0 or self.mixup < 0:
+        if self.warmup_epochs < 0 or self.clip_norm < 0 or not 0 <= self.mixup < float("inf"):
             raise ParameterError(f"need warmup_epochs >= 0, clip_norm >= 0 and mixup >= 0, got {self.warmup_epochs}, "
                                  f"{self.clip_norm}, {self.mixup}")
         for name in ("lr_stages", "patience", "max_epochs", "batch_size"):

@@ -153,8 +153,9 @@ class Experiment:
     def local_scored(self) -> bool:
         """Whether the local CNNs output this dataset's tags, so that they can be scored on it (not so when they
         come from ``local_from`` with another vocabulary, as in the paper's transfer learning)."""
-        self.local_models()
-        return self._local_tags == list(self.data.clips.tags)
+        tags = list(self.data.clips.tags)
+        # a model file's tags are its global model's; its CNNs may have been trained on more (--distill's features)
+        return self._local_tags == tags and all(m.arch.n_tags == len(tags) for m in self.local_models().values())
 
     # ------------------------------------------------------------ stage 2
     def features(self) -> dict:
@@ -288,15 +289,15 @@ def _extract_shared(model: TaggingModel, mels: np.ndarray, rows: np.ndarray, dev
     share = -(-len(rows) // world)
     feats, probs = _extract(model, mels, rows[rank * share : (rank + 1) * share], device)
     scales = sorted(probs)
-    n = model.local_models[scales[0]].arch.n_tags  # every local CNN of one model has the same outputs
-    mine = np.zeros((share, feats.shape[1] + len(scales) * n), np.float32)
+    widths = [feats.shape[1]] + [probs[s].shape[1] for s in scales]  # features, then each CNN's own outputs
+    edges = np.cumsum([0] + widths)
+    mine = np.zeros((share, edges[-1]), np.float32)
     mine[: len(feats)] = np.concatenate([feats] + [probs[s] for s in scales], axis=1)
     on = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
     parts = [torch.empty(mine.shape, dtype=torch.float32, device=on) for _ in range(world)]
     dist.all_gather(parts, torch.from_numpy(mine).to(on))
     whole = torch.cat(parts).cpu().numpy()[: len(rows)]
-    width = feats.shape[1]
-    return whole[:, :width].copy(), {s: whole[:, width + i * n : width + (i + 1) * n].copy() for i, s in enumerate(scales)}
+    return whole[:, : edges[1]].copy(), {s: whole[:, edges[i + 1] : edges[i + 2]].copy() for i, s in enumerate(scales)}
 
 
 def group_metrics(clips: ClipSet, per_tag: list[float]) -> dict[str, float]:
