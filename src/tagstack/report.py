@@ -284,6 +284,8 @@ def model_card(name: str, data: str, command: str, config, metrics: dict, transf
         f"Macro ROC-AUC {g['roc_auc']:.4f} (95% bootstrap CI {g['roc_auc_ci95'][0]:.4f}-{g['roc_auc_ci95'][1]:.4f}), "
         f"macro PR-AUC {g['pr_auc']:.4f}, over the {g['n_tags_evaluated']} tags with positives and negatives in the test split"
         + (" (soft labels count as positive from 0.5; a tag's unknown labels are left out of its scores)." if "real" in name else "."), "",
+        *([] if metrics["local"] else ["The local CNNs' own outputs are not this model's tags (they were trained on other "
+                                       "labels as well, or on another dataset), so only the global model is scored.", ""]),
         "| model | ROC-AUC | PR-AUC |", "|---|---|---|",
         *[f"| local {s} frames | {m['roc_auc']:.4f} | {m['pr_auc']:.4f} |" for s, m in metrics["local"].items()],
         f"| global | {g['roc_auc']:.4f} | {g['pr_auc']:.4f} |", "",
