@@ -181,7 +181,6 @@ def write_manifest(data: Path, out: Path, clips: list[tuple[str, str]], seed: in
                    teachers: tuple[str, ...] = DEFAULT_TEACHERS, penultimate: tuple[str, ...] = ()) -> dict:
     """Step 3: the combined manifest (and, with ``penultimate`` teachers, the distillation manifest); returns counts."""
     from tagstack.datasets.manifest import TAG_SEPARATOR, read_manifest
-    from tagstack.fileio import atomic_write_text
 
     teachers = tuple(t for t in TEACHERS if t in teachers)  # one order (and tag order) whatever order they come in
     fourq = read_manifest(data / "4q" / "manifest.csv")
@@ -220,12 +219,8 @@ def write_manifest(data: Path, out: Path, clips: list[tuple[str, str]], seed: in
         lines.append([rel, TAG_SEPARATOR.join(soft(p, set())), splits[track], unknown])
         feats.append(str((out / rel).resolve()))
         counts["debian"] += 1
-    def write(name: str, rows: list[list[str]]) -> None:
-        buf = io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerows([["path", "tags", "split", "unknown"], *rows])
-        atomic_write_text(out / name, buf.getvalue())
-
-    write("manifest.csv", lines)
+    header = ["path", "tags", "split", "unknown"]
+    write_csv(out / "manifest.csv", [header, *lines])
     feature_tags: list[str] = []
     distill = [list(line) for line in lines]
     for t in (t for t in TEACHERS if t in penultimate):
@@ -240,16 +235,22 @@ def write_manifest(data: Path, out: Path, clips: list[tuple[str, str]], seed: in
         for line, row in zip(distill, q):
             line[1] += TAG_SEPARATOR + TAG_SEPARATOR.join(f"{n}={v:.3f}" for n, v in zip(names, row))
     if penultimate:
-        write("manifest-distill.csv", distill)
+        write_csv(out / "manifest-distill.csv", [header, *distill])
     else:  # never leave one that no longer matches manifest.csv's clips and splits
         (out / "manifest-distill.csv").unlink(missing_ok=True)
-    buf = io.StringIO()
-    groups = csv.writer(buf, lineterminator="\n")
-    groups.writerows([["tag", "group"], *sorted(fourq.groups.items()),
-                      *[[t, GROUP[of[t]]] for t in tags_a if t not in human],
-                      *[[t, "teacher features (quantiles)"] for t in feature_tags]])
-    atomic_write_text(out / "tag_groups.csv", buf.getvalue())
+    write_csv(out / "tag_groups.csv", [["tag", "group"], *sorted(fourq.groups.items()),
+                                       *[[t, GROUP[of[t]]] for t in tags_a if t not in human],
+                                       *[[t, "teacher features (quantiles)"] for t in feature_tags]])
     return counts
+
+
+def write_csv(path: Path, rows: list[list[str]]) -> None:
+    """``rows`` (the header first) as a CSV file, written whole or not at all."""
+    from tagstack.fileio import atomic_write_text
+
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(rows)
+    atomic_write_text(path, buf.getvalue())
 
 
 def main(argv: list[str] | None = None) -> int:

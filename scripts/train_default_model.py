@@ -32,7 +32,7 @@ from tagstack.config import global_schedule, local_schedule, tagstack_home
 from tagstack.experiments.config import ExperimentConfig
 from tagstack.experiments.run import Experiment, test_summary
 from tagstack.fileio import atomic_write_text
-from tagstack.models.file import load_model, save_model
+from tagstack.models.file import save_model
 from tagstack.models.tagger import TaggingModel
 from tagstack.report import model_card
 
@@ -92,7 +92,7 @@ def distilled_cnns(cfg: ExperimentConfig, manifest: Path, out: Path) -> tuple[Ex
     if not cnns.is_file():
         first = Experiment(cfg.replace(root=str(manifest)), out / "distill")
         save_model(TaggingModel(first.local_models(), None, tags=first.data.clips.tags, frontend=cfg.frontend), cnns)
-    teachers = sorted({t.split()[0].upper() for t in load_model(cnns).tags if " penultimate " in t})
+    teachers = sorted({t.split()[0].upper() for t in distill.tags if " penultimate " in t})
     return cfg.replace(local_from=str(cnns)), DISTILL.format(teacher=" and ".join(teachers))
 
 

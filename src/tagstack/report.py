@@ -70,16 +70,16 @@ def plot_per_tag(tags: list[str], series: dict[str, list[float]], out: Path, *, 
     save_figure(fig, out)
 
 
-def best_local_scale(metrics: dict) -> str | None:
-    """The local CNN with the best test ROC-AUC, or None when none was scored (CNNs of another vocabulary)."""
-    return max(metrics["local"], key=lambda s: metrics["local"][s]["roc_auc"]) if metrics["local"] else None
+def best_local_scale(local: dict[str, dict]) -> str | None:
+    """The scale whose local CNN has the best test ROC-AUC, or None when none was scored (CNNs of another vocabulary)."""
+    return max(local, key=lambda s: local[s]["roc_auc"]) if local else None
 
 
 def write_report(run_dir: Path, metrics: dict, clips: ClipSet) -> None:
     """``report.md`` and ``plots/*.png`` of a finished three-stage run."""
     plots = run_dir / "plots"
     plot_curves(run_dir, plots / "curves.png")
-    best_local = best_local_scale(metrics)
+    best_local = best_local_scale(metrics["local"])
     local = metrics["local"][best_local] if best_local else None  # None: local CNNs of another vocabulary (local_from)
     plot_per_tag(clips.tags, {**({f"local {best_local} frames": local["per_tag"]["roc_auc"]} if local else {}),
                               "global": metrics["global"]["per_tag"]["roc_auc"]},
@@ -223,7 +223,7 @@ def metrics_table(metrics: dict) -> str:
     lines.append(f"{'global, multi-level multi-scale':<34} {g['roc_auc']:>8.4f} {g['pr_auc']:>8.4f}")
     if "accuracy" in g:
         lines.append(f"global accuracy: {g['accuracy']:.4f}")
-    best = best_local_scale(metrics)
+    best = best_local_scale(metrics["local"])
     if g.get("groups"):
         lines += ["", f"{'tag group':<14} {'local ' + best if best else '':>10} {'global':>8}   (mean per-tag ROC-AUC)"]
         for grp, v in g["groups"].items():

@@ -30,7 +30,7 @@ import numpy as np
 from ..fileio import atomic_write_json
 from ..train.evaluation import binary_targets, bootstrap_ci, evaluate
 from .config import ExperimentConfig
-from ..report import bar_figure, per_tag_gain_figure, write_reproduction_report, write_table
+from ..report import bar_figure, best_local_scale, per_tag_gain_figure, write_reproduction_report, write_table
 from .run import Experiment
 
 #: Published results (Lee & Nam 2017, Tables I and II): ROC-AUC for MTAT/MSD, accuracy for GTZAN/Tagtraum.
@@ -179,7 +179,7 @@ def reproduce(config: ExperimentConfig, out: str | Path) -> dict:
                         **({"accuracy": m["accuracy"]} if multiclass else {})}
 
     # Table II (and I)
-    best_local = max(local, key=lambda s: local[s]["roc_auc"]) if local else None
+    best_local = best_local_scale(local)
     ml_key = "27:L123" if "27:L123" in results else str(sorted(config.scales)[0])
     rows = [*([[f"local model ({best_local} frames)", "measured", f"{local[best_local]['roc_auc']:.4f}", f"{local[best_local]['pr_auc']:.4f}"]]
               if best_local else []),
