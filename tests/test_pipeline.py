@@ -62,24 +62,98 @@ def test_a_finished_run_is_not_trained_again(run):
 
 
 @pytest.mark.slow
-def test_interrupted_training_resumes_from_the_last_epoch(tmp_path, synth_dir):
+def test_interrupted_training_resumes_from_the_last_epoch(tmp_path, synth_dir, monkeypatch):
+    from tagstack.experiments.run import Experiment
+    from tagstack.train import loop
+
+    cfg = ExperimentConfig(dataset="manifest", root=str(synth_dir), scales=(27,), frontend=TEST_FRONTEND,
+                           local=TrainConfig(max_epochs=4, batch_size=32, lr_stages=1, patience=10),
+                           cache_dir=str(tmp_path / "cache"), workers=1)
+    write = loop.atomic_write_json
+
+    def killed_after_two_epochs(path, data):
+        write(path, data)
+        if path.name == "history.json" and len(data) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "atomic_write_json", killed_after_two_epochs)
+    with pytest.raises(KeyboardInterrupt):
+        Experiment(cfg, tmp_path).local_models()
+    monkeypatch.undo()
+    hist = tmp_path / "1-local" / "27" / "history.json"
+    first = json.loads(hist.read_text())
+    assert [r["epoch"] for r in first] == [1, 2]
+    Experiment(cfg, tmp_path).local_models()
+    again = json.loads(hist.read_text())
+    assert [r["epoch"] for r in again] == [1, 2, 3, 4] and again[:2] == first
+
+
+def _copy_run(out, tmp_path):
+    import shutil
+
+    dest = tmp_path / "copy"
+    shutil.copytree(out, dest)
+    return dest
+
+
+def test_a_run_folder_refuses_other_settings_or_labels_instead_of_resuming(run, tmp_path, capsys):
+    import dataclasses
+
+    from tagstack.cli.main import main
+    from tagstack.datasets import load_dataset
+    from tagstack.errors import TagstackError
+    from tagstack.experiments.config import save_config
     from tagstack.experiments.run import Experiment
 
-    def cfg(epochs):
-        return ExperimentConfig(dataset="manifest", root=str(synth_dir), scales=(27,), frontend=TEST_FRONTEND,
-                                local=TrainConfig(max_epochs=epochs, batch_size=32, lr_stages=1, patience=10),
-                                cache_dir=str(tmp_path / "cache"), workers=1)
+    cfg, out, _ = run
+    copy = _copy_run(out, tmp_path)
+    longer = cfg.replace(local=dataclasses.replace(cfg.local, max_epochs=6))
+    with pytest.raises(TagstackError, match=r"1-local/18: trained with other settings or inputs \(schedule.max_epochs 5 -> 6\)"):
+        Experiment(longer, copy).local_models()
+    clips = load_dataset("manifest", cfg.root)
+    clips.labels[clips.indices("train")[0], 0] = 1 - clips.labels[clips.indices("train")[0], 0]
+    with pytest.raises(TagstackError, match=r"1-local/18: trained with other settings or inputs \(data\)"):
+        Experiment(cfg, copy, clips=clips).local_models()
+    # as a user meets it: one line, exit status 1, and nothing of the run changed
+    save_config(longer, tmp_path / "longer.toml")
+    before = {p: p.read_bytes() for p in (copy / "1-local" / "18" / "last.pt", copy / "config.toml")}
+    assert main(["run", "--config", str(tmp_path / "longer.toml"), "--out", str(copy)]) == 1
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error" in line]
+    assert len(errors) == 1 and "schedule.max_epochs 5 -> 6" in errors[0] and "Traceback" not in err
+    assert {p: p.read_bytes() for p in before} == before
+    # the same command as before still resumes (reuses) everything
+    assert Experiment(cfg, copy).run()["global"]["roc_auc"] == pytest.approx(run[2]["global"]["roc_auc"])
 
-    Experiment(cfg(2), tmp_path).local_models()  # "killed" after two epochs
-    hist = tmp_path / "1-local" / "27" / "history.json"
-    assert [r["epoch"] for r in json.loads(hist.read_text())] == [1, 2]
-    ckpt = torch.load(tmp_path / "1-local" / "27" / "last.pt", weights_only=True)
-    state = json.loads(ckpt["state"])
-    state["done"] = False  # as if the process had died instead of finishing
-    ckpt["state"] = json.dumps(state)
-    torch.save(ckpt, tmp_path / "1-local" / "27" / "last.pt")
-    Experiment(cfg(4), tmp_path).local_models()
-    assert [r["epoch"] for r in json.loads(hist.read_text())] == [1, 2, 3, 4]
+
+def test_a_slice_of_scales_reads_its_own_columns_of_the_stored_features(run, tmp_path):
+    from tagstack.experiments.run import Experiment
+    from tagstack.train.stages import model_clip_probs
+
+    cfg, out, _ = run
+    copy = _copy_run(out, tmp_path)
+    exp = Experiment(cfg.replace(scales=(27, 54)), copy)
+    stored = np.load(out / "2-aggregate" / "features.npy")
+    np.testing.assert_array_equal(exp.features()["features"], stored[:, 512:])  # 18 frames: the first 512 columns
+    model = exp.train_head(name="3-global-s27-54")
+    d = exp.data
+    from_audio = model_clip_probs(model, d.mels, d.rows("test"), device=torch.device("cpu"))
+    np.testing.assert_allclose(exp.test_probs(model), from_audio, atol=1e-5)
+
+
+def test_stored_features_of_other_cnns_are_refused(run, tmp_path):
+    from tagstack.experiments.run import Experiment
+
+    cfg, out, _ = run
+    copy = _copy_run(out, tmp_path)
+    same = Experiment(cfg.replace(local_from=str(out / "model.safetensors")), copy)
+    np.testing.assert_array_equal(same.features()["features"], np.load(out / "2-aggregate" / "features.npy"))
+    model = load_model(out / "model.safetensors")
+    with torch.no_grad():
+        next(model.local_models[27].parameters()).add_(0.01)
+    save_model(model, tmp_path / "other.safetensors")
+    with pytest.raises(ParameterError, match=r"2-aggregate: features extracted from other cnns.27;"):
+        Experiment(cfg.replace(local_from=str(tmp_path / "other.safetensors")), copy).features()
 
 
 def test_model_file_round_trip_and_metadata(run, tmp_path):

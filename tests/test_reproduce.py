@@ -92,5 +92,6 @@ def test_transfer_from_cnns_of_another_vocabulary(tmp_path, synth_dir):
     assert res["local"] == {} and res["local_from"] == str(cnns)
     fig2 = (tmp_path / "rep" / "tables" / "fig2_local_vs_global.md").read_text()
     assert "–" in fig2 and (tmp_path / "rep" / "figures" / "fig2_local_vs_global.png").exists()
+    assert "## Fig. 2: global models per input size (the local CNNs output another vocabulary" in (tmp_path / "rep" / "report.md").read_text()
     assert "local model" not in (tmp_path / "rep" / "tables" / "table2_measured.md").read_text()
     assert (tmp_path / "rep" / "tables" / "table1_transfer.md").exists()

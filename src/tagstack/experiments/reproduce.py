@@ -200,7 +200,8 @@ def reproduce(config: ExperimentConfig, out: str | Path) -> dict:
     summary = {"dataset": clips.name, "seeds": list(seeds), "local": {s: {"roc_auc": m["roc_auc"], "pr_auc": m["pr_auc"]} for s, m in local.items()},
                "global": results, "joint": joint_result, "local_from": str(local_from) if local_from else None}
     atomic_write_json(out / "results.json", summary)
-    write_reproduction_report(out, clips.name, md, seed_note, joint_result, results[all_key], local_from)
+    exp.save_config()
+    write_reproduction_report(out, clips.name, md, seed_note, joint_result, results[all_key], local_from, local_scored=bool(local))
     return summary
 
 

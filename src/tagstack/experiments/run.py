@@ -7,7 +7,7 @@ A run directory mirrors the stages::
       config.toml            the resolved ExperimentConfig
       dataset.txt            clips and positives per tag per split
       1-local/<frames>/      stage 1: last.pt (resume point), best.pt, history.json
-      2-aggregate/           stage 2: features.npy (all layers, all scales), local_probs_<frames>.npy, layout.json
+      2-aggregate/           stage 2: features.npy (all layers, all scales), local_probs_<frames>.npy, layout.json, inputs.json
       3-global/...           stage 3: one folder per global model (last.pt, best.pt, history.json)
       4-joint/               joint fine-tuning, when asked for
       model.safetensors      the whole tagger as one self-describing file
@@ -15,12 +15,18 @@ A run directory mirrors the stages::
       report.md, plots/      the report and its figures
 
 Every stage reuses what is on disk and says so, so an interrupted run
-started again with the same command continues where it stopped.
+started again with the same command continues where it stopped. What a
+stage stored records what it was made from (:mod:`tagstack.provenance`):
+run again with another schedule, other clips or labels, or other CNNs
+(``local_from``), a stage stops with one line naming its folder and what
+changed rather than mixing the two. Another slice of scales or layers is
+read from the stored features (``tagstack global --scales 27,108``).
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,11 +39,12 @@ from ..datasets import ClipSet, load_dataset
 from ..datasets.melcache import MelCache
 from ..errors import DatasetError, ParameterError
 from ..fileio import atomic_save_npy, atomic_write_json, atomic_write_text, remove_leftovers
-from ..models.aggregation import feature_layout
+from ..models.aggregation import FeatureBlock, feature_layout, select_columns
 from ..models.classifier import GlobalArch, GlobalMLP
 from ..models.file import load_model, save_model
 from ..models.local import LocalCNN, build_local_cnn
 from ..models.tagger import TaggingModel
+from ..provenance import data_digest, differences, weights_digest
 from ..runtime import barrier, choose_device, distributed
 from ..train.evaluation import binary_targets, bootstrap_ci, evaluate
 from ..train.stages import finetune_joint, model_clip_probs, train_global, train_local
@@ -59,6 +66,7 @@ class Prepared:
     mels: np.ndarray
     mel_rows: np.ndarray  # row in ``mels`` of each clip of ``clips``
     report: dict
+    digest: str  # of the clips, splits, labels and front end: part of every stored result's key
 
     def rows(self, split: str) -> np.ndarray:
         return self.mel_rows[self.clips.indices(split)]
@@ -90,6 +98,7 @@ class Experiment:
         self._local: dict[int, LocalCNN] | None = None
         self._local_tags: list[str] = []  # what the local CNNs output: this dataset's tags, or local_from's
         self._features: dict | None = None
+        self._cnn_digests: dict[str, str] = {}  # scale -> digest of its CNN, set by features()
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -97,7 +106,12 @@ class Experiment:
         removed = remove_leftovers(self.dir)
         if removed:
             log.info("removed %d unfinished temporary files an interrupted run left in %s", removed, self.dir)
-        save_config(config, self.dir / "config.toml")
+        if not (self.dir / "config.toml").exists():
+            self.save_config()
+
+    def save_config(self) -> None:
+        """Record this experiment's configuration as the run directory's ``config.toml``."""
+        save_config(self.config, self.dir / "config.toml")
 
     # ------------------------------------------------------------ data
     @property
@@ -117,7 +131,8 @@ class Experiment:
             for split in ("train", "valid", "test"):
                 if len(kept.indices(split)) < 2:
                     raise DatasetError(f"{clips.name}: only {len(kept.indices(split))} usable clips in split '{split}'")
-            self._data = Prepared(clips=kept, mels=cache.mels, mel_rows=np.flatnonzero(cache.valid), report=report)
+            self._data = Prepared(clips=kept, mels=cache.mels, mel_rows=np.flatnonzero(cache.valid), report=report,
+                                  digest=data_digest(kept.paths, kept.splits, kept.labels, kept.tags, c.frontend))
             atomic_write_text(self.dir / "dataset.txt", kept.summary() + "\n")
         return self._data
 
@@ -144,7 +159,8 @@ class Experiment:
             torch.manual_seed(c.local.seed)
             model = build_local_cnn(scale, n_tags=len(d.clips.tags), n_mels=c.frontend.n_mels)
             train_local(model, d.mels, train_rows=d.rows("train"), valid_rows=d.rows("valid"), train_labels=d.labels("train"),
-                        valid_labels=d.labels("valid"), config=c.local, workdir=self.dir / "1-local" / str(scale), device=self.device)
+                        valid_labels=d.labels("valid"), config=c.local, workdir=self.dir / "1-local" / str(scale), device=self.device,
+                        inputs={"data": d.digest, "outputs": len(d.clips.tags)})
             models[scale] = model.cpu()
         self._local, self._local_tags = models, list(d.clips.tags)
         return models
@@ -161,8 +177,10 @@ class Experiment:
     def features(self) -> dict:
         """Stage 2: every layer of every scale for every clip, extracted once and stored.
 
-        Returns ``features`` (clips x all features, in clip order of
-        ``data.clips``) and ``local_probs`` (scale -> clips x tags).
+        Returns ``features`` (clips x all features of this experiment's scales,
+        in clip order of ``data.clips``) and ``local_probs`` (scale -> clips x
+        tags). Stored features of more scales are sliced; features of other
+        clips or other CNNs are refused.
         """
         if self._features is not None:
             return self._features
@@ -170,7 +188,10 @@ class Experiment:
         f_path = out / "features.npy"
         models = self.local_models()
         d = self.data
+        key = {"data": d.digest, "cnns": {str(s): weights_digest(m) for s, m in sorted(models.items())}}
         if f_path.exists():
+            feats = self._stored_features(out, key, models)
+            probs = {s: np.load(out / f"local_probs_{s}.npy") for s in sorted(models)}
             log.info("stage 2: features reused from %s", f_path)
         else:
             log.info("stage 2: aggregating every layer of %d CNNs over %d clips", len(models), len(d.mel_rows))
@@ -179,11 +200,30 @@ class Experiment:
             for s, p in probs.items():
                 atomic_save_npy(out / f"local_probs_{s}.npy", p)
             atomic_write_json(out / "layout.json", [b.__dict__ for b in feature_layout(models)])
-            atomic_save_npy(f_path, feats)
-            self._features = {"features": feats, "local_probs": {s: probs[s] for s in sorted(models)}}
-            return self._features
-        self._features = {"features": np.load(f_path), "local_probs": {s: np.load(out / f"local_probs_{s}.npy") for s in sorted(models)}}
+            atomic_write_json(out / "inputs.json", key)
+            atomic_save_npy(f_path, feats)  # last: its presence says the stage is complete
+        self._cnn_digests = key["cnns"]
+        self._features = {"features": feats, "local_probs": {s: probs[s] for s in sorted(models)}}
         return self._features
+
+    def _stored_features(self, out: Path, key: dict, models: dict[int, LocalCNN]) -> np.ndarray:
+        """The stored features of ``models``' scales, after checking they were extracted from these clips and CNNs."""
+        if (out / "inputs.json").exists():  # runs of earlier versions have none
+            stored = json.loads((out / "inputs.json").read_text())
+            both = [s for s in key["cnns"] if s in stored["cnns"]]  # a scale it lacks is named by the layout check below
+            changed = differences({"data": stored["data"], "cnns": {s: stored["cnns"][s] for s in both}},
+                                  {"data": key["data"], "cnns": {s: key["cnns"][s] for s in both}})
+            if changed:
+                raise ParameterError(f"{out}: features extracted from other {', '.join(changed)}; run the same command as "
+                                     "before, or use another run folder (or delete this one's 2-aggregate to extract them again)")
+        layout = [FeatureBlock(**b) for b in json.loads((out / "layout.json").read_text())]
+        shape = [(b.scale, b.layer, b.stop - b.start) for b in feature_layout(models)]
+        if [(b.scale, b.layer, b.stop - b.start) for b in layout if b.scale in models] != shape:
+            raise ParameterError(f"{out}: the stored features are of scales {sorted({b.scale for b in layout})}, not of the CNNs "
+                                 f"of scales {sorted(models)}; use another run folder (or delete this one's 2-aggregate)")
+        cols = select_columns(layout, scales=sorted(models))
+        feats = np.load(out / "features.npy")
+        return feats if len(cols) == feats.shape[1] else feats[:, cols]
 
     # ------------------------------------------------------------ stage 3
     def train_head(self, *, scales: tuple[int, ...] | None = None, layers: tuple[int, ...] | None = None,
@@ -202,7 +242,10 @@ class Experiment:
         head = GlobalMLP(GlobalArch(n_features=len(cols), n_outputs=len(d.clips.tags), hidden=c.global_hidden, task=d.clips.task))
         x = feats[:, cols]
         tr, va = d.clips.indices("train"), d.clips.indices("valid")
-        train_global(head, x[tr], d.clips.labels[tr], x[va], d.clips.labels[va], config=schedule, workdir=self.dir / name, device=self.device)
+        inputs = {"data": d.digest, "cnns": {str(s): self._cnn_digests[str(s)] for s in scales}, "columns": cols.tolist(),
+                  "hidden": c.global_hidden}
+        train_global(head, x[tr], d.clips.labels[tr], x[va], d.clips.labels[va], config=schedule, workdir=self.dir / name,
+                     device=self.device, inputs=inputs)
         return TaggingModel(self.local_models(), head.cpu(), tags=d.clips.tags, frontend=c.frontend, scales=scales, layers=layers,
                             info={"dataset": d.clips.name}, groups=d.clips.groups)
 
@@ -221,7 +264,8 @@ class Experiment:
         model = copy.deepcopy(staged).to(self.device)
         log.info("joint fine-tuning of the whole tagger (%d epochs at most)", self.config.joint.max_epochs)
         finetune_joint(model, d.mels, train_rows=d.rows("train"), valid_rows=d.rows("valid"), train_labels=d.labels("train"),
-                       valid_labels=d.labels("valid"), config=self.config.joint, workdir=self.dir / name, device=self.device)
+                       valid_labels=d.labels("valid"), config=self.config.joint, workdir=self.dir / name, device=self.device,
+                       inputs={"data": d.digest, "start": weights_digest(staged)})
         return model.cpu().eval(), model_clip_probs(model, d.mels, d.rows("test"), device=self.device)
 
     # ------------------------------------------------------------ the standard run
@@ -236,6 +280,7 @@ class Experiment:
         model.info.update({"config": _portable(self.config), "test": test_summary(d.clips.tags, metrics["global"])})
         save_model(model, self.dir / "model.safetensors")
         atomic_write_json(self.dir / "metrics.json", metrics)
+        self.save_config()
         write_report(self.dir, metrics, d.clips)
         return metrics
 

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 from ..config import TrainConfig
 from ..errors import TagstackError
 from ..fileio import atomic_write, atomic_write_json
+from ..provenance import differences, plain
 from ..runtime import barrier, distributed
 
 
@@ -56,8 +57,9 @@ def _score(metrics: dict, monitor: str) -> float:
     return -metrics["loss"] if monitor == "loss" else metrics["roc_auc"]
 
 
-def _save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, state: TrainState) -> None:
-    payload = {"model": model.state_dict(), "optimizer": opt.state_dict(), "state": json.dumps(asdict(state))}
+def _save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, state: TrainState, key: dict) -> None:
+    payload = {"model": model.state_dict(), "optimizer": opt.state_dict(), "state": json.dumps(asdict(state)),
+               "key": json.dumps(key, sort_keys=True)}
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
@@ -98,6 +100,7 @@ def fit(
     workdir: str | Path,
     device: torch.device,
     desc: str = "train",
+    inputs: dict | None = None,
 ) -> TrainState:
     """Train ``model`` in place and leave it holding its best weights.
 
@@ -110,6 +113,10 @@ def fit(
         ``validate(model)`` returns a dict with at least ``loss`` and ``roc_auc``.
     workdir : path
         Holds ``last.pt`` (resume point), ``best.pt`` and ``history.json``.
+    inputs : dict, optional
+        Digests of what the training reads (data, starting networks). With the
+        schedule they are the checkpoint's key: a checkpoint made under another
+        key is refused, never resumed (:mod:`tagstack.provenance`).
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -117,9 +124,11 @@ def fit(
     model.to(device)
     state = TrainState(lr=config.lr)
     opt = _optimizer(model, config, config.lr)
+    key = plain({"schedule": asdict(config), **(inputs or {})})
     if last.exists():
         try:
             ckpt = torch.load(last, map_location=device, weights_only=True)
+            changed = differences(json.loads(ckpt["key"]), key) if "key" in ckpt else []  # earlier versions' checkpoints have none
             state = TrainState(**json.loads(ckpt["state"]))
             model.load_state_dict(ckpt["model"])
             opt = _optimizer(model, config, state.lr)
@@ -127,6 +136,9 @@ def fit(
         except Exception as e:  # written atomically by tagstack, so damaged by something else
             raise TagstackError(f"{last}: cannot resume from this checkpoint ({type(e).__name__}); "
                                 "delete it to train this network again from the start") from None
+        if changed:
+            raise TagstackError(f"{workdir}: trained with other settings or inputs ({', '.join(changed)}); run the same command "
+                                "as before to resume it, or use another run folder (or delete this one to train it again)")
         log.info("[%s] %s", desc, "already trained, reused" if state.done else f"resuming after epoch {state.epoch} (lr {state.lr:g})")
     rank, world = distributed()
     step_model = model
@@ -199,7 +211,7 @@ def fit(
             f"[{desc}] epoch {state.epoch}: train loss {record['train_loss']:.4f}, val loss {metrics['loss']:.4f}, "
             f"val ROC-AUC {metrics['roc_auc']:.4f}, lr {record['lr']:g} ({per_epoch:.1f} s/epoch{left})"
         )
-        _save_checkpoint(last, model, opt, state)
+        _save_checkpoint(last, model, opt, state, key)
         atomic_write_json(workdir / "history.json", state.history)
         barrier()  # under torchrun, rank 0's checkpoints are on disk before any process reads them
     if best.exists():

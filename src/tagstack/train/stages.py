@@ -143,10 +143,10 @@ def local_clip_probs(model: LocalCNN, mels: np.ndarray, rows: np.ndarray, *, dev
 
 def train_local(model: LocalCNN, mels: np.ndarray, *, train_rows: np.ndarray, valid_rows: np.ndarray,
                 train_labels: np.ndarray, valid_labels: np.ndarray, config: TrainConfig, workdir: str | Path,
-                device: torch.device) -> TrainState:
+                device: torch.device, inputs: dict | None = None) -> TrainState:
     """Stage 1: train one local CNN on shuffled segments with binary cross-entropy.
 
-    ``*_rows`` index ``mels`` (the mel cache); ``*_labels`` are aligned with them.
+    ``*_rows`` index ``mels`` (the mel cache); ``*_labels`` are aligned with them; ``inputs`` as in :func:`~.loop.fit`.
     """
     model.set_normalisation(*input_statistics(mels, train_rows))  # a resumed run recomputes the same values
     batches, n = segment_batches(mels, train_labels, train_rows, size=model.arch.n_frames, batch_size=config.batch_size,
@@ -156,12 +156,13 @@ def train_local(model: LocalCNN, mels: np.ndarray, *, train_rows: np.ndarray, va
         return validation_metrics(local_clip_probs(m, mels, valid_rows, device=device), valid_labels, "multilabel")
 
     return fit(model, train_batches=batches, n_batches=n, validate=validate, loss_fn=masked_bce,
-               config=config, workdir=workdir, device=device, desc=f"local {model.arch.n_frames}")
+               config=config, workdir=workdir, device=device, desc=f"local {model.arch.n_frames}", inputs=inputs)
 
 
 def train_global(model: GlobalMLP, x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray, y_valid: np.ndarray, *,
-                 config: TrainConfig, workdir: str | Path, device: torch.device) -> TrainState:
-    """Stage 3: train the global classifier on aggregated features (standardised with the training set's statistics)."""
+                 config: TrainConfig, workdir: str | Path, device: torch.device, inputs: dict | None = None) -> TrainState:
+    """Stage 3: train the global classifier on aggregated features (standardised with the training set's statistics);
+    ``inputs`` as in :func:`~.loop.fit`."""
     x_train = np.asarray(x_train, dtype=np.float32)
     y_train = np.asarray(y_train, dtype=np.float32)
     model.set_normalisation(torch.from_numpy(x_train.mean(0)), torch.from_numpy(x_train.std(0)))
@@ -185,7 +186,7 @@ def train_global(model: GlobalMLP, x_train: np.ndarray, y_train: np.ndarray, x_v
 
     loss_fn = nn.CrossEntropyLoss() if multiclass else masked_bce
     return fit(model, train_batches=batches, n_batches=n, validate=validate, loss_fn=loss_fn,
-               config=config, workdir=workdir, device=device, desc="global")
+               config=config, workdir=workdir, device=device, desc="global", inputs=inputs)
 
 
 def model_clip_probs(model: TaggingModel, mels: np.ndarray, rows: np.ndarray, *, device: torch.device, batch_clips: int = 8) -> np.ndarray:
@@ -196,12 +197,12 @@ def model_clip_probs(model: TaggingModel, mels: np.ndarray, rows: np.ndarray, *,
 
 def finetune_joint(model: TaggingModel, mels: np.ndarray, *, train_rows: np.ndarray, valid_rows: np.ndarray,
                    train_labels: np.ndarray, valid_labels: np.ndarray, config: TrainConfig, workdir: str | Path,
-                   device: torch.device) -> TrainState:
+                   device: torch.device, inputs: dict | None = None) -> TrainState:
     """The paper's future work (Sec. V): local CNNs and global classifier trained together, end to end.
 
     A clip's frames go through every local CNN and are aggregated exactly as
     in stage 2 (differentiably), and the classifier reads the concatenation:
-    the same :class:`TaggingModel` that tags files, from its staged weights.
+    the same :class:`TaggingModel` that tags files, from its staged weights. ``inputs`` as in :func:`~.loop.fit`.
     """
     multiclass = model.task == "multiclass"
     batches, n = clip_batches(mels, train_labels, train_rows, batch_size=config.batch_size, seed=config.seed, multiclass=multiclass)
@@ -211,4 +212,4 @@ def finetune_joint(model: TaggingModel, mels: np.ndarray, *, train_rows: np.ndar
 
     loss = nn.CrossEntropyLoss() if multiclass else masked_bce
     return fit(model, train_batches=batches, n_batches=n, validate=validate, loss_fn=loss, config=config,
-               workdir=workdir, device=device, desc="joint")
+               workdir=workdir, device=device, desc="joint", inputs=inputs)
