@@ -81,6 +81,10 @@ def test_find_audio_expands_folders_and_globs(tmp_path):
     found = find_audio([str(tmp_path)])
     assert [p.name for p in found] == ["a.wav", "b.mp3", "c.flac"]
     assert [p.name for p in find_audio([str(tmp_path / "*.mp3")])] == ["b.mp3"]
+    # a file whose name has glob characters is that file, not a pattern; a pattern matching nothing is kept, to be reported
+    (tmp_path / "Song [Live].wav").write_bytes(b"x")
+    assert find_audio([str(tmp_path / "Song [Live].wav")]) == [tmp_path / "Song [Live].wav"]
+    assert find_audio([str(tmp_path / "*.ogg")]) == [tmp_path / "*.ogg"]
 
 
 def test_real_dataset_encodings_decode(shared_data):

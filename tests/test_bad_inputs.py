@@ -296,3 +296,27 @@ def test_an_hour_long_file_is_tagged_embedded_and_taggrammed_whole(model_file, t
     clip = Tagger(model_file, device="cpu").cfg.clip_seconds
     assert len(result.window_starts) == int(3600 // clip) and result.window_starts[-1] + clip <= 3600.0
     assert np.isfinite(result.taggram).all() and np.isfinite(result.probs).all()
+
+
+def test_names_with_glob_characters_long_names_and_limits(model_file, tmp_path, capsys):
+    """A file named "Song [Live].wav" is tagged (not read as a pattern), a name near the 255-byte limit still gets its
+    taggram, an infinite hop is one line, and audio longer than ``max_seconds`` is refused while decoding."""
+    from tagstack.errors import AudioTooLongError
+
+    y = render({"low"}, 6.0, np.random.default_rng(2))
+    sf.write(tmp_path / "Song [Live].wav", y, SR)
+    long_name = tmp_path / ("y" * 230 + ".wav")
+    sf.write(long_name, y, SR)
+    out, grams = tmp_path / "tags.jsonl", tmp_path / "grams"
+    assert main(["tag", str(tmp_path / "Song [Live].wav"), str(long_name), "--model", str(model_file), "--format", "jsonl",
+                 "-o", str(out), "--taggram", str(grams), "--device", "cpu"]) == 0
+    assert [os.path.basename(json.loads(line)["path"]) for line in out.read_text().splitlines()] == ["Song [Live].wav", long_name.name]
+    assert sorted(p.name for p in grams.glob("*.npy")) == ["Song [Live].taggram.npy", "y" * 180 + ".taggram.npy"]
+    capsys.readouterr()
+    assert main(["tag", str(long_name), "--model", str(model_file), "--taggram", str(grams), "--hop", "inf", "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert "positive, finite number of seconds" in err and "Traceback" not in err
+    tagger = Tagger(model_file, device="cpu")
+    with pytest.raises(AudioTooLongError, match=r"Song \[Live\]\.wav: more than 2 s of audio"):
+        tagger.predict(tmp_path / "Song [Live].wav", max_seconds=2)
+    assert tagger.predict(tmp_path / "Song [Live].wav", max_seconds=7).seconds == pytest.approx(6.0, abs=0.01)

@@ -132,8 +132,13 @@ def test_the_service_gives_what_the_api_gives(server, model_file, song):
     ("threshold", 400, "parameter threshold"),
     ("scales", 400, "scales must be comma-separated integers"),
     ("missing_scale", 400, "36"),
-    ("hop", 400, "hop must be a number"),
+    ("hop", 400, "hop must be a positive number"),
+    ("hop_inf", 400, "hop must be a positive number"),
+    ("hop_tiny", 400, "taggram windows over 22 s; this service makes at most 2000"),
     ("field", 400, "field named 'file'"),
+    ("no_route", 404, "Not Found"),
+    ("method", 405, "Method Not Allowed"),
+    ("no_boundary", 400, "boundary"),
 ])
 def test_bad_requests_get_a_4xx_and_one_line(server, song, case, status, reason):
     rng = np.random.default_rng(0)
@@ -154,12 +159,17 @@ def test_bad_requests_get_a_4xx_and_one_line(server, song, case, status, reason)
         data = wav_bytes(rng.standard_normal(SR * 70).astype(np.float32) * 0.1, subtype="FLOAT")  # ~4.5 MB
     elif case == "long":
         data = wav_bytes(np.zeros(8000 * 120, np.int16), sr=8000, subtype="PCM_16")  # 120 s in 1.9 MB
-    elif case in ("top_k", "threshold", "scales", "missing_scale", "hop"):
+    elif case in ("top_k", "threshold", "scales", "missing_scale", "hop", "hop_inf", "hop_tiny"):
         path += {"top_k": "?top_k=-1", "threshold": "?threshold=2", "scales": "?embed=true&scales=a,b",
-                 "missing_scale": "?embed=true&scales=36", "hop": "?taggram=true&hop=soon"}[case]
+                 "missing_scale": "?embed=true&scales=36", "hop": "?taggram=true&hop=soon", "hop_inf": "?taggram=true&hop=inf",
+                 "hop_tiny": "?taggram=true&hop=0.001"}[case]
     elif case == "field":
         data, headers = multipart("song.mp3", data, field="audio")
-    got, body = request(server, "POST", path, data, headers)
+    elif case == "no_route":
+        path = "/api/nothing"
+    elif case == "no_boundary":
+        headers = {"Content-Type": "multipart/form-data"}
+    got, body = request(server, "GET" if case == "method" else "POST", path, data, headers)
     assert got == status and set(body) == {"error"}
     assert reason in body["error"] and "\n" not in body["error"] and "Traceback" not in body["error"]
 

@@ -17,6 +17,10 @@ class AudioError(TagstackError):
     """An audio file that cannot be used: the message names the file and the reason."""
 
 
+class AudioTooLongError(AudioError):
+    """Audio longer than the limit a :class:`~tagstack.Tagger` was given (``max_seconds``), found while decoding it."""
+
+
 class DatasetError(TagstackError):
     """A dataset, split or label file that cannot be read: names the file and the reason."""
 

@@ -49,7 +49,8 @@ def atomic_write(path: Path, writer: Callable[[str], None], *, suffix: str = "")
         return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
+    # the name is cut so that a long destination name (up to the usual 255 bytes) still leaves room for the temporary's
+    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name[:100]}.", suffix=suffix or ".tmp", dir=path.parent)
     os.close(fd)
     try:
         writer(tmp)

@@ -298,12 +298,16 @@ def find_audio(paths: list[str | Path]) -> list[Path]:
 
     Files named explicitly are kept whatever their extension (a bad one is
     reported when decoded); folders contribute their files with an audio
-    extension, sorted.
+    extension, sorted. A name is a glob pattern only when no such path
+    exists; a pattern that matches nothing is kept as given, so that it is
+    reported as a missing file rather than dropped in silence.
     """
     found: list[Path] = []
     for item in paths:
         s = str(item)
-        candidates = [Path(m) for m in sorted(glob.glob(s, recursive=True))] if any(c in s for c in "*?[") else [Path(s)]
+        # a path that exists is itself, even when its name has glob characters ("Song [Live].mp3")
+        pattern = any(c in s for c in "*?[") and not Path(s).exists()
+        candidates = ([Path(m) for m in sorted(glob.glob(s, recursive=True))] or [Path(s)]) if pattern else [Path(s)]
         for c in candidates:
             if c.is_dir():
                 found.extend(sorted(q for q in c.rglob("*") if q.suffix.lower() in AUDIO_EXTENSIONS and q.is_file()))

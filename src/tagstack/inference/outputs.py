@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import logging
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -96,8 +97,8 @@ def tag_files(paths: Iterable[str | Path], *, tagger: Tagger | None = None, mode
     if fmt not in FORMATS:
         raise ParameterError(f"format must be one of {FORMATS}, got {fmt!r}")
     check_selection(top_k, threshold)
-    if hop is not None and (taggram_dir is None or not hop > 0):
-        raise ParameterError(f"--hop {hop} needs --taggram DIR and a positive number of seconds")
+    if hop is not None and (taggram_dir is None or not (hop > 0 and math.isfinite(hop))):
+        raise ParameterError(f"--hop {hop} needs --taggram DIR and a positive, finite number of seconds")
     if output is not None:
         check_destination(Path(output))
     if taggram_dir is not None:
@@ -211,18 +212,26 @@ def _summary(report: BatchReport, total: int, verb: str) -> None:
         log.warning("%d of %d files could not be %s", len(report.skipped), total, verb)
 
 
+#: Output stems are cut to this many characters, so that ``stem.taggram.png`` fits the usual 255-byte limit on names.
+MAX_STEM = 180
+
+
 def unique_stems(files: list[Path]) -> list[str]:
-    """File stems for output names, numbered where two files share one (a/x.mp3, b/x.mp3 -> x, x-2)."""
+    """File stems for output names, numbered where two files share one (a/x.mp3, b/x.mp3 -> x, x-2), cut to ``MAX_STEM``
+    characters (UTF-8 bytes may be more: cut further until they fit)."""
     used: set[str] = set()
     stems = []
     for f in files:
-        stem, n = f.stem, 1
+        base = f.stem[:MAX_STEM]
+        while len(base.encode("utf-8", "surrogateescape")) > MAX_STEM:
+            base = base[:-1]
+        stem, n = base, 1
         while stem in used:
             n += 1
-            stem = f"{f.stem}-{n}"
+            stem = f"{base}-{n}"
         used.add(stem)
         stems.append(stem)
     return stems
 
 
-__all__ = ["BatchReport", "FORMATS", "audio_files", "check_destination", "embed_files", "tag_files", "unique_stems"]
+__all__ = ["BatchReport", "FORMATS", "MAX_STEM", "audio_files", "check_destination", "embed_files", "tag_files", "unique_stems"]

@@ -29,6 +29,7 @@ Example
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -40,7 +41,7 @@ from ..audio.frontend import ClipMel
 from ..audio.io import stream
 from ..config import FrontEndConfig
 from ..datasets.manifest import UNGROUPED
-from ..errors import AudioError, ParameterError, TagstackError
+from ..errors import AudioError, AudioTooLongError, ParameterError, TagstackError
 from ..models.file import load_model
 from ..models.tagger import TaggingModel
 from ..runtime import choose_device
@@ -188,7 +189,8 @@ class Tagger:
         """The source as consecutive mono float32 blocks at the model's rate, through the one decoder."""
         return model_stream(source, self.cfg, sr)
 
-    def _windows(self, source: str | Path | np.ndarray, sr: int | None, gram_hop: int | None = None) -> Iterator[_Window]:
+    def _windows(self, source: str | Path | np.ndarray, sr: int | None, gram_hop: int | None = None,
+                 max_seconds: float | None = None) -> Iterator[_Window]:
         """Clip-length windows of the source, in one decoding pass with a bounded buffer.
 
         The back-to-back windows (the last one partial) make the file's
@@ -205,9 +207,13 @@ class Tagger:
         def take(start: int, stop: int) -> np.ndarray:
             return buf[start - buf_start : stop - buf_start]
 
+        limit = None if max_seconds is None else max_seconds * self.cfg.sample_rate
         for block in self._blocks(source, sr):
             buf = np.concatenate([buf, block]) if buf.size else block
             total += block.size
+            if limit is not None and total > limit:
+                name = "<array>" if isinstance(source, np.ndarray) else str(source)
+                raise AudioTooLongError(f"{name}: more than {max_seconds:g} s of audio (the limit is {max_seconds:g} s)")
             while True:
                 start = next_clip if next_gram is None else min(next_clip, next_gram)
                 if start + n > total:
@@ -336,23 +342,26 @@ class Tagger:
 
     # ------------------------------------------------------------ public API
     def predict(self, source: str | Path | np.ndarray, *, sr: int | None = None, taggram: bool = False,
-                hop: float | None = None) -> Result:
+                hop: float | None = None, max_seconds: float | None = None) -> Result:
         """Whole-file tag probabilities (and, if asked, the taggram) of a file or a mono array.
 
         ``hop`` is the time in seconds between the starts of taggram windows
         (each one clip long, 29.1 s for the paper's models); the default is
         the clip length, windows back to back. A smaller hop gives a finer
         taggram at the cost of one network pass per window. The file's own
-        tags and embedding do not depend on it.
+        tags and embedding do not depend on it. With ``max_seconds``, audio
+        that decodes to more is refused (:class:`~tagstack.errors.AudioTooLongError`)
+        as soon as decoding passes it, whatever its header claims: a bound
+        on what one input may cost (the service's ``--max-seconds``).
         """
-        result = self.predict_batch([source], sr=sr, taggram=taggram, hop=hop)[0]
+        result = self.predict_batch([source], sr=sr, taggram=taggram, hop=hop, max_seconds=max_seconds)[0]
         if isinstance(result, TagstackError):
             raise result
         return result
 
     def predict_batch(self, sources: Iterable[str | Path | np.ndarray], *, sr: int | None = None, taggram: bool = False,
                       hop: float | None = None, embed_only: bool = False, batch_windows: int | None = None,
-                      names: list[str] | None = None) -> list[Result | TagstackError]:
+                      names: list[str] | None = None, max_seconds: float | None = None) -> list[Result | TagstackError]:
         """:meth:`predict` for several sources at once, their windows sharing network passes.
 
         This is what fills a GPU with short files (a 30 s file is one
@@ -362,15 +371,18 @@ class Tagger:
         unusable. Each result equals :meth:`predict`'s for the same source up
         to float rounding in the batched convolutions. ``embed_only`` skips the
         classifier (and works for models without one). ``names`` label the
-        results (``Result.path``) instead of the paths (arrays: ``"<array>"``).
+        results (``Result.path``) instead of the paths (arrays: ``"<array>"``);
+        ``max_seconds`` as in :meth:`predict`.
         """
         sources = list(sources)
+        if max_seconds is not None and not (max_seconds > 0 and math.isfinite(max_seconds)):
+            raise ParameterError(f"max_seconds must be a positive number of seconds, got {max_seconds!r}")
         gram_hop = self._gram_hop(hop) if taggram and not embed_only else None
         if names is None:
             names = [str(s) if not isinstance(s, np.ndarray) else "<array>" for s in sources]
         elif len(names) != len(sources):
             raise ParameterError(f"{len(names)} names for {len(sources)} sources")
-        aggs = self._features([self._windows(s, sr, gram_hop) for s in sources], batch_windows)
+        aggs = self._features([self._windows(s, sr, gram_hop, max_seconds) for s in sources], batch_windows)
         ok = [k for k, a in enumerate(aggs) if not isinstance(a, TagstackError)]
         tagging = self.model.head is not None and not embed_only  # a model of local CNNs only can still embed
         embeddings = np.stack([aggs[k].embedding() for k in ok]) if ok else np.zeros((0, 0), np.float32)
@@ -400,8 +412,8 @@ class Tagger:
     def _gram_hop(self, hop: float | None) -> int:
         if hop is None:
             return self.cfg.clip_samples
-        if not hop > 0:
-            raise ParameterError(f"the taggram hop must be a positive number of seconds, got {hop!r}")
+        if not (hop > 0 and math.isfinite(hop)):
+            raise ParameterError(f"the taggram hop must be a positive, finite number of seconds, got {hop!r}")
         return max(1, round(hop * self.cfg.sample_rate))
 
     def predict_many(self, paths: Iterable[str | Path], *, taggram: bool = False, hop: float | None = None,

@@ -32,10 +32,11 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 
 from .. import __version__
 from ..audio.io import AUDIO_EXTENSIONS, duration_seconds
-from ..errors import ParameterError, TagstackError
+from ..errors import AudioTooLongError, ParameterError, TagstackError
 from ..inference.tagger import Result, Tagger, check_selection
 from ..models.file import read_metadata
 from ..runtime import usable_cpus
@@ -49,6 +50,8 @@ CONTENT_TYPES = {"audio/wav": ".wav", "audio/x-wav": ".wav", "audio/wave": ".wav
 
 #: A taggram asked for with ``hop=auto`` has at most this many windows.
 AUTO_WINDOWS = 64
+#: No taggram has more windows than this (each is one pass of the networks): a small ``hop`` on a long file is refused.
+MAX_WINDOWS = 2000
 
 
 @dataclass(frozen=True)
@@ -205,10 +208,16 @@ class Service:
             if seconds > self.limits.max_seconds:
                 raise Problem(413, f"{name}: {seconds:.0f} s of audio; this service takes at most {self.limits.max_seconds:g} s (--max-seconds)")
             hop_s = self._hop(hop, seconds) if taggram else None
-            result: Result = self.tagger.predict(path, taggram=taggram, hop=hop_s)
+            if hop_s is not None and seconds / hop_s > MAX_WINDOWS:
+                raise Problem(400, f"hop={hop_s:g} s gives {seconds / hop_s:.0f} taggram windows over {seconds:.0f} s; this "
+                                   f"service makes at most {MAX_WINDOWS}: use a larger hop, or 'auto'")
+            # the header's length may lie: decoding stops at the limit, or where the hop would pass MAX_WINDOWS windows
+            limit = self.limits.max_seconds if hop_s is None else min(self.limits.max_seconds, hop_s * MAX_WINDOWS)
+            result: Result = self.tagger.predict(path, taggram=taggram, hop=hop_s, max_seconds=limit)
         except TagstackError as e:  # AudioError, ParameterError: the client's file or parameters
             reason = str(e).replace(str(path), name)
-            raise Problem(400 if isinstance(e, ParameterError) else 422, reason) from None
+            status = 400 if isinstance(e, ParameterError) else 413 if isinstance(e, AudioTooLongError) else 422
+            raise Problem(status, reason) from None
         out: dict = {"file": name, "seconds": round(result.seconds, 3), "model": self.name}
         if model.head is not None:
             out["tags"] = [{"tag": t, "probability": float(p)} | ({"group": result.group_of(t)} if model.groups else {})
@@ -231,9 +240,12 @@ class Service:
             clip = self.tagger.cfg.clip_seconds
             return max(clip / 4, (seconds - clip) / (AUTO_WINDOWS - 1)) if seconds > clip else None
         try:
-            return float(hop)
+            value = float(hop)
         except ValueError:
-            raise Problem(400, f"hop must be a number of seconds, 'clip' or 'auto'; got {hop!r}") from None
+            value = float("nan")
+        if not (value > 0 and np.isfinite(value)):
+            raise Problem(400, f"hop must be a positive number of seconds, 'clip' or 'auto'; got {hop!r}")
+        return value
 
 
 def create_app(model: str | Path | None = None, *, device: str = "auto", limits: ServiceLimits | None = None) -> FastAPI:
@@ -264,6 +276,10 @@ def create_app(model: str | Path | None = None, *, device: str = "auto", limits:
     @app.exception_handler(Problem)
     async def problem(request: Request, exc: Problem) -> JSONResponse:
         return _problem_response(exc.status, str(exc))
+
+    @app.exception_handler(HTTPException)  # what FastAPI and Starlette raise themselves: unknown path, method, bad multipart
+    async def http_problem(request: Request, exc: HTTPException) -> JSONResponse:
+        return _problem_response(exc.status_code, str(exc.detail))
 
     @app.exception_handler(RequestValidationError)
     async def bad_parameters(request: Request, exc: RequestValidationError) -> JSONResponse:
