@@ -9,6 +9,7 @@ import pytest
 from tagstack.datasets import DATASETS, load_dataset
 from tagstack.datasets.mtat import BROKEN_CLIPS, camel, merge_synonyms
 from tagstack.errors import DatasetError, ParameterError
+from tagstack.experiments.config import ExperimentConfig
 
 
 def dump(obj, path):
@@ -83,7 +84,7 @@ def test_mtat_errors_name_the_file(tmp_path):
     (tmp_path / "annotations_final.csv").write_text('"id"\t"x"\n')
     with pytest.raises(DatasetError, match="annotations_final.csv.*header"):
         load_dataset("mtat", tmp_path, split="full")
-    with pytest.raises(ParameterError, match="'lee' or 'full'"):
+    with pytest.raises(ParameterError, match="its splits: lee, full"):
         write_annotations(tmp_path / "annotations_final.csv", [1], ["a"], [[1]], ["0/a.mp3"])
         load_dataset("mtat", tmp_path, split="other")
 
@@ -211,6 +212,31 @@ def test_jamendo_generated_and_errors(tmp_path):
     (tmp_path / "autotagging_top50tags-test.tsv").write_text(header + "\ntrack\tshort\n")
     with pytest.raises(DatasetError, match="test.tsv, line 2"):
         load_dataset("jamendo", tmp_path)
+
+
+def test_jamendo_reads_the_split_asked_for_and_every_adapter_refuses_splits_it_lacks(tmp_path):
+    from tagstack.inference.assess import tag_key
+
+    header = "TRACK_ID\tARTIST_ID\tALBUM_ID\tPATH\tDURATION\tTAGS"
+    for k, n in (("0", 2), ("3", 4)):  # MTG's layout: splits/split-N/autotagging_top50tags-*.tsv
+        (tmp_path / f"split-{k}").mkdir()
+        for name in ("train", "validation", "test"):
+            rows = [f"track_{i}\tartist\talbum\t{i:02d}/{i}.mp3\t200.0\tgenre---rock" for i in range(n)]
+            (tmp_path / f"split-{k}" / f"autotagging_top50tags-{name}.tsv").write_text("\n".join([header, *rows]))
+    assert len(load_dataset("jamendo", tmp_path)) == 6
+    three = load_dataset("jamendo", tmp_path, split="3")
+    assert len(three) == 12 and three.name == "mtg-jamendo-3"
+    assert len(load_dataset("jamendo", tmp_path / "split-0", split="3", split_dir=tmp_path / "split-3")) == 12
+    with pytest.raises(DatasetError, match="split 2: no split-2 folder"):
+        load_dataset("jamendo", tmp_path, split="2")
+    for name, split, known in (("jamendo", "banana", "0-4"), ("msd", "full", "lee"), ("tagtraum", "3", "lee"),
+                               ("mtat", "kfold-0-5", "lee, full"), ("manifest", "lee", "no split schemes")):
+        with pytest.raises(ParameterError, match=f"dataset '{name}' has no split '{split}'.*{known}"):
+            load_dataset(name, tmp_path, split=split)
+    with pytest.raises(ParameterError, match="has no split 'banana'"):
+        ExperimentConfig(dataset="jamendo", root=str(tmp_path), split="banana")
+    # and a model's tags meet MTG-Jamendo's across its category prefixes
+    assert tag_key("genre---rock") == tag_key("Rock") and tag_key("mood/theme---happy") == "happy"
 
 
 def test_jamendo_real_split_files(shared_data, tmp_path):

@@ -135,3 +135,16 @@ def test_ray_flags_without_the_ray_engine_are_refused(synth_dir, tmp_path, capsy
     assert main(["embed", clip, "-o", str(tmp_path / "e.npz"), "--ray-address", "auto"]) == 1
     assert "--ray-address: for --engine ray only" in capsys.readouterr().err
     assert not (tmp_path / "e.npz").exists()
+
+
+def test_a_reader_that_goes_away_ends_the_output_quietly(model_file, synth_dir):
+    """`tagstack tag ... | head -1`: no traceback when the pipe closes."""
+    import subprocess
+    import sys
+
+    files = [str(p) for p in sorted(synth_dir.glob("clip00*.wav"))]
+    proc = subprocess.Popen([sys.executable, "-m", "tagstack", "tag", *files, "--model", str(model_file), "--format", "csv",
+                             "--top-k", "0", "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before anything is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 141 and "Traceback" not in err and "BrokenPipe" not in err

@@ -89,3 +89,15 @@ def test_global_mlp(task):
     assert p.shape == (3, 10) and bool(((p >= 0) & (p <= 1)).all())
     if task == "multiclass":
         torch.testing.assert_close(p.sum(1), torch.ones(3))
+
+
+def test_a_selection_records_only_the_scales_and_layers_that_give_columns():
+    from test_equivalence import random_tagger
+
+    m = random_tagger(scales=(18, 27, 54))
+    assert m.selection(layers=[4]) == ([54], [4])  # only the 54-frame CNN has a fourth layer
+    assert m.selection(scales=[18, 54], layers=[4]) == ([54], [4])
+    assert m.selection(scales=[27], layers=[1, 3]) == ([27], [1, 3])
+    assert m.selection() == ([18, 27, 54], [1, 2, 3, 4])
+    n4 = sum(b.stop - b.start for b in m.layout if b.layer == 4)
+    assert len(m.columns_of(layers=[4])) == n4

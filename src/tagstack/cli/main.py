@@ -46,7 +46,7 @@ def _add_experiment(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="corpus", help="dataset adapter (see `tagstack datasets`; default: corpus)")
     g.add_argument("--root", default="", help="dataset folder (default for corpus: $TAGSTACK_HOME/corpus/default)")
-    g.add_argument("--split", default="", help="split scheme: mtat lee|full, gtzan fault-filtered|kfold-K-N (default: the paper's)")
+    g.add_argument("--split", default="", help="split scheme: mtat lee|full, gtzan fault-filtered|kfold-K-N, jamendo 0-4 (default: the paper's, jamendo 0)")
     g.add_argument("--split-dir", default="", help="folder of the published split/label files, when not under --root")
     g.add_argument("--merge-synonyms", action="store_true", help="MagnaTagATune full split: merge synonymous tags (female/woman ...)")
     g.add_argument("--cache-dir", default="", help="mel cache folder (default: $TAGSTACK_HOME/mels)")
@@ -448,6 +448,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tagstack: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`tagstack tag ... | head`): stop quietly, as Unix tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that Python's own flush at exit does not fail again
+        return 141
     finally:
         if os.environ.get("WORLD_SIZE", "1") != "1":
             import torch.distributed as dist

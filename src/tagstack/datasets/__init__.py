@@ -7,6 +7,7 @@ would ignore (``--merge-synonyms`` for GTZAN, say) is an error, not a no-op.
 from __future__ import annotations
 
 import importlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -24,6 +25,7 @@ class Adapter:
     function: str
     description: str
     options: frozenset[str] = frozenset()
+    splits: str = ""  # the split schemes it takes, as a regular expression ("": none, the data's own split decides)
 
     @property
     def loader(self) -> Callable[..., ClipSet]:
@@ -33,20 +35,29 @@ class Adapter:
 #: name -> adapter; options besides ``root`` and ``split``.
 DATASETS: dict[str, Adapter] = {
     "corpus": Adapter("corpus", "load_corpus", "the embedded score-rendered corpus (tagstack corpus build)"),
-    "mtat": Adapter("mtat", "load_mtat", "MagnaTagATune top-50; --split lee (the paper's) or full", frozenset({"split_dir", "merge"})),
-    "msd": Adapter("msd", "load_msd", "Million Song Dataset, Last.fm top-50, Lee's split (7digital previews)", frozenset({"split_dir"})),
-    "tagtraum": Adapter("msd", "load_tagtraum", "Tagtraum CD2C genres on MSD, Lee's split (single-label)", frozenset({"split_dir"})),
-    "gtzan": Adapter("gtzan", "load_gtzan", "GTZAN genres; --split fault-filtered or kfold-K-N (single-label)", frozenset({"split_dir"})),
-    "jamendo": Adapter("jamendo", "load_jamendo", "MTG-Jamendo autotagging top-50 (split-0 TSV files)", frozenset({"split_dir"})),
+    "mtat": Adapter("mtat", "load_mtat", "MagnaTagATune top-50; --split lee (the paper's) or full", frozenset({"split_dir", "merge"}),
+                    "lee|full"),
+    "msd": Adapter("msd", "load_msd", "Million Song Dataset, Last.fm top-50, Lee's split (7digital previews)", frozenset({"split_dir"}),
+                   "lee"),
+    "tagtraum": Adapter("msd", "load_tagtraum", "Tagtraum CD2C genres on MSD, Lee's split (single-label)", frozenset({"split_dir"}),
+                        "lee"),
+    "gtzan": Adapter("gtzan", "load_gtzan", "GTZAN genres; --split fault-filtered or kfold-K-N (single-label)", frozenset({"split_dir"}),
+                     r"fault-filtered|kfold-\d+-\d+"),
+    "jamendo": Adapter("jamendo", "load_jamendo", "MTG-Jamendo autotagging top-50; --split 0-4 (MTG's split-N folders; default 0)",
+                       frozenset({"split_dir"}), "[0-4]"),
     "manifest": Adapter("manifest", "load_manifest", "your own collection: manifest.csv/tsv with path, tags[, split][, unknown]"),
     "folders": Adapter("manifest", "load_folders", "your own collection: one folder per label (single-label)"),
 }
 
 
-def check_dataset(name: str, options: dict[str, object]) -> dict[str, object]:
-    """The options that apply (those with a value), or a :class:`ParameterError` for an unknown name or option."""
+def check_dataset(name: str, options: dict[str, object], split: str = "") -> dict[str, object]:
+    """The options that apply (those with a value), or a :class:`ParameterError` for an unknown name, option or split."""
     if name not in DATASETS:
         raise ParameterError(f"unknown dataset {name!r}; choose from {sorted(DATASETS)}")
+    adapter = DATASETS[name]
+    if split and not (adapter.splits and re.fullmatch(adapter.splits, split)):
+        known = f"its splits: {adapter.splits.replace('|', ', ')}" if adapter.splits else "it has no split schemes (its own files decide)"
+        raise ParameterError(f"dataset {name!r} has no split {split!r} ({known})")
     given = {k: v for k, v in options.items() if v not in ("", None, False)}
     extra = sorted(set(given) - DATASETS[name].options)
     if extra:
@@ -57,7 +68,7 @@ def check_dataset(name: str, options: dict[str, object]) -> dict[str, object]:
 
 def load_dataset(name: str, root: str | Path = "", *, split: str = "", **options: object) -> ClipSet:
     """Read dataset ``name`` from ``root`` with the named ``split`` scheme (its default when empty)."""
-    given = check_dataset(name, options)
+    given = check_dataset(name, options, split)
     root = Path(root) if root else Path()
     if name != "corpus" and not root.exists():
         raise DatasetError(f"{root}: dataset root not found")

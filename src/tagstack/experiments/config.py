@@ -64,7 +64,7 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         if self.engine not in ("local", "ray"):
             raise ParameterError(f"engine must be 'local' or 'ray', got {self.engine!r}")
-        check_dataset(self.dataset, {"split_dir": self.split_dir, "merge": self.merge_synonyms})
+        check_dataset(self.dataset, {"split_dir": self.split_dir, "merge": self.merge_synonyms}, self.split)
         self.scales = tuple(sorted(int(s) for s in self.scales))
         if not self.scales or len(set(self.scales)) != len(self.scales):
             raise ParameterError(f"scales must be distinct input sizes, got {list(self.scales)}")

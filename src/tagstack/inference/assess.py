@@ -23,8 +23,9 @@ from .tagger import Tagger
 
 
 def tag_key(tag: str) -> str:
-    """A tag's name for matching across vocabularies: lower case, letters and digits only (female vocal = femaleVocal)."""
-    return re.sub(r"[^0-9a-z]", "", tag.lower())
+    """A tag's name for matching across vocabularies: lower case, letters and digits only (female vocal = femaleVocal),
+    without a category prefix (MTG-Jamendo's ``genre---rock`` = rock)."""
+    return re.sub(r"[^0-9a-z]", "", tag.split("---")[-1].lower())
 
 
 def evaluate_model(model: str | Path | None, dataset: str, root: str | Path, *, scheme: str = "", subset: str = "test",

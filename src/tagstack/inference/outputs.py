@@ -161,8 +161,7 @@ def embed_files(paths: Iterable[str | Path], out: str | Path, *, tagger: Tagger 
     files = audio_files(paths)
     tagger = tagger or Tagger(model, device=device)
     cols = tagger.model.columns_of(scales=scales, layers=layers)
-    chosen_scales = sorted({b.scale for b in tagger.model.layout if (scales is None or b.scale in set(scales))})
-    chosen_layers = sorted({b.layer for b in tagger.model.layout if b.scale in chosen_scales and (layers is None or b.layer in set(layers))})
+    chosen_scales, chosen_layers = tagger.model.selection(scales=scales, layers=layers)
     names, vectors = [], []
     report = BatchReport()
     results = tagger.predict_many(files, embed_only=True)

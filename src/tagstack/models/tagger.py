@@ -100,6 +100,15 @@ class TaggingModel(nn.Module):
         """Columns of :meth:`forward_features` holding the chosen scales and layers."""
         return select_columns(self.layout, scales=scales, layers=layers)
 
+    def selection(self, *, scales: Iterable[int] | None = None, layers: Iterable[int] | None = None) -> tuple[list[int], list[int]]:
+        """The scales and the layers that :meth:`columns_of` actually takes columns from (layer 6 exists only at some
+        scales, so ``layers=[6]`` selects fewer scales than asked), for recording beside an embedding."""
+        self.columns_of(scales=scales, layers=layers)  # refuses what the model lacks
+        s_set = None if scales is None else {int(x) for x in scales}
+        l_set = None if layers is None else {int(x) for x in layers}
+        chosen = [b for b in self.layout if (s_set is None or b.scale in s_set) and (l_set is None or b.layer in l_set)]
+        return sorted({b.scale for b in chosen}), sorted({b.layer for b in chosen})
+
     # ------------------------------------------------------------ computation
     def scale_features(self, scale: int, mels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """All-layer aggregated features of one scale and that CNN's clip probabilities."""

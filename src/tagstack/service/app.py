@@ -223,8 +223,7 @@ class Service:
             out["tags"] = [{"tag": t, "probability": float(p)} | ({"group": result.group_of(t)} if model.groups else {})
                            for t, p in result.top(top_k, threshold, per_group=per_group)]
         if embed:
-            s = sorted({b.scale for b in model.layout if scales is None or b.scale in scales})
-            l_ = sorted({b.layer for b in model.layout if layers is None or b.layer in layers})
+            s, l_ = model.selection(scales=scales, layers=layers)
             out["embedding"] = {"scales": s, "layers": l_, "values": result.embedding[cols].astype(float).tolist()}
         if taggram and result.taggram is not None:
             out["taggram"] = {"tags": result.tags, "window_seconds": self.tagger.cfg.clip_seconds, "hop_seconds": hop_s,
