@@ -209,6 +209,7 @@ def test_a_split_file_that_would_run_code_is_refused(tmp_path, monkeypatch):
     ('path,tags,split\na.wav,x,train\n"b.wav,y,test\nc.wav,z,valid\n', "unterminated quote|line"),
     ("path,tags,split\na.wav,x,train\nb.wav,y,\nc.wav,z,test\n", "1 rows have no split"),
     ("path,tags,split\na.wav,x,train\na.wav,y,test\n", "line 3: a.wav is already listed on line 2"),
+    ("path,tags,split\naudio/a.wav,x,train\n./audio//a.wav,y,test\n", "line 3: ./audio//a.wav is already listed on line 2"),
     ("path,tags,split\na.wav,x=1.5,train\n", "line 2: tag 'x=1.5'"),
     ("path,tags,split\na.wav,x,training\n", "line 2: unknown split 'training'"),
 ])
@@ -216,6 +217,16 @@ def test_manifests_that_would_lose_clips_name_the_line(tmp_path, text, message):
     (tmp_path / "manifest.csv").write_text(text)
     with pytest.raises(DatasetError, match=message):
         read_manifest(tmp_path / "manifest.csv")
+
+
+def test_the_same_file_by_an_absolute_path_is_a_duplicate_and_a_relative_manifest_has_its_folder_name(tmp_path, monkeypatch):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "manifest.csv").write_text(f"path,tags,split\na.wav,x,train\n{tmp_path / 'mine' / 'a.wav'},y,test\n")
+    with pytest.raises(DatasetError, match="line 3: .*a.wav is already listed on line 2"):
+        read_manifest(tmp_path / "mine" / "manifest.csv")
+    (tmp_path / "mine" / "manifest.csv").write_text("path,tags,split\na.wav,x,train\nb.wav,y,test\n")
+    monkeypatch.chdir(tmp_path / "mine")
+    assert read_manifest("manifest.csv").name == "mine"
 
 
 def test_a_manifest_saved_by_excel_with_a_byte_order_mark_is_read(tmp_path):
@@ -320,3 +331,18 @@ def test_names_with_glob_characters_long_names_and_limits(model_file, tmp_path, 
     with pytest.raises(AudioTooLongError, match=r"Song \[Live\]\.wav: more than 2 s of audio"):
         tagger.predict(tmp_path / "Song [Live].wav", max_seconds=2)
     assert tagger.predict(tmp_path / "Song [Live].wav", max_seconds=7).seconds == pytest.approx(6.0, abs=0.01)
+
+
+def test_split_and_label_files_of_the_wrong_kind_are_one_line_naming_the_file(tmp_path):
+    from tagstack.datasets.files import read_npy
+
+    (tmp_path / "y_valid_pub.npy").write_text("garbage")
+    with pytest.raises(DatasetError, match=r"y_valid_pub.npy: cannot read this array"):
+        read_npy(tmp_path / "y_valid_pub.npy")
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object))
+    with pytest.raises(DatasetError, match=r"objects.npy: cannot read this array \(ValueError"):
+        read_npy(tmp_path / "objects.npy")  # object arrays would unpickle: refused
+    with open(tmp_path / "train_list.cP", "wb") as f:
+        pickle.dump({"not": "a list"}, f, protocol=2)
+    with pytest.raises(DatasetError, match=r"train_list.cP: expected a list, found a dict"):
+        read_pickle(tmp_path / "train_list.cP", list)

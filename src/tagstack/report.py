@@ -99,13 +99,13 @@ def write_report(run_dir: Path, metrics: dict, clips: ClipSet) -> None:
     if g.get("groups"):
         lines += ["", "## Mean ROC-AUC per tag group", "", f"| group |{vs} global |", "|---|" + "---|" * (2 if local else 1)]
         for grp, v in g["groups"].items():
-            lv = f" {local['groups'].get(grp, float('nan')):.4f} |" if local else ""
-            lines.append(f"| {grp} |{lv} {v:.4f} |")
+            lv = f" {_fmt(local['groups'].get(grp))} |" if local else ""
+            lines.append(f"| {grp} |{lv} {_fmt(v)} |")
     lines += ["", "## Per-tag ROC-AUC", "", "![per-tag](plots/per_tag_roc_auc.png)", "",
               f"| tag | group |{vs} global |", "|---|---|" + "---|" * (2 if local else 1)]
     for j, t in enumerate(clips.tags):
-        lv = f" {local['per_tag']['roc_auc'][j]:.4f} |" if local else ""
-        lines.append(f"| {t} | {clips.groups.get(t, '')} |{lv} {g['per_tag']['roc_auc'][j]:.4f} |")
+        lv = f" {_fmt(local['per_tag']['roc_auc'][j])} |" if local else ""  # "–": a tag with one class in the test split
+        lines.append(f"| {t} | {clips.groups.get(t, '')} |{lv} {_fmt(g['per_tag']['roc_auc'][j])} |")
     lines += ["", "## Training curves", "", "![curves](plots/curves.png)", ""]
     atomic_write_text(run_dir / "report.md", "\n".join(lines))
 
@@ -230,8 +230,8 @@ def metrics_table(metrics: dict) -> str:
     if g.get("groups"):
         lines += ["", f"{'tag group':<14} {'local ' + best if best else '':>10} {'global':>8}   (mean per-tag ROC-AUC)"]
         for grp, v in g["groups"].items():
-            lv = f"{metrics['local'][best]['groups'].get(grp, float('nan')):>10.4f}" if best else " " * 10
-            lines.append(f"{grp:<14} {lv} {v:>8.4f}")
+            lv = f"{_fmt(metrics['local'][best]['groups'].get(grp)):>10}" if best else " " * 10
+            lines.append(f"{grp:<14} {lv} {_fmt(v):>8}")
     return "\n".join(lines)
 
 
@@ -259,7 +259,7 @@ def model_summary(meta: dict, path: str) -> str:
     if info.get("name"):
         lines.append(f"model card: {info['name']}.md beside the shipped model files")
     if test.get("roc_auc") is not None:
-        lines.append(f"test: ROC-AUC {test['roc_auc']:.4f}, PR-AUC {test.get('pr_auc') or float('nan'):.4f}")
+        lines.append(f"test: ROC-AUC {test['roc_auc']:.4f}, PR-AUC {_fmt(test.get('pr_auc'))}")
     lines.append("(--json for the whole header)")
     return "\n".join(lines)
 

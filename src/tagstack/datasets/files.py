@@ -4,6 +4,8 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import DatasetError
 
 
@@ -45,13 +47,25 @@ class _DataOnlyUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"it asks for {module}.{name}, which a split or label file never holds (refused: it could run code)")
 
 
-def read_pickle(path: Path):
-    """A (Python 2) pickle of plain data: the published split and label files. Names the file on failure."""
+def read_pickle(path: Path, expect: type | None = None):
+    """A (Python 2) pickle of plain data: the published split and label files. Names the file on failure, and when
+    it holds something else than ``expect`` (a list of ids, a dict of labels)."""
     try:
         with open(path, "rb") as f:
-            return _DataOnlyUnpickler(f, encoding="latin1").load()
+            obj = _DataOnlyUnpickler(f, encoding="latin1").load()
     except Exception as e:
         raise DatasetError(f"{path}: cannot read pickle ({type(e).__name__}: {e})") from None
+    if expect is not None and not isinstance(obj, expect):
+        raise DatasetError(f"{path}: expected a {expect.__name__}, found a {type(obj).__name__}")
+    return obj
+
+
+def read_npy(path: Path) -> np.ndarray:
+    """A published label array (``.npy``); never unpickles. Names the file on failure."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as e:
+        raise DatasetError(f"{path}: cannot read this array ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
 
 
 def read_lines(path: Path) -> list[str]:

@@ -27,6 +27,7 @@ A folder per label (``root/<label>/*.wav``) is read as a single-label task.
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
@@ -77,9 +78,10 @@ def read_manifest(path: str | Path, *, name: str | None = None, task: str = "mul
         p = r.get("path", "")
         if not p:
             raise DatasetError(f"{path}, line {line}: empty path")
-        if p in seen:
-            raise DatasetError(f"{path}, line {line}: {p} is already listed on line {seen[p]}")
-        seen[p] = line
+        same = os.path.normpath(os.path.join(path.parent.resolve(), p))  # ./a.wav, a//a.wav and /abs/a.wav are one file
+        if same in seen:
+            raise DatasetError(f"{path}, line {line}: {p} is already listed on line {seen[same]}")
+        seen[same] = line
         tag_values.append(_parse_tags(r.get("tags", ""), path, line))
     tags = sorted({t for tv in tag_values for t in tv})
     col = {t: j for j, t in enumerate(tags)}
@@ -103,7 +105,7 @@ def read_manifest(path: str | Path, *, name: str | None = None, task: str = "mul
                            "fill the split column on every row, or leave it empty everywhere for a seeded split")
     if empty:
         splits = _make_splits([r["path"] for _, r in records], labels, seed=seed)
-    return ClipSet(name=name or path.parent.name, root=path.parent, paths=[r["path"] for _, r in records],
+    return ClipSet(name=name or path.resolve().parent.name, root=path.parent, paths=[r["path"] for _, r in records],
                    labels=labels, tags=tags, splits=splits, task=task, groups=groups)
 
 
@@ -218,7 +220,8 @@ def read_folders(root: str | Path, *, name: str | None = None, seed: int = 0) ->
     labels = np.eye(len(classes), dtype=np.float32)[y]
     assign = stratified_split(paths, [classes[k] for k in y], seed=seed)
     splits = np.array([assign[p] for p in paths], dtype=object)
-    return ClipSet(name=name or root.name, root=root, paths=paths, labels=labels, tags=classes, splits=splits, task="multiclass")
+    return ClipSet(name=name or root.resolve().name, root=root, paths=paths, labels=labels, tags=classes, splits=splits,
+                   task="multiclass")
 
 
 def load_manifest(root: Path, split: str = "") -> ClipSet:

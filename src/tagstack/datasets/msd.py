@@ -34,8 +34,8 @@ TAGTRAUM_TRAIN = 141_372
 
 
 def _audio_paths(ids: list[str], folders: tuple) -> tuple[list[str], list[int]]:
-    to_7d = read_pickle(find_file("MSD_id_to_7D_id.pkl", *folders))
-    to_path = read_pickle(find_file("7D_id_to_path.pkl", *folders))
+    to_7d = read_pickle(find_file("MSD_id_to_7D_id.pkl", *folders), dict)
+    to_path = read_pickle(find_file("7D_id_to_path.pkl", *folders), dict)
     paths, kept = [], []
     for i, tid in enumerate(ids):
         p = to_path.get(to_7d.get(tid))
@@ -55,9 +55,9 @@ def load_msd(root: Path, split: str = "lee", *, split_dir: str | Path = "") -> C
     """Million Song Dataset, Last.fm top-50 tags, Lee's split."""
     folders = (split_dir, root)
     tags = read_lines(find_file("50tagList.txt", *folders))
-    ids, names = _train_valid_test(read_pickle(find_file("filtered_list_train.cP", *folders)),
-                                   read_pickle(find_file("filtered_list_test.cP", *folders)), MSD_TRAIN)
-    vectors = read_pickle(find_file("msd_id_to_tag_vector.cP", *folders))
+    ids, names = _train_valid_test(read_pickle(find_file("filtered_list_train.cP", *folders), list),
+                                   read_pickle(find_file("filtered_list_test.cP", *folders), list), MSD_TRAIN)
+    vectors = read_pickle(find_file("msd_id_to_tag_vector.cP", *folders), dict)
     missing = [t for t in ids if t not in vectors]
     if missing:
         raise DatasetError(f"msd_id_to_tag_vector.cP has no labels for {len(missing)} ids, e.g. {missing[0]}")
@@ -85,8 +85,8 @@ def load_tagtraum(root: Path, split: str = "lee", *, split_dir: str | Path = "")
     """Tagtraum CD2C genre annotations on MSD, Lee's stratified split."""
     folders = (split_dir, root)
     genre_of = read_tagtraum(find_file("msd_tagtraum_cd2c.cls", *folders))
-    ids, names = _train_valid_test(read_pickle(find_file("train_list.cP", *folders)),
-                                   read_pickle(find_file("test_list.cP", *folders)), TAGTRAUM_TRAIN)
+    ids, names = _train_valid_test(read_pickle(find_file("train_list.cP", *folders), list),
+                                   read_pickle(find_file("test_list.cP", *folders), list), TAGTRAUM_TRAIN)
     missing = [t for t in ids if t not in genre_of]
     if missing:
         raise DatasetError(f"msd_tagtraum_cd2c.cls has no genre for {len(missing)} ids of the split, e.g. {missing[0]}")

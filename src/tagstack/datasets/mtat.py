@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DatasetError, ParameterError
-from .files import find_file, read_lines, read_pickle
+from .files import find_file, read_lines, read_npy, read_pickle
 from .base import ClipSet
 
 BROKEN_CLIPS = {35644, 55753, 57881}
@@ -135,11 +135,14 @@ def load_mtat(root: Path, split: str = "lee", *, split_dir: str | Path = "", mer
     by_path = {p: i for i, p in enumerate(paths)}
     all_paths, labels, splits = [], [], []
     for name, y_file in (("train", None), ("valid", "y_valid_pub.npy"), ("test", "y_test_pub.npy")):
-        lst = [re.sub(r"\.npy$", ".mp3", p) for p in read_pickle(find_file(f"{name}_list_pub.cP", *folders))]
+        lst = [re.sub(r"\.npy$", ".mp3", str(p)) for p in read_pickle(find_file(f"{name}_list_pub.cP", *folders), list)]
         if y_file:
-            y_split = np.load(find_file(y_file, *folders)).astype(np.float32)
-            if y_split.shape != (len(lst), len(top50)):
-                raise DatasetError(f"{y_file}: shape {y_split.shape} does not match {len(lst)} clips x {len(top50)} tags")
+            y_path = find_file(y_file, *folders)
+            y_split = read_npy(y_path)
+            if y_split.shape != (len(lst), len(top50)) or y_split.dtype.kind not in "biuf":
+                raise DatasetError(f"{y_path}: {y_split.dtype} array of shape {y_split.shape}, expected numbers for "
+                                   f"{len(lst)} clips x {len(top50)} tags")
+            y_split = y_split.astype(np.float32)
         else:
             unknown = [p for p in lst if p not in by_path]
             if unknown:
