@@ -296,3 +296,22 @@ def test_unknown_labels_run_through_every_stage_and_are_left_out_of_the_scores(t
     assert model.groups == {clips.tags[0]: "sparse", clips.tags[2]: "dense"}
     probs = exp.test_probs(model)
     assert np.isclose(metrics["global"]["per_tag"]["roc_auc"][0], roc_auc_score(y[known, 0], probs[known, 0]), atol=1e-4)
+
+
+def test_a_split_that_cannot_be_scored_is_refused_before_any_training(tmp_path, synth_dir):
+    import shutil
+
+    from tagstack.datasets import read_manifest, write_manifest
+    from tagstack.errors import DatasetError
+    from tagstack.experiments.run import Experiment
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_dir, data)
+    clips = read_manifest(data / "manifest.csv")
+    clips.labels[clips.indices("test")] = clips.labels[clips.indices("test")[0]]  # every test clip has the same tags
+    write_manifest(clips, data / "manifest.csv")
+    cfg = ExperimentConfig(dataset="manifest", root=str(data), scales=(27,), frontend=TEST_FRONTEND,
+                           cache_dir=str(tmp_path / "cache"), workers=1)
+    with pytest.raises(DatasetError, match=r"no tag has both positive and negative clips in split 'test'"):
+        Experiment(cfg, tmp_path / "run").local_models()
+    assert not (tmp_path / "run" / "1-local").exists()

@@ -130,7 +130,10 @@ class Experiment:
             kept = clips.subset(cache.valid)
             for split in ("train", "valid", "test"):
                 if len(kept.indices(split)) < 2:
-                    raise DatasetError(f"{clips.name}: only {len(kept.indices(split))} usable clips in split '{split}'")
+                    raise DatasetError(f"{clips.root}: only {len(kept.indices(split))} usable clips in split '{split}'")
+                if not _scorable(kept.labels[kept.indices(split)]):  # found now, not after three stages of training
+                    raise DatasetError(f"{clips.root}: no tag has both positive and negative clips in split '{split}', "
+                                       "so it cannot be scored; give it more varied clips")
             self._data = Prepared(clips=kept, mels=cache.mels, mel_rows=np.flatnonzero(cache.valid), report=report,
                                   digest=data_digest(kept.paths, kept.splits, kept.labels, kept.tags, c.frontend))
             atomic_write_text(self.dir / "dataset.txt", kept.summary() + "\n")
@@ -343,6 +346,12 @@ def _extract_shared(model: TaggingModel, mels: np.ndarray, rows: np.ndarray, dev
     dist.all_gather(parts, torch.from_numpy(mine).to(on))
     whole = torch.cat(parts).cpu().numpy()[: len(rows)]
     return whole[:, : edges[1]].copy(), {s: whole[:, edges[i + 1] : edges[i + 2]].copy() for i, s in enumerate(scales)}
+
+
+def _scorable(labels: np.ndarray) -> bool:
+    """Whether some tag has both a positive and a negative clip among these (unknown labels aside)."""
+    y = binary_targets(labels)
+    return bool(((np.nan_to_num(y, nan=0.0) == 1).any(0) & (np.nan_to_num(y, nan=1.0) == 0).any(0)).any())
 
 
 def group_metrics(clips: ClipSet, per_tag: list[float]) -> dict[str, float]:
