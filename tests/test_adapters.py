@@ -212,6 +212,9 @@ def test_jamendo_generated_and_errors(tmp_path):
     (tmp_path / "autotagging_top50tags-test.tsv").write_text(header + "\ntrack\tshort\n")
     with pytest.raises(DatasetError, match="test.tsv, line 2"):
         load_dataset("jamendo", tmp_path)
+    (tmp_path / "autotagging_top50tags-test.tsv").write_text(header + "\n\n\ntrack\tshort\n")  # blank lines still count
+    with pytest.raises(DatasetError, match="test.tsv, line 4"):
+        load_dataset("jamendo", tmp_path)
 
 
 def test_jamendo_reads_the_split_asked_for_and_every_adapter_refuses_splits_it_lacks(tmp_path):

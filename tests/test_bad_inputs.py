@@ -346,3 +346,33 @@ def test_split_and_label_files_of_the_wrong_kind_are_one_line_naming_the_file(tm
         pickle.dump({"not": "a list"}, f, protocol=2)
     with pytest.raises(DatasetError, match=r"train_list.cP: expected a list, found a dict"):
         read_pickle(tmp_path / "train_list.cP", list)
+
+
+def test_tag_and_embed_remove_what_killed_writes_of_their_outputs_left(folder, model_file, tmp_path):
+    from tagstack.fileio import TEMP_PREFIX
+
+    good = str(folder / "good.wav")
+    left = [tmp_path / f"{TEMP_PREFIX}tags.jsonl.abc123.tmp", tmp_path / f"{TEMP_PREFIX}emb.npz.x1.npz",
+            tmp_path / "grams" / f"{TEMP_PREFIX}good.taggram.csv.q.tmp"]
+    (tmp_path / "grams").mkdir()
+    for p in left:
+        p.write_bytes(b"half")
+    (tmp_path / "mine.txt").write_text("not ours")
+    assert main(["tag", good, "--model", str(model_file), "-o", str(tmp_path / "tags.jsonl"), "--format", "jsonl",
+                 "--taggram", str(tmp_path / "grams"), "--device", "cpu"]) == 0
+    assert main(["embed", good, "--model", str(model_file), "--out", str(tmp_path / "emb.npz"), "--device", "cpu"]) == 0
+    assert not any(p.exists() for p in left) and (tmp_path / "mine.txt").exists()
+
+
+def test_a_file_of_a_few_samples_is_refused_and_numpy_numbers_and_model_names_work(model_file, tmp_path, monkeypatch):
+    from tagstack.inference.tagger import PRETRAINED, resolve_model
+
+    sf.write(tmp_path / "click.wav", np.full(10, 0.5, np.float32), SR)
+    tagger = Tagger(model_file, device="cpu")
+    with pytest.raises(AudioError, match=r"click.wav: 10 samples at 22050 Hz, too short to tag \(at least 1024"):
+        tagger.predict(tmp_path / "click.wav")
+    y = np.zeros(SR * 6, np.float32) + 0.01
+    assert tagger.tag(y, sr=SR, threshold=np.float32(0.0)) == tagger.tag(y, sr=SR, threshold=0.0)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "corpus").mkdir()  # a folder of that name does not hide the shipped model
+    assert resolve_model("corpus") == PRETRAINED["corpus"]

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import tempfile
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any, Callable
 
@@ -35,6 +36,21 @@ def remove_leftovers(folder: Path) -> int:
         return 0
     n = 0
     for p in Path(folder).rglob(f"{TEMP_PREFIX}*"):
+        try:
+            p.unlink()
+            n += 1
+        except OSError:
+            pass
+    return n
+
+
+def remove_leftovers_of(path: Path) -> int:
+    """Delete the temporary files that killed atomic writes of ``path`` left beside it; returns how many."""
+    if not writes_here():
+        return 0
+    path = Path(path)
+    n = 0
+    for p in path.parent.glob(f"{TEMP_PREFIX}{glob_escape(path.name[:100])}.*"):
         try:
             p.unlink()
             n += 1

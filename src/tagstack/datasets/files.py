@@ -69,7 +69,14 @@ def read_npy(path: Path) -> np.ndarray:
 
 
 def read_lines(path: Path) -> list[str]:
+    """The file's non-blank lines, stripped."""
+    return [line for _, line in numbered_lines(path)]
+
+
+def numbered_lines(path: Path) -> list[tuple[int, str]]:
+    """``(line number, line)`` of the file's non-blank lines, stripped, numbered as an editor shows them."""
     try:
-        return [l.strip() for l in path.read_text(encoding="utf-8").splitlines() if l.strip()]
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise DatasetError(f"{path}: cannot read ({e})") from e
+    return [(n, line.strip()) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]

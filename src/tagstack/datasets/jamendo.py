@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DatasetError
-from .files import read_lines
+from .files import numbered_lines
 from .base import ClipSet
 
 
@@ -26,11 +26,11 @@ def find_tsv(name: str, folders: list[Path]) -> Path:
 
 def read_split_tsv(path: Path) -> list[tuple[str, list[str]]]:
     """``(path, tags)`` of every track of one split file."""
-    lines = read_lines(path)
-    if not lines or not lines[0].startswith("TRACK_ID"):
+    lines = numbered_lines(path)
+    if not lines or not lines[0][1].startswith("TRACK_ID"):
         raise DatasetError(f"{path}: expected a header starting with TRACK_ID")
     out = []
-    for n, line in enumerate(lines[1:], start=2):
+    for n, line in lines[1:]:
         f = line.split("\t")
         if len(f) < 6:
             raise DatasetError(f"{path}, line {n}: expected at least 6 tab-separated fields, got {len(f)}")

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DatasetError
-from .files import find_file, read_lines, read_pickle
+from .files import find_file, numbered_lines, read_lines, read_pickle
 from .base import ClipSet
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def load_msd(root: Path, split: str = "lee", *, split_dir: str | Path = "") -> C
 def read_tagtraum(path: Path) -> dict[str, str]:
     """Track id -> majority genre of a ``.cls`` file."""
     out = {}
-    for n, line in enumerate(read_lines(path), start=1):
+    for n, line in numbered_lines(path):
         if line.startswith("#"):
             continue
         fields = line.split("\t")

@@ -131,13 +131,19 @@ class Experiment:
             for split in ("train", "valid", "test"):
                 if len(kept.indices(split)) < 2:
                     raise DatasetError(f"{clips.root}: only {len(kept.indices(split))} usable clips in split '{split}'")
-                if not _scorable(kept.labels[kept.indices(split)]):  # found now, not after three stages of training
-                    raise DatasetError(f"{clips.root}: no tag has both positive and negative clips in split '{split}', "
-                                       "so it cannot be scored; give it more varied clips")
             self._data = Prepared(clips=kept, mels=cache.mels, mel_rows=np.flatnonzero(cache.valid), report=report,
                                   digest=data_digest(kept.paths, kept.splits, kept.labels, kept.tags, c.frontend))
             atomic_write_text(self.dir / "dataset.txt", kept.summary() + "\n")
         return self._data
+
+    def check_scorable(self) -> None:
+        """Before any training: every split must have a tag with positive and negative clips, or validation and the
+        test scores could not be computed (found now, not after three stages)."""
+        clips = self.data.clips
+        for split in ("train", "valid", "test"):
+            if not _scorable(clips.labels[clips.indices(split)]):
+                raise DatasetError(f"{clips.root}: no tag has both positive and negative clips in split '{split}', "
+                                   "so it cannot be scored; give it more varied clips")
 
     # ------------------------------------------------------------ stage 1
     def local_models(self) -> dict[int, LocalCNN]:
@@ -156,6 +162,7 @@ class Experiment:
             self._local, self._local_tags = {s: source.local_models[s] for s in c.scales}, list(source.tags)
             return self._local
         d = self.data
+        self.check_scorable()
         models = {}
         for i, scale in enumerate(c.scales, 1):
             log.info("stage 1: local CNN %d of %d (%d frames)", i, len(c.scales), scale)
@@ -233,6 +240,7 @@ class Experiment:
                    seed: int | None = None, name: str = "3-global") -> TaggingModel:
         """Stage 3: a global classifier on the chosen slice of the stored features, as a whole tagger."""
         c = self.config
+        self.check_scorable()
         d, feats = self.data, self.features()["features"]
         if scales is None and layers is None:  # the configured model; otherwise exactly the slice asked for
             scales, layers = c.scales, c.layers

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from ..audio.io import find_audio
 from ..errors import ParameterError, TagstackError
-from ..fileio import atomic_write
+from ..fileio import atomic_write, remove_leftovers, remove_leftovers_of
 from ..report import write_taggram
 from .tagger import Tagger, check_selection
 
@@ -101,8 +101,11 @@ def tag_files(paths: Iterable[str | Path], *, tagger: Tagger | None = None, mode
         raise ParameterError(f"--hop {hop} needs --taggram DIR and a positive, finite number of seconds")
     if output is not None:
         check_destination(Path(output))
+        remove_leftovers_of(Path(output))
     if taggram_dir is not None:
         check_destination(Path(taggram_dir), folder=True)
+        if Path(taggram_dir).is_dir():
+            remove_leftovers(Path(taggram_dir))
     files = audio_files(paths)
     tagger = tagger or Tagger(model, device=device)
     if tagger.model.head is None:
@@ -158,6 +161,7 @@ def embed_files(paths: Iterable[str | Path], out: str | Path, *, tagger: Tagger 
     if out.suffix == ".parquet":
         _need_pyarrow()
     check_destination(out)
+    remove_leftovers_of(out)
     files = audio_files(paths)
     tagger = tagger or Tagger(model, device=device)
     cols = tagger.model.columns_of(scales=scales, layers=layers)

@@ -56,7 +56,7 @@ def resolve_model(model: str | Path | None) -> Path:
     """A model file from a path, a shipped model's name (``real``, ``real-4q``, ``corpus``) or None (the default)."""
     if model is None:
         return DEFAULT_MODEL
-    if str(model) in PRETRAINED and not Path(model).exists():
+    if str(model) in PRETRAINED and not Path(model).is_file():  # a folder named "corpus" does not hide the shipped model
         return PRETRAINED[str(model)]
     return Path(model)
 
@@ -104,7 +104,8 @@ def check_selection(top_k: int | None, threshold: float | None) -> None:
     """Refuse a tag selection that cannot mean anything (a negative count, a threshold outside [0, 1])."""
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0):
         raise ParameterError(f"top_k must be a whole number >= 0 (0 or None: all tags), got {top_k!r}")
-    if threshold is not None and not (isinstance(threshold, (int, float)) and 0 <= threshold <= 1):
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.integer, np.floating))
+                                  or not 0 <= threshold <= 1):
         raise ParameterError(f"threshold must be a probability in [0, 1], got {threshold!r}")
 
 
@@ -227,9 +228,13 @@ class Tagger:
                     gram_end = start + n
             keep = min(next_clip, next_gram if next_gram is not None else next_clip, max(0, total - n))
             buf, buf_start = buf[keep - buf_start :], keep
+        if total < self.cfg.n_fft:  # not one spectrogram frame of sound: its "tags" would be the padding's
+            name = "<array>" if isinstance(source, np.ndarray) else str(source)
+            raise AudioError(f"{name}: {total} samples at {self.cfg.sample_rate} Hz, too short to tag "
+                             f"(at least {self.cfg.n_fft}, {1000 * self.cfg.n_fft / self.cfg.sample_rate:.0f} ms)")
         tail = max(0, total - n)
-        gram_tail = next_gram is not None and total - gram_end >= min(min_tail, total) and total > 0
-        if next_clip < total or total == 0:
+        gram_tail = next_gram is not None and total - gram_end >= min(min_tail, total)
+        if next_clip < total:
             yield _Window(take(next_clip, total), next_clip, True, gram_tail and tail == next_clip)
         if gram_tail and tail != next_clip:
             yield _Window(take(tail, total), tail, False, True)
