@@ -124,6 +124,8 @@ def test_mel_cache_builds_resumes_and_reports_bad_files(tmp_path):
     assert "file not found" in report["skipped"][str(tmp_path / "missing.wav")]
     assert list(report["padded"]) == [str(tmp_path / "short.wav")]
     assert cache.valid.tolist() == [True, True, False, False, False]
+    # how much of each clip is audio: all of ok.wav's frames, short.wav's second of audio (the rest is padding)
+    assert cache.frames.tolist() == [FE.n_frames, -(-22050 // FE.hop_length), 0, 0, 0]
     from tagstack.audio.io import load
 
     ref = clip_mels([load(tmp_path / "ok.wav")], config=FE)[0]

@@ -170,6 +170,30 @@ def test_training_features_equal_inference_features(tmp_path, model_file):
         assert np.corrcoef(stored[i], inferred)[0, 1] > 0.9999
 
 
+def test_a_clip_shorter_than_the_clip_length_gives_the_same_features_in_training_and_tagging(tmp_path):
+    """The mel cache pads a short file; stage 2 aggregates its audio alone, as tagging the file does."""
+    from synth import make_dataset
+    from tagstack.config import FrontEndConfig
+    from tagstack.experiments.config import ExperimentConfig
+    from tagstack.experiments.run import Experiment
+
+    fe = FrontEndConfig(clip_seconds=8.0, n_frames=344)
+    model = random_tagger()
+    model.frontend = fe
+    save_model(model, tmp_path / "m.safetensors")
+    clips = make_dataset(tmp_path / "data", n_clips=8, seconds=6.1)  # 6.1 s of audio in clips of 8 s (the cache keeps >= 5 s)
+    cfg = ExperimentConfig(dataset="manifest", root=str(tmp_path / "data"), scales=(18, 27, 54), frontend=fe,
+                           local_from=str(tmp_path / "m.safetensors"), cache_dir=str(tmp_path / "cache"), workers=1, device="cpu")
+    exp = Experiment(cfg, tmp_path / "run")
+    assert (exp.data.frames[exp.data.mel_rows] < fe.n_frames).all()
+    stored = exp.features()["features"]
+    tagger = Tagger(tmp_path / "m.safetensors", device="cpu")
+    for i, path in enumerate(exp.data.clips.paths[:4]):
+        inferred = tagger.embed(clips.root / path)
+        np.testing.assert_allclose(stored[i], inferred, rtol=2e-2, atol=2e-2)
+        assert np.corrcoef(stored[i], inferred)[0, 1] > 0.9999
+
+
 def test_joint_finetuning_starts_from_the_staged_outputs(model_file):
     """The module joint fine-tuning trains is the staged tagger itself: same outputs before any step."""
     staged = load_model(model_file)

@@ -77,6 +77,21 @@ def test_mixup_mixes_segments_and_labels_alike_and_keeps_unknowns_unknown():
     assert changed >= nb * 6 // 2
 
 
+def test_a_short_clip_gives_only_its_segments_of_audio():
+    import numpy as np
+    from tagstack.train.stages import segment_batches
+
+    size, n_frames = 5, 20  # 4 segments a clip
+    mels = np.zeros((3, n_frames, 2), np.float32)
+    for i in range(3):
+        mels[i, :, 0] = i
+        mels[i, :, 1] = np.arange(n_frames)  # which frame each row is
+    frames = np.array([20, 11, 3])  # whole clip; 2 segments of audio; less than one (its first segment is kept)
+    batches, _ = segment_batches(mels, np.eye(3, dtype=np.float32), np.arange(3), size=size, batch_size=4, seed=0, frames=frames)
+    seen = sorted((int(x[0, 0]), int(x[0, 1])) for xb, _ in batches(0) for x in xb.numpy())
+    assert seen == [(0, 0), (0, 5), (0, 10), (0, 15), (1, 0), (1, 5), (2, 0)]
+
+
 def test_mixup_is_for_the_local_cnns_only():
     import pytest
     from tagstack.config import global_schedule

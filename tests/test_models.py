@@ -74,6 +74,21 @@ def test_aggregation_is_max_within_segment_then_mean_over_segments():
     np.testing.assert_allclose(probs[0].numpy(), seg_probs, rtol=1e-5)
 
 
+def test_a_padded_clip_is_aggregated_over_its_audio_only():
+    """With ``frames`` (audio frames of a zero-padded clip), the mean runs over the whole segments of audio, and at
+    least the first: the same numbers as the clip cut to those segments."""
+    torch.manual_seed(2)
+    model = build_local_cnn(27, n_tags=3).eval()
+    mels = torch.randn(3, 135, 128)  # 5 segments of 27 frames
+    frames = torch.tensor([135, 60, 10])  # all audio; 2 whole segments of audio; less than one segment
+    with torch.no_grad():
+        feats, probs = aggregate(model, mels, frames=frames)
+        for i, k in enumerate((5, 2, 1)):
+            f, p = aggregate(model, mels[i : i + 1, : k * 27])
+            np.testing.assert_allclose(feats[i].numpy(), f[0].numpy(), rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(probs[i].numpy(), p[0].numpy(), rtol=1e-5, atol=1e-6)
+
+
 def test_local_model_rejects_wrong_input_shape():
     model = build_local_cnn(27, n_tags=3)
     with pytest.raises(ParameterError, match="27, 128"):

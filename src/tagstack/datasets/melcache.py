@@ -18,8 +18,10 @@ Ray cluster (``engine="ray"``) the workers decode and compute the frames,
 and this process writes them into the same store.
 
 Clips shorter than the clip length (29.1 s) are zero-padded at the end when
-they hold at least ``min_seconds`` of audio, and skipped below that. Longer
-files contribute the 29.1 s at their centre.
+they hold at least ``min_seconds`` of audio, and skipped below that; how
+many frames of each clip are audio is stored beside them (:attr:`MelCache.frames`),
+so that training and aggregation use the audio alone, as tagging a file
+does. Longer files contribute the 29.1 s at their centre.
 """
 from __future__ import annotations
 
@@ -65,15 +67,16 @@ def _decode(args: tuple[str, int, float, float]) -> tuple[np.ndarray | None, str
     return y, note
 
 
-def _decode_frames(args: tuple[str, int, float, float, dict]) -> tuple[np.ndarray | None, str]:
-    """Ray worker: decode one clip and compute its frames on the worker's CPU (8x less to send back than samples)."""
+def _decode_frames(args: tuple[str, int, float, float, dict]) -> tuple[tuple[np.ndarray, int] | None, str]:
+    """Ray worker: decode one clip and compute its frames on the worker's CPU (8x less to send back than samples);
+    returns them with the number of samples of audio."""
     y, note = _decode(args[:4])
     if y is None:
         return None, note
     fe = FrontEndConfig(**args[4])
     with torch.inference_mode():
         mel = _cpu_frontend(args[4])(torch.from_numpy(_pad(y, fe.clip_samples))[None])[0]
-    return mel.numpy().astype(np.float16), note
+    return (mel.numpy().astype(np.float16), y.size), note
 
 
 _FRONTENDS: dict[str, ClipMel] = {}
@@ -109,18 +112,22 @@ class MelCache:
 
     @property
     def _done_path(self) -> Path:
-        return self.dir / "done.u8"
+        return self.dir / "frames.i16"  # frames of audio per clip; 0: not computed yet
 
     def _complete_files(self) -> bool:
         """Both memory-mapped files exist with the sizes this cache's shape needs."""
         n, frames, mels = self.shape
-        sizes = {self._mels_path: n * frames * mels * 2, self._done_path: n}
+        sizes = {self._mels_path: n * frames * mels * 2, self._done_path: n * 2}
         return all(p.exists() and p.stat().st_size == size for p, size in sizes.items())
 
     def _open(self, mode: str) -> tuple[np.memmap, np.memmap]:
         mels = np.memmap(self._mels_path, dtype=np.float16, mode=mode, shape=self.shape)
-        done = np.memmap(self._done_path, dtype=np.uint8, mode=mode, shape=(self.shape[0],))
+        done = np.memmap(self._done_path, dtype=np.int16, mode=mode, shape=(self.shape[0],))
         return mels, done
+
+    def _audio_frames(self, samples: int) -> int:
+        """Frames centred inside ``samples`` of audio (as the tagger counts them), at most a clip's."""
+        return min(self.frontend.n_frames, -(-samples // self.frontend.hop_length))
 
     def _failed(self) -> dict[str, str]:
         f = self.dir / "failed.json"
@@ -141,8 +148,9 @@ class MelCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         remove_leftovers(self.dir)
         if not self._complete_files():  # new, or a kill left one file without the other: start this cache over
+            (self.dir / "done.u8").unlink(missing_ok=True)  # an earlier version's flags, without the frames of audio
             np.memmap(self._mels_path, dtype=np.float16, mode="w+", shape=self.shape).flush()
-            np.memmap(self._done_path, dtype=np.uint8, mode="w+", shape=(self.shape[0],)).flush()
+            np.memmap(self._done_path, dtype=np.int16, mode="w+", shape=(self.shape[0],)).flush()
             atomic_write_json(self.dir / "info.json", {"dataset": self.clips.name, "shape": list(self.shape),
                                                        "frontend": self.frontend.__dict__, "paths": [str(self.clips.audio_path(i)) for i in range(len(self.clips))]})
         mels, done = self._open("r+")
@@ -156,7 +164,7 @@ class MelCache:
         pending: list[tuple[int, np.ndarray]] = []
         computed = 0
 
-        frames_done: list[int] = []
+        frames_done: list[tuple[int, int]] = []  # (clip, samples of audio) whose frames a Ray worker computed
 
         def flush() -> None:
             nonlocal computed
@@ -169,9 +177,9 @@ class MelCache:
                 for (i, _), m in zip(pending, out):
                     mels[i] = m
             mels.flush()
-            finished = [i for i, _ in pending] + frames_done
-            for i in finished:
-                done[i] = 1
+            finished = [(i, y.size) for i, y in pending] + frames_done
+            for i, samples in finished:
+                done[i] = self._audio_frames(samples)
             done.flush()
             computed += len(finished)
             pending.clear()
@@ -197,9 +205,9 @@ class MelCache:
                 else:
                     if note:
                         padded[path] = note
-                    if y.ndim == 2:  # frames computed by a Ray worker
-                        mels[i] = y
-                        frames_done.append(i)
+                    if isinstance(y, tuple):  # frames computed by a Ray worker, and the samples they came from
+                        mels[i] = y[0]
+                        frames_done.append((i, y[1]))
                         if len(frames_done) >= batch_size:
                             flush()
                     else:
@@ -229,9 +237,14 @@ class MelCache:
     @property
     def valid(self) -> np.ndarray:
         """Boolean mask of clips whose frames are cached."""
+        return self.frames > 0
+
+    @property
+    def frames(self) -> np.ndarray:
+        """Frames of audio in each clip (the rest of its ``n_frames`` is zero padding); 0 for clips not cached."""
         if not self._done_path.exists():
-            return np.zeros(self.shape[0], dtype=bool)
-        return np.asarray(self._open("r")[1], dtype=bool)
+            return np.zeros(self.shape[0], dtype=np.int64)
+        return np.asarray(self._open("r")[1], dtype=np.int64)
 
 
 def _ray_pool(address: str, workers: int | None):

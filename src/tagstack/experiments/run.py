@@ -65,6 +65,7 @@ class Prepared:
     clips: ClipSet
     mels: np.ndarray
     mel_rows: np.ndarray  # row in ``mels`` of each clip of ``clips``
+    frames: np.ndarray  # frames of audio of every row of ``mels`` (the rest of a short clip is padding)
     report: dict
     digest: str  # of the clips, splits, labels and front end: part of every stored result's key
 
@@ -131,7 +132,7 @@ class Experiment:
             for split in ("train", "valid", "test"):
                 if len(kept.indices(split)) < 2:
                     raise DatasetError(f"{clips.root}: only {len(kept.indices(split))} usable clips in split '{split}'")
-            self._data = Prepared(clips=kept, mels=cache.mels, mel_rows=np.flatnonzero(cache.valid), report=report,
+            self._data = Prepared(clips=kept, mels=cache.mels, mel_rows=np.flatnonzero(cache.valid), frames=cache.frames, report=report,
                                   digest=data_digest(kept.paths, kept.splits, kept.labels, kept.tags, c.frontend))
             atomic_write_text(self.dir / "dataset.txt", kept.summary() + "\n")
         return self._data
@@ -170,7 +171,7 @@ class Experiment:
             model = build_local_cnn(scale, n_tags=len(d.clips.tags), n_mels=c.frontend.n_mels)
             train_local(model, d.mels, train_rows=d.rows("train"), valid_rows=d.rows("valid"), train_labels=d.labels("train"),
                         valid_labels=d.labels("valid"), config=c.local, workdir=self.dir / "1-local" / str(scale), device=self.device,
-                        inputs={"data": d.digest, "outputs": len(d.clips.tags)})
+                        inputs={"data": d.digest, "outputs": len(d.clips.tags)}, frames=d.frames)
             models[scale] = model.cpu()
         self._local, self._local_tags = models, list(d.clips.tags)
         return models
@@ -206,7 +207,7 @@ class Experiment:
         else:
             log.info("stage 2: aggregating every layer of %d CNNs over %d clips", len(models), len(d.mel_rows))
             extractor = TaggingModel(models, None, tags=d.clips.tags, frontend=self.config.frontend).to(self.device).eval()
-            feats, probs = _extract_shared(extractor, d.mels, d.mel_rows, self.device)
+            feats, probs = _extract_shared(extractor, d.mels, d.mel_rows, d.frames, self.device)
             for s, p in probs.items():
                 atomic_save_npy(out / f"local_probs_{s}.npy", p)
             atomic_write_json(out / "layout.json", [b.__dict__ for b in feature_layout(models)])
@@ -276,8 +277,8 @@ class Experiment:
         log.info("joint fine-tuning of the whole tagger (%d epochs at most)", self.config.joint.max_epochs)
         finetune_joint(model, d.mels, train_rows=d.rows("train"), valid_rows=d.rows("valid"), train_labels=d.labels("train"),
                        valid_labels=d.labels("valid"), config=self.config.joint, workdir=self.dir / name, device=self.device,
-                       inputs={"data": d.digest, "start": weights_digest(staged)})
-        return model.cpu().eval(), model_clip_probs(model, d.mels, d.rows("test"), device=self.device)
+                       inputs={"data": d.digest, "start": weights_digest(staged)}, frames=d.frames)
+        return model.cpu().eval(), model_clip_probs(model, d.mels, d.rows("test"), device=self.device, frames=d.frames)
 
     # ------------------------------------------------------------ the standard run
     def run(self) -> dict:
@@ -314,7 +315,8 @@ class Experiment:
         return out
 
 
-def _extract(model: TaggingModel, mels: np.ndarray, rows: np.ndarray, device: torch.device, batch: int = 8) -> tuple[np.ndarray, dict]:
+def _extract(model: TaggingModel, mels: np.ndarray, rows: np.ndarray, frames: np.ndarray, device: torch.device,
+             batch: int = 8) -> tuple[np.ndarray, dict]:
     from tqdm.auto import tqdm
 
     width = model.layout[-1].stop
@@ -323,14 +325,15 @@ def _extract(model: TaggingModel, mels: np.ndarray, rows: np.ndarray, device: to
     with torch.inference_mode():
         for i in tqdm(range(0, len(rows), batch), desc="stage 2", unit="batch", disable=None):
             x = torch.from_numpy(np.asarray(mels[rows[i : i + batch]], dtype=np.float32)).to(device)
-            f, p = model.features_and_local_probs(x)
+            f, p = model.features_and_local_probs(x, torch.from_numpy(frames[rows[i : i + batch]]).to(device))
             feats.append(f.cpu().numpy())
             for s in p:
                 probs[s].append(p[s].cpu().numpy())
     return np.concatenate(feats).astype(np.float32), {s: np.concatenate(v).astype(np.float32) for s, v in probs.items()}
 
 
-def _extract_shared(model: TaggingModel, mels: np.ndarray, rows: np.ndarray, device: torch.device) -> tuple[np.ndarray, dict]:
+def _extract_shared(model: TaggingModel, mels: np.ndarray, rows: np.ndarray, frames: np.ndarray,
+                    device: torch.device) -> tuple[np.ndarray, dict]:
     """Stage 2 over ``rows``; under torchrun each process extracts a contiguous share and every process gets all of it.
 
     Stage 3 then trains on every process (each takes its part of every
@@ -339,11 +342,11 @@ def _extract_shared(model: TaggingModel, mels: np.ndarray, rows: np.ndarray, dev
     """
     rank, world = distributed()
     if world == 1:
-        return _extract(model, mels, rows, device)
+        return _extract(model, mels, rows, frames, device)
     import torch.distributed as dist
 
     share = -(-len(rows) // world)
-    feats, probs = _extract(model, mels, rows[rank * share : (rank + 1) * share], device)
+    feats, probs = _extract(model, mels, rows[rank * share : (rank + 1) * share], frames, device)
     scales = sorted(probs)
     widths = [feats.shape[1]] + [probs[s].shape[1] for s in scales]  # features, then each CNN's own outputs
     edges = np.cumsum([0] + widths)

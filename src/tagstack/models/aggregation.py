@@ -72,7 +72,7 @@ def segment(mels: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def aggregate(
-    model: LocalCNN, mels: torch.Tensor, *, layers: Iterable[int] | None = None
+    model: LocalCNN, mels: torch.Tensor, *, layers: Iterable[int] | None = None, frames: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The paper's aggregation of one local CNN over a batch of clips (differentiable).
 
@@ -89,6 +89,11 @@ def aggregate(
         Frames beyond the last whole segment are ignored.
     layers : iterable of int, optional
         1-based conv layers whose features to return (all when None; none for ``()``).
+    frames : torch.Tensor [shape=(clips,)], optional
+        Frames of audio in each clip when the rest is zero padding (a file
+        shorter than a clip in the mel cache): only the segments entirely
+        within the audio are averaged, and at least the first, exactly as
+        the tagger treats such a file, so training, stage 2 and tagging agree.
 
     Returns
     -------
@@ -99,8 +104,17 @@ def aggregate(
     b, s = segs.shape[:2]
     acts, logits = model.forward_intermediates(segs.reshape(b * s, *segs.shape[2:]))
     chosen = range(1, len(acts) + 1) if layers is None else check_layers(model, layers)
-    feats = [acts[i - 1].amax(dim=2).reshape(b, s, -1).mean(dim=1) for i in chosen]
-    probs = torch.sigmoid(logits).reshape(b, s, -1).mean(dim=1)
+    if frames is None:
+        def mean(x: torch.Tensor) -> torch.Tensor:
+            return x.reshape(b, s, -1).mean(dim=1)
+    else:
+        whole = torch.clamp(torch.div(frames.to(segs.device), model.arch.n_frames, rounding_mode="floor"), min=1, max=s)
+        weight = (torch.arange(s, device=segs.device)[None, :] < whole[:, None]).to(segs.dtype) / whole[:, None].to(segs.dtype)
+
+        def mean(x: torch.Tensor) -> torch.Tensor:
+            return (x.reshape(b, s, -1) * weight[:, :, None]).sum(dim=1)
+    feats = [mean(acts[i - 1].amax(dim=2)) for i in chosen]
+    probs = mean(torch.sigmoid(logits))
     return (torch.cat(feats, dim=1) if feats else logits.new_zeros(b, 0)), probs
 
 

@@ -110,9 +110,9 @@ class TaggingModel(nn.Module):
         return sorted({b.scale for b in chosen}), sorted({b.layer for b in chosen})
 
     # ------------------------------------------------------------ computation
-    def scale_features(self, scale: int, mels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def scale_features(self, scale: int, mels: torch.Tensor, frames: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """All-layer aggregated features of one scale and that CNN's clip probabilities."""
-        return aggregate(self.local[str(scale)], mels)
+        return aggregate(self.local[str(scale)], mels, frames=frames)
 
     def forward_intermediates(self, mels: torch.Tensor, *, scales: Iterable[int] | None = None,
                               layers: Iterable[int] | None = None) -> dict[tuple[int, int], torch.Tensor]:
@@ -133,13 +133,14 @@ class TaggingModel(nn.Module):
                 out[(scale, layer)] = part
         return out
 
-    def forward_features(self, mels: torch.Tensor) -> torch.Tensor:
-        """All layers of all scales, concatenated in :attr:`layout` order: ``(clips, n_features)``."""
-        return torch.cat([self.scale_features(s, mels)[0] for s in self.local_scales], dim=1)
+    def forward_features(self, mels: torch.Tensor, frames: torch.Tensor | None = None) -> torch.Tensor:
+        """All layers of all scales, concatenated in :attr:`layout` order: ``(clips, n_features)``; ``frames``
+        (audio frames per clip, the rest padding) as in :func:`~tagstack.models.aggregation.aggregate`."""
+        return torch.cat([self.scale_features(s, mels, frames)[0] for s in self.local_scales], dim=1)
 
-    def features_and_local_probs(self, mels: torch.Tensor) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    def features_and_local_probs(self, mels: torch.Tensor, frames: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         """:meth:`forward_features` and every local CNN's clip probabilities, from one pass (stage 2)."""
-        parts = {s: self.scale_features(s, mels) for s in self.local_scales}
+        parts = {s: self.scale_features(s, mels, frames) for s in self.local_scales}
         return torch.cat([f for f, _ in parts.values()], dim=1), {s: p for s, (_, p) in parts.items()}
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
@@ -148,16 +149,16 @@ class TaggingModel(nn.Module):
             raise ParameterError("this model has no global classifier (stage 3); it can embed but not tag")
         return self.head(features.index_select(1, self.columns))
 
-    def forward(self, mels: torch.Tensor) -> torch.Tensor:
+    def forward(self, mels: torch.Tensor, frames: torch.Tensor | None = None) -> torch.Tensor:
         """Clip frames ``(clips, frames, n_mels)`` -> tag logits ``(clips, n_tags)``."""
-        return self.forward_head(self.forward_features(mels))
+        return self.forward_head(self.forward_features(mels, frames))
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Sigmoid (multi-label) or softmax (single-label) of logits."""
         return torch.sigmoid(logits) if self.task == "multilabel" else torch.softmax(logits, dim=1)
 
-    def predict_proba(self, mels: torch.Tensor) -> torch.Tensor:
-        return self.probabilities(self.forward(mels))
+    def predict_proba(self, mels: torch.Tensor, frames: torch.Tensor | None = None) -> torch.Tensor:
+        return self.probabilities(self.forward(mels, frames))
 
     def proba_from_features(self, features: torch.Tensor) -> torch.Tensor:
         """Tag probabilities of full-layout features (inference averages features over windows first)."""

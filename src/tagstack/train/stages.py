@@ -63,8 +63,12 @@ def input_statistics(mels: np.ndarray, rows: np.ndarray, *, chunk: int = 256) ->
 
 
 def segment_batches(mels: np.ndarray, labels: np.ndarray, rows: np.ndarray, *, size: int, batch_size: int, seed: int,
-                    mixup: float = 0.0) -> tuple[Batches, int]:
+                    mixup: float = 0.0, frames: np.ndarray | None = None) -> tuple[Batches, int]:
     """Shuffled segments across clips, each with its clip's labels (``labels`` row-aligned with ``rows``).
+
+    With ``frames`` (audio frames of every clip of ``mels``; the rest is zero
+    padding) a short clip gives only its segments of audio (at least one),
+    never segments of padding labelled with its tags.
 
     Returns ``(batches(epoch), n_batches)``; segments are read straight from
     ``mels`` (a memmap is fine), one batch at a time. With ``mixup`` > 0 each
@@ -75,8 +79,9 @@ def segment_batches(mels: np.ndarray, labels: np.ndarray, rows: np.ndarray, *, s
     same segments and weights, so a resumed run trains on the same batches.
     """
     per_clip = mels.shape[1] // size
-    which = np.repeat(np.arange(len(rows)), per_clip)
-    seg_of = np.tile(np.arange(per_clip), len(rows))
+    counts = np.full(len(rows), per_clip) if frames is None else np.clip(np.asarray(frames)[rows] // size, 1, per_clip)
+    which = np.repeat(np.arange(len(rows)), counts)
+    seg_of = np.concatenate([np.arange(k) for k in counts]) if len(rows) else np.zeros(0, int)
     n_batches = math.ceil(len(which) / batch_size)
     offsets = np.arange(size)
 
@@ -126,34 +131,39 @@ def validation_metrics(probs: np.ndarray, labels: np.ndarray, task: str) -> dict
     return {"loss": loss, "roc_auc": tagging_metrics(binary_targets(labels), probs)["roc_auc"]}
 
 
-def _batched(fn: Callable[[torch.Tensor], torch.Tensor], mels: np.ndarray, rows: np.ndarray, device: torch.device, batch: int) -> np.ndarray:
+def _batched(fn: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor], mels: np.ndarray, rows: np.ndarray,
+             device: torch.device, batch: int, frames: np.ndarray | None = None) -> np.ndarray:
+    """``fn(clip frames, audio frames or None)`` over ``rows`` of ``mels`` in batches."""
     out = []
     with torch.inference_mode():
         for i in range(0, len(rows), batch):
             x = torch.from_numpy(np.asarray(mels[rows[i : i + batch]], dtype=np.float32)).to(device)
-            out.append(fn(x).cpu().numpy())
+            f = None if frames is None else torch.from_numpy(np.asarray(frames)[rows[i : i + batch]].astype(np.int64)).to(device)
+            out.append(fn(x, f).cpu().numpy())
     return np.concatenate(out)
 
 
-def local_clip_probs(model: LocalCNN, mels: np.ndarray, rows: np.ndarray, *, device: torch.device, batch_clips: int = 16) -> np.ndarray:
-    """A local CNN's clip predictions (the mean of its segment predictions)."""
+def local_clip_probs(model: LocalCNN, mels: np.ndarray, rows: np.ndarray, *, device: torch.device, batch_clips: int = 16,
+                     frames: np.ndarray | None = None) -> np.ndarray:
+    """A local CNN's clip predictions (the mean of its segment predictions; of audio only, given ``frames``)."""
     model.eval()
-    return _batched(lambda x: aggregate(model, x, layers=())[1], mels, rows, device, batch_clips)
+    return _batched(lambda x, f: aggregate(model, x, layers=(), frames=f)[1], mels, rows, device, batch_clips, frames)
 
 
 def train_local(model: LocalCNN, mels: np.ndarray, *, train_rows: np.ndarray, valid_rows: np.ndarray,
                 train_labels: np.ndarray, valid_labels: np.ndarray, config: TrainConfig, workdir: str | Path,
-                device: torch.device, inputs: dict | None = None) -> TrainState:
+                device: torch.device, inputs: dict | None = None, frames: np.ndarray | None = None) -> TrainState:
     """Stage 1: train one local CNN on shuffled segments with binary cross-entropy.
 
-    ``*_rows`` index ``mels`` (the mel cache); ``*_labels`` are aligned with them; ``inputs`` as in :func:`~.loop.fit`.
+    ``*_rows`` index ``mels`` (the mel cache); ``*_labels`` are aligned with them; ``frames`` (audio frames of every
+    clip of ``mels``) keeps padding out of training and validation; ``inputs`` as in :func:`~.loop.fit`.
     """
     model.set_normalisation(*input_statistics(mels, train_rows))  # a resumed run recomputes the same values
     batches, n = segment_batches(mels, train_labels, train_rows, size=model.arch.n_frames, batch_size=config.batch_size,
-                                 seed=config.seed, mixup=config.mixup)
+                                 seed=config.seed, mixup=config.mixup, frames=frames)
 
     def validate(m: nn.Module) -> dict:
-        return validation_metrics(local_clip_probs(m, mels, valid_rows, device=device), valid_labels, "multilabel")
+        return validation_metrics(local_clip_probs(m, mels, valid_rows, device=device, frames=frames), valid_labels, "multilabel")
 
     return fit(model, train_batches=batches, n_batches=n, validate=validate, loss_fn=masked_bce,
                config=config, workdir=workdir, device=device, desc=f"local {model.arch.n_frames}", inputs=inputs)
@@ -189,26 +199,28 @@ def train_global(model: GlobalMLP, x_train: np.ndarray, y_train: np.ndarray, x_v
                config=config, workdir=workdir, device=device, desc="global", inputs=inputs)
 
 
-def model_clip_probs(model: TaggingModel, mels: np.ndarray, rows: np.ndarray, *, device: torch.device, batch_clips: int = 8) -> np.ndarray:
-    """The whole tagger's probabilities for clips ``rows`` of ``mels``."""
+def model_clip_probs(model: TaggingModel, mels: np.ndarray, rows: np.ndarray, *, device: torch.device, batch_clips: int = 8,
+                     frames: np.ndarray | None = None) -> np.ndarray:
+    """The whole tagger's probabilities for clips ``rows`` of ``mels`` (of their audio only, given ``frames``)."""
     model.eval()
-    return _batched(model.predict_proba, mels, rows, device, batch_clips)
+    return _batched(model.predict_proba, mels, rows, device, batch_clips, frames)
 
 
 def finetune_joint(model: TaggingModel, mels: np.ndarray, *, train_rows: np.ndarray, valid_rows: np.ndarray,
                    train_labels: np.ndarray, valid_labels: np.ndarray, config: TrainConfig, workdir: str | Path,
-                   device: torch.device, inputs: dict | None = None) -> TrainState:
+                   device: torch.device, inputs: dict | None = None, frames: np.ndarray | None = None) -> TrainState:
     """The paper's future work (Sec. V): local CNNs and global classifier trained together, end to end.
 
     A clip's frames go through every local CNN and are aggregated exactly as
     in stage 2 (differentiably), and the classifier reads the concatenation:
-    the same :class:`TaggingModel` that tags files, from its staged weights. ``inputs`` as in :func:`~.loop.fit`.
+    the same :class:`TaggingModel` that tags files, from its staged weights. ``inputs`` as in :func:`~.loop.fit`;
+    ``frames`` keeps padding out of validation (the training batches are whole clips, padding included).
     """
     multiclass = model.task == "multiclass"
     batches, n = clip_batches(mels, train_labels, train_rows, batch_size=config.batch_size, seed=config.seed, multiclass=multiclass)
 
     def validate(m: nn.Module) -> dict:
-        return validation_metrics(model_clip_probs(m, mels, valid_rows, device=device), valid_labels, model.task)
+        return validation_metrics(model_clip_probs(m, mels, valid_rows, device=device, frames=frames), valid_labels, model.task)
 
     loss = nn.CrossEntropyLoss() if multiclass else masked_bce
     return fit(model, train_batches=batches, n_batches=n, validate=validate, loss_fn=loss, config=config,
