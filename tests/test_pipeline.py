@@ -124,6 +124,15 @@ def test_a_run_folder_refuses_other_settings_or_labels_instead_of_resuming(run, 
     assert {p: p.read_bytes() for p in before} == before
     # the same command as before still resumes (reuses) everything
     assert Experiment(cfg, copy).run()["global"]["roc_auc"] == pytest.approx(run[2]["global"]["roc_auc"])
+    # what an earlier tagstack stored, without a record of its inputs, is refused too
+    (copy / "2-aggregate" / "inputs.json").unlink()
+    with pytest.raises(ParameterError, match=r"2-aggregate: features extracted by an earlier tagstack"):
+        Experiment(cfg, copy).features()
+    ckpt = torch.load(copy / "1-local" / "27" / "last.pt", weights_only=True)
+    del ckpt["key"]
+    torch.save(ckpt, copy / "1-local" / "27" / "last.pt")
+    with pytest.raises(TagstackError, match=r"1-local/27: trained by an earlier tagstack, which did not record"):
+        Experiment(cfg, copy).local_models()
 
 
 def test_a_slice_of_scales_reads_its_own_columns_of_the_stored_features(run, tmp_path):

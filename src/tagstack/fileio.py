@@ -32,25 +32,22 @@ def writes_here() -> bool:
 
 def remove_leftovers(folder: Path) -> int:
     """Delete the temporary files that killed atomic writes left anywhere under ``folder``; returns how many."""
-    if not writes_here():
-        return 0
-    n = 0
-    for p in Path(folder).rglob(f"{TEMP_PREFIX}*"):
-        try:
-            p.unlink()
-            n += 1
-        except OSError:
-            pass
-    return n
+    return _unlink_all(Path(folder).rglob(f"{TEMP_PREFIX}*"))
 
 
-def remove_leftovers_of(path: Path) -> int:
-    """Delete the temporary files that killed atomic writes of ``path`` left beside it; returns how many."""
-    if not writes_here():
-        return 0
+def remove_leftovers_of(path: Path, *, pattern: bool = False) -> int:
+    """Delete the temporary files that killed atomic writes of ``path`` (a glob pattern of names in its folder, with
+    ``pattern``) left beside it; returns how many."""
     path = Path(path)
+    name = path.name if pattern else glob_escape(path.name[:100])
+    return _unlink_all(path.parent.glob(f"{TEMP_PREFIX}{name}.*"))
+
+
+def _unlink_all(paths) -> int:
+    if not writes_here():
+        return 0
     n = 0
-    for p in path.parent.glob(f"{TEMP_PREFIX}{glob_escape(path.name[:100])}.*"):
+    for p in paths:
         try:
             p.unlink()
             n += 1

@@ -148,7 +148,10 @@ class MelCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         remove_leftovers(self.dir)
         if not self._complete_files():  # new, or a kill left one file without the other: start this cache over
-            (self.dir / "done.u8").unlink(missing_ok=True)  # an earlier version's flags, without the frames of audio
+            if (self.dir / "done.u8").exists():  # an earlier version's flags, without the frames of audio
+                log.warning("mel cache %s: built by an earlier tagstack, which did not record how much of each clip is audio; "
+                            "computing it again, once", self.dir)
+                (self.dir / "done.u8").unlink()
             np.memmap(self._mels_path, dtype=np.float16, mode="w+", shape=self.shape).flush()
             np.memmap(self._done_path, dtype=np.int16, mode="w+", shape=(self.shape[0],)).flush()
             atomic_write_json(self.dir / "info.json", {"dataset": self.clips.name, "shape": list(self.shape),

@@ -107,8 +107,9 @@ class Experiment:
         removed = remove_leftovers(self.dir)
         if removed:
             log.info("removed %d unfinished temporary files an interrupted run left in %s", removed, self.dir)
-        if not (self.dir / "config.toml").exists():
-            self.save_config()
+        stages = ("1-local", "2-aggregate", "3-global", "4-joint")
+        if not (self.dir / "config.toml").exists() or not any((self.dir / x).exists() for x in stages):
+            self.save_config()  # a new directory, or one where an earlier attempt stopped before any stage stored a result
 
     def save_config(self) -> None:
         """Record this experiment's configuration as the run directory's ``config.toml``."""
@@ -219,14 +220,16 @@ class Experiment:
 
     def _stored_features(self, out: Path, key: dict, models: dict[int, LocalCNN]) -> np.ndarray:
         """The stored features of ``models``' scales, after checking they were extracted from these clips and CNNs."""
-        if (out / "inputs.json").exists():  # runs of earlier versions have none
-            stored = json.loads((out / "inputs.json").read_text())
-            both = [s for s in key["cnns"] if s in stored["cnns"]]  # a scale it lacks is named by the layout check below
-            changed = differences({"data": stored["data"], "cnns": {s: stored["cnns"][s] for s in both}},
-                                  {"data": key["data"], "cnns": {s: key["cnns"][s] for s in both}})
-            if changed:
-                raise ParameterError(f"{out}: features extracted from other {', '.join(changed)}; run the same command as "
-                                     "before, or use another run folder (or delete this one's 2-aggregate to extract them again)")
+        if not (out / "inputs.json").exists():  # an earlier tagstack's, which also averaged short clips' padding
+            raise ParameterError(f"{out}: features extracted by an earlier tagstack, which did not record their inputs; "
+                                 "delete that folder to extract them again, or use another run folder")
+        stored = json.loads((out / "inputs.json").read_text())
+        both = [s for s in key["cnns"] if s in stored["cnns"]]  # a scale it lacks is named by the layout check below
+        changed = differences({"data": stored["data"], "cnns": {s: stored["cnns"][s] for s in both}},
+                              {"data": key["data"], "cnns": {s: key["cnns"][s] for s in both}})
+        if changed:
+            raise ParameterError(f"{out}: features extracted from other {', '.join(changed)}; run the same command as "
+                                 "before, or use another run folder (or delete this one's 2-aggregate to extract them again)")
         layout = [FeatureBlock(**b) for b in json.loads((out / "layout.json").read_text())]
         shape = [(b.scale, b.layer, b.stop - b.start) for b in feature_layout(models)]
         if [(b.scale, b.layer, b.stop - b.start) for b in layout if b.scale in models] != shape:

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from ..audio.io import find_audio
 from ..errors import ParameterError, TagstackError
-from ..fileio import atomic_write, remove_leftovers, remove_leftovers_of
+from ..fileio import atomic_write, remove_leftovers_of
 from ..report import write_taggram
 from .tagger import Tagger, check_selection
 
@@ -104,8 +104,8 @@ def tag_files(paths: Iterable[str | Path], *, tagger: Tagger | None = None, mode
         remove_leftovers_of(Path(output))
     if taggram_dir is not None:
         check_destination(Path(taggram_dir), folder=True)
-        if Path(taggram_dir).is_dir():
-            remove_leftovers(Path(taggram_dir))
+        if Path(taggram_dir).is_dir():  # only what taggram writes left in that folder itself
+            remove_leftovers_of(Path(taggram_dir) / "*.taggram.*", pattern=True)
     files = audio_files(paths)
     tagger = tagger or Tagger(model, device=device)
     if tagger.model.head is None:

@@ -213,7 +213,12 @@ class Service:
                                    f"service makes at most {MAX_WINDOWS}: use a larger hop, or 'auto'")
             # the header's length may lie: decoding stops at the limit, or where the hop would pass MAX_WINDOWS windows
             limit = self.limits.max_seconds if hop_s is None else min(self.limits.max_seconds, hop_s * MAX_WINDOWS)
-            result: Result = self.tagger.predict(path, taggram=taggram, hop=hop_s, max_seconds=limit)
+            try:
+                result: Result = self.tagger.predict(path, taggram=taggram, hop=hop_s, max_seconds=limit)
+            except AudioTooLongError:
+                raise Problem(413, f"{name}: longer than its header says, and than " + (
+                    f"this service takes ({self.limits.max_seconds:g} s, --max-seconds)" if limit == self.limits.max_seconds
+                    else f"{MAX_WINDOWS} taggram windows at hop={hop_s:g} s cover; use a larger hop, or 'auto'")) from None
         except TagstackError as e:  # AudioError, ParameterError: the client's file or parameters
             reason = str(e).replace(str(path), name)
             status = 400 if isinstance(e, ParameterError) else 413 if isinstance(e, AudioTooLongError) else 422
@@ -278,7 +283,9 @@ def create_app(model: str | Path | None = None, *, device: str = "auto", limits:
 
     @app.exception_handler(HTTPException)  # what FastAPI and Starlette raise themselves: unknown path, method, bad multipart
     async def http_problem(request: Request, exc: HTTPException) -> JSONResponse:
-        return _problem_response(exc.status_code, str(exc.detail))
+        response = _problem_response(exc.status_code, str(exc.detail))
+        response.headers.update(exc.headers or {})  # a 405 keeps its Allow header
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def bad_parameters(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -128,7 +128,7 @@ def fit(
     if last.exists():
         try:
             ckpt = torch.load(last, map_location=device, weights_only=True)
-            changed = differences(json.loads(ckpt["key"]), key) if "key" in ckpt else []  # earlier versions' checkpoints have none
+            changed = differences(json.loads(ckpt["key"]), key) if "key" in ckpt else None
             state = TrainState(**json.loads(ckpt["state"]))
             model.load_state_dict(ckpt["model"])
             opt = _optimizer(model, config, state.lr)
@@ -136,6 +136,9 @@ def fit(
         except Exception as e:  # written atomically by tagstack, so damaged by something else
             raise TagstackError(f"{last}: cannot resume from this checkpoint ({type(e).__name__}); "
                                 "delete it to train this network again from the start") from None
+        if changed is None:
+            raise TagstackError(f"{workdir}: trained by an earlier tagstack, which did not record its settings and inputs; "
+                                "delete that folder to train it again, or use another run folder")
         if changed:
             raise TagstackError(f"{workdir}: trained with other settings or inputs ({', '.join(changed)}); run the same command "
                                 "as before to resume it, or use another run folder (or delete this one to train it again)")
