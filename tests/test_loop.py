@@ -92,6 +92,19 @@ def test_a_short_clip_gives_only_its_segments_of_audio():
     assert seen == [(0, 0), (0, 5), (0, 10), (0, 15), (1, 0), (1, 5), (2, 0)]
 
 
+def test_joint_batches_carry_each_clips_frames_of_audio_to_the_model():
+    """Joint fine-tuning's batches: the clips and how much of each is audio, which TaggingModel(mels, frames) reads."""
+    import numpy as np
+    from tagstack.train.stages import clip_batches
+
+    mels = np.arange(6, dtype=np.float32)[:, None, None] * np.ones((6, 4, 2), np.float32)
+    frames = np.array([4, 3, 2, 4, 1, 4])
+    rows = np.array([5, 1, 2, 4])
+    batches, _ = clip_batches(mels, np.eye(4, dtype=np.float32), rows, batch_size=2, seed=0, multiclass=False, frames=frames)
+    seen = [(int(m[0, 0]), int(f)) for (x, f), _ in batches(0) for m, f in zip(x.numpy(), f.numpy())]
+    assert sorted(seen) == [(1, 3), (2, 2), (4, 1), (5, 4)]
+
+
 def test_mixup_is_for_the_local_cnns_only():
     import pytest
     from tagstack.config import global_schedule

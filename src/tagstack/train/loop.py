@@ -108,7 +108,8 @@ def fit(
     ----------
     train_batches : callable
         ``train_batches(epoch)`` yields ``(inputs, targets)`` CPU tensors for one
-        epoch, shuffled deterministically from the epoch number.
+        epoch, shuffled deterministically from the epoch number; ``inputs`` may be
+        a tuple of tensors, the model's arguments.
     validate : callable
         ``validate(model)`` returns a dict with at least ``loss`` and ``roc_auc``.
     workdir : path
@@ -159,27 +160,28 @@ def fit(
         bar = tqdm(train_batches(state.epoch), total=n_batches, desc=f"[{desc}] epoch {state.epoch + 1}", leave=False, unit="batch",
                    disable=None if rank == 0 else True)
         for b, (x, y) in enumerate(bar):
+            xs = x if isinstance(x, tuple) else (x,)  # the model's inputs: frames, and for whole clips their audio frames
             weight = 1.0
             if world > 1:
-                if len(x) < world:  # every process sees the same batches, so all skip this one
+                if len(y) < world:  # every process sees the same batches, so all skip this one
                     continue
                 weight = share_weight(y, rank, world)
-                x, y = x[rank::world], y[rank::world]
+                xs, y = tuple(t[rank::world] for t in xs), y[rank::world]
             if state.epoch < config.warmup_epochs:  # a linear ramp to the first rate, batch by batch
                 for group in opt.param_groups:
                     group["lr"] = state.lr * (state.epoch * n_batches + b + 1) / (config.warmup_epochs * n_batches)
             elif state.epoch == config.warmup_epochs and b == 0:
                 for group in opt.param_groups:
                     group["lr"] = state.lr
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            xs, y = tuple(t.to(device, non_blocking=True) for t in xs), y.to(device, non_blocking=True)
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(step_model(x), y)
+            loss = loss_fn(step_model(*xs), y)
             (loss * weight).backward()
             if config.clip_norm:
                 nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
             opt.step()
-            total += float(loss.detach()) * len(x)
-            count += len(x)
+            total += float(loss.detach()) * len(y)
+            count += len(y)
             bar.set_postfix(loss=f"{total / max(count, 1):.4f}")
         bar.close()
         if world > 1:  # running statistics (BatchNorm) are rank 0's, as DDP broadcasts them before each step

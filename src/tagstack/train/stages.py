@@ -105,8 +105,11 @@ def segment_batches(mels: np.ndarray, labels: np.ndarray, rows: np.ndarray, *, s
     return batches, n_batches
 
 
-def clip_batches(mels: np.ndarray, labels: np.ndarray, rows: np.ndarray, *, batch_size: int, seed: int, multiclass: bool) -> tuple[Batches, int]:
-    """Shuffled whole clips (joint fine-tuning); ``labels`` row-aligned with ``rows``."""
+def clip_batches(mels: np.ndarray, labels: np.ndarray, rows: np.ndarray, *, batch_size: int, seed: int, multiclass: bool,
+                 frames: np.ndarray | None = None) -> tuple[Batches, int]:
+    """Shuffled whole clips (joint fine-tuning); ``labels`` row-aligned with ``rows``. With ``frames`` (audio frames of
+    every clip of ``mels``) a batch's inputs are its clips' frames and their frames of audio, for the model to
+    aggregate the audio alone."""
     n = math.ceil(len(rows) / batch_size)
 
     def batches(epoch: int):
@@ -116,7 +119,10 @@ def clip_batches(mels: np.ndarray, labels: np.ndarray, rows: np.ndarray, *, batc
             if len(sel) < 2:
                 continue
             y = torch.from_numpy(labels[sel])
-            yield torch.from_numpy(np.asarray(mels[rows[sel]], dtype=np.float32)), (y.argmax(1) if multiclass else y)
+            x = torch.from_numpy(np.asarray(mels[rows[sel]], dtype=np.float32))
+            if frames is not None:
+                x = (x, torch.from_numpy(np.asarray(frames)[rows[sel]].astype(np.int64)))
+            yield x, (y.argmax(1) if multiclass else y)
 
     return batches, n
 
@@ -214,10 +220,11 @@ def finetune_joint(model: TaggingModel, mels: np.ndarray, *, train_rows: np.ndar
     A clip's frames go through every local CNN and are aggregated exactly as
     in stage 2 (differentiably), and the classifier reads the concatenation:
     the same :class:`TaggingModel` that tags files, from its staged weights. ``inputs`` as in :func:`~.loop.fit`;
-    ``frames`` keeps padding out of validation (the training batches are whole clips, padding included).
+    ``frames`` keeps short clips' padding out of training and validation.
     """
     multiclass = model.task == "multiclass"
-    batches, n = clip_batches(mels, train_labels, train_rows, batch_size=config.batch_size, seed=config.seed, multiclass=multiclass)
+    batches, n = clip_batches(mels, train_labels, train_rows, batch_size=config.batch_size, seed=config.seed, multiclass=multiclass,
+                              frames=frames)
 
     def validate(m: nn.Module) -> dict:
         return validation_metrics(model_clip_probs(m, mels, valid_rows, device=device, frames=frames), valid_labels, model.task)
