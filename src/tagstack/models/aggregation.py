@@ -104,7 +104,7 @@ def aggregate(
     b, s = segs.shape[:2]
     acts, logits = model.forward_intermediates(segs.reshape(b * s, *segs.shape[2:]))
     chosen = range(1, len(acts) + 1) if layers is None else check_layers(model, layers)
-    if frames is None:
+    if frames is None or bool((frames >= s * model.arch.n_frames).all()):  # whole clips: the plain mean, bit for bit
         def mean(x: torch.Tensor) -> torch.Tensor:
             return x.reshape(b, s, -1).mean(dim=1)
     else:
