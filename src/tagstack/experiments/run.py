@@ -46,7 +46,7 @@ from ..models.local import LocalCNN, build_local_cnn
 from ..models.tagger import TaggingModel
 from ..provenance import data_digest, differences, weights_digest
 from ..runtime import barrier, choose_device, distributed
-from ..train.evaluation import binary_targets, bootstrap_ci, evaluate
+from ..train.evaluation import binary_targets, bootstrap_ci, evaluate, scorable_tags
 from ..train.stages import finetune_joint, model_clip_probs, train_global, train_local
 from .config import ExperimentConfig, save_config
 
@@ -143,7 +143,7 @@ class Experiment:
         test scores could not be computed (found now, not after three stages)."""
         clips = self.data.clips
         for split in ("train", "valid", "test"):
-            if not _scorable(clips.labels[clips.indices(split)]):
+            if not scorable_tags(clips.labels[clips.indices(split)]).any():
                 raise DatasetError(f"{clips.root}: no tag has both positive and negative clips in split '{split}', "
                                    "so it cannot be scored; give it more varied clips")
 
@@ -360,12 +360,6 @@ def _extract_shared(model: TaggingModel, mels: np.ndarray, rows: np.ndarray, fra
     dist.all_gather(parts, torch.from_numpy(mine).to(on))
     whole = torch.cat(parts).cpu().numpy()[: len(rows)]
     return whole[:, : edges[1]].copy(), {s: whole[:, edges[i + 1] : edges[i + 2]].copy() for i, s in enumerate(scales)}
-
-
-def _scorable(labels: np.ndarray) -> bool:
-    """Whether some tag has both a positive and a negative clip among these (unknown labels aside)."""
-    y = binary_targets(labels)
-    return bool(((np.nan_to_num(y, nan=0.0) == 1).any(0) & (np.nan_to_num(y, nan=1.0) == 0).any(0)).any())
 
 
 def group_metrics(clips: ClipSet, per_tag: list[float]) -> dict[str, float]:

@@ -209,11 +209,11 @@ class Tagger:
             return buf[start - buf_start : stop - buf_start]
 
         limit = None if max_seconds is None else max_seconds * self.cfg.sample_rate
+        name = "<array>" if isinstance(source, np.ndarray) else str(source)
         for block in self._blocks(source, sr):
             buf = np.concatenate([buf, block]) if buf.size else block
             total += block.size
             if limit is not None and total > limit:
-                name = "<array>" if isinstance(source, np.ndarray) else str(source)
                 raise AudioTooLongError(f"{name}: more than {max_seconds:g} s of audio (the limit is {max_seconds:g} s)")
             while True:
                 start = next_clip if next_gram is None else min(next_clip, next_gram)
@@ -229,7 +229,6 @@ class Tagger:
             keep = min(next_clip, next_gram if next_gram is not None else next_clip, max(0, total - n))
             buf, buf_start = buf[keep - buf_start :], keep
         if total < self.cfg.n_fft:  # not one spectrogram frame of sound: its "tags" would be the padding's
-            name = "<array>" if isinstance(source, np.ndarray) else str(source)
             raise AudioError(f"{name}: {total} samples at {self.cfg.sample_rate} Hz, too short to tag "
                              f"(at least {self.cfg.n_fft}, {1000 * self.cfg.n_fft / self.cfg.sample_rate:.0f} ms)")
         tail = max(0, total - n)

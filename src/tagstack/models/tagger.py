@@ -103,11 +103,15 @@ class TaggingModel(nn.Module):
     def selection(self, *, scales: Iterable[int] | None = None, layers: Iterable[int] | None = None) -> tuple[list[int], list[int]]:
         """The scales and the layers that :meth:`columns_of` actually takes columns from (layer 6 exists only at some
         scales, so ``layers=[6]`` selects fewer scales than asked), for recording beside an embedding."""
-        self.columns_of(scales=scales, layers=layers)  # refuses what the model lacks
+        chosen = self._chosen_blocks(scales, layers)
+        return sorted({b.scale for b in chosen}), sorted({b.layer for b in chosen})
+
+    def _chosen_blocks(self, scales: Iterable[int] | None, layers: Iterable[int] | None) -> list[FeatureBlock]:
+        """The :attr:`layout` blocks of the chosen scales and layers; refuses scales and layers the model lacks."""
+        self.columns_of(scales=scales, layers=layers)
         s_set = None if scales is None else {int(x) for x in scales}
         l_set = None if layers is None else {int(x) for x in layers}
-        chosen = [b for b in self.layout if (s_set is None or b.scale in s_set) and (l_set is None or b.layer in l_set)]
-        return sorted({b.scale for b in chosen}), sorted({b.layer for b in chosen})
+        return [b for b in self.layout if (s_set is None or b.scale in s_set) and (l_set is None or b.layer in l_set)]
 
     # ------------------------------------------------------------ computation
     def scale_features(self, scale: int, mels: torch.Tensor, frames: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,10 +124,7 @@ class TaggingModel(nn.Module):
 
         ``mels`` is ``(clips, frames, n_mels)``; each scale reads its whole segments of it.
         """
-        self.columns_of(scales=scales, layers=layers)  # refuses scales and layers the model lacks
-        s_set = None if scales is None else {int(x) for x in scales}
-        l_set = None if layers is None else {int(x) for x in layers}
-        chosen = [b for b in self.layout if (s_set is None or b.scale in s_set) and (l_set is None or b.layer in l_set)]
+        chosen = self._chosen_blocks(scales, layers)
         out: dict[tuple[int, int], torch.Tensor] = {}
         for scale in sorted({b.scale for b in chosen}):
             wanted = [b.layer for b in chosen if b.scale == scale]

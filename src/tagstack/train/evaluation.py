@@ -99,6 +99,14 @@ def bootstrap_ci(
     return float(lo), float(hi)
 
 
+def scorable_tags(labels: np.ndarray) -> np.ndarray:
+    """Which tags have both a positive (from 0.5) and a negative clip among the known labels: those that can be scored."""
+    labels = np.asarray(labels, dtype=np.float64)
+    known = ~np.isnan(labels)
+    pos = (known & (labels >= 0.5)).sum(axis=0)
+    return (pos > 0) & (known.sum(axis=0) - pos > 0)
+
+
 def macro_roc_auc(y_true: np.ndarray, y_score: np.ndarray) -> float:
     """Macro ROC-AUC over the tags with both classes, from ranks; NaN when no tag has both.
 
@@ -113,7 +121,7 @@ def macro_roc_auc(y_true: np.ndarray, y_score: np.ndarray) -> float:
     y = known & (y_true >= 0.5)
     pos = y.sum(axis=0)
     neg = known.sum(axis=0) - pos
-    ok = (pos > 0) & (neg > 0)
+    ok = scorable_tags(y_true)
     if not ok.any():
         return math.nan
     ranks = rankdata(np.where(known, y_score, np.inf)[:, ok], axis=0)
