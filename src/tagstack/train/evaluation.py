@@ -99,12 +99,19 @@ def bootstrap_ci(
     return float(lo), float(hi)
 
 
-def scorable_tags(labels: np.ndarray) -> np.ndarray:
-    """Which tags have both a positive (from 0.5) and a negative clip among the known labels: those that can be scored."""
+def _label_counts(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(known, positive, positives per tag, negatives per tag)``: a label from 0.5 is a positive, NaN is unknown."""
     labels = np.asarray(labels, dtype=np.float64)
     known = ~np.isnan(labels)
-    pos = (known & (labels >= 0.5)).sum(axis=0)
-    return (pos > 0) & (known.sum(axis=0) - pos > 0)
+    y = known & (labels >= 0.5)
+    pos = y.sum(axis=0)
+    return known, y, pos, known.sum(axis=0) - pos
+
+
+def scorable_tags(labels: np.ndarray) -> np.ndarray:
+    """Which tags have both a positive (from 0.5) and a negative clip among the known labels: those that can be scored."""
+    _, _, pos, neg = _label_counts(labels)
+    return (pos > 0) & (neg > 0)
 
 
 def macro_roc_auc(y_true: np.ndarray, y_score: np.ndarray) -> float:
@@ -116,12 +123,8 @@ def macro_roc_auc(y_true: np.ndarray, y_score: np.ndarray) -> float:
     """
     from scipy.stats import rankdata
 
-    y_true = np.asarray(y_true, dtype=np.float64)
-    known = ~np.isnan(y_true)
-    y = known & (y_true >= 0.5)
-    pos = y.sum(axis=0)
-    neg = known.sum(axis=0) - pos
-    ok = scorable_tags(y_true)
+    known, y, pos, neg = _label_counts(y_true)
+    ok = (pos > 0) & (neg > 0)  # scorable_tags, from the counts already made
     if not ok.any():
         return math.nan
     ranks = rankdata(np.where(known, y_score, np.inf)[:, ok], axis=0)
