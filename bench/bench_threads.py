@@ -34,7 +34,7 @@ for _ in range(15):
     opt.zero_grad(); loss(m(x), y).backward(); opt.step()
 train = (time.perf_counter() - t) / 15
 from tagstack.audio.frontend import ClipMel
-from tagstack.models.tagger import TaggingModel
+from tagstack.models.tagging_model import TaggingModel
 from tagstack.config import FrontEndConfig
 local = {s: build_local_cnn(s, n_tags=50).eval() for s in (18, 27, 54, 108, 216)}
 tm = TaggingModel(local, None, tags=[str(i) for i in range(50)], frontend=FrontEndConfig()).eval()

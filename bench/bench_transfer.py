@@ -91,7 +91,7 @@ def random_model(like_path: Path, seed: int = 0):
 
     from tagstack.models.file import load_model
     from tagstack.models.local import LocalCNN
-    from tagstack.models.tagger import TaggingModel
+    from tagstack.models.tagging_model import TaggingModel
 
     like = load_model(like_path)
     torch.manual_seed(seed)

@@ -33,10 +33,10 @@ from tagstack.experiments.config import ExperimentConfig
 from tagstack.experiments.run import Experiment, test_summary
 from tagstack.fileio import atomic_write_text
 from tagstack.models.file import save_model
-from tagstack.models.tagger import TaggingModel
+from tagstack.models.tagging_model import TaggingModel
 from tagstack.report import model_card
 
-PRETRAINED = Path(__file__).resolve().parents[1] / "src" / "tagstack" / "pretrained"
+from tagstack.models.zoo import PRETRAINED_DIR as PRETRAINED
 
 TEACHER_DATA = (
     "Real recordings: the 900 clips (about 30 s each, 7.5 hours) of the 4Q Audio Emotion Dataset (Panda, Malheiro & "

@@ -150,8 +150,11 @@ def set_in(path_keys, value):
     ("huge-rate", dict(meta=set_in(["frontend", "sample_rate"], 10 ** 9)), "frontend.sample_rate"),
     ("short-tags", dict(meta=set_in(["tags"], ["a", "b"])), "global.n_outputs"),
     ("tags-not-strings", dict(meta=set_in(["tags"], [1, 2, 3, 4])), "field 'tags'"),
-    ("channels", dict(meta=set_in(["local", "27", "blocks", 0, "channels"], 64)), "tensors"),
-    ("bad-scale", dict(meta=set_in(["scales"], [99])), "field 'scales'"),
+    ("channels", dict(meta=set_in(["networks", "27", "arch", "blocks", 0, "channels"], 64)), "tensors"),
+    ("unknown-kind", dict(meta=set_in(["networks", "27", "kind"], "vgg")), "networks.27.kind"),
+    ("huge-backbone", dict(meta=set_in(["networks", "27", "arch", "blocks", 0, "kernel"], 10 ** 9)), "networks.27.arch"),
+    ("branch-of-nothing", dict(meta=set_in(["branches", 0, "network"], "nope")), "branches.0."),
+    ("bad-scale", dict(meta=set_in(["scales"], ["99"])), "field 'scales'"),
     ("groups-of-no-tag", dict(meta=set_in(["tag_groups"], {"no such tag": "mood"})), "field 'tag_groups'"),
     ("groups-not-names", dict(meta=set_in(["tag_groups"], [1, 2])), "field 'tag_groups'"),
     ("groups-empty-name", dict(meta=set_in(["tag_groups"], {"low": ""})), "field 'tag_groups'"),
@@ -365,7 +368,7 @@ def test_tag_and_embed_remove_what_killed_writes_of_their_outputs_left(folder, m
 
 
 def test_a_file_of_a_few_samples_is_refused_and_numpy_numbers_and_model_names_work(model_file, tmp_path, monkeypatch):
-    from tagstack.inference.tagger import PRETRAINED, resolve_model
+    from tagstack.models.zoo import resolve_model, zoo_path
 
     sf.write(tmp_path / "click.wav", np.full(10, 0.5, np.float32), SR)
     tagger = Tagger(model_file, device="cpu")
@@ -375,4 +378,4 @@ def test_a_file_of_a_few_samples_is_refused_and_numpy_numbers_and_model_names_wo
     assert tagger.tag(y, sr=SR, threshold=np.float32(0.0)) == tagger.tag(y, sr=SR, threshold=0.0)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "corpus").mkdir()  # a folder of that name does not hide the shipped model
-    assert resolve_model("corpus") == PRETRAINED["corpus"]
+    assert resolve_model("corpus") == zoo_path("corpus")

@@ -9,7 +9,10 @@ import torch
 
 from synth import TEST_FRONTEND
 from tagstack.audio.frontend import ClipMel, LogMel
-from tagstack.inference.tagger import DEFAULT_MODEL, Tagger
+from tagstack.inference.tagger import Tagger
+from tagstack.models.zoo import resolve_model
+
+DEFAULT_MODEL = resolve_model(None)
 from tagstack.models.local import LocalCNN, local_arch
 from tagstack.runtime import choose_device
 

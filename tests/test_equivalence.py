@@ -26,7 +26,7 @@ from tagstack.inference.tagger import Tagger
 from tagstack.models.classifier import GlobalArch, GlobalMLP
 from tagstack.models.file import load_model, save_model
 from tagstack.models.local import build_local_cnn
-from tagstack.models.tagger import TaggingModel
+from tagstack.models.tagging_model import TaggingModel
 
 
 def music(sr: int, seconds: float, channels: int = 2) -> np.ndarray:
@@ -145,7 +145,7 @@ def test_forward_intermediates_are_the_blocks_of_forward_features():
     with torch.inference_mode():
         full = model.forward_features(x)
         parts = model.forward_intermediates(x, scales=[27, 54], layers=[1, 3])
-    assert sorted(parts) == [(27, 1), (27, 3), (54, 1), (54, 3)]
+    assert sorted(parts) == [("27", 1), ("27", 3), ("54", 1), ("54", 3)]
     for b in model.layout:
         if (b.scale, b.layer) in parts:
             torch.testing.assert_close(parts[(b.scale, b.layer)], full[:, b.start : b.stop])

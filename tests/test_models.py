@@ -47,7 +47,7 @@ def test_aggregated_feature_is_4096_dimensional():
     models = {s: build_local_cnn(s, n_tags=5).eval() for s in ARCHITECTURES}
     layout = feature_layout(models)
     assert layout[-1].stop == 4096
-    sizes = {s: sum(b.stop - b.start for b in layout if b.scale == s) for s in ARCHITECTURES}
+    sizes = {s: sum(b.stop - b.start for b in layout if b.scale == str(s)) for s in ARCHITECTURES}
     assert sizes == {18: 512, 27: 512, 54: 768, 108: 1024, 216: 1280}
     mels = torch.randn(2, 1250, 128)
     feats = torch.cat([aggregate(models[s], mels)[0] for s in sorted(models)], dim=1)
@@ -110,9 +110,9 @@ def test_a_selection_records_only_the_scales_and_layers_that_give_columns():
     from test_equivalence import random_tagger
 
     m = random_tagger(scales=(18, 27, 54))
-    assert m.selection(layers=[4]) == ([54], [4])  # only the 54-frame CNN has a fourth layer
-    assert m.selection(scales=[18, 54], layers=[4]) == ([54], [4])
-    assert m.selection(scales=[27], layers=[1, 3]) == ([27], [1, 3])
-    assert m.selection() == ([18, 27, 54], [1, 2, 3, 4])
+    assert m.selection(layers=[4]) == (["54"], [4])  # only the 54-frame CNN has a fourth layer
+    assert m.selection(scales=[18, 54], layers=[4]) == (["54"], [4])
+    assert m.selection(scales=[27], layers=[1, 3]) == (["27"], [1, 3])
+    assert m.selection() == (["18", "27", "54"], [1, 2, 3, 4])
     n4 = sum(b.stop - b.start for b in m.layout if b.layer == 4)
     assert len(m.columns_of(layers=[4])) == n4

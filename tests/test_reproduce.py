@@ -10,7 +10,7 @@ from tagstack.experiments.reproduce import ablations
 
 
 def test_ablation_plan_matches_the_paper():
-    plan = ablations((18, 27, 54, 108, 216))
+    plan = ablations(("18", "27", "54", "108", "216"), {"18": 3, "27": 3, "54": 4, "108": 5, "216": 6})
     assert [a.key for a in plan["fig2"]] == ["18", "27", "54", "108", "216"]
     assert [a.label for a in plan["fig3"]] == ["L1 (27)", "L2 (27)", "L3 (27)", "L1+L2 (27)", "L1+L3 (27)", "L2+L3 (27)", "L1+L2+L3 (27)"]
     assert {"18+27+54", "18+27+54+108+216"} <= {a.key for a in plan["fig4"]}
@@ -39,7 +39,7 @@ def test_reproduce_writes_tables_figures_and_report(tmp_path, synth_dir):
     assert sorted(p.name for p in (out / "1-local").iterdir()) == ["18", "27", "54"]
     # transfer: reuse those CNNs from a model file on the same data
     from tagstack.models.file import save_model
-    from tagstack.models.tagger import TaggingModel
+    from tagstack.models.tagging_model import TaggingModel
     import torch
 
     models = {}
@@ -65,7 +65,7 @@ def test_transfer_from_cnns_of_another_vocabulary(tmp_path, synth_dir):
     from tagstack.experiments.run import Experiment
     from tagstack.models.file import load_model, save_model
     from tagstack.models.local import build_local_cnn
-    from tagstack.models.tagger import TaggingModel
+    from tagstack.models.tagging_model import TaggingModel
 
     cnns = tmp_path / "cnns.safetensors"
     save_model(TaggingModel({s: build_local_cnn(s, n_tags=7) for s in (18, 27, 54)}, None, tags=list("abcdefg"),
@@ -107,7 +107,7 @@ def test_a_single_label_reproduction_reports_accuracy_beside_the_papers(tmp_path
     from tagstack.experiments.reproduce import reproduce
     from tagstack.models.file import save_model
     from tagstack.models.local import build_local_cnn
-    from tagstack.models.tagger import TaggingModel
+    from tagstack.models.tagging_model import TaggingModel
 
     root = tmp_path / "folders"
     for i, f in enumerate(sorted(synth_dir.glob("clip*.wav"))):

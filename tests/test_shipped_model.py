@@ -6,7 +6,10 @@ import pytest
 import soundfile as sf
 
 from tagstack.cli import main
-from tagstack.inference.tagger import DEFAULT_MODEL, Tagger
+from tagstack.inference.tagger import Tagger
+from tagstack.models.zoo import resolve_model
+
+DEFAULT_MODEL = resolve_model(None)
 
 pytestmark = pytest.mark.skipif(not DEFAULT_MODEL.exists(), reason="no shipped model in this checkout")
 
@@ -27,7 +30,7 @@ def test_default_model_describes_itself():
     from tagstack.models.file import read_metadata
 
     meta = read_metadata(DEFAULT_MODEL)
-    assert sorted(int(s) for s in meta["local"]) == [18, 27, 54, 108, 216]
+    assert sorted(int(s) for s in meta["networks"]) == [18, 27, 54, 108, 216]
     assert meta["feature_layout"][-1]["stop"] == 4096
     assert meta["global"]["n_features"] == 4096 and len(meta["tags"]) == meta["global"]["n_outputs"]
     assert meta["info"]["test"]["roc_auc"] > 0.7 and "command" in meta["info"]
@@ -58,9 +61,9 @@ def test_tag_a_real_dataset_clip(shared_data):
 
 @pytest.mark.parametrize("name", ["real", "real-4q", "corpus"])
 def test_each_shipped_model_loads_by_name_with_its_card(name, capsys):
-    from tagstack.inference.tagger import PRETRAINED
+    from tagstack.models.zoo import zoo_path
 
-    assert PRETRAINED[name].exists() and PRETRAINED[name].with_suffix(".md").exists()
+    assert zoo_path(name).exists() and zoo_path(name).with_suffix(".md").exists()
     tagger = Tagger(name, device="cpu")
     assert tagger.model.info["name"] == f"tagstack-{name}" and "/home/" not in json.dumps(tagger.model.info)
     assert set(tagger.model.groups) == set(tagger.tags)  # every tag has its group (--per-group)

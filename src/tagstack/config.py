@@ -25,9 +25,18 @@ def tagstack_home() -> Path:
     return Path(os.environ.get("TAGSTACK_HOME", Path.home() / ".cache" / "tagstack"))
 
 
-@dataclass(frozen=True)
+#: Front-end fields added after model files and run folders first recorded front ends: left out of
+#: :meth:`FrontEndConfig.key` and its ``repr`` (part of stored digests) while they keep their default.
+_LATER_FIELDS = {"power": 1.0, "log10": False}
+
+
+@dataclass(frozen=True, repr=False)
 class FrontEndConfig:
-    """Parameters of the log-mel front end (paper, Sec. III-B)."""
+    """Parameters of a log-mel front end; the defaults are the paper's (Sec. III-B).
+
+    The pretrained backbones read other ones (``power=2`` and ``log10=True``
+    with ``compression=1e4`` is musicnn's ``log10(1 + 10**4 * mel power)``).
+    """
 
     sample_rate: int = 22050
     n_fft: int = 1024
@@ -35,9 +44,11 @@ class FrontEndConfig:
     n_mels: int = 128
     f_min: float = 0.0
     f_max: float | None = None  # None: Nyquist
-    compression: float = 10.0  # C in log(1 + C * |A|)
+    compression: float = 10.0  # C in log(1 + C * mel)
     clip_seconds: float = 29.1
     n_frames: int = 1250  # frames kept per clip; see frontend.py for the alignment
+    power: float = 1.0  # mel of the magnitude (1, the paper) or of the power (2) spectrum
+    log10: bool = False  # log10(1 + C * mel) instead of the natural log
 
     def __post_init__(self) -> None:
         for name in ("sample_rate", "n_fft", "hop_length", "n_mels", "n_frames"):
@@ -49,6 +60,8 @@ class FrontEndConfig:
         nyquist = self.sample_rate / 2
         if self.f_max is not None and not (self.f_min < self.f_max <= nyquist):
             raise ParameterError(f"need f_min < f_max <= {nyquist}, got f_min={self.f_min}, f_max={self.f_max}")
+        if self.power not in (1.0, 2.0) or not isinstance(self.log10, bool):
+            raise ParameterError(f"FrontEndConfig needs power 1 or 2 and log10 True or False, got {self.power!r}, {self.log10!r}")
         if self.clip_samples < (self.n_frames - 1) * self.hop_length:
             raise ParameterError(
                 f"clip_seconds={self.clip_seconds} is too short for n_frames={self.n_frames}"
@@ -59,12 +72,32 @@ class FrontEndConfig:
         """Samples in one clip at ``sample_rate`` (29.1 s -> 641,655)."""
         return int(round(self.clip_seconds * self.sample_rate))
 
+    def same_transform(self, other: "FrontEndConfig") -> bool:
+        """Whether both compute the same frames (everything but the window: ``clip_seconds``, ``n_frames``)."""
+        window = {"clip_seconds", "n_frames"}
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in window} == \
+            {k: v for k, v in dataclasses.asdict(other).items() if k not in window}
+
+    def over_window(self, clip_seconds: float) -> "FrontEndConfig":
+        """The same transform over windows of ``clip_seconds``, keeping every frame centred inside them."""
+        if clip_seconds == self.clip_seconds:
+            return self
+        frames = -(-int(round(clip_seconds * self.sample_rate)) // self.hop_length)
+        return dataclasses.replace(self, clip_seconds=clip_seconds, n_frames=frames)
+
+    def identity(self) -> dict[str, Any]:
+        """The parameters, less the later fields at their defaults (so earlier keys and digests stay valid)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if not (k in _LATER_FIELDS and v == _LATER_FIELDS[k])}
+
+    def __repr__(self) -> str:
+        return f"FrontEndConfig({', '.join(f'{k}={v!r}' for k, v in self.identity().items())})"
+
     def key(self) -> str:
         """A short stable string that changes whenever any parameter changes (cache key)."""
         import hashlib
         import json
 
-        text = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        text = json.dumps(self.identity(), sort_keys=True)
         return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .datasets import ClipSet
-from .datasets.manifest import UNGROUPED
+from .tags import UNGROUPED
 from .fileio import atomic_save_npy, atomic_write, atomic_write_text
 
 
@@ -165,7 +165,7 @@ def write_reproduction_report(out: Path, name: str, md: dict[str, str], seed_not
     parts = [f"# Reproduction of Lee & Nam (2017) on {name}", "",
              f"Global models trained with {seed_note}; ± is the standard deviation over seeds; intervals are 95% bootstrap "
              "intervals over test clips. Configuration: `config.toml`. Local CNNs: "
-             + (f"taken from `{local_from}` (transfer learning)." if local_from else "trained here once, reused by every ablation."), ""]
+             + (f"taken from `{', '.join(local_from)}` (transfer learning)." if local_from else "trained here once, reused by every ablation."), ""]
     fig2 = ("Fig. 2: local vs global models per input size" if local_scored
             else "Fig. 2: global models per input size (the local CNNs output another vocabulary, so are not scored)")
     sections = [("fig2", fig2, "fig2_local_vs_global"),
@@ -242,11 +242,17 @@ def model_summary(meta: dict, path: str) -> str:
     g = meta.get("global")
     lines = [f"model: {path}",
              f"tags ({len(meta['tags'])}, {meta['task']}): {', '.join(meta['tags'][:12])}{' ...' if len(meta['tags']) > 12 else ''}",
-             f"local CNNs: {', '.join(meta['local'])} frames; features: {meta['feature_layout'][-1]['stop'] if meta['feature_layout'] else 0}",
-             "global classifier: " + ("none (embedding only)" if g is None else
-                                      f"{g['n_hidden_layers']} x {g['hidden']} units on {g['n_features']} features")
-             + f" (scales {meta['scales']}, layers {meta['layers'] or 'all'})",
-             f"front end: {meta['frontend']['sample_rate']} Hz, {meta['frontend']['n_mels']} mels, {meta['frontend']['clip_seconds']} s clips"]
+             "local networks: " + "; ".join(f"{n} ({e['kind']})" for n, e in meta["networks"].items()),
+             f"scales (network/segment frames): {', '.join(_branch_name(b) for b in meta['branches'])}; "
+             f"features: {meta['feature_layout'][-1]['stop'] if meta['feature_layout'] else 0}",
+             "global classifier: " + (f"none (tags: the own outputs of {meta['tags_from']})" if g is None and meta.get("tags_from") else
+                                      "none (embedding only)" if g is None else
+                                      f"{g['n_hidden_layers']} x {g['hidden']} units on {g['n_features']} features"
+                                      + f" (scales {', '.join(meta['scales'])}, layers {meta['layers'] or 'all'})"),
+             "front ends: " + "; ".join(f"{fe['sample_rate']} Hz, {fe['n_mels']} mels" for fe in _frontends(meta))
+             + f"; windows of {meta['frontend']['clip_seconds']} s"]
+    if isinstance(info.get("source"), dict):
+        lines.append(f"converted from: {info['source'].get('where', '')}; licence: {str(info.get('licence', '')).split('.')[0]}")
     if meta.get("tag_groups"):
         sizes: dict[str, int] = {}
         for t in meta["tags"]:
@@ -264,7 +270,52 @@ def model_summary(meta: dict, path: str) -> str:
     return "\n".join(lines)
 
 
+def _branch_name(b: dict) -> str:
+    return b["network"] if b["network"] == str(b["frames"]) else f"{b['network']}/{b['frames']}"
+
+
+def _frontends(meta: dict) -> list[dict]:
+    """The distinct front ends a header's branches read."""
+    out: list[dict] = []
+    for b in meta["branches"]:
+        fe = meta["networks"][b["network"]].get("frontend", meta["frontend"])
+        if fe not in out:
+            out.append(fe)
+    return out
+
+
 # ------------------------------------------------------------ model cards
+
+def backbone_card(name: str, model) -> str:
+    """The Markdown card of a converted pretrained network: what it is, where it came from, licence, training data."""
+    info, net = model.info, next(iter(model.local_models.values()))
+    fe = net.frontend
+    levels = ", ".join(f"{i.get('name', 'layer ' + str(i['layer']))} ({i['channels']})" for i in net.feature_info)
+    lines = [
+        f"# Model card: {name}", "",
+        f"A pretrained {net.kind} network, converted to tagstack's format by `scripts/convert_pretrained.py`; "
+        "nothing was trained here. Its weights are the original float32 values.", "",
+        "## What it computes", "",
+        f"Front end: {fe.sample_rate} Hz, {fe.n_fft}-point FFT, hop {fe.hop_length}, {fe.n_mels} mel bands of the "
+        f"{'power' if fe.power == 2 else 'magnitude'} spectrum, {'log10' if fe.log10 else 'ln'}(1 + {fe.compression:g} mel). "
+        f"Levels read by the paper's aggregation: {levels}. Scales (segment lengths, frames): "
+        f"{', '.join(str(b.frames) for b in model.branches)}.",
+        ("Tags: its own " + str(len(model.tags)) + " outputs, averaged over the segments: " + ", ".join(model.tags) + "."
+         if model.tags_from else "It has no tag outputs: it embeds, and serves as a local network for a global classifier."), "",
+        "## Source", "",
+        f"{info['source']['where']}, {info['source']['file']}; sha256: "
+        + ", ".join(f"{k} {v}" for k, v in info["source"]["sha256"].items()) + ".", "",
+        "## Training data (by its authors)", "", info["data"], "",
+        "It was trained on copyrighted audio previews; its weights are shipped under the licence below, for research use.", "",
+        "## Licence", "", info["licence"], "",
+        "## Citation", "", info["citation"], "",
+        "## Exactness", "",
+        "`tests/test_pretrained.py` checks this port against outputs of the original framework on the same inputs "
+        "(`bench/reference_pretrained.py`, run once with TensorFlow / Keras; fixtures in `tests/fixtures/pretrained/`).", "",
+    ]
+    return "\n".join(lines)
+
+
 
 def model_card(name: str, data: str, command: str, config, metrics: dict, transfer_md: str = "") -> str:
     """The Markdown card of a shipped model: data and licences, how it was trained, test scores per tag, transfer."""

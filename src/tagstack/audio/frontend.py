@@ -1,8 +1,11 @@
-"""The paper's front end: 128-band log-mel spectrogram with magnitude compression.
+"""Log-mel front ends; the default is the paper's 128-band spectrogram with magnitude compression.
 
 Parameters (Sec. III-B): 22,050 Hz, 1,024-sample Hann window, 512-sample hop,
 128 mel bands (Slaney's mel scale and area normalisation, as librosa's
 default), magnitude (not power) spectrum, compressed as ``log(1 + 10 |A|)``.
+The pretrained backbones read others through the same code
+(:class:`~tagstack.config.FrontEndConfig`: musicnn's 16 kHz, 512/256, 96
+bands of the power spectrum, ``log10(1 + 10**4 mel)``).
 
 Frame alignment
 ---------------
@@ -14,6 +17,8 @@ centred on 0 s to 29.04 s). Shorter audio is zero-padded at the end to 29.1 s
 before the transform, longer audio is cut (see :func:`fit_clip`).
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -95,7 +100,10 @@ class LogMel(nn.Module):
         # A mel filter spans a few FFT bins only (about 1,000 non-zeros of 65,664). On the CPU the
         # product is done band group by band group over each group's bins, 8x fewer multiply-adds
         # than the dense product; GPUs prefer the one dense product.
-        self._groups = _band_groups(fb, size=16)
+        self._groups = []
+        for i, (lo, hi, weights) in enumerate(_band_groups(fb, size=16)):
+            self._groups.append((lo, hi))
+            self.register_buffer(f"band_weights_{i}", weights, persistent=False)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         return self.frames_first(y).transpose(-1, -2)
@@ -117,12 +125,15 @@ class LogMel(nn.Module):
         frames = nn.functional.pad(y, (half, half)).unfold(-1, c.n_fft, c.hop_length)
         spec = torch.view_as_real(torch.fft.rfft(frames * self.window)).flatten(-2)
         re, im = spec[..., 0::2], spec[..., 1::2]
-        mag = torch.addcmul(re.square(), im, im).sqrt_()  # |A|: one pass, faster than complex abs()
+        mag = torch.addcmul(re.square(), im, im)  # |A|^2 in one pass, faster than complex abs()
+        if c.power == 1.0:
+            mag = mag.sqrt_()
         if mag.device.type == "cpu":
-            mel = torch.cat([mag[..., lo:hi] @ w.to(mag.dtype) for lo, hi, w in self._groups], dim=-1)
+            mel = torch.cat([mag[..., lo:hi] @ getattr(self, f"band_weights_{i}") for i, (lo, hi) in enumerate(self._groups)], dim=-1)
         else:
             mel = mag @ self.filterbank_t
-        return torch.log1p(mel.mul_(c.compression))
+        out = torch.log1p(mel.mul_(c.compression))
+        return out.div_(math.log(10.0)) if c.log10 else out
 
 
 def _band_groups(fb: np.ndarray, *, size: int) -> list[tuple[int, int, torch.Tensor]]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import glob
 import math
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import soundfile as sf
@@ -178,20 +178,22 @@ def _short(e: Exception) -> str:
 def stream(
     source: str | Path | np.ndarray,
     *,
-    sr: int = 22050,
+    sr: int | Sequence[int] = 22050,
     block_seconds: float = 60.0,
     offset: float = 0.0,
     duration: float | None = None,
     source_sr: int | None = None,
-) -> Iterator[np.ndarray]:
+) -> Iterator[np.ndarray] | Iterator[tuple[np.ndarray, ...]]:
     """Yield ``source`` as consecutive mono float32 blocks at ``sr`` Hz, decoding it once.
 
     Parameters
     ----------
     source : path or np.ndarray
         A file libsndfile or FFmpeg can read, or samples (see :func:`as_frames`).
-    sr : int > 0
+    sr : int > 0, or a sequence of them
         Output rate; soxr resamples as one continuous stream when it differs.
+        A sequence of rates (a model whose networks read front ends at
+        several rates) gives tuples of blocks, one per rate, from one decoding.
     block_seconds : float > 0
         About this many seconds of input per block (memory stays bounded).
     offset, duration : float [seconds]
@@ -207,7 +209,26 @@ def stream(
     ParameterError
         A malformed argument (an array without ``source_sr``, a bad shape ...).
     """
-    _check_rate(sr, "array")
+    single = isinstance(sr, (int, np.integer)) and not isinstance(sr, bool)
+    rates = (sr,) if single else tuple(sr)
+    for rate in rates:
+        _check_rate(rate, "array")
+    if not rates:
+        raise ParameterError("stream needs at least one output rate")
+    name, native, blocks = native_stream(source, block_seconds=block_seconds, offset=offset, duration=duration, source_sr=source_sr)
+    resamplers = [soxr.ResampleStream(native, r, 1, dtype="float32", quality="HQ") if r != native else None for r in rates]
+    out = _resampled(name, blocks, resamplers)
+    return (parts[0] for parts in out) if single else out
+
+
+def native_stream(source: str | Path | np.ndarray, *, block_seconds: float = 60.0, offset: float = 0.0,
+                  duration: float | None = None, source_sr: int | None = None) -> tuple[str, int, Iterator[tuple[np.ndarray, bool]]]:
+    """The name, native rate and mono float32 blocks of ``source``, checked finite but not resampled.
+
+    Each block comes with whether it is the last one (a resampler then
+    flushes). :func:`stream` resamples these; the Ray decoding stage sends
+    them as they are, so its workers resample exactly as :func:`stream` does.
+    """
     if not block_seconds > 0 or offset < 0 or (duration is not None and not duration > 0):
         raise ParameterError(f"need block_seconds > 0, offset >= 0 and duration > 0, got {block_seconds}, {offset}, {duration}")
     if isinstance(source, np.ndarray):
@@ -220,14 +241,12 @@ def stream(
     else:
         name = check_file(source)
         native, blocks = _file_blocks(name, offset, block_seconds)
-    return _mono_stream(name, native, sr, blocks, duration)
+    return name, native, _mono_blocks(name, native, blocks, duration)
 
 
-def _mono_stream(name: str, native: int, sr: int, blocks: Iterator[np.ndarray], duration: float | None) -> Iterator[np.ndarray]:
-    resampler = soxr.ResampleStream(native, sr, 1, dtype="float32", quality="HQ") if native != sr else None
+def _mono_blocks(name: str, native: int, blocks: Iterator[np.ndarray], duration: float | None) -> Iterator[tuple[np.ndarray, bool]]:
     wanted = math.inf if duration is None else int(round(duration * native))
     got = 0
-    produced = False
     nxt = _next(blocks, name)
     while nxt is not None:
         x, nxt = (nxt if wanted == math.inf else nxt[: max(0, wanted - got)]), None
@@ -237,11 +256,16 @@ def _mono_stream(name: str, native: int, sr: int, blocks: Iterator[np.ndarray], 
         y = _mono(x) if len(x) else np.zeros(0, np.float32)
         if not np.isfinite(y).all():
             raise AudioError(f"{name}: the audio contains NaN or infinite samples")
-        if resampler is not None:
-            y = resampler.resample_chunk(y, last=nxt is None)
-        if y.size:
+        yield y, nxt is None
+
+
+def _resampled(name: str, blocks: Iterator[tuple[np.ndarray, bool]], resamplers: list) -> Iterator[tuple[np.ndarray, ...]]:
+    produced = False
+    for y, last in blocks:
+        parts = tuple(np.ascontiguousarray(y if r is None else r.resample_chunk(y, last=last), dtype=np.float32) for r in resamplers)
+        if any(p.size for p in parts):
             produced = True
-            yield np.ascontiguousarray(y, dtype=np.float32)
+            yield parts
     if not produced:
         raise AudioError(f"{name}: no audio samples decoded")
 

@@ -14,9 +14,16 @@ import sys
 from pathlib import Path
 
 from .. import __version__
-from ..config import PAPER_SCALES, global_schedule, joint_schedule, local_schedule
+from ..config import global_schedule, joint_schedule, local_schedule
 from ..errors import ParameterError, TagstackError
 from ..experiments.config import ExperimentConfig, load_config
+
+
+def _names(text: str) -> tuple[str, ...]:
+    names = tuple(t.strip() for t in text.split(",") if t.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+    return names
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -43,6 +50,7 @@ def _add_device(p: argparse.ArgumentParser) -> None:
 
 
 def _add_experiment(p: argparse.ArgumentParser) -> None:
+    defaults = ExperimentConfig()  # every training default has one home: the configuration dataclasses
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="corpus", help="dataset adapter (see `tagstack datasets`; default: corpus)")
     g.add_argument("--root", default="", help="dataset folder (default for corpus: $TAGSTACK_HOME/corpus/default)")
@@ -55,14 +63,20 @@ def _add_experiment(p: argparse.ArgumentParser) -> None:
                    help="where the mel cache decodes clips: local processes (default) or ray workers (needs the ray extra)")
     g.add_argument("--ray-address", default="", metavar="ADDRESS", help="with --engine ray: an existing cluster, auto or host:6379 (default: start Ray here)")
     m = p.add_argument_group("model")
-    m.add_argument("--scales", type=_ints, default=PAPER_SCALES, help="input sizes in frames, comma-separated (default: 18,27,54,108,216)")
-    m.add_argument("--layers", type=_ints, default=None, help="conv layers fed to the global model, 1-based, comma-separated (default: all)")
-    m.add_argument("--hidden", type=int, default=512, help="units of each global hidden layer: 512 or 1024 in the paper (default: 512)")
+    m.add_argument("--scales", type=_names, default=defaults.scales,
+                   help="scales, comma-separated: paper CNN sizes in frames (trained here), or branches of --local-from's networks "
+                        "as they are named or as network/frames, e.g. musicnn-msd/187,artist/258 (default: 18,27,54,108,216)")
+    m.add_argument("--layers", type=_ints, default=None, help="levels fed to the global model, 1-based, comma-separated (default: all)")
+    m.add_argument("--hidden", type=int, default=defaults.global_hidden,
+                   help=f"units of each global hidden layer: 512 or 1024 in the paper (default: {defaults.global_hidden})")
+    m.add_argument("--local-from", type=_names, default=(), metavar="MODELS",
+                   help="model files or shipped models (musicnn-msd, musicnn-mtt, artist, real ...), comma-separated, whose local "
+                        "networks to use instead of training them: transfer learning and pretrained backbones (`tagstack info --list`)")
     t = p.add_argument_group("training")
     t.add_argument("--config", type=Path, help="a config.toml to run (the data, model and training flags are then ignored)")
-    d = local_schedule()
+    d, g = defaults.local, defaults.global_
     t.add_argument("--local-epochs", type=int, default=d.max_epochs, help=f"maximum epochs per local CNN (default: {d.max_epochs})")
-    t.add_argument("--global-epochs", type=int, default=d.max_epochs, help=f"maximum epochs of the global classifier (default: {d.max_epochs})")
+    t.add_argument("--global-epochs", type=int, default=g.max_epochs, help=f"maximum epochs of the global classifier (default: {g.max_epochs})")
     t.add_argument("--lr-stages", type=int, default=d.lr_stages, help=f"learning rates tried ({d.lr:g}, then x{d.lr_decay:g} each; default: {d.lr_stages})")
     t.add_argument("--patience", type=int, default=d.patience, help=f"epochs without improvement before the rate drops (default: {d.patience})")
     t.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default: {d.seed})")
@@ -84,11 +98,10 @@ def config_from_args(a: argparse.Namespace) -> ExperimentConfig:
     sched = dict(lr_stages=a.lr_stages, patience=a.patience, seed=a.seed)
     extra = {}
     if getattr(a, "seeds", None) is not None:  # reproduce
-        extra = dict(seeds=a.seeds, local_from=str(a.local_from or ""),
-                     joint=None if a.no_joint else joint_schedule(max_epochs=a.joint_epochs, seed=a.seed))
+        extra = dict(seeds=a.seeds, joint=None if a.no_joint else joint_schedule(max_epochs=a.joint_epochs, seed=a.seed))
     return ExperimentConfig(
         dataset=a.dataset, root=a.root, split=a.split, split_dir=a.split_dir, merge_synonyms=a.merge_synonyms, scales=a.scales,
-        layers=a.layers, global_hidden=a.hidden, local=local_schedule(max_epochs=a.local_epochs, mixup=a.mixup, **sched),
+        layers=a.layers, global_hidden=a.hidden, local_from=a.local_from, local=local_schedule(max_epochs=a.local_epochs, mixup=a.mixup, **sched),
         global_=global_schedule(max_epochs=a.global_epochs, clip_norm=a.clip_norm, warmup_epochs=a.warmup_epochs, **sched), cache_dir=a.cache_dir, workers=a.workers, device=a.device,
         engine=a.engine, ray_address=a.ray_address, **extra,
     )
@@ -126,8 +139,8 @@ def cmd_global(a: argparse.Namespace) -> int:
     from ..train.evaluation import binary_targets, evaluate
 
     exp = Experiment(config_from_args(a), a.out)
-    default = tuple(a.scales) == PAPER_SCALES and a.layers is None
-    name = "3-global" if default else f"3-global-s{'-'.join(map(str, a.scales))}-l{'-'.join(map(str, a.layers or ['all']))}"
+    default = tuple(a.scales) == ExperimentConfig().scales and a.layers is None
+    name = "3-global" if default else f"3-global-s{'-'.join(a.scales).replace('/', '@')}-l{'-'.join(map(str, a.layers or ['all']))}"
     model = exp.train_head(name=name)
     clips = exp.data.clips
     m = evaluate(binary_targets(clips.labels[clips.indices("test")]), exp.test_probs(model), task=clips.task)
@@ -237,7 +250,7 @@ def cmd_embed(a: argparse.Namespace) -> int:
 
 
 def cmd_info(a: argparse.Namespace) -> int:
-    from ..inference.tagger import resolve_model
+    from ..models.zoo import resolve_model
     from ..models.file import read_metadata
     from ..report import model_summary
 
@@ -325,7 +338,6 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, help="run directory")
     r.add_argument("--quick", action="store_true", help="a few minutes: 2 local epochs, 20 global epochs, 1 joint epoch")
     r.add_argument("--seeds", type=_ints, default=(0,), help="seeds of the global models, e.g. 0,1,2 (default: 0)")
-    r.add_argument("--local-from", type=Path, help="model file whose local CNNs to use (transfer learning) instead of training them here")
     r.add_argument("--joint-epochs", type=int, default=joint_schedule().max_epochs,
                    help=f"epochs of joint fine-tuning (default: {joint_schedule().max_epochs})")
     r.add_argument("--no-joint", action="store_true", help="skip joint fine-tuning")
@@ -375,8 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", "-o", type=Path, required=True,
                    help="output file: .npz (arrays embeddings, paths, scales, layers) or .parquet (path, embedding; scales and layers in its metadata); with --engine ray, a folder of Parquet shards")
     e.add_argument("--model", type=Path, help="model file, or a shipped model: real (default, trained on real recordings), real-4q or corpus")
-    e.add_argument("--scales", type=_ints, help="input sizes to keep, comma-separated, e.g. 27,54 (default: all)")
-    e.add_argument("--layers", type=_ints, help="conv layers to keep, 1-based, comma-separated, e.g. 3,4 (default: all)")
+    e.add_argument("--scales", type=_names, help="scales to keep, comma-separated, e.g. 27,54 or musicnn-msd/187 (default: all)")
+    e.add_argument("--layers", type=_ints, help="levels to keep, 1-based, comma-separated, e.g. 3,4 (default: all)")
     _add_engine(e)
     _add_device(e)
     e.set_defaults(func=cmd_embed)

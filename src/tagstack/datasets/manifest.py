@@ -35,6 +35,7 @@ import numpy as np
 from ..audio.io import AUDIO_EXTENSIONS
 from ..errors import DatasetError, ParameterError
 from ..fileio import atomic_write_text
+from ..tags import MAX_GROUP_NAME, is_group_name
 from .base import SPLITS, ClipSet, stratified_split
 
 TAG_SEPARATOR = ";"
@@ -125,17 +126,6 @@ def _parse_tags(text: str, path: Path, line: int) -> dict[str, float]:
             raise DatasetError(f"{path}, line {line}: tag {item!r} is not a name or name=value with a value in [0, 1]")
         out[name] = v
     return out
-
-
-#: Longest tag-group name (a model file refuses longer ones).
-MAX_GROUP_NAME = 100
-#: The group a tag without one is shown in (``tagstack tag --per-group``, ``tagstack info``).
-UNGROUPED = "other"
-
-
-def is_group_name(group: object) -> bool:
-    """A tag-group name as ``tag_groups.csv``, a model and a model file accept it: a string of 1..MAX_GROUP_NAME characters."""
-    return isinstance(group, str) and 0 < len(group) <= MAX_GROUP_NAME
 
 
 def _read_groups(path: Path) -> dict[str, str]:

@@ -115,7 +115,7 @@ class _Worker:
         paths = [str(p) for p in batch["path"]]
         rows, failures = [], []
         if "audio" in batch:  # decoded by the CPU stage (:func:`_decode`)
-            results = self._predict_decoded(paths, batch["audio"], [str(x) for x in batch["status"]],
+            results = self._predict_decoded(paths, batch["audio"], [int(r) for r in batch["rate"]], [str(x) for x in batch["status"]],
                                             [str(x) for x in batch["reason"]])
         else:
             results = self.tagger.predict_batch(paths, taggram=self.taggram, hop=self.hop)
@@ -147,12 +147,13 @@ class _Worker:
         failed = dict(failures)
         return {"path": paths, "reason": [failed.get(p, "") for p in paths]}
 
-    def _predict_decoded(self, paths: list[str], audio, status: list[str], reasons: list[str]) -> list:
-        """:meth:`Tagger.predict_batch` on what the CPU stage sent: decoded audio, a path it left to this worker
-        (a long file, streamed here in bounded memory), or the decoder's reason for failing."""
+    def _predict_decoded(self, paths: list[str], audio, rates: list[int], status: list[str], reasons: list[str]) -> list:
+        """:meth:`Tagger.predict_batch` on what the CPU stage sent: decoded audio at its own rate, a path it left to
+        this worker (a long file, streamed here in bounded memory), or the decoder's reason for failing."""
         ok = [i for i, s in enumerate(status) if s != FAILED]
         sources = [paths[i] if status[i] == STREAM_HERE else np.asarray(audio[i], np.float32) for i in ok]
-        got = self.tagger.predict_batch(sources, sr=self.tagger.cfg.sample_rate, taggram=self.taggram, hop=self.hop,
+        got = self.tagger.predict_batch(sources, sr=[None if status[i] == STREAM_HERE else rates[i] for i in ok],
+                                        taggram=self.taggram, hop=self.hop,
                                         names=[paths[i] for i in ok])
         results: list = [AudioError(r) if s == FAILED else None for s, r in zip(status, reasons)]
         for i, r in zip(ok, got):
@@ -164,35 +165,37 @@ class _Worker:
 STREAM_HERE, FAILED = "stream", "failed"
 
 
-def _decode(batch: dict, frontend: dict, max_seconds: float) -> dict:
-    """The CPU stage: each file of ``batch`` as mono float32 at the model's rate, through the decoding the
-    :class:`Tagger` itself uses (so results equal the single-machine path's), or why it cannot be read.
+def _decode(batch: dict, max_seconds: float) -> dict:
+    """The CPU stage: each file of ``batch`` as mono float32 at its own rate, through the decoding the
+    :class:`Tagger` itself uses (:func:`~tagstack.audio.io.native_stream`; the worker resamples it exactly as
+    decoding the file there would, so results equal the single-machine path's), or why it cannot be read.
 
     A file longer than ``max_seconds`` is left to the worker, which streams it
     in bounded memory: decoded whole it would sit in the object store (an hour
     is 318 MB at 22,050 Hz), once per file of a worker's batch.
     """
-    from ..config import FrontEndConfig
-    from ..inference.tagger import model_stream
+    from ..audio.io import native_stream
 
-    cfg = FrontEndConfig(**frontend)
-    limit = max_seconds * cfg.sample_rate
-    audio, status, reasons = [], [], []
+    audio, rates, status, reasons = [], [], [], []
     for path in batch["path"]:
-        blocks, got, state, reason = [], 0, "", ""
+        blocks, got, state, reason, rate = [], 0, "", "", 0
         try:
-            for block in model_stream(str(path), cfg):
+            _, rate, stream = native_stream(str(path))
+            for block, _ in stream:
                 blocks.append(block)
                 got += block.size
-                if got > limit:
+                if got > max_seconds * rate:
                     blocks, state = [], STREAM_HERE
                     break
+            if state == "" and not got:
+                raise AudioError(f"{path}: no audio samples decoded")
         except TagstackError as e:
             blocks, state, reason = [], FAILED, str(e)
         audio.append(np.concatenate(blocks) if blocks else np.zeros(1, np.float32))  # a placeholder is never read
+        rates.append(rate)
         status.append(state)
         reasons.append(reason)
-    return {"path": batch["path"], "stem": batch["stem"], "audio": audio,
+    return {"path": batch["path"], "stem": batch["stem"], "audio": audio, "rate": np.array(rates, dtype=np.int64),
             "status": np.array(status, dtype=object), "reason": np.array(reasons, dtype=object)}
 
 
@@ -219,11 +222,11 @@ def run_on_ray(files: Iterable[str | Path], out: str | Path, *, model: str | Pat
         import ray
     except ImportError:
         raise ParameterError("the Ray engine needs Ray: pip install 'tagstack[ray]'") from None
-    from ..inference.tagger import resolve_model
+    from ..models.zoo import resolve_model
     from ..models.file import read_metadata
 
     model_path = resolve_model(model)
-    front = read_metadata(model_path)["frontend"]  # a bad model is one line here, not an error in every worker
+    read_metadata(model_path)  # a bad model is one line here, not an error in every worker
     if batch_files is not None and batch_files < 1:
         raise ParameterError(f"batch_files must be >= 1, got {batch_files}")
     if hop is not None and not hop > 0:
@@ -278,8 +281,8 @@ def run_on_ray(files: Iterable[str | Path], out: str | Path, *, model: str | Pat
     if decode_tasks:
         # its memory (a file decoded whole, twice at the concatenation) is also what keeps Ray from fusing this
         # stage into the workers' on CPUs, where both would otherwise ask for one CPU alone
-        ds = ds.map_batches(_decode, batch_size=1, num_cpus=1, memory=8 * DECODE_MAX_SECONDS * front["sample_rate"] + 2**27,
-                            fn_kwargs=dict(frontend=front, max_seconds=DECODE_MAX_SECONDS))
+        ds = ds.map_batches(_decode, batch_size=1, num_cpus=1, memory=8 * DECODE_MAX_SECONDS * 48_000 + 2**27,
+                            fn_kwargs=dict(max_seconds=DECODE_MAX_SECONDS))
     # Ray Data restarts a killed worker and retries its batch (max_restarts=-1, max_task_retries=-1 by default)
     # CPU workers beside the decode tasks leave them at least one CPU to ask for, or every task would wait on them
     worker_cpus = 0 if gpus else (math.floor(100 * min(1.0, max(0, cpus - 1) / n)) / 100 if decode_tasks else 1)

@@ -35,9 +35,14 @@ class ExperimentConfig:
     """Everything a run needs; saved as ``config.toml`` in its run directory.
 
     ``seeds`` are the global models' seeds (``reproduce`` reports mean and
-    standard deviation over them); ``local_from`` takes the local CNNs from a
-    model file instead of training them (transfer learning, Table I);
-    ``joint`` is the schedule of joint fine-tuning (``None``: none).
+    standard deviation over them); ``local_from`` takes local networks from
+    model files (or shipped models: ``musicnn-msd``, ``artist`` ...) instead
+    of training them (transfer learning, Table I); ``joint`` is the schedule
+    of joint fine-tuning (``None``: none). ``scales`` name the branches
+    (the paper's scales): a paper CNN size such as ``27``, trained here unless
+    ``local_from`` has it, or a branch of a ``local_from`` network, either
+    as that file names it or as ``network/frames`` for another segment length
+    (``musicnn-msd/375``: musicnn on 6 s segments).
     """
 
     dataset: str = "corpus"
@@ -45,7 +50,7 @@ class ExperimentConfig:
     split: str = ""
     split_dir: str = ""  # where the published split/label files are, when not under root
     merge_synonyms: bool = False  # MagnaTagATune 'full' split: merge synonymous tags
-    scales: tuple[int, ...] = PAPER_SCALES
+    scales: tuple[str | int, ...] = PAPER_SCALES  # paper CNN sizes (trained here) and branches of local_from's networks
     layers: tuple[int, ...] | None = None  # None: every conv layer
     global_hidden: int = 512
     frontend: FrontEndConfig = field(default_factory=FrontEndConfig)
@@ -53,7 +58,7 @@ class ExperimentConfig:
     global_: TrainConfig = field(default_factory=global_schedule)
     joint: TrainConfig | None = None
     seeds: tuple[int, ...] = (0,)
-    local_from: str = ""
+    local_from: tuple[str, ...] = ()  # model files or shipped names whose local networks to use
     n_boot: int = 200
     cache_dir: str = ""
     workers: int = 0  # 0: one per usable CPU
@@ -65,18 +70,19 @@ class ExperimentConfig:
         if self.engine not in ("local", "ray"):
             raise ParameterError(f"engine must be 'local' or 'ray', got {self.engine!r}")
         check_dataset(self.dataset, {"split_dir": self.split_dir, "merge": self.merge_synonyms}, self.split)
-        self.scales = tuple(sorted(int(s) for s in self.scales))
+        if isinstance(self.local_from, str):  # a config.toml of earlier versions: one file, or none
+            self.local_from = tuple(x for x in self.local_from.split(",") if x)
+        self.local_from = tuple(str(x) for x in self.local_from)
+        self.scales = order_scales(self.scales)
         if not self.scales or len(set(self.scales)) != len(self.scales):
-            raise ParameterError(f"scales must be distinct input sizes, got {list(self.scales)}")
-        bad = [s for s in self.scales if s not in ARCHITECTURES]
-        if bad:
-            raise ParameterError(f"no local CNN for {bad} frames; choose scales from {sorted(ARCHITECTURES)}")
+            raise ParameterError(f"scales must be distinct, got {list(self.scales)}")
+        depths = {s: len(d) for s, d in scale_sources(self.scales, self.local_from).items()}
         if self.layers is not None:
             self.layers = tuple(sorted(int(i) for i in self.layers))
-            depth = max(len(ARCHITECTURES[s]) for s in self.scales)
+            depth = max(depths.values())
             missing = [i for i in self.layers if not 1 <= i <= depth]
             if not self.layers or missing:
-                raise ParameterError(f"layers {missing or '[]'} do not exist in the CNNs of scales {list(self.scales)} "
+                raise ParameterError(f"layers {missing or '[]'} do not exist in the networks of scales {list(self.scales)} "
                                      f"(they have layers 1..{depth})")
         self.seeds = tuple(int(s) for s in self.seeds)
         if not self.seeds:
@@ -85,13 +91,62 @@ class ExperimentConfig:
             raise ParameterError(f"need global_hidden >= 1, workers >= 0, n_boot >= 0; got {self.global_hidden}, {self.workers}, {self.n_boot}")
         if self.global_.mixup or (self.joint is not None and self.joint.mixup):
             raise ParameterError("mixup mixes the local CNNs' training segments: set it for stage 1 ([local]) only")
-        if self.local_from and not Path(self.local_from).is_file():
-            raise ParameterError(f"local_from: {self.local_from}: model file not found")
         choose_device(self.device)
 
     def replace(self, **changes: Any) -> "ExperimentConfig":
         """A copy with ``changes``, validated again."""
         return dataclasses.replace(self, **changes)
+
+
+def order_scales(scales) -> tuple[str, ...]:
+    """Scales as names, the paper's sizes first and by size (the paper's feature order), the others as given."""
+    names = [str(s) for s in scales]
+    return tuple(sorted((s for s in names if s.isdigit()), key=int)) + tuple(s for s in names if not s.isdigit())
+
+
+def scale_sources(scales: tuple[str, ...], local_from: tuple[str, ...]) -> dict[str, list]:
+    """Where each scale comes from, checked before any work: the feature_info levels of its network.
+
+    A scale is a branch (as named) of one of ``local_from``'s model files, or
+    ``network/frames`` of one of their networks, or a paper CNN size trained
+    here. The files' headers are read (and validated), not their weights.
+    """
+    import torch
+
+    from ..models.file import read_metadata
+    from ..models.networks import build_network
+    from ..models.zoo import resolve_model
+
+    networks: dict[str, dict] = {}
+    branches: dict[str, str] = {}
+    for ref in local_from:
+        meta = read_metadata(resolve_model(ref))
+        for name, entry in meta["networks"].items():
+            if name in networks:
+                raise ParameterError(f"local_from: two files have a network named {name!r}")
+            networks[name] = entry
+        for b in meta["branches"]:
+            branches[b["network"] if b["network"] == str(b["frames"]) else f"{b['network']}/{b['frames']}"] = b["network"]
+    out = {}
+    for s in scales:
+        net = branches.get(s) or (s.split("/")[0] if "/" in s and s.split("/")[0] in networks else None)
+        if net is not None:
+            entry = networks[net]
+            with torch.device("meta"):
+                module = build_network(entry["kind"], entry["arch"])
+            if "/" in s and s not in branches:
+                frames = s.split("/", 1)[1]
+                if not frames.isdigit():
+                    raise ParameterError(f"scale {s!r}: expected network/frames, e.g. {net}/187")
+                module.check_segment(int(frames))
+            out[s] = module.feature_info
+        elif s.isdigit() and int(s) in ARCHITECTURES:
+            out[s] = ARCHITECTURES[int(s)]
+        else:
+            have = sorted(branches) + [f"{n}/FRAMES" for n in networks if not n.isdigit()]
+            raise ParameterError(f"no local network for scale {s!r}: choose paper CNN sizes {sorted(ARCHITECTURES)}"
+                                 + (f" or branches of local_from: {have}" if local_from else ""))
+    return out
 
 
 def save_config(config: ExperimentConfig, path: str | Path) -> None:

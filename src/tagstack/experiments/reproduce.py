@@ -55,32 +55,64 @@ PUBLISHED: list[tuple[str, dict[str, float]]] = [
 class Ablation:
     """One global model: which scales and layers of the stored features it reads."""
 
-    scales: tuple[int, ...]
+    scales: tuple[str, ...]
     layers: tuple[int, ...] | None = None
 
     @property
     def key(self) -> str:
-        s = "+".join(map(str, self.scales))
+        s = "+".join(self.scales)
         return s if self.layers is None else f"{s}:L{''.join(map(str, self.layers))}"
 
     @property
     def label(self) -> str:
+        scales = "+".join(self.scales) + (" frames" if all(x.isdigit() for x in self.scales) else "")
         if self.layers is None:
-            return f"{'+'.join(map(str, self.scales))} frames"
-        return "+".join(f"L{l}" for l in self.layers) + f" ({'+'.join(map(str, self.scales))})"
+            return scales
+        return "+".join(f"L{l}" for l in self.layers) + f" ({'+'.join(self.scales)})"
 
 
-def ablations(scales: tuple[int, ...]) -> dict[str, list[Ablation]]:
-    """The global models each figure needs, for the scales at hand."""
-    s = tuple(sorted(scales))
+#: The paper's scale combinations of Fig. 4.
+PAPER_COMBINATIONS = (("18", "27"), ("18", "27", "54"), ("27", "54", "108"), ("54", "108", "216"))
+
+
+def level_scale(scales: tuple[str, ...], depth: dict[str, int]) -> str | None:
+    """The scale whose levels Fig. 3 combines: the paper's 27-frame CNN, else the first with several levels."""
+    return "27" if "27" in scales else next((s for s in scales if depth[s] > 1), None)
+
+
+def ablations(scales: tuple[str, ...], depth: dict[str, int]) -> dict[str, list[Ablation]]:
+    """The global models each figure needs, for the scales at hand (``depth``: levels per scale).
+
+    Fig. 3 takes every combination of up to three levels (the paper's L1-L3
+    of the 27-frame CNN); for a deeper network, each level alone and the
+    unions L1+L2, L1+L2+L3, ... Fig. 4 takes each scale alone, the paper's
+    combinations, every segment length of each network together, and all.
+    """
+    s = tuple(scales)
     fig2 = [Ablation((x,)) for x in s]
     fig3 = []
-    if 27 in s:
-        for r in (1, 2, 3):
-            fig3 += [Ablation((27,), c) for c in itertools.combinations((1, 2, 3), r)]
-    combos = [c for c in ((18, 27), (18, 27, 54), (27, 54, 108), (54, 108, 216)) if set(c) <= set(s) and c != s]
+    ref = level_scale(s, depth)
+    if ref is not None:
+        n = depth[ref]
+        levels = range(1, n + 1)
+        if n <= 3:
+            fig3 = [Ablation((ref,), c) for r in levels for c in itertools.combinations(levels, r)]
+        else:
+            fig3 = [Ablation((ref,), (l,)) for l in levels] + [Ablation((ref,), tuple(range(1, k + 1))) for k in range(2, n + 1)]
+    networks: dict[str, list[str]] = {}
+    for x in s:
+        networks.setdefault(x.split("/")[0] if "/" in x else "paper CNNs", []).append(x)
+    combos = [c for c in PAPER_COMBINATIONS if set(c) <= set(s)]
+    combos += [tuple(v) for v in networks.values() if len(v) > 1]
+    if len(networks) > 1:  # one scale of each network: the networks together at their own segment lengths
+        combos.append(tuple(v[0] for v in networks.values()))
+    combos = [c for c in dict.fromkeys(combos) if c != s]
     fig4 = fig2 + [Ablation(c) for c in combos] + ([Ablation(s)] if len(s) > 1 else [])
     return {"fig2": fig2, "fig3": fig3, "fig4": fig4}
+
+
+def _mean(r: dict, key: str = "roc_auc") -> float:
+    return float(np.mean([v[key] for v in r["seeds"].values()]))
 
 
 def _pm(r: dict, key: str = "roc_auc") -> str:
@@ -105,15 +137,18 @@ def reproduce(config: ExperimentConfig, out: str | Path) -> dict:
     task = clips.task
     multiclass = task == "multiclass"
 
-    plan = ablations(tuple(config.scales))
+    scales = tuple(config.scales)
+    depth = {sc: len(exp.shell().network_of(sc).feature_info) for sc in scales}
+    plan = ablations(scales, depth)
+    ref = level_scale(scales, depth)
     results: dict[str, dict] = {}
     staged = None
-    all_key = "+".join(map(str, sorted(config.scales)))
+    all_key = "+".join(scales)
     for ab in {a.key: a for fig in plan.values() for a in fig}.values():
         r = {"label": ab.label, "scales": list(ab.scales), "layers": ab.layers, "seeds": {}}
         for seed in seeds:
             model = exp.train_head(scales=ab.scales, layers=ab.layers or None, seed=seed,
-                                   name=f"3-global/{ab.key.replace(':', '_')}/seed{seed}")
+                                   name=f"3-global/{ab.key.replace(':', '_').replace('/', '@')}/seed{seed}")
             probs = exp.test_probs(model)
             m = evaluate(y, probs, task=task)
             r["seeds"][seed] = {"roc_auc": m["roc_auc"], "pr_auc": m["pr_auc"], "per_tag_roc_auc": m["per_tag"]["roc_auc"],
@@ -124,28 +159,28 @@ def reproduce(config: ExperimentConfig, out: str | Path) -> dict:
                     staged = model
         results[ab.key] = r
 
-    # CNNs taken from a model of another vocabulary (the paper's transfer learning) cannot be scored on these tags
-    local = {str(s): evaluate(y, p[test], task="multilabel") for s, p in agg["local_probs"].items()} if exp.local_scored else {}
+    # networks taken from a model of another vocabulary (the paper's transfer learning) cannot be scored on these tags
+    scored = exp.local_scored
+    local = {s: evaluate(y, p[test], task="multilabel") for s, p in agg["local_probs"].items() if s in scored}
     md: dict[str, str] = {}
     seed_note = f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''} ({', '.join(map(str, seeds))})"
 
     # Fig. 2
-    scales = sorted(config.scales)
-    rows = [[s, *((local[str(s)]["roc_auc"], local[str(s)]["pr_auc"]) if local else ("–", "–")),
-             _pm(results[str(s)]), _pm(results[str(s)], "pr_auc")] for s in scales]
-    md["fig2"] = write_table(out, "fig2_local_vs_global", ["input frames", "local ROC-AUC", "local PR-AUC", "global ROC-AUC", "global PR-AUC"], rows)
-    bar_figure(out, "fig2_local_vs_global", [f"{s} frames" for s in scales],
-          {**({"local": ([local[str(s)]["roc_auc"] for s in scales], [0] * len(scales))} if local else {}),
-           "global": ([np.mean([v["roc_auc"] for v in results[str(s)]["seeds"].values()]) for s in scales],
-                      [np.std([v["roc_auc"] for v in results[str(s)]["seeds"].values()]) for s in scales])},
-          "Fig. 2: local vs global models" if local else "Fig. 2: global models per scale (local CNNs from another vocabulary)")
+    rows = [[s, *((local[s]["roc_auc"], local[s]["pr_auc"]) if s in local else ("–", "–")),
+             _pm(results[s]), _pm(results[s], "pr_auc")] for s in scales]
+    md["fig2"] = write_table(out, "fig2_local_vs_global", ["scale", "local ROC-AUC", "local PR-AUC", "global ROC-AUC", "global PR-AUC"], rows)
+    bar_figure(out, "fig2_local_vs_global", [f"{s} frames" if s.isdigit() else s for s in scales],
+          {**({"local": ([local[s]["roc_auc"] if s in local else 0.0 for s in scales], [0] * len(scales))} if local else {}),
+           "global": ([np.mean([v["roc_auc"] for v in results[s]["seeds"].values()]) for s in scales],
+                      [np.std([v["roc_auc"] for v in results[s]["seeds"].values()]) for s in scales])},
+          "Fig. 2: local vs global models" if local else "Fig. 2: global models per scale (local networks from another vocabulary)")
 
     def fig_rows(abl: list[Ablation]) -> list[list]:
         return [[a.label, _pm(results[a.key]), _pm(results[a.key], "pr_auc"),
                  "{:.4f}-{:.4f}".format(*results[a.key]["roc_auc_ci95"])] for a in abl]
 
     header = ["features", "ROC-AUC", "PR-AUC", "ROC-AUC 95% CI (seed 0)"]
-    for fig, title in (("fig3", "Fig. 3: levels of the 27-frame model"), ("fig4", "Fig. 4: combinations of scales")):
+    for fig, title in (("fig3", f"Fig. 3: levels of scale {ref}"), ("fig4", "Fig. 4: combinations of scales")):
         if not plan[fig]:
             continue
         name = {"fig3": "fig3_levels", "fig4": "fig4_scales"}[fig]
@@ -157,16 +192,17 @@ def reproduce(config: ExperimentConfig, out: str | Path) -> dict:
     # Fig. 5
     s0 = seeds[0]
     pt = {k: np.array(r["seeds"][s0]["per_tag_roc_auc"], dtype=float) for k, r in results.items()}
+    every_level = f"{ref}:L{''.join(str(l) for l in range(1, depth[ref] + 1))}" if ref else None
     if plan["fig3"]:
-        singles = {f"L{l}": pt[f"27:L{l}"] for l in (1, 2, 3)}
-        rows = per_tag_gain_figure(out, "fig5_levels", clips.tags, singles, pt["27:L123"], "Fig. 5 (top): levels of the 27-frame model, per tag")
-        md["fig5_levels"] = write_table(out, "fig5_levels", ["tag", "L1", "L2", "L3", "L1+L2+L3", "gain over L1"], rows)
-    small = [s for s in (18, 27, 54) if s in config.scales]
+        singles = {f"L{l}": pt[f"{ref}:L{l}"] for l in range(1, depth[ref] + 1)}
+        rows = per_tag_gain_figure(out, "fig5_levels", clips.tags, singles, pt[every_level], f"Fig. 5 (top): levels of scale {ref}, per tag")
+        md["fig5_levels"] = write_table(out, "fig5_levels", ["tag", *singles, "+".join(singles), "gain over L1"], rows)
+    small = [s for s in ("18", "27", "54") if s in scales] if "27" in scales else list(scales[:3])
     if len(small) > 1:
-        concat_key = "+".join(map(str, small))
+        concat_key = "+".join(small)
         if concat_key not in pt:
-            concat_key = "+".join(map(str, sorted(config.scales)))
-        singles = {f"{s} frames": pt[str(s)] for s in small}
+            concat_key = all_key
+        singles = {f"{s} frames" if s.isdigit() else s: pt[s] for s in small}
         rows = per_tag_gain_figure(out, "fig5_scales", clips.tags, singles, pt[concat_key], f"Fig. 5 (bottom): scales, per tag ({concat_key} concatenated)")
         md["fig5_scales"] = write_table(out, "fig5_scales", ["tag", *singles, concat_key.replace("+", " + "), f"gain over {small[0]} frames"], rows)
 
@@ -180,12 +216,18 @@ def reproduce(config: ExperimentConfig, out: str | Path) -> dict:
 
     # Table II (and I)
     best_local = best_local_scale(local)
-    ml_key = "27:L123" if "27:L123" in results else str(sorted(config.scales)[0])
+    ml_key = every_level if every_level in results else scales[0]
     # single-label sets (GTZAN, Tagtraum) are compared by accuracy in the paper: measured here too (the local CNNs' outputs
     # are independent sigmoids, so they have none)
     acc = (lambda r: [_pm(r, "accuracy")]) if multiclass else (lambda r: [])
-    rows = [*([[f"local model ({best_local} frames)", "measured", f"{local[best_local]['roc_auc']:.4f}", f"{local[best_local]['pr_auc']:.4f}",
+    best_level = max((a.key for a in plan["fig3"] if len(a.layers) == 1), key=lambda k: _mean(results[k]), default=None)
+    best_scale = max((a.key for a in plan["fig2"]), key=lambda k: _mean(results[k]))
+    rows = [*([[f"local model ({best_local})", "measured", f"{local[best_local]['roc_auc']:.4f}", f"{local[best_local]['pr_auc']:.4f}",
                 *(["–"] if multiclass else [])]] if best_local else []),
+            *([[f"global, best single level ({results[best_level]['label']})", "measured", _pm(results[best_level]),
+                _pm(results[best_level], "pr_auc"), *acc(results[best_level])]] if best_level else []),
+            [f"global, best single scale ({results[best_scale]['label']})", "measured", _pm(results[best_scale]),
+             _pm(results[best_scale], "pr_auc"), *acc(results[best_scale])],
             [f"global, multi-level ({results[ml_key]['label']})", "measured", _pm(results[ml_key]), _pm(results[ml_key], "pr_auc"),
              *acc(results[ml_key])],
             [f"global, multi-level + multi-scale ({all_key})", "measured", _pm(results[all_key]), _pm(results[all_key], "pr_auc"),
@@ -203,10 +245,10 @@ def reproduce(config: ExperimentConfig, out: str | Path) -> dict:
         measure = "accuracy" if multiclass else "ROC-AUC"
         value = np.mean([v["accuracy" if multiclass else "roc_auc"] for v in results[all_key]["seeds"].values()])
         md["table1"] = write_table(out, "table1_transfer", ["dataset", "task", "CNNs from", "measurement", "value"],
-                              [[clips.name, "genre classification" if multiclass else "auto-tagging", str(local_from), measure, f"{value:.4f}"]])
+                              [[clips.name, "genre classification" if multiclass else "auto-tagging", ", ".join(local_from), measure, f"{value:.4f}"]])
 
     summary = {"dataset": clips.name, "seeds": list(seeds), "local": {s: {"roc_auc": m["roc_auc"], "pr_auc": m["pr_auc"]} for s, m in local.items()},
-               "global": results, "joint": joint_result, "local_from": str(local_from) if local_from else None}
+               "global": results, "joint": joint_result, "local_from": list(local_from) if local_from else None}
     atomic_write_json(out / "results.json", summary)
     exp.save_config()
     write_reproduction_report(out, clips.name, md, seed_note, joint_result, results[all_key], local_from, local_scored=bool(local))

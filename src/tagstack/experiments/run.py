@@ -33,17 +33,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..config import tagstack_home
 from ..datasets import ClipSet, load_dataset
 from ..datasets.melcache import MelCache
 from ..errors import DatasetError, ParameterError
 from ..fileio import atomic_save_npy, atomic_write_json, atomic_write_text, remove_leftovers
-from ..models.aggregation import FeatureBlock, feature_layout, select_columns
+from ..config import FrontEndConfig
+from ..models.aggregation import FeatureBlock, select_columns
 from ..models.classifier import GlobalArch, GlobalMLP
 from ..models.file import load_model, save_model
-from ..models.local import LocalCNN, build_local_cnn
-from ..models.tagger import TaggingModel
+from ..models.local import build_local_cnn
+from ..models.tagging_model import Branch, TaggingModel
+from ..models.zoo import resolve_model
 from ..provenance import data_digest, differences, weights_digest
 from ..runtime import barrier, choose_device, distributed
 from ..train.evaluation import binary_targets, bootstrap_ci, evaluate, scorable_tags
@@ -68,9 +71,16 @@ class Prepared:
     frames: np.ndarray  # frames of audio of every row of ``mels`` (the rest of a short clip is padding)
     report: dict
     digest: str  # of the clips, splits, labels and front end: part of every stored result's key
+    frontend: FrontEndConfig  # of ``mels``
+    other: dict[FrontEndConfig, tuple[np.ndarray, np.ndarray]] = dataclasses.field(default_factory=dict)  # other front ends' caches
 
     def rows(self, split: str) -> np.ndarray:
         return self.mel_rows[self.clips.indices(split)]
+
+    def inputs(self, model: TaggingModel) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """The mel caches and audio frames of ``model``'s front ends, in :attr:`TaggingModel.frontends` order."""
+        pairs = [(self.mels, self.frames) if fe == self.frontend else self.other[fe] for fe in model.frontends]
+        return [m for m, _ in pairs], [f for _, f in pairs]
 
     def labels(self, split: str) -> np.ndarray:
         return self.clips.labels[self.clips.indices(split)]
@@ -96,8 +106,9 @@ class Experiment:
         self.device = choose_device(config.device)
         self._clips = clips
         self._data: Prepared | None = None
-        self._local: dict[int, LocalCNN] | None = None
-        self._local_tags: list[str] = []  # what the local CNNs output: this dataset's tags, or local_from's
+        self._local: dict[str, nn.Module] | None = None
+        self._branches: list[Branch] = []
+        self._outputs: dict[str, list[str]] = {}  # what each local network outputs: this dataset's tags, or another vocabulary
         self._features: dict | None = None
         self._cnn_digests: dict[str, str] = {}  # scale -> digest of its CNN, set by features()
         try:
@@ -134,9 +145,27 @@ class Experiment:
                 if len(kept.indices(split)) < 2:
                     raise DatasetError(f"{clips.root}: only {len(kept.indices(split))} usable clips in split '{split}'")
             self._data = Prepared(clips=kept, mels=cache.mels, mel_rows=np.flatnonzero(cache.valid), frames=cache.frames, report=report,
-                                  digest=data_digest(kept.paths, kept.splits, kept.labels, kept.tags, c.frontend))
+                                  digest=data_digest(kept.paths, kept.splits, kept.labels, kept.tags, c.frontend), frontend=c.frontend)
+            self._all_clips = clips
             atomic_write_text(self.dir / "dataset.txt", kept.summary() + "\n")
         return self._data
+
+    def _cache_frontends(self, model: TaggingModel) -> None:
+        """Build (or resume) the mel caches of the front ends ``model`` reads besides the experiment's own."""
+        d, c = self.data, self.config
+        for fe in model.frontends:
+            if fe == d.frontend or fe in d.other:
+                continue
+            cache = MelCache(self._all_clips, cache_dir=c.cache_dir or tagstack_home() / "mels", frontend=fe)
+            rank, _ = distributed()
+            if rank > 0:
+                barrier()
+            cache.build(workers=c.workers, device=self.device, engine=c.engine, ray_address=c.ray_address)
+            if rank == 0:
+                barrier()
+            if not cache.valid[d.mel_rows].all():
+                raise DatasetError(f"{self._all_clips.root}: some clips decoded for one front end and not for another")
+            d.other[fe] = (cache.mels, cache.frames)
 
     def check_scorable(self) -> None:
         """Before any training: every split must have a tag with positive and negative clips, or validation and the
@@ -148,42 +177,62 @@ class Experiment:
                                    "so it cannot be scored; give it more varied clips")
 
     # ------------------------------------------------------------ stage 1
-    def local_models(self) -> dict[int, LocalCNN]:
-        """Stage 1: one local CNN per scale, trained (or resumed, or reused), or taken from ``local_from``."""
+    def local_models(self) -> dict[str, nn.Module]:
+        """Stage 1: the local networks by name: the paper's CNNs trained here (or resumed, or reused), and
+        networks taken from ``local_from`` (transfer learning; pretrained backbones)."""
         if self._local is not None:
             return self._local
         c = self.config
+        networks, branches, outputs = {}, {}, {}
+        for ref in c.local_from:
+            source = load_model(resolve_model(ref))
+            for name, net in source.local_models.items():
+                if net.frontend is None and source.frontend != c.frontend:
+                    raise ParameterError(f"{ref}: its CNNs read the front end {source.frontend}, not this experiment's {c.frontend}")
+                if net.frontend is not None:  # a backbone reads its own front end, over this experiment's clips
+                    net.frontend = net.frontend.over_window(c.frontend.clip_seconds)
+                networks[name] = net
+                outputs[name] = list(source.tags) if net.n_outputs == len(source.tags) else []
+            branches.update({b.name: b for b in source.branches})
+        trained = [s for s in c.scales if s not in branches and "/" not in s]
+        self._branches = [branches[s] if s in branches else Branch(s.split("/")[0], int(s.split("/")[1])) if "/" in s
+                          else Branch(s, int(s)) for s in c.scales]
         if c.local_from:
-            source = load_model(c.local_from)
-            if source.frontend != c.frontend:
-                raise ParameterError(f"{c.local_from}: its front end {source.frontend} differs from this experiment's {c.frontend}")
-            missing = [s for s in c.scales if s not in source.local_scales]
-            if missing:
-                raise ParameterError(f"{c.local_from} has local CNNs for {list(source.local_scales)}, not for {missing}")
-            log.info("stage 1: local CNNs %s taken from %s (transfer learning)", list(c.scales), c.local_from)
-            self._local, self._local_tags = {s: source.local_models[s] for s in c.scales}, list(source.tags)
-            return self._local
-        d = self.data
-        self.check_scorable()
-        models = {}
-        for i, scale in enumerate(c.scales, 1):
-            log.info("stage 1: local CNN %d of %d (%d frames)", i, len(c.scales), scale)
-            torch.manual_seed(c.local.seed)
-            model = build_local_cnn(scale, n_tags=len(d.clips.tags), n_mels=c.frontend.n_mels)
-            train_local(model, d.mels, train_rows=d.rows("train"), valid_rows=d.rows("valid"), train_labels=d.labels("train"),
-                        valid_labels=d.labels("valid"), config=c.local, workdir=self.dir / "1-local" / str(scale), device=self.device,
-                        inputs={"data": d.digest, "outputs": len(d.clips.tags)}, frames=d.frames)
-            models[scale] = model.cpu()
-        self._local, self._local_tags = models, list(d.clips.tags)
-        return models
+            log.info("stage 1: local networks of %s taken from %s (transfer learning)",
+                     [s for s in c.scales if s not in trained], ", ".join(c.local_from))
+        if trained:
+            d = self.data
+            self.check_scorable()
+            for i, scale in enumerate(trained, 1):
+                log.info("stage 1: local CNN %d of %d (%s frames)", i, len(trained), scale)
+                torch.manual_seed(c.local.seed)
+                model = build_local_cnn(int(scale), n_tags=len(d.clips.tags), n_mels=c.frontend.n_mels)
+                train_local(model, d.mels, train_rows=d.rows("train"), valid_rows=d.rows("valid"), train_labels=d.labels("train"),
+                            valid_labels=d.labels("valid"), config=c.local, workdir=self.dir / "1-local" / scale, device=self.device,
+                            inputs={"data": d.digest, "outputs": len(d.clips.tags)}, frames=d.frames)
+                networks[scale], outputs[scale] = model.cpu(), list(d.clips.tags)
+        used = {b.network for b in self._branches}
+        self._local = {n: m for n, m in networks.items() if n in used}
+        self._outputs = {n: outputs[n] for n in self._local}
+        return self._local
 
     @property
-    def local_scored(self) -> bool:
-        """Whether the local CNNs output this dataset's tags, so that they can be scored on it (not so when they
-        come from ``local_from`` with another vocabulary, as in the paper's transfer learning)."""
+    def branches(self) -> list[Branch]:
+        """The scales of this experiment as (network, segment length) pairs, in feature order."""
+        self.local_models()
+        return self._branches
+
+    def shell(self, *, scales=None, layers=None, head: GlobalMLP | None = None, **extra) -> TaggingModel:
+        """The experiment's networks and branches as a :class:`TaggingModel` (with ``head`` when given)."""
+        return TaggingModel(self.local_models(), head, tags=self.data.clips.tags, frontend=self.config.frontend,
+                            branches=self.branches, scales=scales, layers=layers, **extra)
+
+    @property
+    def local_scored(self) -> list[str]:
+        """The scales whose networks output this dataset's tags, so that their own predictions can be scored on it
+        (not so for networks from ``local_from`` with another vocabulary, as in the paper's transfer learning)."""
         tags = list(self.data.clips.tags)
-        # a model file's tags are its global model's; its CNNs may have been trained on more (--distill's features)
-        return self._local_tags == tags and all(m.arch.n_tags == len(tags) for m in self.local_models().values())
+        return [b.name for b in self.branches if self._outputs[b.network] == tags]
 
     # ------------------------------------------------------------ stage 2
     def features(self) -> dict:
@@ -198,27 +247,29 @@ class Experiment:
             return self._features
         out = self.dir / "2-aggregate"
         f_path = out / "features.npy"
-        models = self.local_models()
+        extractor = self.shell()
         d = self.data
-        key = {"data": d.digest, "cnns": {str(s): weights_digest(m) for s, m in sorted(models.items())}}
+        scales = extractor.local_scales
+        key = {"data": d.digest, "cnns": {s: weights_digest(extractor.network_of(s)) for s in scales}}
         if f_path.exists():
-            feats = self._stored_features(out, key, models)
-            probs = {s: np.load(out / f"local_probs_{s}.npy") for s in sorted(models)}
+            feats = self._stored_features(out, key, extractor)
+            probs = {s: np.load(out / f"local_probs_{_file_name(s)}.npy") for s in scales}
             log.info("stage 2: features reused from %s", f_path)
         else:
-            log.info("stage 2: aggregating every layer of %d CNNs over %d clips", len(models), len(d.mel_rows))
-            extractor = TaggingModel(models, None, tags=d.clips.tags, frontend=self.config.frontend).to(self.device).eval()
-            feats, probs = _extract_shared(extractor, d.mels, d.mel_rows, d.frames, self.device)
+            log.info("stage 2: aggregating every layer of %d branches over %d clips", len(scales), len(d.mel_rows))
+            self._cache_frontends(extractor)
+            mels, frames = d.inputs(extractor)
+            feats, probs = _extract_shared(extractor.to(self.device).eval(), mels, d.mel_rows, frames, self.device)
             for s, p in probs.items():
-                atomic_save_npy(out / f"local_probs_{s}.npy", p)
-            atomic_write_json(out / "layout.json", [b.__dict__ for b in feature_layout(models)])
+                atomic_save_npy(out / f"local_probs_{_file_name(s)}.npy", p)
+            atomic_write_json(out / "layout.json", [b.__dict__ for b in extractor.layout])
             atomic_write_json(out / "inputs.json", key)
             atomic_save_npy(f_path, feats)  # last: its presence says the stage is complete
         self._cnn_digests = key["cnns"]
-        self._features = {"features": feats, "local_probs": {s: probs[s] for s in sorted(models)}}
+        self._features = {"features": feats, "local_probs": {s: probs[s] for s in scales}}
         return self._features
 
-    def _stored_features(self, out: Path, key: dict, models: dict[int, LocalCNN]) -> np.ndarray:
+    def _stored_features(self, out: Path, key: dict, extractor: TaggingModel) -> np.ndarray:
         """The stored features of ``models``' scales, after checking they were extracted from these clips and CNNs."""
         if not (out / "inputs.json").exists():  # an earlier tagstack's, which also averaged short clips' padding
             raise ParameterError(f"{out}: features extracted by an earlier tagstack, which did not record their inputs; "
@@ -231,11 +282,12 @@ class Experiment:
             raise ParameterError(f"{out}: features extracted from other {', '.join(changed)}; run the same command as "
                                  "before, or use another run folder (or delete this one's 2-aggregate to extract them again)")
         layout = [FeatureBlock(**b) for b in json.loads((out / "layout.json").read_text())]
-        shape = [(b.scale, b.layer, b.stop - b.start) for b in feature_layout(models)]
-        if [(b.scale, b.layer, b.stop - b.start) for b in layout if b.scale in models] != shape:
-            raise ParameterError(f"{out}: the stored features are of scales {sorted({b.scale for b in layout})}, not of the CNNs "
-                                 f"of scales {sorted(models)}; use another run folder (or delete this one's 2-aggregate)")
-        cols = select_columns(layout, scales=sorted(models))
+        scales = extractor.local_scales
+        shape = [(b.scale, b.layer, b.stop - b.start) for b in extractor.layout]
+        if [(b.scale, b.layer, b.stop - b.start) for b in layout if b.scale in scales] != shape:
+            raise ParameterError(f"{out}: the stored features are of scales {list(dict.fromkeys(b.scale for b in layout))}, not of "
+                                 f"the networks of scales {list(scales)}; use another run folder (or delete this one's 2-aggregate)")
+        cols = select_columns(layout, scales=scales)
         feats = np.load(out / "features.npy")
         return feats if len(cols) == feats.shape[1] else feats[:, cols]
 
@@ -248,9 +300,8 @@ class Experiment:
         d, feats = self.data, self.features()["features"]
         if scales is None and layers is None:  # the configured model; otherwise exactly the slice asked for
             scales, layers = c.scales, c.layers
-        scales = c.scales if scales is None else scales
-        shell = TaggingModel(self.local_models(), None, tags=d.clips.tags, frontend=c.frontend, scales=scales, layers=layers)
-        cols = shell.columns.numpy()
+        scales = c.scales if scales is None else tuple(str(s) for s in scales)
+        cols = self.shell(scales=scales, layers=layers).columns.numpy()
         schedule = c.global_ if seed is None else dataclasses.replace(c.global_, seed=seed)
         log.info("stage 3: global classifier %s on %d features", name, len(cols))
         torch.manual_seed(schedule.seed)
@@ -261,8 +312,7 @@ class Experiment:
                   "hidden": c.global_hidden}
         train_global(head, x[tr], d.clips.labels[tr], x[va], d.clips.labels[va], config=schedule, workdir=self.dir / name,
                      device=self.device, inputs=inputs)
-        return TaggingModel(self.local_models(), head.cpu(), tags=d.clips.tags, frontend=c.frontend, scales=scales, layers=layers,
-                            info={"dataset": d.clips.name}, groups=d.clips.groups)
+        return self.shell(scales=scales, layers=layers, head=head.cpu(), info={"dataset": d.clips.name}, groups=d.clips.groups)
 
     def test_probs(self, model: TaggingModel) -> np.ndarray:
         """Test-set probabilities of a staged tagger, from the stored features (the same head as inference)."""
@@ -278,10 +328,12 @@ class Experiment:
         d = self.data
         model = copy.deepcopy(staged).to(self.device)
         log.info("joint fine-tuning of the whole tagger (%d epochs at most)", self.config.joint.max_epochs)
-        finetune_joint(model, d.mels, train_rows=d.rows("train"), valid_rows=d.rows("valid"), train_labels=d.labels("train"),
+        self._cache_frontends(model)
+        mels, frames = d.inputs(model)
+        finetune_joint(model, mels, train_rows=d.rows("train"), valid_rows=d.rows("valid"), train_labels=d.labels("train"),
                        valid_labels=d.labels("valid"), config=self.config.joint, workdir=self.dir / name, device=self.device,
-                       inputs={"data": d.digest, "start": weights_digest(staged)}, frames=d.frames)
-        return model.cpu().eval(), model_clip_probs(model, d.mels, d.rows("test"), device=self.device, frames=d.frames)
+                       inputs={"data": d.digest, "start": weights_digest(staged)}, frames=frames)
+        return model.cpu().eval(), model_clip_probs(model, mels, d.rows("test"), device=self.device, frames=frames)
 
     # ------------------------------------------------------------ the standard run
     def run(self) -> dict:
@@ -307,7 +359,10 @@ class Experiment:
         y = binary_targets(d.clips.labels[test])
         out = {"dataset": d.clips.name, "n_clips": {s: int(len(d.clips.indices(s))) for s in ("train", "valid", "test")},
                "tags": d.clips.tags, "skipped_files": d.report["skipped"], "local": {}, "global": {}}
-        for s, p in (self.features()["local_probs"] if self.local_scored else {}).items():
+        scored = self.local_scored
+        for s, p in self.features()["local_probs"].items():
+            if s not in scored:
+                continue
             m = evaluate(y, p[test], task="multilabel")
             m["groups"] = group_metrics(d.clips, m["per_tag"]["roc_auc"])
             out["local"][str(s)] = m
@@ -318,24 +373,25 @@ class Experiment:
         return out
 
 
-def _extract(model: TaggingModel, mels: np.ndarray, rows: np.ndarray, frames: np.ndarray, device: torch.device,
+def _extract(model: TaggingModel, mels: list[np.ndarray], rows: np.ndarray, frames: list[np.ndarray], device: torch.device,
              batch: int = 8) -> tuple[np.ndarray, dict]:
     from tqdm.auto import tqdm
 
     width = model.layout[-1].stop
     feats = [np.zeros((0, width), np.float32)]
-    probs = {s: [np.zeros((0, m.arch.n_tags), np.float32)] for s, m in model.local_models.items()}
+    probs = {s: [np.zeros((0, model.network_of(s).n_outputs), np.float32)] for s in model.local_scales}
     with torch.inference_mode():
         for i in tqdm(range(0, len(rows), batch), desc="stage 2", unit="batch", disable=None):
-            x = torch.from_numpy(np.asarray(mels[rows[i : i + batch]], dtype=np.float32)).to(device)
-            f, p = model.features_and_local_probs(x, torch.from_numpy(frames[rows[i : i + batch]]).to(device))
+            sel = rows[i : i + batch]
+            x = [torch.from_numpy(np.asarray(m[sel], dtype=np.float32)).to(device) for m in mels]
+            f, p = model.features_and_local_probs(x, [torch.from_numpy(fr[sel]).to(device) for fr in frames])
             feats.append(f.cpu().numpy())
             for s in p:
                 probs[s].append(p[s].cpu().numpy())
     return np.concatenate(feats).astype(np.float32), {s: np.concatenate(v).astype(np.float32) for s, v in probs.items()}
 
 
-def _extract_shared(model: TaggingModel, mels: np.ndarray, rows: np.ndarray, frames: np.ndarray,
+def _extract_shared(model: TaggingModel, mels: list[np.ndarray], rows: np.ndarray, frames: list[np.ndarray],
                     device: torch.device) -> tuple[np.ndarray, dict]:
     """Stage 2 over ``rows``; under torchrun each process extracts a contiguous share and every process gets all of it.
 
@@ -350,8 +406,8 @@ def _extract_shared(model: TaggingModel, mels: np.ndarray, rows: np.ndarray, fra
 
     share = -(-len(rows) // world)
     feats, probs = _extract(model, mels, rows[rank * share : (rank + 1) * share], frames, device)
-    scales = sorted(probs)
-    widths = [feats.shape[1]] + [probs[s].shape[1] for s in scales]  # features, then each CNN's own outputs
+    scales = list(probs)
+    widths = [feats.shape[1]] + [probs[s].shape[1] for s in scales]  # features, then each network's own outputs
     edges = np.cumsum([0] + widths)
     mine = np.zeros((share, edges[-1]), np.float32)
     mine[: len(feats)] = np.concatenate([feats] + [probs[s] for s in scales], axis=1)
@@ -360,6 +416,11 @@ def _extract_shared(model: TaggingModel, mels: np.ndarray, rows: np.ndarray, fra
     dist.all_gather(parts, torch.from_numpy(mine).to(on))
     whole = torch.cat(parts).cpu().numpy()[: len(rows)]
     return whole[:, : edges[1]].copy(), {s: whole[:, edges[i + 1] : edges[i + 2]].copy() for i, s in enumerate(scales)}
+
+
+def _file_name(scale: str) -> str:
+    """A scale's name as part of a file name (``musicnn-msd/187`` -> ``musicnn-msd@187``)."""
+    return scale.replace("/", "@")
 
 
 def group_metrics(clips: ClipSet, per_tag: list[float]) -> dict[str, float]:

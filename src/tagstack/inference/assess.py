@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from ..datasets import load_dataset
 from ..errors import ParameterError, TagstackError
 from ..train.evaluation import binary_targets, bootstrap_ci, tagging_metrics
+from ..models.tagging_model import require_tagger
 from .tagger import Tagger
 
 
@@ -46,8 +47,7 @@ def evaluate_model(model: str | Path | None, dataset: str, root: str | Path, *, 
     if not len(rows):
         raise ParameterError(f"{root}: the {subset!r} part of the split is empty")
     tagger = tagger or Tagger(model, device=device)
-    if tagger.model.head is None:
-        raise ParameterError("this model has no global classifier (stage 3); it can embed but not tag")
+    require_tagger(tagger.model)
     model_keys = {tag_key(t): j for j, t in enumerate(tagger.tags)}
     shared = [t for t in clips.tags if tag_key(t) in model_keys]
     if not shared:

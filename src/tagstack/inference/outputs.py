@@ -26,6 +26,7 @@ from ..audio.io import find_audio
 from ..errors import ParameterError, TagstackError
 from ..fileio import atomic_write, remove_leftovers_of
 from ..report import write_taggram
+from ..models.tagging_model import require_tagger
 from .tagger import Tagger, check_selection
 
 log = logging.getLogger(__name__)
@@ -108,8 +109,7 @@ def tag_files(paths: Iterable[str | Path], *, tagger: Tagger | None = None, mode
             remove_leftovers_of(Path(taggram_dir) / "*.taggram.*", pattern=True)
     files = audio_files(paths)
     tagger = tagger or Tagger(model, device=device)
-    if tagger.model.head is None:
-        raise ParameterError("this model has no global classifier (stage 3); it can embed but not tag")
+    require_tagger(tagger.model)
     if per_group and not tagger.model.groups:
         log.warning("this model file has no tag groups (its training data had no tag_groups.csv): "
                     "--per-group treats all its tags as one group, 'other'")

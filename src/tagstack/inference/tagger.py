@@ -1,30 +1,19 @@
 """Tagging and embedding audio with a trained model: the Python API behind ``tagstack tag`` and ``embed``.
 
-Audio of any length is handled as a stream of 29.1 s windows (the clip
-length the models were trained on), decoded block by block so memory stays
-bounded on hour-long files:
-
 - the **embedding** of a file is the paper's aggregation over *all* its
-  segments: each window's per-layer features are segment-wise max-pooled and
-  averaged, and windows are averaged weighted by their number of segments,
-  which equals averaging over every segment of the file;
+  segments (windows weighted by their number of segments, :mod:`.windows`);
 - the **tags** of a file are the global classifier applied to that
-  embedding;
-- the **taggram** is the global classifier applied to windows alone: back
-  to back by default, or starting every ``hop`` seconds (overlapping when
-  ``hop`` is shorter than a clip) for a finer view; its windows are full
-  clips, the last one ending at the end of the file.
-
-A window shorter than 29.1 s (the end of a file, or a file shorter than a
-clip) is zero-padded for the front end, and only its segments that hold
-audio are aggregated.
+  embedding (or, for a pretrained backbone on its own, its own outputs
+  averaged over the same segments);
+- the **taggram** is the classifier applied to clip-long windows alone:
+  back to back by default, or starting every ``hop`` seconds.
 
 Example
 -------
 >>> from tagstack import Tagger          # doctest: +SKIP
 >>> tagger = Tagger()                    # the model shipped with tagstack
 >>> tagger.tag("song.mp3", top_k=5)      # [("piano", 0.93), ...]
->>> tagger.embed("song.mp3").shape       # (4096,)
+>>> tagger.embed("song.mp3").shape       # (n_features,)
 """
 from __future__ import annotations
 
@@ -32,34 +21,19 @@ import itertools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from ..audio.frontend import ClipMel
 from ..audio.io import stream
-from ..config import FrontEndConfig
-from ..datasets.manifest import UNGROUPED
+from ..tags import UNGROUPED
 from ..errors import AudioError, AudioTooLongError, ParameterError, TagstackError
 from ..models.file import load_model
-from ..models.tagger import TaggingModel
+from ..models.zoo import resolve_model
+from ..models.tagging_model import TaggingModel, require_tagger
 from ..runtime import choose_device
-
-#: The models that ship inside the package, by name; each has a card (``<file>.md``) beside it.
-PRETRAINED = {name: Path(__file__).resolve().parents[1] / "pretrained" / f"tagstack-{name}.safetensors" for name in ("real", "real-4q", "corpus")}
-#: The default: trained on real recordings.
-DEFAULT_MODEL = PRETRAINED["real"]
-
-
-def resolve_model(model: str | Path | None) -> Path:
-    """A model file from a path, a shipped model's name (``real``, ``real-4q``, ``corpus``) or None (the default)."""
-    if model is None:
-        return DEFAULT_MODEL
-    if str(model) in PRETRAINED and not Path(model).is_file():  # a folder named "corpus" does not hide the shipped model
-        return PRETRAINED[str(model)]
-    return Path(model)
-
+from .windows import Window, WindowFeatures, cut_windows
 
 @dataclass
 class Result:
@@ -109,37 +83,42 @@ def check_selection(top_k: int | None, threshold: float | None) -> None:
         raise ParameterError(f"threshold must be a probability in [0, 1], got {threshold!r}")
 
 
-@dataclass
-class _Window:
-    """One clip-long stretch of a source, and what it is used for."""
-
-    audio: np.ndarray
-    start: int  # sample index at the model's rate
-    clip: bool  # one of the back-to-back windows that make the file's embedding
-    gram: bool  # a column of the taggram
-
-
 class _Aggregate:
-    """One source's running sums: the segment-weighted feature total, its weights, taggram rows, samples."""
+    """One source's running sums: the segment-weighted feature total (and own outputs), its weights, taggram rows, samples."""
 
     def __init__(self) -> None:
         self.total: torch.Tensor | None = None
         self.weight: torch.Tensor | None = None
+        self.own: torch.Tensor | None = None
+        self.own_weight: torch.Tensor | None = None
         self.gram_feats: list[np.ndarray] = []
+        self.gram_own: list[np.ndarray] = []
         self.gram_starts: list[int] = []
         self.samples = 0
 
-    def add(self, feats: torch.Tensor, weights: torch.Tensor, gram: np.ndarray | None, starts: list[int]) -> None:
+    def add(self, feats: torch.Tensor, weights: torch.Tensor, own: tuple[torch.Tensor, torch.Tensor] | None,
+            gram: list[int], starts: list[int]) -> None:
         part, w = (feats * weights).sum(0), weights.sum(0)
         self.total = part if self.total is None else self.total + part
         self.weight = w if self.weight is None else self.weight + w
-        if gram is not None:
-            self.gram_feats.append(gram)
+        if own is not None:
+            probs, ow = own
+            o, s = (probs * ow[:, None]).sum(0), ow.sum()
+            self.own = o if self.own is None else self.own + o
+            self.own_weight = s if self.own_weight is None else self.own_weight + s
+        if gram:
+            self.gram_feats.append(feats[gram].cpu().numpy())
+            if own is not None:
+                self.gram_own.append(own[0][gram].cpu().numpy())
             self.gram_starts.extend(starts)
 
     def embedding(self) -> np.ndarray:
         """The mean over every segment of the source (windows weighted by their segments)."""
         return (self.total / self.weight).cpu().numpy()
+
+    def own_probs(self) -> np.ndarray:
+        """A network's own outputs, averaged over every segment of its branch."""
+        return (self.own / self.own_weight).cpu().numpy()
 
     def taggram_features(self) -> tuple[np.ndarray, np.ndarray]:
         width = self.total.shape[0]
@@ -147,14 +126,19 @@ class _Aggregate:
         return feats, np.asarray(self.gram_starts)
 
 
-def model_stream(source: str | Path | np.ndarray, cfg: FrontEndConfig, sr: int | None = None) -> Iterator[np.ndarray]:
-    """A source decoded for a model of front end ``cfg``: mono float32 blocks at its rate, a clip's length each.
+def model_stream(source: str | Path | np.ndarray, model: TaggingModel, sr: int | None = None) -> Iterator[tuple[np.ndarray, ...]]:
+    """A source decoded for ``model``: mono float32 blocks at each rate of :func:`decoding_rates` (a clip's length each),
+    from one decoding.
 
-    Every path that hands audio to a :class:`Tagger` decodes through this
-    (the Tagger itself, and the Ray stage that decodes for GPU workers), so
+    Every path that hands audio to a :class:`Tagger` decodes through this, so
     their samples, and so their results, are the same.
     """
-    return stream(source, sr=cfg.sample_rate, block_seconds=cfg.clip_seconds, source_sr=sr)
+    return stream(source, sr=decoding_rates(model), block_seconds=model.frontend.clip_seconds, source_sr=sr)
+
+
+def decoding_rates(model: TaggingModel) -> list[int]:
+    """The distinct sample rates of a model's front ends, the first one's first."""
+    return list(dict.fromkeys(fe.sample_rate for fe in model.frontends))
 
 
 class Tagger:
@@ -178,112 +162,25 @@ class Tagger:
         else:
             self.model = load_model(resolve_model(model), device=self.device)
         self.model.eval()
-        self.frontend = ClipMel(self.model.frontend).to(self.device)
-        self.cfg = self.model.frontend
+        self.cfg = self.model.frontends[0]  # the first decoding rate's: window length and positions are counted in it
+        self.rates = decoding_rates(self.model)
+        self.features = WindowFeatures(self.model, self.rates, self.device)
 
     @property
     def tags(self) -> list[str]:
         return self.model.tags
 
     # ------------------------------------------------------------ windows
-    def _blocks(self, source: str | Path | np.ndarray, sr: int | None) -> Iterator[np.ndarray]:
-        """The source as consecutive mono float32 blocks at the model's rate, through the one decoder."""
-        return model_stream(source, self.cfg, sr)
-
     def _windows(self, source: str | Path | np.ndarray, sr: int | None, gram_hop: int | None = None,
-                 max_seconds: float | None = None) -> Iterator[_Window]:
-        """Clip-length windows of the source, in one decoding pass with a bounded buffer.
-
-        The back-to-back windows (the last one partial) make the file's
-        embedding. With ``gram_hop`` (samples), taggram windows start every
-        ``gram_hop`` samples while they fit, plus one window ending at the
-        end of the file when the others leave at least a segment of the
-        largest scale uncovered; a window that is both is yielded once.
-        """
-        n = self.cfg.clip_samples
-        min_tail = max(self.model.local_scales) * self.cfg.hop_length
-        buf, buf_start, total = np.zeros(0, np.float32), 0, 0
-        next_clip, next_gram, gram_end = 0, 0 if gram_hop else None, 0
-
-        def take(start: int, stop: int) -> np.ndarray:
-            return buf[start - buf_start : stop - buf_start]
-
-        limit = None if max_seconds is None else max_seconds * self.cfg.sample_rate
-        name = "<array>" if isinstance(source, np.ndarray) else str(source)
-        for block in self._blocks(source, sr):
-            buf = np.concatenate([buf, block]) if buf.size else block
-            total += block.size
-            if limit is not None and total > limit:
-                raise AudioTooLongError(f"{name}: more than {max_seconds:g} s of audio (the limit is {max_seconds:g} s)")
-            while True:
-                start = next_clip if next_gram is None else min(next_clip, next_gram)
-                if start + n > total:
-                    break
-                clip, gram = start == next_clip, start == next_gram
-                yield _Window(take(start, start + n), start, clip, gram)
-                if clip:
-                    next_clip += n
-                if gram:
-                    next_gram += gram_hop
-                    gram_end = start + n
-            keep = min(next_clip, next_gram if next_gram is not None else next_clip, max(0, total - n))
-            buf, buf_start = buf[keep - buf_start :], keep
-        if total < self.cfg.n_fft:  # not one spectrogram frame of sound: its "tags" would be the padding's
-            raise AudioError(f"{name}: {total} samples at {self.cfg.sample_rate} Hz, too short to tag "
-                             f"(at least {self.cfg.n_fft}, {1000 * self.cfg.n_fft / self.cfg.sample_rate:.0f} ms)")
-        tail = max(0, total - n)
-        gram_tail = next_gram is not None and total - gram_end >= min(min_tail, total)
-        if next_clip < total:
-            yield _Window(take(next_clip, total), next_clip, True, gram_tail and tail == next_clip)
-        if gram_tail and tail != next_clip:
-            yield _Window(take(tail, total), tail, False, True)
-
-    def _window_features(self, windows: list[np.ndarray], alone: list[bool]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-window aggregated features of all scales, and how many segments each window gave each scale.
-
-        Full windows run through the front end together. A shorter (last)
-        window is transformed at its own length, and only the segments that
-        lie entirely within its audio are aggregated; a scale with no such
-        segment gets weight 0, unless the window is its file ``alone``
-        (a file shorter than one clip), when one zero-padded segment is used.
-        Rows come back in the order of ``windows``.
-        """
-        n, hop = self.cfg.clip_samples, self.cfg.hop_length
-        scales = self.model.local_scales
-        full = [i for i, w in enumerate(windows) if w.size >= n]
-        feats: list[torch.Tensor | None] = [None] * len(windows)
-        counts: list[torch.Tensor | None] = [None] * len(windows)
-        if full:
-            mels = self.frontend(torch.from_numpy(np.stack([windows[i][:n] for i in full])).to(self.device))
-            f = self.model.forward_features(mels)
-            c = torch.tensor([self.cfg.n_frames // s for s in scales], device=self.device, dtype=torch.float32)
-            for row, i in enumerate(full):
-                feats[i], counts[i] = f[row], c
-        for i, w in enumerate(windows):
-            if feats[i] is not None:
-                continue
-            audio_frames = -(-w.size // hop)  # frames centred inside the audio
-            segs = [audio_frames // s for s in scales]
-            if alone[i]:
-                segs = [max(1, k) for k in segs]
-            frames = max(k * s for k, s in zip(segs, scales))
-            mel = None
-            if frames:
-                y = torch.from_numpy(np.pad(w, (0, max(0, frames * hop - w.size)))).to(self.device)
-                mel = self.frontend.logmel.frames_first(y[None])[:, :frames]
-            parts = []
-            for s, k in zip(scales, segs):
-                width = sum(i["channels"] for i in self.model.local_models[s].feature_info)
-                parts.append(self.model.scale_features(s, mel[:, : k * s])[0][0] if k else torch.zeros(width, device=self.device))
-            feats[i] = torch.cat(parts)
-            counts[i] = torch.tensor(segs, device=self.device, dtype=torch.float32)
-        return torch.stack(feats), torch.stack(counts)
-
-    def _column_weights(self) -> torch.Tensor:
-        """For every feature column, the index of its scale (to weight windows by their segments)."""
-        scales = list(self.model.local_scales)
-        cols = np.concatenate([[scales.index(b.scale)] * (b.stop - b.start) for b in self.model.layout])
-        return torch.from_numpy(cols).to(self.device)
+                 max_seconds: float | None = None) -> Iterator[Window]:
+        """Clip-length windows of the source, through the one decoder (:func:`~.windows.cut_windows`)."""
+        m = self.model
+        min_samples = [max(fe.n_fft for fe in m.frontends if fe.sample_rate == r) for r in self.rates]
+        longest = max(m.branch(s).frames * m.frontends[m.frontend_of(s)].hop_length / m.frontends[m.frontend_of(s)].sample_rate
+                      for s in m.local_scales)
+        yield from cut_windows(model_stream(source, m, sr), rates=self.rates, clip_seconds=self.cfg.clip_seconds,
+                               name="<array>" if isinstance(source, np.ndarray) else str(source), min_samples=min_samples,
+                               gram_hop=gram_hop, max_seconds=max_seconds, min_tail=int(round(longest * self.rates[0])))
 
     def _batch_windows(self, batch_windows: int | None) -> int:
         """Windows per network pass: enough to fill a GPU, few on a CPU (where batching gains little)."""
@@ -293,7 +190,7 @@ class Tagger:
             raise ParameterError(f"batch_windows must be >= 1, got {batch_windows}")
         return batch_windows
 
-    def _features(self, sources: list[Iterator[_Window]], batch_windows: int | None = None) -> list[_Aggregate | TagstackError]:
+    def _features(self, sources: list[Iterator[Window]], batch_windows: int | None = None) -> list[_Aggregate | TagstackError]:
         """Run the windows of several sources through the networks together, ``batch_windows`` per pass.
 
         Windows of consecutive sources share a pass, so many short files fill
@@ -302,21 +199,23 @@ class Tagger:
         error in its place and its pending windows are dropped; the others go on.
         """
         size = self._batch_windows(batch_windows)
-        col_scale = self._column_weights()
+        col_branch = self.features.column_branch
+        own_branch = self.model.local_scales.index(self.model.tags_from) if self.model.tags_from is not None else None
         aggs = [_Aggregate() for _ in sources]
         out: list[_Aggregate | TagstackError] = list(aggs)
-        pending: list[tuple[int, _Window, bool]] = []  # (source, window, alone)
+        pending: list[tuple[int, Window, bool]] = []  # (source, window, alone)
 
         def flush() -> None:
-            f, c = self._window_features([w.audio for _, w, _ in pending], [a for _, _, a in pending])
+            f, c, own = self.features([w.audio for _, w, _ in pending], [a for _, _, a in pending])
             clip = torch.tensor([w.clip for _, w, _ in pending], device=self.device)
-            weights = c[:, col_scale] * clip[:, None]  # segments behind each column; taggram-only windows weigh 0
+            weights = c[:, col_branch] * clip[:, None]  # segments behind each column; taggram-only windows weigh 0
             owners = np.array([k for k, _, _ in pending])
             for k in dict.fromkeys(owners.tolist()):
                 rows = np.flatnonzero(owners == k)
                 sel = torch.from_numpy(rows).to(self.device)
-                gram = [int(i) for i in rows if pending[i][1].gram]
-                aggs[k].add(f[sel], weights[sel], f[gram].cpu().numpy() if gram else None, [pending[i][1].start for i in gram])
+                mine = None if own is None else (own[sel], c[sel, own_branch] * clip[sel])
+                gram = [int(i) for i, r in enumerate(rows) if pending[r][1].gram]
+                aggs[k].add(f[sel], weights[sel], mine, gram, [pending[rows[i]][1].start for i in gram])
             pending.clear()
 
         with torch.inference_mode():
@@ -325,8 +224,8 @@ class Tagger:
                 try:
                     for win in windows:
                         if win.clip:
-                            aggs[k].samples += win.audio.size
-                        pending.append((k, win, first and win.audio.size < self.cfg.clip_samples))
+                            aggs[k].samples += win.audio[0].size
+                        pending.append((k, win, first and win.audio[0].size < round(self.cfg.clip_seconds * self.rates[0])))
                         first = False
                         if len(pending) >= size:
                             flush()
@@ -363,7 +262,7 @@ class Tagger:
             raise result
         return result
 
-    def predict_batch(self, sources: Iterable[str | Path | np.ndarray], *, sr: int | None = None, taggram: bool = False,
+    def predict_batch(self, sources: Iterable[str | Path | np.ndarray], *, sr: int | Sequence[int | None] | None = None, taggram: bool = False,
                       hop: float | None = None, embed_only: bool = False, batch_windows: int | None = None,
                       names: list[str] | None = None, max_seconds: float | None = None) -> list[Result | TagstackError]:
         """:meth:`predict` for several sources at once, their windows sharing network passes.
@@ -376,9 +275,13 @@ class Tagger:
         to float rounding in the batched convolutions. ``embed_only`` skips the
         classifier (and works for models without one). ``names`` label the
         results (``Result.path``) instead of the paths (arrays: ``"<array>"``);
+        ``sr`` is the rate of array sources, one for all or one per source;
         ``max_seconds`` as in :meth:`predict`.
         """
         sources = list(sources)
+        rates = list(sr) if isinstance(sr, (list, tuple)) else [sr] * len(sources)
+        if len(rates) != len(sources):
+            raise ParameterError(f"{len(rates)} sample rates for {len(sources)} sources")
         if max_seconds is not None and not (max_seconds > 0 and math.isfinite(max_seconds)):
             raise ParameterError(f"max_seconds must be a positive number of seconds, got {max_seconds!r}")
         gram_hop = self._gram_hop(hop) if taggram and not embed_only else None
@@ -386,11 +289,13 @@ class Tagger:
             names = [str(s) if not isinstance(s, np.ndarray) else "<array>" for s in sources]
         elif len(names) != len(sources):
             raise ParameterError(f"{len(names)} names for {len(sources)} sources")
-        aggs = self._features([self._windows(s, sr, gram_hop, max_seconds) for s in sources], batch_windows)
+        aggs = self._features([self._windows(s, r, gram_hop, max_seconds) for s, r in zip(sources, rates)], batch_windows)
         ok = [k for k, a in enumerate(aggs) if not isinstance(a, TagstackError)]
-        tagging = self.model.head is not None and not embed_only  # a model of local CNNs only can still embed
+        tagging = self.model.can_tag and not embed_only  # a model of local networks only can still embed
+        own = self.model.head is None
         embeddings = np.stack([aggs[k].embedding() for k in ok]) if ok else np.zeros((0, 0), np.float32)
-        probs = self._classify(embeddings) if tagging and ok else None
+        if tagging and ok:
+            probs = np.stack([aggs[k].own_probs() for k in ok]) if own else self._classify(embeddings)
         results: list[Result | TagstackError] = list(aggs)
         for row, k in enumerate(ok):
             seconds = aggs[k].samples / self.cfg.sample_rate
@@ -398,7 +303,8 @@ class Tagger:
                        seconds=seconds, embedding=embeddings[row], groups=self.model.groups if tagging else {})
             if gram_hop is not None and tagging:
                 feats, starts = aggs[k].taggram_features()
-                r.taggram = self._classify(feats)
+                r.taggram = (np.concatenate(aggs[k].gram_own) if aggs[k].gram_own else np.zeros((0, len(self.tags)), np.float32)) \
+                    if own else self._classify(feats)
                 r.window_starts = starts / self.cfg.sample_rate
             if any(part is not None and not np.isfinite(part).all() for part in (r.probs, r.embedding, r.taggram)):
                 # finite audio and weights make this unreachable; never let it out
@@ -458,8 +364,7 @@ class Tagger:
     def tag(self, source, *, sr: int | None = None, top_k: int | None = 5, threshold: float | None = None,
             per_group: bool = False) -> list[tuple[str, float]]:
         """The best tags of a file or array as ``(tag, probability)`` pairs (within each tag group with ``per_group``; see :meth:`Result.top`)."""
-        if self.model.head is None:
-            raise ParameterError("this model has no global classifier (stage 3); it can embed but not tag")
+        require_tagger(self.model)
         check_selection(top_k, threshold)
         return self.predict(source, sr=sr).top(top_k, threshold, per_group=per_group)
 

@@ -4,36 +4,45 @@ For one clip and one conv layer of one local CNN, the layer's activation on
 every segment is max-pooled over time within the segment, then averaged over
 the clip's segments; the resulting vectors of the chosen layers and scales are
 concatenated. With all layers of the five paper CNNs that is
-512 + 512 + 768 + 1,024 + 1,280 = 4,096 dimensions.
+512 + 512 + 768 + 1,024 + 1,280 = 4,096 dimensions. Pretrained backbones
+are aggregated the same way, each of their segment lengths a scale.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..errors import ParameterError
-from .local import LocalCNN
 
 
 @dataclass(frozen=True)
 class FeatureBlock:
-    """Where the features of one (scale, layer) sit in the concatenated vector."""
+    """Where the features of one (scale, layer) sit in the concatenated vector.
 
-    scale: int
+    A scale is a branch of the model: one network read on segments of one
+    length, named by its number of frames for the paper's CNNs (``"27"``)
+    and ``network/frames`` for a pretrained backbone (``"musicnn-msd/187"``).
+    """
+
+    scale: str
     layer: int
     start: int
     stop: int
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scale", str(self.scale))  # run folders of earlier versions stored numbers
 
-def feature_layout(models: dict[int, LocalCNN]) -> list[FeatureBlock]:
-    """Blocks of every layer of every model, in order of scale then layer."""
+
+def feature_layout(branches: Mapping[str | int, nn.Module]) -> list[FeatureBlock]:
+    """Blocks of every layer of every branch (scale), in the mapping's order, then by layer."""
     blocks, start = [], 0
-    for scale in sorted(models):
-        for info in models[scale].feature_info:
-            blocks.append(FeatureBlock(scale, info["layer"], start, start + info["channels"]))
+    for scale, network in branches.items():
+        for info in network.feature_info:
+            blocks.append(FeatureBlock(str(scale), info["layer"], start, start + info["channels"]))
             start += info["channels"]
     return blocks
 
@@ -46,7 +55,7 @@ def select_columns(
     Features are extracted once with every layer and scale and sliced, so the
     ablations of Figs. 3 and 4 never recompute them.
     """
-    scales = None if scales is None else {int(x) for x in scales}
+    scales = None if scales is None else {str(x) for x in scales}
     layers = None if layers is None else {int(x) for x in layers}
     available = {b.scale for b in layout}
     if scales is not None and not scales <= available:
@@ -72,23 +81,28 @@ def segment(mels: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def aggregate(
-    model: LocalCNN, mels: torch.Tensor, *, layers: Iterable[int] | None = None, frames: torch.Tensor | None = None
+    model: nn.Module, mels: torch.Tensor, *, size: int | None = None, layers: Iterable[int] | None = None,
+    frames: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The paper's aggregation of one local CNN over a batch of clips (differentiable).
+    """The paper's aggregation of one local network over a batch of clips (differentiable).
 
-    Every segment of every clip goes through the CNN once; each chosen
-    layer's activation is max-pooled over time within the segment and
-    averaged over the clip's segments, and the CNN's own clip prediction is
-    the mean of its segment probabilities. This is the only place either
-    average is computed: stage 1's validation, stage 2, joint fine-tuning
-    and inference all call it.
+    Every segment of every clip goes through the network once; each chosen
+    layer's activation is max-pooled over time within the segment (a level
+    computed per segment, such as musicnn's penultimate layer, is taken as
+    it is) and averaged over the clip's segments, and the network's own clip
+    prediction is the mean of its segment probabilities. This is the only
+    place either average is computed: stage 1's validation, stage 2, joint
+    fine-tuning and inference all call it.
 
     Parameters
     ----------
+    model : a local network (:mod:`tagstack.models.networks`)
     mels : torch.Tensor [shape=(clips, frames, n_mels)]
         Frames beyond the last whole segment are ignored.
+    size : int, optional
+        Frames per segment (default: a paper CNN's input size).
     layers : iterable of int, optional
-        1-based conv layers whose features to return (all when None; none for ``()``).
+        1-based levels whose features to return (all when None; none for ``()``).
     frames : torch.Tensor [shape=(clips,)], optional
         Frames of audio in each clip when the rest is zero padding (a file
         shorter than a clip in the mel cache): only the segments entirely
@@ -98,30 +112,32 @@ def aggregate(
     Returns
     -------
     features : torch.Tensor [shape=(clips, sum of chosen layer widths)]
-    probs : torch.Tensor [shape=(clips, n_tags)]
+    probs : torch.Tensor [shape=(clips, n_outputs)] (``(clips, 0)`` for a network without outputs)
     """
-    segs = segment(mels, model.arch.n_frames)
+    size = model.arch.n_frames if size is None else size
+    model.check_segment(size)
+    segs = segment(mels, size)
     b, s = segs.shape[:2]
     acts, logits = model.forward_intermediates(segs.reshape(b * s, *segs.shape[2:]))
     chosen = range(1, len(acts) + 1) if layers is None else check_layers(model, layers)
-    if frames is None or bool((frames >= s * model.arch.n_frames).all()):  # whole clips: the plain mean, bit for bit
+    if frames is None or bool((frames >= s * size).all()):  # whole clips: the plain mean, bit for bit
         def mean(x: torch.Tensor) -> torch.Tensor:
             return x.reshape(b, s, -1).mean(dim=1)
     else:
-        whole = torch.clamp(torch.div(frames.to(segs.device), model.arch.n_frames, rounding_mode="floor"), min=1, max=s)
+        whole = torch.clamp(torch.div(frames.to(segs.device), size, rounding_mode="floor"), min=1, max=s)
         weight = (torch.arange(s, device=segs.device)[None, :] < whole[:, None]).to(segs.dtype) / whole[:, None].to(segs.dtype)
 
         def mean(x: torch.Tensor) -> torch.Tensor:
             return (x.reshape(b, s, -1) * weight[:, :, None]).sum(dim=1)
-    feats = [mean(acts[i - 1].amax(dim=2)) for i in chosen]
-    probs = mean(torch.sigmoid(logits))
-    return (torch.cat(feats, dim=1) if feats else logits.new_zeros(b, 0)), probs
+    feats = [mean(acts[i - 1].amax(dim=2) if acts[i - 1].dim() == 3 else acts[i - 1]) for i in chosen]
+    probs = mean(torch.sigmoid(logits)) if logits is not None else segs.new_zeros(b, 0)
+    return (torch.cat(feats, dim=1) if feats else segs.new_zeros(b, 0)), probs
 
 
-def check_layers(model: LocalCNN, layers: Iterable[int]) -> list[int]:
-    """``layers`` as a list, or a :class:`ParameterError` naming the ones the model lacks."""
+def check_layers(model: nn.Module, layers: Iterable[int]) -> list[int]:
+    """``layers`` as a list, or a :class:`ParameterError` naming the ones the network lacks."""
     layers = [int(i) for i in layers]
     bad = [i for i in layers if not 1 <= i <= len(model.feature_info)]
     if bad:
-        raise ParameterError(f"layers {bad} do not exist in the {model.arch.n_frames}-frame CNN (it has 1..{len(model.feature_info)})")
+        raise ParameterError(f"layers {bad} do not exist in this network (it has 1..{len(model.feature_info)})")
     return layers

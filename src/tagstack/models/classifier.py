@@ -65,5 +65,9 @@ class GlobalMLP(nn.Module):
 
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
         """Sigmoid (multi-label) or softmax (multi-class) of the logits."""
-        logits = self.forward(x)
-        return torch.sigmoid(logits) if self.arch.task == "multilabel" else torch.softmax(logits, dim=1)
+        return activation(self.forward(x), self.arch.task)
+
+
+def activation(logits: torch.Tensor, task: str) -> torch.Tensor:
+    """The output activation of ``task``: sigmoid per tag (multi-label) or softmax over classes (single-label)."""
+    return torch.sigmoid(logits) if task == "multilabel" else torch.softmax(logits, dim=1)

@@ -12,6 +12,7 @@ aggregation sizes itself from the model.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -77,8 +78,12 @@ class LocalCNN(nn.Module):
 
     The input is standardised inside the model with the training set's scalar
     mean and standard deviation (buffers ``input_mean``/``input_std``), so a
-    saved model carries its normalisation.
+    saved model carries its normalisation. It reads the front end of the
+    :class:`~tagstack.models.TaggingModel` that holds it (``frontend`` None).
     """
+
+    kind: ClassVar[str] = "tagstack-cnn"
+    frontend: ClassVar[None] = None
 
     def __init__(self, arch: LocalArch) -> None:
         super().__init__()
@@ -116,6 +121,15 @@ class LocalCNN(nn.Module):
         )
         self.register_buffer("input_mean", torch.zeros(()))
         self.register_buffer("input_std", torch.ones(()))
+
+    @property
+    def n_outputs(self) -> int:
+        return self.arch.n_tags
+
+    def check_segment(self, frames: int) -> None:
+        """A paper CNN reads segments of exactly its input size."""
+        if frames != self.arch.n_frames:
+            raise ParameterError(f"the {self.arch.n_frames}-frame CNN reads segments of {self.arch.n_frames} frames, not {frames}")
 
     def set_normalisation(self, mean: float, std: float) -> None:
         self.input_mean.fill_(float(mean))

@@ -39,6 +39,7 @@ from ..audio.io import AUDIO_EXTENSIONS, duration_seconds
 from ..errors import AudioTooLongError, ParameterError, TagstackError
 from ..inference.tagger import Result, Tagger, check_selection
 from ..models.file import read_metadata
+from ..models.tagging_model import require_tagger
 from ..runtime import usable_cpus
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,10 @@ def _problem_response(status: int, reason: str) -> JSONResponse:
     return JSONResponse({"error": reason}, status_code=status)
 
 
+def _names(text: str | None) -> list[str] | None:
+    return None if text in (None, "") else [x.strip() for x in text.split(",")]
+
+
 def _ints(text: str | None, name: str) -> list[int] | None:
     if text in (None, ""):
         return None
@@ -156,8 +161,8 @@ class Service:
     def model_info(self) -> dict:
         m = self.tagger.model
         info = (self.meta or {}).get("info", {})
-        return {"name": self.name, "tags": m.tags, "task": m.task, "scales": sorted(m.local_scales),
-                "layers": {str(s): sorted(b.layer for b in m.layout if b.scale == s) for s in sorted(m.local_scales)},
+        return {"name": self.name, "tags": m.tags, "task": m.task, "scales": list(m.local_scales),
+                "layers": {s: sorted(b.layer for b in m.layout if b.scale == s) for s in m.local_scales},
                 "classifier_reads": {"scales": list(m.scales), "layers": list(m.layers) if m.layers else "all"},
                 "n_features": m.n_features, "clip_seconds": self.tagger.cfg.clip_seconds,
                 "sample_rate": self.tagger.cfg.sample_rate, "dataset": info.get("dataset"), "data": info.get("data"),
@@ -195,13 +200,13 @@ class Service:
             raise
 
     def analyse(self, path: Path, name: str, *, top_k: int | None, threshold: float | None, embed: bool,
-                scales: list[int] | None, layers: list[int] | None, taggram: bool, hop: str | None,
+                scales: list[str] | None, layers: list[int] | None, taggram: bool, hop: str | None,
                 per_group: bool = False) -> dict:
         """Everything asked about one uploaded file (runs in a worker thread)."""
         model = self.tagger.model
-        if model.head is None and not embed:
-            raise Problem(400, "this model has no global classifier; it can only embed (embed=true)")
         try:
+            if not embed:
+                require_tagger(model)
             check_selection(top_k, threshold)
             cols = model.columns_of(scales=scales, layers=layers) if embed else None
             seconds = duration_seconds(path)
@@ -224,7 +229,7 @@ class Service:
             status = 400 if isinstance(e, ParameterError) else 413 if isinstance(e, AudioTooLongError) else 422
             raise Problem(status, reason) from None
         out: dict = {"file": name, "seconds": round(result.seconds, 3), "model": self.name}
-        if model.head is not None:
+        if model.can_tag:
             out["tags"] = [{"tag": t, "probability": float(p)} | ({"group": result.group_of(t)} if model.groups else {})
                            for t, p in result.top(top_k, threshold, per_group=per_group)]
         if embed:
@@ -254,7 +259,7 @@ class Service:
 
 def create_app(model: str | Path | None = None, *, device: str = "auto", limits: ServiceLimits | None = None) -> FastAPI:
     """The service's ASGI application, with ``model`` (a file or a shipped name) loaded once."""
-    from ..inference.tagger import resolve_model
+    from ..models.zoo import resolve_model
 
     limits = limits or ServiceLimits()
     path = resolve_model(model)
@@ -307,13 +312,13 @@ def create_app(model: str | Path | None = None, *, device: str = "auto", limits:
                   threshold: float | None = Query(None, ge=0, le=1, description="return every tag at or above this instead of the top k"),
                   per_group: bool = Query(False, description="apply top_k / threshold within each tag group of the model"),
                   embed: bool = Query(False, description="also return the multi-level, multi-scale embedding"),
-                  scales: str | None = Query(None, description="embedding scales, e.g. 27,54 (default: all)"),
+                  scales: str | None = Query(None, description="embedding scales (branches), e.g. 27,54 or musicnn-msd/187 (default: all)"),
                   layers: str | None = Query(None, description="embedding layers, 1-based, e.g. 1,2 (default: all)"),
                   taggram: bool = Query(False, description="also return tag probabilities per window over time"),
                   hop: str | None = Query(None, description="seconds between taggram windows, 'clip' (back to back) or 'auto'"),
                   filename: str | None = Query(None, description="the file's name, for a raw-body upload (its extension names the format)"),
                   ) -> JSONResponse:
-        s, l_ = _ints(scales, "scales"), _ints(layers, "layers")
+        s, l_ = _names(scales), _ints(layers, "layers")
         path, name = await service.save_upload(request)
         try:
             out = await anyio.to_thread.run_sync(

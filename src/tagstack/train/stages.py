@@ -29,7 +29,7 @@ from ..config import TrainConfig
 from ..models.aggregation import aggregate
 from ..models.classifier import GlobalMLP
 from ..models.local import LocalCNN
-from ..models.tagger import TaggingModel
+from ..models.tagging_model import TaggingModel
 from .evaluation import binary_targets, tagging_metrics
 from .loop import TrainState, fit
 

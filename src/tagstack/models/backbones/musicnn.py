@@ -1,0 +1,199 @@
+"""musicnn (Pons & Serra, 2019) in PyTorch: the MSD- and MTT-trained networks of the ``musicnn`` package.
+
+The network reads musicnn's front end (16 kHz, 512-point FFT, hop 256, 96
+Slaney mel bands of the power spectrum, ``log10(1 + 10**4 mel)``:
+:data:`MUSICNN_FRONTEND`) and has three parts:
+
+- **front end**: a batch norm of the input, then two *timbral* convolutions
+  (7 frames x 38 and x 67 mel bands, 204 filters each, frequency not padded)
+  and three *temporal* ones (128, 64 and 32 frames x 1 band, 51 filters
+  each, "same" padding in time), each ReLU -> batch norm -> max over
+  frequency: 561 channels per frame;
+- **mid end**: three 1-D convolutions over time (7 frames, 64 filters, ReLU,
+  batch norm), the last two residual: 64 channels per frame each;
+- **back end**: max and mean over time of the 753 front- and mid-end
+  channels (interleaved per channel, as musicnn flattens them), batch norm,
+  a dense layer of 200 ReLU units and a batch norm (the "penultimate" layer),
+  and a dense layer of 50 tag logits.
+
+:meth:`Musicnn.forward_intermediates` gives the levels the paper's
+aggregation reads: the 561-channel front end, the three mid-end layers
+(per frame) and the penultimate layer (per segment). Since the network is
+fully convolutional, a segment may have any length; musicnn was trained on
+3 s patches (187 frames).
+
+Two computations differ from a literal port, with the same result: a max over
+frequency of a batch norm of a ReLU is taken before them (a batch norm is a
+per-channel affine map, so its max is the affine map of the max where the
+scale is positive and of the min where it is negative, and a ReLU commutes
+with both), and the temporal convolutions run as 1-D convolutions of every
+band at once. Both keep the 22 M-value feature maps of a 30 s clip from
+being touched more than once. Batch norms use musicnn's epsilon, 1e-3, and
+"same" padding puts the extra zero on the right, as TensorFlow does.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ...config import FrontEndConfig
+from ...errors import ParameterError
+from . import own_frontend
+
+#: musicnn's front end (``musicnn/configuration.py``), over a 29.1 s window: 1,819 frames centred inside it.
+MUSICNN_FRONTEND = FrontEndConfig(sample_rate=16000, n_fft=512, hop_length=256, n_mels=96, compression=1e4, power=2.0,
+                                  log10=True, clip_seconds=29.1, n_frames=1819)
+
+EPS = 1e-3  # tf.compat.v1.layers.batch_normalization's default
+
+
+@dataclass(frozen=True)
+class MusicnnArch:
+    """musicnn's sizes (``musicnn.models.build_musicnn`` with 96 mel bands)."""
+
+    n_mels: int = 96
+    timbral_filters: int = 204
+    timbral_bands: tuple[int, ...] = (38, 67)  # int(0.4 * 96), int(0.7 * 96)
+    timbral_frames: int = 7
+    temporal_filters: int = 51
+    temporal_frames: tuple[int, ...] = (128, 64, 32)
+    midend_filters: int = 64
+    midend_frames: int = 7
+    backend_units: int = 200
+    n_outputs: int = 50
+
+    def __post_init__(self) -> None:
+        if any(b > self.n_mels for b in self.timbral_bands):
+            raise ParameterError(f"timbral filters of {self.timbral_bands} bands do not fit {self.n_mels} mel bands")
+
+    @property
+    def frontend_channels(self) -> int:
+        return len(self.timbral_bands) * self.timbral_filters + len(self.temporal_frames) * self.temporal_filters
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MusicnnArch":
+        d = dict(d)
+        d["timbral_bands"], d["temporal_frames"] = tuple(d["timbral_bands"]), tuple(d["temporal_frames"])
+        return cls(**d)
+
+
+def _same(k: int) -> tuple[int, int]:
+    """TensorFlow's "same" padding of a kernel of ``k`` frames: the extra zero on the right."""
+    return (k - 1) // 2, k // 2
+
+
+class _PooledConv(nn.Module):
+    """Conv2d over (time, frequency) -> ReLU -> batch norm -> max over frequency, computed as
+    conv -> max and min over frequency -> ReLU -> the batch norm's affine map of the max or the min."""
+
+    def __init__(self, filters: int, frames: int, bands: int) -> None:
+        super().__init__()
+        self.frames, self.bands = frames, bands
+        self.weight = nn.Parameter(torch.zeros(filters, 1, frames, bands))
+        self.bias = nn.Parameter(torch.zeros(filters))
+        self.bn = nn.BatchNorm2d(filters, eps=EPS)
+
+    def _affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        bn = self.bn
+        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+        return scale, bn.bias - bn.running_mean * scale
+
+    def pooled(self, conv: torch.Tensor) -> torch.Tensor:
+        """``(batch, filters, time, positions)`` conv outputs -> ``(batch, filters, time)`` after ReLU, BN, max."""
+        if self.training:  # batch statistics need the whole map
+            return self.bn(F.relu(conv)).amax(dim=3)
+        scale, shift = self._affine()
+        hi, lo = conv.amax(dim=3), conv.amin(dim=3)
+        picked = torch.where((scale >= 0)[None, :, None], hi, lo)
+        return F.relu(picked) * scale[None, :, None] + shift[None, :, None]
+
+
+class _Timbral(_PooledConv):
+    """A timbral block: ``frames`` x ``bands`` filters, time padded 'same', frequency not padded."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (batch, time, n_mels)
+        pad = (self.frames - 1) // 2  # odd kernels: the same on both sides
+        conv = F.conv2d(F.pad(x[:, None], (0, 0, pad, self.frames - 1 - pad)), self.weight, self.bias)
+        return self.pooled(conv)
+
+
+class _Temporal(_PooledConv):
+    """A temporal block: ``frames`` x 1 filters shared by every band, 'same' padding in time."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (batch, time, n_mels)
+        b, t, m = x.shape
+        rows = F.pad(x.transpose(1, 2).reshape(b * m, 1, t), _same(self.frames))
+        conv = F.conv1d(rows, self.weight[:, :, :, 0], self.bias)  # (batch * bands, filters, time)
+        return self.pooled(conv.reshape(b, m, -1, t).permute(0, 2, 3, 1))
+
+
+class _MidEnd(nn.Module):
+    """1-D conv over time ('same') -> ReLU -> batch norm."""
+
+    def __init__(self, channels: int, filters: int, frames: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(channels, filters, frames)
+        self.bn = nn.BatchNorm1d(filters, eps=EPS)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(F.relu(self.conv(F.pad(x, _same(self.conv.kernel_size[0])))))
+
+
+class Musicnn(nn.Module):
+    """musicnn: a segment ``(batch, frames, 96)`` of :data:`MUSICNN_FRONTEND` log-mels -> levels and tag logits."""
+
+    kind: ClassVar[str] = "musicnn"
+    min_frames: ClassVar[int] = 8
+
+    def __init__(self, arch: MusicnnArch | None = None, *, frontend: FrontEndConfig | None = None) -> None:
+        super().__init__()
+        self.arch = a = arch or MusicnnArch()
+        self.frontend = own_frontend(MUSICNN_FRONTEND, frontend, "musicnn")
+        self.input_bn = nn.BatchNorm2d(1, eps=EPS)
+        self.timbral = nn.ModuleList(_Timbral(a.timbral_filters, a.timbral_frames, b) for b in a.timbral_bands)
+        self.temporal = nn.ModuleList(_Temporal(a.temporal_filters, k, 1) for k in a.temporal_frames)
+        c = a.frontend_channels
+        self.midend = nn.ModuleList([_MidEnd(c, a.midend_filters, a.midend_frames)]
+                                    + [_MidEnd(a.midend_filters, a.midend_filters, a.midend_frames) for _ in range(2)])
+        pooled = 2 * (c + 3 * a.midend_filters)
+        self.pool_bn = nn.BatchNorm1d(pooled, eps=EPS)
+        self.dense = nn.Linear(pooled, a.backend_units)
+        self.dense_bn = nn.BatchNorm1d(a.backend_units, eps=EPS)
+        self.output = nn.Linear(a.backend_units, a.n_outputs)
+        self.feature_info = [{"layer": i + 1, "channels": ch, "name": name} for i, (ch, name) in enumerate(
+            [(c, "front end"), (a.midend_filters, "mid end 1"), (a.midend_filters, "mid end 2"), (a.midend_filters, "mid end 3"),
+             (a.backend_units, "penultimate")])]
+
+    @property
+    def n_outputs(self) -> int:
+        return self.arch.n_outputs
+
+    def check_segment(self, frames: int) -> None:
+        if frames < self.min_frames:
+            raise ParameterError(f"musicnn reads segments of at least {self.min_frames} frames, got {frames}")
+
+    def forward_intermediates(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Levels ``[(batch, 561, frames), 3 x (batch, 64, frames), (batch, 200)]`` and logits ``(batch, 50)``."""
+        if x.dim() != 3 or x.shape[2] != self.arch.n_mels:
+            raise ParameterError(f"expected input (batch, frames, {self.arch.n_mels}), got {tuple(x.shape)}")
+        x = self.input_bn(x[:, None])[:, 0]
+        front = torch.cat([block(x) for block in self.timbral] + [block(x) for block in self.temporal], dim=1)
+        mids, h = [], front
+        for i, block in enumerate(self.midend):
+            h = block(h) if i == 0 else block(h) + h
+            mids.append(h)
+        every = torch.cat([front] + mids, dim=1)  # (batch, 753, frames)
+        pooled = torch.stack([every.amax(dim=2), every.mean(dim=2)], dim=2).flatten(1)  # max and mean, interleaved
+        penultimate = self.dense_bn(F.relu(self.dense(self.pool_bn(pooled))))
+        return [front, *mids, penultimate], self.output(penultimate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Tag logits ``(batch, n_outputs)`` of each segment."""
+        return self.forward_intermediates(x)[1]

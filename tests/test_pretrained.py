@@ -1,0 +1,144 @@
+"""The pretrained backbones reproduce their originals, and every tagstack path runs them.
+
+References were computed once with the original frameworks (TensorFlow for
+musicnn, Keras for the artist CNN) by ``bench/reference_pretrained.py``;
+the fixtures hold their outputs. The network checks feed the networks the
+exact inputs the originals received; the file checks decode the real
+recordings of ``../shared`` through tagstack's own decoder and front end
+(skipped where those files are absent).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from reference_signal import reference_music
+from tagstack.audio.frontend import LogMel
+from tagstack.inference.tagger import Tagger
+from tagstack.models.file import load_model, read_metadata
+from tagstack.models.tagging_model import Branch, TaggingModel
+from tagstack.models.zoo import ZOO, zoo_path
+
+FIXTURES = Path(__file__).parent / "fixtures" / "pretrained"
+AUDIO = Path(__file__).resolve().parents[2] / "shared" / "data" / "fixtures" / "audio"
+RECORDINGS = {"msd-preview": AUDIO / "msd-TRWJAZW128F42760DD.mp3",
+              "mtat-clip": AUDIO / "mtat-joram-moments_of_clarity-08-solipsism-59-88.mp3"}
+MUSICNN = np.load(FIXTURES / "musicnn_reference.npz", allow_pickle=False)
+ARTIST = np.load(FIXTURES / "artist_reference.npz", allow_pickle=False)
+LEVELS = {"timbral": (0, slice(0, 408)), "temporal": (0, slice(408, 561)), "cnn1": (1, slice(None)), "cnn2": (2, slice(None)),
+          "cnn3": (3, slice(None))}
+
+
+def network(name: str, which: str):
+    return load_model(zoo_path(name)).local_models[which]
+
+
+@pytest.mark.parametrize("which", ["msd", "mtt"])
+def test_musicnn_gives_tensorflows_tags_and_features_on_the_same_input(which):
+    net = network(f"musicnn-{which}", f"musicnn-{which}")
+    with torch.inference_mode():
+        acts, logits = net.forward_intermediates(torch.from_numpy(MUSICNN["synthetic_mel"]))
+    ref = lambda what: MUSICNN[f"{which}_synthetic_{what}"]  # noqa: E731
+    np.testing.assert_allclose(torch.sigmoid(logits).numpy(), ref("taggram"), atol=1e-4)
+    np.testing.assert_allclose(acts[4].numpy(), ref("penultimate"), atol=1e-4)
+    np.testing.assert_allclose(logits.numpy(), ref("logits"), atol=1e-4)
+    for what, (level, cols) in LEVELS.items():  # per frame, max over each patch; values up to ~60
+        np.testing.assert_allclose(acts[level][:, cols].amax(dim=2).numpy(), ref(what), rtol=1e-5, atol=5e-4, err_msg=what)
+
+
+def test_the_artist_cnn_gives_keras_activations_on_the_same_input():
+    net = network("artist", "artist")
+    # Park et al.'s log10 frames; the port reads the paper's natural-log frames (x ln 10), see models/backbones/artist.py
+    x = torch.from_numpy(ARTIST["synthetic_mel"]) * math.log(10.0)
+    with torch.inference_mode():
+        acts, logits = net.forward_intermediates(x)
+    assert logits is None
+    for i, a in enumerate(acts, 1):
+        np.testing.assert_allclose(a.amax(dim=2).numpy(), ARTIST[f"synthetic_layer{i}"], rtol=1e-5, atol=2e-4, err_msg=f"layer {i}")
+
+
+def test_the_front_ends_are_the_originals():
+    """musicnn's log10(1 + 10^4 mel power) at 16 kHz and the artist CNN's log10(1 + 10 mel magnitude) at 22.05 kHz, against
+    librosa (which both originals used)."""
+    librosa = pytest.importorskip("librosa")
+    net = network("musicnn-msd", "musicnn-msd")
+    y = reference_music(16000)
+    ours = LogMel(net.frontend).frames_first(torch.from_numpy(y)).numpy()
+    ref = np.log10(1 + 1e4 * librosa.feature.melspectrogram(y=y, sr=16000, n_fft=512, hop_length=256, n_mels=96)).T
+    np.testing.assert_allclose(ours, ref, atol=5e-5)
+    np.testing.assert_allclose(ours[: 2 * 187].reshape(2, 187, 96), MUSICNN["synthetic_mel"], atol=5e-5)
+    art = network("artist", "artist")
+    y = reference_music(22050)
+    ours = LogMel(art.frontend).frames_first(torch.from_numpy(y)).numpy() / math.log(10.0)
+    ref = np.log10(1 + 10 * librosa.feature.melspectrogram(y=y, sr=22050, n_fft=1024, hop_length=512, n_mels=128, power=1.0)).T
+    np.testing.assert_allclose(ours, ref, atol=5e-5)
+    np.testing.assert_allclose(ours[: 2 * 129].reshape(2, 129, 128), ARTIST["synthetic_mel"], atol=5e-5)
+
+
+@pytest.mark.skipif(not all(p.exists() for p in RECORDINGS.values()), reason="no ../shared audio fixtures")
+@pytest.mark.parametrize("recording", sorted(RECORDINGS))
+def test_tagging_a_real_recording_gives_the_originals_outputs(recording):
+    """From the mp3 file through tagstack's decoder, front end and Tagger: musicnn's own tags and penultimate features
+    (musicnn averages them over its 3 s patches; the tagger over the same patches of the file's first 29.1 s window,
+    the second window holding no whole patch), and Park et al.'s artist embedding."""
+    path = RECORDINGS[recording]
+    for which in ("msd", "mtt"):
+        result = Tagger(f"musicnn-{which}", device="cpu").predict(path)
+        taggram, penultimate = MUSICNN[f"{which}_{recording}_taggram"], MUSICNN[f"{which}_{recording}_penultimate"]
+        assert result.tags == list(MUSICNN[f"{which}_tags"])
+        np.testing.assert_allclose(result.probs, taggram[:9].mean(0), atol=1e-4)
+        np.testing.assert_allclose(result.embedding[-200:], penultimate[:9].mean(0), atol=1e-4)
+    artist = Tagger("artist", device="cpu").embed(path)
+    np.testing.assert_allclose(artist[-256:], ARTIST[f"{recording}_embedding"][:9].mean(0), atol=1e-4)
+
+
+def test_a_converted_file_says_where_every_weight_came_from():
+    for name in ("musicnn-msd", "musicnn-mtt", "artist"):
+        meta = read_metadata(zoo_path(name))
+        info = meta["info"]
+        assert info["licence"].split(".")[0] in ("ISC", "MIT") and info["citation"] and info["source"]["sha256"]
+        card = zoo_path(name).with_suffix(".md").read_text()
+        assert "copyrighted" in card and info["source"]["where"] in card
+        assert name in ZOO
+
+
+def test_backbones_mix_with_the_papers_cnns_in_one_model(tmp_path):
+    """A model of the paper's CNNs, the artist CNN (same front end, computed once) and musicnn (its own, at 16 kHz) at two
+    segment lengths: it saves, loads and embeds like any model, each branch as the networks alone compute it."""
+    from test_equivalence import random_tagger
+
+    paper = random_tagger()
+    art, mus = network("artist", "artist"), network("musicnn-mtt", "musicnn-mtt")
+    fe = paper.frontend
+    art.frontend, mus.frontend = art.frontend.over_window(fe.clip_seconds), mus.frontend.over_window(fe.clip_seconds)
+    nets = {**paper.local_models, "artist": art, "musicnn-mtt": mus}
+    branches = paper.branches + [Branch("artist", 129), Branch("musicnn-mtt", 62), Branch("musicnn-mtt", 187)]
+    mixed = TaggingModel(nets, None, tags=[], frontend=fe, branches=branches)
+    assert len(mixed.frontends) == 2 and mixed.local_scales[-3:] == ("artist/129", "musicnn-mtt/62", "musicnn-mtt/187")
+    from tagstack.models.file import save_model
+
+    save_model(mixed, tmp_path / "mixed.safetensors")
+    tagger = Tagger(tmp_path / "mixed.safetensors", device="cpu")
+    assert tagger.rates == [fe.sample_rate, 16000]
+    y = reference_music(44100, 2 * fe.clip_seconds)
+    emb = tagger.embed(y, sr=44100)
+    assert emb.shape == (mixed.n_features,) and np.isfinite(emb).all()
+    # the musicnn/187 block equals musicnn run on the 187-frame segments of each 16 kHz window, averaged over segments
+    from tagstack.audio.io import load
+
+    y16 = load(y, sr=16000, source_sr=44100)
+    win = int(round(fe.clip_seconds * 16000))
+    logmel = LogMel(mus.frontend)
+    segs = []
+    for start in range(0, len(y16) - win + 1, win):
+        mel = logmel.frames_first(torch.from_numpy(y16[start : start + win]))[: mus.frontend.n_frames]
+        segs.append(mel[: (len(mel) // 187) * 187].reshape(-1, 187, 96))
+    with torch.inference_mode():
+        acts, _ = mus.forward_intermediates(torch.cat(segs))
+    cols = mixed.columns_of(scales=["musicnn-mtt/187"], layers=[5])
+    np.testing.assert_allclose(emb[cols], acts[4].mean(0).numpy(), rtol=1e-4, atol=1e-4)
