@@ -33,7 +33,6 @@ from tagstack.experiments.config import ExperimentConfig
 from tagstack.experiments.run import Experiment, test_summary
 from tagstack.fileio import atomic_write_text
 from tagstack.models.file import save_model
-from tagstack.models.tagging_model import TaggingModel
 from tagstack.report import model_card
 
 from tagstack.models.zoo import PRETRAINED_DIR as PRETRAINED
@@ -70,6 +69,19 @@ DATA = {
 }
 
 
+#: The models on pretrained backbones: which networks, at which segment lengths (frames), are aggregated
+#: (chosen by the Emotify linear probe, docs/pretrained/README.md); a global MLP on the teacher manifest's tags.
+PRETRAINED_RECIPES = {
+    "pretrained": ("musicnn-mtt/187",),
+    "pretrained-large": ("musicnn-mtt/187", "musicnn-msd/187"),
+}
+
+PRETRAINED_DATA = (
+    " Local networks: {networks}, pretrained by their authors and not trained here (their cards say on what: copyrighted "
+    "audio previews of the Million Song Dataset and MagnaTagATune's Magnatune clips); every level of each is aggregated "
+    "over segments of {scales} frames as the paper aggregates its CNNs, and only the global MLP was trained here."
+)
+
 DISTILL = (
     " Distillation: the five CNNs were trained on these tags plus the 200 penultimate-layer features of musicnn's {teacher} "
     "model on every clip, each feature replaced by its quantile over the clips, as soft labels, so that the CNNs order clips "
@@ -91,14 +103,17 @@ def distilled_cnns(cfg: ExperimentConfig, manifest: Path, out: Path) -> tuple[Ex
     cnns = out / "distilled-cnns.safetensors"
     if not cnns.is_file():
         first = Experiment(cfg.replace(root=str(manifest)), out / "distill")
-        save_model(TaggingModel(first.local_models(), None, tags=first.data.clips.tags, frontend=cfg.frontend), cnns)
+        save_model(first.shell(), cnns)
     teachers = sorted({t.split()[0].upper() for t in distill.tags if " penultimate " in t})
-    return cfg.replace(local_from=str(cnns)), DISTILL.format(teacher=" and ".join(teachers))
+    return cfg.replace(local_from=(str(cnns),)), DISTILL.format(teacher=" and ".join(teachers))
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("which", choices=sorted(DATA), help="the real-music default model, or the corpus model")
+    p.add_argument("which", choices=sorted([*DATA, *PRETRAINED_RECIPES]),
+                   help="pretrained: the default (musicnn MTT's levels and a global MLP); pretrained-large: the most accurate; "
+                        "real: the paper's CNNs trained here on real music; corpus: on the rendered corpus")
+    p.add_argument("--scales", help="pretrained*: the branches to aggregate instead of the recipe's, e.g. musicnn-mtt/187,artist/516")
     p.add_argument("--data", type=Path, help="real: the folder scripts/build_real_data.py wrote (holding 4q/manifest.csv)")
     p.add_argument("--out", type=Path, help="run directory (default: runs/real-model, runs/real-distill-model with --distill, runs/real-4q-model or runs/corpus-model)")
     p.add_argument("--local-epochs", type=int, default=12, help="maximum epochs per local CNN (default: 12)")
@@ -119,13 +134,17 @@ def main() -> None:
     # each recipe its own run folder: a run folder resumes, and must not mix stages of two recipes
     out = a.out or Path("runs") / ("real-4q-model" if a.which == "real" and a.labels == "human" else
                                    "real-distill-model" if a.distill else f"{a.which}-model")
-    if a.which == "real":
+    if a.scales and a.which not in PRETRAINED_RECIPES:
+        p.error("--scales is for the pretrained models")
+    pretrained = a.which in PRETRAINED_RECIPES
+    if a.which == "real" or pretrained:
         if a.data is None:
             p.error("real needs --data (the folder scripts/build_real_data.py wrote)")
         manifest = a.data / ("teacher" if a.labels == "teacher" else "4q") / "manifest.csv"
         if not manifest.is_file():
             p.error(f"{manifest} not found: run scripts/build_real_data.py" + (" and scripts/build_teacher_data.py" if a.labels == "teacher" else ""))
-        dataset, root, name = "manifest", str(manifest), "tagstack-real" if a.labels == "teacher" else "tagstack-real-4q"
+        dataset, root = "manifest", str(manifest)
+        name = f"tagstack-{a.which}" if pretrained else "tagstack-real" if a.labels == "teacher" else "tagstack-real-4q"
         distill_manifest = manifest.with_name("manifest-distill.csv")
         if a.distill and (a.labels != "teacher" or not distill_manifest.is_file()):
             p.error("--distill needs --labels teacher and DATA/teacher/manifest-distill.csv (scripts/build_teacher_data.py --penultimate)")
@@ -136,22 +155,27 @@ def main() -> None:
         if not (corpus / "manifest.csv").exists():
             build_corpus(corpus, size="default")
         dataset, root, name = "corpus", str(corpus), "tagstack-corpus"
+    scales = tuple(a.scales.split(",")) if a.scales else PRETRAINED_RECIPES.get(a.which)
+    extra = dict(scales=scales, local_from=tuple(dict.fromkeys(x.split("/")[0] for x in scales))) if pretrained else {}
     cfg = ExperimentConfig(dataset=dataset, root=root, device=a.device,
                            local=local_schedule(max_epochs=a.local_epochs, lr_stages=a.lr_stages, patience=3, mixup=a.mixup),
-                           global_=global_schedule(lr_stages=3, patience=6))
-    data_text = TEACHER_DATA if a.which == "real" and a.labels == "teacher" else DATA[a.which]
+                           global_=global_schedule(lr_stages=3, patience=6), **extra)
+    data_text = TEACHER_DATA if (a.which == "real" or pretrained) and a.labels == "teacher" else DATA[a.which]
+    if pretrained:
+        data_text += PRETRAINED_DATA.format(networks=", ".join(cfg.local_from), scales=", ".join(cfg.scales))
     if a.distill:
         cfg, sentence = distilled_cnns(cfg, distill_manifest, out)
         data_text += sentence
     exp = Experiment(cfg, out)
     model = exp.train_head()
     metrics = exp.metrics(model, exp.test_probs(model))
-    command = f"python scripts/train_default_model.py {a.which}" + (" --data DATA" if a.which == "real" else "") + \
+    command = f"python scripts/train_default_model.py {a.which}" + (" --data DATA" if a.which == "real" or pretrained else "") + \
+        (f" --scales {a.scales}" if a.scales else "") + \
         (" --labels human" if a.which == "real" and a.labels == "human" else "") + \
         (f" --local-epochs {a.local_epochs}" if a.local_epochs != 12 else "") + (f" --lr-stages {a.lr_stages}" if a.lr_stages != 2 else "") + (f" --mixup {a.mixup:g}" if a.mixup else "") + (" --distill" if a.distill else "")
     model.info.update({"name": name, "data": data_text, "command": command, "test": test_summary(metrics["tags"], metrics["global"])})
     a.dest.mkdir(parents=True, exist_ok=True)
-    save_model(model, a.dest / f"{name}.safetensors", half=True)
+    save_model(model, a.dest / f"{name}.safetensors", half=not pretrained)  # converted weights stay as their authors' float32
     card = a.dest / f"{name}.md"
     transfer = Path(__file__).resolve().parents[1] / "docs" / "transfer" / "results.md"
     atomic_write_text(card, model_card(name, data_text, command, cfg, metrics, transfer.read_text() if transfer.exists() else ""))

@@ -321,17 +321,22 @@ def model_card(name: str, data: str, command: str, config, metrics: dict, transf
     """The Markdown card of a shipped model: data and licences, how it was trained, test scores per tag, transfer."""
     g, n = metrics["global"], metrics["n_clips"]
     loc, glo = config.local, config.global_
+    paper = all(s.isdigit() for s in config.scales)
+    networks = ("The paper's local CNNs (" + ", ".join(config.scales) + " frames)" if paper else
+                "Local networks taken from " + ", ".join(f"`{x}`" for x in config.local_from) + " at the scales " + ", ".join(config.scales)
+                + " (network/segment frames), not trained here")
     lines = [
         f"# Model card: {name}", "",
-        "The paper's five local CNNs (18, 27, 54, 108, 216 frames), all conv layers aggregated (4,096 features),",
-        f"and a global MLP (2 x {config.global_hidden} units). Weights are stored as float16 (normalisation statistics in float32).", "",
+        f"{networks}, every level aggregated as the paper does, and a global MLP (2 x {config.global_hidden} units). "
+        + ("Weights are stored as float16 (normalisation statistics in float32)." if paper else
+           "Weights are stored as float32 (the pretrained networks' as their authors published them)."), "",
         "## Data", "", data, "",
         f"{sum(n.values())} clips: {n['train']} train / {n['valid']} validation / {n['test']} test; {len(metrics['tags'])} tags. "
         f"Files skipped when building the mel cache: {len(metrics['skipped_files'])}.", "",
         "## Training", "", f"    {command}", "",
-        f"Local CNNs: at most {loc.max_epochs} epochs, learning rate {loc.lr:g} multiplied by {loc.lr_decay:g} "
-        f"{loc.lr_stages - 1} time(s) after {loc.patience} epochs without improvement, batches of {loc.batch_size} segments"
-        + (f", mixed in pairs (mixup, weights ~ Beta({loc.mixup:g}, {loc.mixup:g}))" if loc.mixup else "") + ". "
+        (f"Local CNNs: at most {loc.max_epochs} epochs, learning rate {loc.lr:g} multiplied by {loc.lr_decay:g} "
+         f"{loc.lr_stages - 1} time(s) after {loc.patience} epochs without improvement, batches of {loc.batch_size} segments"
+         + (f", mixed in pairs (mixup, weights ~ Beta({loc.mixup:g}, {loc.mixup:g}))" if loc.mixup else "") + ". " if paper else "") +
         f"Global MLP: at most {glo.max_epochs} epochs, {glo.lr_stages} learning rates from {glo.lr:g}, patience {glo.patience}, "
         f"batches of {glo.batch_size} clips, monitoring validation ROC-AUC.", "",
         "## Test scores", "",
@@ -341,7 +346,7 @@ def model_card(name: str, data: str, command: str, config, metrics: dict, transf
         *([] if metrics["local"] else ["The local CNNs' own outputs are not this model's tags (they were trained on other "
                                        "labels as well, or on another dataset), so only the global model is scored.", ""]),
         "| model | ROC-AUC | PR-AUC |", "|---|---|---|",
-        *[f"| local {s} frames | {m['roc_auc']:.4f} | {m['pr_auc']:.4f} |" for s, m in metrics["local"].items()],
+        *[f"| local {s}{' frames' if s.isdigit() else ''} | {m['roc_auc']:.4f} | {m['pr_auc']:.4f} |" for s, m in metrics["local"].items()],
         f"| global | {g['roc_auc']:.4f} | {g['pr_auc']:.4f} |", "",
         "| tag | ROC-AUC | PR-AUC |", "|---|---|---|",
         *[f"| {t} | {_fmt(r)} | {_fmt(p)} |" for t, r, p in zip(metrics["tags"], g["per_tag"]["roc_auc"], g["per_tag"]["pr_auc"])],

@@ -250,10 +250,15 @@ def cmd_embed(a: argparse.Namespace) -> int:
 
 
 def cmd_info(a: argparse.Namespace) -> int:
-    from ..models.zoo import resolve_model
     from ..models.file import read_metadata
+    from ..models.zoo import DEFAULT, ZOO, resolve_model, zoo_path
     from ..report import model_summary
 
+    if a.list:
+        for name, text in ZOO.items():
+            size = zoo_path(name).stat().st_size / 1e6 if zoo_path(name).is_file() else 0
+            print(f"{name:<18} {size:5.1f} MB  {text}{'  (the default)' if name == DEFAULT else ''}")
+        return 0
     path = resolve_model(a.model)
     meta = read_metadata(path)
     print(json.dumps(meta, indent=2) if a.json else model_summary(meta, str(path)))
@@ -393,9 +398,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(e)
     e.set_defaults(func=cmd_embed)
 
-    i = sub.add_parser("info", help="print a model file's description (tags, front end, architecture, scores)")
+    i = sub.add_parser("info", help="print a model file's description (tags, networks, front ends, scores), or --list the shipped models")
     i.add_argument("model", nargs="?", type=Path, help="model file, or a shipped model: real (default), real-4q or corpus")
     i.add_argument("--json", action="store_true", help="print the whole JSON header instead of a summary")
+    i.add_argument("--list", action="store_true", help="list the shipped models (the model zoo) instead")
     i.set_defaults(func=cmd_info)
 
     ev = sub.add_parser("evaluate", help="score a model on a split of your labelled dataset (tags matched by name)",

@@ -25,7 +25,6 @@ import torch
 
 from ..audio.frontend import ClipMel
 from ..errors import AudioError, AudioTooLongError
-from ..models.aggregation import aggregate
 from ..models.tagging_model import TaggingModel
 
 
@@ -144,12 +143,16 @@ class WindowFeatures:
         lone = torch.tensor([bool(a) for a in alone], device=dev)
         for i, fe in enumerate(model.frontends):
             sizes = np.array([len(w[self.rate_of[i]]) for w in windows])
+            mine = [b for b, f in enumerate(self.fe_of) if f == i]
             for rows, mels, frames in self._mels(i, windows, sizes):
                 idx = torch.from_numpy(rows).to(dev)
                 audio = torch.full((len(rows),), fe.n_frames, device=dev) if frames is None else frames
-                for b in [b for b, f in enumerate(self.fe_of) if f == i]:
+                only = [mels if k == i else None for k in range(len(model.frontends))]
+                counted = None if frames is None else [frames if k == i else None for k in range(len(model.frontends))]
+                got = model.branch_features(only, counted, scales=[model.local_scales[b] for b in mine])
+                for b in mine:
                     scale = model.local_scales[b]
-                    f, p = aggregate(model.network_of(scale), mels, size=self.sizes[b], frames=frames)
+                    f, p = got[scale]
                     parts[b][idx] = f
                     segs = torch.div(audio, self.sizes[b], rounding_mode="floor").float()
                     counts[idx, b] = torch.where(lone[idx], segs.clamp(min=1), segs)

@@ -92,7 +92,8 @@ def aggregate(
     it is) and averaged over the clip's segments, and the network's own clip
     prediction is the mean of its segment probabilities. This is the only
     place either average is computed: stage 1's validation, stage 2, joint
-    fine-tuning and inference all call it.
+    fine-tuning and inference all call it (through :func:`aggregate_sizes`
+    for a network read at several segment lengths).
 
     Parameters
     ----------
@@ -114,24 +115,52 @@ def aggregate(
     features : torch.Tensor [shape=(clips, sum of chosen layer widths)]
     probs : torch.Tensor [shape=(clips, n_outputs)] (``(clips, 0)`` for a network without outputs)
     """
-    size = model.arch.n_frames if size is None else size
-    model.check_segment(size)
-    segs = segment(mels, size)
-    b, s = segs.shape[:2]
-    acts, logits = model.forward_intermediates(segs.reshape(b * s, *segs.shape[2:]))
+    return aggregate_sizes(model, mels, sizes=[model.arch.n_frames if size is None else size], layers=layers, frames=frames)[0]
+
+
+def aggregate_sizes(
+    model: nn.Module, mels: torch.Tensor, *, sizes: Sequence[int], layers: Iterable[int] | None = None,
+    frames: torch.Tensor | None = None,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """:func:`aggregate` at each segment length of ``sizes``: ``(features, probs)`` per size.
+
+    A network that can compute the segments of several lengths from shared
+    work (``segment_intermediates``: musicnn's timbral convolutions, over the
+    whole clip once) does so in evaluation; the result is what the segments
+    give read one by one.
+    """
+    for size in sizes:
+        model.check_segment(size)
+    shared = len(sizes) > 1 and not model.training and hasattr(model, "segment_intermediates")
+    if shared:
+        for size in sizes:
+            segment(mels, size)  # the same refusal of a clip shorter than a segment
+        passes = model.segment_intermediates(mels, list(sizes))
+    else:
+        passes = []
+        for size in sizes:
+            segs = segment(mels, size)
+            passes.append(model.forward_intermediates(segs.reshape(-1, *segs.shape[2:])))
+    return [_pool(acts, logits, mels, size, layers, frames, model) for (acts, logits), size in zip(passes, sizes)]
+
+
+def _pool(acts: list[torch.Tensor], logits: torch.Tensor | None, mels: torch.Tensor, size: int, layers: Iterable[int] | None,
+          frames: torch.Tensor | None, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """Max over each segment's frames, then the mean over a clip's (whole, audio) segments."""
+    b, s = mels.shape[0], mels.shape[1] // size
     chosen = range(1, len(acts) + 1) if layers is None else check_layers(model, layers)
     if frames is None or bool((frames >= s * size).all()):  # whole clips: the plain mean, bit for bit
         def mean(x: torch.Tensor) -> torch.Tensor:
             return x.reshape(b, s, -1).mean(dim=1)
     else:
-        whole = torch.clamp(torch.div(frames.to(segs.device), size, rounding_mode="floor"), min=1, max=s)
-        weight = (torch.arange(s, device=segs.device)[None, :] < whole[:, None]).to(segs.dtype) / whole[:, None].to(segs.dtype)
+        whole = torch.clamp(torch.div(frames.to(mels.device), size, rounding_mode="floor"), min=1, max=s)
+        weight = (torch.arange(s, device=mels.device)[None, :] < whole[:, None]).to(mels.dtype) / whole[:, None].to(mels.dtype)
 
         def mean(x: torch.Tensor) -> torch.Tensor:
             return (x.reshape(b, s, -1) * weight[:, :, None]).sum(dim=1)
     feats = [mean(acts[i - 1].amax(dim=2) if acts[i - 1].dim() == 3 else acts[i - 1]) for i in chosen]
-    probs = mean(torch.sigmoid(logits)) if logits is not None else segs.new_zeros(b, 0)
-    return (torch.cat(feats, dim=1) if feats else segs.new_zeros(b, 0)), probs
+    probs = mean(torch.sigmoid(logits)) if logits is not None else mels.new_zeros(b, 0)
+    return (torch.cat(feats, dim=1) if feats else mels.new_zeros(b, 0)), probs
 
 
 def check_layers(model: nn.Module, layers: Iterable[int]) -> list[int]:

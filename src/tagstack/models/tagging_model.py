@@ -34,7 +34,7 @@ from torch import nn
 from ..config import FrontEndConfig
 from ..errors import ParameterError
 from ..tags import MAX_GROUP_NAME, is_group_name
-from .aggregation import FeatureBlock, aggregate, feature_layout, select_columns
+from .aggregation import FeatureBlock, aggregate_sizes, feature_layout, select_columns
 from .classifier import GlobalMLP, activation
 from .local import LocalCNN
 
@@ -213,11 +213,28 @@ class TaggingModel(nn.Module):
             raise ParameterError(f"{len(x)} {what} for {len(self.frontends)} front ends")
         return list(x)
 
-    def scale_features(self, scale: str | int, mels: Inputs, frames: Inputs | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """All-level aggregated features of one branch and its network's own clip probabilities."""
-        b, i = self.branch(scale), self.frontend_of(scale)
-        return aggregate(self.local[b.network], self._per_frontend(mels, "inputs")[i], size=b.frames,
-                         frames=self._per_frontend(frames, "frame counts")[i])
+    def branch_features(self, mels: Inputs, frames: Inputs | None = None, *, scales: Iterable[str | int] | None = None,
+                        layers: Iterable[int] | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Aggregated features of the chosen levels and the network's own clip probabilities, per branch (scale).
+
+        The branches of one network are aggregated together
+        (:func:`~tagstack.models.aggregation.aggregate_sizes`), so a network
+        read at several segment lengths shares what it can between them.
+        Only the front ends of the chosen branches need inputs.
+        """
+        chosen = self.local_scales if scales is None else [self.branch(s).name for s in scales]
+        inputs, counts = self._per_frontend(mels, "inputs"), self._per_frontend(frames, "frame counts")
+        by_network: dict[str, list[Branch]] = {}
+        for b in self.branches:
+            if b.name in chosen:
+                by_network.setdefault(b.network, []).append(b)
+        out = {}
+        for network, branches in by_network.items():
+            i, net = self._frontend_of[branches[0].name], self.local[network]
+            mine = None if layers is None else [layer for layer in layers if 1 <= layer <= len(net.feature_info)]
+            parts = aggregate_sizes(net, inputs[i], sizes=[b.frames for b in branches], layers=mine, frames=counts[i])
+            out.update({b.name: part for b, part in zip(branches, parts)})
+        return {s: out[s] for s in chosen}
 
     def forward_intermediates(self, mels: Inputs, *, scales: Iterable[str | int] | None = None,
                               layers: Iterable[int] | None = None) -> dict[tuple[str, int], torch.Tensor]:
@@ -226,14 +243,13 @@ class TaggingModel(nn.Module):
         ``mels`` is ``(clips, frames, n_mels)`` per front end; each branch reads its whole segments of it.
         """
         chosen = self._chosen_blocks(scales, layers)
-        inputs = self._per_frontend(mels, "inputs")
+        scales = [s for s in self.local_scales if s in {b.scale for b in chosen}]
+        wanted = sorted({b.layer for b in chosen})
         out: dict[tuple[str, int], torch.Tensor] = {}
-        for scale in [s for s in self.local_scales if s in {b.scale for b in chosen}]:
-            br = self.branch(scale)
-            wanted = [b.layer for b in chosen if b.scale == scale]
-            feats, _ = aggregate(self.local[br.network], inputs[self.frontend_of(scale)], size=br.frames, layers=wanted)
-            widths = [b.stop - b.start for b in chosen if b.scale == scale]
-            for layer, part in zip(wanted, torch.split(feats, widths, dim=1)):
+        for scale, (feats, _) in self.branch_features(mels, scales=scales, layers=wanted).items():
+            have = [layer for layer in wanted if (scale, layer) in {(b.scale, b.layer) for b in self.layout}]
+            widths = [self.network_of(scale).feature_info[layer - 1]["channels"] for layer in have]
+            for layer, part in zip(have, torch.split(feats, widths, dim=1)):
                 out[(scale, layer)] = part
         return out
 
@@ -244,7 +260,7 @@ class TaggingModel(nn.Module):
 
     def features_and_local_probs(self, mels: Inputs, frames: Inputs | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """:meth:`forward_features` and every branch's own clip probabilities, from one pass (stage 2)."""
-        parts = {s: self.scale_features(s, mels, frames) for s in self.local_scales}
+        parts = self.branch_features(mels, frames)
         return torch.cat([f for f, _ in parts.values()], dim=1), {s: p for s, (_, p) in parts.items()}
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:

@@ -105,12 +105,13 @@ class _PooledConv(nn.Module):
         scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
         return scale, bn.bias - bn.running_mean * scale
 
-    def pooled(self, conv: torch.Tensor) -> torch.Tensor:
-        """``(batch, filters, time, positions)`` conv outputs -> ``(batch, filters, time)`` after ReLU, BN, max."""
+    def pooled(self, conv: torch.Tensor, dim: int = 3) -> torch.Tensor:
+        """Conv outputs ``(batch, filters, time, positions)`` (the positions at ``dim``) -> ``(batch, filters, time)``
+        after ReLU, BN and the max over the positions."""
         if self.training:  # batch statistics need the whole map
-            return self.bn(F.relu(conv)).amax(dim=3)
+            return self.bn(F.relu(conv.movedim(dim, 3))).amax(dim=3)
         scale, shift = self._affine()
-        hi, lo = conv.amax(dim=3), conv.amin(dim=3)
+        hi, lo = conv.amax(dim=dim), conv.amin(dim=dim)
         picked = torch.where((scale >= 0)[None, :, None], hi, lo)
         return F.relu(picked) * scale[None, :, None] + shift[None, :, None]
 
@@ -123,6 +124,14 @@ class _Timbral(_PooledConv):
         conv = F.conv2d(F.pad(x[:, None], (0, 0, pad, self.frames - 1 - pad)), self.weight, self.bias)
         return self.pooled(conv)
 
+    def edges(self, segments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The outputs of the first and last ``pad`` frames of each segment read alone (zeros beyond its ends):
+        the only frames where it differs from the whole window's output."""
+        pad = (self.frames - 1) // 2
+        left = F.conv2d(F.pad(segments[:, None, : 2 * pad], (0, 0, pad, 0)), self.weight, self.bias)
+        right = F.conv2d(F.pad(segments[:, None, -2 * pad :], (0, 0, 0, pad)), self.weight, self.bias)
+        return self.pooled(left), self.pooled(right)
+
 
 class _Temporal(_PooledConv):
     """A temporal block: ``frames`` x 1 filters shared by every band, 'same' padding in time."""
@@ -131,7 +140,7 @@ class _Temporal(_PooledConv):
         b, t, m = x.shape
         rows = F.pad(x.transpose(1, 2).reshape(b * m, 1, t), _same(self.frames))
         conv = F.conv1d(rows, self.weight[:, :, :, 0], self.bias)  # (batch * bands, filters, time)
-        return self.pooled(conv.reshape(b, m, -1, t).permute(0, 2, 3, 1))
+        return self.pooled(conv.reshape(b, m, -1, t), dim=1)
 
 
 class _MidEnd(nn.Module):
@@ -184,7 +193,33 @@ class Musicnn(nn.Module):
         if x.dim() != 3 or x.shape[2] != self.arch.n_mels:
             raise ParameterError(f"expected input (batch, frames, {self.arch.n_mels}), got {tuple(x.shape)}")
         x = self.input_bn(x[:, None])[:, 0]
-        front = torch.cat([block(x) for block in self.timbral] + [block(x) for block in self.temporal], dim=1)
+        return self._after_frontend(torch.cat([block(x) for block in self.timbral] + [block(x) for block in self.temporal], dim=1))
+
+    def segment_intermediates(self, mels: torch.Tensor, sizes: list[int]) -> list[tuple[list[torch.Tensor], torch.Tensor]]:
+        """:meth:`forward_intermediates` of every segment of each length in ``sizes`` (segments of ``mels`` as
+        :func:`~tagstack.models.aggregation.segment` cuts them), with the timbral convolutions, two thirds of the
+        network's work, computed once for the whole of ``mels``: a segment read alone differs from the whole
+        only in its first and last 3 frames (the kernels' padding), which are computed again alone."""
+        if mels.dim() != 3 or mels.shape[2] != self.arch.n_mels:
+            raise ParameterError(f"expected input (batch, frames, {self.arch.n_mels}), got {tuple(mels.shape)}")
+        x = self.input_bn(mels[:, None])[:, 0]
+        b, t, m = x.shape
+        whole = [block(x) for block in self.timbral]
+        out = []
+        for size in sizes:
+            n = t // size
+            segs = x[:, : n * size].reshape(b * n, size, m)
+            timbral = []
+            for block, w in zip(self.timbral, whole):
+                w = w[:, :, : n * size].reshape(b, -1, n, size).transpose(1, 2).reshape(b * n, -1, size).clone()
+                left, right = block.edges(segs)
+                w[:, :, : left.shape[2]], w[:, :, size - right.shape[2] :] = left, right
+                timbral.append(w)
+            out.append(self._after_frontend(torch.cat(timbral + [block(segs) for block in self.temporal], dim=1)))
+        return out
+
+    def _after_frontend(self, front: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Mid end and back end of front-end features ``(batch, 561, frames)``: the levels and the logits."""
         mids, h = [], front
         for i, block in enumerate(self.midend):
             h = block(h) if i == 0 else block(h) + h
