@@ -12,7 +12,13 @@ in one run, on the same clips and folds:
   of the same front end's log-mel frames, and the same five CNNs with random
   weights (the input normalisation of the first model given);
 - musicnn (``--musicnn NPZ``, written by ``bench/musicnn_features.py`` for the
-  same files): its MTT and MSD models' penultimate layers and MTT tags.
+  same files): its MTT and MSD models' penultimate layers and MTT tags;
+- pretrained backbones (``--backbone NAME=NETWORK:FRAMES,FRAMES``, a shipped
+  network read at those segment lengths, e.g. ``mtt=musicnn-mtt:62,187,375``):
+  all its levels and scales, each level, each scale;
+- combinations of the above (``--combine NAME=A+B``): their embeddings
+  concatenated, optionally restricted (``mtt[187]+msd[187:3,4,5]``: the
+  187-frame scale of ``mtt``, levels 3-5 of ``msd``'s 187-frame scale).
 
 The default set is Emotify's four genres (400 clips of 60 s, music from
 Magnatune), held out of every tagstack training run. GTZAN is not used.
@@ -110,6 +116,30 @@ def file_key(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def backbone_model(spec: str):
+    """``NETWORK:FRAMES,FRAMES`` -> a model of that shipped network at those segment lengths (no classifier)."""
+    from tagstack.models.file import load_model
+    from tagstack.models.tagging_model import Branch, TaggingModel
+
+    network, frames = spec.split(":", 1)
+    source = load_model(network)
+    net = source.local_models[network]
+    return TaggingModel({network: net}, None, tags=[], frontend=net.frontend,
+                        branches=[Branch(network, int(f)) for f in frames.split(",")])
+
+
+def select(model, emb: np.ndarray, spec: str) -> np.ndarray:
+    """Columns of ``emb`` by ``[scale:levels;scale:levels]`` (``187:3,4,5``; no levels: all of that scale)."""
+    if not spec:
+        return emb
+    cols = []
+    for part in spec.split(";"):
+        scale, _, levels = part.partition(":")
+        name = next(s for s in model.local_scales if s == scale or s.endswith("/" + scale))
+        cols.append(model.columns_of(scales=[name], layers=[int(x) for x in levels.split(",")] if levels else None))
+    return emb[:, np.concatenate(cols)]
+
+
 def embeddings(model, files: list[Path], cache: Path | None, name: str, *, with_probs: bool, key: str) -> tuple[np.ndarray, np.ndarray | None]:
     """Whole-file embeddings (and tag probabilities) of ``files``, cached as ``cache/name.npz`` under ``key``."""
     from tagstack.inference.tagger import Tagger
@@ -148,9 +178,9 @@ def feature_rows(name: str, model, emb: np.ndarray, probs: np.ndarray | None, *,
     for layer in sorted({b.layer for b in layout}):
         cols = np.concatenate([np.arange(b.start, b.stop) for b in layout if b.layer == layer])
         rows.append((f"{name}: level {layer} of every scale ({len(cols)}-d)", emb[:, cols]))
-    for scale in sorted({b.scale for b in layout}):
+    for scale in dict.fromkeys(b.scale for b in layout):
         cols = np.concatenate([np.arange(b.start, b.stop) for b in layout if b.scale == scale])
-        rows.append((f"{name}: scale {scale} frames, all its levels ({len(cols)}-d)", emb[:, cols]))
+        rows.append((f"{name}: scale {scale}{' frames' if scale.isdigit() else ''}, all its levels ({len(cols)}-d)", emb[:, cols]))
     if probs is not None:
         rows.append((f"{name}: its {probs.shape[1]} tag probabilities", probs))
     return rows
@@ -161,6 +191,11 @@ def main() -> None:
     p.add_argument("--eval", type=Path, required=True, help="CSV 'path,label' of real labelled audio (paths relative to it)")
     p.add_argument("--model", action="append", default=[], metavar="NAME=PATH", help="a tagstack model to probe (repeatable)")
     p.add_argument("--musicnn", type=Path, help="musicnn outputs for the same files (bench/musicnn_features.py)")
+    p.add_argument("--backbone", action="append", default=[], metavar="NAME=NETWORK:FRAMES,...",
+                   help="a shipped pretrained network at these segment lengths (repeatable), e.g. mtt=musicnn-mtt:62,187,375")
+    p.add_argument("--combine", action="append", default=[], metavar="NAME=A+B",
+                   help="the concatenated embeddings of backbones or models given above (repeatable), each optionally "
+                        "restricted: A[187] (one scale), A[187:3,4,5;375] (levels of scales)")
     p.add_argument("--folds", type=int, default=10, help="folds per repetition (default: 10)")
     p.add_argument("--repeats", type=int, default=10, help="repetitions with new folds (default: 10)")
     p.add_argument("--C", type=float, default=1.0, dest="c",
@@ -183,10 +218,30 @@ def main() -> None:
         rnd = random_model(Path(models[0][1]))
         emb, _ = embeddings(rnd, files, a.cache, "random-cnns", with_probs=False, key="random:" + file_key(Path(models[0][1])))
         rows += feature_rows("baseline: the same CNNs, random weights", rnd, emb, None, detail=False)
+    computed: dict[str, tuple] = {}
     for k, (name, path) in enumerate(models):
         model = load_model(path)
-        emb, probs = embeddings(model, files, a.cache, name, with_probs=model.head is not None, key=file_key(Path(path)))
+        emb, probs = embeddings(model, files, a.cache, name, with_probs=model.can_tag, key=file_key(Path(path)))
         rows += feature_rows(f"tagstack {name}", model, emb, probs, detail=k == 0)
+        computed[name] = (model, emb)
+    for spec in a.backbone:
+        name, network = spec.split("=", 1)
+        model = backbone_model(network)
+        from tagstack.models.zoo import resolve_model
+
+        emb, _ = embeddings(model, files, a.cache, name, with_probs=False,
+                            key=f"{network}:" + file_key(resolve_model(network.split(':')[0])))
+        rows += feature_rows(f"{network}", model, emb, None)
+        computed[name] = (model, emb)
+    for spec in a.combine:
+        name, parts = spec.split("=", 1)
+        blocks = []
+        for part in parts.split("+"):
+            key, _, restrict = part.partition("[")
+            model, emb = computed[key]
+            blocks.append(select(model, emb, restrict.rstrip("]")))
+        x = np.concatenate(blocks, axis=1)
+        rows.append((f"{name}: {parts} ({x.shape[1]}-d)", x))
     if a.musicnn:
         with np.load(a.musicnn) as z:
             order = {str(Path(q).resolve()): i for i, q in enumerate(z["resolved_paths"])}

@@ -159,7 +159,7 @@ def test_stored_features_of_other_cnns_are_refused(run, tmp_path):
     np.testing.assert_array_equal(same.features()["features"], np.load(out / "2-aggregate" / "features.npy"))
     model = load_model(out / "model.safetensors")
     with torch.no_grad():
-        next(model.local_models[27].parameters()).add_(0.01)
+        next(model.local_models["27"].parameters()).add_(0.01)
     save_model(model, tmp_path / "other.safetensors")
     with pytest.raises(ParameterError, match=r"2-aggregate: features extracted from other cnns.27;"):
         Experiment(cfg.replace(local_from=str(tmp_path / "other.safetensors")), copy).features()
@@ -170,13 +170,14 @@ def test_model_file_round_trip_and_metadata(run, tmp_path):
     meta = read_metadata(out / "model.safetensors")
     assert meta["tags"] == ["high", "low", "noise", "pulse"]
     assert meta["frontend"]["n_frames"] == 216
-    assert set(meta["local"]) == {"18", "27", "54"} and meta["global"]["n_features"] == 1792
+    assert set(meta["networks"]) == {"18", "27", "54"} and meta["global"]["n_features"] == 1792
+    assert [b["frames"] for b in meta["branches"]] == [18, 27, 54] and meta["format_version"] == 2
     assert meta["info"]["test"]["roc_auc"] == pytest.approx(metrics["global"]["roc_auc"])
     m = load_model(out / "model.safetensors")
     save_model(m, tmp_path / "copy.safetensors")
     m2 = load_model(tmp_path / "copy.safetensors")
     x = torch.randn(5, 27, 128)
-    torch.testing.assert_close(m.local_models[27](x), m2.local_models[27](x))
+    torch.testing.assert_close(m.local_models["27"](x), m2.local_models["27"](x))
     (tmp_path / "junk.safetensors").write_bytes(b"not a model")
     with pytest.raises(ModelFileError, match="junk.safetensors"):
         load_model(tmp_path / "junk.safetensors")

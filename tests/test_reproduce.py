@@ -78,7 +78,7 @@ def test_transfer_from_cnns_of_another_vocabulary(tmp_path, synth_dir):
     assert not exp.local_scored and metrics["local"] == {}
     assert len(metrics["global"]["per_tag"]["roc_auc"]) == len(exp.data.clips.tags) == 4
     model = load_model(tmp_path / "run" / "model.safetensors")
-    assert model.tags == exp.data.clips.tags and model.local_models[27].arch.n_tags == 7
+    assert model.tags == exp.data.clips.tags and model.local_models["27"].arch.n_tags == 7
     report = (tmp_path / "run" / "report.md").read_text()
     assert "| global, multi-level multi-scale |" in report and "local, 27 frames" not in report
 
@@ -89,7 +89,7 @@ def test_transfer_from_cnns_of_another_vocabulary(tmp_path, synth_dir):
     assert not Experiment(cfg.replace(local_from=str(wider)), tmp_path / "wider").local_scored
 
     res = reproduce(cfg.replace(seeds=(0,), joint=None), tmp_path / "rep")
-    assert res["local"] == {} and res["local_from"] == str(cnns)
+    assert res["local"] == {} and res["local_from"] == [str(cnns)]
     fig2 = (tmp_path / "rep" / "tables" / "fig2_local_vs_global.md").read_text()
     assert "–" in fig2 and (tmp_path / "rep" / "figures" / "fig2_local_vs_global.png").exists()
     assert "## Fig. 2: global models per input size (the local CNNs output another vocabulary" in (tmp_path / "rep" / "report.md").read_text()

@@ -36,12 +36,12 @@ def test_distilled_cnns_then_a_global_model_on_the_tags_alone(tmp_path, synth_di
                            cache_dir=str(tmp_path / "cache"), workers=1, n_boot=10)
     out = tmp_path / "run"
     second, sentence = train.distilled_cnns(cfg, data / "manifest-distill.csv", out)
-    assert "musicnn's MSD model" in sentence and second.local_from == str(out / "distilled-cnns.safetensors")
-    cnns = load_model(second.local_from)
+    assert "musicnn's MSD model" in sentence and second.local_from == (str(out / "distilled-cnns.safetensors"),)
+    cnns = load_model(second.local_from[0])
     assert cnns.head is None and {"msd penultimate 000", "msd penultimate 001"} < set(cnns.tags) and len(cnns.tags) == 6
-    stamp = Path(second.local_from).stat().st_mtime_ns
+    stamp = Path(second.local_from[0]).stat().st_mtime_ns
     assert train.distilled_cnns(cfg, data / "manifest-distill.csv", out)[0] == second  # resumed, not retrained
-    assert Path(second.local_from).stat().st_mtime_ns == stamp
+    assert Path(second.local_from[0]).stat().st_mtime_ns == stamp
 
     rows[0]["split"] = "test" if rows[0]["split"] != "test" else "train"  # a distillation manifest of other splits
     with open(data / "manifest-distill.csv", "w", newline="") as f:
@@ -55,8 +55,8 @@ def test_distilled_cnns_then_a_global_model_on_the_tags_alone(tmp_path, synth_di
     exp.run()
     model = load_model(out / "model.safetensors")
     assert model.tags == exp.data.clips.tags and not [t for t in model.tags if "penultimate" in t]
-    assert model.local_models[27].arch.n_tags == len(model.tags) + 2  # the CNNs learned the features too
+    assert model.local_models["27"].arch.n_tags == len(model.tags) + 2  # the CNNs learned the features too
     assert not exp.local_scored  # their outputs are not these tags, so they are not scored on them
-    for s in (18, 27):
+    for s in ("18", "27"):
         mine, theirs = model.local_models[s].state_dict(), cnns.local_models[s].state_dict()
         assert mine.keys() == theirs.keys() and all((mine[k] == theirs[k]).all() for k in mine)

@@ -169,7 +169,7 @@ def write_reproduction_report(out: Path, name: str, md: dict[str, str], seed_not
     fig2 = ("Fig. 2: local vs global models per input size" if local_scored
             else "Fig. 2: global models per input size (the local CNNs output another vocabulary, so are not scored)")
     sections = [("fig2", fig2, "fig2_local_vs_global"),
-                ("fig3", "Fig. 3: levels of the 27-frame model", "fig3_levels"),
+                ("fig3", "Fig. 3: levels of one scale (the 27-frame CNN's, or a backbone's)", "fig3_levels"),
                 ("fig4", "Fig. 4: combinations of scales", "fig4_scales"),
                 ("fig5_levels", "Fig. 5 (top): per-tag ROC-AUC, levels", "fig5_levels"),
                 ("fig5_scales", "Fig. 5 (bottom): per-tag ROC-AUC, scales", "fig5_scales")]
@@ -178,7 +178,11 @@ def write_reproduction_report(out: Path, name: str, md: dict[str, str], seed_not
             parts += [f"## {title}", "", f"![{fig}](figures/{fig}.png)", "", md[key]]
     if "table1" in md:
         parts += ["## Table I: transfer learning", "", md["table1"]]
-    parts += ["## Table II: this run (measured)", "", md["table2"], "### The paper's Table II and Table I (published, not measured here)", "", md["table2_published"]]
+    parts += ["## Table II: this run (measured)", "", md["table2"]]
+    if "table2_own_tags" in md:
+        parts += ["### The global model against the pretrained networks' own tags", "",
+                  "On the tags a network's own outputs share with this dataset (by name), the same test clips:", "", md["table2_own_tags"]]
+    parts += ["### The paper's Table II and Table I (published, not measured here)", "", md["table2_published"]]
     if joint_result:
         staged_roc = np.mean([v["roc_auc"] for v in staged["seeds"].values()])
         ci = staged["roc_auc_ci95"]

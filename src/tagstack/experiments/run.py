@@ -227,6 +227,10 @@ class Experiment:
         return TaggingModel(self.local_models(), head, tags=self.data.clips.tags, frontend=self.config.frontend,
                             branches=self.branches, scales=scales, layers=layers, **extra)
 
+    def own_outputs(self) -> dict[str, list[str]]:
+        """The names of each scale's network's own outputs (empty for a network without outputs)."""
+        return {b.name: self._outputs[b.network] for b in self.branches}
+
     @property
     def local_scored(self) -> list[str]:
         """The scales whose networks output this dataset's tags, so that their own predictions can be scored on it

@@ -166,14 +166,14 @@ def fit(
                 if len(y) < world:  # every process sees the same batches, so all skip this one
                     continue
                 weight = share_weight(y, rank, world)
-                xs, y = tuple(t[rank::world] for t in xs), y[rank::world]
+                xs, y = tuple(_each(t, lambda u: u[rank::world]) for t in xs), y[rank::world]
             if state.epoch < config.warmup_epochs:  # a linear ramp to the first rate, batch by batch
                 for group in opt.param_groups:
                     group["lr"] = state.lr * (state.epoch * n_batches + b + 1) / (config.warmup_epochs * n_batches)
             elif state.epoch == config.warmup_epochs and b == 0:
                 for group in opt.param_groups:
                     group["lr"] = state.lr
-            xs, y = tuple(t.to(device, non_blocking=True) for t in xs), y.to(device, non_blocking=True)
+            xs, y = tuple(_each(t, lambda u: u.to(device, non_blocking=True)) for t in xs), y.to(device, non_blocking=True)
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(step_model(*xs), y)
             (loss * weight).backward()
@@ -223,3 +223,8 @@ def fit(
         model.load_state_dict(_load_weights(best, device))
     model.eval()
     return state
+
+
+def _each(x, fn):
+    """``fn`` of a tensor, or of each tensor of a list (the inputs of a model that reads several front ends)."""
+    return [fn(t) for t in x] if isinstance(x, list) else fn(x)

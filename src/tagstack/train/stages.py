@@ -105,11 +105,12 @@ def segment_batches(mels: np.ndarray, labels: np.ndarray, rows: np.ndarray, *, s
     return batches, n_batches
 
 
-def clip_batches(mels: np.ndarray, labels: np.ndarray, rows: np.ndarray, *, batch_size: int, seed: int, multiclass: bool,
-                 frames: np.ndarray | None = None) -> tuple[Batches, int]:
+def clip_batches(mels: np.ndarray | list[np.ndarray], labels: np.ndarray, rows: np.ndarray, *, batch_size: int, seed: int,
+                 multiclass: bool, frames: np.ndarray | list[np.ndarray] | None = None) -> tuple[Batches, int]:
     """Shuffled whole clips (joint fine-tuning); ``labels`` row-aligned with ``rows``. With ``frames`` (audio frames of
     every clip of ``mels``) a batch's inputs are its clips' frames and their frames of audio, for the model to
-    aggregate the audio alone."""
+    aggregate the audio alone. For a model of several front ends, ``mels`` and ``frames`` are lists, one per front end,
+    and so are the batches' inputs."""
     n = math.ceil(len(rows) / batch_size)
 
     def batches(epoch: int):
@@ -119,10 +120,7 @@ def clip_batches(mels: np.ndarray, labels: np.ndarray, rows: np.ndarray, *, batc
             if len(sel) < 2:
                 continue
             y = torch.from_numpy(labels[sel])
-            x = torch.from_numpy(np.asarray(mels[rows[sel]], dtype=np.float32))
-            if frames is not None:
-                x = (x, torch.from_numpy(np.asarray(frames)[rows[sel]].astype(np.int64)))
-            yield x, (y.argmax(1) if multiclass else y)
+            yield _clip_inputs(mels, frames, rows[sel]), (y.argmax(1) if multiclass else y)
 
     return batches, n
 
@@ -137,15 +135,31 @@ def validation_metrics(probs: np.ndarray, labels: np.ndarray, task: str) -> dict
     return {"loss": loss, "roc_auc": tagging_metrics(binary_targets(labels), probs)["roc_auc"]}
 
 
-def _batched(fn: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor], mels: np.ndarray, rows: np.ndarray,
-             device: torch.device, batch: int, frames: np.ndarray | None = None) -> np.ndarray:
-    """``fn(clip frames, audio frames or None)`` over ``rows`` of ``mels`` in batches."""
+def _clip_inputs(mels, frames, rows: np.ndarray):
+    """The frames (and audio frame counts) of clips ``rows``, as tensors, or lists of them per front end."""
+    def one(m: np.ndarray, f: np.ndarray | None):
+        x = torch.from_numpy(np.asarray(m[rows], dtype=np.float32))
+        return x if f is None else (x, torch.from_numpy(np.asarray(f)[rows].astype(np.int64)))
+
+    if not isinstance(mels, list):
+        return one(mels, frames)
+    parts = [one(m, None if frames is None else f) for m, f in zip(mels, frames or [None] * len(mels))]
+    return ([p for p, _ in parts], [f for _, f in parts]) if frames is not None else (parts,)
+
+
+def _batched(fn: Callable, mels: np.ndarray | list[np.ndarray], rows: np.ndarray, device: torch.device, batch: int,
+             frames: np.ndarray | list[np.ndarray] | None = None) -> np.ndarray:
+    """``fn(clip frames, audio frames or None)`` over ``rows`` of ``mels`` in batches (lists per front end, as
+    :func:`clip_batches`)."""
+    def to(x):
+        return [t.to(device) for t in x] if isinstance(x, list) else x.to(device)
+
     out = []
     with torch.inference_mode():
         for i in range(0, len(rows), batch):
-            x = torch.from_numpy(np.asarray(mels[rows[i : i + batch]], dtype=np.float32)).to(device)
-            f = None if frames is None else torch.from_numpy(np.asarray(frames)[rows[i : i + batch]].astype(np.int64)).to(device)
-            out.append(fn(x, f).cpu().numpy())
+            x = _clip_inputs(mels, frames, rows[i : i + batch])
+            x = tuple(to(t) for t in x) if isinstance(x, tuple) else (to(x),)
+            out.append(fn(*x, *([None] if len(x) == 1 else [])).cpu().numpy())
     return np.concatenate(out)
 
 
@@ -205,16 +219,16 @@ def train_global(model: GlobalMLP, x_train: np.ndarray, y_train: np.ndarray, x_v
                config=config, workdir=workdir, device=device, desc="global", inputs=inputs)
 
 
-def model_clip_probs(model: TaggingModel, mels: np.ndarray, rows: np.ndarray, *, device: torch.device, batch_clips: int = 8,
-                     frames: np.ndarray | None = None) -> np.ndarray:
+def model_clip_probs(model: TaggingModel, mels: np.ndarray | list[np.ndarray], rows: np.ndarray, *, device: torch.device,
+                     batch_clips: int = 8, frames: np.ndarray | list[np.ndarray] | None = None) -> np.ndarray:
     """The whole tagger's probabilities for clips ``rows`` of ``mels`` (of their audio only, given ``frames``)."""
     model.eval()
     return _batched(model.predict_proba, mels, rows, device, batch_clips, frames)
 
 
-def finetune_joint(model: TaggingModel, mels: np.ndarray, *, train_rows: np.ndarray, valid_rows: np.ndarray,
+def finetune_joint(model: TaggingModel, mels: np.ndarray | list[np.ndarray], *, train_rows: np.ndarray, valid_rows: np.ndarray,
                    train_labels: np.ndarray, valid_labels: np.ndarray, config: TrainConfig, workdir: str | Path,
-                   device: torch.device, inputs: dict | None = None, frames: np.ndarray | None = None) -> TrainState:
+                   device: torch.device, inputs: dict | None = None, frames: np.ndarray | list[np.ndarray] | None = None) -> TrainState:
     """The paper's future work (Sec. V): local CNNs and global classifier trained together, end to end.
 
     A clip's frames go through every local CNN and are aggregated exactly as
