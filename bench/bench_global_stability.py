@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 import tagstack  # noqa: F401  (sets the OpenMP wait policy before torch starts)
-from tagstack.experiments.config import load_config
+from tagstack.experiments.experiment_config import load_config
 from tagstack.experiments.run import Experiment
 from tagstack.train.evaluation import macro_roc_auc
 

@@ -1,7 +1,7 @@
 """Do production (reverb, EQ, compression, noise, level, MP3), performance (drums, humanising) and a larger soundfont make the rendered corpus teach CNNs that hear records?
 
-For every variant (a set of effects of ``tagstack.datasets.production`` and
-parts of ``tagstack.datasets.performance``; ``none`` is the plain corpus)
+For every variant (a set of effects of ``tagstack.corpus.production`` and
+parts of ``tagstack.corpus.performance``; ``none`` is the plain corpus)
 this renders the corpus with the same pieces,
 voicing and tags, trains the paper's CNNs and classifier on it with the
 demo's budget (the same for every variant), and then probes every model's
@@ -38,10 +38,10 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=10, help="cross-validation repetitions (default: 10)")
     a = p.parse_args()
 
-    from tagstack.datasets.corpus import build_corpus
-    from tagstack.datasets.performance import PERFORMANCE
-    from tagstack.datasets.production import parse_effects
-    from tagstack.experiments.config import demo_config
+    from tagstack.corpus import build_corpus
+    from tagstack.corpus.performance import PERFORMANCE
+    from tagstack.corpus.production import parse_effects
+    from tagstack.experiments.experiment_config import demo_config
     from tagstack.experiments.run import Experiment
 
     models, in_domain = [], {}

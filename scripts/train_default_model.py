@@ -29,7 +29,7 @@ import logging
 from pathlib import Path
 
 from tagstack.config import global_schedule, local_schedule, tagstack_home
-from tagstack.experiments.config import ExperimentConfig
+from tagstack.experiments.experiment_config import ExperimentConfig
 from tagstack.experiments.run import Experiment, test_summary
 from tagstack.fileio import atomic_write_text
 from tagstack.models.file import save_model
@@ -149,7 +149,7 @@ def main() -> None:
         if a.distill and (a.labels != "teacher" or not distill_manifest.is_file()):
             p.error("--distill needs --labels teacher and DATA/teacher/manifest-distill.csv (scripts/build_teacher_data.py --penultimate)")
     else:
-        from tagstack.datasets.corpus import build_corpus
+        from tagstack.corpus import build_corpus
 
         corpus = tagstack_home() / "corpus" / "default"
         if not (corpus / "manifest.csv").exists():

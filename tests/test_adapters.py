@@ -9,7 +9,7 @@ import pytest
 from tagstack.datasets import DATASETS, load_dataset
 from tagstack.datasets.mtat import BROKEN_CLIPS, camel, merge_synonyms
 from tagstack.errors import DatasetError, ParameterError
-from tagstack.experiments.config import ExperimentConfig
+from tagstack.experiments.experiment_config import ExperimentConfig
 
 
 def dump(obj, path):
@@ -261,7 +261,7 @@ def test_cli_runs_the_three_stages_on_a_dataset_by_name(tmp_path):
     from synth import SR, TEST_FRONTEND, render
     from tagstack.cli import main
     from tagstack.config import TrainConfig, to_dict
-    from tagstack.experiments.config import ExperimentConfig
+    from tagstack.experiments.experiment_config import ExperimentConfig
     from tagstack.datasets.gtzan import GENRES
 
     rng = np.random.default_rng(0)

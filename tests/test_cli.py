@@ -13,7 +13,7 @@ def trained_model(tmp_path_factory, synth_dir):
     out = tmp_path_factory.mktemp("clirun")
     from synth import TEST_FRONTEND
     from tagstack.config import TrainConfig
-    from tagstack.experiments.config import ExperimentConfig
+    from tagstack.experiments.experiment_config import ExperimentConfig
     from tagstack.experiments.run import run_experiment as run_all
 
     cfg = ExperimentConfig(dataset="manifest", root=str(synth_dir), scales=(18, 27), frontend=TEST_FRONTEND,

@@ -8,7 +8,8 @@ pytest.importorskip("music21")
 pytest.importorskip("midirenderer")
 
 from tagstack.errors import ParameterError  # noqa: E402
-from tagstack.datasets.corpus import GROUPS, STYLES, build_corpus, corpus_clips, list_pieces, metre_of, mode_of  # noqa: E402
+from tagstack.corpus.render import GROUPS, STYLES, build_corpus, list_pieces, metre_of, mode_of  # noqa: E402
+from tagstack.datasets.corpus import corpus_clips  # noqa: E402
 
 
 def test_metre_and_mode_rules():
@@ -88,7 +89,7 @@ def test_build_is_deterministic_resumable_and_split_by_piece(tmp_path):
 
 
 def test_ogg_checksum_matches_a_bitwise_reference():
-    from tagstack.datasets.corpus import ogg_crc
+    from tagstack.corpus.render import ogg_crc
 
     def reference(data: bytes) -> int:  # straight from the definition, bit by bit
         crc = 0

@@ -53,7 +53,7 @@ def test_tagging_on_the_gpu_gives_the_cpu_probabilities():
 
 def test_training_runs_on_the_gpu(tmp_path, synth_dir):
     from tagstack.config import TrainConfig
-    from tagstack.experiments.config import ExperimentConfig
+    from tagstack.experiments.experiment_config import ExperimentConfig
     from tagstack.experiments.run import run_experiment as run_all
 
     cfg = ExperimentConfig(

@@ -154,7 +154,7 @@ def test_forward_intermediates_are_the_blocks_of_forward_features():
 def test_training_features_equal_inference_features(tmp_path, model_file):
     """Stage 2 (mel cache -> stored features) and tagging a file (decoder -> windows) agree on the same audio."""
     from synth import make_dataset
-    from tagstack.experiments.config import ExperimentConfig
+    from tagstack.experiments.experiment_config import ExperimentConfig
     from tagstack.experiments.run import Experiment
 
     clips = make_dataset(tmp_path / "data", n_clips=8, seconds=TEST_FRONTEND.clip_seconds)
@@ -174,7 +174,7 @@ def test_a_clip_shorter_than_the_clip_length_gives_the_same_features_in_training
     """The mel cache pads a short file; stage 2 aggregates its audio alone, as tagging the file does."""
     from synth import make_dataset
     from tagstack.config import FrontEndConfig
-    from tagstack.experiments.config import ExperimentConfig
+    from tagstack.experiments.experiment_config import ExperimentConfig
     from tagstack.experiments.run import Experiment
 
     fe = FrontEndConfig(clip_seconds=8.0, n_frames=344)

@@ -129,7 +129,7 @@ logging.basicConfig(level=logging.INFO)
 sys.path.insert(0, {tests!r})
 from synth import TEST_FRONTEND
 from tagstack.config import TrainConfig
-from tagstack.experiments.config import ExperimentConfig
+from tagstack.experiments.experiment_config import ExperimentConfig
 from tagstack.experiments.run import run_experiment
 cfg = ExperimentConfig(dataset="manifest", root={root!r}, scales=(18, 27), frontend=TEST_FRONTEND,
                        local=TrainConfig(max_epochs=6, batch_size=32, lr_stages=2, patience=2),

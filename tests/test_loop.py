@@ -109,7 +109,7 @@ def test_mixup_is_for_the_local_cnns_only():
     import pytest
     from tagstack.config import global_schedule
     from tagstack.errors import ParameterError
-    from tagstack.experiments.config import ExperimentConfig
+    from tagstack.experiments.experiment_config import ExperimentConfig
 
     with pytest.raises(ParameterError, match="stage 1"):
         ExperimentConfig(global_=global_schedule(mixup=0.4))

@@ -3,7 +3,7 @@ import numpy as np
 import pretty_midi
 import pytest
 
-from tagstack.datasets.performance import KITS, LOUD, SOFT, _LOUD_LIMITS, _SOFT_LIMITS, drum_hits, humanise, parse_performance
+from tagstack.corpus.performance import KITS, LOUD, SOFT, _LOUD_LIMITS, _SOFT_LIMITS, drum_hits, humanise, parse_performance
 from tagstack.errors import ParameterError
 
 
@@ -39,7 +39,7 @@ def test_drum_patterns_fit_the_metre(metre, bar, beat, low, mid, high_step):
 
 def test_drums_follow_the_bar_lines_of_a_tune_with_a_pickup():
     """A jig that starts on its last eighth: the low drum falls on every bar line of the score, not on beat 0."""
-    from tagstack.datasets.corpus import STYLES, _parse, list_pieces, metre_grid
+    from tagstack.corpus.render import STYLES, _parse, list_pieces, metre_grid
 
     jigs = list_pieces(next(s for s in STYLES if s.name == "jig"))
     score = next(sc for sc in map(_parse, jigs[:20]) if sc.pickup > 0 and metre_grid(sc)[0] == "compound")

@@ -8,8 +8,9 @@ import torch
 from synth import TEST_FRONTEND
 from tagstack.models.file import load_model, read_metadata, save_model
 from tagstack.config import TrainConfig
-from tagstack.experiments.config import ExperimentConfig, load_config
+from tagstack.experiments.experiment_config import ExperimentConfig, load_config
 from tagstack.errors import ModelFileError, ParameterError
+from tagstack.experiments.run import Experiment
 from tagstack.inference.tagger import Tagger
 
 SCALES = (18, 27, 54)
@@ -102,7 +103,7 @@ def test_a_run_folder_refuses_other_settings_or_labels_instead_of_resuming(run, 
     from tagstack.cli.main import main
     from tagstack.datasets import load_dataset
     from tagstack.errors import TagstackError
-    from tagstack.experiments.config import save_config
+    from tagstack.experiments.experiment_config import save_config
     from tagstack.experiments.run import Experiment
 
     cfg, out, _ = run
@@ -325,3 +326,12 @@ def test_a_split_that_cannot_be_scored_is_refused_before_any_training(tmp_path, 
     with pytest.raises(DatasetError, match=r"no tag has both positive and negative clips in split 'test'"):
         Experiment(cfg, tmp_path / "run").local_models()
     assert not (tmp_path / "run" / "1-local").exists()
+
+
+def test_building_an_experiment_writes_nothing(tmp_path, synth_dir):
+    """Construction is plain data; the run directory appears when a stage first needs it (Experiment.prepare)."""
+    cfg = ExperimentConfig(dataset="manifest", root=str(synth_dir), scales=(27,), frontend=TEST_FRONTEND, cache_dir=str(tmp_path / "c"))
+    exp = Experiment(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists() and not (tmp_path / "c").exists()
+    exp.prepare()
+    assert (tmp_path / "run" / "config.toml").exists() and not (tmp_path / "c").exists()

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from scipy.signal import sosfreqz
 
-from tagstack.datasets import production as prod
+from tagstack.corpus import production as prod
 from tagstack.errors import ParameterError
 
 SR = 22050

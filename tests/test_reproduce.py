@@ -5,7 +5,7 @@ import pytest
 
 from synth import TEST_FRONTEND
 from tagstack.config import TrainConfig
-from tagstack.experiments.config import ExperimentConfig
+from tagstack.experiments.experiment_config import ExperimentConfig
 from tagstack.experiments.reproduce import ablations
 
 

@@ -10,7 +10,7 @@ from safetensors.numpy import load_file
 
 from synth import TEST_FRONTEND
 from tagstack.config import TrainConfig
-from tagstack.experiments.config import ExperimentConfig, save_config
+from tagstack.experiments.experiment_config import ExperimentConfig, save_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is not on PATH")]
 
@@ -89,7 +89,7 @@ def test_a_killed_distributed_run_resumes_to_the_uninterrupted_result(two_runs):
 
 def test_stage_2_split_between_processes_equals_one_process(two_runs):
     """Under torchrun each process extracts half the clips and they are gathered: the same array one process computes."""
-    from tagstack.experiments.config import load_config
+    from tagstack.experiments.experiment_config import load_config
     from tagstack.experiments.run import Experiment
 
     tmp, _, _ = two_runs

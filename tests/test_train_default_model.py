@@ -8,7 +8,7 @@ import pytest
 
 from synth import TEST_FRONTEND
 from tagstack.config import TrainConfig
-from tagstack.experiments.config import ExperimentConfig
+from tagstack.experiments.experiment_config import ExperimentConfig
 from tagstack.experiments.run import Experiment
 from tagstack.models.file import load_model
 

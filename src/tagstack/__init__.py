@@ -24,7 +24,7 @@ __version__ = "0.2.0"
 _LAZY = {
     "Tagger": "inference.tagger", "tag_files": "inference.outputs", "embed_files": "inference.outputs",
     "TaggingModel": "models.tagging_model", "load_model": "models.file", "save_model": "models.file",
-    "ExperimentConfig": "experiments.config", "Experiment": "experiments.run", "run_experiment": "experiments.run",
+    "ExperimentConfig": "experiments.experiment_config", "Experiment": "experiments.run", "run_experiment": "experiments.run",
     "reproduce": "experiments.reproduce", "TrainConfig": "config", "FrontEndConfig": "config",
     "load_dataset": "datasets", "load": "audio.io", "stream": "audio.io",
 }

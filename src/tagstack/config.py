@@ -2,7 +2,7 @@
 
 The front end and the training schedule are frozen-in-spirit dataclasses,
 validated when built. The experiment that combines them (data, scales,
-layers, schedules, seeds ...) is :class:`tagstack.experiments.config.ExperimentConfig`;
+layers, schedules, seeds ...) is :class:`tagstack.experiments.experiment_config.ExperimentConfig`;
 the schedules' defaults live here, once: :func:`local_schedule`,
 :func:`global_schedule` and :func:`joint_schedule`.
 """

@@ -16,7 +16,7 @@ from pathlib import Path
 from .. import __version__
 from ..config import global_schedule, joint_schedule, local_schedule
 from ..errors import ParameterError, TagstackError
-from ..experiments.config import ExperimentConfig, load_config
+from ..experiments.experiment_config import ExperimentConfig, load_config
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -149,7 +149,7 @@ def cmd_global(a: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(a: argparse.Namespace) -> int:
-    from ..experiments.config import quick
+    from ..experiments.experiment_config import quick
     from ..experiments.reproduce import reproduce
 
     cfg = config_from_args(a)
@@ -160,9 +160,9 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
 
 def cmd_corpus(a: argparse.Namespace) -> int:
     from ..config import tagstack_home
-    from ..datasets.corpus import build_corpus
-    from ..datasets.performance import PERFORMANCE, parse_performance
-    from ..datasets.production import EFFECTS, parse_effects
+    from ..corpus import build_corpus
+    from ..corpus.performance import PERFORMANCE, parse_performance
+    from ..corpus.production import EFFECTS, parse_effects
 
     production, performance = parse_effects(a.produce), parse_performance(a.perform)
 

@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 
 from ..config import tagstack_home
-from ..datasets.corpus import build_corpus, corpus_clips
+from ..corpus import build_corpus
+from ..datasets.corpus import corpus_clips
 from ..inference.tagger import Tagger
 from ..report import metrics_table
-from .config import demo_config
+from .experiment_config import demo_config
 from .run import Experiment
 
 log = logging.getLogger(__name__)

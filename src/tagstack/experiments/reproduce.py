@@ -29,7 +29,7 @@ import numpy as np
 
 from ..fileio import atomic_write_json
 from ..train.evaluation import binary_targets, bootstrap_ci, evaluate
-from .config import ExperimentConfig
+from .experiment_config import ExperimentConfig
 from ..report import bar_figure, best_local_scale, per_tag_gain_figure, write_reproduction_report, write_table
 from .run import Experiment
 

@@ -51,7 +51,7 @@ from ..provenance import data_digest, differences, weights_digest
 from ..runtime import barrier, choose_device, distributed
 from ..train.evaluation import binary_targets, bootstrap_ci, evaluate, scorable_tags
 from ..train.stages import finetune_joint, model_clip_probs, train_global, train_local
-from .config import ExperimentConfig, save_config
+from .experiment_config import ExperimentConfig, save_config
 
 log = logging.getLogger(__name__)
 
@@ -105,12 +105,19 @@ class Experiment:
         self.dir = Path(run_dir)
         self.device = choose_device(config.device)
         self._clips = clips
+        self._prepared = False
         self._data: Prepared | None = None
         self._local: dict[str, nn.Module] | None = None
         self._branches: list[Branch] = []
         self._outputs: dict[str, list[str]] = {}  # what each local network outputs: this dataset's tags, or another vocabulary
         self._features: dict | None = None
         self._cnn_digests: dict[str, str] = {}  # scale -> digest of its CNN, set by features()
+
+    def prepare(self) -> None:
+        """Create the run directory, remove what an interrupted run left half-written, and record the configuration
+        (kept as it is when stages of an earlier attempt are stored). Every stage calls it first; it runs once."""
+        if self._prepared:
+            return
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -121,6 +128,7 @@ class Experiment:
         stages = ("1-local", "2-aggregate", "3-global", "4-joint")
         if not (self.dir / "config.toml").exists() or not any((self.dir / x).exists() for x in stages):
             self.save_config()  # a new directory, or one where an earlier attempt stopped before any stage stored a result
+        self._prepared = True
 
     def save_config(self) -> None:
         """Record this experiment's configuration as the run directory's ``config.toml``."""
@@ -130,6 +138,7 @@ class Experiment:
     @property
     def data(self) -> Prepared:
         """The dataset and its mel cache (built or resumed on first use)."""
+        self.prepare()
         if self._data is None:
             c = self.config
             clips = self._clips or load_dataset(c.dataset, c.root, split=c.split, split_dir=c.split_dir, merge=c.merge_synonyms)
@@ -182,6 +191,7 @@ class Experiment:
         networks taken from ``local_from`` (transfer learning; pretrained backbones)."""
         if self._local is not None:
             return self._local
+        self.prepare()
         c = self.config
         networks, branches, outputs = {}, {}, {}
         for ref in c.local_from:
