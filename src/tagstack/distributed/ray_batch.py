@@ -31,6 +31,7 @@ from typing import Iterable
 
 import numpy as np
 
+from ..checks import BATCH, WORKERS, check_taggram_hop
 from ..errors import AudioError, ParameterError, TagstackError
 from ..fileio import TEMP_PREFIX, atomic_write, remove_leftovers
 from ..inference.outputs import check_destination, unique_stems
@@ -227,16 +228,17 @@ def run_on_ray(files: Iterable[str | Path], out: str | Path, *, model: str | Pat
 
     model_path = resolve_model(model)
     read_metadata(model_path)  # a bad model is one line here, not an error in every worker
-    if batch_files is not None and batch_files < 1:
-        raise ParameterError(f"batch_files must be >= 1, got {batch_files}")
-    if hop is not None and not hop > 0:
-        raise ParameterError(f"the taggram hop must be a positive number of seconds, got {hop!r}")
+    if batch_files is not None:
+        BATCH.check(batch_files)
+    if workers is not None:
+        WORKERS.check(workers)
+    taggram = taggram or taggram_dir is not None
+    check_taggram_hop(hop, taggram)
     out = Path(out).resolve()  # workers elsewhere in the cluster must not resolve it against their own folders
     check_destination(out, folder=True)
     out.mkdir(parents=True, exist_ok=True)
     remove_leftovers(out)
     files = [str(f) for f in files]
-    taggram = taggram or taggram_dir is not None
     if taggram_dir is not None:
         taggram_dir = Path(taggram_dir).resolve()
         check_destination(taggram_dir, folder=True)

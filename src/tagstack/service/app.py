@@ -37,7 +37,8 @@ from starlette.exceptions import HTTPException
 from .. import __version__
 from ..audio.io import AUDIO_EXTENSIONS, duration_seconds
 from ..errors import AudioTooLongError, ParameterError, TagstackError
-from ..inference.tagger import Result, Tagger, check_selection
+from ..checks import CONCURRENCY, HOP, MAX_SECONDS, MAX_UPLOAD_MB, check_selection
+from ..inference.tagger import Result, Tagger
 from ..models.file import read_metadata
 from ..models.tagging_model import require_tagger
 from ..runtime import usable_cpus
@@ -64,9 +65,9 @@ class ServiceLimits:
     concurrency: int = 0  # analyses at once; 0: one per usable CPU
 
     def __post_init__(self) -> None:
-        if not self.max_upload_mb > 0 or not self.max_seconds > 0 or self.concurrency < 0:
-            raise ParameterError(f"need max_upload_mb > 0, max_seconds > 0 and concurrency >= 0, got "
-                                 f"{self.max_upload_mb}, {self.max_seconds}, {self.concurrency}")
+        MAX_UPLOAD_MB.check(self.max_upload_mb)
+        MAX_SECONDS.check(self.max_seconds)
+        CONCURRENCY.check(self.concurrency)
 
     @property
     def max_bytes(self) -> int:
@@ -249,12 +250,9 @@ class Service:
             clip = self.tagger.cfg.clip_seconds
             return max(clip / 4, (seconds - clip) / (AUTO_WINDOWS - 1)) if seconds > clip else None
         try:
-            value = float(hop)
-        except ValueError:
-            value = float("nan")
-        if not (value > 0 and np.isfinite(value)):
-            raise Problem(400, f"hop must be a positive number of seconds, 'clip' or 'auto'; got {hop!r}")
-        return value
+            return HOP.parse(hop)
+        except ParameterError as e:
+            raise Problem(400, f"{e}; or 'clip' or 'auto'") from None
 
 
 def create_app(model: str | Path | None = None, *, device: str = "auto", limits: ServiceLimits | None = None) -> FastAPI:
@@ -308,8 +306,8 @@ def create_app(model: str | Path | None = None, *, device: str = "auto", limits:
 
     @app.post("/api/tag", summary="Tag an audio file (multipart field 'file', or the raw body)")
     async def tag(request: Request,
-                  top_k: int | None = Query(5, ge=0, description="best tags to return (0: all)"),
-                  threshold: float | None = Query(None, ge=0, le=1, description="return every tag at or above this instead of the top k"),
+                  top_k: int | None = Query(5, description="best tags to return (0: all)"),
+                  threshold: float | None = Query(None, description="return every tag at or above this instead of the top k"),
                   per_group: bool = Query(False, description="apply top_k / threshold within each tag group of the model"),
                   embed: bool = Query(False, description="also return the multi-level, multi-scale embedding"),
                   scales: str | None = Query(None, description="embedding scales (branches), e.g. 27,54 or musicnn-msd/187 (default: all)"),
@@ -318,6 +316,10 @@ def create_app(model: str | Path | None = None, *, device: str = "auto", limits:
                   hop: str | None = Query(None, description="seconds between taggram windows, 'clip' (back to back) or 'auto'"),
                   filename: str | None = Query(None, description="the file's name, for a raw-body upload (its extension names the format)"),
                   ) -> JSONResponse:
+        try:
+            check_selection(top_k, threshold)  # before the upload is read: a bad request costs no transfer
+        except ParameterError as e:
+            raise Problem(400, str(e)) from None
         s, l_ = _names(scales), _ints(layers, "layers")
         path, name = await service.save_upload(request)
         try:
