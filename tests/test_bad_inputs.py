@@ -479,10 +479,10 @@ def test_names_that_are_not_utf8_are_written_escaped_in_every_format(folder, mod
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["tag", "x.wav", "--taggram", "g", "--hop", "1e308"], "argument --hop: hop must be a number > 0 and <= 10,000,000 (seconds), got 1e+308"),
+    (["tag", "x.wav", "--taggram", "g", "--hop", "1e308"], "argument --hop: hop must be a number > 0 and <= 10,000,000 (seconds), got '1e308'"),
     (["tag", "x.wav", "--top-k", "-1"], "argument --top-k: top_k must be a whole number >= 0"),
-    (["tag", "x.wav", "--threshold", "nan"], "argument --threshold: threshold must be a number >= 0 and <= 1, got nan"),
-    (["serve", "--port", "70000"], "argument --port: port must be a whole number >= 1 and <= 65,535, got 70000"),
+    (["tag", "x.wav", "--threshold", "nan"], "argument --threshold: threshold must be a number >= 0 and <= 1, got 'nan'"),
+    (["serve", "--port", "70000"], "argument --port: port must be a whole number >= 1 and <= 65,535, got '70000'"),
     (["serve", "--max-upload-mb", "1e400"], "argument --max-upload-mb: max_upload_mb must be a number > 0"),
     (["serve", "--concurrency", "-3"], "argument --concurrency: concurrency must be a whole number >= 0"),
     (["run", "--out", "r", "--local-epochs", "0"], "argument --local-epochs: epochs must be a whole number >= 1"),
@@ -497,7 +497,7 @@ def test_numeric_options_are_range_checked_where_they_are_parsed(argv, message, 
 
 def test_the_python_api_checks_the_same_ranges(model_file):
     from tagstack.distributed.ray_batch import run_on_ray
-    from tagstack.service.app import ServiceLimits
+    from tagstack.service.limits import ServiceLimits
 
     tagger = Tagger(model_file, device="cpu")
     y = np.zeros(SR * 3, np.float32) + 0.01
@@ -548,3 +548,20 @@ def test_many_channels_at_a_high_rate_are_downmixed_in_blocks(tmp_path):
         tracemalloc.stop()
     np.testing.assert_allclose(y, expected, atol=1e-6)
     assert peak < 16e6, f"{peak / 1e6:.0f} MB"  # the file's samples as float32 are 98 MB
+
+
+def test_a_damaged_shard_is_moved_aside_and_named_by_the_resume_scan(tmp_path, caplog):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    from tagstack.distributed.ray_batch import done_paths, read_results
+
+    pq.write_table(pa.table({"path": ["a.wav", "b.wav"], "seconds": [1.0, 2.0]}), tmp_path / "tags-1.parquet")
+    pq.write_table(pa.table({"path": ["c.wav"], "seconds": [3.0]}), tmp_path / "tags-2.parquet")
+    pq.write_table(pa.table({"path": ["d.wav"], "reason": ["d.wav: cannot decode"]}), tmp_path / "failures-1.parquet")
+    data = (tmp_path / "tags-2.parquet").read_bytes()
+    (tmp_path / "tags-2.parquet").write_bytes(data[: len(data) // 2])
+    assert done_paths(tmp_path) == {"a.wav", "b.wav", "d.wav"}  # c.wav is to be done again
+    assert "tags-2.parquet: damaged shard" in caplog.text and "moved aside as tags-2.parquet.damaged" in caplog.text
+    assert (tmp_path / "tags-2.parquet.damaged").read_bytes() == data[: len(data) // 2]
+    tags, failures = read_results(tmp_path)
+    assert tags.column("path").to_pylist() == ["a.wav", "b.wav"] and failures.column("path").to_pylist() == ["d.wav"]

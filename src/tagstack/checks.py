@@ -49,10 +49,9 @@ class Range:
     def parse(self, text: str):
         """A number written as text (a flag, a query parameter), checked."""
         try:
-            value = int(text) if self.integer else float(text)
-        except (TypeError, ValueError):
+            return self.check(int(text) if self.integer else float(text))
+        except (TypeError, ValueError):  # ParameterError too: the message quotes what was written
             raise ParameterError(f"{self.name} must be {self.describe()}, got {text!r}") from None
-        return self.check(value)
 
 
 def _plain(x: float) -> str:

@@ -20,6 +20,7 @@ from ..config import global_schedule, joint_schedule, local_schedule
 from ..errors import ParameterError, TagstackError
 from ..fileio import shown
 from ..experiments.config import ExperimentConfig, load_config
+from ..service.limits import ServiceLimits
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -311,11 +312,13 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 def cmd_serve(a: argparse.Namespace) -> int:
     try:
-        from ..service import ServiceLimits, serve
+        from ..service.app import serve
     except ImportError as e:
         raise TagstackError(f"tagstack serve needs the web stack: pip install 'tagstack[serve]' ({e.name} is missing)") from None
-    serve(a.model, host=a.host, port=a.port, device=a.device,
-          limits=ServiceLimits(max_upload_mb=a.max_upload_mb, max_seconds=a.max_seconds, concurrency=a.concurrency))
+    serve(a.model, host=a.host, port=a.port, device=a.device, upload_dir=a.upload_dir,
+          limits=ServiceLimits(max_upload_mb=a.max_upload_mb, max_seconds=a.max_seconds, concurrency=a.concurrency,
+                               max_uploads=a.max_uploads, upload_timeout=a.upload_timeout, min_upload_kbps=a.min_upload_kbps,
+                               shutdown_timeout=a.shutdown_timeout))
     return 0
 
 
@@ -455,9 +458,24 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--model", type=Path, help="model file, or a shipped model: real (default, trained on real recordings), real-4q or corpus")
     v.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 for every interface)")
     v.add_argument("--port", type=_number(checks.PORT), default=8000, help="port (default: 8000)")
-    v.add_argument("--max-upload-mb", type=_number(checks.MAX_UPLOAD_MB), default=200.0, help="largest upload accepted, in MB (default: 200)")
-    v.add_argument("--max-seconds", type=_number(checks.MAX_SECONDS), default=3 * 3600.0, help="longest audio accepted, in seconds (default: 10800, three hours)")
-    v.add_argument("--concurrency", type=_number(checks.CONCURRENCY), default=0, help="files analysed at once (default: 0, one per usable CPU)")
+    limits = ServiceLimits()
+    v.add_argument("--max-upload-mb", type=_number(checks.MAX_UPLOAD_MB), default=limits.max_upload_mb,
+                   help=f"largest upload accepted, in MB (default: {limits.max_upload_mb:g})")
+    v.add_argument("--max-seconds", type=_number(checks.MAX_SECONDS), default=limits.max_seconds,
+                   help=f"longest audio accepted, in seconds (default: {limits.max_seconds:g}, three hours)")
+    v.add_argument("--concurrency", type=_number(checks.CONCURRENCY), default=limits.concurrency,
+                   help="files analysed at once (default: 0, one per usable CPU)")
+    v.add_argument("--max-uploads", type=_number(checks.MAX_UPLOADS), default=limits.max_uploads,
+                   help=f"requests holding an upload at once, received or analysed; more get a 503 (default: {limits.max_uploads})")
+    v.add_argument("--upload-timeout", type=_number(checks.UPLOAD_TIMEOUT), default=limits.upload_timeout,
+                   help=f"seconds an upload may send nothing before it is cut off with a 408 (default: {limits.upload_timeout:g})")
+    v.add_argument("--min-upload-kbps", type=_number(checks.MIN_UPLOAD_RATE), default=limits.min_upload_kbps,
+                   help=f"slowest average upload rate in kB/s, checked after the first --upload-timeout seconds; 0 for none "
+                        f"(default: {limits.min_upload_kbps:g})")
+    v.add_argument("--shutdown-timeout", type=_number(checks.SHUTDOWN_TIMEOUT), default=limits.shutdown_timeout,
+                   help=f"on SIGTERM or Ctrl-C, seconds the requests under way get before they are cancelled (default: {limits.shutdown_timeout:g})")
+    v.add_argument("--upload-dir", type=Path, help="folder for this server's upload folder, which a restart cleans "
+                                                   "(default: the system's temporary folder, $TMPDIR)")
     _add_device(v)
     v.set_defaults(func=cmd_serve)
     return p
