@@ -189,7 +189,8 @@ def as_frames(y: np.ndarray) -> np.ndarray:
         raise ParameterError(f"audio arrays must be 1-D (mono) or 2-D (channels x samples), got shape {y.shape}")
     if y.shape[0] == 0:
         raise ParameterError("the audio array is empty")
-    return np.ascontiguousarray(y, dtype=np.float32)
+    with np.errstate(over="ignore"):  # a float64 past float32's range becomes infinite, which the stream refuses by name
+        return np.ascontiguousarray(y, dtype=np.float32)
 
 
 def _check_rate(rate, what: str) -> None:
