@@ -336,8 +336,6 @@ def duration_seconds(path: str | Path) -> float:
     except Exception:
         pass
     try:
-        import av
-
         with _av_open(path) as c:
             if c.duration is not None:
                 return c.duration / 1_000_000

@@ -54,7 +54,7 @@ def audio_files(paths: Iterable[str | Path]) -> list[Path]:
     paths = [str(p) for p in paths]
     files: list[Path] = []
     for p in paths:
-        if p.lower().endswith(".csv") and Path(p).is_file():
+        if p.lower().endswith(".csv") and os.path.isfile(p):  # (False, not an error, for a name the OS refuses)
             clips = read_manifest(p)
             files.extend(Path(clips.root) / c for c in clips.paths)
         else:

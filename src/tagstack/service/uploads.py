@@ -17,6 +17,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ..errors import ParameterError
+
 log = logging.getLogger(__name__)
 
 PREFIX = "tagstack-serve-"
@@ -49,6 +51,8 @@ class UploadFolder:
 
     def __init__(self, parent: str | Path | None = None) -> None:
         self.parent = Path(parent) if parent else Path(tempfile.gettempdir())
+        if not os.path.isdir(self.parent) or not os.access(self.parent, os.W_OK | os.X_OK):
+            raise ParameterError(f"{self.parent}: the upload folder's place must be a writable folder (--upload-dir)")
         self.path: Path | None = None
         self._lock: int | None = None
 
