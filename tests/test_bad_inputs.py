@@ -504,7 +504,7 @@ def test_the_python_api_checks_the_same_ranges(model_file):
     for call, message in (
         (lambda: tagger.taggram(y, sr=SR, hop=1e308), "hop must be a number > 0 and <= 10,000,000"),
         (lambda: tagger.predict(y, sr=SR, max_seconds=float("inf")), "max_seconds must be a number > 0"),
-        (lambda: tagger.predict_batch([y], sr=SR, batch_windows=0), "batch size must be a whole number >= 1"),
+        (lambda: tagger.predict_batch([y], sr=SR, batch_windows=0), "batch_windows must be a whole number >= 1"),
         (lambda: tagger.tag(y, sr=SR, top_k=True), "top_k must be a whole number"),
         (lambda: ServiceLimits(max_upload_mb=float("nan")), "max_upload_mb must be a number > 0"),
         (lambda: run_on_ray([], "out", model=model_file, hop=1e308, taggram=True), "hop must be a number > 0"),

@@ -32,7 +32,7 @@ from typing import Iterable
 
 import numpy as np
 
-from ..checks import BATCH, WORKERS, check_taggram_hop
+from ..checks import BATCH_FILES, WORKERS, check_taggram_hop
 from ..errors import AudioError, ParameterError, TagstackError
 from ..fileio import TEMP_PREFIX, atomic_write, remove_leftovers, shown
 from ..inference.outputs import check_destination, unique_stems
@@ -252,7 +252,7 @@ def run_on_ray(files: Iterable[str | Path], out: str | Path, *, model: str | Pat
     model_path = resolve_model(model)
     read_metadata(model_path)  # a bad model is one line here, not an error in every worker
     if batch_files is not None:
-        BATCH.check(batch_files)
+        BATCH_FILES.check(batch_files)
     if workers is not None:
         WORKERS.check(workers)
     taggram = taggram or taggram_dir is not None

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..audio.io import stream
-from ..checks import BATCH, MAX_SECONDS, check_hop, check_selection
+from ..checks import BATCH_WINDOWS, MAX_SECONDS, check_hop, check_selection
 from ..tags import UNGROUPED
 from ..errors import AudioError, AudioTooLongError, ParameterError, TagstackError
 from ..models.file import load_model
@@ -207,7 +207,7 @@ class Tagger:
         """Windows per network pass: enough to fill a GPU, few on a CPU (where batching gains little)."""
         if batch_windows is None:
             return 64 if self.device.type == "cuda" else 8
-        return BATCH.check(batch_windows)
+        return BATCH_WINDOWS.check(batch_windows)
 
     def _features(self, sources: list[Iterator[Window]], batch_windows: int | None = None) -> list[_Aggregate | TagstackError]:
         """Run the windows of several sources through the networks together, ``batch_windows`` per pass.
