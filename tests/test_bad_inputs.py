@@ -327,9 +327,9 @@ def test_names_with_glob_characters_long_names_and_limits(model_file, tmp_path, 
     assert [os.path.basename(json.loads(line)["path"]) for line in out.read_text().splitlines()] == ["Song [Live].wav", long_name.name]
     assert sorted(p.name for p in grams.glob("*.npy")) == ["Song [Live].taggram.npy", "y" * 180 + ".taggram.npy"]
     capsys.readouterr()
-    assert main(["tag", str(long_name), "--model", str(model_file), "--taggram", str(grams), "--hop", "inf", "--device", "cpu"]) == 1
+    assert main(["tag", str(long_name), "--model", str(model_file), "--taggram", str(grams), "--hop", "inf", "--device", "cpu"]) == 2
     err = capsys.readouterr().err
-    assert "positive, finite number of seconds" in err and "Traceback" not in err
+    assert "argument --hop: hop must be a number > 0" in err and "Traceback" not in err and len(err.splitlines()) == 1
     tagger = Tagger(model_file, device="cpu")
     with pytest.raises(AudioTooLongError, match=r"Song \[Live\]\.wav: more than 2 s of audio"):
         tagger.predict(tmp_path / "Song [Live].wav", max_seconds=2)
@@ -379,3 +379,189 @@ def test_a_file_of_a_few_samples_is_refused_and_numpy_numbers_and_model_names_wo
     monkeypatch.chdir(tmp_path)
     (tmp_path / "corpus").mkdir()  # a folder of that name does not hide the shipped model
     assert resolve_model("corpus") == zoo_path("corpus")
+
+
+# ------------------------------------------------------------ hostile and careless use (issue 26)
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 2 MB tmpfs, filled to the last byte after the test writes its earlier outputs: ``(folder, fill)``."""
+    import subprocess
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("needs root and a tmpfs mount")
+
+    def fill() -> None:
+        fd = os.open(mount / "filler", os.O_WRONLY | os.O_CREAT)
+        try:
+            while os.write(fd, b"\0" * 4096):
+                pass
+        except OSError:  # ENOSPC: full
+            pass
+        finally:
+            os.close(fd)
+    try:
+        yield mount, fill
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_is_one_line_and_the_earlier_output_stays(folder, model_file, full_disk, capsys):
+    mount, fill = full_disk
+    good = str(folder / "good.wav")
+    outputs = {"tags.csv": ["tag", good, "--format", "csv", "-o"], "e.npz": ["embed", good, "--out"],
+               "e.parquet": ["embed", good, "--out"]}
+    before = {}
+    for name, argv in outputs.items():
+        assert main([*argv, str(mount / name), "--model", str(model_file), "--device", "cpu"]) == 0
+        before[name] = (mount / name).read_bytes()
+    fill()
+    capsys.readouterr()
+    for name, argv in outputs.items():
+        assert main([*argv, str(mount / name), "--model", str(model_file), "--device", "cpu"]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith(f"tagstack: error: {mount / name}: cannot write this file (") and len(err) == 1
+        assert "No space left on device" in err[-1] and err[-1].endswith("what it held before is unchanged")
+        assert not any("Traceback" in line for line in err)
+        assert (mount / name).read_bytes() == before[name]
+    assert sorted(p.name for p in mount.iterdir()) == sorted([*outputs, "filler"])  # no temporary file left
+
+
+def test_an_output_that_is_an_input_or_an_audio_file_is_refused(folder, model_file, tmp_path, capsys):
+    song = tmp_path / "a.mp3"
+    song.write_bytes((folder / "good.wav").read_bytes())  # a WAV named .mp3: the decoders sniff it
+    other = tmp_path / "b.ogg"
+    other.write_bytes((folder / "good.wav").read_bytes())
+    untouched = song.read_bytes()
+    assert main(["tag", "-o", str(song), str(other), str(song), "--model", str(model_file), "--device", "cpu"]) == 1
+    assert "a.mp3: is an audio file; tagstack will not write its output over it" in capsys.readouterr().err
+    assert main(["tag", "-o", str(song), str(other), str(song), "--force", "--model", str(model_file), "--device", "cpu"]) == 1
+    assert "a.mp3: is also an input file" in capsys.readouterr().err
+    renamed = tmp_path / "song-without-extension"
+    renamed.write_bytes(untouched)  # no audio extension: found by its first bytes
+    assert main(["tag", str(other), "-o", str(renamed), "--model", str(model_file), "--device", "cpu"]) == 1
+    assert song.read_bytes() == untouched and renamed.read_bytes() == untouched
+    manifest = tmp_path / "list.npz"
+    manifest.write_bytes(b"x")
+    assert main(["embed", str(manifest), str(other), "--out", str(manifest), "--model", str(model_file), "--device", "cpu"]) == 1
+    assert "list.npz: is also an input file" in capsys.readouterr().err and manifest.read_bytes() == b"x"
+    assert main(["tag", str(other), "-o", str(renamed), "--force", "--model", str(model_file), "--device", "cpu"]) == 0
+    assert "b.ogg" in renamed.read_text()
+
+
+def test_names_that_are_not_utf8_are_written_escaped_in_every_format(folder, model_file, tmp_path, capsys):
+    """A latin-1 name among good files: every file is tagged, every format is written (with one warning line for the
+    name), the taggram files keep the name's own bytes, and a name over 255 bytes is one skipped file."""
+    pa = pytest.importorskip("pyarrow.parquet")
+    music = tmp_path / "music"
+    music.mkdir()
+    (music / "good.wav").write_bytes((folder / "good.wav").read_bytes())
+    with open(os.fsencode(music) + b"/Beyonc\xe9.wav", "wb") as f:
+        f.write((folder / "good.wav").read_bytes())
+    escaped = f"{music}/Beyonc\\xe9.wav"
+    too_long = str(music / ("x" * 300 + ".wav"))
+    for fmt in ("csv", "table", "jsonl"):
+        out = tmp_path / f"tags.{fmt}"
+        assert main(["tag", str(music), too_long, "--format", fmt, "-o", str(out), "--taggram", str(tmp_path / "grams"),
+                     "--model", str(model_file), "--device", "cpu"]) == 1
+        text = out.read_text(encoding="utf-8")
+        assert (json.dumps(escaped) if fmt == "jsonl" else escaped) in text and str(music / "good.wav") in text
+        err = capsys.readouterr().err
+        assert f"{escaped}: the name is not valid UTF-8" in err and "File name too long" in err and "Traceback" not in err
+    rows = [json.loads(line) for line in (tmp_path / "tags.jsonl").read_text().splitlines()]
+    assert [r["path"] for r in rows] == [escaped, str(music / "good.wav")]
+    assert b"Beyonc\xe9.taggram.png" in os.listdir(os.fsencode(tmp_path / "grams"))
+    assert main(["embed", str(music), "--out", str(tmp_path / "e.parquet"), "--model", str(model_file), "--device", "cpu"]) == 0
+    assert pa.read_table(tmp_path / "e.parquet").column("path").to_pylist() == [escaped, str(music / "good.wav")]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["tag", "x.wav", "--taggram", "g", "--hop", "1e308"], "argument --hop: hop must be a number > 0 and <= 10,000,000 (seconds), got '1e308'"),
+    (["tag", "x.wav", "--top-k", "-1"], "argument --top-k: top_k must be a whole number >= 0"),
+    (["tag", "x.wav", "--threshold", "nan"], "argument --threshold: threshold must be a number >= 0 and <= 1, got 'nan'"),
+    (["serve", "--port", "70000"], "argument --port: port must be a whole number >= 1 and <= 65,535, got '70000'"),
+    (["serve", "--max-upload-mb", "1e400"], "argument --max-upload-mb: max_upload_mb must be a number > 0"),
+    (["serve", "--concurrency", "-3"], "argument --concurrency: concurrency must be a whole number >= 0"),
+    (["run", "--out", "r", "--local-epochs", "0"], "argument --local-epochs: epochs must be a whole number >= 1"),
+    (["reproduce", "--out", "r", "--seeds", "0,-1"], "argument --seeds: seed must be a whole number >= 0"),
+    (["embed", "x.wav", "--out", "e.npz", "--workers", "1e9"], "argument --workers: workers must be a whole number"),
+])
+def test_numeric_options_are_range_checked_where_they_are_parsed(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_the_python_api_checks_the_same_ranges(model_file):
+    from tagstack.distributed.ray_batch import run_on_ray
+    from tagstack.service.limits import ServiceLimits
+
+    tagger = Tagger(model_file, device="cpu")
+    y = np.zeros(SR * 3, np.float32) + 0.01
+    for call, message in (
+        (lambda: tagger.taggram(y, sr=SR, hop=1e308), "hop must be a number > 0 and <= 10,000,000"),
+        (lambda: tagger.predict(y, sr=SR, max_seconds=float("inf")), "max_seconds must be a number > 0"),
+        (lambda: tagger.predict_batch([y], sr=SR, batch_windows=0), "batch_windows must be a whole number >= 1"),
+        (lambda: tagger.tag(y, sr=SR, top_k=True), "top_k must be a whole number"),
+        (lambda: ServiceLimits(max_upload_mb=float("nan")), "max_upload_mb must be a number > 0"),
+        (lambda: run_on_ray([], "out", model=model_file, hop=1e308, taggram=True), "hop must be a number > 0"),
+        (lambda: run_on_ray([], "out", model=model_file, hop=5.0), "needs a taggram"),
+    ):
+        with pytest.raises(ParameterError, match=message):
+            call()
+
+
+def test_tensors_lists_and_either_channel_order_are_audio_and_anything_else_a_parameter_error(model_file):
+    tagger = Tagger(model_file, device="cpu")
+    y = render({"low"}, 4.0, np.random.default_rng(5))
+    expected = tagger.predict(y, sr=SR).probs
+    stereo = np.stack([y, y])
+    for source in (torch.from_numpy(stereo), torch.from_numpy(stereo.T.copy()), stereo.T, [float(v) for v in y],
+                   torch.from_numpy(y).double(), tuple(map(list, stereo))):
+        np.testing.assert_allclose(tagger.predict(source, sr=SR).probs, expected, atol=1e-6)
+    assert np.isfinite(tagger.predict(torch.from_numpy(y).to(torch.bfloat16), sr=SR).probs).all()
+    for bad, message in (([str(folder_) for folder_ in ("a.mp3", "b.mp3")], "list of file names"),
+                         (np.zeros((2, 0)), "empty"), (torch.zeros(2, 0), "empty"), ([[0.1, 0.2], [0.1]], "rows of one length"),
+                         ({"audio": y}, "got dict"), (None, "got NoneType"), ([True, False] * 100, "floats or integer PCM"),
+                         (torch.zeros(100, dtype=torch.complex64), "floats or integer PCM")):
+        with pytest.raises(ParameterError, match=message):
+            tagger.tag(bad, sr=SR)
+
+
+def test_many_channels_at_a_high_rate_are_downmixed_in_blocks(tmp_path):
+    """255 channels at 96 kHz: decoding holds about a megasample at a time, not every channel of a block (196 MB before)."""
+    import tracemalloc
+
+    path = tmp_path / "many.wav"
+    x = (np.random.default_rng(0).standard_normal((96_000, 255)) * 3000).astype(np.int16)
+    sf.write(path, x, 96_000, subtype="PCM_16")
+    expected = x.astype(np.float64).mean(axis=1) / 32768
+    del x
+    tracemalloc.start()
+    try:
+        y = load(path, sr=96_000)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_allclose(y, expected, atol=1e-6)
+    assert peak < 16e6, f"{peak / 1e6:.0f} MB"  # the file's samples as float32 are 98 MB
+
+
+def test_a_damaged_shard_is_moved_aside_and_named_by_the_resume_scan(tmp_path, caplog):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    from tagstack.distributed.ray_batch import done_paths, read_results
+
+    pq.write_table(pa.table({"path": ["a.wav", "b.wav"], "seconds": [1.0, 2.0]}), tmp_path / "tags-1.parquet")
+    pq.write_table(pa.table({"path": ["c.wav"], "seconds": [3.0]}), tmp_path / "tags-2.parquet")
+    pq.write_table(pa.table({"path": ["d.wav"], "reason": ["d.wav: cannot decode"]}), tmp_path / "failures-1.parquet")
+    data = (tmp_path / "tags-2.parquet").read_bytes()
+    (tmp_path / "tags-2.parquet").write_bytes(data[: len(data) // 2])
+    assert done_paths(tmp_path) == {"a.wav", "b.wav", "d.wav"}  # c.wav is to be done again
+    assert "tags-2.parquet: damaged shard" in caplog.text and "moved aside as tags-2.parquet.damaged" in caplog.text
+    assert (tmp_path / "tags-2.parquet.damaged").read_bytes() == data[: len(data) // 2]
+    tags, failures = read_results(tmp_path)
+    assert tags.column("path").to_pylist() == ["a.wav", "b.wav"] and failures.column("path").to_pylist() == ["d.wav"]

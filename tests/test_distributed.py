@@ -24,7 +24,6 @@ from synth import SR, render  # noqa: E402
 from tagstack.distributed.ray_batch import read_results, run_on_ray  # noqa: E402
 from tagstack.inference.outputs import audio_files  # noqa: E402
 from tagstack.inference.tagger import Tagger  # noqa: E402
-from tagstack.models.file import read_metadata  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and SIGKILL")]
 
@@ -114,12 +113,14 @@ def test_the_decode_stage_and_its_worker_equal_predict_batch(model_file, tmp_pat
     sf.write(tmp_path / "inf.wav", y, SR, subtype="FLOAT")
     paths += [tmp_path / "empty.wav", tmp_path / "text.mp3", tmp_path / "inf.wav"]
     tagger = Tagger(model_file, device="cpu")
-    batch = {"path": np.array([str(p) for p in paths], dtype=object), "stem": np.array([p.stem for p in paths], dtype=object)}
-    sent = ray_batch._decode(batch, frontend=read_metadata(model_file)["frontend"], max_seconds=10.0)
+    batch = {"path": np.array([str(p) for p in paths], dtype=object), "file": np.array([bytes(p) for p in paths], dtype=object),
+             "stem": np.array([bytes(p.stem, "utf-8") for p in paths], dtype=object)}
+    sent = ray_batch._decode(batch, max_seconds=10.0)
     assert list(sent["status"]) == ["", "", ray_batch.STREAM_HERE, ray_batch.FAILED, ray_batch.FAILED, ray_batch.FAILED]
     worker = ray_batch._Worker.__new__(ray_batch._Worker)  # the actor's object, without the actor
     worker.tagger, worker.taggram, worker.hop = tagger, True, 1.5
-    got = worker._predict_decoded([str(p) for p in paths], sent["audio"], list(sent["status"]), list(sent["reason"]))
+    got = worker._predict_decoded([str(p) for p in paths], [str(p) for p in paths], sent["audio"], list(sent["rate"]),
+                                  list(sent["status"]), list(sent["reason"]))
     want = tagger.predict_batch(paths, taggram=True, hop=1.5)
     for g, w in zip(got, want):
         assert type(g) is type(w)
@@ -220,3 +221,33 @@ def test_a_folder_of_other_settings_is_refused_not_silently_skipped(catalogue, m
         run_on_ray(files, tmp_path / "new", model=model_file, device="cpu", taggram=True, hop=0)
     with pytest.raises(ParameterError, match="device cuda: the Ray cluster has no GPU"):  # not CPU numbers labelled GPU
         run_on_ray(files, tmp_path / "gpu", model=model_file, device="cuda", workers=1)
+
+
+def test_a_rerun_redoes_the_files_of_a_damaged_shard_and_names_it(catalogue, model_file, tmp_path, local_ray, caplog):
+    """Cut one shard of a finished job in half: the rerun names it, moves it aside and tags its files again."""
+    import pyarrow.parquet as pq
+
+    files = audio_files([catalogue])[:12]
+    out = tmp_path / "out"
+    run_on_ray(files, out, model=model_file, device="cpu", workers=2, batch_files=4)
+    shard = sorted(out.glob("tags-*.parquet"))[0]
+    lost = pq.read_table(shard).num_rows
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])
+    again = run_on_ray(files, out, model=model_file, device="cpu", workers=2, batch_files=4)
+    assert f"{shard}: damaged shard" in caplog.text and (out / (shard.name + ".damaged")).exists()
+    assert again.done == lost and again.reused == len(files) - lost
+    tags, _ = read_results(out)
+    assert Counter(tags.column("path").to_pylist()) == Counter(str(f) for f in files)
+
+
+def test_a_name_that_is_not_utf8_goes_through_ray(catalogue, model_file, tmp_path, local_ray):
+    music = tmp_path / "music"
+    music.mkdir()
+    with open(os.fsencode(music) + b"/Beyonc\xe9.wav", "wb") as f:
+        f.write((catalogue / "c00.wav").read_bytes())
+    report = run_on_ray(audio_files([music]), tmp_path / "out", model=model_file, device="cpu", workers=1,
+                        taggram_dir=tmp_path / "grams")
+    assert report.done == 1 and not report.failed
+    assert read_results(tmp_path / "out")[0].column("path").to_pylist() == [f"{music}/Beyonc\\xe9.wav"]
+    assert b"Beyonc\xe9.taggram.npy" in os.listdir(os.fsencode(tmp_path / "grams"))

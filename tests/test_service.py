@@ -9,8 +9,11 @@ import io
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -128,12 +131,14 @@ def test_the_service_gives_what_the_api_gives(server, model_file, song):
     ("content_type", 415, "unsupported Content-Type 'text/plain'"),
     ("large", 413, "larger than this service's limit of 2 MB"),
     ("long", 413, "at most 100 s"),
-    ("top_k", 400, "parameter top_k"),
-    ("threshold", 400, "parameter threshold"),
+    ("top_k", 400, "top_k must be a whole number >= 0"),
+    ("threshold", 400, "threshold must be a number >= 0 and <= 1, got 2.0"),
+    ("top_k_text", 400, "parameter top_k"),
     ("scales", 400, "scales ['a', 'b'] not in the features"),
     ("missing_scale", 400, "36"),
-    ("hop", 400, "hop must be a positive number"),
-    ("hop_inf", 400, "hop must be a positive number"),
+    ("hop", 400, "hop must be a number > 0 and <= 10,000,000 (seconds), got 'soon'; or 'clip' or 'auto'"),
+    ("hop_inf", 400, "hop must be a number > 0"),
+    ("hop_huge", 400, "hop must be a number > 0 and <= 10,000,000 (seconds), got '1e308'"),
     ("hop_tiny", 400, "taggram windows over 22 s; this service makes at most 2000"),
     ("field", 400, "field named 'file'"),
     ("no_route", 404, "Not Found"),
@@ -159,10 +164,10 @@ def test_bad_requests_get_a_4xx_and_one_line(server, song, case, status, reason)
         data = wav_bytes(rng.standard_normal(SR * 70).astype(np.float32) * 0.1, subtype="FLOAT")  # ~4.5 MB
     elif case == "long":
         data = wav_bytes(np.zeros(8000 * 120, np.int16), sr=8000, subtype="PCM_16")  # 120 s in 1.9 MB
-    elif case in ("top_k", "threshold", "scales", "missing_scale", "hop", "hop_inf", "hop_tiny"):
-        path += {"top_k": "?top_k=-1", "threshold": "?threshold=2", "scales": "?embed=true&scales=a,b",
+    elif case in ("top_k", "threshold", "top_k_text", "scales", "missing_scale", "hop", "hop_inf", "hop_huge", "hop_tiny"):
+        path += {"top_k": "?top_k=-1", "threshold": "?threshold=2", "top_k_text": "?top_k=many", "scales": "?embed=true&scales=a,b",
                  "missing_scale": "?embed=true&scales=36", "hop": "?taggram=true&hop=soon", "hop_inf": "?taggram=true&hop=inf",
-                 "hop_tiny": "?taggram=true&hop=0.001"}[case]
+                 "hop_huge": "?taggram=true&hop=1e308", "hop_tiny": "?taggram=true&hop=0.001"}[case]
     elif case == "field":
         data, headers = multipart("song.mp3", data, field="audio")
     elif case == "no_route":
@@ -178,7 +183,7 @@ def test_no_upload_is_left_behind(server, song):
     request(server, "POST", "/api/tag", song.read_bytes(), {"Content-Type": "audio/mpeg"})
     request(server, "POST", "/api/tag?filename=x.mp3", b"junk" * 100)
     (upload_dir,) = Path(server[2]).glob("tagstack-serve-*")
-    assert list(upload_dir.iterdir()) == []
+    assert [p.name for p in upload_dir.iterdir()] == [".lock"]  # held while the server lives (service/uploads.py)
 
 
 @pytest.mark.slow
@@ -270,3 +275,127 @@ def test_the_event_loop_answers_while_files_are_tagged(server):
     slow.join()
     assert finished[0][0] == 200 and len(finished[0][1]["taggram"]["starts"]) > 350
     assert still_running and answered < 1.0
+
+
+# ------------------------------------------------------------ stalled, slow, many and vanishing clients; signals
+
+def raw_upload(address: str, declared: int, sent: bytes, path: str = "/api/tag?filename=x.wav") -> socket.socket:
+    """A raw socket that declares ``declared`` bytes of body and sends ``sent`` of them, then nothing more."""
+    host, port = address.split(":")
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: audio/wav\r\n"
+                 f"Content-Length: {declared}\r\n\r\n".encode() + sent)
+    return sock
+
+
+def answer(sock: socket.socket) -> tuple[int, dict, float]:
+    """The status and JSON body of the one response on ``sock``, read until the server closes it, and when it ended."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    ended = time.monotonic()
+    sock.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body), ended
+
+
+def uploads_in(tmp: Path) -> list[str]:
+    return sorted(p.name for d in tmp.glob("tagstack-serve-*") for p in d.iterdir() if p.name != ".lock")
+
+
+@pytest.fixture(scope="module")
+def strict_server(model_file, tmp_path_factory):
+    """A server with short limits: 2 s without a byte, 50 kB/s at least, 2 uploads at once."""
+    tmp = tmp_path_factory.mktemp("strict-tmp")
+    port = free_port()
+    proc = start_server(str(model_file), port, ["--device", "cpu", "--upload-timeout", "2", "--min-upload-kbps", "50",
+                                                "--max-uploads", "2"], env={**os.environ, "TMPDIR": str(tmp)})
+    yield f"127.0.0.1:{port}", proc, tmp
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_a_stalled_upload_is_cut_off_and_its_file_removed(strict_server):
+    """Declares 1 MB, sends 4 kB and stops: a 408 about two seconds later, the connection closed, no file left."""
+    started = time.monotonic()
+    sock = raw_upload(strict_server[0], 1_000_000, b"RIFF" + b"\0" * 4092)
+    status, body, ended = answer(sock)
+    assert status == 408 and body == {"error": "the upload stalled: no data for 2 s after 4096 bytes (--upload-timeout)"}
+    assert 1.5 < ended - started < 10
+    assert uploads_in(strict_server[2]) == []
+
+
+def test_a_trickling_upload_is_cut_off_at_the_minimum_rate(strict_server):
+    sock = raw_upload(strict_server[0], 1_000_000, b"RIFF")
+    deadline = time.monotonic() + 20
+    try:
+        while time.monotonic() < deadline:  # 100 bytes every 0.3 s: never stalled, far under 50 kB/s
+            sock.sendall(b"\0" * 100)
+            time.sleep(0.3)
+    except OSError:  # the server answered and closed
+        pass
+    status, body, _ = answer(sock)
+    assert status == 408 and "the upload is too slow" in body["error"] and "50 kB/s (--min-upload-kbps)" in body["error"]
+    assert uploads_in(strict_server[2]) == []
+
+
+def test_uploads_beyond_the_limit_get_a_503_at_once(strict_server, song):
+    held = [raw_upload(strict_server[0], 1_000_000, b"RIFF") for _ in range(2)]
+    time.sleep(0.3)
+    status, body = request(strict_server, "POST", "/api/tag", song.read_bytes(), {"Content-Type": "audio/mpeg"})
+    assert status == 503 and "holds 2 uploads at once (--max-uploads)" in body["error"]
+    assert [answer(s)[0] for s in held] == [408, 408]
+    assert request(strict_server, "POST", "/api/tag", song.read_bytes(), {"Content-Type": "audio/mpeg"})[0] == 200
+
+
+def test_sigterm_stops_the_server_within_its_deadline_and_a_vanished_client_is_one_line(model_file, tmp_path, song):
+    """A client that disconnects mid-upload is one log line; SIGTERM while another upload stalls ends the server within
+    --shutdown-timeout, its upload folder removed."""
+    port = free_port()
+    proc = start_server(str(model_file), port, ["--device", "cpu", "--upload-timeout", "600", "--shutdown-timeout", "2"],
+                        env={**os.environ, "TMPDIR": str(tmp_path)})
+    address = f"127.0.0.1:{port}"
+    try:
+        gone = raw_upload(address, 1_000_000, song.read_bytes()[:8000])
+        time.sleep(0.5)
+        gone.close()
+        stalled = raw_upload(address, 1_000_000, b"RIFF")
+        time.sleep(0.5)
+        assert len(uploads_in(tmp_path)) == 1
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        assert time.monotonic() - started < 8
+        stalled.close()
+    finally:
+        proc.kill()
+        err = proc.stderr.read()
+    assert list(tmp_path.glob("tagstack-serve-*")) == []
+    assert "Traceback" not in err
+    (line,) = [l for l in err.splitlines() if "disconnected" in l]
+    assert "disconnected during its upload to /api/tag; the partial upload was removed" in line
+
+
+def test_a_new_server_removes_the_uploads_a_killed_one_left(model_file, tmp_path):
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    first = start_server(str(model_file), free_port(), ["--device", "cpu"], env=env)
+    port = free_port()
+    second = start_server(str(model_file), port, ["--device", "cpu"], env=env)  # alive: its folder must stay
+    try:
+        sock = raw_upload(f"127.0.0.1:{first.args[first.args.index('--port') + 1]}", 1_000_000, b"RIFF" + b"\0" * 5000)
+        time.sleep(0.5)
+        assert len(uploads_in(tmp_path)) == 1
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        sock.close()
+        assert len(uploads_in(tmp_path)) == 1 and len(list(tmp_path.glob("tagstack-serve-*"))) == 2  # left behind
+        third = start_server(str(model_file), free_port(), ["--device", "cpu"], env=env)
+        third.terminate()
+        third.wait(timeout=30)
+        assert "removed 1 uploads that a stopped server left" in third.stderr.read()
+        assert uploads_in(tmp_path) == [] and len(list(tmp_path.glob("tagstack-serve-*"))) == 1  # the second's, alive
+        assert request((f"127.0.0.1:{port}",), "GET", "/api/health")[0] == 200
+    finally:
+        for p in (first, second):
+            p.kill()
+            p.wait()

@@ -21,6 +21,11 @@ class AudioTooLongError(AudioError):
     """Audio longer than the limit a :class:`~tagstack.Tagger` was given (``max_seconds``), found while decoding it."""
 
 
+class OutputError(TagstackError):
+    """An output file that cannot be written (a full disk, a read-only or vanished folder): names the file and the
+    reason; whatever the file held before is left as it was."""
+
+
 class DatasetError(TagstackError):
     """A dataset, split or label file that cannot be read: names the file and the reason."""
 

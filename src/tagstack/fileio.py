@@ -20,6 +20,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .errors import OutputError
+
 
 #: Name prefix of the temporary files of :func:`atomic_write`; what a killed process leaves is found by it.
 TEMP_PREFIX = ".tagstack-tmp-"
@@ -57,22 +59,56 @@ def _unlink_all(paths) -> int:
 
 
 def atomic_write(path: Path, writer: Callable[[str], None], *, suffix: str = "") -> None:
-    """Call ``writer(tmp_path)`` and rename the result to ``path`` (nothing in a torchrun process other than rank 0)."""
+    """Call ``writer(tmp_path)`` and rename the result to ``path`` (nothing in a torchrun process other than rank 0).
+
+    This is the one place where an output write meets the operating system:
+    any :class:`OSError` on the way (a full disk, a quota, a read-only or
+    vanished folder, a name the filesystem refuses) becomes one
+    :class:`~tagstack.errors.OutputError` naming the file and the reason, the
+    temporary file is removed, and what ``path`` held before is untouched.
+    """
     if not writes_here():
         return
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # the name is cut so that a long destination name (up to the usual 255 bytes) still leaves room for the temporary's
-    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name[:100]}.", suffix=suffix or ".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # the name is cut so that a long destination name (up to the usual 255 bytes) still leaves room for the temporary's
+        fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name[:100]}.", suffix=suffix or ".tmp", dir=path.parent)
+        os.close(fd)
         writer(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    except BaseException as e:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        if isinstance(e, OSError):
+            reason = e.strerror or _first_line(e)  # pyarrow's own OSErrors have no strerror, only a message
+            raise OutputError(f"{shown(path)}: cannot write this file ({reason}); "
+                              "what it held before is unchanged") from None
         raise
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def shown(path: str | Path | bytes) -> str:
+    """A file name as text that every output format can hold: the name itself, or, where it is not valid Unicode (a
+    latin-1 name on a UTF-8 system, kept by Python as surrogates), its undecodable bytes written as ``\\xNN``."""
+    text = os.fsdecode(path) if isinstance(path, bytes) else str(path)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        try:
+            return os.fsencode(text).decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:  # surrogates that did not come from the filesystem
+            return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _umask() -> int:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import glob
 import math
+import os
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -65,22 +66,37 @@ def _mono(x: np.ndarray) -> np.ndarray:
 
 # ------------------------------------------------------------ native-rate sources
 
+#: At most this many samples (frames x channels) of a file are held before they are downmixed: a file of many
+#: channels at a high rate costs the memory of its mono signal, not of all its channels at once.
+DOWNMIX_SAMPLES = 1 << 20
+
+
 def _soundfile_blocks(f: sf.SoundFile, start: int, block: int) -> Iterator[np.ndarray]:
+    """Mono ``(frames, 1)`` blocks of ``block`` frames, each read and downmixed in pieces of at most ``DOWNMIX_SAMPLES``."""
+    step = max(1, min(block, DOWNMIX_SAMPLES // f.channels))
     with f:
         if start:
             f.seek(min(start, f.frames))
-        while True:
-            x = f.read(block, dtype="float32", always_2d=True)
-            if len(x):
-                yield x
-            if len(x) < block:
-                return
+        end = False
+        while not end:
+            parts, n = [], 0
+            while n < block:
+                want = min(step, block - n)
+                x = f.read(want, dtype="float32", always_2d=True)
+                if len(x):
+                    parts.append(_mono(x))
+                    n += len(x)
+                if len(x) < want:
+                    end = True
+                    break
+            if n:
+                yield (parts[0] if len(parts) == 1 else np.concatenate(parts))[:, None]
 
 
 def _av_blocks(path: str, offset: float, block_seconds: float) -> tuple[int, Iterator[np.ndarray]]:
     import av
 
-    container = av.open(path)
+    container = _av_open(path)
     if not container.streams.audio:
         container.close()
         raise AudioError(f"{path}: no audio stream")
@@ -101,7 +117,7 @@ def _av_blocks(path: str, offset: float, block_seconds: float) -> tuple[int, Ite
                     converter = av.AudioResampler(format="flt", layout=frame.layout.name, rate=frame.sample_rate)
                     channels = len(frame.layout.channels)
                 for out in converter.resample(frame):
-                    x = out.to_ndarray().reshape(-1, channels)
+                    x = _mono(out.to_ndarray().reshape(-1, channels))[:, None]  # downmixed frame by frame: bounded memory
                     if skip:
                         cut = min(skip, len(x))
                         x, skip = x[cut:], skip - cut
@@ -118,10 +134,21 @@ def _av_blocks(path: str, offset: float, block_seconds: float) -> tuple[int, Ite
     return int(rate), blocks()
 
 
+def _av_open(path: str):
+    """PyAV's container of ``path``; a name that is not valid UTF-8 (which PyAV cannot pass to FFmpeg) as an open file."""
+    import av
+
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return av.open(open(path, "rb"))  # closed with the container, when it is released
+    return av.open(path)
+
+
 def _file_blocks(path: str, offset: float, block_seconds: float) -> tuple[int, Iterator[np.ndarray]]:
     """The file's sample rate and its ``(frames, channels)`` float32 blocks from ``offset`` seconds."""
     try:
-        f = sf.SoundFile(path)
+        f = sf.SoundFile(os.fsencode(path))  # bytes: a name that is not valid UTF-8 opens too
     except Exception as sf_error:  # libsndfile cannot read it: FFmpeg
         try:
             return _av_blocks(path, offset, block_seconds)
@@ -146,6 +173,8 @@ def as_frames(y: np.ndarray) -> np.ndarray:
     is scaled to [-1, 1) as soundfile reads it (int16 / 32768 ...).
     """
     y = np.asarray(y)
+    if y.size == 0:
+        raise ParameterError(f"the audio array is empty (shape {y.shape})")
     if y.dtype.kind in "iu":
         info = np.iinfo(y.dtype)
         scale = float(-info.min) if y.dtype.kind == "i" else (info.max + 1) / 2
@@ -160,7 +189,8 @@ def as_frames(y: np.ndarray) -> np.ndarray:
         raise ParameterError(f"audio arrays must be 1-D (mono) or 2-D (channels x samples), got shape {y.shape}")
     if y.shape[0] == 0:
         raise ParameterError("the audio array is empty")
-    return np.ascontiguousarray(y, dtype=np.float32)
+    with np.errstate(over="ignore"):  # a float64 past float32's range becomes infinite, which the stream refuses by name
+        return np.ascontiguousarray(y, dtype=np.float32)
 
 
 def _check_rate(rate, what: str) -> None:
@@ -302,13 +332,11 @@ def duration_seconds(path: str | Path) -> float:
     """Length of an audio file in seconds, read from its header when possible."""
     path = check_file(path)
     try:
-        return float(sf.info(path).duration)
+        return float(sf.info(os.fsencode(path)).duration)
     except Exception:
         pass
     try:
-        import av
-
-        with av.open(path) as c:
+        with _av_open(path) as c:
             if c.duration is not None:
                 return c.duration / 1_000_000
             s = c.streams.audio[0]
@@ -328,13 +356,35 @@ def find_audio(paths: list[str | Path]) -> list[Path]:
     """
     found: list[Path] = []
     for item in paths:
-        s = str(item)
+        s = os.fsdecode(item) if isinstance(item, bytes) else str(item)
         # a path that exists is itself, even when its name has glob characters ("Song [Live].mp3")
-        pattern = any(c in s for c in "*?[") and not Path(s).exists()
+        pattern = any(c in s for c in "*?[") and not os.path.exists(s)  # os.path's tests are False where the OS refuses
         candidates = ([Path(m) for m in sorted(glob.glob(s, recursive=True))] or [Path(s)]) if pattern else [Path(s)]
         for c in candidates:
-            if c.is_dir():
-                found.extend(sorted(q for q in c.rglob("*") if q.suffix.lower() in AUDIO_EXTENSIONS and q.is_file()))
+            if os.path.isdir(c):
+                found.extend(sorted(q for q in c.rglob("*") if q.suffix.lower() in AUDIO_EXTENSIONS and os.path.isfile(q)))
             else:
-                found.append(c)
+                found.append(c)  # one the OS refuses (a name over its length limit ...) is reported when it is read
     return found
+
+
+#: How audio files begin (offset, bytes): what :func:`looks_like_audio` sniffs besides the extension.
+_MAGIC = ((0, b"RIFF"), (0, b"RIFX"), (0, b"RF64"), (0, b"fLaC"), (0, b"OggS"), (0, b"ID3"), (0, b"FORM"), (4, b"ftyp"),
+          (0, b".snd"), (0, b"\x30\x26\xb2\x75"))
+
+
+def looks_like_audio(path: str | Path) -> bool:
+    """Whether ``path`` is an existing file that holds audio, by its extension or its first bytes: an output that
+    would overwrite it is refused (``tagstack tag -o song.mp3``)."""
+    p = Path(path)
+    if not os.path.isfile(p):
+        return False
+    if p.suffix.lower() in AUDIO_EXTENSIONS:
+        return True
+    try:
+        with open(p, "rb") as f:
+            head = f.read(12)
+    except OSError:
+        return False
+    mpeg_frame = len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0
+    return mpeg_frame or any(head[at : at + len(m)] == m for at, m in _MAGIC)

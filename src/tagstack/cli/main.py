@@ -14,9 +14,13 @@ import sys
 from pathlib import Path
 
 from .. import __version__
+from .. import checks
+from ..checks import Range
 from ..config import global_schedule, joint_schedule, local_schedule
 from ..errors import ParameterError, TagstackError
 from ..experiments.experiment_config import ExperimentConfig, load_config
+from ..fileio import shown
+from ..service.limits import ServiceLimits
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -26,11 +30,38 @@ def _names(text: str) -> tuple[str, ...]:
     return names
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+def _number(r: Range):
+    """An argparse type: the flag's text as a number checked against ``r``, the one range of that option (:mod:`tagstack.checks`)."""
+    def parse(text: str):
+        try:
+            return r.parse(text)
+        except ParameterError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    parse.__name__ = r.name
+    return parse
+
+
+def _numbers(r: Range):
+    """An argparse type: comma-separated numbers, each checked against ``r``."""
+    one = _number(r)
+
+    def parse(text: str) -> tuple:
+        return tuple(one(t.strip()) for t in text.split(",") if t.strip())
+
+    parse.__name__ = r.name
+    return parse
+
+
+class _UsageError(Exception):
+    """A command line argparse cannot read: :func:`main` prints it as one line and returns 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line (and exit status 2) instead of the usage text and the error."""
+
+    def error(self, message: str):
+        raise _UsageError(f"{self.prog}: error: {message} (see {self.prog} --help)")
 
 
 def _add_engine(p: argparse.ArgumentParser) -> None:
@@ -39,7 +70,7 @@ def _add_engine(p: argparse.ArgumentParser) -> None:
                    help="local (this process, default) or ray: Ray workers that each load the model once, writing Parquet shards "
                         "into the output folder; a rerun skips files already done (needs the ray extra)")
     g.add_argument("--ray-address", metavar="ADDRESS", help="an existing Ray cluster: auto, or host:6379 (default: start Ray on this machine)")
-    g.add_argument("--workers", type=int, default=0, help="Ray workers (default: one per CPU of the cluster, or one per GPU when it has GPUs)")
+    g.add_argument("--workers", type=_number(checks.WORKERS), default=0, help="Ray workers (default: one per CPU of the cluster, or one per GPU when it has GPUs)")
     g.add_argument("--decode-in", choices=["auto", "tasks", "workers"], default="auto",
                    help="where Ray decodes the files: in CPU tasks that feed the workers decoded audio, or in the workers "
                         "themselves (default auto: tasks when the workers use GPUs, else workers)")
@@ -58,7 +89,7 @@ def _add_experiment(p: argparse.ArgumentParser) -> None:
     g.add_argument("--split-dir", default="", help="folder of the published split/label files, when not under --root")
     g.add_argument("--merge-synonyms", action="store_true", help="MagnaTagATune full split: merge synonymous tags (female/woman ...)")
     g.add_argument("--cache-dir", default="", help="mel cache folder (default: $TAGSTACK_HOME/mels)")
-    g.add_argument("--workers", type=int, default=0, help="decoding processes (default: one per CPU core)")
+    g.add_argument("--workers", type=_number(checks.WORKERS), default=0, help="decoding processes (default: one per CPU core)")
     g.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="where the mel cache decodes clips: local processes (default) or ray workers (needs the ray extra)")
     g.add_argument("--ray-address", default="", metavar="ADDRESS", help="with --engine ray: an existing cluster, auto or host:6379 (default: start Ray here)")
@@ -66,8 +97,8 @@ def _add_experiment(p: argparse.ArgumentParser) -> None:
     m.add_argument("--scales", type=_names, default=defaults.scales,
                    help="scales, comma-separated: paper CNN sizes in frames (trained here), or branches of --local-from's networks "
                         "as they are named or as network/frames, e.g. musicnn-msd/187,artist/258 (default: 18,27,54,108,216)")
-    m.add_argument("--layers", type=_ints, default=None, help="levels fed to the global model, 1-based, comma-separated (default: all)")
-    m.add_argument("--hidden", type=int, default=defaults.global_hidden,
+    m.add_argument("--layers", type=_numbers(checks.LAYER), default=None, help="levels fed to the global model, 1-based, comma-separated (default: all)")
+    m.add_argument("--hidden", type=_number(checks.HIDDEN), default=defaults.global_hidden,
                    help=f"units of each global hidden layer: 512 or 1024 in the paper (default: {defaults.global_hidden})")
     m.add_argument("--local-from", type=_names, default=(), metavar="MODELS",
                    help="model files or shipped models (musicnn-msd, musicnn-mtt, artist, real ...), comma-separated, whose local "
@@ -75,17 +106,17 @@ def _add_experiment(p: argparse.ArgumentParser) -> None:
     t = p.add_argument_group("training")
     t.add_argument("--config", type=Path, help="a config.toml to run (the data, model and training flags are then ignored)")
     d, g = defaults.local, defaults.global_
-    t.add_argument("--local-epochs", type=int, default=d.max_epochs, help=f"maximum epochs per local CNN (default: {d.max_epochs})")
-    t.add_argument("--global-epochs", type=int, default=g.max_epochs, help=f"maximum epochs of the global classifier (default: {g.max_epochs})")
-    t.add_argument("--lr-stages", type=int, default=d.lr_stages, help=f"learning rates tried ({d.lr:g}, then x{d.lr_decay:g} each; default: {d.lr_stages})")
-    t.add_argument("--patience", type=int, default=d.patience, help=f"epochs without improvement before the rate drops (default: {d.patience})")
-    t.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default: {d.seed})")
-    t.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
+    t.add_argument("--local-epochs", type=_number(checks.EPOCHS), default=d.max_epochs, help=f"maximum epochs per local CNN (default: {d.max_epochs})")
+    t.add_argument("--global-epochs", type=_number(checks.EPOCHS), default=g.max_epochs, help=f"maximum epochs of the global classifier (default: {g.max_epochs})")
+    t.add_argument("--lr-stages", type=_number(checks.LR_STAGES), default=d.lr_stages, help=f"learning rates tried ({d.lr:g}, then x{d.lr_decay:g} each; default: {d.lr_stages})")
+    t.add_argument("--patience", type=_number(checks.PATIENCE), default=d.patience, help=f"epochs without improvement before the rate drops (default: {d.patience})")
+    t.add_argument("--seed", type=_number(checks.SEED), default=d.seed, help=f"random seed (default: {d.seed})")
+    t.add_argument("--mixup", type=_number(checks.MIXUP), default=0.0, metavar="ALPHA",
                    help="mix the local CNNs' training segments and labels in pairs, weights ~ Beta(ALPHA, ALPHA) "
                         "(default: 0, never, as the authors)")
-    t.add_argument("--clip-norm", type=float, default=0.0,
+    t.add_argument("--clip-norm", type=_number(checks.CLIP_NORM), default=0.0,
                    help="clip the global classifier's gradients to this L2 norm (default: 0, never, as the authors)")
-    t.add_argument("--warmup-epochs", type=int, default=0,
+    t.add_argument("--warmup-epochs", type=_number(checks.WARMUP_EPOCHS), default=0,
                    help="reach the global classifier's first learning rate linearly over this many epochs (default: 0, as the authors); "
                         "--warmup-epochs 3 --clip-norm 1 steadies it, see docs/stability")
     _add_device(p)
@@ -230,12 +261,10 @@ def cmd_tag(a: argparse.Namespace) -> int:
             raise ParameterError("--engine ray writes Parquet (path, seconds, one column per tag); --format is for the local engine")
         if a.per_group:
             raise ParameterError("--engine ray writes every tag's probability; --per-group is for the local engine")
-        if a.hop is not None and (a.taggram is None or not a.hop > 0):
-            raise ParameterError(f"--hop {a.hop} needs --taggram DIR and a positive number of seconds")
         return _on_ray(a, a.output, embed=False, taggram_dir=a.taggram, hop=a.hop)
     _refuse_ray_flags(a)
     return tag_files(a.paths, model=a.model, device=a.device, top_k=a.top_k, threshold=a.threshold, fmt=a.format,
-                     output=a.output, taggram_dir=a.taggram, hop=a.hop, per_group=a.per_group).exit_status
+                     output=a.output, taggram_dir=a.taggram, hop=a.hop, per_group=a.per_group, force=a.force).exit_status
 
 
 def cmd_embed(a: argparse.Namespace) -> int:
@@ -246,7 +275,7 @@ def cmd_embed(a: argparse.Namespace) -> int:
             raise ParameterError("--engine ray stores the whole embedding; choose --scales/--layers when reading it (TaggingModel.columns_of)")
         return _on_ray(a, a.out, embed=True)
     _refuse_ray_flags(a)
-    return embed_files(a.paths, a.out, model=a.model, device=a.device, scales=a.scales, layers=a.layers).exit_status
+    return embed_files(a.paths, a.out, model=a.model, device=a.device, scales=a.scales, layers=a.layers, force=a.force).exit_status
 
 
 def cmd_info(a: argparse.Namespace) -> int:
@@ -283,11 +312,13 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 def cmd_serve(a: argparse.Namespace) -> int:
     try:
-        from ..service import ServiceLimits, serve
+        from ..service.app import serve
     except ImportError as e:
         raise TagstackError(f"tagstack serve needs the web stack: pip install 'tagstack[serve]' ({e.name} is missing)") from None
-    serve(a.model, host=a.host, port=a.port, device=a.device,
-          limits=ServiceLimits(max_upload_mb=a.max_upload_mb, max_seconds=a.max_seconds, concurrency=a.concurrency))
+    serve(a.model, host=a.host, port=a.port, device=a.device, upload_dir=a.upload_dir,
+          limits=ServiceLimits(max_upload_mb=a.max_upload_mb, max_seconds=a.max_seconds, concurrency=a.concurrency,
+                               max_uploads=a.max_uploads, upload_timeout=a.upload_timeout, min_upload_kbps=a.min_upload_kbps,
+                               shutdown_timeout=a.shutdown_timeout))
     return 0
 
 
@@ -311,7 +342,7 @@ def _log_to_terminal() -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="tagstack",
         description="Multi-level, multi-scale music auto-tagging (Lee & Nam, 2017): "
         "local CNNs (stage 1), feature aggregation (stage 2), global classifier (stage 3).",
@@ -321,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="build the default corpus if missing, run all three stages on it, and tag a few test clips")
     d.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
-    d.add_argument("--workers", type=int, default=0, help="processes for rendering and decoding (default: one per core)")
+    d.add_argument("--workers", type=_number(checks.WORKERS), default=0, help="processes for rendering and decoding (default: one per core)")
     _add_device(d)
     d.set_defaults(func=cmd_demo)
 
@@ -342,8 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "another run (--local-from: Table I, transfer learning), and fine-tune the whole model end to end.")
     r.add_argument("--out", required=True, help="run directory")
     r.add_argument("--quick", action="store_true", help="a few minutes: 2 local epochs, 20 global epochs, 1 joint epoch")
-    r.add_argument("--seeds", type=_ints, default=(0,), help="seeds of the global models, e.g. 0,1,2 (default: 0)")
-    r.add_argument("--joint-epochs", type=int, default=joint_schedule().max_epochs,
+    r.add_argument("--seeds", type=_numbers(checks.SEED), default=(0,), help="seeds of the global models, e.g. 0,1,2 (default: 0)")
+    r.add_argument("--joint-epochs", type=_number(checks.EPOCHS), default=joint_schedule().max_epochs,
                    help=f"epochs of joint fine-tuning (default: {joint_schedule().max_epochs})")
     r.add_argument("--no-joint", action="store_true", help="skip joint fine-tuning")
     _add_experiment(r)
@@ -353,8 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("action", choices=["build"])
     c.add_argument("--size", default="default", help="tiny (3 clips per style), default (100), large (400), or a number (default: default)")
     c.add_argument("--out", type=Path, help="corpus folder (default: $TAGSTACK_HOME/corpus/SIZE, plus the suffixes below)")
-    c.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    c.add_argument("--workers", type=int, default=0, help="rendering processes (default: one per core)")
+    c.add_argument("--seed", type=_number(checks.SEED), default=0, help="random seed (default: 0)")
+    c.add_argument("--workers", type=_number(checks.WORKERS), default=0, help="rendering processes (default: one per core)")
     c.add_argument("--produce", default="", metavar="EFFECTS",
                    help="production chain after rendering: 'all' or some of eq,compress,reverb,noise,level,lossy "
                         "(default: none; the default folder is then $TAGSTACK_HOME/corpus/SIZE-produced-all, -produced-eq+reverb ...)")
@@ -371,16 +402,17 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("tag", help="tag audio files, folders (recursively) or globs")
     t.add_argument("paths", nargs="+", help="audio files, folders or glob patterns")
     t.add_argument("--model", type=Path, help="model file, or a shipped model: real (default, trained on real recordings), real-4q or corpus")
-    t.add_argument("--top-k", type=int, default=5, help="tags per file (default: 5; 0 for all)")
-    t.add_argument("--threshold", type=float, help="report every tag with probability >= this instead of the top k")
+    t.add_argument("--top-k", type=_number(checks.TOP_K), default=5, help="tags per file (default: 5; 0 for all)")
+    t.add_argument("--threshold", type=_number(checks.THRESHOLD), help="report every tag with probability >= this instead of the top k")
     t.add_argument("--per-group", action="store_true",
                    help="apply --top-k / --threshold within each tag group of the model (the default model's: genre, mood, "
                         "quadrant and its teachers' vocabularies) and show each tag's group, so that no vocabulary crowds out the others")
     t.add_argument("--format", choices=["table", "jsonl", "csv"], default="table", help="output format (default: table)")
     t.add_argument("--output", "-o", type=Path, help="write to this file instead of standard output (with --engine ray: a folder of Parquet shards)")
+    t.add_argument("--force", action="store_true", help="write --output even over an existing audio file (never over an input)")
     t.add_argument("--taggram", type=Path, metavar="DIR", help="also write each file's taggram (tags per 29.1 s window) as .npy/.csv and .png into DIR "
                    "(with --engine ray: the workers write them, and the Parquet shards get taggram columns too)")
-    t.add_argument("--hop", type=float, metavar="SECONDS",
+    t.add_argument("--hop", type=_number(checks.HOP), metavar="SECONDS",
                    help="seconds between the starts of taggram windows (default: the clip length, back to back; "
                         "e.g. 5 for overlapping windows every 5 s, at one network pass per window)")
     _add_engine(t)
@@ -391,9 +423,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("paths", nargs="+", help="audio files, folders or glob patterns")
     e.add_argument("--out", "-o", type=Path, required=True,
                    help="output file: .npz (arrays embeddings, paths, scales, layers) or .parquet (path, embedding; scales and layers in its metadata); with --engine ray, a folder of Parquet shards")
+    e.add_argument("--force", action="store_true", help="write --out even over an existing audio file (never over an input)")
     e.add_argument("--model", type=Path, help="model file, or a shipped model: real (default, trained on real recordings), real-4q or corpus")
     e.add_argument("--scales", type=_names, help="scales to keep, comma-separated, e.g. 27,54 or musicnn-msd/187 (default: all)")
-    e.add_argument("--layers", type=_ints, help="levels to keep, 1-based, comma-separated, e.g. 3,4 (default: all)")
+    e.add_argument("--layers", type=_numbers(checks.LAYER), help="levels to keep, 1-based, comma-separated, e.g. 3,4 (default: all)")
     _add_engine(e)
     _add_device(e)
     e.set_defaults(func=cmd_embed)
@@ -424,10 +457,25 @@ def build_parser() -> argparse.ArgumentParser:
                                    "and a web page at /. The model is loaded once; analyses run in parallel across requests.")
     v.add_argument("--model", type=Path, help="model file, or a shipped model: real (default, trained on real recordings), real-4q or corpus")
     v.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 for every interface)")
-    v.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
-    v.add_argument("--max-upload-mb", type=float, default=200.0, help="largest upload accepted, in MB (default: 200)")
-    v.add_argument("--max-seconds", type=float, default=3 * 3600.0, help="longest audio accepted, in seconds (default: 10800, three hours)")
-    v.add_argument("--concurrency", type=int, default=0, help="files analysed at once (default: 0, one per usable CPU)")
+    v.add_argument("--port", type=_number(checks.PORT), default=8000, help="port (default: 8000)")
+    limits = ServiceLimits()
+    v.add_argument("--max-upload-mb", type=_number(checks.MAX_UPLOAD_MB), default=limits.max_upload_mb,
+                   help=f"largest upload accepted, in MB (default: {limits.max_upload_mb:g})")
+    v.add_argument("--max-seconds", type=_number(checks.MAX_SECONDS), default=limits.max_seconds,
+                   help=f"longest audio accepted, in seconds (default: {limits.max_seconds:g}, three hours)")
+    v.add_argument("--concurrency", type=_number(checks.CONCURRENCY), default=limits.concurrency,
+                   help="files analysed at once (default: 0, one per usable CPU)")
+    v.add_argument("--max-uploads", type=_number(checks.MAX_UPLOADS), default=limits.max_uploads,
+                   help=f"requests holding an upload at once, received or analysed; more get a 503 (default: {limits.max_uploads})")
+    v.add_argument("--upload-timeout", type=_number(checks.UPLOAD_TIMEOUT), default=limits.upload_timeout,
+                   help=f"seconds an upload may send nothing before it is cut off with a 408 (default: {limits.upload_timeout:g})")
+    v.add_argument("--min-upload-kbps", type=_number(checks.MIN_UPLOAD_RATE), default=limits.min_upload_kbps,
+                   help=f"slowest average upload rate in kB/s, checked after the first --upload-timeout seconds; 0 for none "
+                        f"(default: {limits.min_upload_kbps:g})")
+    v.add_argument("--shutdown-timeout", type=_number(checks.SHUTDOWN_TIMEOUT), default=limits.shutdown_timeout,
+                   help=f"on SIGTERM or Ctrl-C, seconds the requests under way get before they are cancelled (default: {limits.shutdown_timeout:g})")
+    v.add_argument("--upload-dir", type=Path, help="folder for this server's upload folder, which a restart cleans "
+                                                   "(default: the system's temporary folder, $TMPDIR)")
     _add_device(v)
     v.set_defaults(func=cmd_serve)
     return p
@@ -455,7 +503,11 @@ def _join_torchrun(command: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except _UsageError as e:
+        print(e, file=sys.stderr)
+        return 2
     _log_to_terminal()
     try:
         _join_torchrun(args.command)
@@ -470,6 +522,10 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # so that Python's own flush at exit does not fail again
         return 141
+    except OSError as e:  # output files become OutputError in fileio; this is what is left: standard output on a full disk ...
+        where = f"{shown(e.filename)}: " if e.filename else ""
+        print(f"tagstack: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
     finally:
         if os.environ.get("WORLD_SIZE", "1") != "1":
             import torch.distributed as dist

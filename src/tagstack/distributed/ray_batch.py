@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +32,9 @@ from typing import Iterable
 
 import numpy as np
 
+from ..checks import BATCH_FILES, WORKERS, check_taggram_hop
 from ..errors import AudioError, ParameterError, TagstackError
-from ..fileio import TEMP_PREFIX, atomic_write, remove_leftovers
+from ..fileio import TEMP_PREFIX, atomic_write, remove_leftovers, shown
 from ..inference.outputs import check_destination, unique_stems
 
 log = logging.getLogger(__name__)
@@ -51,26 +53,46 @@ class RayJobReport:
         return 1 if self.failed else 0
 
 
-def done_paths(out: Path) -> set[str]:
-    """Paths that already have a result or a failure in the shards of ``out``."""
+#: A shard that cannot be read is renamed with this suffix: kept for a look, out of every scan, and its files done again.
+DAMAGED = ".damaged"
+
+
+def _read_shard(shard: Path):
+    """A whole shard as a ``pyarrow.Table``; None for one that cannot be read (cut short, overwritten, not Parquet),
+    which is moved aside (``DAMAGED``) with one warning naming it, so that its files count as not done."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
+    try:
+        table = pq.read_table(shard)
+        if "path" not in table.column_names:
+            raise pa.ArrowInvalid("no 'path' column")
+        return table
+    except (OSError, pa.ArrowException) as e:
+        aside = shard.with_name(shard.name + DAMAGED)
+        shard.replace(aside)
+        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        log.warning("%s: damaged shard (%s); moved aside as %s, its files will be done again", shard, text, aside.name)
+        return None
+
+
+def done_paths(out: Path) -> set[str]:
+    """Paths that already have a result or a failure in the readable shards of ``out`` (damaged ones are moved aside)."""
     seen: set[str] = set()
     for shard in sorted(out.glob("*.parquet")):
-        if not shard.name.startswith(TEMP_PREFIX):
-            seen.update(pq.read_table(shard, columns=["path"]).column("path").to_pylist())
+        if not shard.name.startswith(TEMP_PREFIX) and (table := _read_shard(shard)) is not None:
+            seen.update(table.column("path").to_pylist())
     return seen
 
 
 def read_results(out: str | Path) -> tuple:
     """The results and the failures of a Ray job's folder as two ``pyarrow.Table`` (None where the folder has none)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     out = Path(out)
 
     def concat(prefix: str):
-        parts = [pq.read_table(p) for p in sorted(out.glob(f"{prefix}-*.parquet"))]
+        parts = [t for p in sorted(out.glob(f"{prefix}-*.parquet")) if (t := _read_shard(p)) is not None]
         return pa.concat_tables(parts) if parts else None
 
     return concat("tags"), concat("failures")
@@ -112,16 +134,17 @@ class _Worker:
 
         from ..report import write_taggram
 
-        paths = [str(p) for p in batch["path"]]
+        paths = [str(p) for p in batch["path"]]  # as the outputs write them (fileio.shown)
+        files = [os.fsdecode(bytes(f)) for f in batch["file"]]  # as the OS gives them
         rows, failures = [], []
         if "audio" in batch:  # decoded by the CPU stage (:func:`_decode`)
-            results = self._predict_decoded(paths, batch["audio"], [int(r) for r in batch["rate"]], [str(x) for x in batch["status"]],
-                                            [str(x) for x in batch["reason"]])
+            results = self._predict_decoded(files, paths, batch["audio"], [int(r) for r in batch["rate"]],
+                                            [str(x) for x in batch["status"]], [str(x) for x in batch["reason"]])
         else:
-            results = self.tagger.predict_batch(paths, taggram=self.taggram, hop=self.hop)
+            results = self.tagger.predict_batch(files, taggram=self.taggram, hop=self.hop, names=paths)
         for path, stem, r in zip(paths, batch["stem"], results):
             if isinstance(r, TagstackError):
-                failures.append((path, str(r)))
+                failures.append((path, shown(str(r))))
                 continue
             row = {"path": path, "seconds": float(r.seconds), **{_column(t): float(p) for t, p in zip(r.tags, r.probs)}}
             if self.embed:
@@ -132,8 +155,8 @@ class _Worker:
                 row["window_starts"] = r.window_starts.astype(np.float32).tolist()
                 if self.taggram_dir is not None:  # before the shard: a file in a shard has its taggram files
                     try:
-                        write_taggram(r, self.taggram_dir, str(stem), self.tagger.cfg.clip_seconds)
-                    except OSError as e:
+                        write_taggram(r, self.taggram_dir, os.fsdecode(bytes(stem)), self.tagger.cfg.clip_seconds)
+                    except TagstackError as e:  # OutputError: a full disk ...
                         failures.append((path, f"{path}: cannot write its taggram ({e})"))
                         continue
             rows.append(row)
@@ -147,11 +170,12 @@ class _Worker:
         failed = dict(failures)
         return {"path": paths, "reason": [failed.get(p, "") for p in paths]}
 
-    def _predict_decoded(self, paths: list[str], audio, rates: list[int], status: list[str], reasons: list[str]) -> list:
-        """:meth:`Tagger.predict_batch` on what the CPU stage sent: decoded audio at its own rate, a path it left to
-        this worker (a long file, streamed here in bounded memory), or the decoder's reason for failing."""
+    def _predict_decoded(self, files: list[str], paths: list[str], audio, rates: list[int], status: list[str],
+                         reasons: list[str]) -> list:
+        """:meth:`Tagger.predict_batch` on what the CPU stage sent: decoded audio at its own rate, a file it left to
+        this worker (a long one, streamed here in bounded memory), or the decoder's reason for failing."""
         ok = [i for i, s in enumerate(status) if s != FAILED]
-        sources = [paths[i] if status[i] == STREAM_HERE else np.asarray(audio[i], np.float32) for i in ok]
+        sources = [files[i] if status[i] == STREAM_HERE else np.asarray(audio[i], np.float32) for i in ok]
         got = self.tagger.predict_batch(sources, sr=[None if status[i] == STREAM_HERE else rates[i] for i in ok],
                                         taggram=self.taggram, hop=self.hop,
                                         names=[paths[i] for i in ok])
@@ -177,10 +201,10 @@ def _decode(batch: dict, max_seconds: float) -> dict:
     from ..audio.io import native_stream
 
     audio, rates, status, reasons = [], [], [], []
-    for path in batch["path"]:
+    for raw, path in zip(batch["file"], batch["path"]):
         blocks, got, state, reason, rate = [], 0, "", "", 0
         try:
-            _, rate, stream = native_stream(str(path))
+            _, rate, stream = native_stream(os.fsdecode(bytes(raw)))
             for block, _ in stream:
                 blocks.append(block)
                 got += block.size
@@ -190,12 +214,12 @@ def _decode(batch: dict, max_seconds: float) -> dict:
             if state == "" and not got:
                 raise AudioError(f"{path}: no audio samples decoded")
         except TagstackError as e:
-            blocks, state, reason = [], FAILED, str(e)
+            blocks, state, reason = [], FAILED, shown(str(e))
         audio.append(np.concatenate(blocks) if blocks else np.zeros(1, np.float32))  # a placeholder is never read
         rates.append(rate)
         status.append(state)
         reasons.append(reason)
-    return {"path": batch["path"], "stem": batch["stem"], "audio": audio, "rate": np.array(rates, dtype=np.int64),
+    return {"path": batch["path"], "file": batch["file"], "stem": batch["stem"], "audio": audio, "rate": np.array(rates, dtype=np.int64),
             "status": np.array(status, dtype=object), "reason": np.array(reasons, dtype=object)}
 
 
@@ -227,16 +251,17 @@ def run_on_ray(files: Iterable[str | Path], out: str | Path, *, model: str | Pat
 
     model_path = resolve_model(model)
     read_metadata(model_path)  # a bad model is one line here, not an error in every worker
-    if batch_files is not None and batch_files < 1:
-        raise ParameterError(f"batch_files must be >= 1, got {batch_files}")
-    if hop is not None and not hop > 0:
-        raise ParameterError(f"the taggram hop must be a positive number of seconds, got {hop!r}")
+    if batch_files is not None:
+        BATCH_FILES.check(batch_files)
+    if workers is not None:
+        WORKERS.check(workers)
+    taggram = taggram or taggram_dir is not None
+    check_taggram_hop(hop, taggram)
     out = Path(out).resolve()  # workers elsewhere in the cluster must not resolve it against their own folders
     check_destination(out, folder=True)
     out.mkdir(parents=True, exist_ok=True)
     remove_leftovers(out)
     files = [str(f) for f in files]
-    taggram = taggram or taggram_dir is not None
     if taggram_dir is not None:
         taggram_dir = Path(taggram_dir).resolve()
         check_destination(taggram_dir, folder=True)
@@ -246,13 +271,14 @@ def run_on_ray(files: Iterable[str | Path], out: str | Path, *, model: str | Pat
            "taggram_dir": str(taggram_dir) if taggram_dir is not None else None}
     _same_settings(out / "job.json", job)
     atomic_write(out / "job.json", lambda tmp: Path(tmp).write_text(json.dumps(job, indent=1)))  # what produced these shards
+    names = {f: shown(f) for f in files}  # what the shards hold: a name that is not UTF-8 with its bytes escaped
     before = done_paths(out)
-    todo = [f for f in files if f not in before]
+    todo = [f for f in files if names[f] not in before]
     report = RayJobReport(reused=len(files) - len(todo))
     if report.reused:
         log.info("%d of %d files already have results in %s; tagging the other %d", report.reused, len(files), out, len(todo))
     if not todo:
-        return _with_failures(report, out, set(files))
+        return _with_failures(report, out, set(names.values()))
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     import ray.data
@@ -277,7 +303,9 @@ def run_on_ray(files: Iterable[str | Path], out: str | Path, *, model: str | Pat
     blocks = -(-len(todo) // batch_files)
     if decode_tasks:  # a decode task takes a block: enough blocks for every core to decode, few enough to schedule
         blocks = max(blocks, min(len(todo), 4 * cpus))
-    ds = ray.data.from_items([{"path": f, "stem": stems[f]} for f in todo], override_num_blocks=blocks)
+    # Arrow holds text as UTF-8: each file travels as the OS's bytes ("file", "stem") beside the name the outputs write
+    ds = ray.data.from_items([{"path": names[f], "file": os.fsencode(f), "stem": os.fsencode(stems[f])} for f in todo],
+                             override_num_blocks=blocks)
     if decode_tasks:
         # its memory (a file decoded whole, twice at the concatenation) is also what keeps Ray from fusing this
         # stage into the workers' on CPUs, where both would otherwise ask for one CPU alone
@@ -301,7 +329,7 @@ def run_on_ray(files: Iterable[str | Path], out: str | Path, *, model: str | Pat
             rate = count / max(now - started, 1e-9)
             log.info("%d/%d files, %.1f files/s, ETA %.0f s", count, len(todo), rate, (len(todo) - count) / max(rate, 1e-9))
             last = now
-    return _with_failures(report, out, set(files))
+    return _with_failures(report, out, set(names.values()))
 
 
 def _same_settings(path: Path, job: dict) -> None:

@@ -12,7 +12,6 @@ import csv
 import io
 import json
 import logging
-import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -22,12 +21,13 @@ from typing import IO, Iterable
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..audio.io import find_audio
+from ..audio.io import find_audio, looks_like_audio
+from ..checks import check_selection, check_taggram_hop
 from ..errors import ParameterError, TagstackError
-from ..fileio import atomic_write, remove_leftovers_of
+from ..fileio import atomic_write, remove_leftovers_of, shown
 from ..report import write_taggram
 from ..models.tagging_model import require_tagger
-from .tagger import Tagger, check_selection
+from .tagger import Tagger
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def audio_files(paths: Iterable[str | Path]) -> list[Path]:
     paths = [str(p) for p in paths]
     files: list[Path] = []
     for p in paths:
-        if p.lower().endswith(".csv") and Path(p).is_file():
+        if p.lower().endswith(".csv") and os.path.isfile(p):  # (False, not an error, for a name the OS refuses)
             clips = read_manifest(p)
             files.extend(Path(clips.root) / c for c in clips.paths)
         else:
@@ -64,9 +64,20 @@ def audio_files(paths: Iterable[str | Path]) -> list[Path]:
     return files
 
 
-def check_destination(path: Path, *, folder: bool = False) -> None:
-    """Refuse, before any work, an output that cannot be written (missing or read-only folder, a folder as file)."""
+def check_destination(path: Path, *, folder: bool = False, force: bool = False) -> None:
+    """Refuse, before any work, an output that cannot be written (missing or read-only folder, a folder as file, a name
+    the OS refuses) or that would destroy an audio file that is there (unless ``force``)."""
     path = Path(path)
+    try:
+        _check_destination(path, folder)
+    except OSError as e:
+        raise ParameterError(f"{shown(path)}: cannot be an output ({e.strerror or e})") from None
+    if not folder and not force and looks_like_audio(path):
+        raise ParameterError(f"{shown(path)}: is an audio file; tagstack will not write its output over it "
+                             "(choose another name, or --force to replace it)")
+
+
+def _check_destination(path: Path, folder: bool) -> None:
     target = path if folder else path.parent
     if folder and path.exists() and not path.is_dir():
         raise ParameterError(f"{path}: exists and is not a folder")
@@ -81,10 +92,34 @@ def check_destination(path: Path, *, folder: bool = False) -> None:
         raise ParameterError(f"{path}: the folder {parent} is not writable")
 
 
+def check_not_an_input(output: Path, files: list[Path]) -> None:
+    """Refuse an output that is one of the inputs (``tagstack tag -o a.mp3 b.ogg a.mp3``): writing it would destroy
+    what was just read, ``--force`` or not."""
+    if not os.path.isfile(output):  # (os.path's tests answer False where the OS refuses to look)
+        return
+    for f in files:
+        try:
+            same = os.path.samefile(output, f)
+        except OSError:
+            continue
+        if same:
+            raise ParameterError(f"{shown(output)}: is also an input file; write the output to another file")
+
+
+def _names(files: list[Path]) -> list[str]:
+    """Each file's name as the outputs write it (:func:`~tagstack.fileio.shown`), with one warning line per name that
+    is not valid Unicode (and so is written with its bytes escaped)."""
+    names = [shown(f) for f in files]
+    for f, name in zip(files, names):
+        if name != str(f):
+            log.warning("%s: the name is not valid UTF-8; the outputs write its bytes as \\xNN escapes", name)
+    return names
+
+
 def tag_files(paths: Iterable[str | Path], *, tagger: Tagger | None = None, model: str | Path | None = None, device: str = "auto",
               top_k: int | None = 5, threshold: float | None = None, fmt: str = "table", output: str | Path | None = None,
               taggram_dir: str | Path | None = None, hop: float | None = None, stdout: IO[str] | None = None,
-              per_group: bool = False) -> BatchReport:
+              per_group: bool = False, force: bool = False) -> BatchReport:
     """Tag every file and write the results as a table, JSON lines or CSV.
 
     With ``per_group`` the top ``k`` (or the threshold) apply within each tag
@@ -93,21 +128,23 @@ def tag_files(paths: Iterable[str | Path], *, tagger: Tagger | None = None, mode
 
     Results stream to ``stdout`` (standard output by default), or go whole to
     ``output`` at the end. With ``taggram_dir`` each file's taggram is written
-    there too (.npy, .csv, .png), windows every ``hop`` seconds.
+    there too (.npy, .csv, .png), windows every ``hop`` seconds. ``output`` is
+    refused when it is one of the inputs, or an existing audio file unless ``force``.
     """
     if fmt not in FORMATS:
         raise ParameterError(f"format must be one of {FORMATS}, got {fmt!r}")
     check_selection(top_k, threshold)
-    if hop is not None and (taggram_dir is None or not (hop > 0 and math.isfinite(hop))):
-        raise ParameterError(f"--hop {hop} needs --taggram DIR and a positive, finite number of seconds")
+    check_taggram_hop(hop, taggram_dir is not None)
     if output is not None:
-        check_destination(Path(output))
+        check_destination(Path(output), force=force)
         remove_leftovers_of(Path(output))
     if taggram_dir is not None:
         check_destination(Path(taggram_dir), folder=True)
         if Path(taggram_dir).is_dir():  # only what taggram writes left in that folder itself
             remove_leftovers_of(Path(taggram_dir) / "*.taggram.*", pattern=True)
     files = audio_files(paths)
+    if output is not None:
+        check_not_an_input(Path(output), files)
     tagger = tagger or Tagger(model, device=device)
     require_tagger(tagger.model)
     if per_group and not tagger.model.groups:
@@ -118,23 +155,24 @@ def tag_files(paths: Iterable[str | Path], *, tagger: Tagger | None = None, mode
     if writer:
         writer.writerow(["path", "tag", "probability"] + (["group"] if per_group else []))
     report = BatchReport()
-    stems = unique_stems(files)
+    stems, names = unique_stems(files), _names(files)
     results = tagger.predict_many(files, taggram=taggram_dir is not None, hop=hop)
-    for f, stem, r in zip(files, stems, tqdm(results, total=len(files), desc="tag", unit="file", disable=len(files) < 2 or None)):
+    for f, stem, r in zip(names, stems, tqdm(results, total=len(files), desc="tag", unit="file", disable=len(files) < 2 or None)):
         if isinstance(r, TagstackError):
             _skip(report, f, r)
             continue
+        r.path = f
         top = r.top(top_k, threshold, per_group=per_group)
         if taggram_dir is not None:
             write_taggram(r, Path(taggram_dir), stem, tagger.cfg.clip_seconds)
         if fmt == "jsonl":
-            line = {"path": str(f), "seconds": round(r.seconds, 2), "tags": {t: round(p, 4) for t, p in top}}
+            line = {"path": f, "seconds": round(r.seconds, 2), "tags": {t: round(p, 4) for t, p in top}}
             if per_group:
                 line["groups"] = {t: r.group_of(t) for t, _ in top}
             out.write(json.dumps(line, allow_nan=False) + "\n")
         elif writer:
             for t, p in top:
-                writer.writerow([str(f), t, f"{p:.4f}"] + ([r.group_of(t)] if per_group else []))
+                writer.writerow([f, t, f"{p:.4f}"] + ([r.group_of(t)] if per_group else []))
         else:
             group = (lambda t: f"  {r.group_of(t)}") if per_group else (lambda t: "")
             out.write(f"{f}  ({r.seconds:.1f} s)\n" + "".join(f"    {t:<16} {p:.3f}{group(t)}\n" for t, p in top))
@@ -148,7 +186,8 @@ def tag_files(paths: Iterable[str | Path], *, tagger: Tagger | None = None, mode
 
 
 def embed_files(paths: Iterable[str | Path], out: str | Path, *, tagger: Tagger | None = None, model: str | Path | None = None,
-                device: str = "auto", scales: Iterable[int] | None = None, layers: Iterable[int] | None = None) -> BatchReport:
+                device: str = "auto", scales: Iterable[int] | None = None, layers: Iterable[int] | None = None,
+                force: bool = False) -> BatchReport:
     """One feature vector per readable file, in one file: ``.npz`` (``embeddings``, ``paths``, ``scales``, ``layers``) or ``.parquet``.
 
     Either way the file records which scales and layers its columns are
@@ -160,21 +199,22 @@ def embed_files(paths: Iterable[str | Path], out: str | Path, *, tagger: Tagger 
         raise ParameterError(f"{out}: the embedding file must end in {' or '.join(EMBEDDING_SUFFIXES)}")
     if out.suffix == ".parquet":
         _need_pyarrow()
-    check_destination(out)
+    check_destination(out, force=force)
     remove_leftovers_of(out)
     files = audio_files(paths)
+    check_not_an_input(out, files)
     tagger = tagger or Tagger(model, device=device)
     cols = tagger.model.columns_of(scales=scales, layers=layers)
     chosen_scales, chosen_layers = tagger.model.selection(scales=scales, layers=layers)
     names, vectors = [], []
     report = BatchReport()
     results = tagger.predict_many(files, embed_only=True)
-    for f, r in zip(files, tqdm(results, total=len(files), desc="embed", unit="file", disable=len(files) < 2 or None)):
+    for f, r in zip(_names(files), tqdm(results, total=len(files), desc="embed", unit="file", disable=len(files) < 2 or None)):
         if isinstance(r, TagstackError):
             _skip(report, f, r)
             continue
         vectors.append(r.embedding[cols])
-        names.append(str(f))
+        names.append(f)
         report.done += 1
     if vectors:
         x = np.stack(vectors).astype(np.float32)
@@ -204,9 +244,9 @@ def _need_pyarrow() -> None:
         raise ParameterError("writing .parquet needs pyarrow: pip install 'tagstack[parquet]'") from None
 
 
-def _skip(report: BatchReport, path: Path, error: TagstackError) -> None:
-    reason = str(error)
-    report.skipped.append((str(path), reason))
+def _skip(report: BatchReport, name: str, error: TagstackError) -> None:
+    reason = shown(str(error))
+    report.skipped.append((name, reason))
     log.warning("skipped %s", reason)
 
 
@@ -237,4 +277,5 @@ def unique_stems(files: list[Path]) -> list[str]:
     return stems
 
 
-__all__ = ["BatchReport", "FORMATS", "MAX_STEM", "audio_files", "check_destination", "embed_files", "tag_files", "unique_stems"]
+__all__ = ["BatchReport", "FORMATS", "MAX_STEM", "audio_files", "check_destination", "check_not_an_input", "embed_files", "tag_files",
+           "unique_stems"]

@@ -18,15 +18,16 @@ Example
 from __future__ import annotations
 
 import itertools
-import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Sequence, Union
 
 import numpy as np
 import torch
 
 from ..audio.io import stream
+from ..checks import BATCH_WINDOWS, MAX_SECONDS, check_hop, check_selection
 from ..tags import UNGROUPED
 from ..errors import AudioError, AudioTooLongError, ParameterError, TagstackError
 from ..models.file import load_model
@@ -74,15 +75,6 @@ class Result:
         return self.groups.get(tag, UNGROUPED)
 
 
-def check_selection(top_k: int | None, threshold: float | None) -> None:
-    """Refuse a tag selection that cannot mean anything (a negative count, a threshold outside [0, 1])."""
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0):
-        raise ParameterError(f"top_k must be a whole number >= 0 (0 or None: all tags), got {top_k!r}")
-    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.integer, np.floating))
-                                  or not 0 <= threshold <= 1):
-        raise ParameterError(f"threshold must be a probability in [0, 1], got {threshold!r}")
-
-
 class _Aggregate:
     """One source's running sums: the segment-weighted feature total (and own outputs), its weights, taggram rows, samples."""
 
@@ -124,6 +116,35 @@ class _Aggregate:
         width = self.total.shape[0]
         feats = np.concatenate(self.gram_feats) if self.gram_feats else np.zeros((0, width), np.float32)
         return feats, np.asarray(self.gram_starts)
+
+
+#: What a :class:`Tagger` reads: a file (a path as text, bytes or ``os.PathLike``) or samples (a numpy array, a torch
+#: tensor, or a sequence of numbers; 1-D mono, or 2-D with channels on either axis, the shorter taken as channels).
+Source = Union[str, bytes, "os.PathLike[str]", np.ndarray, torch.Tensor, Sequence[float], Sequence[Sequence[float]]]
+
+
+def as_source(source: Source) -> str | np.ndarray:
+    """``source`` as the decoder takes it: a path as ``str`` (bytes decoded as the OS gives names), or samples as a
+    numpy array; anything else is a :class:`~tagstack.errors.ParameterError` saying what is accepted."""
+    if isinstance(source, os.PathLike):
+        source = os.fspath(source)
+    if isinstance(source, bytes):
+        return os.fsdecode(source)
+    if isinstance(source, (str, np.ndarray)):
+        return source
+    if isinstance(source, torch.Tensor):
+        t = source.detach().cpu()
+        return (t.float() if t.is_floating_point() and t.dtype != torch.float64 else t).numpy()
+    if isinstance(source, (list, tuple)):
+        if any(isinstance(x, (str, bytes, os.PathLike)) for x in source):
+            raise ParameterError("got a list of file names: this takes one file or one array of samples "
+                                 "(several files: Tagger.predict_batch or predict_many)")
+        try:
+            return np.asarray(source)
+        except (ValueError, TypeError) as e:
+            raise ParameterError(f"a sequence of samples must be numbers, 1-D or 2-D with rows of one length ({e})") from None
+    raise ParameterError(f"audio must be a file path, a numpy array, a torch tensor or a sequence of numbers, "
+                         f"got {type(source).__name__}")
 
 
 def model_stream(source: str | Path | np.ndarray, model: TaggingModel, sr: int | None = None) -> Iterator[tuple[np.ndarray, ...]]:
@@ -186,9 +207,7 @@ class Tagger:
         """Windows per network pass: enough to fill a GPU, few on a CPU (where batching gains little)."""
         if batch_windows is None:
             return 64 if self.device.type == "cuda" else 8
-        if batch_windows < 1:
-            raise ParameterError(f"batch_windows must be >= 1, got {batch_windows}")
-        return batch_windows
+        return BATCH_WINDOWS.check(batch_windows)
 
     def _features(self, sources: list[Iterator[Window]], batch_windows: int | None = None) -> list[_Aggregate | TagstackError]:
         """Run the windows of several sources through the networks together, ``batch_windows`` per pass.
@@ -244,9 +263,9 @@ class Tagger:
             return self.model.proba_from_features(torch.from_numpy(np.atleast_2d(feats)).to(self.device)).cpu().numpy()
 
     # ------------------------------------------------------------ public API
-    def predict(self, source: str | Path | np.ndarray, *, sr: int | None = None, taggram: bool = False,
+    def predict(self, source: Source, *, sr: int | None = None, taggram: bool = False,
                 hop: float | None = None, max_seconds: float | None = None) -> Result:
-        """Whole-file tag probabilities (and, if asked, the taggram) of a file or a mono array.
+        """Whole-file tag probabilities (and, if asked, the taggram) of a file or of samples at ``sr`` Hz (:data:`Source`).
 
         ``hop`` is the time in seconds between the starts of taggram windows
         (each one clip long, 29.1 s for the paper's models); the default is
@@ -262,7 +281,7 @@ class Tagger:
             raise result
         return result
 
-    def predict_batch(self, sources: Iterable[str | Path | np.ndarray], *, sr: int | Sequence[int | None] | None = None, taggram: bool = False,
+    def predict_batch(self, sources: Iterable[Source], *, sr: int | Sequence[int | None] | None = None, taggram: bool = False,
                       hop: float | None = None, embed_only: bool = False, batch_windows: int | None = None,
                       names: list[str] | None = None, max_seconds: float | None = None) -> list[Result | TagstackError]:
         """:meth:`predict` for several sources at once, their windows sharing network passes.
@@ -278,12 +297,12 @@ class Tagger:
         ``sr`` is the rate of array sources, one for all or one per source;
         ``max_seconds`` as in :meth:`predict`.
         """
-        sources = list(sources)
+        sources = [as_source(s) for s in sources]
         rates = list(sr) if isinstance(sr, (list, tuple)) else [sr] * len(sources)
         if len(rates) != len(sources):
             raise ParameterError(f"{len(rates)} sample rates for {len(sources)} sources")
-        if max_seconds is not None and not (max_seconds > 0 and math.isfinite(max_seconds)):
-            raise ParameterError(f"max_seconds must be a positive number of seconds, got {max_seconds!r}")
+        if max_seconds is not None:
+            MAX_SECONDS.check(max_seconds)
         gram_hop = self._gram_hop(hop) if taggram and not embed_only else None
         if names is None:
             names = [str(s) if not isinstance(s, np.ndarray) else "<array>" for s in sources]
@@ -312,7 +331,7 @@ class Tagger:
             results[k] = r
         return results
 
-    def _embedding(self, source: str | Path | np.ndarray, sr: int | None = None) -> Result:
+    def _embedding(self, source: Source, sr: int | None = None) -> Result:
         """A :class:`Result` holding only the embedding (works with models that have no global classifier)."""
         result = self.predict_batch([source], sr=sr, embed_only=True)[0]
         if isinstance(result, TagstackError):
@@ -320,11 +339,7 @@ class Tagger:
         return result
 
     def _gram_hop(self, hop: float | None) -> int:
-        if hop is None:
-            return self.cfg.clip_samples
-        if not (hop > 0 and math.isfinite(hop)):
-            raise ParameterError(f"the taggram hop must be a positive, finite number of seconds, got {hop!r}")
-        return max(1, round(hop * self.cfg.sample_rate))
+        return self.cfg.clip_samples if hop is None else check_hop(hop, self.cfg.sample_rate)
 
     def predict_many(self, paths: Iterable[str | Path], *, taggram: bool = False, hop: float | None = None,
                      workers: int | None = None, embed_only: bool = False) -> Iterator[Result | TagstackError]:
@@ -361,19 +376,19 @@ class Tagger:
         finally:
             torch.set_num_threads(threads)
 
-    def tag(self, source, *, sr: int | None = None, top_k: int | None = 5, threshold: float | None = None,
+    def tag(self, source: Source, *, sr: int | None = None, top_k: int | None = 5, threshold: float | None = None,
             per_group: bool = False) -> list[tuple[str, float]]:
         """The best tags of a file or array as ``(tag, probability)`` pairs (within each tag group with ``per_group``; see :meth:`Result.top`)."""
         require_tagger(self.model)
         check_selection(top_k, threshold)
         return self.predict(source, sr=sr).top(top_k, threshold, per_group=per_group)
 
-    def embed(self, source, *, sr: int | None = None, scales: Iterable[int] | None = None, layers: Iterable[int] | None = None) -> np.ndarray:
+    def embed(self, source: Source, *, sr: int | None = None, scales: Iterable[int] | None = None, layers: Iterable[int] | None = None) -> np.ndarray:
         """The multi-level, multi-scale feature vector of a file (chosen scales and layers; all by default)."""
         cols = self.model.columns_of(scales=scales, layers=layers)
         return self._embedding(source, sr).embedding[cols]
 
-    def taggram(self, source, *, sr: int | None = None, hop: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def taggram(self, source: Source, *, sr: int | None = None, hop: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Tag probabilities per clip-long window: ``(windows, n_tags)`` and the window start times in seconds.
 
         Windows start every ``hop`` seconds (default: back to back); see :meth:`predict`.

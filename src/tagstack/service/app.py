@@ -9,19 +9,23 @@ Python API do it. What the service adds is what a shared server needs:
   ops), so the event loop keeps answering while files are tagged;
 - an upload is streamed to a temporary file (never held in memory) and
   decoded in blocks, so a long file costs bounded memory; the temporary file
-  is removed whatever happens;
+  is removed when its request ends, and the folder of a killed server by the
+  next one (:mod:`.uploads`);
+- every connection is bounded in bytes, stalls, rate and number
+  (:mod:`.limits`), and SIGTERM gives the requests under way
+  ``shutdown_timeout`` seconds before they are cancelled;
 - every bad request gets a 4xx and one line, ``{"error": "..."}``: bad
-  parameters 400, not audio or undecodable 422, too large or too long 413,
-  an unsupported file type 415. Nothing a client sends gives a 500.
+  parameters 400, a stalled or too slow upload 408, not audio or
+  undecodable 422, too large or too long 413, an unsupported file type 415;
+  too many uploads at once 503. Nothing a client sends gives a 500, and a
+  client that goes away mid-upload is one log line.
 """
 from __future__ import annotations
 
 import logging
 import os
-import shutil
 import tempfile
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -33,14 +37,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from .. import __version__
 from ..audio.io import AUDIO_EXTENSIONS, duration_seconds
 from ..errors import AudioTooLongError, ParameterError, TagstackError
-from ..inference.tagger import Result, Tagger, check_selection
+from ..checks import HOP, check_selection
+from ..inference.tagger import Result, Tagger
 from ..models.file import read_metadata
 from ..models.tagging_model import require_tagger
 from ..runtime import usable_cpus
+from .limits import Problem, RequestGuard, ServiceLimits
+from .uploads import UploadFolder
 
 log = logging.getLogger(__name__)
 
@@ -55,66 +63,8 @@ AUTO_WINDOWS = 64
 MAX_WINDOWS = 2000
 
 
-@dataclass(frozen=True)
-class ServiceLimits:
-    """What one request may cost; validated when built (``tagstack serve`` options)."""
-
-    max_upload_mb: float = 200.0
-    max_seconds: float = 3 * 3600.0
-    concurrency: int = 0  # analyses at once; 0: one per usable CPU
-
-    def __post_init__(self) -> None:
-        if not self.max_upload_mb > 0 or not self.max_seconds > 0 or self.concurrency < 0:
-            raise ParameterError(f"need max_upload_mb > 0, max_seconds > 0 and concurrency >= 0, got "
-                                 f"{self.max_upload_mb}, {self.max_seconds}, {self.concurrency}")
-
-    @property
-    def max_bytes(self) -> int:
-        return int(self.max_upload_mb * 1024 * 1024)
-
-    @property
-    def workers(self) -> int:
-        return self.concurrency or usable_cpus()
-
-
-class Problem(Exception):
-    """A request the service refuses: an HTTP status and one line for the client."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-
-
-class _BodyLimit:
-    """ASGI middleware: refuse bodies over ``limit`` bytes, by Content-Length at once or while they stream in."""
-
-    def __init__(self, app, limit: int) -> None:
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await _problem_response(413, self._reason())(scope, receive, send)
-        seen = 0
-
-        async def counting_receive():
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise Problem(413, self._reason())
-            return message
-
-        return await self.app(scope, counting_receive, send)
-
-    def _reason(self) -> str:
-        return f"upload larger than this service's limit of {self.limit / 1024 / 1024:g} MB (--max-upload-mb)"
-
-
-def _problem_response(status: int, reason: str) -> JSONResponse:
-    return JSONResponse({"error": reason}, status_code=status)
+def _problem_response(status: int, reason: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": reason}, status_code=status, headers=headers)
 
 
 def _names(text: str | None) -> list[str] | None:
@@ -149,13 +99,15 @@ def _suffix(filename: str | None, content_type: str | None) -> str:
 class Service:
     """The loaded model, the limits and the upload folder shared by every request."""
 
-    def __init__(self, tagger: Tagger, model_path: Path | None, limits: ServiceLimits) -> None:
+    def __init__(self, tagger: Tagger, model_path: Path | None, limits: ServiceLimits,
+                 upload_parent: str | Path | None = None) -> None:
         self.tagger, self.limits = tagger, limits
         self.meta = read_metadata(model_path) if model_path is not None else None
         card = model_path.with_suffix(".md") if model_path is not None else None
         self.card = card.read_text(encoding="utf-8") if card is not None and card.is_file() else ""
         self.name = model_path.stem if model_path is not None else "model"
         self.limiter = anyio.CapacityLimiter(limits.workers)
+        self.uploads = UploadFolder(upload_parent)
         self.upload_dir: Path | None = None
 
     def model_info(self) -> dict:
@@ -167,7 +119,8 @@ class Service:
                 "n_features": m.n_features, "clip_seconds": self.tagger.cfg.clip_seconds,
                 "sample_rate": self.tagger.cfg.sample_rate, "dataset": info.get("dataset"), "data": info.get("data"),
                 "test": info.get("test"), "card": self.card, "version": __version__, "tag_groups": m.groups,
-                "limits": {"max_upload_mb": self.limits.max_upload_mb, "max_seconds": self.limits.max_seconds}}
+                "limits": {"max_upload_mb": self.limits.max_upload_mb, "max_seconds": self.limits.max_seconds,
+                           "upload_timeout": self.limits.upload_timeout, "min_upload_kbps": self.limits.min_upload_kbps}}
 
     async def save_upload(self, request: Request) -> tuple[Path, str]:
         """The request's audio in a new temporary file, and the name the client gave it."""
@@ -249,42 +202,47 @@ class Service:
             clip = self.tagger.cfg.clip_seconds
             return max(clip / 4, (seconds - clip) / (AUTO_WINDOWS - 1)) if seconds > clip else None
         try:
-            value = float(hop)
-        except ValueError:
-            value = float("nan")
-        if not (value > 0 and np.isfinite(value)):
-            raise Problem(400, f"hop must be a positive number of seconds, 'clip' or 'auto'; got {hop!r}")
-        return value
+            return HOP.parse(hop)
+        except ParameterError as e:
+            raise Problem(400, f"{e}; or 'clip' or 'auto'") from None
 
 
-def create_app(model: str | Path | None = None, *, device: str = "auto", limits: ServiceLimits | None = None) -> FastAPI:
-    """The service's ASGI application, with ``model`` (a file or a shipped name) loaded once."""
+def create_app(model: str | Path | None = None, *, device: str = "auto", limits: ServiceLimits | None = None,
+               upload_dir: str | Path | None = None) -> FastAPI:
+    """The service's ASGI application, with ``model`` (a file or a shipped name) loaded once; uploads go to a folder
+    of this process's under ``upload_dir`` (default: the system's temporary folder)."""
     from ..models.zoo import resolve_model
 
     limits = limits or ServiceLimits()
     path = resolve_model(model)
-    service = Service(Tagger(path, device=device), path, limits)
+    service = Service(Tagger(path, device=device), path, limits, upload_dir)
     if service.tagger.device.type == "cpu":  # parallel across requests, one thread each (see ServiceLimits.concurrency)
         torch.set_num_threads(max(1, usable_cpus() // limits.workers))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        service.upload_dir = Path(tempfile.mkdtemp(prefix="tagstack-serve-"))
-        log.info("serving %s (%d tags) on %s, %d analyses at once", service.name, len(service.tagger.tags),
-                 service.tagger.device, limits.workers)
+        service.upload_dir = service.uploads.open()
+        log.info("serving %s (%d tags) on %s, %d analyses and %d uploads at once", service.name, len(service.tagger.tags),
+                 service.tagger.device, limits.workers, limits.max_uploads)
         try:
             yield
         finally:
-            shutil.rmtree(service.upload_dir, ignore_errors=True)
+            service.uploads.close()
 
     app = FastAPI(title="tagstack", version=__version__, lifespan=lifespan,
                   description="Music auto-tagging with multi-level, multi-scale CNN features (Lee & Nam, 2017).")
-    app.add_middleware(_BodyLimit, limit=limits.max_bytes)
+    app.add_middleware(RequestGuard, limits=limits)
     app.state.service = service
 
     @app.exception_handler(Problem)
     async def problem(request: Request, exc: Problem) -> JSONResponse:
-        return _problem_response(exc.status, str(exc))
+        return _problem_response(exc.status, str(exc), exc.headers)
+
+    @app.exception_handler(ClientDisconnect)  # the client went away mid-upload: nobody to answer, one line in the log
+    async def gone(request: Request, exc: ClientDisconnect) -> Response:
+        where = f"{request.client.host}:{request.client.port}" if request.client else "a client"
+        log.info("%s disconnected during its upload to %s; the partial upload was removed", where, request.url.path)
+        return Response(status_code=400)
 
     @app.exception_handler(HTTPException)  # what FastAPI and Starlette raise themselves: unknown path, method, bad multipart
     async def http_problem(request: Request, exc: HTTPException) -> JSONResponse:
@@ -308,8 +266,8 @@ def create_app(model: str | Path | None = None, *, device: str = "auto", limits:
 
     @app.post("/api/tag", summary="Tag an audio file (multipart field 'file', or the raw body)")
     async def tag(request: Request,
-                  top_k: int | None = Query(5, ge=0, description="best tags to return (0: all)"),
-                  threshold: float | None = Query(None, ge=0, le=1, description="return every tag at or above this instead of the top k"),
+                  top_k: int | None = Query(5, description="best tags to return (0: all)"),
+                  threshold: float | None = Query(None, description="return every tag at or above this instead of the top k"),
                   per_group: bool = Query(False, description="apply top_k / threshold within each tag group of the model"),
                   embed: bool = Query(False, description="also return the multi-level, multi-scale embedding"),
                   scales: str | None = Query(None, description="embedding scales (branches), e.g. 27,54 or musicnn-msd/187 (default: all)"),
@@ -318,13 +276,17 @@ def create_app(model: str | Path | None = None, *, device: str = "auto", limits:
                   hop: str | None = Query(None, description="seconds between taggram windows, 'clip' (back to back) or 'auto'"),
                   filename: str | None = Query(None, description="the file's name, for a raw-body upload (its extension names the format)"),
                   ) -> JSONResponse:
+        try:
+            check_selection(top_k, threshold)  # before the upload is read: a bad request costs no transfer
+        except ParameterError as e:
+            raise Problem(400, str(e)) from None
         s, l_ = _names(scales), _ints(layers, "layers")
         path, name = await service.save_upload(request)
         try:
             out = await anyio.to_thread.run_sync(
                 lambda: service.analyse(path, name, top_k=top_k, threshold=threshold,
                                         embed=embed, scales=s, layers=l_, taggram=taggram, hop=hop, per_group=per_group),
-                limiter=service.limiter)
+                limiter=service.limiter, abandon_on_cancel=True)  # a shutdown past its deadline does not wait for it
         finally:
             path.unlink(missing_ok=True)
         return JSONResponse(out)
@@ -348,12 +310,14 @@ def _asset(name: str) -> str:
 
 
 def serve(model: str | Path | None = None, *, host: str = "127.0.0.1", port: int = 8000, device: str = "auto",
-          limits: ServiceLimits | None = None) -> None:
-    """Run the service until interrupted (``tagstack serve``)."""
+          limits: ServiceLimits | None = None, upload_dir: str | Path | None = None) -> None:
+    """Run the service until interrupted (``tagstack serve``); SIGTERM or Ctrl-C stop it gracefully: no new
+    connections, and the requests under way get ``limits.shutdown_timeout`` seconds before they are cancelled."""
     import uvicorn
 
-    app = create_app(model, device=device, limits=limits)
-    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
+    limits = limits or ServiceLimits()
+    app = create_app(model, device=device, limits=limits, upload_dir=upload_dir)
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False, timeout_graceful_shutdown=limits.shutdown_timeout)
 
 
 __all__ = ["Problem", "ServiceLimits", "create_app", "serve"]

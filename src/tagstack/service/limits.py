@@ -1,0 +1,176 @@
+"""What one client may cost the service, and the ASGI middleware that holds every request to it.
+
+A service that strangers upload files to must bound what each connection
+holds: its bytes (``max_upload_mb``), its time on the wire (a client that
+stops sending, or trickles, is cut off: ``upload_timeout``,
+``min_upload_kbps``), how many uploads are held at once (``max_uploads``:
+each is a temporary file and a descriptor) besides how many are analysed at
+once (``concurrency``), and how long a shutdown waits for them
+(``shutdown_timeout``). uvicorn bounds none of the first three by itself.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+from ..checks import (CONCURRENCY, MAX_SECONDS, MAX_UPLOAD_MB, MAX_UPLOADS, MIN_UPLOAD_RATE, SHUTDOWN_TIMEOUT,
+                      UPLOAD_TIMEOUT)
+from ..runtime import usable_cpus
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServiceLimits:
+    """What one request may cost; validated when built (``tagstack serve`` options, :mod:`tagstack.checks`)."""
+
+    max_upload_mb: float = 200.0
+    max_seconds: float = 3 * 3600.0
+    concurrency: int = 0  # analyses at once; 0: one per usable CPU
+    max_uploads: int = 32  # requests holding an upload at once (being received, waiting for or in analysis)
+    upload_timeout: float = 30.0  # seconds an upload may go without a byte
+    min_upload_kbps: float = 16.0  # slower on average than this after the first upload_timeout seconds: cut off; 0: never
+    shutdown_timeout: float = 30.0  # on SIGTERM, seconds the requests under way get to finish
+
+    def __post_init__(self) -> None:
+        MAX_UPLOAD_MB.check(self.max_upload_mb)
+        MAX_SECONDS.check(self.max_seconds)
+        CONCURRENCY.check(self.concurrency)
+        MAX_UPLOADS.check(self.max_uploads)
+        UPLOAD_TIMEOUT.check(self.upload_timeout)
+        MIN_UPLOAD_RATE.check(self.min_upload_kbps)
+        SHUTDOWN_TIMEOUT.check(self.shutdown_timeout)
+
+    @property
+    def max_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def workers(self) -> int:
+        return self.concurrency or usable_cpus()
+
+
+class Problem(Exception):
+    """A request the service refuses: an HTTP status and one line for the client."""
+
+    def __init__(self, status: int, reason: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.headers = headers or {}
+
+
+async def send_problem(send, status: int, reason: str, headers: dict[str, str] | None = None) -> None:
+    """A ``{"error": reason}`` response written straight to ASGI ``send`` (before the application has the request)."""
+    body = json.dumps({"error": reason}).encode()
+    extra = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close"), *extra]})
+    await send({"type": "http.response.body", "body": body})
+
+
+#: A refusal in the middle of a body ends its connection: the rest of the body is never read.
+CLOSE = {"Connection": "close"}
+
+#: A refused body is still read for this long, or this many bytes, before the answer and the close ("lingering
+#: close"): a client that writes its whole body before it reads gets the answer, not a connection reset.
+DRAIN_SECONDS, DRAIN_BYTES = 2.0, 16 << 20
+
+
+async def drain(receive) -> None:
+    """Read and drop what the client is still sending, up to ``DRAIN_BYTES`` or ``DRAIN_SECONDS``."""
+    import anyio
+
+    got = 0
+    with anyio.move_on_after(DRAIN_SECONDS):
+        while got < DRAIN_BYTES:
+            message = await receive()
+            got += len(message.get("body", b""))
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                return
+
+
+#: Methods whose requests carry an upload.
+UPLOAD_METHODS = {"POST", "PUT", "PATCH"}
+
+
+class RequestGuard:
+    """ASGI middleware: every request body bounded in size, in stalls and in rate, and uploads bounded in number.
+
+    A body over ``max_bytes`` (declared or streamed), a body that goes
+    ``upload_timeout`` seconds without a byte, or one slower on average than
+    ``min_upload_kbps`` once ``upload_timeout`` seconds have passed, ends in a
+    :class:`Problem` (413, 408) raised where the application reads it, so the
+    application's handler answers and removes its temporary file; the
+    connection is then closed. A request with a body beyond ``max_uploads``
+    held at once gets a 503 at once, before a byte of it is read.
+    """
+
+    def __init__(self, app, limits: ServiceLimits) -> None:
+        self.app, self.limits = app, limits
+        self.uploads = 0
+
+    async def __call__(self, scope, receive, send):
+        import anyio  # the web stack's (this module imports without it: the CLI reads ServiceLimits' defaults)
+
+        if scope["type"] != "http" or scope.get("method") not in UPLOAD_METHODS:
+            return await self.app(scope, receive, send)
+        lim = self.limits
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > lim.max_bytes:
+            await drain(receive)
+            return await send_problem(send, 413, self._too_large())
+        if self.uploads >= lim.max_uploads:
+            await drain(receive)
+            return await send_problem(send, 503, f"this service holds {lim.max_uploads} uploads at once (--max-uploads); "
+                                                 "try again shortly", {"Retry-After": "5"})
+        seen, started, done = 0, time.monotonic(), False
+
+        async def guarded_receive():
+            nonlocal seen, done
+            if done:  # the body is whole: what is left to hear is a disconnect, whenever it comes
+                return await receive()
+            with anyio.move_on_after(lim.upload_timeout) as scope_:
+                message = await receive()
+            if scope_.cancelled_caught:
+                raise Problem(408, f"the upload stalled: no data for {lim.upload_timeout:g} s after {seen} bytes (--upload-timeout)",
+                              CLOSE)
+            seen += len(message.get("body", b""))
+            done = message["type"] != "http.request" or not message.get("more_body", False)
+            if seen > lim.max_bytes:
+                if not done:
+                    await drain(receive)
+                raise Problem(413, self._too_large(), CLOSE)
+            elapsed = time.monotonic() - started
+            if not done and lim.min_upload_kbps and elapsed > lim.upload_timeout and seen < lim.min_upload_kbps * 1000 * elapsed:
+                raise Problem(408, f"the upload is too slow: {seen} bytes in {elapsed:.0f} s, under this service's minimum "
+                                   f"of {lim.min_upload_kbps:g} kB/s (--min-upload-kbps)", CLOSE)
+            return message
+
+        answered = False
+
+        async def tracked_send(message) -> None:
+            nonlocal answered
+            answered = answered or message["type"] == "http.response.start"
+            await send(message)
+
+        self.uploads += 1
+        try:
+            return await self.app(scope, guarded_receive, tracked_send)
+        except asyncio.CancelledError:  # uvicorn ends what is still under way at the shutdown deadline: one line, not a traceback
+            log.warning("%s %s: still under way at the shutdown deadline (--shutdown-timeout), cancelled", scope["method"], scope["path"])
+            if not answered:
+                with contextlib.suppress(Exception):
+                    await send_problem(send, 503, "the service is shutting down; try again shortly", {"Retry-After": "5"})
+        finally:
+            self.uploads -= 1
+
+    def _too_large(self) -> str:
+        return f"upload larger than this service's limit of {self.limits.max_upload_mb:g} MB (--max-upload-mb)"
+
+
+__all__ = ["Problem", "RequestGuard", "ServiceLimits", "send_problem"]
