@@ -142,3 +142,33 @@ def test_backbones_mix_with_the_papers_cnns_in_one_model(tmp_path):
         acts, _ = mus.forward_intermediates(torch.cat(segs))
     cols = mixed.columns_of(scales=["musicnn-mtt/187"], layers=[5])
     np.testing.assert_allclose(emb[cols], acts[4].mean(0).numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_a_global_model_on_pretrained_backbones_runs_every_stage(tmp_path, synth_dir):
+    """`tagstack run --local-from musicnn-mtt,artist --scales ...`: stage 2 reads each backbone's own front end (one mel cache
+    each, none for the paper's front end), stage 3 trains a global MLP, and the model file tags new audio the same way."""
+    from synth import TEST_FRONTEND
+    from tagstack.cli.main import main
+    from tagstack.config import TrainConfig
+    from tagstack.experiments.experiment_config import ExperimentConfig
+    from tagstack.experiments.run import Experiment
+
+    cfg = ExperimentConfig(dataset="manifest", root=str(synth_dir), frontend=TEST_FRONTEND, local_from=("musicnn-mtt", "artist"),
+                           scales=("musicnn-mtt/62", "musicnn-mtt/187", "artist/129"), cache_dir=str(tmp_path / "cache"), workers=1,
+                           global_=TrainConfig(max_epochs=3, batch_size=8, lr_stages=1, monitor="roc_auc"), n_boot=10)
+    exp = Experiment(cfg, tmp_path / "run")
+    metrics = exp.run()
+    assert metrics["local"] == {}  # musicnn's own outputs are other tags
+    caches = {p.name.split("-fe")[1][:12] for p in (tmp_path / "cache").iterdir()}
+    musicnn = network("musicnn-mtt", "musicnn-mtt").frontend.over_window(TEST_FRONTEND.clip_seconds)
+    assert caches == {musicnn.key(), TEST_FRONTEND.key()}  # musicnn's, and the paper's that the artist CNN reads
+    model = load_model(tmp_path / "run" / "model.safetensors")
+    assert model.local_scales == cfg.scales and sorted(model.local_models) == ["artist", "musicnn-mtt"]
+    feats = exp.features()["features"]
+    test = exp.data.clips.indices("test")
+    tagger = Tagger(tmp_path / "run" / "model.safetensors", device="cpu")
+    first = exp.data.clips.audio_path(test[0])
+    # the mel caches store frames as float16: agreement to that precision (as test_equivalence's paper-CNN check)
+    np.testing.assert_allclose(tagger.predict(first).embedding, feats[test[0]], rtol=2e-2, atol=2e-2)
+    assert main(["tag", str(first), "--model", str(tmp_path / "run" / "model.safetensors")]) == 0

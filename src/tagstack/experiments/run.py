@@ -142,7 +142,8 @@ class Experiment:
         if self._data is None:
             c = self.config
             clips = self._clips or load_dataset(c.dataset, c.root, split=c.split, split_dir=c.split_dir, merge=c.merge_synonyms)
-            cache = MelCache(clips, cache_dir=c.cache_dir or tagstack_home() / "mels", frontend=c.frontend)
+            frontend = self._main_frontend()
+            cache = MelCache(clips, cache_dir=c.cache_dir or tagstack_home() / "mels", frontend=frontend)
             rank, _ = distributed()
             if rank > 0:  # under torchrun the first process builds the cache, the others then open it
                 barrier()
@@ -154,10 +155,19 @@ class Experiment:
                 if len(kept.indices(split)) < 2:
                     raise DatasetError(f"{clips.root}: only {len(kept.indices(split))} usable clips in split '{split}'")
             self._data = Prepared(clips=kept, mels=cache.mels, mel_rows=np.flatnonzero(cache.valid), frames=cache.frames, report=report,
-                                  digest=data_digest(kept.paths, kept.splits, kept.labels, kept.tags, c.frontend), frontend=c.frontend)
+                                  digest=data_digest(kept.paths, kept.splits, kept.labels, kept.tags, frontend), frontend=frontend)
             self._all_clips = clips
             atomic_write_text(self.dir / "dataset.txt", kept.summary() + "\n")
         return self._data
+
+    def _main_frontend(self) -> FrontEndConfig:
+        """The front end of the mel cache every stage reads: the paper's CNNs' when the experiment has any (they are
+        trained on it), else the first pretrained network's, so that no cache is built for frames nothing reads."""
+        c = self.config
+        if any(s.isdigit() for s in c.scales):
+            return c.frontend
+        first = self.branches[0]
+        return self.local_models()[first.network].frontend or c.frontend
 
     def _cache_frontends(self, model: TaggingModel) -> None:
         """Build (or resume) the mel caches of the front ends ``model`` reads besides the experiment's own."""
