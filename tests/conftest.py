@@ -10,6 +10,15 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `import tagstack` does
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
+try:  # generated inputs are the same on every run (a failure reproduces); HYPOTHESIS_PROFILE=explore draws new ones
+    from hypothesis import settings
+
+    settings.register_profile("repeatable", derandomize=True)
+    settings.register_profile("explore", max_examples=500)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
+except ImportError:
+    pass
+
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
@@ -39,10 +48,22 @@ def model_file(tmp_path_factory) -> Path:
 
 
 #: Fixtures that train networks: every test that uses one is marked ``slow`` (``pytest -m "not slow"`` skips them).
-TRAINING_FIXTURES = {"run", "model_file_trained", "trained_model"}
+TRAINING_FIXTURES = {"run", "trained_model"}
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(autouse=True)
+def _fast_tests_train_nothing(request, monkeypatch):
+    """The fast half trains no network (CONTRIBUTING): a test not marked ``slow`` that reaches the trainer fails."""
+    if request.node.get_closest_marker("slow") is None:
+        import tagstack.train.stages as stages
+
+        def refuse(*args, **kwargs):
+            raise AssertionError(f"{request.node.nodeid} trains a network but is not marked slow")
+
+        monkeypatch.setattr(stages, "fit", refuse)

@@ -41,6 +41,7 @@ def test_logmel_matches_librosa_within_1e4_relative():
     assert np.abs(ours - ref).max() < 1e-5
 
 
+@pytest.mark.slow
 def test_a_291_second_clip_gives_1250_frames():
     y = music_like(29.1)
     assert y.size == 641655

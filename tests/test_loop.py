@@ -1,4 +1,5 @@
 """The one training loop's options beyond the authors' schedule: linear warm-up, gradient clipping, mixup."""
+import pytest
 import torch
 from torch import nn
 
@@ -133,6 +134,7 @@ def test_masked_bce_ignores_unknown_labels_and_equals_bce_without_them():
     assert none_known.item() == 0 and none_known.requires_grad
 
 
+@pytest.mark.slow
 def test_global_stage_trains_on_labels_with_unknowns(tmp_path):
     """Stage 3 on features whose labels are partly unknown: finite losses and validation scores, a model that learned."""
     import numpy as np

@@ -97,6 +97,7 @@ def test_transfer_from_cnns_of_another_vocabulary(tmp_path, synth_dir):
     assert (tmp_path / "rep" / "tables" / "table1_transfer.md").exists()
 
 
+@pytest.mark.slow
 def test_a_single_label_reproduction_reports_accuracy_beside_the_papers(tmp_path, synth_dir):
     """GTZAN and Tagtraum are compared by accuracy in the paper: a single-label run's Table II has it, and every
     published column says which measure it holds."""

@@ -348,6 +348,7 @@ def test_uploads_beyond_the_limit_get_a_503_at_once(strict_server, song):
     assert request(strict_server, "POST", "/api/tag", song.read_bytes(), {"Content-Type": "audio/mpeg"})[0] == 200
 
 
+@pytest.mark.slow
 def test_sigterm_stops_the_server_within_its_deadline_and_a_vanished_client_is_one_line(model_file, tmp_path, song):
     """A client that disconnects mid-upload is one log line; SIGTERM while another upload stalls ends the server within
     --shutdown-timeout, its upload folder removed."""
@@ -376,6 +377,7 @@ def test_sigterm_stops_the_server_within_its_deadline_and_a_vanished_client_is_o
     assert "disconnected during its upload to /api/tag; the partial upload was removed" in line
 
 
+@pytest.mark.slow
 def test_a_new_server_removes_the_uploads_a_killed_one_left(model_file, tmp_path):
     env = {**os.environ, "TMPDIR": str(tmp_path)}
     first = start_server(str(model_file), free_port(), ["--device", "cpu"], env=env)

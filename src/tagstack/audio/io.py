@@ -34,8 +34,9 @@ from ..errors import AudioError, ParameterError
 #: Extensions picked up when a folder is searched for audio.
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".m4a", ".aac", ".mp4", ".au", ".aiff", ".aif", ".opus", ".wma")
 
-#: The largest sample rate accepted (files and arrays); anything above is a corrupt header or a mistake.
-MAX_SAMPLE_RATE = 768_000
+#: The sample rates accepted (files and arrays); anything outside is a corrupt header or a mistake (a rate of a few Hz
+#: would turn a few thousand samples into hours of "audio").
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1_000, 768_000
 
 
 def check_file(path: str | Path) -> str:
@@ -194,9 +195,9 @@ def as_frames(y: np.ndarray) -> np.ndarray:
 
 
 def _check_rate(rate, what: str) -> None:
-    if isinstance(rate, bool) or not isinstance(rate, (int, np.integer)) or not 0 < rate <= MAX_SAMPLE_RATE:
+    if isinstance(rate, bool) or not isinstance(rate, (int, np.integer)) or not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
         raise (ParameterError if what == "array" else AudioError)(
-            f"{'sr' if what == 'array' else what}: sample rate must be an integer in 1..{MAX_SAMPLE_RATE} Hz, got {rate!r}")
+            f"{'sr' if what == 'array' else what}: sample rate must be an integer in {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz, got {rate!r}")
 
 
 def _short(e: Exception) -> str:
