@@ -658,7 +658,7 @@ def fourq_manifest(out: Path, rows: list[dict], seed: int, kept: set[str]) -> di
     write_csv(out / "4q" / "tag_groups.csv", ["tag", "group"], groups)
     per_split = {s: Counter() for s in SPLIT_FRACTIONS}
     clips = Counter()
-    for path, tags, s in lines:
+    for _path, tags, s in lines:
         clips[s] += 1
         per_split[s].update(tags.split(";"))
     write_csv(out / "4q" / "tag_counts.csv", ["tag", "group", "clips"] + list(SPLIT_FRACTIONS),

@@ -10,11 +10,11 @@ import torch
 from synth import TEST_FRONTEND
 from tagstack.audio.frontend import ClipMel, LogMel
 from tagstack.inference.tagger import Tagger
+from tagstack.models.local import LocalCNN, local_arch
 from tagstack.models.zoo import resolve_model
+from tagstack.runtime import choose_device
 
 DEFAULT_MODEL = resolve_model(None)
-from tagstack.models.local import LocalCNN, local_arch
-from tagstack.runtime import choose_device
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
 

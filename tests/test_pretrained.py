@@ -9,7 +9,6 @@ recordings of ``../shared`` through tagstack's own decoder and front end
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -172,3 +171,19 @@ def test_a_global_model_on_pretrained_backbones_runs_every_stage(tmp_path, synth
     # the mel caches store frames as float16: agreement to that precision (as test_equivalence's paper-CNN check)
     np.testing.assert_allclose(tagger.predict(first).embedding, feats[test[0]], rtol=2e-2, atol=2e-2)
     assert main(["tag", str(first), "--model", str(tmp_path / "run" / "model.safetensors")]) == 0
+
+
+def test_several_segment_lengths_of_musicnn_share_its_timbral_work_and_equal_each_read_alone():
+    """aggregate_sizes computes musicnn's timbral convolutions once over the clip and each segment's 3 edge frames again:
+    the same features and outputs as reading the segments of each length one by one."""
+    from tagstack.models.aggregation import aggregate, aggregate_sizes
+
+    net = network("musicnn-mtt", "musicnn-mtt").eval()
+    mels = torch.from_numpy(np.concatenate([MUSICNN["synthetic_mel"].reshape(-1, 96)] * 2))[None]  # 748 frames
+    frames = torch.tensor([700])
+    with torch.inference_mode():
+        shared = aggregate_sizes(net, mels, sizes=[62, 187, 374], frames=frames)
+        for size, (feats, probs) in zip([62, 187, 374], shared):
+            alone = aggregate(net, mels, size=size, frames=frames)
+            torch.testing.assert_close(feats, alone[0], rtol=1e-6, atol=1e-5)
+            torch.testing.assert_close(probs, alone[1], rtol=1e-6, atol=1e-6)

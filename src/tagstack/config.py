@@ -72,13 +72,13 @@ class FrontEndConfig:
         """Samples in one clip at ``sample_rate`` (29.1 s -> 641,655)."""
         return int(round(self.clip_seconds * self.sample_rate))
 
-    def same_transform(self, other: "FrontEndConfig") -> bool:
+    def same_transform(self, other: FrontEndConfig) -> bool:
         """Whether both compute the same frames (everything but the window: ``clip_seconds``, ``n_frames``)."""
         window = {"clip_seconds", "n_frames"}
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in window} == \
             {k: v for k, v in dataclasses.asdict(other).items() if k not in window}
 
-    def over_window(self, clip_seconds: float) -> "FrontEndConfig":
+    def over_window(self, clip_seconds: float) -> FrontEndConfig:
         """The same transform over windows of ``clip_seconds``, keeping every frame centred inside them."""
         if clip_seconds == self.clip_seconds:
             return self

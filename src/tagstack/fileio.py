@@ -16,7 +16,8 @@ import os
 import tempfile
 from glob import escape as glob_escape
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 

@@ -23,7 +23,7 @@ import glob
 import math
 import os
 from pathlib import Path
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import soundfile as sf

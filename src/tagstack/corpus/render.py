@@ -61,7 +61,6 @@ from ..datasets.corpus import corpus_clips
 from ..datasets.manifest import TAG_SEPARATOR
 from .performance import drum_hits, humanise, parse_performance
 from .production import check_support, parse_effects, produce
-from ..config import tagstack_home
 from ..errors import DatasetError, ParameterError
 from ..fileio import atomic_write, atomic_write_json, atomic_write_text
 
@@ -336,7 +335,7 @@ def render_clip(score: Score, rng: np.random.Generator, style: Style, soundfont:
     velocity_range = (96, 120) if loud else (34, 52)
 
     pm = pretty_midi.PrettyMIDI(initial_tempo=60.0 / sec_per_quarter)
-    for ch, (notes, name) in enumerate(zip(voiced, instruments)):
+    for notes, name in zip(voiced, instruments):
         inst = pretty_midi.Instrument(program=PROGRAMS[name])
         for o, d, p in notes:
             t0 = o * sec_per_quarter

@@ -10,7 +10,7 @@ import importlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from ..errors import DatasetError, ParameterError
 from .base import SPLITS, ClipSet, stratified_split

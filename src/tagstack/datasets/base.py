@@ -76,7 +76,7 @@ class ClipSet:
             raise ParameterError(f"split must be one of {SPLITS}, got {split!r}")
         return np.flatnonzero(self.splits == split)
 
-    def subset(self, keep: np.ndarray) -> "ClipSet":
+    def subset(self, keep: np.ndarray) -> ClipSet:
         """The clips at ``keep`` (indices or boolean mask), in order."""
         keep = np.flatnonzero(keep) if np.asarray(keep).dtype == bool else np.asarray(keep, dtype=int)
         return ClipSet(

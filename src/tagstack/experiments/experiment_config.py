@@ -93,7 +93,7 @@ class ExperimentConfig:
             raise ParameterError("mixup mixes the local CNNs' training segments: set it for stage 1 ([local]) only")
         choose_device(self.device)
 
-    def replace(self, **changes: Any) -> "ExperimentConfig":
+    def replace(self, **changes: Any) -> ExperimentConfig:
         """A copy with ``changes``, validated again."""
         return dataclasses.replace(self, **changes)
 

@@ -16,7 +16,8 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Iterable
+from typing import IO
+from collections.abc import Iterable
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -174,7 +175,7 @@ def tag_files(paths: Iterable[str | Path], *, tagger: Tagger | None = None, mode
             for t, p in top:
                 writer.writerow([f, t, f"{p:.4f}"] + ([r.group_of(t)] if per_group else []))
         else:
-            group = (lambda t: f"  {r.group_of(t)}") if per_group else (lambda t: "")
+            group = (lambda t, r=r: f"  {r.group_of(t)}") if per_group else (lambda t: "")
             out.write(f"{f}  ({r.seconds:.1f} s)\n" + "".join(f"    {t:<16} {p:.3f}{group(t)}\n" for t, p in top))
         out.flush()
         report.done += 1

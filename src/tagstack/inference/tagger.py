@@ -21,7 +21,8 @@ import itertools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence, Union
+from typing import Union
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ import torch
 from ..audio.io import stream
 from ..checks import BATCH_WINDOWS, MAX_SECONDS, check_hop, check_selection
 from ..tags import UNGROUPED
-from ..errors import AudioError, AudioTooLongError, ParameterError, TagstackError
+from ..errors import AudioError, ParameterError, TagstackError
 from ..models.file import load_model
 from ..models.zoo import resolve_model
 from ..models.tagging_model import TaggingModel, require_tagger

@@ -10,7 +10,7 @@ are aggregated the same way, each of their segment lengths a scale.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch

@@ -31,7 +31,7 @@ from ..tags import MAX_GROUP_NAME, is_group_name
 from ..errors import ModelFileError, TagstackError
 from ..fileio import atomic_write, finite_json
 from .classifier import TASKS, GlobalArch, GlobalMLP
-from .local import LocalArch, LocalCNN
+from .local import LocalCNN
 from .networks import KINDS, build_network
 from .tagging_model import NETWORK_NAME, Branch, TaggingModel
 

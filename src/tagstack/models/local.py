@@ -60,7 +60,7 @@ class LocalArch:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "LocalArch":
+    def from_dict(cls, d: dict) -> LocalArch:
         d = dict(d)
         d["blocks"] = tuple(ConvBlock(**b) for b in d["blocks"])
         return cls(**d)

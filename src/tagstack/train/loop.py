@@ -23,19 +23,19 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
-
-log = logging.getLogger(__name__)
 
 from ..config import TrainConfig
 from ..errors import TagstackError
 from ..fileio import atomic_write, atomic_write_json
 from ..provenance import differences, plain
 from ..runtime import barrier, distributed
+
+log = logging.getLogger(__name__)
 
 
 @dataclass

@@ -47,7 +47,7 @@ class ArtistArch:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ArtistArch":
+    def from_dict(cls, d: dict) -> ArtistArch:
         return cls(n_mels=d["n_mels"], blocks=tuple(tuple(b) for b in d["blocks"]))
 
 

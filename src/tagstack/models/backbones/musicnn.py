@@ -78,7 +78,7 @@ class MusicnnArch:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "MusicnnArch":
+    def from_dict(cls, d: dict) -> MusicnnArch:
         d = dict(d)
         d["timbral_bands"], d["temporal_frames"] = tuple(d["timbral_bands"]), tuple(d["temporal_frames"])
         return cls(**d)
