@@ -22,6 +22,8 @@ from ..experiments.experiment_config import ExperimentConfig, load_config
 from ..fileio import shown
 from ..service.limits import ServiceLimits
 
+MODEL_HELP = "model file, or a shipped model's name (default: pretrained; list them: tagstack info --list)"
+
 
 def _names(text: str) -> tuple[str, ...]:
     names = tuple(t.strip() for t in text.split(",") if t.strip())
@@ -306,7 +308,9 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     _print_skipped(result["skipped"])
     print(evaluation_text(result, str(a.model or "the default model")))
     if a.json is not None:
-        atomic_write_json(a.json, {"model": str(a.model or "real"), **result})
+        from ..models.zoo import DEFAULT
+
+        atomic_write_json(a.json, {"model": str(a.model or DEFAULT), **result})
     return 1 if result["skipped"] else 0
 
 
@@ -401,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("tag", help="tag audio files, folders (recursively) or globs")
     t.add_argument("paths", nargs="+", help="audio files, folders or glob patterns")
-    t.add_argument("--model", type=Path, help="model file, or a shipped model: real (default, trained on real recordings), real-4q or corpus")
+    t.add_argument("--model", type=Path, help=MODEL_HELP)
     t.add_argument("--top-k", type=_number(checks.TOP_K), default=5, help="tags per file (default: 5; 0 for all)")
     t.add_argument("--threshold", type=_number(checks.THRESHOLD), help="report every tag with probability >= this instead of the top k")
     t.add_argument("--per-group", action="store_true",
@@ -424,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", "-o", type=Path, required=True,
                    help="output file: .npz (arrays embeddings, paths, scales, layers) or .parquet (path, embedding; scales and layers in its metadata); with --engine ray, a folder of Parquet shards")
     e.add_argument("--force", action="store_true", help="write --out even over an existing audio file (never over an input)")
-    e.add_argument("--model", type=Path, help="model file, or a shipped model: real (default, trained on real recordings), real-4q or corpus")
+    e.add_argument("--model", type=Path, help=MODEL_HELP)
     e.add_argument("--scales", type=_names, help="scales to keep, comma-separated, e.g. 27,54 or musicnn-msd/187 (default: all)")
     e.add_argument("--layers", type=_numbers(checks.LAYER), help="levels to keep, 1-based, comma-separated, e.g. 3,4 (default: all)")
     _add_engine(e)
@@ -432,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_embed)
 
     i = sub.add_parser("info", help="print a model file's description (tags, networks, front ends, scores), or --list the shipped models")
-    i.add_argument("model", nargs="?", type=Path, help="model file, or a shipped model: real (default), real-4q or corpus")
+    i.add_argument("model", nargs="?", type=Path, help=MODEL_HELP)
     i.add_argument("--json", action="store_true", help="print the whole JSON header instead of a summary")
     i.add_argument("--list", action="store_true", help="list the shipped models (the model zoo) instead")
     i.set_defaults(func=cmd_info)
@@ -441,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Tag every clip of one split of a labelled dataset with a model, as `tagstack tag` does, and "
                                     "report macro ROC-AUC (95% bootstrap interval) and PR-AUC over the tags the model and the "
                                     "dataset share by name (case, spaces and punctuation ignored), so shipped and trained models compare on the same clips and tags.")
-    ev.add_argument("--model", type=Path, help="model file, or a shipped model: real (default), real-4q or corpus")
+    ev.add_argument("--model", type=Path, help=MODEL_HELP)
     ev.add_argument("--dataset", required=True, help="dataset adapter (see `tagstack datasets`), e.g. manifest, mtat, jamendo")
     ev.add_argument("--root", required=True, help="dataset folder or manifest file")
     ev.add_argument("--split", default="", help="split scheme of the adapter (default: its own)")
@@ -455,7 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("serve", help="an HTTP tagging service with a web page (needs the serve extra)",
                        description="Serve tags, embeddings and taggrams over HTTP: a JSON API under /api (OpenAPI docs at /docs) "
                                    "and a web page at /. The model is loaded once; analyses run in parallel across requests.")
-    v.add_argument("--model", type=Path, help="model file, or a shipped model: real (default, trained on real recordings), real-4q or corpus")
+    v.add_argument("--model", type=Path, help=MODEL_HELP)
     v.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 for every interface)")
     v.add_argument("--port", type=_number(checks.PORT), default=8000, help="port (default: 8000)")
     limits = ServiceLimits()

@@ -169,10 +169,12 @@ class Tagger:
     Parameters
     ----------
     model : str, Path or TaggingModel, optional
-        A model file (``.safetensors``), or the name of a shipped model: ``"real"``
-        (the default, trained on real recordings with human and teacher tags),
-        ``"real-4q"`` (4Q's human mood and genre tags alone: the baseline without a
-        teacher) or ``"corpus"`` (trained on the score-rendered corpus).
+        A model file (``.safetensors``), or the name of a shipped model (``tagstack info
+        --list``): ``"pretrained"`` (the default: musicnn's MagnaTagATune network,
+        every layer aggregated, a global classifier trained on real tags),
+        ``"pretrained-large"`` (musicnn's MTT and MSD networks, more accurate and
+        half as fast), ``"real"`` (the paper's five CNNs trained here from scratch),
+        ``"musicnn-mtt"`` (musicnn's own 50 tags) ...
     device : str
         ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda:0"`` ...
     """
