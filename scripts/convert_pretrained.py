@@ -201,7 +201,7 @@ def convert_musicnn(wheel: Path, which: str) -> TaggingModel:
     net = Musicnn()
     net.load_state_dict(musicnn_state(read_tf_checkpoint(index, shard)))
     name = f"musicnn-{which.lower()}"
-    info = {"dataset": f"{which} (pretrained by musicnn's authors)",
+    info = {"name": f"tagstack-{name}", "dataset": f"{which} (pretrained by musicnn's authors)",
             "data": f"musicnn's {which}_musicnn, trained by its authors on {TRAINED_ON[which]}.",
             "source": {"file": f"{wheel.name}: musicnn/{which}_musicnn/.index and .data-00000-of-00001",
                        "sha256": {wheel.name: _sha256(wheel.read_bytes()), ".index": _sha256(index), ".data-00000-of-00001": _sha256(shard)},
@@ -233,7 +233,7 @@ def convert_artist(h5: Path) -> TaggingModel:
                           f"bns.{i}.num_batches_tracked": np.array(0, np.int64)})
     state.update({k: v for k, v in net.state_dict().items() if k.startswith("input_")})
     net.load_state_dict({k: torch.as_tensor(np.ascontiguousarray(v)) for k, v in state.items()})
-    info = {"dataset": "MSD artists (pretrained by the authors)",
+    info = {"name": "tagstack-artist", "dataset": "MSD artists (pretrained by the authors)",
             "data": f"Park et al.'s siamese artist CNN (10,000 artists, 4 negatives, margin 0.4), trained on {TRAINED_ON['artist']}.",
             "source": {"file": "models/model_siamese_10000_4_0.40/model_siamese_10000.h5", "sha256": {h5.name: _sha256(raw)},
                        "where": "https://github.com/jongpillee/ismir2018-artist (commit 68841d227fef71ac76b44e704007e50452042a38)"},

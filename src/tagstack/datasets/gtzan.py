@@ -36,6 +36,8 @@ def _resolve(audio_root: Path, rel: str) -> str:
 
 
 def load_gtzan(root: Path, split: str = "fault-filtered", *, split_dir: str | Path = "", seed: int = 0) -> ClipSet:
+    """Adapter: GTZAN's ten genres (single-label) under ``root``, split by Kereliuk et al.'s fault-filtered lists
+    (from ``split_dir`` or ``root``) or into stratified folds (``kfold-K-N``: fold K tests, fold K+1 validates, seeded)."""
     split = split or "fault-filtered"
     audio_root = _audio_root(root)
     if split == "fault-filtered":
