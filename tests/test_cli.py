@@ -148,3 +148,24 @@ def test_a_reader_that_goes_away_ends_the_output_quietly(model_file, synth_dir):
     proc.stdout.close()  # the reader is gone before anything is written
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=300) == 141 and "Traceback" not in err and "BrokenPipe" not in err
+
+
+def test_the_cli_defaults_are_the_configuration_dataclasses():
+    """One home per default: a flag left out means the dataclass's value, for training, serving and tagging alike."""
+    import inspect
+
+    from tagstack import checks
+    from tagstack.cli.main import build_parser, config_from_args
+    from tagstack.experiments.experiment_config import ExperimentConfig
+    from tagstack.inference.outputs import tag_files
+    from tagstack.inference.tagger import Tagger
+    from tagstack.service.limits import ServiceLimits
+
+    parser = build_parser()
+    assert config_from_args(parser.parse_args(["run", "--out", "x"])) == ExperimentConfig()
+    a = parser.parse_args(["serve"])
+    for name, value in vars(ServiceLimits()).items():
+        assert getattr(a, name) == value, name
+    top_k = {parser.parse_args(["tag", "x"]).top_k, inspect.signature(Tagger.tag).parameters["top_k"].default,
+             inspect.signature(tag_files).parameters["top_k"].default}
+    assert top_k == {checks.DEFAULT_TOP_K}

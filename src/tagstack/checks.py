@@ -63,6 +63,8 @@ def _plain(x: float) -> str:
 HOP = Range("hop", 0.0, LONGEST_SECONDS, above=True, unit="seconds")
 MAX_SECONDS = Range("max_seconds", 0.0, LONGEST_SECONDS, above=True, unit="seconds")
 TOP_K = Range("top_k", 0, 10**9, integer=True)
+#: tags reported per file when neither top_k nor a threshold is given (CLI, Python, service)
+DEFAULT_TOP_K = 5
 THRESHOLD = Range("threshold", 0.0, 1.0)
 BATCH_WINDOWS = Range("batch_windows", 1, 65_536, integer=True)
 BATCH_FILES = Range("batch_files", 1, 65_536, integer=True)

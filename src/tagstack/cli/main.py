@@ -406,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("tag", help="tag audio files, folders (recursively) or globs")
     t.add_argument("paths", nargs="+", help="audio files, folders or glob patterns")
     t.add_argument("--model", type=Path, help=MODEL_HELP)
-    t.add_argument("--top-k", type=_number(checks.TOP_K), default=5, help="tags per file (default: 5; 0 for all)")
+    t.add_argument("--top-k", type=_number(checks.TOP_K), default=checks.DEFAULT_TOP_K, help=f"tags per file (default: {checks.DEFAULT_TOP_K}; 0 for all)")
     t.add_argument("--threshold", type=_number(checks.THRESHOLD), help="report every tag with probability >= this instead of the top k")
     t.add_argument("--per-group", action="store_true",
                    help="apply --top-k / --threshold within each tag group of the model (the default model's: genre, mood, "

@@ -23,7 +23,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..audio.io import find_audio, looks_like_audio
-from ..checks import check_selection, check_taggram_hop
+from ..checks import DEFAULT_TOP_K, check_selection, check_taggram_hop
 from ..errors import ParameterError, TagstackError
 from ..fileio import atomic_write, remove_leftovers_of, shown
 from ..report import write_taggram
@@ -118,7 +118,7 @@ def _names(files: list[Path]) -> list[str]:
 
 
 def tag_files(paths: Iterable[str | Path], *, tagger: Tagger | None = None, model: str | Path | None = None, device: str = "auto",
-              top_k: int | None = 5, threshold: float | None = None, fmt: str = "table", output: str | Path | None = None,
+              top_k: int | None = DEFAULT_TOP_K, threshold: float | None = None, fmt: str = "table", output: str | Path | None = None,
               taggram_dir: str | Path | None = None, hop: float | None = None, stdout: IO[str] | None = None,
               per_group: bool = False, force: bool = False) -> BatchReport:
     """Tag every file and write the results as a table, JSON lines or CSV.

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..audio.io import stream
-from ..checks import BATCH_WINDOWS, MAX_SECONDS, check_hop, check_selection
+from ..checks import BATCH_WINDOWS, DEFAULT_TOP_K, MAX_SECONDS, check_hop, check_selection
 from ..tags import UNGROUPED
 from ..errors import AudioError, ParameterError, TagstackError
 from ..models.file import load_model
@@ -379,7 +379,7 @@ class Tagger:
         finally:
             torch.set_num_threads(threads)
 
-    def tag(self, source: Source, *, sr: int | None = None, top_k: int | None = 5, threshold: float | None = None,
+    def tag(self, source: Source, *, sr: int | None = None, top_k: int | None = DEFAULT_TOP_K, threshold: float | None = None,
             per_group: bool = False) -> list[tuple[str, float]]:
         """The best tags of a file or array as ``(tag, probability)`` pairs (within each tag group with ``per_group``; see :meth:`Result.top`)."""
         require_tagger(self.model)

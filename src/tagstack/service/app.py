@@ -42,7 +42,7 @@ from starlette.requests import ClientDisconnect
 from .. import __version__
 from ..audio.io import AUDIO_EXTENSIONS, duration_seconds
 from ..errors import AudioTooLongError, ParameterError, TagstackError
-from ..checks import HOP, check_selection
+from ..checks import DEFAULT_TOP_K, HOP, check_selection
 from ..inference.tagger import Result, Tagger
 from ..models.file import read_metadata
 from ..models.tagging_model import require_tagger
@@ -266,7 +266,7 @@ def create_app(model: str | Path | None = None, *, device: str = "auto", limits:
 
     @app.post("/api/tag", summary="Tag an audio file (multipart field 'file', or the raw body)")
     async def tag(request: Request,
-                  top_k: int | None = Query(5, description="best tags to return (0: all)"),
+                  top_k: int | None = Query(DEFAULT_TOP_K, description="best tags to return (0: all)"),
                   threshold: float | None = Query(None, description="return every tag at or above this instead of the top k"),
                   per_group: bool = Query(False, description="apply top_k / threshold within each tag group of the model"),
                   embed: bool = Query(False, description="also return the multi-level, multi-scale embedding"),
