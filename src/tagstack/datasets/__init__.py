@@ -50,7 +50,7 @@ DATASETS: dict[str, Adapter] = {
 }
 
 
-def check_dataset(name: str, options: dict[str, object], split: str = "") -> dict[str, object]:
+def check_dataset(name: str, options: dict[str, object], *, split: str = "") -> dict[str, object]:
     """The options that apply (those with a value), or a :class:`ParameterError` for an unknown name, option or split."""
     if name not in DATASETS:
         raise ParameterError(f"unknown dataset {name!r}; choose from {sorted(DATASETS)}")
@@ -68,7 +68,7 @@ def check_dataset(name: str, options: dict[str, object], split: str = "") -> dic
 
 def load_dataset(name: str, root: str | Path = "", *, split: str = "", **options: object) -> ClipSet:
     """Read dataset ``name`` from ``root`` with the named ``split`` scheme (its default when empty)."""
-    given = check_dataset(name, options, split)
+    given = check_dataset(name, options, split=split)
     root = Path(root) if root else Path()
     if name != "corpus" and not root.exists():
         raise DatasetError(f"{root}: dataset root not found")

@@ -155,7 +155,7 @@ class _Worker:
                 row["window_starts"] = r.window_starts.astype(np.float32).tolist()
                 if self.taggram_dir is not None:  # before the shard: a file in a shard has its taggram files
                     try:
-                        write_taggram(r, self.taggram_dir, os.fsdecode(bytes(stem)), self.tagger.cfg.clip_seconds)
+                        write_taggram(r, self.taggram_dir, stem=os.fsdecode(bytes(stem)), clip_seconds=self.tagger.cfg.clip_seconds)
                     except TagstackError as e:  # OutputError: a full disk ...
                         failures.append((path, f"{path}: cannot write its taggram ({e})"))
                         continue

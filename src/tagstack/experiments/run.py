@@ -155,7 +155,8 @@ class Experiment:
                 if len(kept.indices(split)) < 2:
                     raise DatasetError(f"{clips.root}: only {len(kept.indices(split))} usable clips in split '{split}'")
             self._data = Prepared(clips=kept, mels=cache.mels, mel_rows=np.flatnonzero(cache.valid), frames=cache.frames, report=report,
-                                  digest=data_digest(kept.paths, kept.splits, kept.labels, kept.tags, frontend), frontend=frontend)
+                                  digest=data_digest(kept.paths, splits=kept.splits, labels=kept.labels, tags=kept.tags, frontend=frontend),
+                                  frontend=frontend)
             self._all_clips = clips
             atomic_write_text(self.dir / "dataset.txt", kept.summary() + "\n")
         return self._data
@@ -334,8 +335,8 @@ class Experiment:
         tr, va = d.clips.indices("train"), d.clips.indices("valid")
         inputs = {"data": d.digest, "cnns": {str(s): self._cnn_digests[str(s)] for s in scales}, "columns": cols.tolist(),
                   "hidden": c.global_hidden}
-        train_global(head, x[tr], d.clips.labels[tr], x[va], d.clips.labels[va], config=schedule, workdir=self.dir / name,
-                     device=self.device, inputs=inputs)
+        train_global(head, x_train=x[tr], y_train=d.clips.labels[tr], x_valid=x[va], y_valid=d.clips.labels[va], config=schedule,
+                     workdir=self.dir / name, device=self.device, inputs=inputs)
         return self.shell(scales=scales, layers=layers, head=head.cpu(), info={"dataset": d.clips.name}, groups=d.clips.groups)
 
     def test_probs(self, model: TaggingModel) -> np.ndarray:
@@ -357,7 +358,7 @@ class Experiment:
         finetune_joint(model, mels, train_rows=d.rows("train"), valid_rows=d.rows("valid"), train_labels=d.labels("train"),
                        valid_labels=d.labels("valid"), config=self.config.joint, workdir=self.dir / name, device=self.device,
                        inputs={"data": d.digest, "start": weights_digest(staged)}, frames=frames)
-        return model.cpu().eval(), model_clip_probs(model, mels, d.rows("test"), device=self.device, frames=frames)
+        return model.cpu().eval(), model_clip_probs(model, mels, rows=d.rows("test"), device=self.device, frames=frames)
 
     # ------------------------------------------------------------ the standard run
     def run(self) -> dict:
@@ -372,7 +373,7 @@ class Experiment:
         save_model(model, self.dir / "model.safetensors")
         atomic_write_json(self.dir / "metrics.json", metrics)
         self.save_config()
-        write_report(self.dir, metrics, d.clips)
+        write_report(self.dir, metrics, clips=d.clips)
         return metrics
 
     def metrics(self, model: TaggingModel, global_probs: np.ndarray) -> dict:

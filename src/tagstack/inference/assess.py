@@ -29,7 +29,7 @@ def tag_key(tag: str) -> str:
     return re.sub(r"[^0-9a-z]", "", tag.split("---")[-1].lower())
 
 
-def evaluate_model(model: str | Path | None, dataset: str, root: str | Path, *, scheme: str = "", subset: str = "test",
+def evaluate_model(model: str | Path | None, dataset: str, *, root: str | Path, scheme: str = "", subset: str = "test",
                    device: str = "auto", n_boot: int = 200, tagger: Tagger | None = None, **options: object) -> dict:
     """Score ``model`` on the ``subset`` (test, valid, train) of a labelled dataset's split ``scheme`` (the
     adapter's default when empty), over the tags both share by name (compared by :func:`tag_key`).

@@ -165,7 +165,7 @@ def tag_files(paths: Iterable[str | Path], *, tagger: Tagger | None = None, mode
         r.path = f
         top = r.top(top_k, threshold, per_group=per_group)
         if taggram_dir is not None:
-            write_taggram(r, Path(taggram_dir), stem, tagger.cfg.clip_seconds)
+            write_taggram(r, Path(taggram_dir), stem=stem, clip_seconds=tagger.cfg.clip_seconds)
         if fmt == "jsonl":
             line = {"path": f, "seconds": round(r.seconds, 2), "tags": {t: round(p, 4) for t, p in top}}
             if per_group:

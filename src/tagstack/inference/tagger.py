@@ -148,7 +148,7 @@ def as_source(source: Source) -> str | np.ndarray:
                          f"got {type(source).__name__}")
 
 
-def model_stream(source: str | Path | np.ndarray, model: TaggingModel, sr: int | None = None) -> Iterator[tuple[np.ndarray, ...]]:
+def model_stream(source: str | Path | np.ndarray, model: TaggingModel, *, sr: int | None = None) -> Iterator[tuple[np.ndarray, ...]]:
     """A source decoded for ``model``: mono float32 blocks at each rate of :func:`decoding_rates` (a clip's length each),
     from one decoding.
 
@@ -202,7 +202,7 @@ class Tagger:
         min_samples = [max(fe.n_fft for fe in m.frontends if fe.sample_rate == r) for r in self.rates]
         longest = max(m.branch(s).frames * m.frontends[m.frontend_of(s)].hop_length / m.frontends[m.frontend_of(s)].sample_rate
                       for s in m.local_scales)
-        yield from cut_windows(model_stream(source, m, sr), rates=self.rates, clip_seconds=self.cfg.clip_seconds,
+        yield from cut_windows(model_stream(source, m, sr=sr), rates=self.rates, clip_seconds=self.cfg.clip_seconds,
                                name="<array>" if isinstance(source, np.ndarray) else str(source), min_samples=min_samples,
                                gram_hop=gram_hop, max_seconds=max_seconds, min_tail=int(round(longest * self.rates[0])))
 

@@ -59,7 +59,7 @@ class ArtistCNN(nn.Module):
     def __init__(self, arch: ArtistArch | None = None, *, frontend: FrontEndConfig | None = None) -> None:
         super().__init__()
         self.arch = arch or ArtistArch()
-        self.frontend = own_frontend(FrontEndConfig(), frontend, "the artist CNN")
+        self.frontend = own_frontend(FrontEndConfig(), frontend, what="the artist CNN")
         c_in = self.arch.n_mels
         self.convs, self.bns = nn.ModuleList(), nn.ModuleList()
         for k, c, _ in self.arch.blocks:

@@ -164,7 +164,7 @@ class Musicnn(nn.Module):
     def __init__(self, arch: MusicnnArch | None = None, *, frontend: FrontEndConfig | None = None) -> None:
         super().__init__()
         self.arch = a = arch or MusicnnArch()
-        self.frontend = own_frontend(MUSICNN_FRONTEND, frontend, "musicnn")
+        self.frontend = own_frontend(MUSICNN_FRONTEND, frontend, what="musicnn")
         self.input_bn = nn.BatchNorm2d(1, eps=EPS)
         self.timbral = nn.ModuleList(_Timbral(a.timbral_filters, a.timbral_frames, b) for b in a.timbral_bands)
         self.temporal = nn.ModuleList(_Temporal(a.temporal_filters, k, 1) for k in a.temporal_frames)
