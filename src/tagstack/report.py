@@ -16,6 +16,7 @@ from .fileio import atomic_save_npy, atomic_write, atomic_write_text
 
 
 def plt_module():
+    """``matplotlib.pyplot`` on the headless Agg backend, imported on first use (tagging without plots never loads it)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -125,6 +126,7 @@ def write_table(out: Path, name: str, *, header: list[str], rows: list[list]) ->
 
 
 def bar_figure(out: Path, name: str, *, labels: list[str], series: dict[str, tuple[list[float], list[float]]], title: str) -> None:
+    """Bars of test ROC-AUC with error bars (``series``: name -> (values, errors) per label), as ``figures/name.png``."""
     plt = plt_module()
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(labels) + 2), 4))
     width = 0.8 / len(series)
@@ -163,6 +165,7 @@ def per_tag_gain_figure(out: Path, name: str, *, tags: list[str], singles: dict[
 
 def write_reproduction_report(out: Path, name: str, *, md: dict[str, str], seed_note: str, joint_result, staged: dict, local_from,
                               local_scored: bool = True) -> None:
+    """The reproduction's ``report.md``: every table and figure of ``md`` in the paper's order, and joint fine-tuning's verdict."""
     parts = [f"# Reproduction of Lee & Nam (2017) on {name}", "",
              f"Global models trained with {seed_note}; ± is the standard deviation over seeds; intervals are 95% bootstrap "
              "intervals over test clips. Configuration: `config.toml`. Local CNNs: "

@@ -133,6 +133,7 @@ class Piece:
 
     @property
     def id(self) -> str:
+        """A name unique in the corpus (``path#index`` for a tune of a multi-tune file): it seeds the piece's clips."""
         return self.path if self.index < 0 else f"{self.path}#{self.index}"
 
 

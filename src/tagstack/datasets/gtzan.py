@@ -36,6 +36,8 @@ def _resolve(audio_root: Path, rel: str) -> str:
 
 
 def load_gtzan(root: Path, split: str = "fault-filtered", *, split_dir: str | Path = "", seed: int = 0) -> ClipSet:
+    """GTZAN from ``root`` (``genres/`` or the genre folders themselves), one genre per clip, with the ``split`` scheme
+    of the module docstring (``seed`` draws the k-fold assignment)."""
     split = split or "fault-filtered"
     audio_root = _audio_root(root)
     if split == "fault-filtered":

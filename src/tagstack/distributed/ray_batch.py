@@ -50,6 +50,7 @@ class RayJobReport:
 
     @property
     def exit_status(self) -> int:
+        """The command's exit status: 1 when any file failed, else 0."""
         return 1 if self.failed else 0
 
 

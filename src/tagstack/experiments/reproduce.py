@@ -60,11 +60,13 @@ class Ablation:
 
     @property
     def key(self) -> str:
+        """The ablation's name in results and run folders: ``18+27`` or ``27:L12`` (scales, then levels)."""
         s = "+".join(self.scales)
         return s if self.layers is None else f"{s}:L{''.join(map(str, self.layers))}"
 
     @property
     def label(self) -> str:
+        """The ablation's name in tables and figures: ``18+27 frames``, ``L1+L2 (27)``."""
         scales = "+".join(self.scales) + (" frames" if all(x.isdigit() for x in self.scales) else "")
         if self.layers is None:
             return scales
@@ -152,6 +154,24 @@ def reproduce(config: ExperimentConfig, out: str | Path) -> dict:
 
     The configuration carries everything (seeds, ``local_from``, the joint
     schedule, bootstrap draws) and is saved in ``out`` as it ran.
+
+    Parameters
+    ----------
+    config : ExperimentConfig
+        The dataset, scales (every ablation reads a subset of them), seeds, ``local_from``, ``joint`` and
+        ``n_boot``; its ``layers`` are not used (each ablation chooses its own).
+    out : str or Path
+        The run directory: ``tables/`` (Markdown and CSV), ``figures/`` (PNG), ``report.md``, ``results.json``
+        and ``config.toml``, beside the stages' results (reused when the same command runs again).
+
+    Returns
+    -------
+    results : dict
+        What ``results.json`` holds: ``dataset``, ``seeds``, ``local`` (scale -> test ``roc_auc`` and ``pr_auc``
+        of each local network that outputs these tags), ``global`` (ablation key, such as ``"18+27"`` or
+        ``"27:L12"`` -> ``label``, ``scales``, ``layers``, ``seeds`` (seed -> ``roc_auc``, ``pr_auc``,
+        ``per_tag_roc_auc``, and ``accuracy`` for single-label data) and ``roc_auc_ci95`` of the first seed),
+        ``joint`` (the jointly fine-tuned model's scores, or None) and ``local_from``.
     """
     config = config.replace(layers=None)  # every ablation chooses its own layers
     exp = Experiment(config, out)

@@ -75,6 +75,7 @@ class Prepared:
     other: dict[FrontEndConfig, tuple[np.ndarray, np.ndarray]] = dataclasses.field(default_factory=dict)  # other front ends' caches
 
     def rows(self, split: str) -> np.ndarray:
+        """The rows in :attr:`mels` of the clips of ``split`` (train, valid, test)."""
         return self.mel_rows[self.clips.indices(split)]
 
     def inputs(self, model: TaggingModel) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -83,6 +84,7 @@ class Prepared:
         return [m for m, _ in pairs], [f for _, f in pairs]
 
     def labels(self, split: str) -> np.ndarray:
+        """The labels of the clips of ``split``, aligned with :meth:`rows`."""
         return self.clips.labels[self.clips.indices(split)]
 
 
@@ -92,10 +94,18 @@ class Experiment:
     Parameters
     ----------
     config : ExperimentConfig
-        Already validated; saved as ``config.toml`` at once.
-    run_dir : path
+        Already validated; saved as ``config.toml`` in ``run_dir`` when the first stage starts.
+    run_dir : str or Path
+        The run directory (created when needed); what an earlier run of the same configuration stored there is
+        reused, so an interrupted run continues where it stopped.
     clips : ClipSet, optional
         The dataset, when the caller has it in memory (else ``config`` names it).
+
+    Examples
+    --------
+    >>> exp = Experiment(ExperimentConfig(dataset="gtzan", root="data/gtzan"), "runs/gtzan")  # doctest: +SKIP
+    >>> metrics = exp.run()                        # the three stages, the model file and the report
+    >>> model = exp.train_head(scales=("27", "54"))  # another global model on the stored features
     """
 
     def __init__(self, config: ExperimentConfig, run_dir: str | Path, *, clips: ClipSet | None = None) -> None:
@@ -317,7 +327,7 @@ class Experiment:
         return feats if len(cols) == feats.shape[1] else feats[:, cols]
 
     # ------------------------------------------------------------ stage 3
-    def train_head(self, *, scales: tuple[int, ...] | None = None, layers: tuple[int, ...] | None = None,
+    def train_head(self, *, scales: tuple[str | int, ...] | None = None, layers: tuple[int, ...] | None = None,
                    seed: int | None = None, name: str = "3-global") -> TaggingModel:
         """Stage 3: a global classifier on the chosen slice of the stored features, as a whole tagger."""
         c = self.config
@@ -362,7 +372,13 @@ class Experiment:
 
     # ------------------------------------------------------------ the standard run
     def run(self) -> dict:
-        """All three stages, test metrics, the model file and the report; returns the metrics."""
+        """All three stages, test metrics, the model file and the report; returns the metrics.
+
+        Returns
+        -------
+        metrics : dict
+            As :func:`run_experiment` returns them (also written to ``metrics.json``).
+        """
         from ..report import write_report
 
         d = self.data
@@ -474,7 +490,37 @@ def test_summary(tags: list[str], g: dict) -> dict:
 
 
 def run_experiment(config: ExperimentConfig, run_dir: str | Path, *, clips: ClipSet | None = None) -> dict:
-    """All three stages of ``config`` into ``run_dir``; the metrics also written to ``metrics.json``."""
+    """All three stages of ``config`` into ``run_dir``; the metrics also written to ``metrics.json``.
+
+    The run directory then holds the whole tagger (``model.safetensors``, for :class:`~tagstack.Tagger`),
+    ``report.md`` with its figures, and every stage's results, reused when the same command runs again.
+
+    Parameters
+    ----------
+    config : ExperimentConfig
+        The dataset, scales, layers, schedules and seeds (validated when it was built).
+    run_dir : str or Path
+        The run directory (created when needed; an interrupted run there continues).
+    clips : ClipSet, optional
+        The dataset, when the caller has it in memory (else ``config`` names it).
+
+    Returns
+    -------
+    metrics : dict
+        Test metrics: ``dataset``, ``n_clips`` (per split), ``tags``, ``skipped_files``, ``local`` (scale ->
+        the local network's own scores, for networks that output these tags) and ``global``; each with
+        ``roc_auc``, ``pr_auc`` (macro, over ``n_tags_evaluated`` tags), ``per_tag`` (``roc_auc`` and ``pr_auc``
+        lists in tag order; NaN, ``null`` in the file, for a tag with one class in the test split) and ``groups``
+        (tag group -> mean ROC-AUC); ``global`` adds
+        ``roc_auc_ci95`` (95% bootstrap interval) and, for single-label data, ``accuracy``.
+
+    Raises
+    ------
+    ParameterError
+        A run directory that holds results of other settings, data or networks (it names what differs).
+    DatasetError
+        A dataset that cannot be read, or splits too small or too uniform to score.
+    """
     return Experiment(config, run_dir, clips=clips).run()
 
 

@@ -47,10 +47,12 @@ class ServiceLimits:
 
     @property
     def max_bytes(self) -> int:
+        """``max_upload_mb`` in bytes."""
         return int(self.max_upload_mb * 1024 * 1024)
 
     @property
     def workers(self) -> int:
+        """Analyses at once: ``concurrency``, or one per usable CPU when it is 0."""
         return self.concurrency or usable_cpus()
 
 
