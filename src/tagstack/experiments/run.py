@@ -104,8 +104,8 @@ class Experiment:
     Examples
     --------
     >>> exp = Experiment(ExperimentConfig(dataset="gtzan", root="data/gtzan"), "runs/gtzan")  # doctest: +SKIP
-    >>> metrics = exp.run()                        # the three stages, the model file and the report
-    >>> model = exp.train_head(scales=("27", "54"))  # another global model on the stored features
+    >>> metrics = exp.run()                            # the three stages, the model file and the report
+    >>> model = exp.train_head(scales=("27", "54"))    # another global model on the stored features
     """
 
     def __init__(self, config: ExperimentConfig, run_dir: str | Path, *, clips: ClipSet | None = None) -> None:

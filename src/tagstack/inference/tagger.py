@@ -39,7 +39,27 @@ from .windows import Window, WindowFeatures, cut_windows
 
 @dataclass
 class Result:
-    """What tagging one file gives."""
+    """What tagging one file gives.
+
+    Attributes
+    ----------
+    path : str
+        The file (``"<array>"`` for samples), or the name given for it.
+    tags : list[str]
+        The model's tags (empty when only embedding).
+    probs : np.ndarray [shape=(n_tags,)]
+        The whole file's tag probabilities, in the order of ``tags``.
+    seconds : float
+        The audio's length.
+    embedding : np.ndarray [shape=(n_features,)]
+        Every layer of every scale, averaged over every segment of the file.
+    taggram : np.ndarray [shape=(n_windows, n_tags)], optional
+        Tag probabilities of each clip-long window (when asked for).
+    window_starts : np.ndarray [shape=(n_windows,)], optional
+        Each taggram window's start, in seconds.
+    groups : dict[str, str]
+        Tag -> tag group, from the model file (:meth:`group_of`).
+    """
 
     path: str
     tags: list[str]
