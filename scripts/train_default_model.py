@@ -178,7 +178,8 @@ def main() -> None:
     save_model(model, a.dest / f"{name}.safetensors", half=not pretrained)  # converted weights stay as their authors' float32
     card = a.dest / f"{name}.md"
     transfer = Path(__file__).resolve().parents[1] / "docs" / "transfer" / "results.md"
-    atomic_write_text(card, model_card(name, data_text, command, cfg, metrics, transfer.read_text() if transfer.exists() else ""))
+    atomic_write_text(card, model_card(name, data=data_text, command=command, config=cfg, metrics=metrics,
+                                          transfer_md=transfer.read_text() if transfer.exists() else ""))
     print(f"{name}.safetensors and its card written to {a.dest}")
 
 

@@ -56,8 +56,8 @@ def test_mixup_mixes_segments_and_labels_alike_and_keeps_unknowns_unknown():
     labels[:, :n] = np.eye(n)  # clip i alone has tag i: a mix can be read off its labels
     labels[0, n] = np.nan  # clip 0 was never annotated for the last tag
     rows = np.arange(n)
-    plain, nb = segment_batches(mels, labels, rows, size=size, batch_size=6, seed=4)
-    mixed, _ = segment_batches(mels, labels, rows, size=size, batch_size=6, seed=4, mixup=0.4)
+    plain, nb = segment_batches(mels, labels, rows=rows, size=size, batch_size=6, seed=4)
+    mixed, _ = segment_batches(mels, labels, rows=rows, size=size, batch_size=6, seed=4, mixup=0.4)
     assert [x.tolist() for x, _ in mixed(2)] == [x.tolist() for x, _ in mixed(2)]
     changed = 0
     for (x0, y0), (x, y) in zip(plain(2), mixed(2)):
@@ -88,7 +88,7 @@ def test_a_short_clip_gives_only_its_segments_of_audio():
         mels[i, :, 0] = i
         mels[i, :, 1] = np.arange(n_frames)  # which frame each row is
     frames = np.array([20, 11, 3])  # whole clip; 2 segments of audio; less than one (its first segment is kept)
-    batches, _ = segment_batches(mels, np.eye(3, dtype=np.float32), np.arange(3), size=size, batch_size=4, seed=0, frames=frames)
+    batches, _ = segment_batches(mels, np.eye(3, dtype=np.float32), rows=np.arange(3), size=size, batch_size=4, seed=0, frames=frames)
     seen = sorted((int(x[0, 0]), int(x[0, 1])) for xb, _ in batches(0) for x in xb.numpy())
     assert seen == [(0, 0), (0, 5), (0, 10), (0, 15), (1, 0), (1, 5), (2, 0)]
 
@@ -101,7 +101,7 @@ def test_joint_batches_carry_each_clips_frames_of_audio_to_the_model():
     mels = np.arange(6, dtype=np.float32)[:, None, None] * np.ones((6, 4, 2), np.float32)
     frames = np.array([4, 3, 2, 4, 1, 4])
     rows = np.array([5, 1, 2, 4])
-    batches, _ = clip_batches(mels, np.eye(4, dtype=np.float32), rows, batch_size=2, seed=0, multiclass=False, frames=frames)
+    batches, _ = clip_batches(mels, np.eye(4, dtype=np.float32), rows=rows, batch_size=2, seed=0, multiclass=False, frames=frames)
     seen = [(int(m[0, 0]), int(f)) for (x, f), _ in batches(0) for m, f in zip(x.numpy(), f.numpy())]
     assert sorted(seen) == [(1, 3), (2, 2), (4, 1), (5, 4)]
 
@@ -148,8 +148,8 @@ def test_global_stage_trains_on_labels_with_unknowns(tmp_path):
     y[:120, 2] = np.nan  # half the clips never annotated for tag 2
     torch.manual_seed(0)
     head = GlobalMLP(GlobalArch(12, 3, hidden=16, dropout=0.0))
-    state = train_global(head, x[:200], y[:200], x[200:], y[200:], config=TrainConfig(lr=0.05, max_epochs=15, batch_size=20),
-                         workdir=tmp_path / "g", device=torch.device("cpu"))
+    state = train_global(head, x_train=x[:200], y_train=y[:200], x_valid=x[200:], y_valid=y[200:],
+                         config=TrainConfig(lr=0.05, max_epochs=15, batch_size=20), workdir=tmp_path / "g", device=torch.device("cpu"))
     last = state.history[-1]
     assert np.isfinite(last["train_loss"]) and np.isfinite(last["val_loss"])
     assert last["val_roc_auc"] > 0.9
@@ -165,10 +165,10 @@ def test_share_weights_make_the_process_average_the_whole_batch_loss():
     y[::2, 1:4] = float("nan")  # rows of another source, with 3 tags never annotated
     whole = masked_bce(logits, y)
     for world in (2, 3):
-        parts = [masked_bce(logits[r::world], y[r::world]) * share_weight(y, r, world) for r in range(world)]
+        parts = [masked_bce(logits[r::world], y[r::world]) * share_weight(y, rank=r, world=world) for r in range(world)]
         assert torch.allclose(sum(parts) / world, whole)
     classes = torch.tensor([0, 2, 1, 1, 0])  # class indices: shares weighted by their rows
     ce = nn.CrossEntropyLoss()
     scores = torch.randn(5, 3, generator=g)
-    parts = [ce(scores[r::2], classes[r::2]) * share_weight(classes, r, 2) for r in range(2)]
+    parts = [ce(scores[r::2], classes[r::2]) * share_weight(classes, rank=r, world=2) for r in range(2)]
     assert torch.allclose(sum(parts) / 2, ce(scores, classes))

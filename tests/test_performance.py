@@ -29,11 +29,11 @@ def onsets(hits, key):
 ])
 def test_drum_patterns_fit_the_metre(metre, bar, beat, low, mid, high_step):
     kit = KITS["jig"]
-    hits = drum_hits("jig", metre, bar, beat, 2 * bar, loud=False, rng=np.random.default_rng(0))
+    hits = drum_hits("jig", metre=metre, bar=bar, beat=beat, span=2 * bar, loud=False, rng=np.random.default_rng(0))
     assert onsets(hits, kit[0]) == low and onsets(hits, kit[1]) == mid
     assert onsets(hits, kit[2]) == list(np.arange(0, 2 * bar, high_step))  # every eighth
     assert all(SOFT[0] * 0.6 - 1 <= v <= SOFT[1] for _, _, v in hits)
-    loud = drum_hits("jig", metre, bar, beat, 2 * bar, loud=True, rng=np.random.default_rng(0))
+    loud = drum_hits("jig", metre=metre, bar=bar, beat=beat, span=2 * bar, loud=True, rng=np.random.default_rng(0))
     assert min(v for _, k, v in loud if k != kit[2]) >= LOUD[0]
 
 
@@ -44,14 +44,14 @@ def test_drums_follow_the_bar_lines_of_a_tune_with_a_pickup():
     jigs = list_pieces(next(s for s in STYLES if s.name == "jig"))
     score = next(sc for sc in map(_parse, jigs[:20]) if sc.pickup > 0 and metre_grid(sc)[0] == "compound")
     metre, beat, bar = metre_grid(score)
-    hits = drum_hits("jig", metre, bar, beat, 4 * bar, loud=True, rng=np.random.default_rng(0), offset=score.pickup)
+    hits = drum_hits("jig", metre=metre, bar=bar, beat=beat, span=4 * bar, loud=True, rng=np.random.default_rng(0), offset=score.pickup)
     assert onsets(hits, KITS["jig"][0]) == [round(score.pickup + k * bar, 6) for k in range(4) if score.pickup + k * bar < 4 * bar]
     assert min(o for o, _, _ in hits) == 0  # the pickup has its eighths too, nothing before the clip
 
 
 def test_styles_without_a_drummer_get_none():
-    assert drum_hits("chorale", "duple", 4.0, 1.0, 16.0, loud=True, rng=np.random.default_rng(0)) == []
-    assert drum_hits("string-quartet", "triple", 3.0, 1.0, 12.0, loud=True, rng=np.random.default_rng(0)) == []
+    assert drum_hits("chorale", metre="duple", bar=4.0, beat=1.0, span=16.0, loud=True, rng=np.random.default_rng(0)) == []
+    assert drum_hits("string-quartet", metre="triple", bar=3.0, beat=1.0, span=12.0, loud=True, rng=np.random.default_rng(0)) == []
 
 
 def grid(velocity: int, n: int = 64) -> list:

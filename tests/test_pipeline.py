@@ -147,7 +147,7 @@ def test_a_slice_of_scales_reads_its_own_columns_of_the_stored_features(run, tmp
     np.testing.assert_array_equal(exp.features()["features"], stored[:, 512:])  # 18 frames: the first 512 columns
     model = exp.train_head(name="3-global-s27-54")
     d = exp.data
-    from_audio = model_clip_probs(model, d.mels, d.rows("test"), device=torch.device("cpu"), frames=d.frames)
+    from_audio = model_clip_probs(model, d.mels, rows=d.rows("test"), device=torch.device("cpu"), frames=d.frames)
     np.testing.assert_allclose(exp.test_probs(model), from_audio, atol=1e-5)
 
 

@@ -44,21 +44,21 @@ def test_every_effect_keeps_length_range_and_is_seeded():
     y = music()
     for e in prod.EFFECTS + ("all",):
         effects = prod.parse_effects(e)
-        a = prod.produce(y, SR, [1], effects)
-        b = prod.produce(y, SR, [1], effects)
-        c = prod.produce(y, SR, [2], effects)
+        a = prod.produce(y, SR, seed=[1], effects=effects)
+        b = prod.produce(y, SR, seed=[1], effects=effects)
+        c = prod.produce(y, SR, seed=[2], effects=effects)
         assert a.dtype == np.float32 and a.shape == y.shape and np.isfinite(a).all() and np.abs(a).max() <= 0.99 + 1e-6, e
         assert np.array_equal(a, b) and not np.array_equal(a, c), e
-    assert not np.any(prod.produce(np.zeros(1000, np.float32), SR, [0], prod.EFFECTS))
+    assert not np.any(prod.produce(np.zeros(1000, np.float32), SR, seed=[0], effects=prod.EFFECTS))
     # each effect has its own stream: adding one leaves the settings of the others alone
-    room = prod.produce(y, SR, [4], ("reverb",))
-    assert np.array_equal(prod.produce(room, SR, [4], ("lossy",)), prod.produce(y, SR, [4], ("reverb", "lossy")))
+    room = prod.produce(y, SR, seed=[4], effects=("reverb",))
+    assert np.array_equal(prod.produce(room, SR, seed=[4], effects=("lossy",)), prod.produce(y, SR, seed=[4], effects=("reverb", "lossy")))
 
 
 def test_reverb_adds_a_decaying_tail():
     y = np.zeros(3 * SR, np.float32)
     y[: SR // 10] = 0.3 * np.sin(2 * np.pi * 440 * np.arange(SR // 10) / SR)  # a 0.1 s note, then silence
-    out = prod.reverb(y, SR, np.random.default_rng(0))
+    out = prod.reverb(y, SR, rng=np.random.default_rng(0))
     tail = out[SR // 10 + SR // 20 :]  # 50 ms after the sound stops
     assert np.sqrt(np.mean(tail[: SR // 5] ** 2)) > 1e-3  # the room still rings
     early, late = np.abs(tail[: SR // 5]).mean(), np.abs(tail[SR : SR + SR // 5]).mean()
@@ -68,7 +68,7 @@ def test_reverb_adds_a_decaying_tail():
 def test_compressor_narrows_the_dynamic_range_at_the_same_rms():
     y = music()
     y[: y.size // 2] *= 0.1  # a quiet half and a loud half
-    out = prod.compress(y, SR, np.random.default_rng(0))
+    out = prod.compress(y, SR, rng=np.random.default_rng(0))
     rms = lambda v: np.sqrt(np.mean(v ** 2))  # noqa: E731
     half = y.size // 2
     assert np.isclose(rms(out), rms(y), rtol=1e-3)
@@ -80,11 +80,11 @@ def test_noise_level_level_and_lossy_do_what_they_say():
     rms = lambda v: np.sqrt(np.mean(np.square(v, dtype=np.float64)))  # noqa: E731
     for seed in range(5):
         rng = np.random.default_rng(seed)
-        noisy = prod.noise(y, SR, rng)
+        noisy = prod.noise(y, SR, rng=rng)
         snr = 20 * np.log10(rms(y) / rms(noisy - y))
         assert 20 - 0.1 <= snr <= 45 + 0.1
-        loud = prod.level(y, SR, np.random.default_rng(seed))
+        loud = prod.level(y, SR, rng=np.random.default_rng(seed))
         assert -30.5 <= 20 * np.log10(rms(loud)) <= -9.5 and np.abs(loud).max() < 1
-    mp3 = prod.lossy(y, SR, np.random.default_rng(0))
+    mp3 = prod.lossy(y, SR, rng=np.random.default_rng(0))
     assert mp3.shape == y.shape and np.corrcoef(y, mp3)[0, 1] > 0.9  # aligned: no codec delay left in
     assert not np.allclose(mp3, y, atol=1e-3)

@@ -32,6 +32,7 @@ class Range:
     unit: str = ""
 
     def describe(self) -> str:
+        """The accepted range in words (``a whole number >= 1 and <= 64``), for error messages and ``--help``."""
         kind = "a whole number" if self.integer else "a number"
         low = f"> {_plain(self.low)}" if self.above else f">= {_plain(self.low)}"
         return f"{kind} {low} and <= {_plain(self.high)}" + (f" ({self.unit})" if self.unit else "")

@@ -119,6 +119,7 @@ def _umask() -> int:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (:func:`atomic_write`)."""
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -127,6 +128,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` as UTF-8, atomically (:func:`atomic_write`)."""
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
@@ -151,6 +153,7 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    """Save ``array`` as ``.npy`` at ``path``, atomically (:func:`atomic_write`)."""
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
             np.save(f, array)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 
-def data_digest(paths: list[str], splits: np.ndarray, labels: np.ndarray, tags: list[str], frontend: Any) -> str:
+def data_digest(paths: list[str], *, splits: np.ndarray, labels: np.ndarray, tags: list[str], frontend: Any) -> str:
     """A digest of the clips, their splits and labels (unknown ones included), the tags and the front end."""
     h = hashlib.sha256()
     h.update(json.dumps([list(paths), [str(s) for s in splits], list(tags), repr(frontend)]).encode())
@@ -42,7 +42,7 @@ def plain(key: dict) -> dict:
     return json.loads(json.dumps(key, sort_keys=True))
 
 
-def differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+def differences(old: dict, new: dict, *, prefix: str = "") -> list[str]:
     """Readable differences between two keys: ``schedule.max_epochs 30 -> 60``, or just ``data`` for a digest."""
     out = []
     for k in sorted(set(old) | set(new)):
@@ -51,7 +51,7 @@ def differences(old: dict, new: dict, prefix: str = "") -> list[str]:
             continue
         name = prefix + k
         if isinstance(a, dict) and isinstance(b, dict):
-            out += differences(a, b, name + ".")
+            out += differences(a, b, prefix=name + ".")
         elif all(_short(v) for v in (a, b)):
             out.append(f"{name} {a} -> {b}")
         else:  # digests and lists: only which

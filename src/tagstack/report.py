@@ -16,6 +16,7 @@ from .fileio import atomic_save_npy, atomic_write, atomic_write_text
 
 
 def plt_module():
+    """``matplotlib.pyplot`` on the headless Agg backend, imported on first use (tagging without plots never loads it)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -52,7 +53,7 @@ def plot_curves(run_dir: Path, out: Path) -> None:
     save_figure(fig, out)
 
 
-def plot_per_tag(tags: list[str], series: dict[str, list[float]], out: Path, *, title: str) -> None:
+def plot_per_tag(tags: list[str], series: dict[str, list[float]], *, out: Path, title: str) -> None:
     """Per-tag ROC-AUC bars of several models, tags sorted by the last series."""
     plt = plt_module()
     last = np.array(list(series.values())[-1], dtype=float)
@@ -75,7 +76,7 @@ def best_local_scale(local: dict[str, dict]) -> str | None:
     return max(local, key=lambda s: local[s]["roc_auc"]) if local else None
 
 
-def write_report(run_dir: Path, metrics: dict, clips: ClipSet) -> None:
+def write_report(run_dir: Path, metrics: dict, *, clips: ClipSet) -> None:
     """``report.md`` and ``plots/*.png`` of a finished three-stage run."""
     plots = run_dir / "plots"
     plot_curves(run_dir, plots / "curves.png")
@@ -83,7 +84,7 @@ def write_report(run_dir: Path, metrics: dict, clips: ClipSet) -> None:
     local = metrics["local"][best_local] if best_local else None  # None: local CNNs of another vocabulary (local_from)
     plot_per_tag(clips.tags, {**({f"local {best_local} frames": local["per_tag"]["roc_auc"]} if local else {}),
                               "global": metrics["global"]["per_tag"]["roc_auc"]},
-                 plots / "per_tag_roc_auc.png", title="Per-tag test ROC-AUC" + (", best local model vs global model" if local else ""))
+                 out=plots / "per_tag_roc_auc.png", title="Per-tag test ROC-AUC" + (", best local model vs global model" if local else ""))
     vs = f" local {best_local} |" if local else ""
     g = metrics["global"]
     lines = [f"# tagstack run: {metrics['dataset']}", "",
@@ -112,7 +113,7 @@ def write_report(run_dir: Path, metrics: dict, clips: ClipSet) -> None:
 
 # ------------------------------------------------------------ the reproduction (tagstack reproduce)
 
-def write_table(out: Path, name: str, header: list[str], rows: list[list]) -> str:
+def write_table(out: Path, name: str, *, header: list[str], rows: list[list]) -> str:
     """Write ``name``.csv and .md; returns the Markdown."""
     def fmt(v):
         return f"{v:.4f}" if isinstance(v, float) else str(v)
@@ -124,7 +125,8 @@ def write_table(out: Path, name: str, header: list[str], rows: list[list]) -> st
     return md
 
 
-def bar_figure(out: Path, name: str, labels: list[str], series: dict[str, tuple[list[float], list[float]]], title: str) -> None:
+def bar_figure(out: Path, name: str, *, labels: list[str], series: dict[str, tuple[list[float], list[float]]], title: str) -> None:
+    """Bars of test ROC-AUC with error bars (``series``: name -> (values, errors) per label), as ``figures/name.png``."""
     plt = plt_module()
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(labels) + 2), 4))
     width = 0.8 / len(series)
@@ -138,7 +140,8 @@ def bar_figure(out: Path, name: str, labels: list[str], series: dict[str, tuple[
     save_figure(fig, out / "figures" / f"{name}.png")
 
 
-def per_tag_gain_figure(out: Path, name: str, tags: list[str], singles: dict[str, np.ndarray], concat: np.ndarray, title: str) -> list[list]:
+def per_tag_gain_figure(out: Path, name: str, *, tags: list[str], singles: dict[str, np.ndarray], concat: np.ndarray,
+                        title: str) -> list[list]:
     """Fig. 5 style: absolute ROC-AUC of the concatenation (sorted) and each single model's gap to it."""
     plt = plt_module()
     order = [i for i in np.argsort(-np.nan_to_num(concat, nan=-1)) if not np.isnan(concat[i])]
@@ -160,8 +163,9 @@ def per_tag_gain_figure(out: Path, name: str, tags: list[str], singles: dict[str
     return [[tags[i], *(float(v[i]) for v in singles.values()), float(concat[i]), float(concat[i] - smallest[i])] for i in order]
 
 
-def write_reproduction_report(out: Path, name: str, md: dict[str, str], seed_note: str, joint_result, staged: dict, local_from,
+def write_reproduction_report(out: Path, name: str, *, md: dict[str, str], seed_note: str, joint_result, staged: dict, local_from,
                               local_scored: bool = True) -> None:
+    """The reproduction's ``report.md``: every table and figure of ``md`` in the paper's order, and joint fine-tuning's verdict."""
     parts = [f"# Reproduction of Lee & Nam (2017) on {name}", "",
              f"Global models trained with {seed_note}; ± is the standard deviation over seeds; intervals are 95% bootstrap "
              "intervals over test clips. Configuration: `config.toml`. Local CNNs: "
@@ -199,7 +203,7 @@ def write_reproduction_report(out: Path, name: str, md: dict[str, str], seed_not
 
 # ------------------------------------------------------------ taggrams
 
-def write_taggram(result, out_dir: Path, stem: str, clip_seconds: float) -> None:
+def write_taggram(result, out_dir: Path, *, stem: str, clip_seconds: float) -> None:
     """A file's taggram as ``stem``.taggram.npy, .csv (window start and end, tag probabilities) and .png."""
     atomic_save_npy(out_dir / f"{stem}.taggram.npy", result.taggram.astype(np.float32))
     ends = np.minimum(result.window_starts + clip_seconds, result.seconds)
@@ -321,7 +325,7 @@ def backbone_card(name: str, model) -> str:
 
 
 
-def model_card(name: str, data: str, command: str, config, metrics: dict, transfer_md: str = "") -> str:
+def model_card(name: str, *, data: str, command: str, config, metrics: dict, transfer_md: str = "") -> str:
     """The Markdown card of a shipped model: data and licences, how it was trained, test scores per tag, transfer."""
     g, n = metrics["global"], metrics["n_clips"]
     loc, glo = config.local, config.global_

@@ -106,6 +106,7 @@ class LogMel(nn.Module):
             self.register_buffer(f"band_weights_{i}", weights, persistent=False)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
+        """``(..., samples) -> (..., n_mels, frames)``, librosa's layout (a view of :meth:`frames_first`)."""
         return self.frames_first(y).transpose(-1, -2)
 
     def frames_first(self, y: torch.Tensor) -> torch.Tensor:
@@ -165,6 +166,7 @@ class ClipMel(nn.Module):
         self.config = self.logmel.config
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
+        """``(..., samples) -> (..., n_frames, n_mels)``: one clip's frames, the input padded or cut to a clip first."""
         n = self.config.clip_samples
         if y.shape[-1] < n:
             y = torch.nn.functional.pad(y, (0, n - y.shape[-1]))

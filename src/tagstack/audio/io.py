@@ -232,6 +232,12 @@ def stream(
     source_sr : int
         The rate of an array ``source`` (required then, ignored for files).
 
+    Yields
+    ------
+    block : np.ndarray [shape=(n,), dtype=float32]
+        Consecutive mono samples at ``sr`` (their concatenation is :func:`load`'s result); with a sequence of
+        rates, a tuple of such blocks, one per rate, resampled from the same decoded block.
+
     Raises
     ------
     AudioError
@@ -322,9 +328,29 @@ def load(
 ) -> np.ndarray:
     """The whole of :func:`stream` as one mono float32 array at ``sr`` Hz.
 
+    Parameters
+    ----------
+    source : path or np.ndarray
+        A file libsndfile or FFmpeg can read, or samples: ``[shape=(n,)]`` mono, or ``[shape=(channels, n)]``
+        or ``[shape=(n, channels)]`` (the shorter axis is taken as channels); float, or integer PCM.
+    sr : int
+        Output rate in Hz (soxr's HQ resampler when it differs from the source's).
+    offset, duration : float [seconds]
+        Read only ``duration`` seconds from ``offset`` (all when None).
+    source_sr : int
+        The rate of an array ``source`` (required then, ignored for files).
+
     Returns
     -------
     y : np.ndarray [shape=(n,), dtype=float32]
+        The channels' mean, at ``sr``.
+
+    Raises
+    ------
+    AudioError
+        A file that is missing, empty, undecodable, silent of samples or not finite.
+    ParameterError
+        A malformed argument (an array without ``source_sr``, a bad shape ...).
     """
     return np.concatenate(list(stream(source, sr=sr, offset=offset, duration=duration, source_sr=source_sr)))
 

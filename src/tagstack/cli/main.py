@@ -303,7 +303,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
     if a.json is not None:
         check_destination(a.json)
-    result = evaluate_model(a.model, a.dataset, a.root, scheme=a.split, subset=a.subset, device=a.device,
+    result = evaluate_model(a.model, a.dataset, root=a.root, scheme=a.split, subset=a.subset, device=a.device,
                             split_dir=a.split_dir, merge=a.merge_synonyms)
     _print_skipped(result["skipped"])
     print(evaluation_text(result, str(a.model or "the default model")))

@@ -58,10 +58,10 @@ _SOFT_LIMITS, _LOUD_LIMITS = (24, 66), (84, 127)
 
 def parse_performance(text: str) -> tuple[str, ...]:
     """``"humanise,drums"`` -> the parts in order; ``"all"`` -> both; ``""`` or ``"none"`` -> none."""
-    return parse_choice(text, PERFORMANCE, "performance part(s)")
+    return parse_choice(text, PERFORMANCE, what="performance part(s)")
 
 
-def drum_hits(style: str, metre: str | None, bar: float, beat: float, span: float, loud: bool,
+def drum_hits(style: str, *, metre: str | None, bar: float, beat: float, span: float, loud: bool,
               rng: np.random.Generator, offset: float = 0.0) -> list[tuple[float, int, int]]:
     """(onset in quarter notes, GM key, velocity) of the style's kit over ``span`` quarters; [] for a style without drums.
 

@@ -25,7 +25,7 @@ from ..errors import ParameterError
 EFFECTS = ("eq", "compress", "reverb", "noise", "level", "lossy")
 
 
-def parse_choice(text: str, choices: tuple[str, ...], what: str) -> tuple[str, ...]:
+def parse_choice(text: str, choices: tuple[str, ...], *, what: str) -> tuple[str, ...]:
     """``"b,a"`` -> the named ``choices`` in their own order; ``"all"`` -> every one; ``""`` or ``"none"`` -> none.
 
     An unknown name is a :class:`ParameterError` naming it and ``what`` was asked for.
@@ -44,7 +44,7 @@ def parse_choice(text: str, choices: tuple[str, ...], what: str) -> tuple[str, .
 
 def parse_effects(text: str) -> tuple[str, ...]:
     """``"reverb,eq"`` -> the effects in chain order; ``"all"`` -> every effect; ``""`` or ``"none"`` -> none."""
-    return parse_choice(text, EFFECTS, "production effect(s)")
+    return parse_choice(text, EFFECTS, what="production effect(s)")
 
 
 def _rms(y: np.ndarray) -> float:
@@ -68,7 +68,7 @@ def _biquad(kind: str, f0: float, gain_db: float, q: float, sr: int) -> np.ndarr
     return np.array(b + den) / den[0]
 
 
-def eq(y: np.ndarray, sr: int, rng: np.random.Generator) -> np.ndarray:
+def eq(y: np.ndarray, sr: int, *, rng: np.random.Generator) -> np.ndarray:
     """A low shelf, a high shelf (each +-6 dB) and one mid-band bell (+-4 dB): a mixing engineer's tonal balance."""
     from scipy.signal import sosfilt
 
@@ -80,7 +80,7 @@ def eq(y: np.ndarray, sr: int, rng: np.random.Generator) -> np.ndarray:
     return sosfilt(sos, y).astype(np.float32)
 
 
-def compress(y: np.ndarray, sr: int, rng: np.random.Generator) -> np.ndarray:
+def compress(y: np.ndarray, sr: int, *, rng: np.random.Generator) -> np.ndarray:
     """A feed-forward compressor on a smoothed power envelope (ratio 2-6, threshold 6-18 dB under the clip's peak level), RMS kept."""
     from scipy.signal import lfilter
 
@@ -95,7 +95,7 @@ def compress(y: np.ndarray, sr: int, rng: np.random.Generator) -> np.ndarray:
     return (out * (_rms(y) / _rms(out))).astype(np.float32)
 
 
-def reverb(y: np.ndarray, sr: int, rng: np.random.Generator) -> np.ndarray:
+def reverb(y: np.ndarray, sr: int, *, rng: np.random.Generator) -> np.ndarray:
     """A room: exponentially decaying noise (RT60 0.3-2 s, low-passed at 2-8 kHz) after a 5-30 ms pre-delay, mixed 10-45% wet."""
     from scipy.signal import fftconvolve, lfilter
 
@@ -111,7 +111,7 @@ def reverb(y: np.ndarray, sr: int, rng: np.random.Generator) -> np.ndarray:
     return ((1 - mix) * y + mix * wet * (_rms(y) / _rms(wet))).astype(np.float32)
 
 
-def noise(y: np.ndarray, sr: int, rng: np.random.Generator) -> np.ndarray:
+def noise(y: np.ndarray, sr: int, *, rng: np.random.Generator) -> np.ndarray:
     """Pink noise (power falling 3 dB per octave) at a signal-to-noise ratio of 20-45 dB: hiss, hum floor, tape."""
     spec = np.fft.rfft(rng.standard_normal(y.size))
     f = np.fft.rfftfreq(y.size, 1 / sr)
@@ -122,7 +122,7 @@ def noise(y: np.ndarray, sr: int, rng: np.random.Generator) -> np.ndarray:
     return (y + n * (_rms(y) / _rms(n)) * 10 ** (-snr_db / 20)).astype(np.float32)
 
 
-def level(y: np.ndarray, sr: int, rng: np.random.Generator) -> np.ndarray:
+def level(y: np.ndarray, sr: int, *, rng: np.random.Generator) -> np.ndarray:
     """A level between quiet and mastered-loud (RMS -30 to -10 dBFS); peaks above 0.9 (-0.9 dBFS) are soft-limited below 1."""
     out = y * (10 ** (rng.uniform(-30, -10) / 20) / _rms(y))
     over = np.abs(out) > 0.9
@@ -130,7 +130,7 @@ def level(y: np.ndarray, sr: int, rng: np.random.Generator) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def lossy(y: np.ndarray, sr: int, rng: np.random.Generator) -> np.ndarray:
+def lossy(y: np.ndarray, sr: int, *, rng: np.random.Generator) -> np.ndarray:
     """An MP3 round trip (libsndfile's LAME, a random compression level from good to poor), trimmed to the input's length."""
     import soundfile as sf
 
@@ -152,7 +152,7 @@ def check_support(effects: tuple[str, ...]) -> None:
         raise ParameterError(f"the 'lossy' effect needs libsndfile >= 1.1 with MP3 support; this one is {sf.__libsndfile_version__}")
 
 
-def produce(y: np.ndarray, sr: int, seed: list[int], effects: tuple[str, ...]) -> np.ndarray:
+def produce(y: np.ndarray, sr: int, *, seed: list[int], effects: tuple[str, ...]) -> np.ndarray:
     """Run ``y`` (mono float32) through ``effects`` in chain order; silence stays silence, the result stays in [-1, 1].
 
     Effect ``k`` of :data:`EFFECTS` draws from ``numpy.random.default_rng([*seed, k])``.
@@ -161,7 +161,7 @@ def produce(y: np.ndarray, sr: int, seed: list[int], effects: tuple[str, ...]) -
         return y
     for k, name in enumerate(EFFECTS):
         if name in effects:
-            y = _APPLY[name](y, sr, np.random.default_rng([*seed, k]))
+            y = _APPLY[name](y, sr, rng=np.random.default_rng([*seed, k]))
     peak = float(np.abs(y).max())
     return (y * (0.99 / peak) if peak > 0.99 else y).astype(np.float32)
 

@@ -133,6 +133,7 @@ class Piece:
 
     @property
     def id(self) -> str:
+        """A name unique in the corpus (``path#index`` for a tune of a multi-tune file): it seeds the piece's clips."""
         return self.path if self.index < 0 else f"{self.path}#{self.index}"
 
 
@@ -287,7 +288,7 @@ def _accompaniment(tonic: int, mode: str, span: float, bar: float, *, chords: bo
     return [bass, pad] if chords else [bass]
 
 
-def render_clip(score: Score, rng: np.random.Generator, style: Style, soundfont: bytes, performance: tuple[str, ...] = (),
+def render_clip(score: Score, *, rng: np.random.Generator, style: Style, soundfont: bytes, performance: tuple[str, ...] = (),
                 performer: np.random.Generator | None = None) -> tuple[np.ndarray, list[str]]:
     """Render one 29.1 s clip of ``score`` with random (seeded) voicing; returns audio and tags.
 
@@ -347,7 +348,7 @@ def render_clip(score: Score, rng: np.random.Generator, style: Style, soundfont:
         pm.instruments.append(inst)
     if "drums" in performance:
         kit = pretty_midi.Instrument(program=0, is_drum=True)
-        for o, key, vel in drum_hits(style.name, metre, bar, beat, span, loud, performer, offset=score.pickup):
+        for o, key, vel in drum_hits(style.name, metre=metre, bar=bar, beat=beat, span=span, loud=loud, rng=performer, offset=score.pickup):
             if o * sec_per_quarter < CLIP_SECONDS:
                 kit.notes.append(pretty_midi.Note(velocity=vel, pitch=key, start=o * sec_per_quarter, end=o * sec_per_quarter + 0.1))
         if kit.notes:
@@ -444,9 +445,10 @@ def _render_piece(job: tuple[Piece, int, int, str, tuple[str, ...], str | None, 
         for k in range(n_clips):
             # performance and production draw from streams of their own: the same voicing and tags as the plain corpus
             performer = np.random.default_rng([*piece_seed, k, 2]) if performance else None
-            y, tags = render_clip(score, rng, style, _soundfont(soundfont), performance, performer)
+            y, tags = render_clip(score, rng=rng, style=style, soundfont=_soundfont(soundfont), performance=performance,
+                                   performer=performer)
             if production:
-                y = produce(y, SR, [*piece_seed, k, 1], production)
+                y = produce(y, SR, seed=[*piece_seed, k, 1], effects=production)
             name = f"audio/{piece.style}/{hashlib.sha1(piece.id.encode()).hexdigest()[:12]}-{k}.ogg"
 
             data = _encode_ogg(y, int(hashlib.sha1(name.encode()).hexdigest()[:8], 16))

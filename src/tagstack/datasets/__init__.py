@@ -29,6 +29,7 @@ class Adapter:
 
     @property
     def loader(self) -> Callable[..., ClipSet]:
+        """The adapter's function ``(root, split, **options) -> ClipSet``, imported on first use."""
         return getattr(importlib.import_module(f".{self.module}", __name__), self.function)
 
 
@@ -50,7 +51,7 @@ DATASETS: dict[str, Adapter] = {
 }
 
 
-def check_dataset(name: str, options: dict[str, object], split: str = "") -> dict[str, object]:
+def check_dataset(name: str, options: dict[str, object], *, split: str = "") -> dict[str, object]:
     """The options that apply (those with a value), or a :class:`ParameterError` for an unknown name, option or split."""
     if name not in DATASETS:
         raise ParameterError(f"unknown dataset {name!r}; choose from {sorted(DATASETS)}")
@@ -67,8 +68,38 @@ def check_dataset(name: str, options: dict[str, object], split: str = "") -> dic
 
 
 def load_dataset(name: str, root: str | Path = "", *, split: str = "", **options: object) -> ClipSet:
-    """Read dataset ``name`` from ``root`` with the named ``split`` scheme (its default when empty)."""
-    given = check_dataset(name, options, split)
+    """Read dataset ``name`` from ``root`` with the named ``split`` scheme (its default when empty).
+
+    Parameters
+    ----------
+    name : str
+        A format of :data:`DATASETS`: ``"mtat"``, ``"msd"``, ``"tagtraum"``, ``"gtzan"``, ``"jamendo"``,
+        ``"manifest"`` (your own ``manifest.csv``), ``"folders"`` (one folder per label), ``"corpus"``.
+    root : str or Path
+        The dataset's folder (for ``"manifest"`` also the manifest file itself); for ``"corpus"``, empty means
+        the default corpus under ``$TAGSTACK_HOME``.
+    split : str
+        The split scheme, where the format has several (``"lee"`` or ``"full"`` for MagnaTagATune,
+        ``"kfold-K-N"`` for GTZAN, ``"0"``-``"4"`` for MTG-Jamendo ...); empty: the format's default.
+    **options
+        The format's own options (``split_dir``: where published split and label files are; ``merge``:
+        MagnaTagATune's synonym merging); empty or false values are ignored, others a format does not
+        take are refused.
+
+    Returns
+    -------
+    clips : ClipSet
+        Paths, ``labels`` : np.ndarray [shape=(n_clips, n_tags), dtype=float32] (NaN: unknown), ``tags``,
+        and ``splits`` : np.ndarray [shape=(n_clips,)] of ``"train"``, ``"valid"``, ``"test"``.
+
+    Raises
+    ------
+    ParameterError
+        An unknown format, split scheme or option.
+    DatasetError
+        A missing root, or files that cannot be read.
+    """
+    given = check_dataset(name, options, split=split)
     root = Path(root) if root else Path()
     if name != "corpus" and not root.exists():
         raise DatasetError(f"{root}: dataset root not found")

@@ -67,6 +67,7 @@ class ClipSet:
         return len(self.paths)
 
     def audio_path(self, i: int) -> Path:
+        """Where clip ``i``'s audio is: its path as listed, under :attr:`root` unless absolute."""
         p = Path(self.paths[i])
         return p if p.is_absolute() else self.root / p
 

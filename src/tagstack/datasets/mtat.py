@@ -104,7 +104,7 @@ def merge_synonyms(tags: list[str], y: np.ndarray) -> tuple[list[str], np.ndarra
     return names, np.stack(cols, axis=1)
 
 
-def top_tags(tags: list[str], y: np.ndarray, n: int = 50) -> list[int]:
+def top_tags(tags: list[str], y: np.ndarray, *, n: int = 50) -> list[int]:
     """Columns of the ``n`` most frequent tags (ties broken by column order)."""
     return list(np.argsort(-y.sum(axis=0), kind="stable")[:n])
 

@@ -50,6 +50,7 @@ class RayJobReport:
 
     @property
     def exit_status(self) -> int:
+        """The command's exit status: 1 when any file failed, else 0."""
         return 1 if self.failed else 0
 
 
@@ -155,7 +156,7 @@ class _Worker:
                 row["window_starts"] = r.window_starts.astype(np.float32).tolist()
                 if self.taggram_dir is not None:  # before the shard: a file in a shard has its taggram files
                     try:
-                        write_taggram(r, self.taggram_dir, os.fsdecode(bytes(stem)), self.tagger.cfg.clip_seconds)
+                        write_taggram(r, self.taggram_dir, stem=os.fsdecode(bytes(stem)), clip_seconds=self.tagger.cfg.clip_seconds)
                     except TagstackError as e:  # OutputError: a full disk ...
                         failures.append((path, f"{path}: cannot write its taggram ({e})"))
                         continue

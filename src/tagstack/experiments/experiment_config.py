@@ -69,7 +69,7 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         if self.engine not in ("local", "ray"):
             raise ParameterError(f"engine must be 'local' or 'ray', got {self.engine!r}")
-        check_dataset(self.dataset, {"split_dir": self.split_dir, "merge": self.merge_synonyms}, self.split)
+        check_dataset(self.dataset, {"split_dir": self.split_dir, "merge": self.merge_synonyms}, split=self.split)
         if isinstance(self.local_from, str):  # a config.toml of earlier versions: one file, or none
             self.local_from = tuple(x for x in self.local_from.split(",") if x)
         self.local_from = tuple(str(x) for x in self.local_from)

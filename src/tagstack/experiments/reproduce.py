@@ -60,11 +60,13 @@ class Ablation:
 
     @property
     def key(self) -> str:
+        """The ablation's name in results and run folders: ``18+27`` or ``27:L12`` (scales, then levels)."""
         s = "+".join(self.scales)
         return s if self.layers is None else f"{s}:L{''.join(map(str, self.layers))}"
 
     @property
     def label(self) -> str:
+        """The ablation's name in tables and figures: ``18+27 frames``, ``L1+L2 (27)``."""
         scales = "+".join(self.scales) + (" frames" if all(x.isdigit() for x in self.scales) else "")
         if self.layers is None:
             return scales
@@ -111,8 +113,8 @@ def ablations(scales: tuple[str, ...], depth: dict[str, int]) -> dict[str, list[
     return {"fig2": fig2, "fig3": fig3, "fig4": fig4}
 
 
-def own_tag_comparison(exp: Experiment, local_probs: dict[str, np.ndarray], y: np.ndarray, test: np.ndarray,
-                       global_probs: np.ndarray, *, n_boot: int) -> list[list]:
+def own_tag_comparison(exp: Experiment, *, local_probs: dict[str, np.ndarray], y: np.ndarray, test: np.ndarray,
+                       global_probs: np.ndarray, n_boot: int) -> list[list]:
     """Does the global model beat a pretrained network's own tags? For each scale whose network has outputs of another
     vocabulary that shares tag names with the dataset (matched as ``tagstack evaluate`` matches them), macro ROC-AUC of its
     own outputs and of the global model on those shared tags, the same test clips, with bootstrap intervals."""
@@ -152,6 +154,24 @@ def reproduce(config: ExperimentConfig, out: str | Path) -> dict:
 
     The configuration carries everything (seeds, ``local_from``, the joint
     schedule, bootstrap draws) and is saved in ``out`` as it ran.
+
+    Parameters
+    ----------
+    config : ExperimentConfig
+        The dataset, scales (every ablation reads a subset of them), seeds, ``local_from``, ``joint`` and
+        ``n_boot``; its ``layers`` are not used (each ablation chooses its own).
+    out : str or Path
+        The run directory: ``tables/`` (Markdown and CSV), ``figures/`` (PNG), ``report.md``, ``results.json``
+        and ``config.toml``, beside the stages' results (reused when the same command runs again).
+
+    Returns
+    -------
+    results : dict
+        What ``results.json`` holds: ``dataset``, ``seeds``, ``local`` (scale -> test ``roc_auc`` and ``pr_auc``
+        of each local network that outputs these tags), ``global`` (ablation key, such as ``"18+27"`` or
+        ``"27:L12"`` -> ``label``, ``scales``, ``layers``, ``seeds`` (seed -> ``roc_auc``, ``pr_auc``,
+        ``per_tag_roc_auc``, and ``accuracy`` for single-label data) and ``roc_auc_ci95`` of the first seed),
+        ``joint`` (the jointly fine-tuned model's scores, or None) and ``local_from``.
     """
     config = config.replace(layers=None)  # every ablation chooses its own layers
     exp = Experiment(config, out)
@@ -195,12 +215,13 @@ def reproduce(config: ExperimentConfig, out: str | Path) -> dict:
     # Fig. 2
     rows = [[s, *((local[s]["roc_auc"], local[s]["pr_auc"]) if s in local else ("–", "–")),
              _pm(results[s]), _pm(results[s], "pr_auc")] for s in scales]
-    md["fig2"] = write_table(out, "fig2_local_vs_global", ["scale", "local ROC-AUC", "local PR-AUC", "global ROC-AUC", "global PR-AUC"], rows)
-    bar_figure(out, "fig2_local_vs_global", [f"{s} frames" if s.isdigit() else s for s in scales],
-          {**({"local": ([local[s]["roc_auc"] if s in local else 0.0 for s in scales], [0] * len(scales))} if local else {}),
-           "global": ([np.mean([v["roc_auc"] for v in results[s]["seeds"].values()]) for s in scales],
-                      [np.std([v["roc_auc"] for v in results[s]["seeds"].values()]) for s in scales])},
-          "Fig. 2: local vs global models" if local else "Fig. 2: global models per scale (local networks from another vocabulary)")
+    md["fig2"] = write_table(out, "fig2_local_vs_global", header=["scale", "local ROC-AUC", "local PR-AUC", "global ROC-AUC", "global PR-AUC"],
+                             rows=rows)
+    bar_figure(out, "fig2_local_vs_global", labels=[f"{s} frames" if s.isdigit() else s for s in scales],
+               series={**({"local": ([local[s]["roc_auc"] if s in local else 0.0 for s in scales], [0] * len(scales))} if local else {}),
+                       "global": ([np.mean([v["roc_auc"] for v in results[s]["seeds"].values()]) for s in scales],
+                                  [np.std([v["roc_auc"] for v in results[s]["seeds"].values()]) for s in scales])},
+               title="Fig. 2: local vs global models" if local else "Fig. 2: global models per scale (local networks from another vocabulary)")
 
     def fig_rows(abl: list[Ablation]) -> list[list]:
         return [[a.label, _pm(results[a.key]), _pm(results[a.key], "pr_auc"),
@@ -211,10 +232,11 @@ def reproduce(config: ExperimentConfig, out: str | Path) -> dict:
         if not plan[fig]:
             continue
         name = {"fig3": "fig3_levels", "fig4": "fig4_scales"}[fig]
-        md[fig] = write_table(out, name, header, fig_rows(plan[fig]))
-        bar_figure(out, name, [a.label for a in plan[fig]],
-              {"global": ([np.mean([v["roc_auc"] for v in results[a.key]["seeds"].values()]) for a in plan[fig]],
-                          [np.std([v["roc_auc"] for v in results[a.key]["seeds"].values()]) for a in plan[fig]])}, title)
+        md[fig] = write_table(out, name, header=header, rows=fig_rows(plan[fig]))
+        bar_figure(out, name, labels=[a.label for a in plan[fig]],
+                   series={"global": ([np.mean([v["roc_auc"] for v in results[a.key]["seeds"].values()]) for a in plan[fig]],
+                                      [np.std([v["roc_auc"] for v in results[a.key]["seeds"].values()]) for a in plan[fig]])},
+                   title=title)
 
     # Fig. 5
     s0 = seeds[0]
@@ -222,16 +244,19 @@ def reproduce(config: ExperimentConfig, out: str | Path) -> dict:
     every_level = f"{ref}:L{''.join(str(l) for l in range(1, depth[ref] + 1))}" if ref else None
     if plan["fig3"]:
         singles = {f"L{l}": pt[f"{ref}:L{l}"] for l in range(1, depth[ref] + 1)}
-        rows = per_tag_gain_figure(out, "fig5_levels", clips.tags, singles, pt[every_level], f"Fig. 5 (top): levels of scale {ref}, per tag")
-        md["fig5_levels"] = write_table(out, "fig5_levels", ["tag", *singles, "+".join(singles), "gain over L1"], rows)
+        rows = per_tag_gain_figure(out, "fig5_levels", tags=clips.tags, singles=singles, concat=pt[every_level],
+                                   title=f"Fig. 5 (top): levels of scale {ref}, per tag")
+        md["fig5_levels"] = write_table(out, "fig5_levels", header=["tag", *singles, "+".join(singles), "gain over L1"], rows=rows)
     small = [s for s in ("18", "27", "54") if s in scales] if "27" in scales else list(scales[:3])
     if len(small) > 1:
         concat_key = "+".join(small)
         if concat_key not in pt:
             concat_key = all_key
         singles = {f"{s} frames" if s.isdigit() else s: pt[s] for s in small}
-        rows = per_tag_gain_figure(out, "fig5_scales", clips.tags, singles, pt[concat_key], f"Fig. 5 (bottom): scales, per tag ({concat_key} concatenated)")
-        md["fig5_scales"] = write_table(out, "fig5_scales", ["tag", *singles, concat_key.replace("+", " + "), f"gain over {small[0]} frames"], rows)
+        rows = per_tag_gain_figure(out, "fig5_scales", tags=clips.tags, singles=singles, concat=pt[concat_key],
+                                   title=f"Fig. 5 (bottom): scales, per tag ({concat_key} concatenated)")
+        md["fig5_scales"] = write_table(out, "fig5_scales", header=["tag", *singles, concat_key.replace("+", " + "), f"gain over {small[0]} frames"],
+                                        rows=rows)
 
     # Joint fine-tuning of the multi-level, multi-scale model (the same TaggingModel, trained end to end)
     joint_result = None
@@ -262,27 +287,29 @@ def reproduce(config: ExperimentConfig, out: str | Path) -> dict:
     if joint_result:
         rows.append(["global, jointly fine-tuned end to end", "measured", f"{joint_result['roc_auc']:.4f}", f"{joint_result['pr_auc']:.4f}",
                      *([f"{joint_result['accuracy']:.4f}"] if multiclass else [])])
-    md["table2"] = write_table(out, "table2_measured", [f"model ({clips.name}, test)", "source", "ROC-AUC", "PR-AUC",
-                                                        *(["accuracy"] if multiclass else [])], rows)
-    own = own_tag_comparison(exp, agg["local_probs"], y, test, staged_probs, n_boot=n_boot)
+    md["table2"] = write_table(out, "table2_measured", header=[f"model ({clips.name}, test)", "source", "ROC-AUC", "PR-AUC",
+                                                               *(["accuracy"] if multiclass else [])], rows=rows)
+    own = own_tag_comparison(exp, local_probs=agg["local_probs"], y=y, test=test, global_probs=staged_probs, n_boot=n_boot)
     if own:
-        md["table2_own_tags"] = write_table(out, "table2_own_tags", ["scale", "shared tags", "its own outputs: ROC-AUC (95% CI)",
-                                                                     "global model, same tags: ROC-AUC (95% CI)"], own)
+        md["table2_own_tags"] = write_table(out, "table2_own_tags", header=["scale", "shared tags", "its own outputs: ROC-AUC (95% CI)",
+                                                                            "global model, same tags: ROC-AUC (95% CI)"], rows=own)
     pub_cols = ["MTAT", "MSD", "GTZAN", "Tagtraum"]
     pub_names = ["MTAT (ROC-AUC)", "MSD (ROC-AUC)", "GTZAN (accuracy)", "Tagtraum (accuracy)"]
-    md["table2_published"] = write_table(out, "table2_published", ["model", "source", *pub_names],
-                                    [[name, "published", *(f"{v[c]:.4f}" if c in v else "–" for c in pub_cols)] for name, v in PUBLISHED])
+    md["table2_published"] = write_table(out, "table2_published", header=["model", "source", *pub_names],
+                                         rows=[[name, "published", *(f"{v[c]:.4f}" if c in v else "–" for c in pub_cols)] for name, v in PUBLISHED])
     if local_from:
         measure = "accuracy" if multiclass else "ROC-AUC"
         value = np.mean([v["accuracy" if multiclass else "roc_auc"] for v in results[all_key]["seeds"].values()])
-        md["table1"] = write_table(out, "table1_transfer", ["dataset", "task", "CNNs from", "measurement", "value"],
-                              [[clips.name, "genre classification" if multiclass else "auto-tagging", ", ".join(local_from), measure, f"{value:.4f}"]])
+        md["table1"] = write_table(out, "table1_transfer", header=["dataset", "task", "CNNs from", "measurement", "value"],
+                                   rows=[[clips.name, "genre classification" if multiclass else "auto-tagging", ", ".join(local_from), measure,
+                                          f"{value:.4f}"]])
 
     summary = {"dataset": clips.name, "seeds": list(seeds), "local": {s: {"roc_auc": m["roc_auc"], "pr_auc": m["pr_auc"]} for s, m in local.items()},
                "global": results, "joint": joint_result, "local_from": list(local_from) if local_from else None}
     atomic_write_json(out / "results.json", summary)
     exp.save_config()
-    write_reproduction_report(out, clips.name, md, seed_note, joint_result, results[all_key], local_from, local_scored=bool(local))
+    write_reproduction_report(out, clips.name, md=md, seed_note=seed_note, joint_result=joint_result, staged=results[all_key],
+                              local_from=local_from, local_scored=bool(local))
     return summary
 
 

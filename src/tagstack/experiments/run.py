@@ -75,6 +75,7 @@ class Prepared:
     other: dict[FrontEndConfig, tuple[np.ndarray, np.ndarray]] = dataclasses.field(default_factory=dict)  # other front ends' caches
 
     def rows(self, split: str) -> np.ndarray:
+        """The rows in :attr:`mels` of the clips of ``split`` (train, valid, test)."""
         return self.mel_rows[self.clips.indices(split)]
 
     def inputs(self, model: TaggingModel) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -83,6 +84,7 @@ class Prepared:
         return [m for m, _ in pairs], [f for _, f in pairs]
 
     def labels(self, split: str) -> np.ndarray:
+        """The labels of the clips of ``split``, aligned with :meth:`rows`."""
         return self.clips.labels[self.clips.indices(split)]
 
 
@@ -92,10 +94,18 @@ class Experiment:
     Parameters
     ----------
     config : ExperimentConfig
-        Already validated; saved as ``config.toml`` at once.
-    run_dir : path
+        Already validated; saved as ``config.toml`` in ``run_dir`` when the first stage starts.
+    run_dir : str or Path
+        The run directory (created when needed); what an earlier run of the same configuration stored there is
+        reused, so an interrupted run continues where it stopped.
     clips : ClipSet, optional
         The dataset, when the caller has it in memory (else ``config`` names it).
+
+    Examples
+    --------
+    >>> exp = Experiment(ExperimentConfig(dataset="gtzan", root="data/gtzan"), "runs/gtzan")  # doctest: +SKIP
+    >>> metrics = exp.run()                            # the three stages, the model file and the report
+    >>> model = exp.train_head(scales=("27", "54"))    # another global model on the stored features
     """
 
     def __init__(self, config: ExperimentConfig, run_dir: str | Path, *, clips: ClipSet | None = None) -> None:
@@ -155,7 +165,8 @@ class Experiment:
                 if len(kept.indices(split)) < 2:
                     raise DatasetError(f"{clips.root}: only {len(kept.indices(split))} usable clips in split '{split}'")
             self._data = Prepared(clips=kept, mels=cache.mels, mel_rows=np.flatnonzero(cache.valid), frames=cache.frames, report=report,
-                                  digest=data_digest(kept.paths, kept.splits, kept.labels, kept.tags, frontend), frontend=frontend)
+                                  digest=data_digest(kept.paths, splits=kept.splits, labels=kept.labels, tags=kept.tags, frontend=frontend),
+                                  frontend=frontend)
             self._all_clips = clips
             atomic_write_text(self.dir / "dataset.txt", kept.summary() + "\n")
         return self._data
@@ -316,7 +327,7 @@ class Experiment:
         return feats if len(cols) == feats.shape[1] else feats[:, cols]
 
     # ------------------------------------------------------------ stage 3
-    def train_head(self, *, scales: tuple[int, ...] | None = None, layers: tuple[int, ...] | None = None,
+    def train_head(self, *, scales: tuple[str | int, ...] | None = None, layers: tuple[int, ...] | None = None,
                    seed: int | None = None, name: str = "3-global") -> TaggingModel:
         """Stage 3: a global classifier on the chosen slice of the stored features, as a whole tagger."""
         c = self.config
@@ -334,8 +345,8 @@ class Experiment:
         tr, va = d.clips.indices("train"), d.clips.indices("valid")
         inputs = {"data": d.digest, "cnns": {str(s): self._cnn_digests[str(s)] for s in scales}, "columns": cols.tolist(),
                   "hidden": c.global_hidden}
-        train_global(head, x[tr], d.clips.labels[tr], x[va], d.clips.labels[va], config=schedule, workdir=self.dir / name,
-                     device=self.device, inputs=inputs)
+        train_global(head, x_train=x[tr], y_train=d.clips.labels[tr], x_valid=x[va], y_valid=d.clips.labels[va], config=schedule,
+                     workdir=self.dir / name, device=self.device, inputs=inputs)
         return self.shell(scales=scales, layers=layers, head=head.cpu(), info={"dataset": d.clips.name}, groups=d.clips.groups)
 
     def test_probs(self, model: TaggingModel) -> np.ndarray:
@@ -357,11 +368,17 @@ class Experiment:
         finetune_joint(model, mels, train_rows=d.rows("train"), valid_rows=d.rows("valid"), train_labels=d.labels("train"),
                        valid_labels=d.labels("valid"), config=self.config.joint, workdir=self.dir / name, device=self.device,
                        inputs={"data": d.digest, "start": weights_digest(staged)}, frames=frames)
-        return model.cpu().eval(), model_clip_probs(model, mels, d.rows("test"), device=self.device, frames=frames)
+        return model.cpu().eval(), model_clip_probs(model, mels, rows=d.rows("test"), device=self.device, frames=frames)
 
     # ------------------------------------------------------------ the standard run
     def run(self) -> dict:
-        """All three stages, test metrics, the model file and the report; returns the metrics."""
+        """All three stages, test metrics, the model file and the report; returns the metrics.
+
+        Returns
+        -------
+        metrics : dict
+            As :func:`run_experiment` returns them (also written to ``metrics.json``).
+        """
         from ..report import write_report
 
         d = self.data
@@ -372,7 +389,7 @@ class Experiment:
         save_model(model, self.dir / "model.safetensors")
         atomic_write_json(self.dir / "metrics.json", metrics)
         self.save_config()
-        write_report(self.dir, metrics, d.clips)
+        write_report(self.dir, metrics, clips=d.clips)
         return metrics
 
     def metrics(self, model: TaggingModel, global_probs: np.ndarray) -> dict:
@@ -473,7 +490,37 @@ def test_summary(tags: list[str], g: dict) -> dict:
 
 
 def run_experiment(config: ExperimentConfig, run_dir: str | Path, *, clips: ClipSet | None = None) -> dict:
-    """All three stages of ``config`` into ``run_dir``; the metrics also written to ``metrics.json``."""
+    """All three stages of ``config`` into ``run_dir``; the metrics also written to ``metrics.json``.
+
+    The run directory then holds the whole tagger (``model.safetensors``, for :class:`~tagstack.Tagger`),
+    ``report.md`` with its figures, and every stage's results, reused when the same command runs again.
+
+    Parameters
+    ----------
+    config : ExperimentConfig
+        The dataset, scales, layers, schedules and seeds (validated when it was built).
+    run_dir : str or Path
+        The run directory (created when needed; an interrupted run there continues).
+    clips : ClipSet, optional
+        The dataset, when the caller has it in memory (else ``config`` names it).
+
+    Returns
+    -------
+    metrics : dict
+        Test metrics: ``dataset``, ``n_clips`` (per split), ``tags``, ``skipped_files``, ``local`` (scale ->
+        the local network's own scores, for networks that output these tags) and ``global``; each with
+        ``roc_auc``, ``pr_auc`` (macro, over ``n_tags_evaluated`` tags), ``per_tag`` (``roc_auc`` and ``pr_auc``
+        lists in tag order; NaN, ``null`` in the file, for a tag with one class in the test split) and ``groups``
+        (tag group -> mean ROC-AUC); ``global`` adds
+        ``roc_auc_ci95`` (95% bootstrap interval) and, for single-label data, ``accuracy``.
+
+    Raises
+    ------
+    ParameterError
+        A run directory that holds results of other settings, data or networks (it names what differs).
+    DatasetError
+        A dataset that cannot be read, or splits too small or too uniform to score.
+    """
     return Experiment(config, run_dir, clips=clips).run()
 
 

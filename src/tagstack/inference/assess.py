@@ -29,7 +29,7 @@ def tag_key(tag: str) -> str:
     return re.sub(r"[^0-9a-z]", "", tag.split("---")[-1].lower())
 
 
-def evaluate_model(model: str | Path | None, dataset: str, root: str | Path, *, scheme: str = "", subset: str = "test",
+def evaluate_model(model: str | Path | None, dataset: str, *, root: str | Path, scheme: str = "", subset: str = "test",
                    device: str = "auto", n_boot: int = 200, tagger: Tagger | None = None, **options: object) -> dict:
     """Score ``model`` on the ``subset`` (test, valid, train) of a labelled dataset's split ``scheme`` (the
     adapter's default when empty), over the tags both share by name (compared by :func:`tag_key`).
@@ -41,6 +41,39 @@ def evaluate_model(model: str | Path | None, dataset: str, root: str | Path, *, 
     the split has one class only). Soft labels count as present from 0.5;
     unknown labels (NaN) are left out of their tag's scores.
     ``options`` go to the dataset adapter (``split_dir``, ``merge``).
+
+    Parameters
+    ----------
+    model : str or Path, optional
+        A model file or a shipped model's name (default: the shipped default model); not used with ``tagger``.
+    dataset : str
+        The dataset's format, as :func:`~tagstack.datasets.load_dataset` names it (``"manifest"``, ``"mtat"`` ...).
+    root : str or Path
+        The dataset's folder (or manifest file).
+    scheme : str
+        The split scheme (empty: the format's default).
+    subset : {"test", "valid", "train"}
+        Which part of the split to score.
+    device : str
+        ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda:0"`` ...
+    n_boot : int
+        Bootstrap resamples for the interval.
+    tagger : Tagger, optional
+        A loaded tagger to use instead of loading ``model``.
+    **options
+        The dataset format's options (``split_dir``, ``merge``).
+
+    Returns
+    -------
+    result : dict
+        ``dataset``, ``root``, ``scheme``, ``subset``, ``clips`` (scored), ``skipped``, ``tags`` (shared),
+        ``roc_auc``, ``pr_auc``, ``roc_auc_ci``, ``n_tags_evaluated`` and ``per_tag``, as above;
+        :func:`evaluation_text` summarises it.
+
+    Raises
+    ------
+    ParameterError
+        No tag name in common, an empty subset, no usable clip, or a model that cannot tag.
     """
     clips = load_dataset(dataset, root, split=scheme, **{k: v for k, v in options.items() if v})
     rows = clips.indices(subset)

@@ -45,6 +45,7 @@ class BatchReport:
 
     @property
     def exit_status(self) -> int:
+        """The command's exit status: 1 when any file was skipped, else 0."""
         return 1 if self.skipped else 0
 
 
@@ -131,6 +132,46 @@ def tag_files(paths: Iterable[str | Path], *, tagger: Tagger | None = None, mode
     ``output`` at the end. With ``taggram_dir`` each file's taggram is written
     there too (.npy, .csv, .png), windows every ``hop`` seconds. ``output`` is
     refused when it is one of the inputs, or an existing audio file unless ``force``.
+
+    Parameters
+    ----------
+    paths : iterable of str or Path
+        Files, folders (searched recursively for audio), glob patterns and manifests (``.csv``: their clips).
+    tagger : Tagger, optional
+        A loaded tagger to use (else one is loaded from ``model`` on ``device``).
+    model : str or Path, optional
+        A model file or a shipped model's name (default: the shipped default model).
+    device : str
+        ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda:0"`` ...
+    top_k : int >= 0, optional
+        Tags per file, best first (None or 0: all).
+    threshold : float in [0, 1], optional
+        Instead of ``top_k``: every tag whose probability is at least this.
+    fmt : {"table", "jsonl", "csv"}
+        A readable table, one JSON object per file, or ``path,tag,probability`` rows.
+    output : str or Path, optional
+        A file to write the results to, whole, at the end (default: stream them to ``stdout``).
+    taggram_dir : str or Path, optional
+        A folder for each file's taggram (``stem.taggram.npy``, ``.csv``, ``.png``).
+    hop : float > 0, optional
+        Seconds between the starts of taggram windows (with ``taggram_dir``; default: one clip length).
+    stdout : file-like, optional
+        Where results stream without ``output`` (default: ``sys.stdout``).
+    per_group : bool
+        Select the tags within each tag group, and write each tag's group.
+    force : bool
+        Replace an existing audio file named by ``output``.
+
+    Returns
+    -------
+    report : BatchReport
+        ``done`` (files tagged) and ``skipped`` (``(file, reason)`` of each file that could not be used);
+        ``exit_status`` is 1 when any was skipped.
+
+    Raises
+    ------
+    ParameterError
+        Before any work: a bad option, no audio found, or an output that cannot or must not be written.
     """
     if fmt not in FORMATS:
         raise ParameterError(f"format must be one of {FORMATS}, got {fmt!r}")
@@ -165,7 +206,7 @@ def tag_files(paths: Iterable[str | Path], *, tagger: Tagger | None = None, mode
         r.path = f
         top = r.top(top_k, threshold, per_group=per_group)
         if taggram_dir is not None:
-            write_taggram(r, Path(taggram_dir), stem, tagger.cfg.clip_seconds)
+            write_taggram(r, Path(taggram_dir), stem=stem, clip_seconds=tagger.cfg.clip_seconds)
         if fmt == "jsonl":
             line = {"path": f, "seconds": round(r.seconds, 2), "tags": {t: round(p, 4) for t, p in top}}
             if per_group:
@@ -187,13 +228,44 @@ def tag_files(paths: Iterable[str | Path], *, tagger: Tagger | None = None, mode
 
 
 def embed_files(paths: Iterable[str | Path], out: str | Path, *, tagger: Tagger | None = None, model: str | Path | None = None,
-                device: str = "auto", scales: Iterable[int] | None = None, layers: Iterable[int] | None = None,
+                device: str = "auto", scales: Iterable[str | int] | None = None, layers: Iterable[int] | None = None,
                 force: bool = False) -> BatchReport:
     """One feature vector per readable file, in one file: ``.npz`` (``embeddings``, ``paths``, ``scales``, ``layers``) or ``.parquet``.
 
     Either way the file records which scales and layers its columns are
     (Parquet in its schema metadata), and the vectors and names can never
     disagree, since they are one file written at once.
+
+    Parameters
+    ----------
+    paths : iterable of str or Path
+        Files, folders (searched recursively for audio), glob patterns and manifests (``.csv``: their clips).
+    out : str or Path
+        The embedding file: ``.npz`` (``embeddings`` [shape=(n_files, n_columns), dtype=float32], ``paths``,
+        ``scales``, ``layers``) or ``.parquet`` (columns ``path`` and ``embedding``; needs pyarrow); not written
+        when no file could be embedded.
+    tagger : Tagger, optional
+        A loaded tagger to use (else one is loaded from ``model`` on ``device``).
+    model : str or Path, optional
+        A model file or a shipped model's name (default: the shipped default model).
+    device : str
+        ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda:0"`` ...
+    scales : iterable of str or int, optional
+        Branches (scales) to keep, e.g. ``["27", "54"]`` or ``["musicnn-mtt/187"]`` (all when None).
+    layers : iterable of int, optional
+        1-based levels to keep (all when None).
+    force : bool
+        Replace an existing audio file named by ``out``.
+
+    Returns
+    -------
+    report : BatchReport
+        ``done`` (files embedded, one row each, in input order) and ``skipped`` (``(file, reason)``).
+
+    Raises
+    ------
+    ParameterError
+        Before any work: a bad suffix or selection, no audio found, or an output that cannot or must not be written.
     """
     out = Path(out)
     if out.suffix not in EMBEDDING_SUFFIXES:

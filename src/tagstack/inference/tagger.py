@@ -39,7 +39,27 @@ from .windows import Window, WindowFeatures, cut_windows
 
 @dataclass
 class Result:
-    """What tagging one file gives."""
+    """What tagging one file gives.
+
+    Attributes
+    ----------
+    path : str
+        The file (``"<array>"`` for samples), or the name given for it.
+    tags : list[str]
+        The model's tags (empty when only embedding).
+    probs : np.ndarray [shape=(n_tags,)]
+        The whole file's tag probabilities, in the order of ``tags``.
+    seconds : float
+        The audio's length.
+    embedding : np.ndarray [shape=(n_features,)]
+        Every layer of every scale, averaged over every segment of the file.
+    taggram : np.ndarray [shape=(n_windows, n_tags)], optional
+        Tag probabilities of each clip-long window (when asked for).
+    window_starts : np.ndarray [shape=(n_windows,)], optional
+        Each taggram window's start, in seconds.
+    groups : dict[str, str]
+        Tag -> tag group, from the model file (:meth:`group_of`).
+    """
 
     path: str
     tags: list[str]
@@ -148,7 +168,7 @@ def as_source(source: Source) -> str | np.ndarray:
                          f"got {type(source).__name__}")
 
 
-def model_stream(source: str | Path | np.ndarray, model: TaggingModel, sr: int | None = None) -> Iterator[tuple[np.ndarray, ...]]:
+def model_stream(source: str | Path | np.ndarray, model: TaggingModel, *, sr: int | None = None) -> Iterator[tuple[np.ndarray, ...]]:
     """A source decoded for ``model``: mono float32 blocks at each rate of :func:`decoding_rates` (a clip's length each),
     from one decoding.
 
@@ -177,6 +197,22 @@ class Tagger:
         ``"musicnn-mtt"`` (musicnn's own 50 tags) ...
     device : str
         ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda:0"`` ...
+
+    Attributes
+    ----------
+    model : TaggingModel
+        The loaded model, in evaluation mode on ``device``.
+    tags : list[str]
+        The names of the model's outputs (``n_tags``).
+    device : torch.device
+        Where the networks run.
+
+    Examples
+    --------
+    >>> tagger = Tagger()                                  # doctest: +SKIP
+    >>> tagger.tag("song.mp3", top_k=3)                    # [(tag, probability), ...], best first
+    >>> tagger.predict(samples, sr=44100).probs.shape      # (n_tags,)
+    >>> tagger.embed("song.mp3", layers=[1, 2]).shape      # (n_columns,): the chosen levels of every scale
     """
 
     def __init__(self, model: str | Path | TaggingModel | None = None, *, device: str = "auto") -> None:
@@ -192,6 +228,7 @@ class Tagger:
 
     @property
     def tags(self) -> list[str]:
+        """The names of the model's outputs, in the order of :attr:`Result.probs`."""
         return self.model.tags
 
     # ------------------------------------------------------------ windows
@@ -202,7 +239,7 @@ class Tagger:
         min_samples = [max(fe.n_fft for fe in m.frontends if fe.sample_rate == r) for r in self.rates]
         longest = max(m.branch(s).frames * m.frontends[m.frontend_of(s)].hop_length / m.frontends[m.frontend_of(s)].sample_rate
                       for s in m.local_scales)
-        yield from cut_windows(model_stream(source, m, sr), rates=self.rates, clip_seconds=self.cfg.clip_seconds,
+        yield from cut_windows(model_stream(source, m, sr=sr), rates=self.rates, clip_seconds=self.cfg.clip_seconds,
                                name="<array>" if isinstance(source, np.ndarray) else str(source), min_samples=min_samples,
                                gram_hop=gram_hop, max_seconds=max_seconds, min_tail=int(round(longest * self.rates[0])))
 
@@ -278,6 +315,37 @@ class Tagger:
         that decodes to more is refused (:class:`~tagstack.errors.AudioTooLongError`)
         as soon as decoding passes it, whatever its header claims: a bound
         on what one input may cost (the service's ``--max-seconds``).
+
+        Parameters
+        ----------
+        source : str, bytes, os.PathLike, np.ndarray, torch.Tensor or sequence of float
+            A file (any format libsndfile or FFmpeg reads), or samples: ``[shape=(n,)]`` mono, or
+            ``[shape=(channels, n)]`` or ``[shape=(n, channels)]`` (the shorter axis is taken as channels);
+            float, or integer PCM (scaled as soundfile reads it).
+        sr : int, optional
+            The sample rate of array samples, in Hz (required for them; files bring their own).
+        taggram : bool
+            Also compute the taggram (``Result.taggram`` and ``Result.window_starts``).
+        hop : float > 0, optional
+            Seconds between the starts of taggram windows (default: one clip length).
+        max_seconds : float > 0, optional
+            Refuse audio that decodes to more than this many seconds.
+
+        Returns
+        -------
+        result : Result
+            ``probs`` : np.ndarray [shape=(n_tags,)], the whole file's tag probabilities, in the order of
+            :attr:`tags`; ``embedding`` : np.ndarray [shape=(n_features,)]; ``seconds``, the audio's length;
+            with ``taggram``: ``taggram`` : np.ndarray [shape=(n_windows, n_tags)] and ``window_starts`` :
+            np.ndarray [shape=(n_windows,)] in seconds.
+
+        Raises
+        ------
+        AudioError
+            A file that cannot be decoded, is empty or holds non-finite samples (or, with ``max_seconds``,
+            :class:`~tagstack.errors.AudioTooLongError`).
+        ParameterError
+            A malformed argument (an array without ``sr``, a bad shape, ``hop`` out of range ...).
         """
         result = self.predict_batch([source], sr=sr, taggram=taggram, hop=hop, max_seconds=max_seconds)[0]
         if isinstance(result, TagstackError):
@@ -299,6 +367,31 @@ class Tagger:
         results (``Result.path``) instead of the paths (arrays: ``"<array>"``);
         ``sr`` is the rate of array sources, one for all or one per source;
         ``max_seconds`` as in :meth:`predict`.
+
+        Parameters
+        ----------
+        sources : iterable of Source
+            Files or sample arrays, as :meth:`predict` takes them.
+        sr : int, or sequence of int or None, optional
+            The sample rate of the array sources: one for all, or one per source (None for a file).
+        taggram : bool
+            Also compute each source's taggram.
+        hop : float > 0, optional
+            Seconds between the starts of taggram windows (default: one clip length).
+        embed_only : bool
+            Compute the embeddings only (``Result.tags`` and ``Result.probs`` are then empty).
+        batch_windows : int > 0, optional
+            Windows per network pass (default 64 on CUDA, 8 on a CPU).
+        names : list[str], optional
+            One name per source for ``Result.path`` (default: the path, or ``"<array>"``).
+        max_seconds : float > 0, optional
+            Refuse a source that decodes to more than this many seconds (that source alone).
+
+        Returns
+        -------
+        results : list[Result or TagstackError]
+            One per source, in input order: its :class:`Result` (as :meth:`predict` describes it),
+            or the error that made it unusable.
         """
         sources = [as_source(s) for s in sources]
         rates = list(sr) if isinstance(sr, (list, tuple)) else [sr] * len(sources)
@@ -352,6 +445,24 @@ class Tagger:
         that made a file unusable (the others go on). Torch ops run single
         threaded meanwhile, so decoding and the networks of different files
         fill the cores instead of contending inside each op.
+
+        Parameters
+        ----------
+        paths : iterable of str or Path
+            Audio files; read lazily, at most ``2 * workers`` ahead of the results.
+        taggram : bool
+            Also compute each file's taggram.
+        hop : float > 0, optional
+            Seconds between the starts of taggram windows (default: one clip length).
+        workers : int, optional
+            Worker threads (default: torch's number of threads).
+        embed_only : bool
+            Compute the embeddings only (works for models without a classifier).
+
+        Yields
+        ------
+        result : Result or TagstackError
+            Each file's :class:`Result` (as :meth:`predict` describes it) or the error that made it unusable.
         """
         from collections import deque
         from concurrent.futures import ThreadPoolExecutor
@@ -381,13 +492,57 @@ class Tagger:
 
     def tag(self, source: Source, *, sr: int | None = None, top_k: int | None = DEFAULT_TOP_K, threshold: float | None = None,
             per_group: bool = False) -> list[tuple[str, float]]:
-        """The best tags of a file or array as ``(tag, probability)`` pairs (within each tag group with ``per_group``; see :meth:`Result.top`)."""
+        """The best tags of a file or array as ``(tag, probability)`` pairs (within each tag group with ``per_group``; see :meth:`Result.top`).
+
+        Parameters
+        ----------
+        source : Source
+            A file or samples, as :meth:`predict` takes them.
+        sr : int, optional
+            The sample rate of array samples, in Hz.
+        top_k : int >= 0, optional
+            How many tags to return, best first (None or 0: all).
+        threshold : float in [0, 1], optional
+            Instead of ``top_k``: every tag whose probability is at least this.
+        per_group : bool
+            Apply ``top_k`` or ``threshold`` within each tag group of the model.
+
+        Returns
+        -------
+        tags : list[tuple[str, float]]
+            ``(tag, probability)``, best first (grouped by tag group with ``per_group``).
+
+        Raises
+        ------
+        ParameterError
+            The model cannot tag (no classifier and no own outputs), or a bad ``top_k`` or ``threshold``.
+        """
         require_tagger(self.model)
         check_selection(top_k, threshold)
         return self.predict(source, sr=sr).top(top_k, threshold, per_group=per_group)
 
-    def embed(self, source: Source, *, sr: int | None = None, scales: Iterable[int] | None = None, layers: Iterable[int] | None = None) -> np.ndarray:
-        """The multi-level, multi-scale feature vector of a file (chosen scales and layers; all by default)."""
+    def embed(self, source: Source, *, sr: int | None = None, scales: Iterable[str | int] | None = None,
+              layers: Iterable[int] | None = None) -> np.ndarray:
+        """The multi-level, multi-scale feature vector of a file (chosen scales and layers; all by default).
+
+        Parameters
+        ----------
+        source : Source
+            A file or samples, as :meth:`predict` takes them.
+        sr : int, optional
+            The sample rate of array samples, in Hz.
+        scales : iterable of str or int, optional
+            Branches (scales) to keep: ``"27"`` (or 27) for a paper CNN, ``"musicnn-mtt/187"`` for a pretrained
+            network at a segment length (all when None; :attr:`TaggingModel.local_scales` lists them).
+        layers : iterable of int, optional
+            1-based levels to keep (all when None).
+
+        Returns
+        -------
+        embedding : np.ndarray [shape=(n_columns,), dtype=float32]
+            The chosen blocks of the full vector of ``n_features`` values (every one by default), in the
+            model's layout order (scale, then layer): the mean over every segment of the file.
+        """
         cols = self.model.columns_of(scales=scales, layers=layers)
         return self._embedding(source, sr).embedding[cols]
 
@@ -395,6 +550,22 @@ class Tagger:
         """Tag probabilities per clip-long window: ``(windows, n_tags)`` and the window start times in seconds.
 
         Windows start every ``hop`` seconds (default: back to back); see :meth:`predict`.
+
+        Parameters
+        ----------
+        source : Source
+            A file or samples, as :meth:`predict` takes them.
+        sr : int, optional
+            The sample rate of array samples, in Hz.
+        hop : float > 0, optional
+            Seconds between window starts (default: one clip length).
+
+        Returns
+        -------
+        taggram : np.ndarray [shape=(n_windows, n_tags)]
+            Each window's tag probabilities, in the order of :attr:`tags`.
+        starts : np.ndarray [shape=(n_windows,)]
+            Each window's start, in seconds.
         """
         r = self.predict(source, sr=sr, taggram=True, hop=hop)
         return r.taggram, r.window_starts

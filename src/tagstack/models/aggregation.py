@@ -48,7 +48,7 @@ def feature_layout(branches: Mapping[str | int, nn.Module]) -> list[FeatureBlock
 
 
 def select_columns(
-    layout: Sequence[FeatureBlock], *, scales: Iterable[int] | None = None, layers: Iterable[int] | None = None
+    layout: Sequence[FeatureBlock], *, scales: Iterable[str | int] | None = None, layers: Iterable[int] | None = None
 ) -> np.ndarray:
     """Column indices of the chosen scales and layers (1-based), for slicing stored features.
 
@@ -97,9 +97,11 @@ def aggregate(
 
     Parameters
     ----------
-    model : a local network (:mod:`tagstack.models.networks`)
+    model : nn.Module
+        A local network (:mod:`tagstack.models.networks`: a paper CNN, musicnn, the artist CNN), with
+        ``feature_info`` and ``forward_intermediates``.
     mels : torch.Tensor [shape=(clips, frames, n_mels)]
-        Frames beyond the last whole segment are ignored.
+        Log-mel clips of the network's front end; frames beyond the last whole segment are ignored.
     size : int, optional
         Frames per segment (default: a paper CNN's input size).
     layers : iterable of int, optional
@@ -113,7 +115,14 @@ def aggregate(
     Returns
     -------
     features : torch.Tensor [shape=(clips, sum of chosen layer widths)]
-    probs : torch.Tensor [shape=(clips, n_outputs)] (``(clips, 0)`` for a network without outputs)
+        Each chosen layer's max over a segment, averaged over the clip's segments, concatenated by layer.
+    probs : torch.Tensor [shape=(clips, n_outputs)]
+        The mean of the network's segment probabilities (``(clips, 0)`` for a network without outputs).
+
+    Raises
+    ------
+    ParameterError
+        A segment length the network cannot read, a clip shorter than one segment, or a layer it lacks.
     """
     return aggregate_sizes(model, mels, sizes=[model.arch.n_frames if size is None else size], layers=layers, frames=frames)[0]
 

@@ -20,6 +20,8 @@ TASKS = ("multilabel", "multiclass")
 
 @dataclass(frozen=True)
 class GlobalArch:
+    """The global classifier's shape: ``n_features`` in, ``n_hidden_layers`` x ``hidden`` units, ``n_outputs`` out."""
+
     n_features: int
     n_outputs: int
     hidden: int = 512
@@ -32,6 +34,7 @@ class GlobalArch:
             raise ParameterError(f"task must be one of {TASKS}, got {self.task!r}")
 
     def to_dict(self) -> dict:
+        """The architecture as plain JSON values, as a model file's header stores it."""
         return asdict(self)
 
 
@@ -52,6 +55,7 @@ class GlobalMLP(nn.Module):
         self.register_buffer("feature_std", torch.ones(arch.n_features))
 
     def set_normalisation(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Store the training features' per-column ``mean`` and ``std`` ``(n_features,)``, applied before the first layer."""
         self.feature_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
         std = torch.as_tensor(std, dtype=torch.float32)
         # a feature that never varied in training (a unit dead on the training set) is left unscaled,
@@ -59,6 +63,7 @@ class GlobalMLP(nn.Module):
         self.feature_std.copy_(torch.where(std < 1e-3, torch.ones_like(std), std))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Features ``(batch, n_features)``, unstandardised -> logits ``(batch, n_outputs)``."""
         if x.dim() != 2 or x.shape[1] != self.arch.n_features:
             raise ParameterError(f"expected features (batch, {self.arch.n_features}), got {tuple(x.shape)}")
         return self.net((x - self.feature_mean) / self.feature_std)

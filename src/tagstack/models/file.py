@@ -47,7 +47,23 @@ LIMITS = {"sample_rate": 192_000, "n_fft": 16_384, "n_mels": 512, "n_frames": 10
 
 
 def save_model(model: TaggingModel, path: str | Path, *, half: bool = False) -> None:
-    """Write ``model`` to ``path`` atomically; ``half`` stores the weights (not the statistics) as float16."""
+    """Write ``model`` to ``path`` atomically; ``half`` stores the weights (not the statistics) as float16.
+
+    Parameters
+    ----------
+    model : TaggingModel
+        The tagger to store: its networks' and classifier's tensors, and a header describing it (tags, tag
+        groups, front ends, architectures, branches, the classifier's columns, ``info``).
+    path : str or Path
+        The ``.safetensors`` file to write; a file already there is replaced only once the new one is whole.
+    half : bool
+        Store the weights as float16 (half the size); normalisation statistics stay float32.
+
+    Raises
+    ------
+    OutputError
+        The file cannot be written (what was there is unchanged).
+    """
     tensors = {}
     for name, m in model.local_models.items():
         for k, v in m.state_dict().items():
@@ -317,7 +333,28 @@ def _upgrade_v1(meta: dict) -> None:
 
 
 def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> TaggingModel:
-    """Rebuild the :class:`TaggingModel` of a file written by :func:`save_model`, in eval mode on ``device``."""
+    """Rebuild the :class:`TaggingModel` of a file written by :func:`save_model`, in eval mode on ``device``.
+
+    The header is validated whole before any network is built, and weights that are not finite are refused.
+
+    Parameters
+    ----------
+    path : str or Path
+        A tagstack model file (``.safetensors``); shipped models are found by name through
+        :func:`~tagstack.models.zoo.resolve_model` (or :class:`~tagstack.Tagger`).
+    device : str or torch.device
+        Where to put the model.
+
+    Returns
+    -------
+    model : TaggingModel
+        In evaluation mode, weights in float32.
+
+    Raises
+    ------
+    ModelFileError
+        A missing, foreign, damaged or inconsistent file, naming the file and the field.
+    """
     meta = read_metadata(path)
     try:
         tensors = load_file(str(path))

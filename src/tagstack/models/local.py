@@ -55,12 +55,14 @@ class LocalArch:
     dropout: float = 0.5
 
     def to_dict(self) -> dict:
+        """The architecture as plain JSON values, as a model file's header stores it."""
         d = asdict(self)
         d["blocks"] = [asdict(b) for b in self.blocks]
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> LocalArch:
+        """The architecture of a model file's header (:meth:`to_dict`'s inverse)."""
         d = dict(d)
         d["blocks"] = tuple(ConvBlock(**b) for b in d["blocks"])
         return cls(**d)
@@ -124,6 +126,7 @@ class LocalCNN(nn.Module):
 
     @property
     def n_outputs(self) -> int:
+        """Width of the CNN's own tag outputs (the tags it was trained on)."""
         return self.arch.n_tags
 
     def check_segment(self, frames: int) -> None:
@@ -132,6 +135,7 @@ class LocalCNN(nn.Module):
             raise ParameterError(f"the {self.arch.n_frames}-frame CNN reads segments of {self.arch.n_frames} frames, not {frames}")
 
     def set_normalisation(self, mean: float, std: float) -> None:
+        """Store the training frames' scalar ``mean`` and ``std``, applied to every input."""
         self.input_mean.fill_(float(mean))
         self.input_std.fill_(float(std))
 

@@ -86,6 +86,23 @@ class TaggingModel(nn.Module):
     tags_from : str, optional
         Without a head: the branch whose network's own outputs (mean over segments) are the tags,
         e.g. musicnn's 50 tags.
+
+    Attributes
+    ----------
+    branches : list[Branch]
+        The scales, in feature order; :attr:`local_scales` names them (``"27"``, ``"musicnn-mtt/187"``).
+    frontends : list[FrontEndConfig]
+        The distinct front ends the branches read: one input tensor each, in this order.
+    layout : list[FeatureBlock]
+        Where each (scale, layer) block sits in :meth:`forward_features`' ``n_features`` columns.
+    scales, layers : tuple
+        The blocks the head reads (``layers`` None: all).
+
+    Raises
+    ------
+    ParameterError
+        Inconsistent parts: a branch of a missing network or too long a segment, a head whose width does not
+        match the chosen blocks or the tags, front ends of different clip lengths ...
     """
 
     def __init__(self, local: Mapping[str | int, nn.Module], head: GlobalMLP | None, *, tags: list[str], frontend: FrontEndConfig,
@@ -164,6 +181,7 @@ class TaggingModel(nn.Module):
         raise ParameterError(f"no scale {scale!r} in this model (it has {list(self.local_scales)})")
 
     def network_of(self, scale: str | int) -> nn.Module:
+        """The local network that branch ``scale`` reads (one network may serve several branches)."""
         return self.local[self.branch(scale).network]
 
     def frontend_of(self, scale: str | int) -> int:
@@ -172,10 +190,12 @@ class TaggingModel(nn.Module):
 
     @property
     def can_tag(self) -> bool:
+        """Whether the model has tags to give: a global classifier, or a network's own outputs (``tags_from``)."""
         return self.head is not None or self.tags_from is not None
 
     @property
     def task(self) -> str:
+        """``"multilabel"`` (sigmoid per tag) or ``"multiclass"`` (softmax over classes), from the classifier."""
         return self.head.arch.task if self.head is not None else "multilabel"
 
     @property
@@ -184,7 +204,25 @@ class TaggingModel(nn.Module):
         return self.layout[-1].stop
 
     def columns_of(self, *, scales: Iterable[str | int] | None = None, layers: Iterable[int] | None = None) -> np.ndarray:
-        """Columns of :meth:`forward_features` holding the chosen scales and layers."""
+        """Columns of :meth:`forward_features` holding the chosen scales and layers.
+
+        Parameters
+        ----------
+        scales : iterable of str or int, optional
+            Branch names (``"27"`` or 27, ``"musicnn-mtt/187"``); all when None.
+        layers : iterable of int, optional
+            1-based levels; all when None.
+
+        Returns
+        -------
+        columns : np.ndarray [shape=(n_columns,), dtype=int]
+            Indices into the ``n_features`` columns, in layout order.
+
+        Raises
+        ------
+        ParameterError
+            A scale or layer the model does not have.
+        """
         return select_columns(self.layout, scales=scales, layers=layers)
 
     def selection(self, *, scales: Iterable[str | int] | None = None, layers: Iterable[int] | None = None) -> tuple[list[str], list[int]]:
@@ -241,6 +279,20 @@ class TaggingModel(nn.Module):
         """Aggregated features ``(clips, channels)`` of each chosen ``(scale, layer)``.
 
         ``mels`` is ``(clips, frames, n_mels)`` per front end; each branch reads its whole segments of it.
+
+        Parameters
+        ----------
+        mels : torch.Tensor [shape=(clips, frames, n_mels)], or a sequence of them
+            Log-mel clips, one tensor per front end of :attr:`frontends` (a single tensor when there is one).
+        scales : iterable of str or int, optional
+            Branch names; all when None.
+        layers : iterable of int, optional
+            1-based levels; all when None.
+
+        Returns
+        -------
+        features : dict[tuple[str, int], torch.Tensor [shape=(clips, channels)]]
+            Keyed by ``(scale, layer)``, in layout order.
         """
         chosen = self._chosen_blocks(scales, layers)
         scales = [s for s in self.local_scales if s in {b.scale for b in chosen}]
@@ -255,7 +307,20 @@ class TaggingModel(nn.Module):
 
     def forward_features(self, mels: Inputs, frames: Inputs | None = None) -> torch.Tensor:
         """All layers of all scales, concatenated in :attr:`layout` order: ``(clips, n_features)``; ``frames``
-        (audio frames per clip, the rest padding) as in :func:`~tagstack.models.aggregation.aggregate`."""
+        (audio frames per clip, the rest padding) as in :func:`~tagstack.models.aggregation.aggregate`.
+
+        Parameters
+        ----------
+        mels : torch.Tensor [shape=(clips, frames, n_mels)], or a sequence of them
+            Log-mel clips, one tensor per front end of :attr:`frontends` (a single tensor when there is one).
+        frames : torch.Tensor [shape=(clips,)], or a sequence of them, optional
+            Frames of audio in each clip, per front end, when the rest is zero padding.
+
+        Returns
+        -------
+        features : torch.Tensor [shape=(clips, n_features)]
+            The paper's multi-level, multi-scale features (every block, whatever the head reads).
+        """
         return self.features_and_local_probs(mels, frames)[0]
 
     def features_and_local_probs(self, mels: Inputs, frames: Inputs | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -264,12 +329,40 @@ class TaggingModel(nn.Module):
         return torch.cat([f for f, _ in parts.values()], dim=1), {s: p for s, (_, p) in parts.items()}
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        """Logits of the global classifier on full-layout ``features`` ``(clips, n_features)``."""
+        """Logits of the global classifier on full-layout ``features`` ``(clips, n_features)``.
+
+        Parameters
+        ----------
+        features : torch.Tensor [shape=(clips, n_features)]
+            As :meth:`forward_features` gives them; the head picks its own columns.
+
+        Returns
+        -------
+        logits : torch.Tensor [shape=(clips, n_tags)]
+
+        Raises
+        ------
+        ParameterError
+            The model has no global classifier.
+        """
         require_classifier(self)
         return self.head(features.index_select(1, self.columns))
 
     def forward(self, mels: Inputs, frames: Inputs | None = None) -> torch.Tensor:
-        """Clip frames ``(clips, frames, n_mels)`` per front end -> tag logits ``(clips, n_tags)``."""
+        """Clip frames ``(clips, frames, n_mels)`` per front end -> tag logits ``(clips, n_tags)``.
+
+        Parameters
+        ----------
+        mels : torch.Tensor [shape=(clips, frames, n_mels)], or a sequence of them
+            Log-mel clips, one tensor per front end of :attr:`frontends` (a single tensor when there is one).
+        frames : torch.Tensor [shape=(clips,)], or a sequence of them, optional
+            Frames of audio in each clip, per front end, when the rest is zero padding.
+
+        Returns
+        -------
+        logits : torch.Tensor [shape=(clips, n_tags)]
+            Of the global classifier (:meth:`probabilities` turns them into probabilities).
+        """
         return self.forward_head(self.forward_features(mels, frames))
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
@@ -277,10 +370,33 @@ class TaggingModel(nn.Module):
         return activation(logits, self.task)
 
     def predict_proba(self, mels: Inputs, frames: Inputs | None = None) -> torch.Tensor:
+        """Tag probabilities of log-mel clips: :meth:`forward`, then sigmoid or softmax.
+
+        Parameters
+        ----------
+        mels : torch.Tensor [shape=(clips, frames, n_mels)], or a sequence of them
+            Log-mel clips, one tensor per front end of :attr:`frontends` (a single tensor when there is one).
+        frames : torch.Tensor [shape=(clips,)], or a sequence of them, optional
+            Frames of audio in each clip, per front end, when the rest is zero padding.
+
+        Returns
+        -------
+        probs : torch.Tensor [shape=(clips, n_tags)]
+        """
         return self.probabilities(self.forward(mels, frames))
 
     def proba_from_features(self, features: torch.Tensor) -> torch.Tensor:
-        """Tag probabilities of full-layout features (inference averages features over windows first)."""
+        """Tag probabilities of full-layout features (inference averages features over windows first).
+
+        Parameters
+        ----------
+        features : torch.Tensor [shape=(clips, n_features)]
+            As :meth:`forward_features` gives them (or their mean over a file's windows).
+
+        Returns
+        -------
+        probs : torch.Tensor [shape=(clips, n_tags)]
+        """
         return self.probabilities(self.forward_head(features))
 
 

@@ -29,6 +29,7 @@ DEFAULT = "pretrained"
 
 
 def zoo_path(name: str) -> Path:
+    """Where the shipped model ``name`` lives in the package (whether or not it exists)."""
     return PRETRAINED_DIR / f"tagstack-{name}.safetensors"
 
 

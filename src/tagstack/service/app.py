@@ -111,6 +111,7 @@ class Service:
         self.upload_dir: Path | None = None
 
     def model_info(self) -> dict:
+        """What ``GET /api/model`` answers: the loaded model's tags, scales, layers, data, scores, card and limits."""
         m = self.tagger.model
         info = (self.meta or {}).get("info", {})
         return {"name": self.name, "tags": m.tags, "task": m.task, "scales": list(m.local_scales),

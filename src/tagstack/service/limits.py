@@ -47,10 +47,12 @@ class ServiceLimits:
 
     @property
     def max_bytes(self) -> int:
+        """``max_upload_mb`` in bytes."""
         return int(self.max_upload_mb * 1024 * 1024)
 
     @property
     def workers(self) -> int:
+        """Analyses at once: ``concurrency``, or one per usable CPU when it is 0."""
         return self.concurrency or usable_cpus()
 
 
@@ -63,7 +65,7 @@ class Problem(Exception):
         self.headers = headers or {}
 
 
-async def send_problem(send, status: int, reason: str, headers: dict[str, str] | None = None) -> None:
+async def send_problem(send, status: int, *, reason: str, headers: dict[str, str] | None = None) -> None:
     """A ``{"error": reason}`` response written straight to ASGI ``send`` (before the application has the request)."""
     body = json.dumps({"error": reason}).encode()
     extra = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
@@ -123,11 +125,11 @@ class RequestGuard:
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > lim.max_bytes:
             await drain(receive)
-            return await send_problem(send, 413, self._too_large())
+            return await send_problem(send, 413, reason=self._too_large())
         if self.uploads >= lim.max_uploads:
             await drain(receive)
-            return await send_problem(send, 503, f"this service holds {lim.max_uploads} uploads at once (--max-uploads); "
-                                                 "try again shortly", {"Retry-After": "5"})
+            return await send_problem(send, 503, reason=f"this service holds {lim.max_uploads} uploads at once (--max-uploads); "
+                                                        "try again shortly", headers={"Retry-After": "5"})
         seen, started, done = 0, time.monotonic(), False
 
         async def guarded_receive():
@@ -165,7 +167,7 @@ class RequestGuard:
             log.warning("%s %s: still under way at the shutdown deadline (--shutdown-timeout), cancelled", scope["method"], scope["path"])
             if not answered:
                 with contextlib.suppress(Exception):
-                    await send_problem(send, 503, "the service is shutting down; try again shortly", {"Retry-After": "5"})
+                    await send_problem(send, 503, reason="the service is shutting down; try again shortly", headers={"Retry-After": "5"})
         finally:
             self.uploads -= 1
 

@@ -79,7 +79,7 @@ def _known(y: torch.Tensor) -> int:
     return int((~torch.isnan(y)).sum()) if y.is_floating_point() else int(y.shape[0])
 
 
-def share_weight(y: torch.Tensor, rank: int, world: int) -> float:
+def share_weight(y: torch.Tensor, *, rank: int, world: int) -> float:
     """The factor that turns the mean loss of process ``rank``'s share of a batch into its part of the batch's mean.
 
     With it, the average over the ``world`` processes (what DDP does to
@@ -165,7 +165,7 @@ def fit(
             if world > 1:
                 if len(y) < world:  # every process sees the same batches, so all skip this one
                     continue
-                weight = share_weight(y, rank, world)
+                weight = share_weight(y, rank=rank, world=world)
                 xs, y = tuple(_each(t, lambda u: u[rank::world]) for t in xs), y[rank::world]
             if state.epoch < config.warmup_epochs:  # a linear ramp to the first rate, batch by batch
                 for group in opt.param_groups:

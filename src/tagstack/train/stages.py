@@ -62,7 +62,7 @@ def input_statistics(mels: np.ndarray, rows: np.ndarray, *, chunk: int = 256) ->
     return float(mean), float(np.sqrt(max(ss / n - mean * mean, 1e-12)))
 
 
-def segment_batches(mels: np.ndarray, labels: np.ndarray, rows: np.ndarray, *, size: int, batch_size: int, seed: int,
+def segment_batches(mels: np.ndarray, labels: np.ndarray, *, rows: np.ndarray, size: int, batch_size: int, seed: int,
                     mixup: float = 0.0, frames: np.ndarray | None = None) -> tuple[Batches, int]:
     """Shuffled segments across clips, each with its clip's labels (``labels`` row-aligned with ``rows``).
 
@@ -105,7 +105,7 @@ def segment_batches(mels: np.ndarray, labels: np.ndarray, rows: np.ndarray, *, s
     return batches, n_batches
 
 
-def clip_batches(mels: np.ndarray | list[np.ndarray], labels: np.ndarray, rows: np.ndarray, *, batch_size: int, seed: int,
+def clip_batches(mels: np.ndarray | list[np.ndarray], labels: np.ndarray, *, rows: np.ndarray, batch_size: int, seed: int,
                  multiclass: bool, frames: np.ndarray | list[np.ndarray] | None = None) -> tuple[Batches, int]:
     """Shuffled whole clips (joint fine-tuning); ``labels`` row-aligned with ``rows``. With ``frames`` (audio frames of
     every clip of ``mels``) a batch's inputs are its clips' frames and their frames of audio, for the model to
@@ -125,7 +125,7 @@ def clip_batches(mels: np.ndarray | list[np.ndarray], labels: np.ndarray, rows: 
     return batches, n
 
 
-def validation_metrics(probs: np.ndarray, labels: np.ndarray, task: str) -> dict:
+def validation_metrics(probs: np.ndarray, labels: np.ndarray, *, task: str) -> dict:
     """Validation loss and macro ROC-AUC of clip-level probabilities, on the known labels."""
     probs = np.clip(probs, 1e-7, 1 - 1e-7)
     if task == "multiclass":
@@ -163,7 +163,7 @@ def _batched(fn: Callable, mels: np.ndarray | list[np.ndarray], rows: np.ndarray
     return np.concatenate(out)
 
 
-def local_clip_probs(model: LocalCNN, mels: np.ndarray, rows: np.ndarray, *, device: torch.device, batch_clips: int = 16,
+def local_clip_probs(model: LocalCNN, mels: np.ndarray, *, rows: np.ndarray, device: torch.device, batch_clips: int = 16,
                      frames: np.ndarray | None = None) -> np.ndarray:
     """A local CNN's clip predictions (the mean of its segment predictions; of audio only, given ``frames``)."""
     model.eval()
@@ -179,17 +179,17 @@ def train_local(model: LocalCNN, mels: np.ndarray, *, train_rows: np.ndarray, va
     clip of ``mels``) keeps padding out of training and validation; ``inputs`` as in :func:`~.loop.fit`.
     """
     model.set_normalisation(*input_statistics(mels, train_rows))  # a resumed run recomputes the same values
-    batches, n = segment_batches(mels, train_labels, train_rows, size=model.arch.n_frames, batch_size=config.batch_size,
+    batches, n = segment_batches(mels, train_labels, rows=train_rows, size=model.arch.n_frames, batch_size=config.batch_size,
                                  seed=config.seed, mixup=config.mixup, frames=frames)
 
     def validate(m: nn.Module) -> dict:
-        return validation_metrics(local_clip_probs(m, mels, valid_rows, device=device, frames=frames), valid_labels, "multilabel")
+        return validation_metrics(local_clip_probs(m, mels, rows=valid_rows, device=device, frames=frames), valid_labels, task="multilabel")
 
     return fit(model, train_batches=batches, n_batches=n, validate=validate, loss_fn=masked_bce,
                config=config, workdir=workdir, device=device, desc=f"local {model.arch.n_frames}", inputs=inputs)
 
 
-def train_global(model: GlobalMLP, x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray, y_valid: np.ndarray, *,
+def train_global(model: GlobalMLP, *, x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray, y_valid: np.ndarray,
                  config: TrainConfig, workdir: str | Path, device: torch.device, inputs: dict | None = None) -> TrainState:
     """Stage 3: train the global classifier on aggregated features (standardised with the training set's statistics);
     ``inputs`` as in :func:`~.loop.fit`."""
@@ -212,14 +212,14 @@ def train_global(model: GlobalMLP, x_train: np.ndarray, y_train: np.ndarray, x_v
 
     def validate(m: nn.Module) -> dict:
         with torch.inference_mode():
-            return validation_metrics(m.predict_proba(xv.to(device)).cpu().numpy(), y_valid, model.arch.task)
+            return validation_metrics(m.predict_proba(xv.to(device)).cpu().numpy(), y_valid, task=model.arch.task)
 
     loss_fn = nn.CrossEntropyLoss() if multiclass else masked_bce
     return fit(model, train_batches=batches, n_batches=n, validate=validate, loss_fn=loss_fn,
                config=config, workdir=workdir, device=device, desc="global", inputs=inputs)
 
 
-def model_clip_probs(model: TaggingModel, mels: np.ndarray | list[np.ndarray], rows: np.ndarray, *, device: torch.device,
+def model_clip_probs(model: TaggingModel, mels: np.ndarray | list[np.ndarray], *, rows: np.ndarray, device: torch.device,
                      batch_clips: int = 8, frames: np.ndarray | list[np.ndarray] | None = None) -> np.ndarray:
     """The whole tagger's probabilities for clips ``rows`` of ``mels`` (of their audio only, given ``frames``)."""
     model.eval()
@@ -237,11 +237,11 @@ def finetune_joint(model: TaggingModel, mels: np.ndarray | list[np.ndarray], *, 
     ``frames`` keeps short clips' padding out of training and validation.
     """
     multiclass = model.task == "multiclass"
-    batches, n = clip_batches(mels, train_labels, train_rows, batch_size=config.batch_size, seed=config.seed, multiclass=multiclass,
+    batches, n = clip_batches(mels, train_labels, rows=train_rows, batch_size=config.batch_size, seed=config.seed, multiclass=multiclass,
                               frames=frames)
 
     def validate(m: nn.Module) -> dict:
-        return validation_metrics(model_clip_probs(m, mels, valid_rows, device=device, frames=frames), valid_labels, model.task)
+        return validation_metrics(model_clip_probs(m, mels, rows=valid_rows, device=device, frames=frames), valid_labels, task=model.task)
 
     loss = nn.CrossEntropyLoss() if multiclass else masked_bce
     return fit(model, train_batches=batches, n_batches=n, validate=validate, loss_fn=loss, config=config,

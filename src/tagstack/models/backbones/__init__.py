@@ -9,7 +9,7 @@ from ...config import FrontEndConfig
 from ...errors import ParameterError
 
 
-def own_frontend(trained: FrontEndConfig, given: FrontEndConfig | None, what: str) -> FrontEndConfig:
+def own_frontend(trained: FrontEndConfig, given: FrontEndConfig | None, *, what: str) -> FrontEndConfig:
     """The front end a backbone reads: the one it was trained on, over the window of ``given`` (any clip length)."""
     if given is None:
         return trained

@@ -44,10 +44,12 @@ class ArtistArch:
     blocks: tuple[tuple[int, int, int], ...] = ((4, 128, 4), (4, 128, 4), (4, 128, 4), (2, 128, 2), (1, 256, 1))
 
     def to_dict(self) -> dict:
+        """The architecture as plain JSON values, as a model file's header stores it."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> ArtistArch:
+        """The architecture of a model file's header (:meth:`to_dict`'s inverse: lists back to tuples)."""
         return cls(n_mels=d["n_mels"], blocks=tuple(tuple(b) for b in d["blocks"]))
 
 
@@ -59,7 +61,7 @@ class ArtistCNN(nn.Module):
     def __init__(self, arch: ArtistArch | None = None, *, frontend: FrontEndConfig | None = None) -> None:
         super().__init__()
         self.arch = arch or ArtistArch()
-        self.frontend = own_frontend(FrontEndConfig(), frontend, "the artist CNN")
+        self.frontend = own_frontend(FrontEndConfig(), frontend, what="the artist CNN")
         c_in = self.arch.n_mels
         self.convs, self.bns = nn.ModuleList(), nn.ModuleList()
         for k, c, _ in self.arch.blocks:
@@ -78,6 +80,7 @@ class ArtistCNN(nn.Module):
     n_outputs: ClassVar[int] = 0  # trained through a siamese loss: no tag outputs
 
     def check_segment(self, frames: int) -> None:
+        """Refuse segments shorter than :attr:`min_frames` (any longer length is read)."""
         if frames < self.min_frames:
             raise ParameterError(f"the artist CNN reads segments of at least {self.min_frames} frames, got {frames}")
 

@@ -72,13 +72,16 @@ class MusicnnArch:
 
     @property
     def frontend_channels(self) -> int:
+        """Channels of the timbral and temporal filters together: the width of the first level."""
         return len(self.timbral_bands) * self.timbral_filters + len(self.temporal_frames) * self.temporal_filters
 
     def to_dict(self) -> dict:
+        """The architecture as plain JSON values, as a model file's header stores it."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> MusicnnArch:
+        """The architecture of a model file's header (:meth:`to_dict`'s inverse: lists back to tuples)."""
         d = dict(d)
         d["timbral_bands"], d["temporal_frames"] = tuple(d["timbral_bands"]), tuple(d["temporal_frames"])
         return cls(**d)
@@ -164,7 +167,7 @@ class Musicnn(nn.Module):
     def __init__(self, arch: MusicnnArch | None = None, *, frontend: FrontEndConfig | None = None) -> None:
         super().__init__()
         self.arch = a = arch or MusicnnArch()
-        self.frontend = own_frontend(MUSICNN_FRONTEND, frontend, "musicnn")
+        self.frontend = own_frontend(MUSICNN_FRONTEND, frontend, what="musicnn")
         self.input_bn = nn.BatchNorm2d(1, eps=EPS)
         self.timbral = nn.ModuleList(_Timbral(a.timbral_filters, a.timbral_frames, b) for b in a.timbral_bands)
         self.temporal = nn.ModuleList(_Temporal(a.temporal_filters, k, 1) for k in a.temporal_frames)
@@ -182,9 +185,11 @@ class Musicnn(nn.Module):
 
     @property
     def n_outputs(self) -> int:
+        """Width of the network's own tag outputs (50 for the published networks)."""
         return self.arch.n_outputs
 
     def check_segment(self, frames: int) -> None:
+        """Refuse segments shorter than :attr:`min_frames` (any longer length is read)."""
         if frames < self.min_frames:
             raise ParameterError(f"musicnn reads segments of at least {self.min_frames} frames, got {frames}")
 
