@@ -14,6 +14,7 @@ so speed is never bought with a different signal.
 
     python bench/bench_decoders.py [--repeats 5]
 """
+
 from __future__ import annotations
 
 import argparse

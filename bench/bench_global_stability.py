@@ -9,6 +9,7 @@ ROC-AUC, and epochs run.
 
     python bench/bench_global_stability.py --run runs/demo --seeds 0,1,2 --out docs/stability/demo
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,8 +58,7 @@ def main() -> None:
     for name, change in VARIANTS.items():
         per_seed = []
         for seed in seeds:
-            schedule = dataclasses.replace(base.global_, seed=seed, **change,
-                                           **({"max_epochs": a.max_epochs} if a.max_epochs else {}))
+            schedule = dataclasses.replace(base.global_, seed=seed, **change, **({"max_epochs": a.max_epochs} if a.max_epochs else {}))
             d = a.out / "runs" / f"{name.replace(' ', '_').replace('(', '').replace(')', '')}-s{seed}"
             d.mkdir(parents=True, exist_ok=True)
             for stage in ("1-local", "2-aggregate"):
@@ -72,15 +72,31 @@ def main() -> None:
             clips = exp.data.clips
             test = macro_roc_auc(clips.labels[clips.indices("test")], exp.test_probs(model))  # NaN (unknown) labels left out
             mean_swing, worst = swings(history)
-            per_seed.append({"seed": seed, "swing": mean_swing, "worst_drop": worst, "best_val": max(h["val_roc_auc"] for h in history),
-                             "test_roc_auc": float(test), "epochs": len(history), "seconds": took})
+            per_seed.append(
+                {
+                    "seed": seed,
+                    "swing": mean_swing,
+                    "worst_drop": worst,
+                    "best_val": max(h["val_roc_auc"] for h in history),
+                    "test_roc_auc": float(test),
+                    "epochs": len(history),
+                    "seconds": took,
+                }
+            )
         results[name] = per_seed
         m = {k: np.mean([r[k] for r in per_seed]) for k in ("swing", "worst_drop", "best_val", "test_roc_auc", "epochs")}
         sd = np.std([r["test_roc_auc"] for r in per_seed])
-        rows.append(f"| {name} | {m['swing']:.4f} | {m['worst_drop']:.4f} | {m['best_val']:.4f} | {m['test_roc_auc']:.4f} ± {sd:.4f} | {m['epochs']:.0f} |")
+        rows.append(
+            f"| {name} | {m['swing']:.4f} | {m['worst_drop']:.4f} | {m['best_val']:.4f} | {m['test_roc_auc']:.4f} ± {sd:.4f} | {m['epochs']:.0f} |"
+        )
         print(rows[-1], flush=True)
-    table = "\n".join(["| global MLP schedule | mean epoch-to-epoch change of val ROC-AUC (first rate) | worst drop | best val ROC-AUC | test ROC-AUC (mean ± sd over seeds) | epochs |",
-                       "|---|---|---|---|---|---|", *rows])
+    table = "\n".join(
+        [
+            "| global MLP schedule | mean epoch-to-epoch change of val ROC-AUC (first rate) | worst drop | best val ROC-AUC | test ROC-AUC (mean ± sd over seeds) | epochs |",
+            "|---|---|---|---|---|---|",
+            *rows,
+        ]
+    )
     (a.out / "results.md").write_text(f"Run: {a.run} ({base.dataset}); seeds {seeds}; command: python {' '.join(sys.argv)}\n\n{table}\n")
     (a.out / "results.json").write_text(json.dumps(results, indent=1))
     print(table)

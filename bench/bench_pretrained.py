@@ -22,6 +22,7 @@ OpenMP limited to ``--threads`` like torch. Inputs: 30 s excerpts, written as
 Debian game soundtracks of ``scripts/build_real_data.py``), or of generated
 notes when none are given. Prints files per second and the ratios.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-TF_CODE = r'''
+TF_CODE = r"""
 import json, os, sys, time, warnings
 warnings.filterwarnings("ignore")
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -70,7 +71,7 @@ for f in files:
     tags(f)
 out["session"] = time.perf_counter() - t
 print(json.dumps(out))
-'''
+"""
 
 
 def excerpts(sources: list[Path], n: int, out: Path) -> list[Path]:
@@ -125,16 +126,19 @@ def main() -> None:
         sources = [Path(x) for x in a.files.read_text().split()] if a.files.is_file() else find_audio([a.files])
     with tempfile.TemporaryDirectory() as tmp:
         files = excerpts(sources, a.n, Path(tmp))
-        print(f"{len(files)} x 30 s MP3 (44.1 kHz stereo) {'from ' + str(a.files) if sources else 'of generated notes'}, "
-              f"{a.threads} threads, one file at a time")
+        print(
+            f"{len(files)} x 30 s MP3 (44.1 kHz stereo) {'from ' + str(a.files) if sources else 'of generated notes'}, "
+            f"{a.threads} threads, one file at a time"
+        )
         rates = {}
         for model in a.models.split(","):
             rates[model] = tagstack_rate(model, files)
             print(f"  tagstack {model:<18} {rates[model]:6.2f} files/s", flush=True)
         if a.tf_python:
             env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "MKL_NUM_THREADS": str(a.threads), "TF_CPP_MIN_LOG_LEVEL": "3"}
-            run = subprocess.run([str(a.tf_python), "-c", TF_CODE, str(a.threads), *map(str, files)], capture_output=True, text=True,
-                                 env=env, check=True)
+            run = subprocess.run(
+                [str(a.tf_python), "-c", TF_CODE, str(a.threads), *map(str, files)], capture_output=True, text=True, env=env, check=True
+            )
             tf = json.loads(run.stdout.strip().splitlines()[-1])
             api, session = len(files) / tf["api"], len(files) / tf["session"]
             print(f"  musicnn (TensorFlow), extractor() per file  {api:6.2f} files/s")

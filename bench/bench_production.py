@@ -12,6 +12,7 @@ the same clips and folds, beside the untrained baselines. Each step resumes.
         --variants none,all,drums+humanise,all@/usr/share/sounds/sf2/FluidR3_GM.sf2 \\
         --work /tmp/production --cache /tmp/bench-cache --out docs/transfer/production
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,10 +28,13 @@ HERE = Path(__file__).resolve().parent
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--eval", type=Path, required=True, help="CSV 'path,label' of real labelled audio (bench_transfer.py --eval)")
-    p.add_argument("--variants", default="none,all",
-                   help="comma-separated variants, each 'none', 'all' (every production effect) or effects and performance "
-                        "parts joined by '+' (e.g. reverb+eq, drums+humanise), optionally "
-                        "followed by @SOUNDFONT (a General-MIDI .sf2 to render with instead of TimGM6mb); default: none,all")
+    p.add_argument(
+        "--variants",
+        default="none,all",
+        help="comma-separated variants, each 'none', 'all' (every production effect) or effects and performance "
+        "parts joined by '+' (e.g. reverb+eq, drums+humanise), optionally "
+        "followed by @SOUNDFONT (a General-MIDI .sf2 to render with instead of TimGM6mb); default: none,all",
+    )
     p.add_argument("--size", default="default", help="corpus size per variant (default: default, 100 clips per style)")
     p.add_argument("--work", type=Path, required=True, help="folder for the corpora and training runs")
     p.add_argument("--cache", type=Path, help="embedding cache of bench_transfer.py")
@@ -54,8 +58,9 @@ def main() -> None:
         name = ("+".join(sound) if sound else "plain") + (f"-{Path(font).stem}" if font else "")
         corpus, run = a.work / f"corpus-{name}", a.work / f"run-{name}"
         t = time.time()
-        build_corpus(corpus, size=int(a.size) if a.size.isdigit() else a.size, production=effects, soundfont=font or None,
-                     performance=performance)
+        build_corpus(
+            corpus, size=int(a.size) if a.size.isdigit() else a.size, production=effects, soundfont=font or None, performance=performance
+        )
         print(f"[{name}] corpus in {corpus} ({time.time() - t:.0f} s)", file=sys.stderr)
         t = time.time()
         metrics = Experiment(demo_config(corpus), run).run()

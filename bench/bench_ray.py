@@ -11,6 +11,7 @@ feed the workers (``tasks``, the GPU default), or both in turn.
     python bench/bench_ray.py --files 120 --workers 1,2
     python bench/bench_ray.py --files 2000 --workers 1 --device cuda --decode both   # one GPU
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,12 @@ def main() -> None:
     p.add_argument("--model", help="model file (default: the shipped one)")
     p.add_argument("--address", help="an existing Ray cluster (default: start one here)")
     p.add_argument("--device", default="cpu", help="cpu, or cuda for GPU workers (default: cpu)")
-    p.add_argument("--decode", choices=("worker", "tasks", "both"), default="worker",
-                   help="where Ray decodes: in the workers, in CPU tasks feeding them, or both in turn (default: worker)")
+    p.add_argument(
+        "--decode",
+        choices=("worker", "tasks", "both"),
+        default="worker",
+        help="where Ray decodes: in the workers, in CPU tasks feeding them, or both in turn (default: worker)",
+    )
     a = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     import ray
@@ -71,18 +76,21 @@ def main() -> None:
         del tagger
         started = time.perf_counter()
         ray.init(address=a.address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
-        print(f"Ray start-up: {time.perf_counter() - started:.1f} s; cluster CPUs: {ray.cluster_resources().get('CPU')}, "
-              f"GPUs: {ray.cluster_resources().get('GPU', 0)}")
+        print(
+            f"Ray start-up: {time.perf_counter() - started:.1f} s; cluster CPUs: {ray.cluster_resources().get('CPU')}, "
+            f"GPUs: {ray.cluster_resources().get('GPU', 0)}"
+        )
         modes = ("worker", "tasks") if a.decode == "both" else (a.decode,)
         for w in (int(x) for x in a.workers.split(",")):
             for mode in modes:
                 started = time.perf_counter()
-                report = run_on_ray(files, tmp / f"out{w}-{mode}", model=a.model, workers=w, device=a.device,
-                                    decode_tasks=mode == "tasks")
+                report = run_on_ray(files, tmp / f"out{w}-{mode}", model=a.model, workers=w, device=a.device, decode_tasks=mode == "tasks")
                 took = time.perf_counter() - started
-                print(f"Ray, {w} worker(s), decoding in {'CPU tasks' if mode == 'tasks' else 'the workers'}: "
-                      f"{report.done / took:.1f} files/s ({report.done} files in {took:.1f} s, worker start-up and model "
-                      f"loading included); {report.done / took / single:.2f}x the single-machine path")
+                print(
+                    f"Ray, {w} worker(s), decoding in {'CPU tasks' if mode == 'tasks' else 'the workers'}: "
+                    f"{report.done / took:.1f} files/s ({report.done} files in {took:.1f} s, worker start-up and model "
+                    f"loading included); {report.done / took / single:.2f}x the single-machine path"
+                )
         ray.shutdown()
 
 

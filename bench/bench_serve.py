@@ -10,6 +10,7 @@ first tenth of the requests and at the end, to show whether it grows.
     python bench/bench_serve.py                       # shipped model, 30 s clips
     python bench/bench_serve.py --model m.safetensors --requests 500 --concurrency 16 --json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,13 @@ def bad_files(good_mp3: bytes, sr: int = 22050) -> list[tuple[str, bytes]]:
     y = np.zeros(sr, np.float32)
     y[100] = np.nan
     sf.write(nan, y, sr, format="WAV", subtype="FLOAT")
-    return [("notes.mp3", b"this is not audio\n" * 200), ("empty.wav", b""), ("truncated.mp3", good_mp3[:300]),
-            ("nan.wav", nan.getvalue()), ("song.txt", b"ID3" + b"\0" * 500)]
+    return [
+        ("notes.mp3", b"this is not audio\n" * 200),
+        ("empty.wav", b""),
+        ("truncated.mp3", good_mp3[:300]),
+        ("nan.wav", nan.getvalue()),
+        ("song.txt", b"ID3" + b"\0" * 500),
+    ]
 
 
 def free_port() -> int:
@@ -123,13 +129,23 @@ def load(url: str, uploads: list[tuple[str, bytes, bool]], concurrency: int, ser
     bad_answers = [s for good, s, _, _ in results if not good]
     failures = [(uploads[i][0], s, text[:200]) for i, (good, s, _, text) in enumerate(results) if good and s != 200]
     malformed = sum(1 for _, s, _, text in results if s != 0 and not _one_json_line(text))
-    return {"requests": len(uploads), "concurrency": concurrency, "wall_s": round(wall, 2),
-            "requests_per_s": round(len(uploads) / wall, 2),
-            "good": int(sum(g for g, *_ in results)), "good_ok": int(len(lat)), "good_failed": failures[:10],
-            "bad": len(bad_answers), "bad_4xx": int(sum(400 <= s < 500 for s in bad_answers)),
-            "bad_statuses": sorted(set(bad_answers)), "malformed_json": malformed,
-            "latency_ms": {"p50": round(float(np.percentile(lat, 50)), 1), "p99": round(float(np.percentile(lat, 99)), 1)} if len(lat) else None,
-            "server_rss_mb": [round(x, 1) for x in rss]}
+    return {
+        "requests": len(uploads),
+        "concurrency": concurrency,
+        "wall_s": round(wall, 2),
+        "requests_per_s": round(len(uploads) / wall, 2),
+        "good": int(sum(g for g, *_ in results)),
+        "good_ok": int(len(lat)),
+        "good_failed": failures[:10],
+        "bad": len(bad_answers),
+        "bad_4xx": int(sum(400 <= s < 500 for s in bad_answers)),
+        "bad_statuses": sorted(set(bad_answers)),
+        "malformed_json": malformed,
+        "latency_ms": {"p50": round(float(np.percentile(lat, 50)), 1), "p99": round(float(np.percentile(lat, 99)), 1)}
+        if len(lat)
+        else None,
+        "server_rss_mb": [round(x, 1) for x in rss],
+    }
 
 
 def _one_json_line(text: str) -> bool:
@@ -176,10 +192,14 @@ def main() -> None:
         print(json.dumps(result))
         return
     lat = result["latency_ms"] or {}
-    print(f"{result['requests']} requests ({result['bad']} bad files) from {a.concurrency} clients, {a.seconds:g} s clips: "
-          f"{result['requests_per_s']} requests/s, p50 {lat.get('p50')} ms, p99 {lat.get('p99')} ms (good requests)")
-    print(f"good answered 200: {result['good_ok']}/{result['good']}; bad answered 4xx: {result['bad_4xx']}/{result['bad']} "
-          f"(statuses {result['bad_statuses']}); server memory {result['server_rss_mb']} MB (after 10%, at the end)")
+    print(
+        f"{result['requests']} requests ({result['bad']} bad files) from {a.concurrency} clients, {a.seconds:g} s clips: "
+        f"{result['requests_per_s']} requests/s, p50 {lat.get('p50')} ms, p99 {lat.get('p99')} ms (good requests)"
+    )
+    print(
+        f"good answered 200: {result['good_ok']}/{result['good']}; bad answered 4xx: {result['bad_4xx']}/{result['bad']} "
+        f"(statuses {result['bad_statuses']}); server memory {result['server_rss_mb']} MB (after 10%, at the end)"
+    )
 
 
 if __name__ == "__main__":

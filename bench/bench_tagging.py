@@ -11,6 +11,7 @@
    ``--device cuda`` also on the GPU.
 3. Peak memory (max RSS of a fresh process) while tagging a one-hour file.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -79,19 +80,27 @@ def bench_frontend(device: str, n: int = 16) -> None:
             times.append(time.perf_counter() - t)
         return min(times)
 
-    t_lib = best_of(lambda: [np.log1p(10 * librosa.feature.melspectrogram(y=y, sr=22050, n_fft=1024, hop_length=512, n_mels=128, power=1.0)) for y in ys])
+    t_lib = best_of(
+        lambda: [
+            np.log1p(10 * librosa.feature.melspectrogram(y=y, sr=22050, n_fft=1024, hop_length=512, n_mels=128, power=1.0)) for y in ys
+        ]
+    )
     print(f"front end, {n} clips of 29.1 s: librosa {t_lib / n * 1000:.1f} ms/clip (numpy, one thread)")
     x = torch.from_numpy(ys)
     with torch.inference_mode():
         module = ClipMel()
         for batch in (1, n):
             t_ours = best_of(lambda: [module(x[i : i + batch]) for i in range(0, n, batch)])
-            print(f"  tagstack on the CPU, batches of {batch}, {torch.get_num_threads()} threads: {t_ours / n * 1000:.2f} ms/clip, "
-                  f"{_ratio(t_lib, t_ours)} than librosa")
+            print(
+                f"  tagstack on the CPU, batches of {batch}, {torch.get_num_threads()} threads: {t_ours / n * 1000:.2f} ms/clip, "
+                f"{_ratio(t_lib, t_ours)} than librosa"
+            )
         frames = [torch.nn.functional.pad(x[i], (512, 512)).unfold(-1, 1024, 512).contiguous() for i in range(n)]
         t_fft = best_of(lambda: [torch.fft.rfft(f) for f in frames])
-        print(f"  (the clip's 1,254 real FFTs alone, torch.fft/MKL, take {t_fft / n * 1000:.2f} ms/clip = "
-              f"{t_lib / t_fft:.1f}x librosa: no STFT front end on this CPU can be faster than that)")
+        print(
+            f"  (the clip's 1,254 real FFTs alone, torch.fft/MKL, take {t_fft / n * 1000:.2f} ms/clip = "
+            f"{t_lib / t_fft:.1f}x librosa: no STFT front end on this CPU can be faster than that)"
+        )
         if device.startswith("cuda"):
             module = ClipMel().to(device)
 
@@ -103,8 +112,10 @@ def bench_frontend(device: str, n: int = 16) -> None:
             for copy in (False, True):
                 t_gpu = best_of(lambda: on_gpu(copy), repeats=20)
                 what = "host-to-device copy included" if copy else "audio already on the GPU"
-                print(f"  tagstack on {torch.cuda.get_device_name()}, batches of {n} ({what}): {t_gpu / n * 1000:.3f} ms/clip, "
-                      f"{_ratio(t_lib, t_gpu)} than librosa")
+                print(
+                    f"  tagstack on {torch.cuda.get_device_name()}, batches of {n} ({what}): {t_gpu / n * 1000:.3f} ms/clip, "
+                    f"{_ratio(t_lib, t_gpu)} than librosa"
+                )
 
 
 def bench_memory(path: Path, model, device: str) -> None:
@@ -119,7 +130,9 @@ def bench_memory(path: Path, model, device: str) -> None:
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
     dt = time.perf_counter() - t
     what, peak_mb = out.stdout.strip().rsplit(",", 1)
-    print(f"one-hour file ({what}): peak memory {int(peak_mb)} MB (max RSS of the tagging process), {dt:.0f} s (process start and model load included)")
+    print(
+        f"one-hour file ({what}): peak memory {int(peak_mb)} MB (max RSS of the tagging process), {dt:.0f} s (process start and model load included)"
+    )
 
 
 def _ratio(reference: float, ours: float) -> str:

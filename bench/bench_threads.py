@@ -9,6 +9,7 @@ passive waiting.
 
     python bench/bench_threads.py [--load 2]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,10 +71,14 @@ def measure(threads: int, policy: str | None) -> tuple[int, int]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("--load", type=int, default=len(os.sched_getaffinity(0)), help="busy processes for the loaded runs (default: one per usable CPU)")
+    p.add_argument(
+        "--load", type=int, default=len(os.sched_getaffinity(0)), help="busy processes for the loaded runs (default: one per usable CPU)"
+    )
     a = p.parse_args()
     cpus = len(os.sched_getaffinity(0))
-    print(f"{cpus} usable CPUs; times per training step of the 18-frame CNN (batch 64) and per 29.1 s clip through the front end and five CNNs")
+    print(
+        f"{cpus} usable CPUs; times per training step of the 18-frame CNN (batch 64) and per 29.1 s clip through the front end and five CNNs"
+    )
     print(f"{'machine':<22} {'OpenMP waiting':<16} {'threads':>7} {'train step':>11} {'tag a clip':>11}")
     for loaded in (False, True):
         procs = []

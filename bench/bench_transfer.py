@@ -28,6 +28,7 @@ Magnatune), held out of every tagstack training run. GTZAN is not used.
         --model corpus=src/tagstack/pretrained/tagstack-corpus.safetensors \\
         --musicnn DATA/musicnn/emotify.npz --out docs/transfer
 """
+
 from __future__ import annotations
 
 import argparse
@@ -124,8 +125,7 @@ def backbone_model(spec: str):
     network, frames = spec.split(":", 1)
     source = load_model(network)
     net = source.local_models[network]
-    return TaggingModel({network: net}, None, tags=[], frontend=net.frontend,
-                        branches=[Branch(network, int(f)) for f in frames.split(",")])
+    return TaggingModel({network: net}, None, tags=[], frontend=net.frontend, branches=[Branch(network, int(f)) for f in frames.split(",")])
 
 
 def select(model, emb: np.ndarray, spec: str) -> np.ndarray:
@@ -140,7 +140,9 @@ def select(model, emb: np.ndarray, spec: str) -> np.ndarray:
     return emb[:, np.concatenate(cols)]
 
 
-def embeddings(model, files: list[Path], cache: Path | None, name: str, *, with_probs: bool, key: str) -> tuple[np.ndarray, np.ndarray | None]:
+def embeddings(
+    model, files: list[Path], cache: Path | None, name: str, *, with_probs: bool, key: str
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Whole-file embeddings (and tag probabilities) of ``files``, cached as ``cache/name.npz`` under ``key``."""
     from tagstack.inference.tagger import Tagger
 
@@ -191,15 +193,30 @@ def main() -> None:
     p.add_argument("--eval", type=Path, required=True, help="CSV 'path,label' of real labelled audio (paths relative to it)")
     p.add_argument("--model", action="append", default=[], metavar="NAME=PATH", help="a tagstack model to probe (repeatable)")
     p.add_argument("--musicnn", type=Path, help="musicnn outputs for the same files (bench/musicnn_features.py)")
-    p.add_argument("--backbone", action="append", default=[], metavar="NAME=NETWORK:FRAMES,...",
-                   help="a shipped pretrained network at these segment lengths (repeatable), e.g. mtt=musicnn-mtt:62,187,375")
-    p.add_argument("--combine", action="append", default=[], metavar="NAME=A+B",
-                   help="the concatenated embeddings of backbones or models given above (repeatable), each optionally "
-                        "restricted: A[187] (one scale), A[187:3,4,5;375] (levels of scales)")
+    p.add_argument(
+        "--backbone",
+        action="append",
+        default=[],
+        metavar="NAME=NETWORK:FRAMES,...",
+        help="a shipped pretrained network at these segment lengths (repeatable), e.g. mtt=musicnn-mtt:62,187,375",
+    )
+    p.add_argument(
+        "--combine",
+        action="append",
+        default=[],
+        metavar="NAME=A+B",
+        help="the concatenated embeddings of backbones or models given above (repeatable), each optionally "
+        "restricted: A[187] (one scale), A[187:3,4,5;375] (levels of scales)",
+    )
     p.add_argument("--folds", type=int, default=10, help="folds per repetition (default: 10)")
     p.add_argument("--repeats", type=int, default=10, help="repetitions with new folds (default: 10)")
-    p.add_argument("--C", type=float, default=1.0, dest="c",
-                   help="inverse L2 penalty of the logistic regression, the same for every feature set (default: 1)")
+    p.add_argument(
+        "--C",
+        type=float,
+        default=1.0,
+        dest="c",
+        help="inverse L2 penalty of the logistic regression, the same for every feature set (default: 1)",
+    )
     p.add_argument("--cache", type=Path, help="folder to cache embeddings in (reruns skip the networks)")
     p.add_argument("--out", type=Path, help="folder for results.json, results.md and a bar chart")
     a = p.parse_args()
@@ -229,8 +246,9 @@ def main() -> None:
         model = backbone_model(network)
         from tagstack.models.zoo import resolve_model
 
-        emb, _ = embeddings(model, files, a.cache, name, with_probs=False,
-                            key=f"{network}:" + file_key(resolve_model(network.split(':')[0])))
+        emb, _ = embeddings(
+            model, files, a.cache, name, with_probs=False, key=f"{network}:" + file_key(resolve_model(network.split(":")[0]))
+        )
         rows += feature_rows(f"{network}", model, emb, None)
         computed[name] = (model, emb)
     for spec in a.combine:
@@ -246,9 +264,11 @@ def main() -> None:
         with np.load(a.musicnn) as z:
             order = {str(Path(q).resolve()): i for i, q in enumerate(z["resolved_paths"])}
             idx = [order[str(f)] for f in files]
-            rows += [("musicnn, MSD model: penultimate layer (200-d)", z["msd_penultimate"][idx]),
-                     ("musicnn, MTT model: penultimate layer (200-d)", z["mtt_penultimate"][idx]),
-                     ("musicnn, MTT model: its 50 tag probabilities", z["mtt_probs"][idx])]
+            rows += [
+                ("musicnn, MSD model: penultimate layer (200-d)", z["msd_penultimate"][idx]),
+                ("musicnn, MTT model: penultimate layer (200-d)", z["mtt_penultimate"][idx]),
+                ("musicnn, MTT model: its 50 tag probabilities", z["mtt_probs"][idx]),
+            ]
     results = []
     for label, x in rows:
         t = time.time()
@@ -257,12 +277,22 @@ def main() -> None:
         print(f"{mean * 100:6.1f}% ± {std * 100:.1f}  {label}  ({time.time() - t:.0f} s)")
     if a.out:
         a.out.mkdir(parents=True, exist_ok=True)
-        meta = {"eval": str(a.eval.name), "clips": len(files), "classes": classes, "folds": a.folds, "repeats": a.repeats,
-                "probe": f"StandardScaler + PCA (all components: the training span) + LogisticRegression(C={a.c:g}, lbfgs), RepeatedStratifiedKFold(random_state=0)"}
+        meta = {
+            "eval": str(a.eval.name),
+            "clips": len(files),
+            "classes": classes,
+            "folds": a.folds,
+            "repeats": a.repeats,
+            "probe": f"StandardScaler + PCA (all components: the training span) + LogisticRegression(C={a.c:g}, lbfgs), RepeatedStratifiedKFold(random_state=0)",
+        }
         (a.out / "results.json").write_text(json.dumps({**meta, "results": results}, indent=2) + "\n")
-        md = [f"Linear probe (logistic regression, C = {a.c:g}) on {a.eval.name} ({len(files)} clips, {len(classes)} classes), "
-              f"{a.repeats} x {a.folds}-fold stratified cross-validation; ± is the standard deviation over repetitions.", "",
-              "| features | accuracy |", "|---|---|"]
+        md = [
+            f"Linear probe (logistic regression, C = {a.c:g}) on {a.eval.name} ({len(files)} clips, {len(classes)} classes), "
+            f"{a.repeats} x {a.folds}-fold stratified cross-validation; ± is the standard deviation over repetitions.",
+            "",
+            "| features | accuracy |",
+            "|---|---|",
+        ]
         md += [f"| {r['features']} | {r['accuracy'] * 100:.1f}% ± {r['std'] * 100:.1f} |" for r in results]
         (a.out / "results.md").write_text("\n".join(md) + "\n")
         from tagstack.report import plt_module, save_figure

@@ -60,6 +60,7 @@ Example::
     TF_USE_LEGACY_KERAS=1 /work/venv-musicnn/bin/python bench/musicnn_features.py \\
         /work/realdata/emotify/manifest.csv --out /work/realdata/musicnn/emotify.npz
 """
+
 from __future__ import annotations
 
 import argparse
@@ -96,6 +97,7 @@ run it with TF_USE_LEGACY_KERAS=1 (the script sets it if unset).
 # --------------------------------------------------------------------------
 # command line and inputs
 # --------------------------------------------------------------------------
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line."""
@@ -139,8 +141,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--exact-graph",
         action="store_true",
-        help="build musicnn's graph unchanged (slower) instead of computing its temporal "
-        "filters as a matrix product (same numbers)",
+        help="build musicnn's graph unchanged (slower) instead of computing its temporal filters as a matrix product (same numbers)",
     )
     p.add_argument(
         "--models",
@@ -203,6 +204,7 @@ def limit_threads(n: int) -> None:
 # --------------------------------------------------------------------------
 # audio: decode once, in blocks, to 16 kHz mono
 # --------------------------------------------------------------------------
+
 
 def decode_16k_mono(path: Path, max_seconds: float, block_seconds: float = 10.0):
     """Yield float32 mono blocks at 16 kHz, reading the file once.
@@ -288,6 +290,7 @@ class LogMelStream:
 # the networks
 # --------------------------------------------------------------------------
 
+
 def matmul_tempo_block(inputs, filters, kernel_size, is_training, padding="same", activation=None):
     """Drop-in for ``musicnn.models.tempo_block`` that computes the same thing faster on CPU.
 
@@ -307,9 +310,7 @@ def matmul_tempo_block(inputs, filters, kernel_size, is_training, padding="same"
     if padding != "same" or kernel_size[1] != 1 or inputs.shape[-1] != 1:
         raise ValueError(f"unexpected temporal block: {kernel_size} {padding} {inputs.shape}")
     known = {v.name for v in tf.compat.v1.global_variables()}
-    tf.compat.v1.layers.conv2d(
-        inputs=inputs, filters=filters, kernel_size=kernel_size, padding=padding, activation=activation
-    )
+    tf.compat.v1.layers.conv2d(inputs=inputs, filters=filters, kernel_size=kernel_size, padding=padding, activation=activation)
     created = [v for v in tf.compat.v1.global_variables() if v.name not in known]
     kernel = next(v for v in created if v.name.endswith("/kernel:0"))  # (k, 1, 1, filters)
     bias = next(v for v in created if v.name.endswith("/bias:0"))
@@ -366,6 +367,7 @@ class Musicnn:
 # --------------------------------------------------------------------------
 # one file
 # --------------------------------------------------------------------------
+
 
 def analyse(path: Path, nets: list[Musicnn], args: argparse.Namespace) -> dict:
     """Decode ``path`` once and return the patch-averaged outputs of every model.
@@ -452,6 +454,7 @@ def analyse(path: Path, nets: list[Musicnn], args: argparse.Namespace) -> dict:
 # results, cache and output
 # --------------------------------------------------------------------------
 
+
 def check_against_musicnn() -> None:
     """Fail loudly if the installed musicnn's settings differ from the constants mirrored here."""
     import librosa
@@ -527,9 +530,7 @@ class Store:
             with np.load(src, allow_pickle=False) as z:
                 cfg = json.loads(str(z["config"]))
                 if cfg != self.config:
-                    raise SystemExit(
-                        f"{src} was made with other settings ({cfg}); use --fresh or another --out"
-                    )
+                    raise SystemExit(f"{src} was made with other settings ({cfg}); use --fresh or another --out")
                 for i, resolved in enumerate(z["resolved_paths"].tolist()):
                     rec = {
                         "written": str(z["paths"][i]),
@@ -629,6 +630,7 @@ def log(msg: str) -> None:
 
 # --------------------------------------------------------------------------
 
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     args = parse_args(argv)
@@ -705,8 +707,7 @@ def main(argv: list[str] | None = None) -> int:
                 if args.top:
                     probs = rec["mtt_probs"]
                     top = ", ".join(f"{nets[0].tags[j]} {probs[j]:.2f}" for j in np.argsort(probs)[::-1][: args.top])
-                    log(f"{written} ({rec['duration_s']:.1f} s, {rec['n_patches']} patches, "
-                        f"{time.perf_counter() - t:.2f} s): {top}")
+                    log(f"{written} ({rec['duration_s']:.1f} s, {rec['n_patches']} patches, {time.perf_counter() - t:.2f} s): {top}")
             since_save += 1
             if since_save >= args.save_every:
                 store.save(None, final=False)
@@ -733,8 +734,7 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - start
     log(
         f"wrote {args.out}: {n_rows} files, {n_failed} failed; this run {n_ok + n_fail} files, "
-        f"{audio_s:.0f} s of audio in {hms(elapsed)}"
-        + (f" ({elapsed / audio_s * 30:.2f} s per 30 s of audio)" if audio_s else "")
+        f"{audio_s:.0f} s of audio in {hms(elapsed)}" + (f" ({elapsed / audio_s * 30:.2f} s per 30 s of audio)" if audio_s else "")
     )
     return 0
 

@@ -9,6 +9,7 @@ over all its tags, its top 5 within each tag group (``--per-group``), and the
 top 5 of the teacher (musicnn's MTT model) averaged over the windows of the
 track that ``scripts/build_teacher_data.py`` labelled (``DATA/teacher/debian.npz``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,7 +40,11 @@ def main() -> None:
     with open(a.data / "debian" / "files.csv", newline="", encoding="utf-8") as fh:
         package = {r["path"]: r["package"] for r in csv.DictReader(fh)}
     groups = [g for g in a.groups.split(",") if g] or list(dict.fromkeys(tagger.model.groups.get(t, "other") for t in tagger.tags))
-    print("| recording (package, duration) | top 5 of all tags | " + " | ".join(f"top 5: {g}" for g in groups) + " | teacher (musicnn MTT), top 5 |")
+    print(
+        "| recording (package, duration) | top 5 of all tags | "
+        + " | ".join(f"top 5: {g}" for g in groups)
+        + " | teacher (musicnn MTT), top 5 |"
+    )
     print("|---" * (3 + len(groups)) + "|")
     for track in a.tracks:
         r = tagger.predict(a.data / "debian" / track)
@@ -50,7 +55,9 @@ def main() -> None:
         per_group = r.top(5, per_group=True)
         cells = [short([(t, q) for t, q in per_group if r.group_of(t) == g]) for g in groups]
         name = Path(track).parent.name if Path(track).stem == "song" else Path(track).stem
-        print(f'| "{name}" ({package.get(track, "?")}, {r.seconds:.0f} s) | {short(r.top(5))} | ' + " | ".join(cells) + f" | {top_teacher} |")
+        print(
+            f'| "{name}" ({package.get(track, "?")}, {r.seconds:.0f} s) | {short(r.top(5))} | ' + " | ".join(cells) + f" | {top_teacher} |"
+        )
 
 
 if __name__ == "__main__":

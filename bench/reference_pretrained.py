@@ -48,6 +48,7 @@ Versions of the committed fixtures: tensorflow-cpu 2.21.0, tf_keras 2.21.0, libr
 scipy 1.17.1, soundfile 0.14.0 (libsndfile 1.2.2 decodes the mp3s), soxr 1.1.0, h5py 3.14.0,
 musicnn 0.1.0, Python 3.11.7.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,8 +60,14 @@ import sys
 import warnings
 from pathlib import Path
 
-for _var, _value in (("TF_USE_LEGACY_KERAS", "1"), ("TF_CPP_MIN_LOG_LEVEL", "2"), ("OMP_NUM_THREADS", "1"),
-                     ("OPENBLAS_NUM_THREADS", "1"), ("MKL_NUM_THREADS", "1"), ("NUMBA_NUM_THREADS", "1")):
+for _var, _value in (
+    ("TF_USE_LEGACY_KERAS", "1"),
+    ("TF_CPP_MIN_LOG_LEVEL", "2"),
+    ("OMP_NUM_THREADS", "1"),
+    ("OPENBLAS_NUM_THREADS", "1"),
+    ("MKL_NUM_THREADS", "1"),
+    ("NUMBA_NUM_THREADS", "1"),
+):
     os.environ.setdefault(_var, _value)  # TF itself gets 2 intra-op threads (TF_CONFIG)
 
 import h5py
@@ -82,8 +89,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from reference_signal import reference_music
 
-AUDIO = {"msd-preview": "msd-TRWJAZW128F42760DD.mp3",
-         "mtat-clip": "mtat-joram-moments_of_clarity-08-solipsism-59-88.mp3"}
+AUDIO = {"msd-preview": "msd-TRWJAZW128F42760DD.mp3", "mtat-clip": "mtat-joram-moments_of_clarity-08-solipsism-59-88.mp3"}
 ARTIST_H5_SHA256 = "3b3ad09c321786c8ea388269ee3c35ab540734ce5209f40a430f1c9b0a25f753"
 ARTIST_MEAN, ARTIST_STD = 0.22620339, 0.25794547  # encoding_cnn.py
 MUSICNN_FRAMES, ARTIST_FRAMES = 187, 129
@@ -141,8 +147,7 @@ def run_musicnn(model: str, inputs: dict[str, np.ndarray], info: dict) -> dict[s
     with tf.name_scope("model"):
         x = tf.compat.v1.placeholder(tf.float32, [None, MUSICNN_FRAMES, 96])
         is_training = tf.compat.v1.placeholder(tf.bool)
-        logits, timbral, temporal, cnn1, cnn2, cnn3, _, _, penultimate = musicnn_models.define_model(
-            x, is_training, model, num_classes=50)
+        logits, timbral, temporal, cnn1, cnn2, cnn3, _, _, penultimate = musicnn_models.define_model(x, is_training, model, num_classes=50)
         taggram = tf.nn.sigmoid(logits)
     saver = tf.compat.v1.train.Saver()
     out = {}
@@ -151,8 +156,9 @@ def run_musicnn(model: str, inputs: dict[str, np.ndarray], info: dict) -> dict[s
         info[f"{prefix}_graph_bn_epsilons"] = graph_bn_epsilons(sess.graph)
         timed = {"timbral": timbral, "temporal": temporal, "cnn1": cnn1, "cnn2": cnn2, "cnn3": cnn3}
         for name, batch in inputs.items():
-            got = sess.run({"logits": logits, "taggram": taggram, "penultimate": penultimate, **timed},
-                           feed_dict={x: batch, is_training: False})
+            got = sess.run(
+                {"logits": logits, "taggram": taggram, "penultimate": penultimate, **timed}, feed_dict={x: batch, is_training: False}
+            )
             for what in ("logits", "taggram", "penultimate", *timed):
                 value = got[what]
                 if what in timed:  # (P, T, C[, 1]) -> max over time -> (P, C)
@@ -197,8 +203,9 @@ def run_artist(h5: Path, inputs: dict[str, np.ndarray], info: dict) -> dict[str,
         assert len(info["artist_layers_checked_against_h5"]) == 10  # 5 conv + 5 batch norm
         info["artist_h5_keras_version"] = str(f.attrs["keras_version"])
         config = json.loads(f.attrs["model_config"])
-        info["artist_h5_bn_epsilons"] = [l["config"]["epsilon"] for l in config["config"]["layers"]
-                                         if l["class_name"] == "BatchNormalization"]
+        info["artist_h5_bn_epsilons"] = [
+            l["config"]["epsilon"] for l in config["config"]["layers"] if l["class_name"] == "BatchNormalization"
+        ]
     out = {}
     for name, mel in inputs.items():
         x = ((mel.astype(np.float64) - ARTIST_MEAN) / ARTIST_STD).astype(np.float32)
@@ -221,9 +228,12 @@ def save(path: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
 
 def musicnn_fixture(waves: dict[str, np.ndarray], common: dict) -> tuple[dict, dict]:
     mels = {k: musicnn_patches(y) for k, y in waves.items()}
-    arrays = {"synthetic_mel": mels["synthetic"], "mtt_tags": np.array(musicnn_config.MTT_LABELS),
-              "msd_tags": np.array(musicnn_config.MSD_LABELS),
-              **{f"{k}_n_samples": np.int64(len(y)) for k, y in waves.items()}}
+    arrays = {
+        "synthetic_mel": mels["synthetic"],
+        "mtt_tags": np.array(musicnn_config.MTT_LABELS),
+        "msd_tags": np.array(musicnn_config.MSD_LABELS),
+        **{f"{k}_n_samples": np.int64(len(y)) for k, y in waves.items()},
+    }
     info: dict = {}
     for model in ("MTT_musicnn", "MSD_musicnn"):
         arrays.update(run_musicnn(model, mels, info))
@@ -233,12 +243,17 @@ def musicnn_fixture(waves: dict[str, np.ndarray], common: dict) -> tuple[dict, d
         top[key] = [(str(arrays[key[:3] + "_tags"][i]), round(float(mean[i]), 4)) for i in np.argsort(-mean)[:5]]
         print(f"{key:16s} top-5 (mean taggram):", top[key])
     return arrays, dict(
-        common, network="musicnn 0.1.0 MTT_musicnn / MSD_musicnn (ISC licence), checkpoints from the wheel",
-        sample_rate=16000, patch_frames=MUSICNN_FRAMES, patches_per_input={k: len(v) for k, v in mels.items()},
+        common,
+        network="musicnn 0.1.0 MTT_musicnn / MSD_musicnn (ISC licence), checkpoints from the wheel",
+        sample_rate=16000,
+        patch_frames=MUSICNN_FRAMES,
+        patches_per_input={k: len(v) for k, v in mels.items()},
         frontend="librosa.feature.melspectrogram(y=y, sr=16000, hop_length=256, n_fft=512, n_mels=96).T (power, "
-                 "Slaney mel, librosa stft defaults); log10(10000*mel+1) in float32 (no float16 cast)",
+        "Slaney mel, librosa stft defaults); log10(10000*mel+1) in float32 (no float16 cast)",
         outputs="per patch; timbral/temporal/cnn1-3 are max over time; taggram = tf.nn.sigmoid(logits)",
-        top5_mean_taggram=top, **info)
+        top5_mean_taggram=top,
+        **info,
+    )
 
 
 def artist_fixture(waves: dict[str, np.ndarray], common: dict, h5: Path) -> tuple[dict, dict]:
@@ -247,18 +262,26 @@ def artist_fixture(waves: dict[str, np.ndarray], common: dict, h5: Path) -> tupl
     info: dict = {}
     arrays.update(run_artist(h5, mels, info))
     return arrays, dict(
-        common, network="ismir2018-artist siamese CNN, one branch (MIT licence), Park, Lee et al. ISMIR 2018",
-        weights={"file": "models/model_siamese_10000_4_0.40/model_siamese_10000.h5", "sha256": ARTIST_H5_SHA256,
-                 "loaded": "tf_keras Model.load_weights(by_name=True); every conv/BN array checked equal to h5py's"},
-        sample_rate=22050, segment_frames=ARTIST_FRAMES, segments_per_input={k: len(v) for k, v in mels.items()},
+        common,
+        network="ismir2018-artist siamese CNN, one branch (MIT licence), Park, Lee et al. ISMIR 2018",
+        weights={
+            "file": "models/model_siamese_10000_4_0.40/model_siamese_10000.h5",
+            "sha256": ARTIST_H5_SHA256,
+            "loaded": "tf_keras Model.load_weights(by_name=True); every conv/BN array checked equal to h5py's",
+        },
+        sample_rate=22050,
+        segment_frames=ARTIST_FRAMES,
+        segments_per_input={k: len(v) for k, v in mels.items()},
         frontend="abs(librosa.stft(y, n_fft=1024, hop_length=512, win_length=1024)) (magnitude, librosa stft "
-                 "defaults); librosa.filters.mel(sr=22050, n_fft=1024, n_mels=128) @ it; log10(1+10*mel) float32; "
-                 "(time, 128); network input = (mel - mean) / std (in float64, then float32)",
+        "defaults); librosa.filters.mel(sr=22050, n_fft=1024, n_mels=128) @ it; log10(1+10*mel) float32; "
+        "(time, 128); network input = (mel - mean) / std (in float64, then float32)",
         standardisation={"mean": ARTIST_MEAN, "std": ARTIST_STD},
         note="mp3s_to_mel.py keeps the first 1291 frames and encoding_cnn.py always cuts 10 segments (it would "
-             "fail on mtat-clip's 1255 frames); here floor(frames / 129) segments, the same for 30 s previews",
+        "fail on mtat-clip's 1255 frames); here floor(frames / 129) segments, the same for 30 s previews",
         outputs="per segment: layerN = max over time of BN+ReLU activation N (before pooling); "
-                "embedding = layer5; embedding_mean = its mean over segments (encoding_cnn.py's feature)", **info)
+        "embedding = layer5; embedding_mean = its mean over segments (encoding_cnn.py's feature)",
+        **info,
+    )
 
 
 def main() -> None:
@@ -271,12 +294,23 @@ def main() -> None:
     stft = inspect.signature(librosa.stft).parameters
     common = {
         "command": "TF_USE_LEGACY_KERAS=1 /work/venv-musicnn/bin/python bench/reference_pretrained.py",
-        "versions": {"python": sys.version.split()[0], "tensorflow": tf.__version__, "tf_keras": tf_keras.__version__,
-                     "librosa": librosa.__version__, "numpy": np.__version__, "scipy": scipy.__version__,
-                     "soundfile": soundfile.__version__, "libsndfile": soundfile.__libsndfile_version__,
-                     "soxr": soxr.__version__, "h5py": h5py.__version__, "musicnn": "0.1.0"},
-        "inputs": {"synthetic": "tests/reference_signal.reference_music(sr, seconds=8.0) at the network's rate",
-                   **{k: {"file": v, "sha256": sha256(args.audio_dir / v)} for k, v in AUDIO.items()}},
+        "versions": {
+            "python": sys.version.split()[0],
+            "tensorflow": tf.__version__,
+            "tf_keras": tf_keras.__version__,
+            "librosa": librosa.__version__,
+            "numpy": np.__version__,
+            "scipy": scipy.__version__,
+            "soundfile": soundfile.__version__,
+            "libsndfile": soundfile.__libsndfile_version__,
+            "soxr": soxr.__version__,
+            "h5py": h5py.__version__,
+            "musicnn": "0.1.0",
+        },
+        "inputs": {
+            "synthetic": "tests/reference_signal.reference_music(sr, seconds=8.0) at the network's rate",
+            **{k: {"file": v, "sha256": sha256(args.audio_dir / v)} for k, v in AUDIO.items()},
+        },
         "decoder": "librosa.load(path, sr=sr): soundfile/libsndfile, mono mean, resampled with res_type='soxr_hq'",
         "librosa_stft_defaults": {k: str(stft[k].default) for k in ("window", "center", "pad_mode")},
         "mel_filters": "librosa.filters.mel defaults: htk=False (Slaney scale), norm='slaney', fmin=0, fmax=sr/2",

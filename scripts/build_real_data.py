@@ -64,6 +64,7 @@ Then:
 Maintainers only: --write-checksums replaces scripts/real_data.sha256 with
 what this build produced (after the decode check), instead of verifying it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -98,8 +99,7 @@ SPLIT_FRACTIONS = {"train": 0.7, "valid": 0.1, "test": 0.2}
 MIN_TAG_CLIPS = 20  # a 4Q mood or genre becomes a tag when at least this many clips carry it
 
 EMOTIFY_GENRES = ("classical", "rock", "electronic", "pop")  # track ids 1-100, 101-200, 201-300, 301-400
-EMOTIFY_EMOTIONS = ("amazement", "solemnity", "tenderness", "nostalgia", "calmness",
-                    "power", "joyful_activation", "tension", "sadness")
+EMOTIFY_EMOTIONS = ("amazement", "solemnity", "tenderness", "nostalgia", "calmness", "power", "joyful_activation", "tension", "sadness")
 
 SILENCE_PEAK = 1e-3  # a file whose absolute peak stays below this is silence, not music
 
@@ -119,30 +119,61 @@ class DebSource:
 
 DEBIAN = (
     DebSource("ufoai-music", "2.5-2", "usr/share/games/ufoai/base/", "0music.pk3", members="music/*.ogg"),
-    DebSource("wesnoth-1.16-music", "1:1.16.9-1", "usr/share/games/wesnoth/1.16/data/core/music/", "*.ogg",
-              licence=("GPL-2+", "GNU General Public License version 2 or at your option any later version")),
-    DebSource("nexuiz-music", "2.5.2-12", "usr/share/games/nexuiz/data/", "music.pk3", members="sound/cdtracks/*.ogg",
-              licence=("GPL-2+", "either version 2 of the License, or (at your option) any later version")),
-    DebSource("fretsonfire-songs-muldjord", "2.dfsg-2.1", "usr/share/games/fretsonfire/data/songs/muldjord/", "*/song.ogg",
-              licence=("CC-BY-SA-3.0", "Attribution ShareAlike licence 3.0"),
-              unselected="guitar.ogg: the guitar-only stem (song.ogg is the band without the lead guitar)"),
-    DebSource("fretsonfire-songs-sectoid", "1.dfsg-3.1", "usr/share/games/fretsonfire/data/songs/sectoid/", "*/song.ogg",
-              licence=("Expat", "Permission is hereby granted, free of charge"),
-              unselected="guitar.ogg: the guitar-only stem (song.ogg is the band without the lead guitar)"),
+    DebSource(
+        "wesnoth-1.16-music",
+        "1:1.16.9-1",
+        "usr/share/games/wesnoth/1.16/data/core/music/",
+        "*.ogg",
+        licence=("GPL-2+", "GNU General Public License version 2 or at your option any later version"),
+    ),
+    DebSource(
+        "nexuiz-music",
+        "2.5.2-12",
+        "usr/share/games/nexuiz/data/",
+        "music.pk3",
+        members="sound/cdtracks/*.ogg",
+        licence=("GPL-2+", "either version 2 of the License, or (at your option) any later version"),
+    ),
+    DebSource(
+        "fretsonfire-songs-muldjord",
+        "2.dfsg-2.1",
+        "usr/share/games/fretsonfire/data/songs/muldjord/",
+        "*/song.ogg",
+        licence=("CC-BY-SA-3.0", "Attribution ShareAlike licence 3.0"),
+        unselected="guitar.ogg: the guitar-only stem (song.ogg is the band without the lead guitar)",
+    ),
+    DebSource(
+        "fretsonfire-songs-sectoid",
+        "1.dfsg-3.1",
+        "usr/share/games/fretsonfire/data/songs/sectoid/",
+        "*/song.ogg",
+        licence=("Expat", "Permission is hereby granted, free of charge"),
+        unselected="guitar.ogg: the guitar-only stem (song.ogg is the band without the lead guitar)",
+    ),
     DebSource("warzone2100-music", "4.3.3-3", "usr/share/games/warzone2100/music/", "*.opus"),
-    DebSource("hyperrogue-music", "12.0q-1", "usr/share/hyperrogue/", "music/*.ogg",
-              unselected="sounds/*.ogg: sound effects, not music"),
+    DebSource("hyperrogue-music", "12.0q-1", "usr/share/hyperrogue/", "music/*.ogg", unselected="sounds/*.ogg: sound effects, not music"),
     DebSource("planetblupi-music-ogg", "1.14.2-3", "usr/share/planetblupi/music/", "*.ogg"),
-    DebSource("singularity-music", "007-2", "usr/share/games/singularity/music/", "*.ogg",
-              licence=("CC-BY-SA-3.0", "this License: Attribution, ShareAlike")),
-    DebSource("drascula-music", "1.0+ds4-2", "usr/share/scummvm/drascula/", "audio/*.ogg",
-              unselected="<language>/track*.ogg: symbolic links to audio/"),
+    DebSource(
+        "singularity-music",
+        "007-2",
+        "usr/share/games/singularity/music/",
+        "*.ogg",
+        licence=("CC-BY-SA-3.0", "this License: Attribution, ShareAlike"),
+    ),
+    DebSource(
+        "drascula-music",
+        "1.0+ds4-2",
+        "usr/share/scummvm/drascula/",
+        "audio/*.ogg",
+        unselected="<language>/track*.ogg: symbolic links to audio/",
+    ),
     DebSource("asc-music", "1.3-6", "usr/share/games/asc/music/", "*.mp3"),
 )
 AUDIO_SUFFIXES = (".ogg", ".oga", ".opus", ".mp3", ".flac", ".wav")
 
 
 # --------------------------------------------------------------------------- small helpers
+
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
@@ -194,6 +225,7 @@ def checksum_text(files: dict[str, str]) -> str:
 
 # --------------------------------------------------------------------------- git snapshots
 
+
 def find_git_dir(path: Path) -> Path:
     """A bare git directory, a clone's .git, or the folder fetch made (<owner>+<name>/repo)."""
     for cand in (path, path / ".git", path / "repo", path / "repo" / ".git"):
@@ -220,14 +252,14 @@ class GitTree:
         self._proc: subprocess.Popen | None = None
 
     def _git(self, *args: str) -> str:
-        return subprocess.run(["git", f"--git-dir={self.git_dir}", *args], check=True,
-                              capture_output=True, text=True).stdout
+        return subprocess.run(["git", f"--git-dir={self.git_dir}", *args], check=True, capture_output=True, text=True).stdout
 
     def blob(self, path: str) -> bytes:
         """The bytes of ``path``; SystemExit when the snapshot lacks the object (files over its size limit)."""
         if self._proc is None:
-            self._proc = subprocess.Popen(["git", f"--git-dir={self.git_dir}", "cat-file", "--batch"],
-                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            self._proc = subprocess.Popen(
+                ["git", f"--git-dir={self.git_dir}", "cat-file", "--batch"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+            )
         sha = self.files[path]
         self._proc.stdin.write(sha.encode() + b"\n")
         self._proc.stdin.flush()
@@ -249,6 +281,7 @@ class GitTree:
 
 # --------------------------------------------------------------------------- Debian packages
 
+
 class _Region(io.RawIOBase):
     """A read-only window [offset, offset + size) of an open file, for tarfile's stream mode."""
 
@@ -262,7 +295,7 @@ class _Region(io.RawIOBase):
     def readinto(self, b) -> int:
         n = min(len(b), self.left)
         data = self.f.read(n)
-        b[:len(data)] = data
+        b[: len(data)] = data
         self.left -= len(data)
         return len(data)
 
@@ -338,10 +371,12 @@ def dep5_licence(copyright_text: str, install_path: str) -> str | None:
 
 # --------------------------------------------------------------------------- decoding
 
+
 def decode_stats(path: str) -> dict:
     """Decode a whole file once: frames, sample rate, channels, peak; soundfile first, PyAV if that fails."""
     try:
         import soundfile as sf
+
         frames, peak = 0, 0.0
         with sf.SoundFile(path) as f:
             sr, ch = f.samplerate, f.channels
@@ -351,11 +386,11 @@ def decode_stats(path: str) -> dict:
                     peak = max(peak, float(np.abs(block).max()))
         if frames == 0:
             raise RuntimeError("no samples")
-        return {"seconds": round(frames / sr, 3), "samplerate": sr, "channels": ch, "peak": round(peak, 6),
-                "decoder": "soundfile"}
+        return {"seconds": round(frames / sr, 3), "samplerate": sr, "channels": ch, "peak": round(peak, 6), "decoder": "soundfile"}
     except Exception as e1:  # noqa: BLE001 - any failure falls back to the second decoder
         try:
             import av
+
             frames, peak, sr, ch = 0, 0.0, 0, 0
             with av.open(path) as c:
                 stream = c.streams.audio[0]
@@ -368,8 +403,7 @@ def decode_stats(path: str) -> dict:
                         peak = max(peak, float(np.abs(a.astype(np.float64)).max()) / scale)
             if frames == 0:
                 raise RuntimeError("no samples")
-            return {"seconds": round(frames / sr, 3), "samplerate": sr, "channels": ch, "peak": round(peak, 6),
-                    "decoder": "av"}
+            return {"seconds": round(frames / sr, 3), "samplerate": sr, "channels": ch, "peak": round(peak, 6), "decoder": "av"}
         except Exception as e2:  # noqa: BLE001
             return {"error": f"soundfile: {e1}; av: {e2}"}
 
@@ -380,6 +414,7 @@ def _decode_job(item: tuple[str, str]) -> tuple[str, dict]:
 
 
 # --------------------------------------------------------------------------- the build
+
 
 @dataclass
 class Item:
@@ -409,8 +444,10 @@ class Build:
         if meta_file is not None:
             chosen, meta_bytes = str(meta_file), meta_file.read_bytes()
         else:
-            metas = sorted((p for p in tree.files if p.rsplit("/", 1)[-1] == FOURQ_META),
-                           key=lambda p: (not p.startswith("MER_audio_taffc_dataset/"), p))
+            metas = sorted(
+                (p for p in tree.files if p.rsplit("/", 1)[-1] == FOURQ_META),
+                key=lambda p: (not p.startswith("MER_audio_taffc_dataset/"), p),
+            )
             if not metas:
                 raise SystemExit(f"{git_dir}: no {FOURQ_META} in this snapshot; pass it with --fourq-metadata")
             want = pinned.get(f"4q/{FOURQ_META}")
@@ -474,14 +511,17 @@ class Build:
             if version != spec.version:
                 self.log(f"  note: {deb.name} is version {version}; the committed checksums were made from {spec.version}")
             doc = f"usr/share/doc/{spec.package}/copyright"
-            files = deb_tar_files(deb, "data", lambda p: p == doc or (p.startswith(spec.root) and (
-                p.lower().endswith(AUDIO_SUFFIXES) or p.lower().endswith(".pk3"))))
+            files = deb_tar_files(
+                deb,
+                "data",
+                lambda p: p == doc or (p.startswith(spec.root) and (p.lower().endswith(AUDIO_SUFFIXES) or p.lower().endswith(".pk3"))),
+            )
             copyright_text = (files.pop(doc) or b"").decode("utf-8", "replace")
             if spec.licence and " ".join(spec.licence[1].split()) not in " ".join(copyright_text.split()):
                 raise SystemExit(f"{deb}: its copyright file no longer says '{spec.licence[1]}'; check the licence")
             picked: list[tuple[str, str, bytes]] = []  # (path under the package folder, install path, bytes)
             for p in sorted(files):
-                under = p[len(spec.root):]
+                under = p[len(spec.root) :]
                 data = files[p]
                 if not glob_match(under, spec.pattern):
                     self.skipped.append((f"{spec.package}: {p}", spec.unselected or "not selected"))
@@ -508,13 +548,13 @@ class Build:
                 if not licence:
                     raise SystemExit(f"{deb}: no licence found for {install_path} in its copyright file")
                 seen[h] = rel
-                self.put(rel, data, "debian", package=spec.package, version=version, licence=licence,
-                         install_path=install_path)
+                self.put(rel, data, "debian", package=spec.package, version=version, licence=licence, install_path=install_path)
             self.provenance["debian"][spec.package] = {"deb": deb.name, "version": version}
             self.log(f"  {spec.package} {version}: {len(picked)} files")
 
 
 # --------------------------------------------------------------------------- labels
+
 
 def _name_words(name: str) -> tuple[str, ...]:
     """'The Sir Douglas Quintet + 2' -> ('sir', 'douglas', 'quintet', '2'): lower-case words, no filler words."""
@@ -546,9 +586,9 @@ def split_groups(rows: list[dict]) -> dict[str, str]:
 
     names = sorted({_name_words(r["Artist"]) for r in rows})
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
+        for b in names[i + 1 :]:
             short, long_ = sorted((a, b), key=len)
-            if len("".join(short)) >= 4 and (long_[:len(short)] == short or long_[len(long_) - len(short):] == short):
+            if len("".join(short)) >= 4 and (long_[: len(short)] == short or long_[len(long_) - len(short) :] == short):
                 union("a:" + " ".join(a), "a:" + " ".join(b))
     for r in rows:
         song = r["Song"].strip()
@@ -661,9 +701,11 @@ def fourq_manifest(out: Path, rows: list[dict], seed: int, kept: set[str]) -> di
     for _path, tags, s in lines:
         clips[s] += 1
         per_split[s].update(tags.split(";"))
-    write_csv(out / "4q" / "tag_counts.csv", ["tag", "group", "clips"] + list(SPLIT_FRACTIONS),
-              [[t, g, sum(per_split[s][t] for s in SPLIT_FRACTIONS)] + [per_split[s][t] for s in SPLIT_FRACTIONS]
-               for t, g in groups])
+    write_csv(
+        out / "4q" / "tag_counts.csv",
+        ["tag", "group", "clips"] + list(SPLIT_FRACTIONS),
+        [[t, g, sum(per_split[s][t] for s in SPLIT_FRACTIONS)] + [per_split[s][t] for s in SPLIT_FRACTIONS] for t, g in groups],
+    )
     artists = defaultdict(set)
     for r in rows:
         artists[split[r["Song"].strip()]].add(" ".join(r["Artist"].split()).casefold())
@@ -671,14 +713,18 @@ def fourq_manifest(out: Path, rows: list[dict], seed: int, kept: set[str]) -> di
     for r in rows:
         titles[split[r["Song"].strip()]].add(re.sub(r"[^0-9a-z]", "", r["Title"].lower()))
     pairs = (("train", "valid"), ("train", "test"), ("valid", "test"))
-    return {"seed": used_seed, "clips": dict(clips), "artists": {s: len(v) for s, v in artists.items()},
-            "split_groups": len(set(split_groups(rows).values())),
-            "artists_in_two_splits": sum(len(artists[a] & artists[b]) for a, b in pairs),
-            "titles_in_two_splits": sum(len(titles[a] & titles[b]) for a, b in pairs),
-            "tags": {"quadrant": len(quad_tags), "genre": len(genre_tags), "mood": len(mood_tags)},
-            "moods_distinct": len(mood_n), "genres_distinct": len(genre_n),
-            "tag_counts": {t: {s: per_split[s][t] for s in SPLIT_FRACTIONS}
-                           for t in quad_tags + genre_tags + mood_tags}}
+    return {
+        "seed": used_seed,
+        "clips": dict(clips),
+        "artists": {s: len(v) for s, v in artists.items()},
+        "split_groups": len(set(split_groups(rows).values())),
+        "artists_in_two_splits": sum(len(artists[a] & artists[b]) for a, b in pairs),
+        "titles_in_two_splits": sum(len(titles[a] & titles[b]) for a, b in pairs),
+        "tags": {"quadrant": len(quad_tags), "genre": len(genre_tags), "mood": len(mood_tags)},
+        "moods_distinct": len(mood_n),
+        "genres_distinct": len(genre_n),
+        "tag_counts": {t: {s: per_split[s][t] for s in SPLIT_FRACTIONS} for t in quad_tags + genre_tags + mood_tags},
+    }
 
 
 def emotify_manifest(out: Path, votes: list[dict], kept: set[str]) -> dict:
@@ -709,40 +755,63 @@ def emotify_manifest(out: Path, votes: list[dict], kept: set[str]) -> dict:
     write_csv(out / "emotify" / "manifest.csv", ["path", "tags"], man)
     write_csv(out / "emotify" / "genres.csv", ["path", "genre"], gen)
     write_csv(out / "emotify" / "votes.csv", ["path", "listeners"] + list(EMOTIFY_EMOTIONS), vot)
-    write_csv(out / "emotify" / "tag_groups.csv", ["tag", "group"],
-              [[g, "genre"] for g in EMOTIFY_GENRES] + [[e, "emotion"] for e in EMOTIFY_EMOTIONS])
-    return {"clips": len(man), "listeners_min": min(n.values()), "listeners_max": max(n.values()),
-            "tag_counts": dict(sorted(tag_n.items())),
-            "clips_with_no_emotion": sum(1 for m in man if ";" not in m[1])}
+    write_csv(
+        out / "emotify" / "tag_groups.csv",
+        ["tag", "group"],
+        [[g, "genre"] for g in EMOTIFY_GENRES] + [[e, "emotion"] for e in EMOTIFY_EMOTIONS],
+    )
+    return {
+        "clips": len(man),
+        "listeners_min": min(n.values()),
+        "listeners_max": max(n.values()),
+        "tag_counts": dict(sorted(tag_n.items())),
+        "clips_with_no_emotion": sum(1 for m in man if ";" not in m[1]),
+    }
 
 
 # --------------------------------------------------------------------------- main
+
 
 def default_mirror(mirror: Path, repo: str) -> Path:
     return mirror / repo.replace("/", "+")
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--out", type=Path, default=Path("/work/realdata"), help="output folder (default: %(default)s)")
-    p.add_argument("--mirror", type=Path, default=Path("/work/.mirror"),
-                   help="where fetch left the snapshots, as <owner>+<name>/ (default: %(default)s)")
-    p.add_argument("--fourq-git", type=Path, help="git directory of the 4Q snapshot "
-                   f"(default: the first of {', '.join(FOURQ_REPOS)} found under --mirror)")
-    p.add_argument("--fourq-metadata", type=Path, help=f"the 4Q {FOURQ_META} as a file, for a snapshot "
-                   "that lacks it (default: the one in the 4Q snapshot)")
+    p.add_argument(
+        "--mirror",
+        type=Path,
+        default=Path("/work/.mirror"),
+        help="where fetch left the snapshots, as <owner>+<name>/ (default: %(default)s)",
+    )
+    p.add_argument(
+        "--fourq-git",
+        type=Path,
+        help=f"git directory of the 4Q snapshot (default: the first of {', '.join(FOURQ_REPOS)} found under --mirror)",
+    )
+    p.add_argument(
+        "--fourq-metadata",
+        type=Path,
+        help=f"the 4Q {FOURQ_META} as a file, for a snapshot that lacks it (default: the one in the 4Q snapshot)",
+    )
     p.add_argument("--emotify-git", type=Path, help=f"git directory of {EMOTIFY_REPO} (default: under --mirror)")
-    p.add_argument("--debs", type=Path, default=Path("/work/debs"),
-                   help="folder holding the downloaded .deb files (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the 4Q artist split; the first of seed, seed+1, ... "
-                   "that puts every tag in every split is used (default: %(default)s)")
-    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
-                   help="decoding processes (default: %(default)s)")
+    p.add_argument("--debs", type=Path, default=Path("/work/debs"), help="folder holding the downloaded .deb files (default: %(default)s)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the 4Q artist split; the first of seed, seed+1, ... "
+        "that puts every tag in every split is used (default: %(default)s)",
+    )
+    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="decoding processes (default: %(default)s)")
     p.add_argument("--recheck", action="store_true", help="decode every file again, ignoring the cache")
     p.add_argument("--checksums", type=Path, default=CHECKSUMS, help="the committed checksum list (default: %(default)s)")
-    p.add_argument("--write-checksums", action="store_true",
-                   help="maintainers: write --checksums from this build instead of verifying against it")
+    p.add_argument(
+        "--write-checksums", action="store_true", help="maintainers: write --checksums from this build instead of verifying against it"
+    )
     a = p.parse_args(argv)
 
     t0 = time.monotonic()
@@ -810,8 +879,11 @@ def main(argv: list[str] | None = None) -> int:
         extra = sorted(set(produced) - set(pinned))
         missing = sorted(set(pinned) - set(produced))
         if wrong or extra or missing:
-            for title, lst in (("different bytes", wrong), ("not in the checksum list", extra),
-                               ("in the checksum list but not built", missing)):
+            for title, lst in (
+                ("different bytes", wrong),
+                ("not in the checksum list", extra),
+                ("in the checksum list but not built", missing),
+            ):
                 for r in lst[:20]:
                     log(f"  {title}: {r}" + (f" ({dict(dropped).get(r)})" if r in dict(dropped) else ""))
                 if len(lst) > 20:
@@ -827,17 +899,32 @@ def main(argv: list[str] | None = None) -> int:
     deb_rows = []
     for rel in sorted(r for r in kept if r.startswith("debian/")):
         m = b.items[rel].meta
-        deb_rows.append([rel[len("debian/"):], m["package"], m["licence"], f"{m['seconds']:.3f}", m["version"],
-                         m["samplerate"], m["channels"], m["install_path"]])
-    write_csv(out / "debian" / "files.csv",
-              ["path", "package", "licence", "seconds", "version", "samplerate", "channels", "source"], deb_rows)
+        deb_rows.append(
+            [
+                rel[len("debian/") :],
+                m["package"],
+                m["licence"],
+                f"{m['seconds']:.3f}",
+                m["version"],
+                m["samplerate"],
+                m["channels"],
+                m["install_path"],
+            ]
+        )
+    write_csv(
+        out / "debian" / "files.csv", ["path", "package", "licence", "seconds", "version", "samplerate", "channels", "source"], deb_rows
+    )
 
     def stats(items: list[Item]) -> dict:
-        return {"clips": len(items), "hours": round(sum(i.meta["seconds"] for i in items) / 3600, 3),
-                "seconds_min": min(i.meta["seconds"] for i in items), "seconds_max": max(i.meta["seconds"] for i in items),
-                "samplerates": dict(sorted(Counter(i.meta["samplerate"] for i in items).items())),
-                "channels": dict(sorted(Counter(i.meta["channels"] for i in items).items())),
-                "decoders": dict(Counter(i.meta["decoder"] for i in items))}
+        return {
+            "clips": len(items),
+            "hours": round(sum(i.meta["seconds"] for i in items) / 3600, 3),
+            "seconds_min": min(i.meta["seconds"] for i in items),
+            "seconds_max": max(i.meta["seconds"] for i in items),
+            "samplerates": dict(sorted(Counter(i.meta["samplerate"] for i in items).items())),
+            "channels": dict(sorted(Counter(i.meta["channels"] for i in items).items())),
+            "decoders": dict(Counter(i.meta["decoder"] for i in items)),
+        }
 
     audio = [it for it in b.items.values() if it.audio]
     summary = {src: stats([i for i in audio if i.source == src]) for src in ("4q", "emotify", "debian")}
@@ -855,16 +942,22 @@ def main(argv: list[str] | None = None) -> int:
     summary["skipped"] = [{"what": w, "why": y} for w, y in b.skipped]
     write_bytes(out / "summary.json", (json.dumps(summary, indent=1) + "\n").encode())
 
-    strays = sorted(str(p.relative_to(out)) for d in ("4q", "emotify", "debian") if (out / d).is_dir()
-                    for p in (out / d).rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES
-                    and str(p.relative_to(out)) not in kept)
+    strays = sorted(
+        str(p.relative_to(out))
+        for d in ("4q", "emotify", "debian")
+        if (out / d).is_dir()
+        for p in (out / d).rglob("*")
+        if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES and str(p.relative_to(out)) not in kept
+    )
     for s in strays:
         log(f"  note: {s} is not part of this build (left in place)")
     for src in ("4q", "emotify", "debian"):
         s = summary[src]
         log(f"{src:8s} {s['clips']:5d} clips {s['hours']:7.2f} h  sample rates {s['samplerates']}")
-    log(f"total    {summary['total']['clips']:5d} clips {summary['total']['hours']:7.2f} h; "
-        f"{len(dropped)} dropped, {len(b.skipped)} skipped; {time.monotonic() - t0:.0f} s")
+    log(
+        f"total    {summary['total']['clips']:5d} clips {summary['total']['hours']:7.2f} h; "
+        f"{len(dropped)} dropped, {len(b.skipped)} skipped; {time.monotonic() - t0:.0f} s"
+    )
     return 0
 
 

@@ -51,6 +51,7 @@ Steps (each resumes; rerunning skips what is done):
    features never become tags). Emotify is not touched (it stays held out)
    and GTZAN is never read.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,8 +70,11 @@ WINDOW = 29.1  # seconds: tagstack's clip length
 SR = 22050
 # musicnn model -> (its prefix in bench/musicnn_features.py's .npz, suffix of the .npz file name)
 TEACHERS = {"MTT_musicnn": ("mtt", ""), "MSD_musicnn": ("msd", "-msd")}
-GROUP = {("MTT_musicnn",): "mtat (musicnn teacher)", ("MSD_musicnn",): "msd (musicnn teacher)",
-         ("MTT_musicnn", "MSD_musicnn"): "mtat+msd (musicnn teachers)"}
+GROUP = {
+    ("MTT_musicnn",): "mtat (musicnn teacher)",
+    ("MSD_musicnn",): "msd (musicnn teacher)",
+    ("MTT_musicnn", "MSD_musicnn"): "mtat+msd (musicnn teachers)",
+}
 DEFAULT_TEACHERS = ("MTT_musicnn",)
 MIN_VALUE = 0.005
 
@@ -116,8 +120,17 @@ def run_teacher(python: str, jobs: list[tuple[Path, Path]], teachers: tuple[str,
         procs = []
         for inputs, stem in jobs:
             npz = teacher_npz(stem, teacher)
-            cmd = [python, str(ROOT / "bench" / "musicnn_features.py"), str(inputs), "--models", teacher, "--out", str(npz),
-                   "--progress-every", "60"]
+            cmd = [
+                python,
+                str(ROOT / "bench" / "musicnn_features.py"),
+                str(inputs),
+                "--models",
+                teacher,
+                "--out",
+                str(npz),
+                "--progress-every",
+                "60",
+            ]
             procs.append((npz, subprocess.Popen(cmd)))
         failed = [str(npz) for npz, p in procs if p.wait() != 0]
         if failed:
@@ -177,8 +190,14 @@ def quantile_labels(feats: np.ndarray) -> np.ndarray:
     return ((rankdata(feats, axis=0) - 0.5) / len(feats)).astype(np.float32)
 
 
-def write_manifest(data: Path, out: Path, clips: list[tuple[str, str]], seed: int,
-                   teachers: tuple[str, ...] = DEFAULT_TEACHERS, penultimate: tuple[str, ...] = ()) -> dict:
+def write_manifest(
+    data: Path,
+    out: Path,
+    clips: list[tuple[str, str]],
+    seed: int,
+    teachers: tuple[str, ...] = DEFAULT_TEACHERS,
+    penultimate: tuple[str, ...] = (),
+) -> dict:
     """Step 3: the combined manifest (and, with ``penultimate`` teachers, the distillation manifest); returns counts."""
     from tagstack.datasets.manifest import TAG_SEPARATOR, read_manifest
 
@@ -238,9 +257,15 @@ def write_manifest(data: Path, out: Path, clips: list[tuple[str, str]], seed: in
         write_csv(out / "manifest-distill.csv", [header, *distill])
     else:  # never leave one that no longer matches manifest.csv's clips and splits
         (out / "manifest-distill.csv").unlink(missing_ok=True)
-    write_csv(out / "tag_groups.csv", [["tag", "group"], *sorted(fourq.groups.items()),
-                                       *[[t, GROUP[of[t]]] for t in tags_a if t not in human],
-                                       *[[t, "teacher features (quantiles)"] for t in feature_tags]])
+    write_csv(
+        out / "tag_groups.csv",
+        [
+            ["tag", "group"],
+            *sorted(fourq.groups.items()),
+            *[[t, GROUP[of[t]]] for t in tags_a if t not in human],
+            *[[t, "teacher features (quantiles)"] for t in feature_tags],
+        ],
+    )
     return counts
 
 
@@ -254,22 +279,39 @@ def write_csv(path: Path, rows: list[list[str]]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, required=True, help="the folder scripts/build_real_data.py wrote")
     p.add_argument("--teacher-python", required=True, help="python of musicnn's virtual environment")
-    p.add_argument("--debian-windows", type=int, default=0, metavar="N",
-                   help="label only the first N Debian windows of the fixed order (default 0: all; the shipped model used 0 = see its card)")
-    p.add_argument("--window-step", type=int, default=2, metavar="K",
-                   help="keep every K-th 29.1 s window of each Debian track (default 2, as the shipped model; 1: all)")
+    p.add_argument(
+        "--debian-windows",
+        type=int,
+        default=0,
+        metavar="N",
+        help="label only the first N Debian windows of the fixed order (default 0: all; the shipped model used 0 = see its card)",
+    )
+    p.add_argument(
+        "--window-step",
+        type=int,
+        default=2,
+        metavar="K",
+        help="keep every K-th 29.1 s window of each Debian track (default 2, as the shipped model; 1: all)",
+    )
     p.add_argument("--out", type=Path, help="output folder (default: DATA/teacher)")
-    p.add_argument("--teachers", default=",".join(DEFAULT_TEACHERS), metavar="LIST",
-                   help=f"comma-separated musicnn models whose tags become soft labels, from {', '.join(TEACHERS)} "
-                        f"(default {','.join(DEFAULT_TEACHERS)}, as the shipped model)")
-    p.add_argument("--penultimate", default="", metavar="LIST",
-                   help="also write manifest-distill.csv: the tags plus these musicnn models' 200 penultimate-layer "
-                        "features per clip, each as its quantile over the clips, as soft labels (for "
-                        "scripts/train_default_model.py real --distill; the shipped model: MTT_musicnn; default: none)")
+    p.add_argument(
+        "--teachers",
+        default=",".join(DEFAULT_TEACHERS),
+        metavar="LIST",
+        help=f"comma-separated musicnn models whose tags become soft labels, from {', '.join(TEACHERS)} "
+        f"(default {','.join(DEFAULT_TEACHERS)}, as the shipped model)",
+    )
+    p.add_argument(
+        "--penultimate",
+        default="",
+        metavar="LIST",
+        help="also write manifest-distill.csv: the tags plus these musicnn models' 200 penultimate-layer "
+        "features per clip, each as its quantile over the clips, as soft labels (for "
+        "scripts/train_default_model.py real --distill; the shipped model: MTT_musicnn; default: none)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the Debian track split (default 0)")
     a = p.parse_args(argv)
     if a.window_step < 1:
@@ -292,12 +334,18 @@ def main(argv: list[str] | None = None) -> int:
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "debian-clips.txt", "\n".join(rel for rel, _ in clips) + "\n")
-    run_teacher(a.teacher_python, [(a.data / "4q" / "manifest.csv", out / "4q"),
-                                   (out / "debian-clips.txt", out / "debian")], tuple(t for t in TEACHERS if t in chosen | features))
+    run_teacher(
+        a.teacher_python,
+        [(a.data / "4q" / "manifest.csv", out / "4q"), (out / "debian-clips.txt", out / "debian")],
+        tuple(t for t in TEACHERS if t in chosen | features),
+    )
     counts = write_manifest(a.data, out, clips, a.seed, teachers, penultimate)
-    print(f"wrote {out / 'manifest.csv'}" + (" and manifest-distill.csv" if penultimate else "")
-          + f": {counts['4q']} 4Q clips, {counts['debian']} Debian windows"
-          + (f", {counts['missing']} left out (no teacher labels)" if counts["missing"] else ""))
+    print(
+        f"wrote {out / 'manifest.csv'}"
+        + (" and manifest-distill.csv" if penultimate else "")
+        + f": {counts['4q']} 4Q clips, {counts['debian']} Debian windows"
+        + (f", {counts['missing']} left out (no teacher labels)" if counts["missing"] else "")
+    )
     return 0
 
 

@@ -19,6 +19,7 @@ musicnn also tags with its own 50 outputs, and both serve as local networks for 
 other data (``tagstack run --local-from musicnn-msd --scales musicnn-msd/187``). Their exactness against the
 original frameworks is checked by ``tests/test_pretrained.py`` against ``bench/reference_pretrained.py``'s outputs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,32 +51,135 @@ SOURCES = {
 }
 
 MUSICNN_TAGS = {
-    "MSD": ["rock", "pop", "alternative", "indie", "electronic", "female vocalists", "dance", "00s", "alternative rock",
-            "jazz", "beautiful", "metal", "chillout", "male vocalists", "classic rock", "soul", "indie rock", "Mellow",
-            "electronica", "80s", "folk", "90s", "chill", "instrumental", "punk", "oldies", "blues", "hard rock",
-            "ambient", "acoustic", "experimental", "female vocalist", "guitar", "Hip-Hop", "70s", "party", "country",
-            "easy listening", "sexy", "catchy", "funk", "electro", "heavy metal", "Progressive rock", "60s", "rnb",
-            "indie pop", "sad", "House", "happy"],
-    "MTT": ["guitar", "classical", "slow", "techno", "strings", "drums", "electronic", "rock", "fast", "piano", "ambient",
-            "beat", "violin", "vocal", "synth", "female", "indian", "opera", "male", "singing", "vocals", "no vocals",
-            "harpsichord", "loud", "quiet", "flute", "woman", "male vocal", "no vocal", "pop", "soft", "sitar", "solo",
-            "man", "classic", "choir", "voice", "new age", "dance", "male voice", "female vocal", "beats", "harp",
-            "cello", "no voice", "weird", "country", "metal", "female voice", "choral"],
+    "MSD": [
+        "rock",
+        "pop",
+        "alternative",
+        "indie",
+        "electronic",
+        "female vocalists",
+        "dance",
+        "00s",
+        "alternative rock",
+        "jazz",
+        "beautiful",
+        "metal",
+        "chillout",
+        "male vocalists",
+        "classic rock",
+        "soul",
+        "indie rock",
+        "Mellow",
+        "electronica",
+        "80s",
+        "folk",
+        "90s",
+        "chill",
+        "instrumental",
+        "punk",
+        "oldies",
+        "blues",
+        "hard rock",
+        "ambient",
+        "acoustic",
+        "experimental",
+        "female vocalist",
+        "guitar",
+        "Hip-Hop",
+        "70s",
+        "party",
+        "country",
+        "easy listening",
+        "sexy",
+        "catchy",
+        "funk",
+        "electro",
+        "heavy metal",
+        "Progressive rock",
+        "60s",
+        "rnb",
+        "indie pop",
+        "sad",
+        "House",
+        "happy",
+    ],
+    "MTT": [
+        "guitar",
+        "classical",
+        "slow",
+        "techno",
+        "strings",
+        "drums",
+        "electronic",
+        "rock",
+        "fast",
+        "piano",
+        "ambient",
+        "beat",
+        "violin",
+        "vocal",
+        "synth",
+        "female",
+        "indian",
+        "opera",
+        "male",
+        "singing",
+        "vocals",
+        "no vocals",
+        "harpsichord",
+        "loud",
+        "quiet",
+        "flute",
+        "woman",
+        "male vocal",
+        "no vocal",
+        "pop",
+        "soft",
+        "sitar",
+        "solo",
+        "man",
+        "classic",
+        "choir",
+        "voice",
+        "new age",
+        "dance",
+        "male voice",
+        "female vocal",
+        "beats",
+        "harp",
+        "cello",
+        "no voice",
+        "weird",
+        "country",
+        "metal",
+        "female voice",
+        "choral",
+    ],
 }
 
-MUSICNN_CITATION = ("Jordi Pons and Xavier Serra, \"musicnn: pre-trained convolutional neural networks for music audio "
-                    "tagging\", Late-breaking/demo session of ISMIR 2019; Jordi Pons, Oriol Nieto, Matthew Prockup, Erik M. "
-                    "Schmidt, Andreas F. Ehmann and Xavier Serra, \"End-to-end learning for music audio tagging at scale\", "
-                    "ISMIR 2018.")
-ARTIST_CITATION = ("Jiyoung Park, Jongpil Lee, Jangyeon Park, Jung-Woo Ha and Juhan Nam, \"Representation Learning of Music "
-                   "Using Artist Labels\", ISMIR 2018.")
+MUSICNN_CITATION = (
+    'Jordi Pons and Xavier Serra, "musicnn: pre-trained convolutional neural networks for music audio '
+    'tagging", Late-breaking/demo session of ISMIR 2019; Jordi Pons, Oriol Nieto, Matthew Prockup, Erik M. '
+    'Schmidt, Andreas F. Ehmann and Xavier Serra, "End-to-end learning for music audio tagging at scale", '
+    "ISMIR 2018."
+)
+ARTIST_CITATION = (
+    'Jiyoung Park, Jongpil Lee, Jangyeon Park, Jung-Woo Ha and Juhan Nam, "Representation Learning of Music '
+    'Using Artist Labels", ISMIR 2018.'
+)
 TRAINED_ON = {
-    "MSD": ("the Million Song Dataset's 7digital audio previews (about 200,000 tracks for training) with the Last.fm "
-            "top-50 tags, musicnn's split; copyrighted commercial music, not redistributable"),
-    "MTT": ("MagnaTagATune (about 19,000 29-second clips of Magnatune's catalogue for training) with its top-50 tags; "
-            "the audio is Magnatune's, under its own licence"),
-    "artist": ("the Million Song Dataset's 7digital audio previews of 10,000 artists (about 17 tracks each), labelled by "
-               "artist only; copyrighted commercial music, not redistributable"),
+    "MSD": (
+        "the Million Song Dataset's 7digital audio previews (about 200,000 tracks for training) with the Last.fm "
+        "top-50 tags, musicnn's split; copyrighted commercial music, not redistributable"
+    ),
+    "MTT": (
+        "MagnaTagATune (about 19,000 29-second clips of Magnatune's catalogue for training) with its top-50 tags; "
+        "the audio is Magnatune's, under its own licence"
+    ),
+    "artist": (
+        "the Million Song Dataset's 7digital audio previews of 10,000 artists (about 17 tracks each), labelled by "
+        "artist only; copyrighted commercial music, not redistributable"
+    ),
 }
 
 
@@ -163,12 +267,18 @@ def read_tf_checkpoint(index: bytes, shard: bytes) -> dict[str, np.ndarray]:
 
 # ------------------------------------------------------------ musicnn
 
+
 def musicnn_state(ckpt: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     """musicnn's variables (named in the order ``musicnn.models`` creates them) as :class:`Musicnn`'s state dict."""
+
     def bn(name: str, prefix: str) -> dict[str, np.ndarray]:
-        return {f"{prefix}.weight": ckpt[f"{name}/gamma"], f"{prefix}.bias": ckpt[f"{name}/beta"],
-                f"{prefix}.running_mean": ckpt[f"{name}/moving_mean"], f"{prefix}.running_var": ckpt[f"{name}/moving_variance"],
-                f"{prefix}.num_batches_tracked": np.array(0, np.int64)}
+        return {
+            f"{prefix}.weight": ckpt[f"{name}/gamma"],
+            f"{prefix}.bias": ckpt[f"{name}/beta"],
+            f"{prefix}.running_mean": ckpt[f"{name}/moving_mean"],
+            f"{prefix}.running_var": ckpt[f"{name}/moving_variance"],
+            f"{prefix}.num_batches_tracked": np.array(0, np.int64),
+        }
 
     def k2d(name: str) -> np.ndarray:  # [time, freq, in, out] -> [out, in, time, freq]
         return ckpt[f"{name}/kernel"].transpose(3, 2, 0, 1)
@@ -180,14 +290,31 @@ def musicnn_state(ckpt: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     for i, (conv, norm) in enumerate([("conv2d", "batch_normalization_1"), ("conv2d_1", "batch_normalization_2")]):
         s.update({f"timbral.{i}.weight": k2d(conv), f"timbral.{i}.bias": ckpt[f"{conv}/bias"], **bn(norm, f"timbral.{i}.bn")})
     for i, n in enumerate((2, 3, 4)):
-        s.update({f"temporal.{i}.weight": k2d(f"conv2d_{n}"), f"temporal.{i}.bias": ckpt[f"conv2d_{n}/bias"],
-                  **bn(f"batch_normalization_{n + 1}", f"temporal.{i}.bn")})
+        s.update(
+            {
+                f"temporal.{i}.weight": k2d(f"conv2d_{n}"),
+                f"temporal.{i}.bias": ckpt[f"conv2d_{n}/bias"],
+                **bn(f"batch_normalization_{n + 1}", f"temporal.{i}.bn"),
+            }
+        )
     for i, n in enumerate((5, 6, 7)):
-        s.update({f"midend.{i}.conv.weight": k1d(f"conv2d_{n}"), f"midend.{i}.conv.bias": ckpt[f"conv2d_{n}/bias"],
-                  **bn(f"batch_normalization_{n + 1}", f"midend.{i}.bn")})
+        s.update(
+            {
+                f"midend.{i}.conv.weight": k1d(f"conv2d_{n}"),
+                f"midend.{i}.conv.bias": ckpt[f"conv2d_{n}/bias"],
+                **bn(f"batch_normalization_{n + 1}", f"midend.{i}.bn"),
+            }
+        )
     s.update(bn("batch_normalization_9", "pool_bn"))
-    s.update({"dense.weight": ckpt["dense/kernel"].T, "dense.bias": ckpt["dense/bias"], **bn("batch_normalization_10", "dense_bn"),
-              "output.weight": ckpt["dense_1/kernel"].T, "output.bias": ckpt["dense_1/bias"]})
+    s.update(
+        {
+            "dense.weight": ckpt["dense/kernel"].T,
+            "dense.bias": ckpt["dense/bias"],
+            **bn("batch_normalization_10", "dense_bn"),
+            "output.weight": ckpt["dense_1/kernel"].T,
+            "output.bias": ckpt["dense_1/bias"],
+        }
+    )
     return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in s.items()}
 
 
@@ -201,17 +328,32 @@ def convert_musicnn(wheel: Path, which: str) -> TaggingModel:
     net = Musicnn()
     net.load_state_dict(musicnn_state(read_tf_checkpoint(index, shard)))
     name = f"musicnn-{which.lower()}"
-    info = {"name": f"tagstack-{name}", "dataset": f"{which} (pretrained by musicnn's authors)",
-            "data": f"musicnn's {which}_musicnn, trained by its authors on {TRAINED_ON[which]}.",
-            "source": {"file": f"{wheel.name}: musicnn/{which}_musicnn/.index and .data-00000-of-00001",
-                       "sha256": {wheel.name: _sha256(wheel.read_bytes()), ".index": _sha256(index), ".data-00000-of-00001": _sha256(shard)},
-                       "where": "https://pypi.org/project/musicnn/0.1.0/ (pip download musicnn==0.1.0 --no-deps)"},
-            "licence": "ISC. " + licence.strip(), "citation": MUSICNN_CITATION, "converted_by": "scripts/convert_pretrained.py"}
-    return TaggingModel({name: net}, None, tags=MUSICNN_TAGS[which], frontend=MUSICNN_FRONTEND,
-                        branches=[Branch(name, 187)], info=info, tags_from=f"{name}/187")
+    info = {
+        "name": f"tagstack-{name}",
+        "dataset": f"{which} (pretrained by musicnn's authors)",
+        "data": f"musicnn's {which}_musicnn, trained by its authors on {TRAINED_ON[which]}.",
+        "source": {
+            "file": f"{wheel.name}: musicnn/{which}_musicnn/.index and .data-00000-of-00001",
+            "sha256": {wheel.name: _sha256(wheel.read_bytes()), ".index": _sha256(index), ".data-00000-of-00001": _sha256(shard)},
+            "where": "https://pypi.org/project/musicnn/0.1.0/ (pip download musicnn==0.1.0 --no-deps)",
+        },
+        "licence": "ISC. " + licence.strip(),
+        "citation": MUSICNN_CITATION,
+        "converted_by": "scripts/convert_pretrained.py",
+    }
+    return TaggingModel(
+        {name: net},
+        None,
+        tags=MUSICNN_TAGS[which],
+        frontend=MUSICNN_FRONTEND,
+        branches=[Branch(name, 187)],
+        info=info,
+        tags_from=f"{name}/187",
+    )
 
 
 # ------------------------------------------------------------ the artist CNN
+
 
 def convert_artist(h5: Path) -> TaggingModel:
     """The siamese MSD artist CNN's Keras 2 file as a tagstack model: the artist CNN on 3 s (129-frame) segments."""
@@ -224,23 +366,37 @@ def convert_artist(h5: Path) -> TaggingModel:
     with h5py.File(io.BytesIO(raw), "r") as f:
         weights = f["model_weights"]
         for i in range(5):
-            conv, bn = weights[f"conv1d_{i + 1}"][f"conv1d_{i + 1}"], weights[f"batch_normalization_{i + 1}"][f"batch_normalization_{i + 1}"]
+            conv, bn = (
+                weights[f"conv1d_{i + 1}"][f"conv1d_{i + 1}"],
+                weights[f"batch_normalization_{i + 1}"][f"batch_normalization_{i + 1}"],
+            )
             state[f"convs.{i}.weight"] = np.asarray(conv["kernel:0"]).transpose(2, 1, 0)  # [k, in, out] -> [out, in, k]
             state[f"convs.{i}.bias"] = np.asarray(conv["bias:0"])
-            state.update({f"bns.{i}.weight": np.asarray(bn["gamma:0"]), f"bns.{i}.bias": np.asarray(bn["beta:0"]),
-                          f"bns.{i}.running_mean": np.asarray(bn["moving_mean:0"]),
-                          f"bns.{i}.running_var": np.asarray(bn["moving_variance:0"]),
-                          f"bns.{i}.num_batches_tracked": np.array(0, np.int64)})
+            state.update(
+                {
+                    f"bns.{i}.weight": np.asarray(bn["gamma:0"]),
+                    f"bns.{i}.bias": np.asarray(bn["beta:0"]),
+                    f"bns.{i}.running_mean": np.asarray(bn["moving_mean:0"]),
+                    f"bns.{i}.running_var": np.asarray(bn["moving_variance:0"]),
+                    f"bns.{i}.num_batches_tracked": np.array(0, np.int64),
+                }
+            )
     state.update({k: v for k, v in net.state_dict().items() if k.startswith("input_")})
     net.load_state_dict({k: torch.as_tensor(np.ascontiguousarray(v)) for k, v in state.items()})
-    info = {"name": "tagstack-artist", "dataset": "MSD artists (pretrained by the authors)",
-            "data": f"Park et al.'s siamese artist CNN (10,000 artists, 4 negatives, margin 0.4), trained on {TRAINED_ON['artist']}.",
-            "source": {"file": "models/model_siamese_10000_4_0.40/model_siamese_10000.h5", "sha256": {h5.name: _sha256(raw)},
-                       "where": "https://github.com/jongpillee/ismir2018-artist (commit 68841d227fef71ac76b44e704007e50452042a38)"},
-            "licence": "MIT. Copyright (c) 2018 Jongpil Lee.", "citation": ARTIST_CITATION,
-            "converted_by": "scripts/convert_pretrained.py"}
-    return TaggingModel({"artist": net}, None, tags=[], frontend=net.frontend,
-                        branches=[Branch("artist", 129)], info=info)
+    info = {
+        "name": "tagstack-artist",
+        "dataset": "MSD artists (pretrained by the authors)",
+        "data": f"Park et al.'s siamese artist CNN (10,000 artists, 4 negatives, margin 0.4), trained on {TRAINED_ON['artist']}.",
+        "source": {
+            "file": "models/model_siamese_10000_4_0.40/model_siamese_10000.h5",
+            "sha256": {h5.name: _sha256(raw)},
+            "where": "https://github.com/jongpillee/ismir2018-artist (commit 68841d227fef71ac76b44e704007e50452042a38)",
+        },
+        "licence": "MIT. Copyright (c) 2018 Jongpil Lee.",
+        "citation": ARTIST_CITATION,
+        "converted_by": "scripts/convert_pretrained.py",
+    }
+    return TaggingModel({"artist": net}, None, tags=[], frontend=net.frontend, branches=[Branch("artist", 129)], info=info)
 
 
 def _sha256(b: bytes) -> str:
@@ -253,8 +409,11 @@ def _check(raw: bytes, what: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__[__doc__.index("\n\n") + 2 :])
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__[__doc__.index("\n\n") + 2 :],
+    )
     p.add_argument("--musicnn-wheel", type=Path, required=True, help="musicnn-0.1.0-py3-none-any.whl")
     p.add_argument("--artist-h5", type=Path, required=True, help="model_siamese_10000.h5 of jongpillee/ismir2018-artist")
     p.add_argument("--out", type=Path, default=PRETRAINED, help=f"folder for the model files (default: {PRETRAINED})")

@@ -22,6 +22,7 @@ MLP, through the same orchestrator as ``tagstack run``; the weights are
 stored as float16 and the card (data, licences, command, per-tag test
 scores) is written beside the model.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -113,21 +114,40 @@ def distilled_cnns(cfg: ExperimentConfig, manifest: Path, out: Path) -> tuple[Ex
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("which", choices=sorted([*DATA, *PRETRAINED_RECIPES]),
-                   help="pretrained: the default (musicnn MTT's levels and a global MLP); pretrained-large: the most accurate; "
-                        "real: the paper's CNNs trained here on real music; corpus: on the rendered corpus")
+    p.add_argument(
+        "which",
+        choices=sorted([*DATA, *PRETRAINED_RECIPES]),
+        help="pretrained: the default (musicnn MTT's levels and a global MLP); pretrained-large: the most accurate; "
+        "real: the paper's CNNs trained here on real music; corpus: on the rendered corpus",
+    )
     p.add_argument("--scales", help="pretrained*: the branches to aggregate instead of the recipe's, e.g. musicnn-mtt/187,artist/516")
     p.add_argument("--data", type=Path, help="real: the folder scripts/build_real_data.py wrote (holding 4q/manifest.csv)")
-    p.add_argument("--out", type=Path, help="run directory (default: runs/real-model, runs/real-distill-model with --distill, runs/real-4q-model or runs/corpus-model)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="run directory (default: runs/real-model, runs/real-distill-model with --distill, runs/real-4q-model or runs/corpus-model)",
+    )
     p.add_argument("--local-epochs", type=int, default=12, help="maximum epochs per local CNN (default: 12)")
     p.add_argument("--lr-stages", type=int, default=2, help="learning rates of the local CNNs (default: 2)")
-    p.add_argument("--labels", choices=("teacher", "human"), default="teacher",
-                   help="real: 4Q's human labels plus the teacher's on 4Q and Debian clips (default), or 4Q's human labels alone")
-    p.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
-                   help="mix the CNNs' training segments in pairs, weights ~ Beta(ALPHA, ALPHA) (default: 0, never)")
-    p.add_argument("--distill", action="store_true",
-                   help="real: train the CNNs on DATA/teacher/manifest-distill.csv (tags plus a teacher's embedding as soft "
-                        "labels) and the global model on the tags alone")
+    p.add_argument(
+        "--labels",
+        choices=("teacher", "human"),
+        default="teacher",
+        help="real: 4Q's human labels plus the teacher's on 4Q and Debian clips (default), or 4Q's human labels alone",
+    )
+    p.add_argument(
+        "--mixup",
+        type=float,
+        default=0.0,
+        metavar="ALPHA",
+        help="mix the CNNs' training segments in pairs, weights ~ Beta(ALPHA, ALPHA) (default: 0, never)",
+    )
+    p.add_argument(
+        "--distill",
+        action="store_true",
+        help="real: train the CNNs on DATA/teacher/manifest-distill.csv (tags plus a teacher's embedding as soft "
+        "labels) and the global model on the tags alone",
+    )
     p.add_argument("--hidden", type=int, help="units of each hidden layer of the global MLP (default: 1024 for pretrained, else 512)")
     p.add_argument("--dest", type=Path, default=PRETRAINED, help=f"folder for the model and its card (default: {PRETRAINED})")
     p.add_argument("--device", default="auto", help="torch device (default: auto)")
@@ -136,8 +156,9 @@ def main() -> None:
     if a.distill and a.which != "real":
         p.error("--distill is for the real model")
     # each recipe its own run folder: a run folder resumes, and must not mix stages of two recipes
-    out = a.out or Path("runs") / ("real-4q-model" if a.which == "real" and a.labels == "human" else
-                                   "real-distill-model" if a.distill else f"{a.which}-model")
+    out = a.out or Path("runs") / (
+        "real-4q-model" if a.which == "real" and a.labels == "human" else "real-distill-model" if a.distill else f"{a.which}-model"
+    )
     if a.scales and a.which not in PRETRAINED_RECIPES:
         p.error("--scales is for the pretrained models")
     pretrained = a.which in PRETRAINED_RECIPES
@@ -146,7 +167,10 @@ def main() -> None:
             p.error("real needs --data (the folder scripts/build_real_data.py wrote)")
         manifest = a.data / ("teacher" if a.labels == "teacher" else "4q") / "manifest.csv"
         if not manifest.is_file():
-            p.error(f"{manifest} not found: run scripts/build_real_data.py" + (" and scripts/build_teacher_data.py" if a.labels == "teacher" else ""))
+            p.error(
+                f"{manifest} not found: run scripts/build_real_data.py"
+                + (" and scripts/build_teacher_data.py" if a.labels == "teacher" else "")
+            )
         dataset, root = "manifest", str(manifest)
         name = f"tagstack-{a.which}" if pretrained else "tagstack-real" if a.labels == "teacher" else "tagstack-real-4q"
         distill_manifest = manifest.with_name("manifest-distill.csv")
@@ -162,9 +186,15 @@ def main() -> None:
     scales = tuple(a.scales.split(",")) if a.scales else PRETRAINED_RECIPES.get(a.which)
     extra = dict(scales=scales, local_from=tuple(dict.fromkeys(x.split("/")[0] for x in scales))) if pretrained else {}
     hidden = a.hidden or HIDDEN.get(a.which, 512)
-    cfg = ExperimentConfig(dataset=dataset, root=root, device=a.device, global_hidden=hidden,
-                           local=local_schedule(max_epochs=a.local_epochs, lr_stages=a.lr_stages, patience=3, mixup=a.mixup),
-                           global_=global_schedule(lr_stages=3, patience=6), **extra)
+    cfg = ExperimentConfig(
+        dataset=dataset,
+        root=root,
+        device=a.device,
+        global_hidden=hidden,
+        local=local_schedule(max_epochs=a.local_epochs, lr_stages=a.lr_stages, patience=3, mixup=a.mixup),
+        global_=global_schedule(lr_stages=3, patience=6),
+        **extra,
+    )
     data_text = TEACHER_DATA if (a.which == "real" or pretrained) and a.labels == "teacher" else DATA[a.which]
     if pretrained:
         data_text += PRETRAINED_DATA.format(networks=", ".join(cfg.local_from), scales=", ".join(cfg.scales))
@@ -174,18 +204,34 @@ def main() -> None:
     exp = Experiment(cfg, out)
     model = exp.train_head(name="3-global" if hidden == 512 else f"3-global-{hidden}")  # widths tried in one run folder don't clash
     metrics = exp.metrics(model, exp.test_probs(model))
-    command = f"python scripts/train_default_model.py {a.which}" + (" --data DATA" if a.which == "real" or pretrained else "") + \
-        (f" --scales {a.scales}" if a.scales else "") + (f" --hidden {a.hidden}" if a.hidden else "") + \
-        (" --labels human" if a.which == "real" and a.labels == "human" else "") + \
-        (f" --local-epochs {a.local_epochs}" if a.local_epochs != 12 else "") + (f" --lr-stages {a.lr_stages}" if a.lr_stages != 2 else "") + (f" --mixup {a.mixup:g}" if a.mixup else "") + (" --distill" if a.distill else "")
+    command = (
+        f"python scripts/train_default_model.py {a.which}"
+        + (" --data DATA" if a.which == "real" or pretrained else "")
+        + (f" --scales {a.scales}" if a.scales else "")
+        + (f" --hidden {a.hidden}" if a.hidden else "")
+        + (" --labels human" if a.which == "real" and a.labels == "human" else "")
+        + (f" --local-epochs {a.local_epochs}" if a.local_epochs != 12 else "")
+        + (f" --lr-stages {a.lr_stages}" if a.lr_stages != 2 else "")
+        + (f" --mixup {a.mixup:g}" if a.mixup else "")
+        + (" --distill" if a.distill else "")
+    )
     model.info.update({"name": name, "data": data_text, "command": command, "test": test_summary(metrics["tags"], metrics["global"])})
     a.dest.mkdir(parents=True, exist_ok=True)
     save_model(model, a.dest / f"{name}.safetensors", half=not pretrained)  # converted weights stay as their authors' float32
     card = a.dest / f"{name}.md"
     docs = Path(__file__).resolve().parents[1] / "docs"
     transfer = docs / "pretrained" / "transfer" / "results.md" if pretrained else docs / "transfer" / "results.md"
-    atomic_write_text(card, model_card(name, data=data_text, command=command, config=cfg, metrics=metrics,
-                                          transfer_md=transfer.read_text() if transfer.exists() else ""))
+    atomic_write_text(
+        card,
+        model_card(
+            name,
+            data=data_text,
+            command=command,
+            config=cfg,
+            metrics=metrics,
+            transfer_md=transfer.read_text() if transfer.exists() else "",
+        ),
+    )
     print(f"{name}.safetensors and its card written to {a.dest}")
 
 

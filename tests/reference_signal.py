@@ -4,6 +4,7 @@ reference outputs with the original frameworks (``bench/reference_pretrained.py`
 It is a formula, not a random draw, so every numpy version gives the same samples: a bass line, a chord
 of three harmonic tones with vibrato, a hi-hat of filtered clicks and a slow amplitude envelope, at any rate.
 """
+
 from __future__ import annotations
 
 import numpy as np

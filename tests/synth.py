@@ -1,4 +1,5 @@
 """Tiny generated audio datasets whose tags are learnable (no network, no real data)."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,5 +1,6 @@
 """Every dataset adapter, on fixtures generated here in the published formats and,
 where ../shared/data has them, on the real split and label files."""
+
 import pickle
 import re
 
@@ -29,6 +30,7 @@ def write_annotations(path, clip_ids, tags, y, paths):
 
 
 # ------------------------------------------------------------------ MagnaTagATune
+
 
 @pytest.fixture
 def mtat_root(tmp_path):
@@ -121,6 +123,7 @@ def test_mtat_full_split_matches_pons_index(shared_data, tmp_path):
 
 # ------------------------------------------------------------------ MSD and Tagtraum
 
+
 def _msd_maps(root, ids):
     dump({t: 1000 + i for i, t in enumerate(ids)}, root / "MSD_id_to_7D_id.pkl")
     dump({1000 + i: f"{i % 10}/{i}/{1000 + i}.clip.mp3" for i in range(len(ids) - 1)}, root / "7D_id_to_path.pkl")  # last id: no audio
@@ -168,6 +171,7 @@ def test_msd_and_tagtraum_real_test_lists(shared_data, tmp_path):
 
 # ------------------------------------------------------------------ GTZAN
 
+
 def _gtzan_audio(root, n=10):
     from tagstack.datasets.gtzan import GENRES
 
@@ -201,6 +205,7 @@ def test_gtzan_fault_filtered_real_lists(shared_data, tmp_path):
 
 # ------------------------------------------------------------------ MTG-Jamendo
 
+
 def test_jamendo_generated_and_errors(tmp_path):
     header = "TRACK_ID\tARTIST_ID\tALBUM_ID\tPATH\tDURATION\tTAGS"
     for name in ("train", "validation", "test"):
@@ -232,8 +237,13 @@ def test_jamendo_reads_the_split_asked_for_and_every_adapter_refuses_splits_it_l
     assert len(load_dataset("jamendo", tmp_path / "split-0", split="3", split_dir=tmp_path / "split-3")) == 12
     with pytest.raises(DatasetError, match="split 2: no split-2 folder"):
         load_dataset("jamendo", tmp_path, split="2")
-    for name, split, known in (("jamendo", "banana", "0-4"), ("msd", "full", "lee"), ("tagtraum", "3", "lee"),
-                               ("mtat", "kfold-0-5", "lee, full"), ("manifest", "lee", "no split schemes")):
+    for name, split, known in (
+        ("jamendo", "banana", "0-4"),
+        ("msd", "full", "lee"),
+        ("tagtraum", "3", "lee"),
+        ("mtat", "kfold-0-5", "lee, full"),
+        ("manifest", "lee", "no split schemes"),
+    ):
         with pytest.raises(ParameterError, match=f"dataset '{name}' has no split '{split}'.*{known}"):
             load_dataset(name, tmp_path, split=split)
     with pytest.raises(ParameterError, match="has no split 'banana'"):
@@ -270,9 +280,17 @@ def test_cli_runs_the_three_stages_on_a_dataset_by_name(tmp_path):
         (tmp_path / "genres" / g).mkdir(parents=True)
         for i in range(10):
             sf.write(tmp_path / "genres" / g / f"{g}.{i:05d}.wav", render(content[g], 5.0, rng), SR)
-    cfg = ExperimentConfig(dataset="gtzan", root=str(tmp_path), split="kfold-0-5", scales=(27,), frontend=TEST_FRONTEND,
-                           local=TrainConfig(max_epochs=3, lr_stages=1), global_=TrainConfig(max_epochs=10, batch_size=8, lr_stages=1),
-                           cache_dir=str(tmp_path / "cache"), workers=1)
+    cfg = ExperimentConfig(
+        dataset="gtzan",
+        root=str(tmp_path),
+        split="kfold-0-5",
+        scales=(27,),
+        frontend=TEST_FRONTEND,
+        local=TrainConfig(max_epochs=3, lr_stages=1),
+        global_=TrainConfig(max_epochs=10, batch_size=8, lr_stages=1),
+        cache_dir=str(tmp_path / "cache"),
+        workers=1,
+    )
     (tmp_path / "config.toml").write_text(tomli_w.dumps(to_dict(cfg)))
     assert main(["run", "--config", str(tmp_path / "config.toml"), "--out", str(tmp_path / "run")]) == 0
     import json

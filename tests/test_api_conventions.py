@@ -17,6 +17,7 @@
 "Public" is what the module defines under a name without a leading
 underscore; ``tagstack.cli`` (argparse handlers) is left out.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -65,8 +66,11 @@ USER_API = [
     "tagstack.experiments.reproduce.reproduce",
 ]
 
-MODULES = sorted(m.name for m in pkgutil.walk_packages(tagstack.__path__, "tagstack.")
-                 if not (m.name.startswith("tagstack.cli") or m.name.endswith("__main__")))
+MODULES = sorted(
+    m.name
+    for m in pkgutil.walk_packages(tagstack.__path__, "tagstack.")
+    if not (m.name.startswith("tagstack.cli") or m.name.endswith("__main__"))
+)
 
 
 def _import(name: str):
@@ -106,8 +110,11 @@ def _public(mod) -> list[tuple[str, object]]:
 
 
 def _positional(f) -> list[str]:
-    return [p.name for p in inspect.signature(f).parameters.values()
-            if p.name not in ("self", "cls") and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return [
+        p.name
+        for p in inspect.signature(f).parameters.values()
+        if p.name not in ("self", "cls") and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
 
 
 def _own_doc(obj) -> str:
@@ -123,10 +130,15 @@ def _own_doc(obj) -> str:
 @pytest.mark.parametrize("module", MODULES)
 def test_public_functions_take_at_most_two_positional_parameters(module):
     mod = _import(module)
-    offenders = {name: _positional(f) for name, f in _public(mod)
-                 if not inspect.isclass(f) and len(_positional(f)) > 2 and name not in POSITIONAL_ALLOWED}
-    assert not offenders, ("make the parameters after the data keyword-only (insert '*'), or add the function to "
-                           f"POSITIONAL_ALLOWED with the reason: {offenders}")
+    offenders = {
+        name: _positional(f)
+        for name, f in _public(mod)
+        if not inspect.isclass(f) and len(_positional(f)) > 2 and name not in POSITIONAL_ALLOWED
+    }
+    assert not offenders, (
+        "make the parameters after the data keyword-only (insert '*'), or add the function to "
+        f"POSITIONAL_ALLOWED with the reason: {offenders}"
+    )
 
 
 def test_every_allowed_exception_still_needs_its_place():

@@ -88,8 +88,11 @@ def test_find_audio_expands_folders_and_globs(tmp_path):
 
 
 def test_real_dataset_encodings_decode(shared_data):
-    for name, seconds in (("mtat-joram-moments_of_clarity-08-solipsism-59-88.mp3", 29.27),
-                          ("msd-TRWJAZW128F42760DD.mp3", 29.95), ("openmic-000046_3840-2s.ogg", 2.0)):
+    for name, seconds in (
+        ("mtat-joram-moments_of_clarity-08-solipsism-59-88.mp3", 29.27),
+        ("msd-TRWJAZW128F42760DD.mp3", 29.95),
+        ("openmic-000046_3840-2s.ogg", 2.0),
+    ):
         y = load(shared_data / "fixtures" / "audio" / name, sr=SR)
         assert abs(y.size / SR - seconds) < 0.15, name
         assert np.abs(y).max() > 0.01

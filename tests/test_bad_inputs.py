@@ -5,6 +5,7 @@ Covers the validation paths shared by the CLI, the API and training: audio
 weights from strangers), dataset files (pickles that would run code,
 manifests that would lose clips) and output destinations.
 """
+
 import json
 import os
 import pickle
@@ -61,8 +62,13 @@ def test_tag_skips_every_bad_file_with_one_line_and_tags_the_rest(folder, model_
     assert tagged == {"good.wav", "ünïcode ñame.flac", "silent.wav", "tiny.wav", "8k.wav", "96k-8ch.wav"}
     for r in rows:
         assert all(np.isfinite(v) for v in r["tags"].values())
-    for name, reason in (("nan.wav", "NaN or infinite"), ("inf.wav", "NaN or infinite"), ("empty.mp3", "empty"),
-                         ("text.ogg", "cannot decode"), ("truncated.flac", "")):
+    for name, reason in (
+        ("nan.wav", "NaN or infinite"),
+        ("inf.wav", "NaN or infinite"),
+        ("empty.mp3", "empty"),
+        ("text.ogg", "cannot decode"),
+        ("truncated.flac", ""),
+    ):
         line = next(l for l in err.splitlines() if name in l)
         assert reason in line, line
     assert "5 of 11 files could not be tagged" in err
@@ -85,13 +91,16 @@ def test_non_finite_arrays_are_refused_by_the_api(model_file):
         tagger.embed(np.full(SR, np.inf, np.float32), sr=SR)
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(y=np.zeros((2, 3, 1000), np.float32), sr=SR), "1-D .mono. or 2-D"),
-    (dict(y=np.zeros(1000, np.float32), sr=0), "sample rate must be an integer"),
-    (dict(y=np.zeros(1000, np.float32), sr=None), "sr is required"),
-    (dict(y=np.zeros(0, np.float32), sr=SR), "empty"),
-    (dict(y=np.array(["a", "b"]), sr=SR), "floats or integer PCM"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(y=np.zeros((2, 3, 1000), np.float32), sr=SR), "1-D .mono. or 2-D"),
+        (dict(y=np.zeros(1000, np.float32), sr=0), "sample rate must be an integer"),
+        (dict(y=np.zeros(1000, np.float32), sr=None), "sr is required"),
+        (dict(y=np.zeros(0, np.float32), sr=SR), "empty"),
+        (dict(y=np.array(["a", "b"]), sr=SR), "floats or integer PCM"),
+    ],
+)
 def test_malformed_arrays_are_parameter_errors(model_file, kwargs, message):
     with pytest.raises(ParameterError, match=message):
         Tagger(model_file, device="cpu").tag(kwargs["y"], sr=kwargs["sr"])
@@ -121,6 +130,7 @@ def test_folders_and_missing_files_are_named_for_what_they_are(tmp_path, model_f
 
 # ------------------------------------------------------------ model files
 
+
 def rewrite(src, dst, *, meta=None, tensors=None, raw_meta=None):
     t = load_file(str(src))
     m = read_metadata(src)
@@ -138,28 +148,32 @@ def set_in(path_keys, value):
         for k in path_keys[:-1]:
             d = d[k]
         d[path_keys[-1]] = value
+
     return change
 
 
-@pytest.mark.parametrize("case,kwargs,field", [
-    ("not-json", dict(raw_meta="{not json"), "not valid JSON"),
-    ("a-list", dict(raw_meta="[1, 2, 3]"), "field 'tagstack' must be a JSON object"),
-    ("deep", dict(raw_meta="[" * 100000 + "]" * 100000), "not valid JSON|must be a JSON object"),
-    ("huge-hidden", dict(meta=set_in(["global", "hidden"], 40000)), "global.hidden"),
-    ("huge-fft", dict(meta=set_in(["frontend", "n_fft"], 2 ** 24)), "frontend.n_fft"),
-    ("huge-rate", dict(meta=set_in(["frontend", "sample_rate"], 10 ** 9)), "frontend.sample_rate"),
-    ("short-tags", dict(meta=set_in(["tags"], ["a", "b"])), "global.n_outputs"),
-    ("tags-not-strings", dict(meta=set_in(["tags"], [1, 2, 3, 4])), "field 'tags'"),
-    ("channels", dict(meta=set_in(["networks", "27", "arch", "blocks", 0, "channels"], 64)), "tensors"),
-    ("unknown-kind", dict(meta=set_in(["networks", "27", "kind"], "vgg")), "networks.27.kind"),
-    ("huge-backbone", dict(meta=set_in(["networks", "27", "arch", "blocks", 0, "kernel"], 10 ** 9)), "networks.27.arch"),
-    ("branch-of-nothing", dict(meta=set_in(["branches", 0, "network"], "nope")), "branches.0."),
-    ("bad-scale", dict(meta=set_in(["scales"], ["99"])), "field 'scales'"),
-    ("groups-of-no-tag", dict(meta=set_in(["tag_groups"], {"no such tag": "mood"})), "field 'tag_groups'"),
-    ("groups-not-names", dict(meta=set_in(["tag_groups"], [1, 2])), "field 'tag_groups'"),
-    ("groups-empty-name", dict(meta=set_in(["tag_groups"], {"low": ""})), "field 'tag_groups'"),
-    ("groups-long-name", dict(meta=set_in(["tag_groups"], {"low": "x" * 101})), "field 'tag_groups'"),
-])
+@pytest.mark.parametrize(
+    "case,kwargs,field",
+    [
+        ("not-json", dict(raw_meta="{not json"), "not valid JSON"),
+        ("a-list", dict(raw_meta="[1, 2, 3]"), "field 'tagstack' must be a JSON object"),
+        ("deep", dict(raw_meta="[" * 100000 + "]" * 100000), "not valid JSON|must be a JSON object"),
+        ("huge-hidden", dict(meta=set_in(["global", "hidden"], 40000)), "global.hidden"),
+        ("huge-fft", dict(meta=set_in(["frontend", "n_fft"], 2**24)), "frontend.n_fft"),
+        ("huge-rate", dict(meta=set_in(["frontend", "sample_rate"], 10**9)), "frontend.sample_rate"),
+        ("short-tags", dict(meta=set_in(["tags"], ["a", "b"])), "global.n_outputs"),
+        ("tags-not-strings", dict(meta=set_in(["tags"], [1, 2, 3, 4])), "field 'tags'"),
+        ("channels", dict(meta=set_in(["networks", "27", "arch", "blocks", 0, "channels"], 64)), "tensors"),
+        ("unknown-kind", dict(meta=set_in(["networks", "27", "kind"], "vgg")), "networks.27.kind"),
+        ("huge-backbone", dict(meta=set_in(["networks", "27", "arch", "blocks", 0, "kernel"], 10**9)), "networks.27.arch"),
+        ("branch-of-nothing", dict(meta=set_in(["branches", 0, "network"], "nope")), "branches.0."),
+        ("bad-scale", dict(meta=set_in(["scales"], ["99"])), "field 'scales'"),
+        ("groups-of-no-tag", dict(meta=set_in(["tag_groups"], {"no such tag": "mood"})), "field 'tag_groups'"),
+        ("groups-not-names", dict(meta=set_in(["tag_groups"], [1, 2])), "field 'tag_groups'"),
+        ("groups-empty-name", dict(meta=set_in(["tag_groups"], {"low": ""})), "field 'tag_groups'"),
+        ("groups-long-name", dict(meta=set_in(["tag_groups"], {"low": "x" * 101})), "field 'tag_groups'"),
+    ],
+)
 def test_broken_model_headers_are_one_model_file_error_naming_the_field(model_file, tmp_path, case, kwargs, field):
     bad = rewrite(model_file, tmp_path / f"{case}.safetensors", **kwargs)
     with pytest.raises(ModelFileError, match=f"{case}.safetensors") as e:
@@ -190,6 +204,7 @@ def test_model_headers_are_strict_json(tmp_path):
 
 # ------------------------------------------------------------ dataset files
 
+
 class RunsCode:
     def __reduce__(self):
         return (os.system, ("touch PWNED",))
@@ -208,14 +223,17 @@ def test_a_split_file_that_would_run_code_is_refused(tmp_path, monkeypatch):
     assert read_pickle(path)["ids"] == ["a", "b"]
 
 
-@pytest.mark.parametrize("text,message", [
-    ('path,tags,split\na.wav,x,train\n"b.wav,y,test\nc.wav,z,valid\n', "unterminated quote|line"),
-    ("path,tags,split\na.wav,x,train\nb.wav,y,\nc.wav,z,test\n", "1 rows have no split"),
-    ("path,tags,split\na.wav,x,train\na.wav,y,test\n", "line 3: a.wav is already listed on line 2"),
-    ("path,tags,split\naudio/a.wav,x,train\n./audio//a.wav,y,test\n", "line 3: ./audio//a.wav is already listed on line 2"),
-    ("path,tags,split\na.wav,x=1.5,train\n", "line 2: tag 'x=1.5'"),
-    ("path,tags,split\na.wav,x,training\n", "line 2: unknown split 'training'"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ('path,tags,split\na.wav,x,train\n"b.wav,y,test\nc.wav,z,valid\n', "unterminated quote|line"),
+        ("path,tags,split\na.wav,x,train\nb.wav,y,\nc.wav,z,test\n", "1 rows have no split"),
+        ("path,tags,split\na.wav,x,train\na.wav,y,test\n", "line 3: a.wav is already listed on line 2"),
+        ("path,tags,split\naudio/a.wav,x,train\n./audio//a.wav,y,test\n", "line 3: ./audio//a.wav is already listed on line 2"),
+        ("path,tags,split\na.wav,x=1.5,train\n", "line 2: tag 'x=1.5'"),
+        ("path,tags,split\na.wav,x,training\n", "line 2: unknown split 'training'"),
+    ],
+)
 def test_manifests_that_would_lose_clips_name_the_line(tmp_path, text, message):
     (tmp_path / "manifest.csv").write_text(text)
     with pytest.raises(DatasetError, match=message):
@@ -239,6 +257,7 @@ def test_a_manifest_saved_by_excel_with_a_byte_order_mark_is_read(tmp_path):
 
 
 # ------------------------------------------------------------ outputs
+
 
 def test_unwritable_or_missing_destinations_fail_before_any_work(folder, model_file, tmp_path, capsys):
     assert main(["embed", str(folder / "good.wav"), "--model", str(model_file), "--out", str(tmp_path / "no" / "such" / "e.npz")]) == 1
@@ -279,8 +298,16 @@ def test_a_damaged_checkpoint_is_named_and_leftovers_of_killed_writes_are_remove
     work.mkdir(parents=True)
     (work / "last.pt").write_bytes(b"\x00garbage, not a checkpoint")
     with pytest.raises(TagstackError, match="last.pt: cannot resume from this checkpoint.*delete it"):
-        fit(build_local_cnn(27, n_tags=2), train_batches=lambda e: iter(()), n_batches=0, validate=lambda m: {},
-            loss_fn=torch.nn.BCEWithLogitsLoss(), config=TrainConfig(), workdir=work, device=torch.device("cpu"))
+        fit(
+            build_local_cnn(27, n_tags=2),
+            train_batches=lambda e: iter(()),
+            n_batches=0,
+            validate=lambda m: {},
+            loss_fn=torch.nn.BCEWithLogitsLoss(),
+            config=TrainConfig(),
+            workdir=work,
+            device=torch.device("cpu"),
+        )
     (work / f"{TEMP_PREFIX}best.pt.abc123.tmp").write_bytes(b"x" * 1000)
     (tmp_path / f"{TEMP_PREFIX}features.npy.xyz.npy").write_bytes(b"x")
     assert remove_leftovers(tmp_path) == 2
@@ -322,8 +349,26 @@ def test_names_with_glob_characters_long_names_and_limits(model_file, tmp_path, 
     long_name = tmp_path / ("y" * 230 + ".wav")
     sf.write(long_name, y, SR)
     out, grams = tmp_path / "tags.jsonl", tmp_path / "grams"
-    assert main(["tag", str(tmp_path / "Song [Live].wav"), str(long_name), "--model", str(model_file), "--format", "jsonl",
-                 "-o", str(out), "--taggram", str(grams), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "tag",
+                str(tmp_path / "Song [Live].wav"),
+                str(long_name),
+                "--model",
+                str(model_file),
+                "--format",
+                "jsonl",
+                "-o",
+                str(out),
+                "--taggram",
+                str(grams),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert [os.path.basename(json.loads(line)["path"]) for line in out.read_text().splitlines()] == ["Song [Live].wav", long_name.name]
     assert sorted(p.name for p in grams.glob("*.npy")) == ["Song [Live].taggram.npy", "y" * 180 + ".taggram.npy"]
     capsys.readouterr()
@@ -355,14 +400,34 @@ def test_tag_and_embed_remove_what_killed_writes_of_their_outputs_left(folder, m
     from tagstack.fileio import TEMP_PREFIX
 
     good = str(folder / "good.wav")
-    left = [tmp_path / f"{TEMP_PREFIX}tags.jsonl.abc123.tmp", tmp_path / f"{TEMP_PREFIX}emb.npz.x1.npz",
-            tmp_path / "grams" / f"{TEMP_PREFIX}good.taggram.csv.q.tmp"]
+    left = [
+        tmp_path / f"{TEMP_PREFIX}tags.jsonl.abc123.tmp",
+        tmp_path / f"{TEMP_PREFIX}emb.npz.x1.npz",
+        tmp_path / "grams" / f"{TEMP_PREFIX}good.taggram.csv.q.tmp",
+    ]
     (tmp_path / "grams").mkdir()
     for p in left:
         p.write_bytes(b"half")
     (tmp_path / "mine.txt").write_text("not ours")
-    assert main(["tag", good, "--model", str(model_file), "-o", str(tmp_path / "tags.jsonl"), "--format", "jsonl",
-                 "--taggram", str(tmp_path / "grams"), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "tag",
+                good,
+                "--model",
+                str(model_file),
+                "-o",
+                str(tmp_path / "tags.jsonl"),
+                "--format",
+                "jsonl",
+                "--taggram",
+                str(tmp_path / "grams"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert main(["embed", good, "--model", str(model_file), "--out", str(tmp_path / "emb.npz"), "--device", "cpu"]) == 0
     assert not any(p.exists() for p in left) and (tmp_path / "mine.txt").exists()
 
@@ -383,6 +448,7 @@ def test_a_file_of_a_few_samples_is_refused_and_numpy_numbers_and_model_names_wo
 
 # ------------------------------------------------------------ hostile and careless use (issue 26)
 
+
 @pytest.fixture
 def full_disk(tmp_path):
     """A 2 MB tmpfs, filled to the last byte after the test writes its earlier outputs: ``(folder, fill)``."""
@@ -390,8 +456,10 @@ def full_disk(tmp_path):
 
     mount = tmp_path / "small"
     mount.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
-                                           capture_output=True).returncode != 0:
+    if (
+        os.geteuid() != 0
+        or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True).returncode != 0
+    ):
         pytest.skip("needs root and a tmpfs mount")
 
     def fill() -> None:
@@ -403,6 +471,7 @@ def full_disk(tmp_path):
             pass
         finally:
             os.close(fd)
+
     try:
         yield mount, fill
     finally:
@@ -412,8 +481,7 @@ def full_disk(tmp_path):
 def test_a_full_disk_is_one_line_and_the_earlier_output_stays(folder, model_file, full_disk, capsys):
     mount, fill = full_disk
     good = str(folder / "good.wav")
-    outputs = {"tags.csv": ["tag", good, "--format", "csv", "-o"], "e.npz": ["embed", good, "--out"],
-               "e.parquet": ["embed", good, "--out"]}
+    outputs = {"tags.csv": ["tag", good, "--format", "csv", "-o"], "e.npz": ["embed", good, "--out"], "e.parquet": ["embed", good, "--out"]}
     before = {}
     for name, argv in outputs.items():
         assert main([*argv, str(mount / name), "--model", str(model_file), "--device", "cpu"]) == 0
@@ -465,8 +533,26 @@ def test_names_that_are_not_utf8_are_written_escaped_in_every_format(folder, mod
     too_long = str(music / ("x" * 300 + ".wav"))
     for fmt in ("csv", "table", "jsonl"):
         out = tmp_path / f"tags.{fmt}"
-        assert main(["tag", str(music), too_long, "--format", fmt, "-o", str(out), "--taggram", str(tmp_path / "grams"),
-                     "--model", str(model_file), "--device", "cpu"]) == 1
+        assert (
+            main(
+                [
+                    "tag",
+                    str(music),
+                    too_long,
+                    "--format",
+                    fmt,
+                    "-o",
+                    str(out),
+                    "--taggram",
+                    str(tmp_path / "grams"),
+                    "--model",
+                    str(model_file),
+                    "--device",
+                    "cpu",
+                ]
+            )
+            == 1
+        )
         text = out.read_text(encoding="utf-8")
         assert (json.dumps(escaped) if fmt == "jsonl" else escaped) in text and str(music / "good.wav") in text
         err = capsys.readouterr().err
@@ -478,17 +564,23 @@ def test_names_that_are_not_utf8_are_written_escaped_in_every_format(folder, mod
     assert pa.read_table(tmp_path / "e.parquet").column("path").to_pylist() == [escaped, str(music / "good.wav")]
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["tag", "x.wav", "--taggram", "g", "--hop", "1e308"], "argument --hop: hop must be a number > 0 and <= 10,000,000 (seconds), got '1e308'"),
-    (["tag", "x.wav", "--top-k", "-1"], "argument --top-k: top_k must be a whole number >= 0"),
-    (["tag", "x.wav", "--threshold", "nan"], "argument --threshold: threshold must be a number >= 0 and <= 1, got 'nan'"),
-    (["serve", "--port", "70000"], "argument --port: port must be a whole number >= 1 and <= 65,535, got '70000'"),
-    (["serve", "--max-upload-mb", "1e400"], "argument --max-upload-mb: max_upload_mb must be a number > 0"),
-    (["serve", "--concurrency", "-3"], "argument --concurrency: concurrency must be a whole number >= 0"),
-    (["run", "--out", "r", "--local-epochs", "0"], "argument --local-epochs: epochs must be a whole number >= 1"),
-    (["reproduce", "--out", "r", "--seeds", "0,-1"], "argument --seeds: seed must be a whole number >= 0"),
-    (["embed", "x.wav", "--out", "e.npz", "--workers", "1e9"], "argument --workers: workers must be a whole number"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (
+            ["tag", "x.wav", "--taggram", "g", "--hop", "1e308"],
+            "argument --hop: hop must be a number > 0 and <= 10,000,000 (seconds), got '1e308'",
+        ),
+        (["tag", "x.wav", "--top-k", "-1"], "argument --top-k: top_k must be a whole number >= 0"),
+        (["tag", "x.wav", "--threshold", "nan"], "argument --threshold: threshold must be a number >= 0 and <= 1, got 'nan'"),
+        (["serve", "--port", "70000"], "argument --port: port must be a whole number >= 1 and <= 65,535, got '70000'"),
+        (["serve", "--max-upload-mb", "1e400"], "argument --max-upload-mb: max_upload_mb must be a number > 0"),
+        (["serve", "--concurrency", "-3"], "argument --concurrency: concurrency must be a whole number >= 0"),
+        (["run", "--out", "r", "--local-epochs", "0"], "argument --local-epochs: epochs must be a whole number >= 1"),
+        (["reproduce", "--out", "r", "--seeds", "0,-1"], "argument --seeds: seed must be a whole number >= 0"),
+        (["embed", "x.wav", "--out", "e.npz", "--workers", "1e9"], "argument --workers: workers must be a whole number"),
+    ],
+)
 def test_numeric_options_are_range_checked_where_they_are_parsed(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -519,14 +611,26 @@ def test_tensors_lists_and_either_channel_order_are_audio_and_anything_else_a_pa
     y = render({"low"}, 4.0, np.random.default_rng(5))
     expected = tagger.predict(y, sr=SR).probs
     stereo = np.stack([y, y])
-    for source in (torch.from_numpy(stereo), torch.from_numpy(stereo.T.copy()), stereo.T, [float(v) for v in y],
-                   torch.from_numpy(y).double(), tuple(map(list, stereo))):
+    for source in (
+        torch.from_numpy(stereo),
+        torch.from_numpy(stereo.T.copy()),
+        stereo.T,
+        [float(v) for v in y],
+        torch.from_numpy(y).double(),
+        tuple(map(list, stereo)),
+    ):
         np.testing.assert_allclose(tagger.predict(source, sr=SR).probs, expected, atol=1e-6)
     assert np.isfinite(tagger.predict(torch.from_numpy(y).to(torch.bfloat16), sr=SR).probs).all()
-    for bad, message in (([str(folder_) for folder_ in ("a.mp3", "b.mp3")], "list of file names"),
-                         (np.zeros((2, 0)), "empty"), (torch.zeros(2, 0), "empty"), ([[0.1, 0.2], [0.1]], "rows of one length"),
-                         ({"audio": y}, "got dict"), (None, "got NoneType"), ([True, False] * 100, "floats or integer PCM"),
-                         (torch.zeros(100, dtype=torch.complex64), "floats or integer PCM")):
+    for bad, message in (
+        ([str(folder_) for folder_ in ("a.mp3", "b.mp3")], "list of file names"),
+        (np.zeros((2, 0)), "empty"),
+        (torch.zeros(2, 0), "empty"),
+        ([[0.1, 0.2], [0.1]], "rows of one length"),
+        ({"audio": y}, "got dict"),
+        (None, "got NoneType"),
+        ([True, False] * 100, "floats or integer PCM"),
+        (torch.zeros(100, dtype=torch.complex64), "floats or integer PCM"),
+    ):
         with pytest.raises(ParameterError, match=message):
             tagger.tag(bad, sr=SR)
 

@@ -1,4 +1,5 @@
 """The command line, called in-process."""
+
 import json
 
 import numpy as np
@@ -16,10 +17,16 @@ def trained_model(tmp_path_factory, synth_dir):
     from tagstack.experiments.experiment_config import ExperimentConfig
     from tagstack.experiments.run import run_experiment as run_all
 
-    cfg = ExperimentConfig(dataset="manifest", root=str(synth_dir), scales=(18, 27), frontend=TEST_FRONTEND,
-                           local=TrainConfig(max_epochs=2, batch_size=32, lr_stages=1),
-                           global_=TrainConfig(max_epochs=5, batch_size=8, lr_stages=1, monitor="roc_auc"),
-                           cache_dir=str(out / "cache"), workers=1)
+    cfg = ExperimentConfig(
+        dataset="manifest",
+        root=str(synth_dir),
+        scales=(18, 27),
+        frontend=TEST_FRONTEND,
+        local=TrainConfig(max_epochs=2, batch_size=32, lr_stages=1),
+        global_=TrainConfig(max_epochs=5, batch_size=8, lr_stages=1, monitor="roc_auc"),
+        cache_dir=str(out / "cache"),
+        workers=1,
+    )
     run_all(cfg, out / "run")
     return out / "run" / "model.safetensors"
 
@@ -36,8 +43,22 @@ def test_help_reads_well(capsys):
 def test_tag_formats_and_bad_files(trained_model, synth_dir, tmp_path, capsys):
     (tmp_path / "empty.wav").write_bytes(b"")
     (tmp_path / "corrupt.mp3").write_bytes(b"\x00garbage" * 100)
-    rc = main(["tag", str(synth_dir / "clip000.wav"), str(tmp_path / "empty.wav"), str(tmp_path / "corrupt.mp3"),
-               "--model", str(trained_model), "--format", "jsonl", "--top-k", "2", "--device", "cpu"])
+    rc = main(
+        [
+            "tag",
+            str(synth_dir / "clip000.wav"),
+            str(tmp_path / "empty.wav"),
+            str(tmp_path / "corrupt.mp3"),
+            "--model",
+            str(trained_model),
+            "--format",
+            "jsonl",
+            "--top-k",
+            "2",
+            "--device",
+            "cpu",
+        ]
+    )
     captured = capsys.readouterr()
     assert rc == 1
     assert "empty.wav: file is empty" in captured.err
@@ -63,18 +84,53 @@ def test_per_group_takes_the_best_tags_of_every_group_of_the_model_file(model_fi
     probs = Tagger(model_file, device="cpu").predict(clip).probs
     members = {"a": [0, 2], "b": [1], "other": list(range(3, len(tags)))}
     expected = [(tags[max(ix, key=lambda i: probs[i])], g) for g, ix in members.items()]
-    assert main(["tag", str(clip), "--model", str(tmp_path / "grouped.safetensors"), "--per-group", "--top-k", "1",
-                 "--format", "csv", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "tag",
+                str(clip),
+                "--model",
+                str(tmp_path / "grouped.safetensors"),
+                "--per-group",
+                "--top-k",
+                "1",
+                "--format",
+                "csv",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     rows = capsys.readouterr().out.strip().splitlines()
     assert rows[0] == "path,tag,probability,group"
     assert [tuple(r.split(",")[i] for i in (1, 3)) for r in rows[1:]] == expected
-    assert main(["tag", str(clip), "--model", str(tmp_path / "grouped.safetensors"), "--per-group", "--threshold", "0",
-                 "--top-k", "1", "--format", "jsonl", "--device", "cpu"]) == 0  # a threshold replaces the top k
+    assert (
+        main(
+            [
+                "tag",
+                str(clip),
+                "--model",
+                str(tmp_path / "grouped.safetensors"),
+                "--per-group",
+                "--threshold",
+                "0",
+                "--top-k",
+                "1",
+                "--format",
+                "jsonl",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )  # a threshold replaces the top k
     line = json.loads(capsys.readouterr().out)
     assert len(line["tags"]) == len(tags) and line["groups"][tags[1]] == "b" and line["groups"][tags[3]] == "other"
     caplog.clear()
-    assert main(["tag", str(clip), "--model", str(model_file), "--per-group", "--top-k", "1", "--format", "csv",
-                 "--device", "cpu"]) == 0  # a model without groups: one group, and a warning saying so
+    assert (
+        main(["tag", str(clip), "--model", str(model_file), "--per-group", "--top-k", "1", "--format", "csv", "--device", "cpu"]) == 0
+    )  # a model without groups: one group, and a warning saying so
     assert [r.split(",")[3] for r in capsys.readouterr().out.strip().splitlines()[1:]] == ["other"]
     assert "has no tag groups" in caplog.text
     assert main(["info", str(tmp_path / "grouped.safetensors")]) == 0
@@ -95,19 +151,26 @@ def test_taggram_hop_and_files_sharing_a_name(trained_model, synth_dir, tmp_path
         (tmp_path / sub).mkdir()
         sf.write(tmp_path / sub / "song.wav", np.concatenate([y, y]), sr)  # 10 s: two clips of the test model
     out = tmp_path / "grams"
-    assert main(["tag", str(tmp_path / "a"), str(tmp_path / "b"), "--model", str(trained_model), "--taggram", str(out), "--hop", "2.5"]) == 0
+    assert (
+        main(["tag", str(tmp_path / "a"), str(tmp_path / "b"), "--model", str(trained_model), "--taggram", str(out), "--hop", "2.5"]) == 0
+    )
     assert sorted(p.name for p in out.glob("*.npy")) == ["song-2.taggram.npy", "song.taggram.npy"]
     lines = (out / "song.taggram.csv").read_text().splitlines()
     assert lines[0].startswith("start_s,end_s,")
     assert [l.split(",")[:2] for l in lines[1:]] == [["0.00", "5.00"], ["2.50", "7.50"], ["5.00", "10.00"]]
     # a --hop that cannot be used is one error up front, not one per file
     assert main(["tag", str(tmp_path / "a"), "--model", str(trained_model), "--hop", "2.5"]) == 1
-    assert main(["tag", str(tmp_path / "a"), "--model", str(trained_model), "--taggram", str(out), "--hop", "-1"]) == 2  # argparse's usage error
+    assert (
+        main(["tag", str(tmp_path / "a"), "--model", str(trained_model), "--taggram", str(out), "--hop", "-1"]) == 2
+    )  # argparse's usage error
     assert "--hop" in capsys.readouterr().err
 
 
 def test_embed_npz_and_parquet_record_their_scales_and_layers(trained_model, synth_dir, tmp_path):
-    assert main(["embed", str(synth_dir), "--model", str(trained_model), "--out", str(tmp_path / "e.npz"), "--scales", "27", "--layers", "3"]) == 0
+    assert (
+        main(["embed", str(synth_dir), "--model", str(trained_model), "--out", str(tmp_path / "e.npz"), "--scales", "27", "--layers", "3"])
+        == 0
+    )
     with np.load(tmp_path / "e.npz") as f:
         x, names = f["embeddings"], list(f["paths"])
         assert list(f["scales"]) == ["27"] and list(f["layers"]) == [3]
@@ -143,8 +206,11 @@ def test_a_reader_that_goes_away_ends_the_output_quietly(model_file, synth_dir):
     import sys
 
     files = [str(p) for p in sorted(synth_dir.glob("clip00*.wav"))]
-    proc = subprocess.Popen([sys.executable, "-m", "tagstack", "tag", *files, "--model", str(model_file), "--format", "csv",
-                             "--top-k", "0", "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tagstack", "tag", *files, "--model", str(model_file), "--format", "csv", "--top-k", "0", "--device", "cpu"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     proc.stdout.close()  # the reader is gone before anything is written
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=300) == 141 and "Traceback" not in err and "BrokenPipe" not in err
@@ -166,6 +232,9 @@ def test_the_cli_defaults_are_the_configuration_dataclasses():
     a = parser.parse_args(["serve"])
     for name, value in vars(ServiceLimits()).items():
         assert getattr(a, name) == value, name
-    top_k = {parser.parse_args(["tag", "x"]).top_k, inspect.signature(Tagger.tag).parameters["top_k"].default,
-             inspect.signature(tag_files).parameters["top_k"].default}
+    top_k = {
+        parser.parse_args(["tag", "x"]).top_k,
+        inspect.signature(Tagger.tag).parameters["top_k"].default,
+        inspect.signature(tag_files).parameters["top_k"].default,
+    }
     assert top_k == {checks.DEFAULT_TOP_K}

@@ -3,6 +3,7 @@
 A new adapter registered in ``DATASETS`` or a new model in ``ZOO`` is checked here without a line of test code: an
 adapter needs only a small generated dataset in its own format in ``BUILDERS``.
 """
+
 import inspect
 import json
 import pickle
@@ -95,8 +96,16 @@ def _corpus(root):
 
 
 #: adapter -> a function writing a small dataset in its published format under a folder, returning load options
-BUILDERS = {"manifest": _manifest, "folders": _folders, "gtzan": _gtzan, "jamendo": _jamendo, "mtat": _mtat, "msd": _msd,
-            "tagtraum": _tagtraum, "corpus": _corpus}
+BUILDERS = {
+    "manifest": _manifest,
+    "folders": _folders,
+    "gtzan": _gtzan,
+    "jamendo": _jamendo,
+    "mtat": _mtat,
+    "msd": _msd,
+    "tagtraum": _tagtraum,
+    "corpus": _corpus,
+}
 
 
 def test_every_registered_adapter_has_a_builder_here():

@@ -1,4 +1,5 @@
 """The score-rendered corpus: tags, determinism, resumability, split by piece."""
+
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,16 @@ from tagstack.datasets.corpus import corpus_clips  # noqa: E402
 
 
 def test_metre_and_mode_rules():
-    assert [metre_of(*ts) for ts in ((4, 4), (2, 2), (3, 4), (3, 8), (6, 8), (12, 8), (5, 4), (None, None))] == \
-        ["duple", "duple", "triple", "triple", "compound", "compound", None, None]
+    assert [metre_of(*ts) for ts in ((4, 4), (2, 2), (3, 4), (3, 8), (6, 8), (12, 8), (5, 4), (None, None))] == [
+        "duple",
+        "duple",
+        "triple",
+        "triple",
+        "compound",
+        "compound",
+        None,
+        None,
+    ]
     c_major = [(0, 1, p) for p in (60, 64, 67, 72, 65, 62, 71)]
     a_minor = [(0, 1, p) for p in (57, 60, 64, 69, 57, 64, 68, 59, 62)]
     assert mode_of(c_major) == ("major", 0)

@@ -3,6 +3,7 @@
 CI has no GPU, so these skip there; run them on a GPU machine with
 ``pytest tests/test_cuda.py``.
 """
+
 import numpy as np
 import pytest
 import torch
@@ -57,10 +58,15 @@ def test_training_runs_on_the_gpu(tmp_path, synth_dir):
     from tagstack.experiments.run import run_experiment as run_all
 
     cfg = ExperimentConfig(
-        dataset="manifest", root=str(synth_dir), scales=(18, 27), frontend=TEST_FRONTEND,
+        dataset="manifest",
+        root=str(synth_dir),
+        scales=(18, 27),
+        frontend=TEST_FRONTEND,
         local=TrainConfig(max_epochs=3, batch_size=32, lr_stages=1, patience=2),
         global_=TrainConfig(max_epochs=10, batch_size=8, monitor="roc_auc", patience=3),
-        cache_dir=str(tmp_path / "cache"), workers=1, device="cuda",
+        cache_dir=str(tmp_path / "cache"),
+        workers=1,
+        device="cuda",
     )
     metrics = run_all(cfg, tmp_path / "run")
     assert metrics["global"]["roc_auc"] > 0.7

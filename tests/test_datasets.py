@@ -12,8 +12,15 @@ FE = FrontEndConfig(clip_seconds=2.0, n_frames=80)
 
 
 def test_manifest_round_trip(tmp_path):
-    clips = ClipSet(name="x", root=tmp_path, paths=["a.wav", "b c,d.wav"], labels=np.array([[1, 0], [1, 1]]),
-                    tags=["piano", "slow"], splits=np.array(["train", "test"], dtype=object), groups={"piano": "instrument"})
+    clips = ClipSet(
+        name="x",
+        root=tmp_path,
+        paths=["a.wav", "b c,d.wav"],
+        labels=np.array([[1, 0], [1, 1]]),
+        tags=["piano", "slow"],
+        splits=np.array(["train", "test"], dtype=object),
+        groups={"piano": "instrument"},
+    )
     write_manifest(clips, tmp_path / "manifest.csv")
     back = read_manifest(tmp_path / "manifest.csv")
     assert back.paths == clips.paths and back.tags == clips.tags
@@ -24,10 +31,8 @@ def test_manifest_round_trip(tmp_path):
 def test_manifest_unknown_column_marks_tags_and_groups_unknown_and_round_trips(tmp_path):
     (tmp_path / "tag_groups.csv").write_text("tag,group\nhappy,mood\nsad,mood\nguitar,instrument\n")
     (tmp_path / "manifest.csv").write_text(
-        "path,tags,split,unknown\n"
-        "a.wav,happy;guitar=0.8,train,\n"
-        "b.wav,sad,valid,guitar\n"
-        "c.wav,guitar=0.6,test,mood\n")
+        "path,tags,split,unknown\na.wav,happy;guitar=0.8,train,\nb.wav,sad,valid,guitar\nc.wav,guitar=0.6,test,mood\n"
+    )
     clips = read_manifest(tmp_path / "manifest.csv")
     assert clips.tags == ["guitar", "happy", "sad"]
     np.testing.assert_array_equal(clips.labels, np.array([[0.8, 1, 0], [np.nan, 0, 1], [0.6, np.nan, np.nan]], np.float32))
@@ -169,8 +174,14 @@ def test_a_file_rewritten_in_place_is_never_served_from_the_cache(tmp_path):
 def test_parallel_cache_build_matches_serial(tmp_path):
     for i in range(4):
         _write(tmp_path / f"{i}.wav", 2.0)
-    clips = ClipSet(name="p", root=tmp_path, paths=[f"{i}.wav" for i in range(4)], labels=np.ones((4, 1)), tags=["x"],
-                    splits=np.array(["train"] * 4, dtype=object))
+    clips = ClipSet(
+        name="p",
+        root=tmp_path,
+        paths=[f"{i}.wav" for i in range(4)],
+        labels=np.ones((4, 1)),
+        tags=["x"],
+        splits=np.array(["train"] * 4, dtype=object),
+    )
     a = MelCache(clips, cache_dir=tmp_path / "a", frontend=FE)
     a.build(workers=2)
     b = MelCache(clips, cache_dir=tmp_path / "b", frontend=FE)

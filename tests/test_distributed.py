@@ -5,6 +5,7 @@ report bad files in its failure table, write shards that are each whole, and
 survive a killed driver (rerun: nothing lost, nothing twice) and a killed
 worker (Ray retries its batch).
 """
+
 import os
 import signal
 import subprocess
@@ -80,8 +81,18 @@ def test_decoding_in_cpu_tasks_gives_the_same_results_and_failures(catalogue, mo
     files = [f for f in audio_files([catalogue]) if f.name.startswith("c")][::5] + [catalogue / "nan.wav", catalogue / "text.mp3"]
     grams = tmp_path / "grams"
     with caplog.at_level("INFO", logger="tagstack.distributed.ray_batch"):
-        report = run_on_ray(files, tmp_path / "out", model=model_file, device="cpu", embed=True, taggram_dir=grams, hop=2,
-                            workers=1, batch_files=6, decode_tasks=True)
+        report = run_on_ray(
+            files,
+            tmp_path / "out",
+            model=model_file,
+            device="cpu",
+            embed=True,
+            taggram_dir=grams,
+            hop=2,
+            workers=1,
+            batch_files=6,
+            decode_tasks=True,
+        )
     assert "decoded by CPU tasks" in caplog.text
     assert report.done == len(files) - 2
     tagger = Tagger(model_file, device="cpu")
@@ -113,14 +124,18 @@ def test_the_decode_stage_and_its_worker_equal_predict_batch(model_file, tmp_pat
     sf.write(tmp_path / "inf.wav", y, SR, subtype="FLOAT")
     paths += [tmp_path / "empty.wav", tmp_path / "text.mp3", tmp_path / "inf.wav"]
     tagger = Tagger(model_file, device="cpu")
-    batch = {"path": np.array([str(p) for p in paths], dtype=object), "file": np.array([bytes(p) for p in paths], dtype=object),
-             "stem": np.array([bytes(p.stem, "utf-8") for p in paths], dtype=object)}
+    batch = {
+        "path": np.array([str(p) for p in paths], dtype=object),
+        "file": np.array([bytes(p) for p in paths], dtype=object),
+        "stem": np.array([bytes(p.stem, "utf-8") for p in paths], dtype=object),
+    }
     sent = ray_batch._decode(batch, max_seconds=10.0)
     assert list(sent["status"]) == ["", "", ray_batch.STREAM_HERE, ray_batch.FAILED, ray_batch.FAILED, ray_batch.FAILED]
     worker = ray_batch._Worker.__new__(ray_batch._Worker)  # the actor's object, without the actor
     worker.tagger, worker.taggram, worker.hop = tagger, True, 1.5
-    got = worker._predict_decoded([str(p) for p in paths], [str(p) for p in paths], sent["audio"], list(sent["rate"]),
-                                  list(sent["status"]), list(sent["reason"]))
+    got = worker._predict_decoded(
+        [str(p) for p in paths], [str(p) for p in paths], sent["audio"], list(sent["rate"]), list(sent["status"]), list(sent["reason"])
+    )
     want = tagger.predict_batch(paths, taggram=True, hop=1.5)
     for g, w in zip(got, want):
         assert type(g) is type(w)
@@ -139,8 +154,27 @@ def shards(out):
 
 def test_killed_driver_then_rerun_loses_and_repeats_nothing(catalogue, model_file, tmp_path):
     out, grams = tmp_path / "out", tmp_path / "taggrams"
-    cmd = [sys.executable, "-m", "tagstack", "tag", str(catalogue), "--engine", "ray", "-o", str(out), "--model", str(model_file),
-           "--device", "cpu", "--workers", "2", "--taggram", str(grams), "--hop", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tagstack",
+        "tag",
+        str(catalogue),
+        "--engine",
+        "ray",
+        "-o",
+        str(out),
+        "--model",
+        str(model_file),
+        "--device",
+        "cpu",
+        "--workers",
+        "2",
+        "--taggram",
+        str(grams),
+        "--hop",
+        "2",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 180
     while time.time() < deadline and not shards(out) and proc.poll() is None:
@@ -170,8 +204,25 @@ def test_killed_driver_then_rerun_loses_and_repeats_nothing(catalogue, model_fil
 def test_a_killed_worker_is_replaced_and_its_batch_retried(catalogue, model_file, tmp_path):
     """With the decode stage of GPU clusters (--decode-in tasks): its processes or a worker killed, nothing lost or twice."""
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "tagstack", "embed", str(catalogue), "--engine", "ray", "-o", str(out), "--model", str(model_file),
-           "--device", "cpu", "--workers", "2", "--decode-in", "tasks"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tagstack",
+        "embed",
+        str(catalogue),
+        "--engine",
+        "ray",
+        "-o",
+        str(out),
+        "--model",
+        str(model_file),
+        "--device",
+        "cpu",
+        "--workers",
+        "2",
+        "--decode-in",
+        "tasks",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 180
     while time.time() < deadline and not shards(out) and proc.poll() is None:
@@ -246,8 +297,7 @@ def test_a_name_that_is_not_utf8_goes_through_ray(catalogue, model_file, tmp_pat
     music.mkdir()
     with open(os.fsencode(music) + b"/Beyonc\xe9.wav", "wb") as f:
         f.write((catalogue / "c00.wav").read_bytes())
-    report = run_on_ray(audio_files([music]), tmp_path / "out", model=model_file, device="cpu", workers=1,
-                        taggram_dir=tmp_path / "grams")
+    report = run_on_ray(audio_files([music]), tmp_path / "out", model=model_file, device="cpu", workers=1, taggram_dir=tmp_path / "grams")
     assert report.done == 1 and not report.failed
     assert read_results(tmp_path / "out")[0].column("path").to_pylist() == [f"{music}/Beyonc\\xe9.wav"]
     assert b"Beyonc\xe9.taggram.npy" in os.listdir(os.fsencode(tmp_path / "grams"))

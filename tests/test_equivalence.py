@@ -10,6 +10,7 @@
 
 No test here trains a network: random weights exercise the same paths.
 """
+
 import json
 
 import numpy as np
@@ -58,7 +59,12 @@ def encoded(tmp_path_factory):
     d = tmp_path_factory.mktemp("encoded")
     y = music(44100, 6.0)
     files = {}
-    for ext, fmt, subtype in (("wav", "WAV", "FLOAT"), ("flac", "FLAC", "PCM_24"), ("ogg", "OGG", "VORBIS"), ("mp3", "MP3", "MPEG_LAYER_III")):
+    for ext, fmt, subtype in (
+        ("wav", "WAV", "FLOAT"),
+        ("flac", "FLAC", "PCM_24"),
+        ("ogg", "OGG", "VORBIS"),
+        ("mp3", "MP3", "MPEG_LAYER_III"),
+    ):
         if fmt in sf.available_formats():
             sf.write(d / f"m.{ext}", y, 44100, format=fmt, subtype=subtype)
             files[ext] = d / f"m.{ext}"
@@ -109,6 +115,7 @@ def test_offset_and_duration_are_a_slice_of_the_whole(encoded):
 
 # ------------------------------------------------------------ the model
 
+
 def random_tagger(seed: int = 0, scales=(18, 27, 54)) -> TaggingModel:
     torch.manual_seed(seed)
     local = {s: build_local_cnn(s, n_tags=len(TAGS)) for s in scales}
@@ -158,8 +165,16 @@ def test_training_features_equal_inference_features(tmp_path, model_file):
     from tagstack.experiments.run import Experiment
 
     clips = make_dataset(tmp_path / "data", n_clips=8, seconds=TEST_FRONTEND.clip_seconds)
-    cfg = ExperimentConfig(dataset="manifest", root=str(tmp_path / "data"), scales=(18, 27, 54), frontend=TEST_FRONTEND,
-                           local_from=str(model_file), cache_dir=str(tmp_path / "cache"), workers=1, device="cpu")
+    cfg = ExperimentConfig(
+        dataset="manifest",
+        root=str(tmp_path / "data"),
+        scales=(18, 27, 54),
+        frontend=TEST_FRONTEND,
+        local_from=str(model_file),
+        cache_dir=str(tmp_path / "cache"),
+        workers=1,
+        device="cpu",
+    )
     exp = Experiment(cfg, tmp_path / "run")
     stored = exp.features()["features"]
     tagger = Tagger(model_file, device="cpu")
@@ -182,8 +197,16 @@ def test_a_clip_shorter_than_the_clip_length_gives_the_same_features_in_training
     model.frontend = fe
     save_model(model, tmp_path / "m.safetensors")
     clips = make_dataset(tmp_path / "data", n_clips=8, seconds=6.1)  # 6.1 s of audio in clips of 8 s (the cache keeps >= 5 s)
-    cfg = ExperimentConfig(dataset="manifest", root=str(tmp_path / "data"), scales=(18, 27, 54), frontend=fe,
-                           local_from=str(tmp_path / "m.safetensors"), cache_dir=str(tmp_path / "cache"), workers=1, device="cpu")
+    cfg = ExperimentConfig(
+        dataset="manifest",
+        root=str(tmp_path / "data"),
+        scales=(18, 27, 54),
+        frontend=fe,
+        local_from=str(tmp_path / "m.safetensors"),
+        cache_dir=str(tmp_path / "cache"),
+        workers=1,
+        device="cpu",
+    )
     exp = Experiment(cfg, tmp_path / "run")
     assert (exp.data.frames[exp.data.mel_rows] < fe.n_frames).all()
     stored = exp.features()["features"]
@@ -210,8 +233,26 @@ def test_cli_and_api_give_the_same_tags(tmp_path, model_file):
     for i, tags in enumerate(({"low"}, {"high", "noise"})):
         sf.write(tmp_path / f"c{i}.wav", render(tags, 7.3, rng), SR)
     out = tmp_path / "tags.jsonl"
-    assert main(["tag", str(tmp_path / "c0.wav"), str(tmp_path / "c1.wav"), "--model", str(model_file), "--format", "jsonl",
-                 "--top-k", "0", "-o", str(out), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "tag",
+                str(tmp_path / "c0.wav"),
+                str(tmp_path / "c1.wav"),
+                "--model",
+                str(model_file),
+                "--format",
+                "jsonl",
+                "--top-k",
+                "0",
+                "-o",
+                str(out),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     tagger = Tagger(model_file, device="cpu")
     for row in rows:
@@ -266,8 +307,24 @@ def test_evaluate_scores_a_model_on_a_labelled_split(tmp_path, model_file, synth
     from tagstack.datasets import read_manifest
 
     out = tmp_path / "eval.json"
-    assert main(["evaluate", "--model", str(model_file), "--dataset", "manifest", "--root", str(synth_dir),
-                 "--json", str(out), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(model_file),
+                "--dataset",
+                "manifest",
+                "--root",
+                str(synth_dir),
+                "--json",
+                str(out),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
     clips = read_manifest(synth_dir / "manifest.csv")
     test = clips.indices("test")
@@ -284,14 +341,17 @@ def test_evaluate_scores_a_model_on_a_labelled_split(tmp_path, model_file, synth
     # a dataset whose tags the model does not know: one line saying so
     other = tmp_path / "other"
     other.mkdir()
-    (other / "manifest.csv").write_text("path,tags,split\n" + "".join(
-        f"{clips.audio_path(i)},kazoo,test\n" for i in test))
+    (other / "manifest.csv").write_text("path,tags,split\n" + "".join(f"{clips.audio_path(i)},kazoo,test\n" for i in test))
     assert main(["evaluate", "--model", str(model_file), "--dataset", "manifest", "--root", str(other), "--device", "cpu"]) == 1
     assert "no name in common" in capsys.readouterr().err
     # names match whatever their case and spacing (MagnaTagATune's femaleVocal = female vocal)
-    (other / "manifest.csv").write_text("path,tags,split\n" + "".join(
-        f"{clips.audio_path(i)},{';'.join(t.upper() for t, v in zip(clips.tags, clips.labels[i]) if v)},test\n" for i in test))
-    assert main(["evaluate", "--model", str(model_file), "--dataset", "manifest", "--root", str(other), "--device", "cpu",
-                 "--json", str(out)]) == 0
+    (other / "manifest.csv").write_text(
+        "path,tags,split\n"
+        + "".join(f"{clips.audio_path(i)},{';'.join(t.upper() for t, v in zip(clips.tags, clips.labels[i]) if v)},test\n" for i in test)
+    )
+    assert (
+        main(["evaluate", "--model", str(model_file), "--dataset", "manifest", "--root", str(other), "--device", "cpu", "--json", str(out)])
+        == 0
+    )
     upper = json.loads(out.read_text())
     assert upper["tags"] == [t.upper() for t in clips.tags] and upper["roc_auc"] == pytest.approx(result["roc_auc"], abs=1e-4)

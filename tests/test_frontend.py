@@ -31,8 +31,12 @@ def test_filterbank_matches_librosa():
 
 def test_logmel_matches_librosa_within_1e4_relative():
     y = music_like(6.0)
-    ref = np.log1p(10 * librosa.feature.melspectrogram(y=y, sr=SR, n_fft=1024, hop_length=512, window="hann",
-                                                       center=True, pad_mode="constant", power=1.0, n_mels=128))
+    ref = np.log1p(
+        10
+        * librosa.feature.melspectrogram(
+            y=y, sr=SR, n_fft=1024, hop_length=512, window="hann", center=True, pad_mode="constant", power=1.0, n_mels=128
+        )
+    )
     ours = LogMel()(torch.from_numpy(y)).numpy()
     assert ours.shape == ref.shape
     big = ref > 1e-3  # relative error is meaningless on exact zeros
@@ -56,7 +60,7 @@ def test_short_audio_is_zero_padded_and_long_audio_cut():
     cfg = FrontEndConfig(clip_seconds=2.0, n_frames=80)
     y = music_like(1.0)
     padded = fit_clip(y, cfg.clip_samples)
-    assert padded.size == cfg.clip_samples and np.all(padded[y.size:] == 0)
+    assert padded.size == cfg.clip_samples and np.all(padded[y.size :] == 0)
     a = clip_mels([y], config=cfg)
     b = clip_mels([np.concatenate([y, np.zeros(cfg.clip_samples * 2, np.float32)])], config=cfg)
     np.testing.assert_allclose(a, b, atol=1e-6)

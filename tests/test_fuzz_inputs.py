@@ -8,6 +8,7 @@ or raises a :class:`~tagstack.errors.TagstackError`, nothing else; the
 service answers every request with one JSON object and a status under 500,
 and is still up afterwards.
 """
+
 import contextlib
 import http.client
 import io
@@ -38,9 +39,12 @@ ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 #: Numbers as people and programs mistype them.
-number_text = st.one_of(st.integers(-10**30, 10**30).map(str), st.floats().map(repr),
-                        st.sampled_from(["nan", "-inf", "inf", "1e308", "1e-320", "0", "-0", "0x10", "1_000", " 5", "", "five"]),
-                        st.text(max_size=8))
+number_text = st.one_of(
+    st.integers(-(10**30), 10**30).map(str),
+    st.floats().map(repr),
+    st.sampled_from(["nan", "-inf", "inf", "1e308", "1e-320", "0", "-0", "0x10", "1_000", " 5", "", "five"]),
+    st.text(max_size=8),
+)
 #: File names as a filesystem may hold them: any bytes but '/' and NUL, up to past the 255-byte limit.
 file_name = st.binary(min_size=1, max_size=300).filter(lambda b: b"/" not in b and b"\0" not in b and b not in (b".", b".."))
 
@@ -59,10 +63,13 @@ def wav_bytes():
     return buf.getvalue()
 
 
-@given(names=st.lists(file_name, min_size=1, max_size=3),
-       content=st.sampled_from(["wav", "garbage", "empty"]),
-       flag=st.sampled_from(["--top-k", "--threshold", "--hop", "--workers"]), value=number_text,
-       fmt=st.sampled_from(["jsonl", "csv", "table"]))
+@given(
+    names=st.lists(file_name, min_size=1, max_size=3),
+    content=st.sampled_from(["wav", "garbage", "empty"]),
+    flag=st.sampled_from(["--top-k", "--threshold", "--hop", "--workers"]),
+    value=number_text,
+    fmt=st.sampled_from(["jsonl", "csv", "table"]),
+)
 @settings(max_examples=25, **SETTINGS)
 def test_the_cli_answers_hostile_names_and_numbers_in_lines(model_file, wav_bytes, names, content, flag, value, fmt):
     with tempfile.TemporaryDirectory() as d:
@@ -75,8 +82,22 @@ def test_the_cli_answers_hostile_names_and_numbers_in_lines(model_file, wav_byte
                     f.write({"wav": wav_bytes, "garbage": b"\x00garbage" * 50, "empty": b""}[content])
             paths.append(os.fsdecode(path))
         out = os.path.join(d, "out." + fmt)
-        argv = ["tag", *paths, "--model", str(model_file), "--device", "cpu", "--format", fmt, "-o", out,
-                "--taggram", os.path.join(d, "grams"), flag, value]
+        argv = [
+            "tag",
+            *paths,
+            "--model",
+            str(model_file),
+            "--device",
+            "cpu",
+            "--format",
+            fmt,
+            "-o",
+            out,
+            "--taggram",
+            os.path.join(d, "grams"),
+            flag,
+            value,
+        ]
         err = io.StringIO()
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
             status = main(argv)
@@ -93,22 +114,32 @@ def test_the_cli_answers_hostile_names_and_numbers_in_lines(model_file, wav_byte
                     assert all(math.isfinite(p) for p in row["tags"].values())
 
 
-shapes = st.one_of(st.tuples(st.integers(0, 6000)), st.tuples(st.integers(0, 3), st.integers(0, 3000)),
-                   st.tuples(st.integers(0, 3000), st.integers(0, 3)), hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=4))
+shapes = st.one_of(
+    st.tuples(st.integers(0, 6000)),
+    st.tuples(st.integers(0, 3), st.integers(0, 3000)),
+    st.tuples(st.integers(0, 3000), st.integers(0, 3)),
+    hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=4),
+)
 audio_arrays = hnp.arrays(
-    dtype=st.sampled_from([np.float32, np.float64, np.float16, np.int16, np.int32, np.uint8, np.bool_, np.complex64]), shape=shapes)
+    dtype=st.sampled_from([np.float32, np.float64, np.float16, np.int16, np.int32, np.uint8, np.bool_, np.complex64]), shape=shapes
+)
 
 
 #: Audio that should tag: a second or so of samples in [-1, 1], mono or two channels either way round.
-plain_audio = hnp.arrays(np.float32, st.one_of(st.tuples(st.integers(1000, 6000)), st.tuples(st.just(2), st.integers(1000, 3000))),
-                         elements=st.floats(-1, 1, width=32))
+plain_audio = hnp.arrays(
+    np.float32,
+    st.one_of(st.tuples(st.integers(1000, 6000)), st.tuples(st.just(2), st.integers(1000, 3000))),
+    elements=st.floats(-1, 1, width=32),
+)
 
 
-@given(y=st.one_of(plain_audio, audio_arrays, st.lists(st.floats(), max_size=3000), st.text(max_size=5), st.none(), st.integers()),
-       sr=st.one_of(st.sampled_from([8000, 22050, 44100, 96000]), st.integers(-5, 10**7), st.floats(), st.none(), st.just(True)),
-       hop=st.one_of(st.none(), st.floats(0.1, 40), st.floats(), st.integers(-3, 10**12)),
-       top_k=st.one_of(st.none(), st.integers(0, 10), st.integers(-3, 10**12), st.floats()),
-       threshold=st.one_of(st.none(), st.floats(0, 1), st.floats()))
+@given(
+    y=st.one_of(plain_audio, audio_arrays, st.lists(st.floats(), max_size=3000), st.text(max_size=5), st.none(), st.integers()),
+    sr=st.one_of(st.sampled_from([8000, 22050, 44100, 96000]), st.integers(-5, 10**7), st.floats(), st.none(), st.just(True)),
+    hop=st.one_of(st.none(), st.floats(0.1, 40), st.floats(), st.integers(-3, 10**12)),
+    top_k=st.one_of(st.none(), st.integers(0, 10), st.integers(-3, 10**12), st.floats()),
+    threshold=st.one_of(st.none(), st.floats(0, 1), st.floats()),
+)
 @settings(max_examples=100, **SETTINGS)
 def test_the_api_gives_finite_results_or_a_tagstack_error(tagger, y, sr, hop, top_k, threshold):
     try:
@@ -129,6 +160,7 @@ def tagger(model_file):
 
 # ------------------------------------------------------------ the service
 
+
 @pytest.fixture(scope="module")
 def server(model_file, tmp_path_factory):
     pytest.importorskip("fastapi")
@@ -137,8 +169,12 @@ def server(model_file, tmp_path_factory):
     from bench_serve import free_port, start_server
 
     port = free_port()
-    proc = start_server(str(model_file), port, ["--device", "cpu", "--max-upload-mb", "1", "--upload-timeout", "5"],
-                        env={**os.environ, "TMPDIR": str(tmp_path_factory.mktemp("fuzz-tmp"))})
+    proc = start_server(
+        str(model_file),
+        port,
+        ["--device", "cpu", "--max-upload-mb", "1", "--upload-timeout", "5"],
+        env={**os.environ, "TMPDIR": str(tmp_path_factory.mktemp("fuzz-tmp"))},
+    )
     yield port
     proc.terminate()
     proc.wait(timeout=30)
@@ -152,16 +188,22 @@ def ask(port: int, method: str, path: str, body: bytes, headers: dict) -> tuple[
 
 
 header_text = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=40)
-params = st.dictionaries(st.sampled_from(["top_k", "threshold", "hop", "taggram", "embed", "scales", "layers", "per_group",
-                                          "filename", "unknown"]),
-                         st.one_of(number_text, st.text(max_size=20), st.sampled_from(["true", "auto", "clip", "27,54", "1,2"])),
-                         max_size=5)
+params = st.dictionaries(
+    st.sampled_from(["top_k", "threshold", "hop", "taggram", "embed", "scales", "layers", "per_group", "filename", "unknown"]),
+    st.one_of(number_text, st.text(max_size=20), st.sampled_from(["true", "auto", "clip", "27,54", "1,2"])),
+    max_size=5,
+)
 
 
-@given(query=params, content_type=st.one_of(st.none(), header_text,
-                                            st.sampled_from(["audio/wav", "multipart/form-data", "multipart/form-data; boundary=x"])),
-       body=st.one_of(st.just("wav"), st.binary(max_size=2000)), method=st.sampled_from(["POST", "POST", "GET", "PUT"]),
-       path=st.sampled_from(["/api/tag", "/api/tag", "/api/model", "/static/x.js", "/api/%00", "/../etc/passwd"]))
+@given(
+    query=params,
+    content_type=st.one_of(
+        st.none(), header_text, st.sampled_from(["audio/wav", "multipart/form-data", "multipart/form-data; boundary=x"])
+    ),
+    body=st.one_of(st.just("wav"), st.binary(max_size=2000)),
+    method=st.sampled_from(["POST", "POST", "GET", "PUT"]),
+    path=st.sampled_from(["/api/tag", "/api/tag", "/api/model", "/static/x.js", "/api/%00", "/../etc/passwd"]),
+)
 @settings(max_examples=80, **SETTINGS)
 def test_the_service_answers_every_request_with_one_json_line_under_500(server, wav_bytes, query, content_type, body, method, path):
     data = wav_bytes if body == "wav" else body

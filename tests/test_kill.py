@@ -1,4 +1,5 @@
 """kill -9 at work: nothing half-written is left, no child outlives its parent, and the rerun finishes the job."""
+
 import os
 import signal
 import subprocess
@@ -67,7 +68,7 @@ import numpy as np, pathlib
 root = pathlib.Path({str(many_files)!r})
 paths = sorted(p.name for p in root.glob("*.wav"))
 clips = ClipSet(name="k", root=root, paths=paths, labels=np.ones((len(paths), 1)), tags=["x"], splits=np.array(["train"] * len(paths), dtype=object))
-print(MelCache(clips, cache_dir={str(tmp_path / 'cache')!r}, frontend=TEST_FRONTEND).build(workers=2, batch_size=2)["cached"], flush=True)
+print(MelCache(clips, cache_dir={str(tmp_path / "cache")!r}, frontend=TEST_FRONTEND).build(workers=2, batch_size=2)["cached"], flush=True)
 """
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     deadline = time.time() + 60
@@ -87,7 +88,21 @@ print(MelCache(clips, cache_dir={str(tmp_path / 'cache')!r}, frontend=TEST_FRONT
 def test_killed_tag_run_leaves_the_previous_output_whole(many_files, model_file, tmp_path):
     model = model_file
     out = tmp_path / "tags.csv"
-    cmd = [sys.executable, "-m", "tagstack", "tag", str(many_files), "--model", str(model), "--format", "csv", "-o", str(out), "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tagstack",
+        "tag",
+        str(many_files),
+        "--model",
+        str(model),
+        "--format",
+        "csv",
+        "-o",
+        str(out),
+        "--device",
+        "cpu",
+    ]
     started = time.time()
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     took = time.time() - started
@@ -122,7 +137,6 @@ def test_killed_embed_leaves_no_partial_file(many_files, model_file, tmp_path):
             assert len(z["paths"]) == len(z["embeddings"]) == 40
 
 
-
 TRAIN_SCRIPT = """
 import sys, json, logging
 logging.basicConfig(level=logging.INFO)
@@ -144,7 +158,9 @@ def test_killed_training_resumes_to_the_same_model(synth_dir, tmp_path):
     from safetensors.numpy import load_file
 
     def script(name: str) -> list[str]:
-        code = TRAIN_SCRIPT.format(tests=os.path.dirname(__file__), root=str(synth_dir), cache=str(tmp_path / "cache"), out=str(tmp_path / name))
+        code = TRAIN_SCRIPT.format(
+            tests=os.path.dirname(__file__), root=str(synth_dir), cache=str(tmp_path / "cache"), out=str(tmp_path / name)
+        )
         return [sys.executable, "-c", code]
 
     whole = subprocess.run(script("whole"), capture_output=True, text=True, timeout=600)

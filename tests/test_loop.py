@@ -1,4 +1,5 @@
 """The one training loop's options beyond the authors' schedule: linear warm-up, gradient clipping, mixup."""
+
 import pytest
 import torch
 from torch import nn
@@ -15,8 +16,16 @@ def one_epoch_change(tmp_path, name: str, **options) -> float:
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(8, 32, 16, generator=g), (torch.rand(8, 32, 3, generator=g) > 0.5).float()
     cfg = TrainConfig(lr=0.05, max_epochs=1, **options)
-    fit(model, train_batches=lambda epoch: zip(x, y), n_batches=8, validate=lambda m: {"loss": 0.0, "roc_auc": 0.5},
-        loss_fn=nn.BCEWithLogitsLoss(), config=cfg, workdir=tmp_path / name, device=torch.device("cpu"))
+    fit(
+        model,
+        train_batches=lambda epoch: zip(x, y),
+        n_batches=8,
+        validate=lambda m: {"loss": 0.0, "roc_auc": 0.5},
+        loss_fn=nn.BCEWithLogitsLoss(),
+        config=cfg,
+        workdir=tmp_path / name,
+        device=torch.device("cpu"),
+    )
     return float((model.weight.detach() - start).norm())
 
 
@@ -148,8 +157,16 @@ def test_global_stage_trains_on_labels_with_unknowns(tmp_path):
     y[:120, 2] = np.nan  # half the clips never annotated for tag 2
     torch.manual_seed(0)
     head = GlobalMLP(GlobalArch(12, 3, hidden=16, dropout=0.0))
-    state = train_global(head, x_train=x[:200], y_train=y[:200], x_valid=x[200:], y_valid=y[200:],
-                         config=TrainConfig(lr=0.05, max_epochs=15, batch_size=20), workdir=tmp_path / "g", device=torch.device("cpu"))
+    state = train_global(
+        head,
+        x_train=x[:200],
+        y_train=y[:200],
+        x_valid=x[200:],
+        y_valid=y[200:],
+        config=TrainConfig(lr=0.05, max_epochs=15, batch_size=20),
+        workdir=tmp_path / "g",
+        device=torch.device("cpu"),
+    )
     last = state.history[-1]
     assert np.isfinite(last["train_loss"]) and np.isfinite(last["val_loss"])
     assert last["val_roc_auc"] > 0.9

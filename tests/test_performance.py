@@ -1,4 +1,5 @@
 """Performance for the rendered corpus: drum patterns that fit the metre, humanised timing and dynamics."""
+
 import numpy as np
 import pretty_midi
 import pytest
@@ -18,15 +19,18 @@ def onsets(hits, key):
     return [round(o, 6) for o, k, _ in hits if k == key]
 
 
-@pytest.mark.parametrize("metre,bar,beat,low,mid,high_step", [
-    ("duple", 4.0, 1.0, [0, 2, 4, 6], [1, 3, 5, 7], 0.5),      # 4/4: low on 1 and 3, mid on 2 and 4
-    ("triple", 3.0, 1.0, [0, 3], [1, 2, 4, 5], 0.5),           # 3/4: low on 1, mid on 2 and 3
-    ("compound", 3.0, 1.5, [0, 3], [1.5, 4.5], 0.5),           # 6/8: low on the first, mid on the second dotted beat
-    ("compound", 4.5, 1.5, [0, 4.5], [1.5, 3, 6, 7.5], 0.5),   # 9/8: three beats, like 3/4
-    ("compound", 6.0, 1.5, [0, 3, 6, 9], [1.5, 4.5, 7.5, 10.5], 0.5),  # 12/8: like 4/4
-    ("duple", 2.0, 1.0, [0, 2], [1, 3], 0.5),                  # 2/4
-    (None, 4.0, 1.0, [0, 2, 4, 6], [1, 3, 5, 7], 0.5),         # no known metre: played as duple
-])
+@pytest.mark.parametrize(
+    "metre,bar,beat,low,mid,high_step",
+    [
+        ("duple", 4.0, 1.0, [0, 2, 4, 6], [1, 3, 5, 7], 0.5),  # 4/4: low on 1 and 3, mid on 2 and 4
+        ("triple", 3.0, 1.0, [0, 3], [1, 2, 4, 5], 0.5),  # 3/4: low on 1, mid on 2 and 3
+        ("compound", 3.0, 1.5, [0, 3], [1.5, 4.5], 0.5),  # 6/8: low on the first, mid on the second dotted beat
+        ("compound", 4.5, 1.5, [0, 4.5], [1.5, 3, 6, 7.5], 0.5),  # 9/8: three beats, like 3/4
+        ("compound", 6.0, 1.5, [0, 3, 6, 9], [1.5, 4.5, 7.5, 10.5], 0.5),  # 12/8: like 4/4
+        ("duple", 2.0, 1.0, [0, 2], [1, 3], 0.5),  # 2/4
+        (None, 4.0, 1.0, [0, 2, 4, 6], [1, 3, 5, 7], 0.5),  # no known metre: played as duple
+    ],
+)
 def test_drum_patterns_fit_the_metre(metre, bar, beat, low, mid, high_step):
     kit = KITS["jig"]
     hits = drum_hits("jig", metre=metre, bar=bar, beat=beat, span=2 * bar, loud=False, rng=np.random.default_rng(0))

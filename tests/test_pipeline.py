@@ -1,4 +1,5 @@
 """End to end: the three stages on generated clips whose tags are learnable."""
+
 import json
 
 import numpy as np
@@ -22,10 +23,14 @@ def run(tmp_path_factory, synth_dir):
 
     out = tmp_path_factory.mktemp("run")
     cfg = ExperimentConfig(
-        dataset="manifest", root=str(synth_dir), scales=SCALES, frontend=TEST_FRONTEND,
+        dataset="manifest",
+        root=str(synth_dir),
+        scales=SCALES,
+        frontend=TEST_FRONTEND,
         local=TrainConfig(max_epochs=5, batch_size=32, lr_stages=2, patience=2),
         global_=TrainConfig(max_epochs=30, batch_size=8, monitor="roc_auc", patience=5),
-        cache_dir=str(out / "cache"), workers=1,
+        cache_dir=str(out / "cache"),
+        workers=1,
     )
     metrics = run_all(cfg, out / "run")
     return cfg, out / "run", metrics
@@ -67,9 +72,15 @@ def test_interrupted_training_resumes_from_the_last_epoch(tmp_path, synth_dir, m
     from tagstack.experiments.run import Experiment
     from tagstack.train import loop
 
-    cfg = ExperimentConfig(dataset="manifest", root=str(synth_dir), scales=(27,), frontend=TEST_FRONTEND,
-                           local=TrainConfig(max_epochs=4, batch_size=32, lr_stages=1, patience=10),
-                           cache_dir=str(tmp_path / "cache"), workers=1)
+    cfg = ExperimentConfig(
+        dataset="manifest",
+        root=str(synth_dir),
+        scales=(27,),
+        frontend=TEST_FRONTEND,
+        local=TrainConfig(max_epochs=4, batch_size=32, lr_stages=1, patience=10),
+        cache_dir=str(tmp_path / "cache"),
+        workers=1,
+    )
     write = loop.atomic_write_json
 
     def killed_after_two_epochs(path, data):
@@ -290,10 +301,16 @@ def test_unknown_labels_run_through_every_stage_and_are_left_out_of_the_scores(t
     clips.groups = {clips.tags[0]: "sparse", clips.tags[2]: "dense"}  # tag_groups.csv, carried into the model file
     clips.labels[clips.indices("test"), 3] = 0  # and the last tag has no positive in the test split: it cannot be scored
     write_manifest(clips, data / "manifest.csv")
-    cfg = ExperimentConfig(dataset="manifest", root=str(data), scales=(27,), frontend=TEST_FRONTEND,
-                           local=TrainConfig(max_epochs=2, batch_size=32, lr_stages=1, patience=5),
-                           global_=TrainConfig(max_epochs=5, batch_size=8, monitor="roc_auc", patience=5),
-                           cache_dir=str(tmp_path / "cache"), workers=1)
+    cfg = ExperimentConfig(
+        dataset="manifest",
+        root=str(data),
+        scales=(27,),
+        frontend=TEST_FRONTEND,
+        local=TrainConfig(max_epochs=2, batch_size=32, lr_stages=1, patience=5),
+        global_=TrainConfig(max_epochs=5, batch_size=8, monitor="roc_auc", patience=5),
+        cache_dir=str(tmp_path / "cache"),
+        workers=1,
+    )
     exp = Experiment(cfg, tmp_path / "run")
     metrics = exp.run()
     assert np.isfinite(metrics["global"]["roc_auc"]) and metrics["global"]["n_tags_evaluated"] == 3
@@ -321,8 +338,9 @@ def test_a_split_that_cannot_be_scored_is_refused_before_any_training(tmp_path, 
     clips = read_manifest(data / "manifest.csv")
     clips.labels[clips.indices("test")] = clips.labels[clips.indices("test")[0]]  # every test clip has the same tags
     write_manifest(clips, data / "manifest.csv")
-    cfg = ExperimentConfig(dataset="manifest", root=str(data), scales=(27,), frontend=TEST_FRONTEND,
-                           cache_dir=str(tmp_path / "cache"), workers=1)
+    cfg = ExperimentConfig(
+        dataset="manifest", root=str(data), scales=(27,), frontend=TEST_FRONTEND, cache_dir=str(tmp_path / "cache"), workers=1
+    )
     with pytest.raises(DatasetError, match=r"no tag has both positive and negative clips in split 'test'"):
         Experiment(cfg, tmp_path / "run").local_models()
     assert not (tmp_path / "run" / "1-local").exists()

@@ -7,6 +7,7 @@ exact inputs the originals received; the file checks decode the real
 recordings of ``../shared`` through tagstack's own decoder and front end
 (skipped where those files are absent).
 """
+
 from __future__ import annotations
 
 import math
@@ -25,12 +26,19 @@ from tagstack.models.zoo import ZOO, zoo_path
 
 FIXTURES = Path(__file__).parent / "fixtures" / "pretrained"
 AUDIO = Path(__file__).resolve().parents[2] / "shared" / "data" / "fixtures" / "audio"
-RECORDINGS = {"msd-preview": AUDIO / "msd-TRWJAZW128F42760DD.mp3",
-              "mtat-clip": AUDIO / "mtat-joram-moments_of_clarity-08-solipsism-59-88.mp3"}
+RECORDINGS = {
+    "msd-preview": AUDIO / "msd-TRWJAZW128F42760DD.mp3",
+    "mtat-clip": AUDIO / "mtat-joram-moments_of_clarity-08-solipsism-59-88.mp3",
+}
 MUSICNN = np.load(FIXTURES / "musicnn_reference.npz", allow_pickle=False)
 ARTIST = np.load(FIXTURES / "artist_reference.npz", allow_pickle=False)
-LEVELS = {"timbral": (0, slice(0, 408)), "temporal": (0, slice(408, 561)), "cnn1": (1, slice(None)), "cnn2": (2, slice(None)),
-          "cnn3": (3, slice(None))}
+LEVELS = {
+    "timbral": (0, slice(0, 408)),
+    "temporal": (0, slice(408, 561)),
+    "cnn1": (1, slice(None)),
+    "cnn2": (2, slice(None)),
+    "cnn3": (3, slice(None)),
+}
 
 
 def network(name: str, which: str):
@@ -153,9 +161,17 @@ def test_a_global_model_on_pretrained_backbones_runs_every_stage(tmp_path, synth
     from tagstack.experiments.experiment_config import ExperimentConfig
     from tagstack.experiments.run import Experiment
 
-    cfg = ExperimentConfig(dataset="manifest", root=str(synth_dir), frontend=TEST_FRONTEND, local_from=("musicnn-mtt", "artist"),
-                           scales=("musicnn-mtt/62", "musicnn-mtt/187", "artist/129"), cache_dir=str(tmp_path / "cache"), workers=1,
-                           global_=TrainConfig(max_epochs=3, batch_size=8, lr_stages=1, monitor="roc_auc"), n_boot=10)
+    cfg = ExperimentConfig(
+        dataset="manifest",
+        root=str(synth_dir),
+        frontend=TEST_FRONTEND,
+        local_from=("musicnn-mtt", "artist"),
+        scales=("musicnn-mtt/62", "musicnn-mtt/187", "artist/129"),
+        cache_dir=str(tmp_path / "cache"),
+        workers=1,
+        global_=TrainConfig(max_epochs=3, batch_size=8, lr_stages=1, monitor="roc_auc"),
+        n_boot=10,
+    )
     exp = Experiment(cfg, tmp_path / "run")
     metrics = exp.run()
     assert metrics["local"] == {}  # musicnn's own outputs are other tags

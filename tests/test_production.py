@@ -1,4 +1,5 @@
 """Production as augmentation: each effect does what its name says, measured on the output, and stays deterministic."""
+
 import numpy as np
 import pytest
 from scipy.signal import sosfreqz
@@ -69,7 +70,7 @@ def test_compressor_narrows_the_dynamic_range_at_the_same_rms():
     y = music()
     y[: y.size // 2] *= 0.1  # a quiet half and a loud half
     out = prod.compress(y, SR, rng=np.random.default_rng(0))
-    rms = lambda v: np.sqrt(np.mean(v ** 2))  # noqa: E731
+    rms = lambda v: np.sqrt(np.mean(v**2))  # noqa: E731
     half = y.size // 2
     assert np.isclose(rms(out), rms(y), rtol=1e-3)
     assert rms(out[half:]) / rms(out[:half]) < rms(y[half:]) / rms(y[:half])

@@ -2,6 +2,7 @@
 
 The README is what a user copies from, so its commands are read out of the file itself (not restated here).
 """
+
 import re
 import shlex
 from pathlib import Path
@@ -42,7 +43,7 @@ def commands() -> list[list[str]]:
             elif argv[:1] == ["torchrun"] and "-m" in argv:
                 i = argv.index("-m")
                 if argv[i + 1] == "tagstack":
-                    out.append(argv[i + 2:])
+                    out.append(argv[i + 2 :])
     return out
 
 

@@ -1,4 +1,5 @@
 """scripts/build_real_data.py: a rebuild leaves files that did not change untouched."""
+
 import importlib.util
 import os
 import sys

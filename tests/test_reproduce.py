@@ -1,4 +1,5 @@
 """`tagstack reproduce` on generated clips: every table, figure and the report."""
+
 import json
 
 import pytest
@@ -20,10 +21,16 @@ def test_ablation_plan_matches_the_paper():
 def test_reproduce_writes_tables_figures_and_report(tmp_path, synth_dir):
     from tagstack.experiments.reproduce import reproduce
 
-    cfg = ExperimentConfig(dataset="manifest", root=str(synth_dir), scales=(18, 27, 54), frontend=TEST_FRONTEND,
-                           local=TrainConfig(max_epochs=2, batch_size=32, lr_stages=1),
-                           global_=TrainConfig(max_epochs=4, batch_size=8, lr_stages=1, monitor="roc_auc"),
-                           cache_dir=str(tmp_path / "cache"), workers=1)
+    cfg = ExperimentConfig(
+        dataset="manifest",
+        root=str(synth_dir),
+        scales=(18, 27, 54),
+        frontend=TEST_FRONTEND,
+        local=TrainConfig(max_epochs=2, batch_size=32, lr_stages=1),
+        global_=TrainConfig(max_epochs=4, batch_size=8, lr_stages=1, monitor="roc_auc"),
+        cache_dir=str(tmp_path / "cache"),
+        workers=1,
+    )
     joint = TrainConfig(lr=0.001, batch_size=8, max_epochs=1, lr_stages=1, monitor="roc_auc")
     res = reproduce(cfg.replace(seeds=(0, 1), joint=joint, n_boot=20), tmp_path / "rep")
     out = tmp_path / "rep"
@@ -68,11 +75,20 @@ def test_transfer_from_cnns_of_another_vocabulary(tmp_path, synth_dir):
     from tagstack.models.tagging_model import TaggingModel
 
     cnns = tmp_path / "cnns.safetensors"
-    save_model(TaggingModel({s: build_local_cnn(s, n_tags=7) for s in (18, 27, 54)}, None, tags=list("abcdefg"),
-                            frontend=TEST_FRONTEND), cnns)
-    cfg = ExperimentConfig(dataset="manifest", root=str(synth_dir), scales=(18, 27, 54), frontend=TEST_FRONTEND,
-                           global_=TrainConfig(max_epochs=3, batch_size=8, lr_stages=1, monitor="roc_auc"),
-                           cache_dir=str(tmp_path / "cache"), workers=1, local_from=str(cnns), n_boot=10)
+    save_model(
+        TaggingModel({s: build_local_cnn(s, n_tags=7) for s in (18, 27, 54)}, None, tags=list("abcdefg"), frontend=TEST_FRONTEND), cnns
+    )
+    cfg = ExperimentConfig(
+        dataset="manifest",
+        root=str(synth_dir),
+        scales=(18, 27, 54),
+        frontend=TEST_FRONTEND,
+        global_=TrainConfig(max_epochs=3, batch_size=8, lr_stages=1, monitor="roc_auc"),
+        cache_dir=str(tmp_path / "cache"),
+        workers=1,
+        local_from=str(cnns),
+        n_boot=10,
+    )
     exp = Experiment(cfg, tmp_path / "run")
     metrics = exp.run()
     assert not exp.local_scored and metrics["local"] == {}
@@ -84,15 +100,18 @@ def test_transfer_from_cnns_of_another_vocabulary(tmp_path, synth_dir):
 
     # the same tag names as this dataset on the model file, but CNNs that output more (as --distill's do)
     wider = tmp_path / "wider.safetensors"
-    save_model(TaggingModel({s: build_local_cnn(s, n_tags=7) for s in (18, 27, 54)}, None, tags=exp.data.clips.tags,
-                            frontend=TEST_FRONTEND), wider)
+    save_model(
+        TaggingModel({s: build_local_cnn(s, n_tags=7) for s in (18, 27, 54)}, None, tags=exp.data.clips.tags, frontend=TEST_FRONTEND), wider
+    )
     assert not Experiment(cfg.replace(local_from=str(wider)), tmp_path / "wider").local_scored
 
     res = reproduce(cfg.replace(seeds=(0,), joint=None), tmp_path / "rep")
     assert res["local"] == {} and res["local_from"] == [str(cnns)]
     fig2 = (tmp_path / "rep" / "tables" / "fig2_local_vs_global.md").read_text()
     assert "–" in fig2 and (tmp_path / "rep" / "figures" / "fig2_local_vs_global.png").exists()
-    assert "## Fig. 2: global models per input size (the local CNNs output another vocabulary" in (tmp_path / "rep" / "report.md").read_text()
+    assert (
+        "## Fig. 2: global models per input size (the local CNNs output another vocabulary" in (tmp_path / "rep" / "report.md").read_text()
+    )
     assert "local model" not in (tmp_path / "rep" / "tables" / "table2_measured.md").read_text()
     assert (tmp_path / "rep" / "tables" / "table1_transfer.md").exists()
 
@@ -116,9 +135,17 @@ def test_a_single_label_reproduction_reports_accuracy_beside_the_papers(tmp_path
         shutil.copy(f, root / ("even" if i % 2 == 0 else "odd") / f.name)
     cnns = tmp_path / "cnns.safetensors"
     save_model(TaggingModel({s: build_local_cnn(s, n_tags=3) for s in (18, 27)}, None, tags=list("abc"), frontend=TEST_FRONTEND), cnns)
-    cfg = ExperimentConfig(dataset="folders", root=str(root), scales=(18, 27), frontend=TEST_FRONTEND, local_from=str(cnns),
-                           global_=TrainConfig(max_epochs=2, batch_size=8, lr_stages=1, monitor="roc_auc"),
-                           cache_dir=str(tmp_path / "cache"), workers=1, n_boot=10)
+    cfg = ExperimentConfig(
+        dataset="folders",
+        root=str(root),
+        scales=(18, 27),
+        frontend=TEST_FRONTEND,
+        local_from=str(cnns),
+        global_=TrainConfig(max_epochs=2, batch_size=8, lr_stages=1, monitor="roc_auc"),
+        cache_dir=str(tmp_path / "cache"),
+        workers=1,
+        n_boot=10,
+    )
     res = reproduce(cfg, tmp_path / "rep")
     table = (tmp_path / "rep" / "tables" / "table2_measured.md").read_text()
     header = next(line for line in table.splitlines() if line.startswith("| model"))

@@ -4,6 +4,7 @@ The service must give what the Python API gives for the same file, refuse every
 bad request with a 4xx and one line, leave no upload behind, and hold up under
 concurrent clients with bad files mixed in.
 """
+
 import http.client
 import io
 import json
@@ -66,8 +67,14 @@ def request(server, method: str, path: str, body: bytes = b"", headers: dict | N
 
 def multipart(name: str, data: bytes, field: str = "file") -> tuple[bytes, dict]:
     boundary = uuid.uuid4().hex
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{name}\"\r\n"
-            f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{name}"\r\n'
+            f"Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
 
 
@@ -118,33 +125,37 @@ def test_the_service_gives_what_the_api_gives(server, model_file, song):
     assert status == 200 and [t["tag"] for t in thr["tags"]] == [t for t, _ in expected.top(threshold=0.5)]
 
     status, grouped = request(server, "POST", "/api/tag?top_k=1&per_group=true", data, {"Content-Type": "audio/mpeg"})
-    assert status == 200 and [(t["tag"], t["group"]) for t in grouped["tags"]] == \
-        [(t, expected.group_of(t)) for t, _ in expected.top(1, per_group=True)]
+    assert status == 200 and [(t["tag"], t["group"]) for t in grouped["tags"]] == [
+        (t, expected.group_of(t)) for t, _ in expected.top(1, per_group=True)
+    ]
     assert [t["group"] for t in grouped["tags"]] == ["first", "other"]
 
 
-@pytest.mark.parametrize("case,status,reason", [
-    ("text", 422, "text.mp3: cannot"),
-    ("empty", 400, "empty"),
-    ("nan", 422, "NaN or infinite"),
-    ("type", 415, "unsupported file type '.txt'"),
-    ("content_type", 415, "unsupported Content-Type 'text/plain'"),
-    ("large", 413, "larger than this service's limit of 2 MB"),
-    ("long", 413, "at most 100 s"),
-    ("top_k", 400, "top_k must be a whole number >= 0"),
-    ("threshold", 400, "threshold must be a number >= 0 and <= 1, got 2.0"),
-    ("top_k_text", 400, "parameter top_k"),
-    ("scales", 400, "scales ['a', 'b'] not in the features"),
-    ("missing_scale", 400, "36"),
-    ("hop", 400, "hop must be a number > 0 and <= 10,000,000 (seconds), got 'soon'; or 'clip' or 'auto'"),
-    ("hop_inf", 400, "hop must be a number > 0"),
-    ("hop_huge", 400, "hop must be a number > 0 and <= 10,000,000 (seconds), got '1e308'"),
-    ("hop_tiny", 400, "taggram windows over 22 s; this service makes at most 2000"),
-    ("field", 400, "field named 'file'"),
-    ("no_route", 404, "Not Found"),
-    ("method", 405, "Method Not Allowed"),
-    ("no_boundary", 400, "boundary"),
-])
+@pytest.mark.parametrize(
+    "case,status,reason",
+    [
+        ("text", 422, "text.mp3: cannot"),
+        ("empty", 400, "empty"),
+        ("nan", 422, "NaN or infinite"),
+        ("type", 415, "unsupported file type '.txt'"),
+        ("content_type", 415, "unsupported Content-Type 'text/plain'"),
+        ("large", 413, "larger than this service's limit of 2 MB"),
+        ("long", 413, "at most 100 s"),
+        ("top_k", 400, "top_k must be a whole number >= 0"),
+        ("threshold", 400, "threshold must be a number >= 0 and <= 1, got 2.0"),
+        ("top_k_text", 400, "parameter top_k"),
+        ("scales", 400, "scales ['a', 'b'] not in the features"),
+        ("missing_scale", 400, "36"),
+        ("hop", 400, "hop must be a number > 0 and <= 10,000,000 (seconds), got 'soon'; or 'clip' or 'auto'"),
+        ("hop_inf", 400, "hop must be a number > 0"),
+        ("hop_huge", 400, "hop must be a number > 0 and <= 10,000,000 (seconds), got '1e308'"),
+        ("hop_tiny", 400, "taggram windows over 22 s; this service makes at most 2000"),
+        ("field", 400, "field named 'file'"),
+        ("no_route", 404, "Not Found"),
+        ("method", 405, "Method Not Allowed"),
+        ("no_boundary", 400, "boundary"),
+    ],
+)
 def test_bad_requests_get_a_4xx_and_one_line(server, song, case, status, reason):
     rng = np.random.default_rng(0)
     nan = np.zeros(SR, np.float32)
@@ -165,9 +176,17 @@ def test_bad_requests_get_a_4xx_and_one_line(server, song, case, status, reason)
     elif case == "long":
         data = wav_bytes(np.zeros(8000 * 120, np.int16), sr=8000, subtype="PCM_16")  # 120 s in 1.9 MB
     elif case in ("top_k", "threshold", "top_k_text", "scales", "missing_scale", "hop", "hop_inf", "hop_huge", "hop_tiny"):
-        path += {"top_k": "?top_k=-1", "threshold": "?threshold=2", "top_k_text": "?top_k=many", "scales": "?embed=true&scales=a,b",
-                 "missing_scale": "?embed=true&scales=36", "hop": "?taggram=true&hop=soon", "hop_inf": "?taggram=true&hop=inf",
-                 "hop_huge": "?taggram=true&hop=1e308", "hop_tiny": "?taggram=true&hop=0.001"}[case]
+        path += {
+            "top_k": "?top_k=-1",
+            "threshold": "?threshold=2",
+            "top_k_text": "?top_k=many",
+            "scales": "?embed=true&scales=a,b",
+            "missing_scale": "?embed=true&scales=36",
+            "hop": "?taggram=true&hop=soon",
+            "hop_inf": "?taggram=true&hop=inf",
+            "hop_huge": "?taggram=true&hop=1e308",
+            "hop_tiny": "?taggram=true&hop=0.001",
+        }[case]
     elif case == "field":
         data, headers = multipart("song.mp3", data, field="audio")
     elif case == "no_route":
@@ -189,9 +208,26 @@ def test_no_upload_is_left_behind(server, song):
 @pytest.mark.slow
 def test_load_with_bad_files_mixed_in(server):
     """500 requests at 16 concurrent clients, one in ten a bad file: no good one fails, every bad one is a 4xx, memory stays flat."""
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_serve.py"), "--url", f"http://{server[0]}", "--requests", "500",
-                          "--concurrency", "16", "--bad-every", "10", "--seconds", "6", "--json"],
-                         capture_output=True, text=True, timeout=900)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "bench_serve.py"),
+            "--url",
+            f"http://{server[0]}",
+            "--requests",
+            "500",
+            "--concurrency",
+            "16",
+            "--bad-every",
+            "10",
+            "--seconds",
+            "6",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     r = json.loads(out.stdout)
     assert r["good"] == 450 and r["good_ok"] == 450, r["good_failed"]
@@ -204,8 +240,21 @@ def test_memory_does_not_grow_under_load(server):
     def rss() -> float:
         return int(open(f"/proc/{server[1].pid}/status").read().split("VmRSS:")[1].split()[0]) / 1024
 
-    cmd = [sys.executable, str(ROOT / "bench" / "bench_serve.py"), "--url", f"http://{server[0]}", "--requests", "200",
-           "--concurrency", "16", "--bad-every", "7", "--seconds", "6", "--json"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "bench" / "bench_serve.py"),
+        "--url",
+        f"http://{server[0]}",
+        "--requests",
+        "200",
+        "--concurrency",
+        "16",
+        "--bad-every",
+        "7",
+        "--seconds",
+        "6",
+        "--json",
+    ]
     assert subprocess.run(cmd, capture_output=True, timeout=900).returncode == 0
     after_first = rss()
     for _ in range(2):
@@ -264,8 +313,9 @@ def test_the_event_loop_answers_while_files_are_tagged(server):
 
     data = wav_bytes(render({"low", "pulse"}, 45.0, np.random.default_rng(9)))  # 2.0 MB, just under the limit
     finished = []
-    slow = threading.Thread(target=lambda: finished.append(
-        request(server, "POST", "/api/tag?taggram=true&hop=0.1", data, {"Content-Type": "audio/wav"})))
+    slow = threading.Thread(
+        target=lambda: finished.append(request(server, "POST", "/api/tag?taggram=true&hop=0.1", data, {"Content-Type": "audio/wav"}))
+    )
     slow.start()
     time.sleep(0.5)
     started = time.perf_counter()
@@ -279,12 +329,12 @@ def test_the_event_loop_answers_while_files_are_tagged(server):
 
 # ------------------------------------------------------------ stalled, slow, many and vanishing clients; signals
 
+
 def raw_upload(address: str, declared: int, sent: bytes, path: str = "/api/tag?filename=x.wav") -> socket.socket:
     """A raw socket that declares ``declared`` bytes of body and sends ``sent`` of them, then nothing more."""
     host, port = address.split(":")
     sock = socket.create_connection((host, int(port)), timeout=30)
-    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: audio/wav\r\n"
-                 f"Content-Length: {declared}\r\n\r\n".encode() + sent)
+    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: audio/wav\r\nContent-Length: {declared}\r\n\r\n".encode() + sent)
     return sock
 
 
@@ -308,8 +358,12 @@ def strict_server(model_file, tmp_path_factory):
     """A server with short limits: 2 s without a byte, 50 kB/s at least, 2 uploads at once."""
     tmp = tmp_path_factory.mktemp("strict-tmp")
     port = free_port()
-    proc = start_server(str(model_file), port, ["--device", "cpu", "--upload-timeout", "2", "--min-upload-kbps", "50",
-                                                "--max-uploads", "2"], env={**os.environ, "TMPDIR": str(tmp)})
+    proc = start_server(
+        str(model_file),
+        port,
+        ["--device", "cpu", "--upload-timeout", "2", "--min-upload-kbps", "50", "--max-uploads", "2"],
+        env={**os.environ, "TMPDIR": str(tmp)},
+    )
     yield f"127.0.0.1:{port}", proc, tmp
     proc.terminate()
     proc.wait(timeout=30)
@@ -353,8 +407,12 @@ def test_sigterm_stops_the_server_within_its_deadline_and_a_vanished_client_is_o
     """A client that disconnects mid-upload is one log line; SIGTERM while another upload stalls ends the server within
     --shutdown-timeout, its upload folder removed."""
     port = free_port()
-    proc = start_server(str(model_file), port, ["--device", "cpu", "--upload-timeout", "600", "--shutdown-timeout", "2"],
-                        env={**os.environ, "TMPDIR": str(tmp_path)})
+    proc = start_server(
+        str(model_file),
+        port,
+        ["--device", "cpu", "--upload-timeout", "600", "--shutdown-timeout", "2"],
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
     address = f"127.0.0.1:{port}"
     try:
         gone = raw_upload(address, 1_000_000, song.read_bytes()[:8000])

@@ -1,4 +1,5 @@
 """The model that ships inside the package: tag and embed on a fresh install, no training first."""
+
 import json
 
 import numpy as np

@@ -1,4 +1,5 @@
 """scripts/build_teacher_data.py: cutting the Debian windows and merging a teacher's soft tags with human tags."""
+
 import importlib.util
 from pathlib import Path
 
@@ -16,8 +17,12 @@ spec.loader.exec_module(build)
 
 def teacher_npz(path: Path, written: list[str], probs: np.ndarray, tags: list[str], prefix: str = "mtt") -> None:
     """What bench/musicnn_features.py --models MTT_musicnn (or MSD_musicnn) writes, for the fields the script reads."""
-    np.savez(path, paths=np.array(written), failed=np.zeros((0, 2), dtype=str),
-             **{f"{prefix}_probs": probs.astype(np.float32), f"{prefix}_tags": np.array(tags)})
+    np.savez(
+        path,
+        paths=np.array(written),
+        failed=np.zeros((0, 2), dtype=str),
+        **{f"{prefix}_probs": probs.astype(np.float32), f"{prefix}_tags": np.array(tags)},
+    )
 
 
 def test_windows_then_a_manifest_of_human_and_teacher_tags(tmp_path):
@@ -104,8 +109,14 @@ def test_penultimate_features_become_quantile_soft_labels(tmp_path):
     clips = [("debian/p/a-000.flac", "p/a.flac"), ("debian/p/b-000.flac", "p/b.flac")]
     feats = {"x.wav": [0.5, -1.0], "y.wav": [-2.0, -1.0], clips[0][0]: [3.0, 0.2], clips[1][0]: [0.0, 7.0]}
     for stem, names in (("4q", ["x.wav", "y.wav"]), ("debian", [c for c, _ in clips])):
-        np.savez(out / f"{stem}.npz", paths=np.array(names), failed=np.zeros((0, 2), dtype=str), mtt_tags=np.array(["rock"]),
-                 mtt_probs=np.full((len(names), 1), 0.5, np.float32), mtt_penultimate=np.array([feats[n] for n in names], np.float32))
+        np.savez(
+            out / f"{stem}.npz",
+            paths=np.array(names),
+            failed=np.zeros((0, 2), dtype=str),
+            mtt_tags=np.array(["rock"]),
+            mtt_probs=np.full((len(names), 1), 0.5, np.float32),
+            mtt_penultimate=np.array([feats[n] for n in names], np.float32),
+        )
     build.write_manifest(data, out, clips, seed=0, teachers=("MTT_musicnn",), penultimate=("MTT_musicnn",))
     tags_only = read_manifest(out / "manifest.csv")
     assert not [t for t in tags_only.tags if "penultimate" in t]  # the tags alone stay apart
@@ -121,8 +132,14 @@ def test_penultimate_features_become_quantile_soft_labels(tmp_path):
     assert dict(zip(m.paths, m.splits)) == dict(zip(tags_only.paths, tags_only.splits))
     # another teacher's features beside the MTT teacher's tags: its features come, its tags do not
     for stem, names in (("4q", ["x.wav", "y.wav"]), ("debian", [c for c, _ in clips])):
-        np.savez(out / f"{stem}-msd.npz", paths=np.array(names), failed=np.zeros((0, 2), dtype=str), msd_tags=np.array(["pop"]),
-                 msd_probs=np.full((len(names), 1), 0.9, np.float32), msd_penultimate=np.array([feats[n] for n in names], np.float32))
+        np.savez(
+            out / f"{stem}-msd.npz",
+            paths=np.array(names),
+            failed=np.zeros((0, 2), dtype=str),
+            msd_tags=np.array(["pop"]),
+            msd_probs=np.full((len(names), 1), 0.9, np.float32),
+            msd_penultimate=np.array([feats[n] for n in names], np.float32),
+        )
     build.write_manifest(data, out, clips, seed=0, teachers=("MTT_musicnn",), penultimate=("MSD_musicnn",))
     m = read_manifest(out / "manifest-distill.csv")
     assert "msd penultimate 001" in m.tags and "mtt penultimate 000" not in m.tags and "pop" not in m.tags

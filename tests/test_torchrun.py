@@ -1,4 +1,5 @@
 """Training on several processes with real ``torchrun`` (DistributedDataParallel, gloo on the CPU)."""
+
 import json
 import shutil
 import subprocess
@@ -19,13 +20,24 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("torchrun") is N
 def two_runs(synth_dir, tmp_path_factory):
     """The same experiment on one process and on two (torchrun --nproc-per-node 2)."""
     tmp = tmp_path_factory.mktemp("ddp")
-    cfg = ExperimentConfig(dataset="manifest", root=str(synth_dir), scales=(18, 27), frontend=TEST_FRONTEND,
-                           local=TrainConfig(max_epochs=4, batch_size=32, lr_stages=2, patience=2),
-                           global_=TrainConfig(max_epochs=15, batch_size=8, monitor="roc_auc", patience=4),
-                           cache_dir=str(tmp / "cache"), workers=1, device="cpu")
+    cfg = ExperimentConfig(
+        dataset="manifest",
+        root=str(synth_dir),
+        scales=(18, 27),
+        frontend=TEST_FRONTEND,
+        local=TrainConfig(max_epochs=4, batch_size=32, lr_stages=2, patience=2),
+        global_=TrainConfig(max_epochs=15, batch_size=8, monitor="roc_auc", patience=4),
+        cache_dir=str(tmp / "cache"),
+        workers=1,
+        device="cpu",
+    )
     save_config(cfg, tmp / "cfg.toml")
-    one = subprocess.run([sys.executable, "-m", "tagstack", "run", "--config", str(tmp / "cfg.toml"), "--out", str(tmp / "one")],
-                         capture_output=True, text=True, timeout=600)
+    one = subprocess.run(
+        [sys.executable, "-m", "tagstack", "run", "--config", str(tmp / "cfg.toml"), "--out", str(tmp / "one")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert one.returncode == 0, one.stderr[-2000:]
     cmd = ["torchrun", "--nproc-per-node", "2", "-m", "tagstack", "run", "--config", str(tmp / "cfg.toml"), "--out", str(tmp / "two")]
     two = subprocess.run(cmd, capture_output=True, text=True, timeout=600)

@@ -1,4 +1,5 @@
 """scripts/train_default_model.py --distill: CNNs trained on tags plus a teacher's features, the global model on the tags alone."""
+
 import csv
 import importlib.util
 import shutil
@@ -30,10 +31,17 @@ def test_distilled_cnns_then_a_global_model_on_the_tags_alone(tmp_path, synth_di
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    cfg = ExperimentConfig(dataset="manifest", root=str(data / "manifest.csv"), scales=(18, 27), frontend=TEST_FRONTEND,
-                           local=TrainConfig(max_epochs=1, batch_size=32, lr_stages=1),
-                           global_=TrainConfig(max_epochs=2, batch_size=8, lr_stages=1, monitor="roc_auc"),
-                           cache_dir=str(tmp_path / "cache"), workers=1, n_boot=10)
+    cfg = ExperimentConfig(
+        dataset="manifest",
+        root=str(data / "manifest.csv"),
+        scales=(18, 27),
+        frontend=TEST_FRONTEND,
+        local=TrainConfig(max_epochs=1, batch_size=32, lr_stages=1),
+        global_=TrainConfig(max_epochs=2, batch_size=8, lr_stages=1, monitor="roc_auc"),
+        cache_dir=str(tmp_path / "cache"),
+        workers=1,
+        n_boot=10,
+    )
     out = tmp_path / "run"
     second, sentence = train.distilled_cnns(cfg, data / "manifest-distill.csv", out)
     assert "musicnn's MSD model" in sentence and second.local_from == (str(out / "distilled-cnns.safetensors"),)

@@ -8,6 +8,7 @@ tagger and its file), :mod:`~tagstack.datasets` (adapters, mel cache, corpus),
 (tagging and embedding), :mod:`~tagstack.report` (everything shown to a person)
 and :mod:`~tagstack.cli`.
 """
+
 import os
 
 # Idle OpenMP threads sleep instead of spinning. With the default (spinning), torch ops on a machine whose
@@ -22,11 +23,21 @@ __version__ = "0.2.0"
 
 #: Public API, imported on first use so ``import tagstack`` stays light.
 _LAZY = {
-    "Tagger": "inference.tagger", "tag_files": "inference.outputs", "embed_files": "inference.outputs",
-    "TaggingModel": "models.tagging_model", "load_model": "models.file", "save_model": "models.file",
-    "ExperimentConfig": "experiments.experiment_config", "Experiment": "experiments.run", "run_experiment": "experiments.run",
-    "reproduce": "experiments.reproduce", "TrainConfig": "config", "FrontEndConfig": "config",
-    "load_dataset": "datasets", "load": "audio.io", "stream": "audio.io",
+    "Tagger": "inference.tagger",
+    "tag_files": "inference.outputs",
+    "embed_files": "inference.outputs",
+    "TaggingModel": "models.tagging_model",
+    "load_model": "models.file",
+    "save_model": "models.file",
+    "ExperimentConfig": "experiments.experiment_config",
+    "Experiment": "experiments.run",
+    "run_experiment": "experiments.run",
+    "reproduce": "experiments.reproduce",
+    "TrainConfig": "config",
+    "FrontEndConfig": "config",
+    "load_dataset": "datasets",
+    "load": "audio.io",
+    "stream": "audio.io",
 }
 
 

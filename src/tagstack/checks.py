@@ -7,6 +7,7 @@ the range and the value; so ``--hop 1e308`` is refused before it can
 overflow in a conversion to samples, and the same words reach a user of the
 CLI, the HTTP API and Python.
 """
+
 from __future__ import annotations
 
 import math

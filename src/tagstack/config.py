@@ -6,6 +6,7 @@ layers, schedules, seeds ...) is :class:`tagstack.experiments.experiment_config.
 the schedules' defaults live here, once: :func:`local_schedule`,
 :func:`global_schedule` and :func:`joint_schedule`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -63,9 +64,7 @@ class FrontEndConfig:
         if self.power not in (1.0, 2.0) or not isinstance(self.log10, bool):
             raise ParameterError(f"FrontEndConfig needs power 1 or 2 and log10 True or False, got {self.power!r}, {self.log10!r}")
         if self.clip_samples < (self.n_frames - 1) * self.hop_length:
-            raise ParameterError(
-                f"clip_seconds={self.clip_seconds} is too short for n_frames={self.n_frames}"
-            )
+            raise ParameterError(f"clip_seconds={self.clip_seconds} is too short for n_frames={self.n_frames}")
 
     @property
     def clip_samples(self) -> int:
@@ -75,8 +74,9 @@ class FrontEndConfig:
     def same_transform(self, other: FrontEndConfig) -> bool:
         """Whether both compute the same frames (everything but the window: ``clip_seconds``, ``n_frames``)."""
         window = {"clip_seconds", "n_frames"}
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in window} == \
-            {k: v for k, v in dataclasses.asdict(other).items() if k not in window}
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in window} == {
+            k: v for k, v in dataclasses.asdict(other).items() if k not in window
+        }
 
     def over_window(self, clip_seconds: float) -> FrontEndConfig:
         """The same transform over windows of ``clip_seconds``, keeping every frame centred inside them."""
@@ -133,8 +133,9 @@ class TrainConfig:
         if not 0 < self.momentum < 1:  # Nesterov momentum needs one
             raise ParameterError(f"momentum must be in (0, 1) for SGD with Nesterov momentum, got {self.momentum}")
         if self.warmup_epochs < 0 or self.clip_norm < 0 or not 0 <= self.mixup < float("inf"):
-            raise ParameterError(f"need warmup_epochs >= 0, clip_norm >= 0 and mixup >= 0, got {self.warmup_epochs}, "
-                                 f"{self.clip_norm}, {self.mixup}")
+            raise ParameterError(
+                f"need warmup_epochs >= 0, clip_norm >= 0 and mixup >= 0, got {self.warmup_epochs}, {self.clip_norm}, {self.mixup}"
+            )
         for name in ("lr_stages", "patience", "max_epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ParameterError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")

@@ -8,6 +8,7 @@ first (``RANK`` 0) writes: in the others these functions do nothing, so the
 run directory has exactly one writer and every process reads the same
 checkpoints (the trainer waits for all processes after each epoch's writes).
 """
+
 from __future__ import annotations
 
 import json
@@ -88,8 +89,7 @@ def atomic_write(path: Path, writer: Callable[[str], None], *, suffix: str = "")
                 pass
         if isinstance(e, OSError):
             reason = e.strerror or _first_line(e)  # pyarrow's own OSErrors have no strerror, only a message
-            raise OutputError(f"{shown(path)}: cannot write this file ({reason}); "
-                              "what it held before is unchanged") from None
+            raise OutputError(f"{shown(path)}: cannot write this file ({reason}); what it held before is unchanged") from None
         raise
 
 
@@ -120,6 +120,7 @@ def _umask() -> int:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (:func:`atomic_write`)."""
+
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -154,6 +155,7 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 def atomic_save_npy(path: Path, array: np.ndarray) -> None:
     """Save ``array`` as ``.npy`` at ``path``, atomically (:func:`atomic_write`)."""
+
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
             np.save(f, array)

@@ -7,6 +7,7 @@ read. When the command changes in a way that changes the result (another
 schedule, other clips or labels, other CNNs), the stage stops with one line
 naming the folder and what differs, instead of mixing old and new work.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -3,6 +3,7 @@
 Computation lives elsewhere; these functions only format results that are
 passed in, as Markdown, CSV and PNG (matplotlib, headless).
 """
+
 from __future__ import annotations
 
 import json
@@ -82,15 +83,28 @@ def write_report(run_dir: Path, metrics: dict, *, clips: ClipSet) -> None:
     plot_curves(run_dir, plots / "curves.png")
     best_local = best_local_scale(metrics["local"])
     local = metrics["local"][best_local] if best_local else None  # None: local CNNs of another vocabulary (local_from)
-    plot_per_tag(clips.tags, {**({f"local {best_local} frames": local["per_tag"]["roc_auc"]} if local else {}),
-                              "global": metrics["global"]["per_tag"]["roc_auc"]},
-                 out=plots / "per_tag_roc_auc.png", title="Per-tag test ROC-AUC" + (", best local model vs global model" if local else ""))
+    plot_per_tag(
+        clips.tags,
+        {
+            **({f"local {best_local} frames": local["per_tag"]["roc_auc"]} if local else {}),
+            "global": metrics["global"]["per_tag"]["roc_auc"],
+        },
+        out=plots / "per_tag_roc_auc.png",
+        title="Per-tag test ROC-AUC" + (", best local model vs global model" if local else ""),
+    )
     vs = f" local {best_local} |" if local else ""
     g = metrics["global"]
-    lines = [f"# tagstack run: {metrics['dataset']}", "",
-             f"Clips: {metrics['n_clips']['train']} train, {metrics['n_clips']['valid']} validation, {metrics['n_clips']['test']} test; "
-             f"{len(clips.tags)} tags. Skipped files: {len(metrics['skipped_files'])}. Configuration: `config.toml`.", "",
-             "## Test scores", "", "| model | ROC-AUC | PR-AUC |", "|---|---|---|"]
+    lines = [
+        f"# tagstack run: {metrics['dataset']}",
+        "",
+        f"Clips: {metrics['n_clips']['train']} train, {metrics['n_clips']['valid']} validation, {metrics['n_clips']['test']} test; "
+        f"{len(clips.tags)} tags. Skipped files: {len(metrics['skipped_files'])}. Configuration: `config.toml`.",
+        "",
+        "## Test scores",
+        "",
+        "| model | ROC-AUC | PR-AUC |",
+        "|---|---|---|",
+    ]
     for s, m in metrics["local"].items():
         lines.append(f"| local, {s} frames | {m['roc_auc']:.4f} | {m['pr_auc']:.4f} |")
     lo, hi = g["roc_auc_ci95"]
@@ -102,8 +116,15 @@ def write_report(run_dir: Path, metrics: dict, *, clips: ClipSet) -> None:
         for grp, v in g["groups"].items():
             lv = f" {_fmt(local['groups'].get(grp))} |" if local else ""
             lines.append(f"| {grp} |{lv} {_fmt(v)} |")
-    lines += ["", "## Per-tag ROC-AUC", "", "![per-tag](plots/per_tag_roc_auc.png)", "",
-              f"| tag | group |{vs} global |", "|---|---|" + "---|" * (2 if local else 1)]
+    lines += [
+        "",
+        "## Per-tag ROC-AUC",
+        "",
+        "![per-tag](plots/per_tag_roc_auc.png)",
+        "",
+        f"| tag | group |{vs} global |",
+        "|---|---|" + "---|" * (2 if local else 1),
+    ]
     for j, t in enumerate(clips.tags):
         lv = f" {_fmt(local['per_tag']['roc_auc'][j])} |" if local else ""  # "–": a tag with one class in the test split
         lines.append(f"| {t} | {clips.groups.get(t, '')} |{lv} {_fmt(g['per_tag']['roc_auc'][j])} |")
@@ -113,13 +134,20 @@ def write_report(run_dir: Path, metrics: dict, *, clips: ClipSet) -> None:
 
 # ------------------------------------------------------------ the reproduction (tagstack reproduce)
 
+
 def write_table(out: Path, name: str, *, header: list[str], rows: list[list]) -> str:
     """Write ``name``.csv and .md; returns the Markdown."""
+
     def fmt(v):
         return f"{v:.4f}" if isinstance(v, float) else str(v)
 
     csv_text = "\n".join(",".join(f'"{fmt(v)}"' if "," in fmt(v) else fmt(v) for v in r) for r in [header, *rows]) + "\n"
-    md = "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]) + "\n"
+    md = (
+        "\n".join(
+            ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
+        )
+        + "\n"
+    )
     atomic_write_text(out / "tables" / f"{name}.csv", csv_text)
     atomic_write_text(out / "tables" / f"{name}.md", md)
     return md
@@ -140,8 +168,9 @@ def bar_figure(out: Path, name: str, *, labels: list[str], series: dict[str, tup
     save_figure(fig, out / "figures" / f"{name}.png")
 
 
-def per_tag_gain_figure(out: Path, name: str, *, tags: list[str], singles: dict[str, np.ndarray], concat: np.ndarray,
-                        title: str) -> list[list]:
+def per_tag_gain_figure(
+    out: Path, name: str, *, tags: list[str], singles: dict[str, np.ndarray], concat: np.ndarray, title: str
+) -> list[list]:
     """Fig. 5 style: absolute ROC-AUC of the concatenation (sorted) and each single model's gap to it."""
     plt = plt_module()
     order = [i for i in np.argsort(-np.nan_to_num(concat, nan=-1)) if not np.isnan(concat[i])]
@@ -154,7 +183,12 @@ def per_tag_gain_figure(out: Path, name: str, *, tags: list[str], singles: dict[
     width = 0.8 / (len(others) + 1)
     for k, (label, v) in enumerate(others):
         a2.bar(np.arange(len(order)) + k * width, v[order] - smallest[order], width=width, label=f"{label} - {list(singles)[0]}")
-    a2.bar(np.arange(len(order)) + len(others) * width, concat[order] - smallest[order], width=width, label=f"concatenation - {list(singles)[0]}")
+    a2.bar(
+        np.arange(len(order)) + len(others) * width,
+        concat[order] - smallest[order],
+        width=width,
+        label=f"concatenation - {list(singles)[0]}",
+    )
     a2.axhline(0, color="k", lw=0.5)
     a2.set_xticks(range(len(order)), [tags[i] for i in order], rotation=75, fontsize=7)
     a2.set(ylabel="ROC-AUC gain over the smallest")
@@ -163,20 +197,30 @@ def per_tag_gain_figure(out: Path, name: str, *, tags: list[str], singles: dict[
     return [[tags[i], *(float(v[i]) for v in singles.values()), float(concat[i]), float(concat[i] - smallest[i])] for i in order]
 
 
-def write_reproduction_report(out: Path, name: str, *, md: dict[str, str], seed_note: str, joint_result, staged: dict, local_from,
-                              local_scored: bool = True) -> None:
+def write_reproduction_report(
+    out: Path, name: str, *, md: dict[str, str], seed_note: str, joint_result, staged: dict, local_from, local_scored: bool = True
+) -> None:
     """The reproduction's ``report.md``: every table and figure of ``md`` in the paper's order, and joint fine-tuning's verdict."""
-    parts = [f"# Reproduction of Lee & Nam (2017) on {name}", "",
-             f"Global models trained with {seed_note}; ± is the standard deviation over seeds; intervals are 95% bootstrap "
-             "intervals over test clips. Configuration: `config.toml`. Local CNNs: "
-             + (f"taken from `{', '.join(local_from)}` (transfer learning)." if local_from else "trained here once, reused by every ablation."), ""]
-    fig2 = ("Fig. 2: local vs global models per input size" if local_scored
-            else "Fig. 2: global models per input size (the local CNNs output another vocabulary, so are not scored)")
-    sections = [("fig2", fig2, "fig2_local_vs_global"),
-                ("fig3", "Fig. 3: levels of one scale (the 27-frame CNN's, or a backbone's)", "fig3_levels"),
-                ("fig4", "Fig. 4: combinations of scales", "fig4_scales"),
-                ("fig5_levels", "Fig. 5 (top): per-tag ROC-AUC, levels", "fig5_levels"),
-                ("fig5_scales", "Fig. 5 (bottom): per-tag ROC-AUC, scales", "fig5_scales")]
+    parts = [
+        f"# Reproduction of Lee & Nam (2017) on {name}",
+        "",
+        f"Global models trained with {seed_note}; ± is the standard deviation over seeds; intervals are 95% bootstrap "
+        "intervals over test clips. Configuration: `config.toml`. Local CNNs: "
+        + (f"taken from `{', '.join(local_from)}` (transfer learning)." if local_from else "trained here once, reused by every ablation."),
+        "",
+    ]
+    fig2 = (
+        "Fig. 2: local vs global models per input size"
+        if local_scored
+        else "Fig. 2: global models per input size (the local CNNs output another vocabulary, so are not scored)"
+    )
+    sections = [
+        ("fig2", fig2, "fig2_local_vs_global"),
+        ("fig3", "Fig. 3: levels of one scale (the 27-frame CNN's, or a backbone's)", "fig3_levels"),
+        ("fig4", "Fig. 4: combinations of scales", "fig4_scales"),
+        ("fig5_levels", "Fig. 5 (top): per-tag ROC-AUC, levels", "fig5_levels"),
+        ("fig5_scales", "Fig. 5 (bottom): per-tag ROC-AUC, scales", "fig5_scales"),
+    ]
     for key, title, fig in sections:
         if key in md:
             parts += [f"## {title}", "", f"![{fig}](figures/{fig}.png)", "", md[key]]
@@ -184,8 +228,13 @@ def write_reproduction_report(out: Path, name: str, *, md: dict[str, str], seed_
         parts += ["## Table I: transfer learning", "", md["table1"]]
     parts += ["## Table II: this run (measured)", "", md["table2"]]
     if "table2_own_tags" in md:
-        parts += ["### The global model against the pretrained networks' own tags", "",
-                  "On the tags a network's own outputs share with this dataset (by name), the same test clips:", "", md["table2_own_tags"]]
+        parts += [
+            "### The global model against the pretrained networks' own tags",
+            "",
+            "On the tags a network's own outputs share with this dataset (by name), the same test clips:",
+            "",
+            md["table2_own_tags"],
+        ]
     parts += ["### The paper's Table II and Table I (published, not measured here)", "", md["table2_published"]]
     if joint_result:
         staged_roc = np.mean([v["roc_auc"] for v in staged["seeds"].values()])
@@ -194,26 +243,32 @@ def write_reproduction_report(out: Path, name: str, *, md: dict[str, str], seed_
             verdict = "scores " + ("above" if joint_result["roc_auc"] > staged_roc else "below") + ", inside the bootstrap interval of,"
         else:
             verdict = "beats" if joint_result["roc_auc"] > staged_roc else "does not beat"
-        parts += ["## Joint fine-tuning", "",
-                  f"Fine-tuning the local CNNs and the global network together end to end {verdict} the staged model: "
-                  f"test ROC-AUC {joint_result['roc_auc']:.4f} (95% CI {joint_result['roc_auc_ci95'][0]:.4f}-{joint_result['roc_auc_ci95'][1]:.4f}) "
-                  f"against {staged_roc:.4f} (CI {staged['roc_auc_ci95'][0]:.4f}-{staged['roc_auc_ci95'][1]:.4f}).", ""]
+        parts += [
+            "## Joint fine-tuning",
+            "",
+            f"Fine-tuning the local CNNs and the global network together end to end {verdict} the staged model: "
+            f"test ROC-AUC {joint_result['roc_auc']:.4f} (95% CI {joint_result['roc_auc_ci95'][0]:.4f}-{joint_result['roc_auc_ci95'][1]:.4f}) "
+            f"against {staged_roc:.4f} (CI {staged['roc_auc_ci95'][0]:.4f}-{staged['roc_auc_ci95'][1]:.4f}).",
+            "",
+        ]
     atomic_write_text(out / "report.md", "\n".join(parts))
 
 
 # ------------------------------------------------------------ taggrams
+
 
 def write_taggram(result, out_dir: Path, *, stem: str, clip_seconds: float) -> None:
     """A file's taggram as ``stem``.taggram.npy, .csv (window start and end, tag probabilities) and .png."""
     atomic_save_npy(out_dir / f"{stem}.taggram.npy", result.taggram.astype(np.float32))
     ends = np.minimum(result.window_starts + clip_seconds, result.seconds)
     lines = ["start_s,end_s," + ",".join(result.tags)]
-    lines += [f"{t:.2f},{e:.2f}," + ",".join(f"{v:.4f}" for v in row)
-              for t, e, row in zip(result.window_starts, ends, result.taggram)]
+    lines += [f"{t:.2f},{e:.2f}," + ",".join(f"{v:.4f}" for v in row) for t, e, row in zip(result.window_starts, ends, result.taggram)]
     atomic_write_text(out_dir / f"{stem}.taggram.csv", "\n".join(lines) + "\n")
     # each column drawn at its window's centre, as wide as the gaps to its neighbours
     centres = (result.window_starts + ends) / 2
-    edges = np.concatenate([[0.0], (centres[1:] + centres[:-1]) / 2, [result.seconds]]) if len(centres) > 1 else np.array([0.0, result.seconds])
+    edges = (
+        np.concatenate([[0.0], (centres[1:] + centres[:-1]) / 2, [result.seconds]]) if len(centres) > 1 else np.array([0.0, result.seconds])
+    )
     plt = plt_module()
     fig, ax = plt.subplots(figsize=(min(20, max(6, 0.5 * len(result.taggram) + 3)), 0.18 * len(result.tags) + 1.5))
     im = ax.pcolormesh(edges, np.arange(len(result.tags) + 1) - 0.5, result.taggram.T, cmap="magma", vmin=0, vmax=1)
@@ -224,6 +279,7 @@ def write_taggram(result, out_dir: Path, *, stem: str, clip_seconds: float) -> N
 
 
 # ------------------------------------------------------------ terminal summaries
+
 
 def metrics_table(metrics: dict) -> str:
     """Test scores of a run (local CNNs, global model, tag groups) as a plain-text table."""
@@ -248,17 +304,25 @@ def model_summary(meta: dict, path: str) -> str:
     info = meta.get("info", {})
     test = info.get("test", {})
     g = meta.get("global")
-    lines = [f"model: {path}",
-             f"tags ({len(meta['tags'])}, {meta['task']}): {', '.join(meta['tags'][:12])}{' ...' if len(meta['tags']) > 12 else ''}",
-             "local networks: " + "; ".join(f"{n} ({e['kind']})" for n, e in meta["networks"].items()),
-             f"scales (network/segment frames): {', '.join(_branch_name(b) for b in meta['branches'])}; "
-             f"features: {meta['feature_layout'][-1]['stop'] if meta['feature_layout'] else 0}",
-             "global classifier: " + (f"none (tags: the own outputs of {meta['tags_from']})" if g is None and meta.get("tags_from") else
-                                      "none (embedding only)" if g is None else
-                                      f"{g['n_hidden_layers']} x {g['hidden']} units on {g['n_features']} features"
-                                      + f" (scales {', '.join(meta['scales'])}, layers {meta['layers'] or 'all'})"),
-             "front ends: " + "; ".join(f"{fe['sample_rate']} Hz, {fe['n_mels']} mels" for fe in _frontends(meta))
-             + f"; windows of {meta['frontend']['clip_seconds']} s"]
+    lines = [
+        f"model: {path}",
+        f"tags ({len(meta['tags'])}, {meta['task']}): {', '.join(meta['tags'][:12])}{' ...' if len(meta['tags']) > 12 else ''}",
+        "local networks: " + "; ".join(f"{n} ({e['kind']})" for n, e in meta["networks"].items()),
+        f"scales (network/segment frames): {', '.join(_branch_name(b) for b in meta['branches'])}; "
+        f"features: {meta['feature_layout'][-1]['stop'] if meta['feature_layout'] else 0}",
+        "global classifier: "
+        + (
+            f"none (tags: the own outputs of {meta['tags_from']})"
+            if g is None and meta.get("tags_from")
+            else "none (embedding only)"
+            if g is None
+            else f"{g['n_hidden_layers']} x {g['hidden']} units on {g['n_features']} features"
+            + f" (scales {', '.join(meta['scales'])}, layers {meta['layers'] or 'all'})"
+        ),
+        "front ends: "
+        + "; ".join(f"{fe['sample_rate']} Hz, {fe['n_mels']} mels" for fe in _frontends(meta))
+        + f"; windows of {meta['frontend']['clip_seconds']} s",
+    ]
     if isinstance(info.get("source"), dict):
         lines.append(f"converted from: {info['source'].get('where', '')}; licence: {str(info.get('licence', '')).split('.')[0]}")
     if meta.get("tag_groups"):
@@ -294,35 +358,57 @@ def _frontends(meta: dict) -> list[dict]:
 
 # ------------------------------------------------------------ model cards
 
+
 def backbone_card(name: str, model) -> str:
     """The Markdown card of a converted pretrained network: what it is, where it came from, licence, training data."""
     info, net = model.info, next(iter(model.local_models.values()))
     fe = net.frontend
     levels = ", ".join(f"{i.get('name', 'layer ' + str(i['layer']))} ({i['channels']})" for i in net.feature_info)
     lines = [
-        f"# Model card: {name}", "",
+        f"# Model card: {name}",
+        "",
         f"A pretrained {net.kind} network, converted to tagstack's format by `scripts/convert_pretrained.py`; "
-        "nothing was trained here. Its weights are the original float32 values.", "",
-        "## What it computes", "",
+        "nothing was trained here. Its weights are the original float32 values.",
+        "",
+        "## What it computes",
+        "",
         f"Front end: {fe.sample_rate} Hz, {fe.n_fft}-point FFT, hop {fe.hop_length}, {fe.n_mels} mel bands of the "
         f"{'power' if fe.power == 2 else 'magnitude'} spectrum, {'log10' if fe.log10 else 'ln'}(1 + {fe.compression:g} mel). "
         f"Levels read by the paper's aggregation: {levels}. Scales (segment lengths, frames): "
         f"{', '.join(str(b.frames) for b in model.branches)}.",
-        ("Tags: its own " + str(len(model.tags)) + " outputs, averaged over the segments: " + ", ".join(model.tags) + "."
-         if model.tags_from else "It has no tag outputs: it embeds, and serves as a local network for a global classifier."), "",
-        "## Source", "",
+        (
+            "Tags: its own " + str(len(model.tags)) + " outputs, averaged over the segments: " + ", ".join(model.tags) + "."
+            if model.tags_from
+            else "It has no tag outputs: it embeds, and serves as a local network for a global classifier."
+        ),
+        "",
+        "## Source",
+        "",
         f"{info['source']['where']}, {info['source']['file']}; sha256: "
-        + ", ".join(f"{k} {v}" for k, v in info["source"]["sha256"].items()) + ".", "",
-        "## Training data (by its authors)", "", info["data"], "",
-        "It was trained on copyrighted audio previews; its weights are shipped under the licence below, for research use.", "",
-        "## Licence", "", info["licence"], "",
-        "## Citation", "", info["citation"], "",
-        "## Exactness", "",
+        + ", ".join(f"{k} {v}" for k, v in info["source"]["sha256"].items())
+        + ".",
+        "",
+        "## Training data (by its authors)",
+        "",
+        info["data"],
+        "",
+        "It was trained on copyrighted audio previews; its weights are shipped under the licence below, for research use.",
+        "",
+        "## Licence",
+        "",
+        info["licence"],
+        "",
+        "## Citation",
+        "",
+        info["citation"],
+        "",
+        "## Exactness",
+        "",
         "`tests/test_pretrained.py` checks this port against outputs of the original framework on the same inputs "
-        "(`bench/reference_pretrained.py`, run once with TensorFlow / Keras; fixtures in `tests/fixtures/pretrained/`).", "",
+        "(`bench/reference_pretrained.py`, run once with TensorFlow / Keras; fixtures in `tests/fixtures/pretrained/`).",
+        "",
     ]
     return "\n".join(lines)
-
 
 
 def model_card(name: str, *, data: str, command: str, config, metrics: dict, transfer_md: str = "") -> str:
@@ -330,39 +416,81 @@ def model_card(name: str, *, data: str, command: str, config, metrics: dict, tra
     g, n = metrics["global"], metrics["n_clips"]
     loc, glo = config.local, config.global_
     paper = all(s.isdigit() for s in config.scales)
-    networks = ("The paper's local CNNs (" + ", ".join(config.scales) + " frames)" if paper else
-                "Local networks taken from " + ", ".join(f"`{x}`" for x in config.local_from) + " at the scales " + ", ".join(config.scales)
-                + " (network/segment frames), not trained here")
+    networks = (
+        "The paper's local CNNs (" + ", ".join(config.scales) + " frames)"
+        if paper
+        else "Local networks taken from "
+        + ", ".join(f"`{x}`" for x in config.local_from)
+        + " at the scales "
+        + ", ".join(config.scales)
+        + " (network/segment frames), not trained here"
+    )
     lines = [
-        f"# Model card: {name}", "",
+        f"# Model card: {name}",
+        "",
         f"{networks}, every level aggregated as the paper does, and a global MLP (2 x {config.global_hidden} units). "
-        + ("Weights are stored as float16 (normalisation statistics in float32)." if paper else
-           "Weights are stored as float32 (the pretrained networks' as their authors published them)."), "",
-        "## Data", "", data, "",
+        + (
+            "Weights are stored as float16 (normalisation statistics in float32)."
+            if paper
+            else "Weights are stored as float32 (the pretrained networks' as their authors published them)."
+        ),
+        "",
+        "## Data",
+        "",
+        data,
+        "",
         f"{sum(n.values())} clips: {n['train']} train / {n['valid']} validation / {n['test']} test; {len(metrics['tags'])} tags. "
-        f"Files skipped when building the mel cache: {len(metrics['skipped_files'])}.", "",
-        "## Training", "", f"    {command}", "",
-        (f"Local CNNs: at most {loc.max_epochs} epochs, learning rate {loc.lr:g} multiplied by {loc.lr_decay:g} "
-         f"{loc.lr_stages - 1} time(s) after {loc.patience} epochs without improvement, batches of {loc.batch_size} segments"
-         + (f", mixed in pairs (mixup, weights ~ Beta({loc.mixup:g}, {loc.mixup:g}))" if loc.mixup else "") + ". " if paper else "") +
-        f"Global MLP: at most {glo.max_epochs} epochs, {glo.lr_stages} learning rates from {glo.lr:g}, patience {glo.patience}, "
-        f"batches of {glo.batch_size} clips, monitoring validation ROC-AUC.", "",
-        "## Test scores", "",
+        f"Files skipped when building the mel cache: {len(metrics['skipped_files'])}.",
+        "",
+        "## Training",
+        "",
+        f"    {command}",
+        "",
+        (
+            f"Local CNNs: at most {loc.max_epochs} epochs, learning rate {loc.lr:g} multiplied by {loc.lr_decay:g} "
+            f"{loc.lr_stages - 1} time(s) after {loc.patience} epochs without improvement, batches of {loc.batch_size} segments"
+            + (f", mixed in pairs (mixup, weights ~ Beta({loc.mixup:g}, {loc.mixup:g}))" if loc.mixup else "")
+            + ". "
+            if paper
+            else ""
+        )
+        + f"Global MLP: at most {glo.max_epochs} epochs, {glo.lr_stages} learning rates from {glo.lr:g}, patience {glo.patience}, "
+        f"batches of {glo.batch_size} clips, monitoring validation ROC-AUC.",
+        "",
+        "## Test scores",
+        "",
         f"Macro ROC-AUC {g['roc_auc']:.4f} (95% bootstrap CI {g['roc_auc_ci95'][0]:.4f}-{g['roc_auc_ci95'][1]:.4f}), "
         f"macro PR-AUC {g['pr_auc']:.4f}, over the {g['n_tags_evaluated']} tags with positives and negatives in the test split"
-        + (" (soft labels count as positive from 0.5; a tag's unknown labels are left out of its scores)." if "real" in name else "."), "",
-        *([] if metrics["local"] else ["The local CNNs' own outputs are not this model's tags (they were trained on other "
-                                       "labels as well, or on another dataset), so only the global model is scored.", ""]),
-        "| model | ROC-AUC | PR-AUC |", "|---|---|---|",
+        + (" (soft labels count as positive from 0.5; a tag's unknown labels are left out of its scores)." if "real" in name else "."),
+        "",
+        *(
+            []
+            if metrics["local"]
+            else [
+                "The local CNNs' own outputs are not this model's tags (they were trained on other "
+                "labels as well, or on another dataset), so only the global model is scored.",
+                "",
+            ]
+        ),
+        "| model | ROC-AUC | PR-AUC |",
+        "|---|---|---|",
         *[f"| local {s}{' frames' if s.isdigit() else ''} | {m['roc_auc']:.4f} | {m['pr_auc']:.4f} |" for s, m in metrics["local"].items()],
-        f"| global | {g['roc_auc']:.4f} | {g['pr_auc']:.4f} |", "",
-        "| tag | ROC-AUC | PR-AUC |", "|---|---|---|",
+        f"| global | {g['roc_auc']:.4f} | {g['pr_auc']:.4f} |",
+        "",
+        "| tag | ROC-AUC | PR-AUC |",
+        "|---|---|---|",
         *[f"| {t} | {_fmt(r)} | {_fmt(p)} |" for t, r, p in zip(metrics["tags"], g["per_tag"]["roc_auc"], g["per_tag"]["pr_auc"])],
         "",
     ]
     if transfer_md:
-        lines += ["## Transfer to real recordings (linear probe)", "", "Measured by `bench/bench_transfer.py` "
-                  "(docs/transfer/README.md):", "", transfer_md.strip(), ""]
+        lines += [
+            "## Transfer to real recordings (linear probe)",
+            "",
+            "Measured by `bench/bench_transfer.py` (docs/transfer/README.md):",
+            "",
+            transfer_md.strip(),
+            "",
+        ]
     return "\n".join(lines)
 
 

@@ -5,6 +5,7 @@ The device is CUDA when one is available unless the caller names another
 Threads follow the CPUs this process may actually use (its affinity mask,
 which a container or ``taskset`` narrows), not the machine's core count.
 """
+
 from __future__ import annotations
 
 import os

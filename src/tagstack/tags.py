@@ -4,6 +4,7 @@ A dataset's ``tag_groups.csv``, a model and its file all name groups the
 same way, so the rule lives here, below both :mod:`~tagstack.datasets` and
 :mod:`~tagstack.models`.
 """
+
 from __future__ import annotations
 
 #: The longest group name accepted.

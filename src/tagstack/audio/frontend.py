@@ -16,6 +16,7 @@ as ``librosa.stft`` does by default. A 29.1 s clip (641,655 samples) gives
 centred on 0 s to 29.04 s). Shorter audio is zero-padded at the end to 29.1 s
 before the transform, longer audio is cut (see :func:`fit_clip`).
 """
+
 from __future__ import annotations
 
 import math
@@ -44,9 +45,7 @@ def mel_to_hz(m: np.ndarray | float) -> np.ndarray:
     return np.where(m >= 15.0, 1000.0 * np.exp(log_step * (m - 15.0)), 200.0 * m / 3.0)
 
 
-def mel_filterbank(
-    *, sample_rate: int, n_fft: int, n_mels: int, f_min: float = 0.0, f_max: float | None = None
-) -> np.ndarray:
+def mel_filterbank(*, sample_rate: int, n_fft: int, n_mels: int, f_min: float = 0.0, f_max: float | None = None) -> np.ndarray:
     """Triangular mel filters with Slaney area normalisation.
 
     Returns

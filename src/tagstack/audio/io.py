@@ -17,6 +17,7 @@ means one behaviour everywhere:
 
 Arrays given to the API go through the same downmix, check and resampler.
 """
+
 from __future__ import annotations
 
 import glob
@@ -197,7 +198,8 @@ def as_frames(y: np.ndarray) -> np.ndarray:
 def _check_rate(rate, what: str) -> None:
     if isinstance(rate, bool) or not isinstance(rate, (int, np.integer)) or not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
         raise (ParameterError if what == "array" else AudioError)(
-            f"{'sr' if what == 'array' else what}: sample rate must be an integer in {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz, got {rate!r}")
+            f"{'sr' if what == 'array' else what}: sample rate must be an integer in {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz, got {rate!r}"
+        )
 
 
 def _short(e: Exception) -> str:
@@ -205,6 +207,7 @@ def _short(e: Exception) -> str:
 
 
 # ------------------------------------------------------------ the one pipeline
+
 
 def stream(
     source: str | Path | np.ndarray,
@@ -258,8 +261,14 @@ def stream(
     return (parts[0] for parts in out) if single else out
 
 
-def native_stream(source: str | Path | np.ndarray, *, block_seconds: float = 60.0, offset: float = 0.0,
-                  duration: float | None = None, source_sr: int | None = None) -> tuple[str, int, Iterator[tuple[np.ndarray, bool]]]:
+def native_stream(
+    source: str | Path | np.ndarray,
+    *,
+    block_seconds: float = 60.0,
+    offset: float = 0.0,
+    duration: float | None = None,
+    source_sr: int | None = None,
+) -> tuple[str, int, Iterator[tuple[np.ndarray, bool]]]:
     """The name, native rate and mono float32 blocks of ``source``, checked finite but not resampled.
 
     Each block comes with whether it is the last one (a resampler then
@@ -396,8 +405,18 @@ def find_audio(paths: list[str | Path]) -> list[Path]:
 
 
 #: How audio files begin (offset, bytes): what :func:`looks_like_audio` sniffs besides the extension.
-_MAGIC = ((0, b"RIFF"), (0, b"RIFX"), (0, b"RF64"), (0, b"fLaC"), (0, b"OggS"), (0, b"ID3"), (0, b"FORM"), (4, b"ftyp"),
-          (0, b".snd"), (0, b"\x30\x26\xb2\x75"))
+_MAGIC = (
+    (0, b"RIFF"),
+    (0, b"RIFX"),
+    (0, b"RF64"),
+    (0, b"fLaC"),
+    (0, b"OggS"),
+    (0, b"ID3"),
+    (0, b"FORM"),
+    (4, b"ftyp"),
+    (0, b".snd"),
+    (0, b"\x30\x26\xb2\x75"),
+)
 
 
 def looks_like_audio(path: str | Path) -> bool:

@@ -4,6 +4,7 @@ Only this package reads command-line flags; below it everything takes plain
 arguments. Every :class:`~tagstack.errors.TagstackError` becomes one line on
 stderr and exit status 1; ``main(argv)`` can be called in-process (the tests do).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,6 +35,7 @@ def _names(text: str) -> tuple[str, ...]:
 
 def _number(r: Range):
     """An argparse type: the flag's text as a number checked against ``r``, the one range of that option (:mod:`tagstack.checks`)."""
+
     def parse(text: str):
         try:
             return r.parse(text)
@@ -68,18 +70,35 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_engine(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("distributed (Ray)")
-    g.add_argument("--engine", choices=["local", "ray"], default="local",
-                   help="local (this process, default) or ray: Ray workers that each load the model once, writing Parquet shards "
-                        "into the output folder; a rerun skips files already done (needs the ray extra)")
-    g.add_argument("--ray-address", metavar="ADDRESS", help="an existing Ray cluster: auto, or host:6379 (default: start Ray on this machine)")
-    g.add_argument("--workers", type=_number(checks.WORKERS), default=0, help="Ray workers (default: one per CPU of the cluster, or one per GPU when it has GPUs)")
-    g.add_argument("--decode-in", choices=["auto", "tasks", "workers"], default="auto",
-                   help="where Ray decodes the files: in CPU tasks that feed the workers decoded audio, or in the workers "
-                        "themselves (default auto: tasks when the workers use GPUs, else workers)")
+    g.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="local (this process, default) or ray: Ray workers that each load the model once, writing Parquet shards "
+        "into the output folder; a rerun skips files already done (needs the ray extra)",
+    )
+    g.add_argument(
+        "--ray-address", metavar="ADDRESS", help="an existing Ray cluster: auto, or host:6379 (default: start Ray on this machine)"
+    )
+    g.add_argument(
+        "--workers",
+        type=_number(checks.WORKERS),
+        default=0,
+        help="Ray workers (default: one per CPU of the cluster, or one per GPU when it has GPUs)",
+    )
+    g.add_argument(
+        "--decode-in",
+        choices=["auto", "tasks", "workers"],
+        default="auto",
+        help="where Ray decodes the files: in CPU tasks that feed the workers decoded audio, or in the workers "
+        "themselves (default auto: tasks when the workers use GPUs, else workers)",
+    )
 
 
 def _add_device(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", help="torch device: auto (CUDA if available, else CPU), cpu, cuda, cuda:1 ... (default: auto)")
+    p.add_argument(
+        "--device", default="auto", help="torch device: auto (CUDA if available, else CPU), cpu, cuda, cuda:1 ... (default: auto)"
+    )
 
 
 def _add_experiment(p: argparse.ArgumentParser) -> None:
@@ -87,40 +106,100 @@ def _add_experiment(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="corpus", help="dataset adapter (see `tagstack datasets`; default: corpus)")
     g.add_argument("--root", default="", help="dataset folder (default for corpus: $TAGSTACK_HOME/corpus/default)")
-    g.add_argument("--split", default="", help="split scheme: mtat lee|full, gtzan fault-filtered|kfold-K-N, jamendo 0-4 (default: the paper's, jamendo 0)")
+    g.add_argument(
+        "--split",
+        default="",
+        help="split scheme: mtat lee|full, gtzan fault-filtered|kfold-K-N, jamendo 0-4 (default: the paper's, jamendo 0)",
+    )
     g.add_argument("--split-dir", default="", help="folder of the published split/label files, when not under --root")
     g.add_argument("--merge-synonyms", action="store_true", help="MagnaTagATune full split: merge synonymous tags (female/woman ...)")
     g.add_argument("--cache-dir", default="", help="mel cache folder (default: $TAGSTACK_HOME/mels)")
     g.add_argument("--workers", type=_number(checks.WORKERS), default=0, help="decoding processes (default: one per CPU core)")
-    g.add_argument("--engine", choices=["local", "ray"], default="local",
-                   help="where the mel cache decodes clips: local processes (default) or ray workers (needs the ray extra)")
-    g.add_argument("--ray-address", default="", metavar="ADDRESS", help="with --engine ray: an existing cluster, auto or host:6379 (default: start Ray here)")
+    g.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="where the mel cache decodes clips: local processes (default) or ray workers (needs the ray extra)",
+    )
+    g.add_argument(
+        "--ray-address",
+        default="",
+        metavar="ADDRESS",
+        help="with --engine ray: an existing cluster, auto or host:6379 (default: start Ray here)",
+    )
     m = p.add_argument_group("model")
-    m.add_argument("--scales", type=_names, default=defaults.scales,
-                   help="scales, comma-separated: paper CNN sizes in frames (trained here), or branches of --local-from's networks "
-                        "as they are named or as network/frames, e.g. musicnn-msd/187,artist/258 (default: 18,27,54,108,216)")
-    m.add_argument("--layers", type=_numbers(checks.LAYER), default=None, help="levels fed to the global model, 1-based, comma-separated (default: all)")
-    m.add_argument("--hidden", type=_number(checks.HIDDEN), default=defaults.global_hidden,
-                   help=f"units of each global hidden layer: 512 or 1024 in the paper (default: {defaults.global_hidden})")
-    m.add_argument("--local-from", type=_names, default=(), metavar="MODELS",
-                   help="model files or shipped models (musicnn-msd, musicnn-mtt, artist, real ...), comma-separated, whose local "
-                        "networks to use instead of training them: transfer learning and pretrained backbones (`tagstack info --list`)")
+    m.add_argument(
+        "--scales",
+        type=_names,
+        default=defaults.scales,
+        help="scales, comma-separated: paper CNN sizes in frames (trained here), or branches of --local-from's networks "
+        "as they are named or as network/frames, e.g. musicnn-msd/187,artist/258 (default: 18,27,54,108,216)",
+    )
+    m.add_argument(
+        "--layers",
+        type=_numbers(checks.LAYER),
+        default=None,
+        help="levels fed to the global model, 1-based, comma-separated (default: all)",
+    )
+    m.add_argument(
+        "--hidden",
+        type=_number(checks.HIDDEN),
+        default=defaults.global_hidden,
+        help=f"units of each global hidden layer: 512 or 1024 in the paper (default: {defaults.global_hidden})",
+    )
+    m.add_argument(
+        "--local-from",
+        type=_names,
+        default=(),
+        metavar="MODELS",
+        help="model files or shipped models (musicnn-msd, musicnn-mtt, artist, real ...), comma-separated, whose local "
+        "networks to use instead of training them: transfer learning and pretrained backbones (`tagstack info --list`)",
+    )
     t = p.add_argument_group("training")
     t.add_argument("--config", type=Path, help="a config.toml to run (the data, model and training flags are then ignored)")
     d, g = defaults.local, defaults.global_
-    t.add_argument("--local-epochs", type=_number(checks.EPOCHS), default=d.max_epochs, help=f"maximum epochs per local CNN (default: {d.max_epochs})")
-    t.add_argument("--global-epochs", type=_number(checks.EPOCHS), default=g.max_epochs, help=f"maximum epochs of the global classifier (default: {g.max_epochs})")
-    t.add_argument("--lr-stages", type=_number(checks.LR_STAGES), default=d.lr_stages, help=f"learning rates tried ({d.lr:g}, then x{d.lr_decay:g} each; default: {d.lr_stages})")
-    t.add_argument("--patience", type=_number(checks.PATIENCE), default=d.patience, help=f"epochs without improvement before the rate drops (default: {d.patience})")
+    t.add_argument(
+        "--local-epochs", type=_number(checks.EPOCHS), default=d.max_epochs, help=f"maximum epochs per local CNN (default: {d.max_epochs})"
+    )
+    t.add_argument(
+        "--global-epochs",
+        type=_number(checks.EPOCHS),
+        default=g.max_epochs,
+        help=f"maximum epochs of the global classifier (default: {g.max_epochs})",
+    )
+    t.add_argument(
+        "--lr-stages",
+        type=_number(checks.LR_STAGES),
+        default=d.lr_stages,
+        help=f"learning rates tried ({d.lr:g}, then x{d.lr_decay:g} each; default: {d.lr_stages})",
+    )
+    t.add_argument(
+        "--patience",
+        type=_number(checks.PATIENCE),
+        default=d.patience,
+        help=f"epochs without improvement before the rate drops (default: {d.patience})",
+    )
     t.add_argument("--seed", type=_number(checks.SEED), default=d.seed, help=f"random seed (default: {d.seed})")
-    t.add_argument("--mixup", type=_number(checks.MIXUP), default=0.0, metavar="ALPHA",
-                   help="mix the local CNNs' training segments and labels in pairs, weights ~ Beta(ALPHA, ALPHA) "
-                        "(default: 0, never, as the authors)")
-    t.add_argument("--clip-norm", type=_number(checks.CLIP_NORM), default=0.0,
-                   help="clip the global classifier's gradients to this L2 norm (default: 0, never, as the authors)")
-    t.add_argument("--warmup-epochs", type=_number(checks.WARMUP_EPOCHS), default=0,
-                   help="reach the global classifier's first learning rate linearly over this many epochs (default: 0, as the authors); "
-                        "--warmup-epochs 3 --clip-norm 1 steadies it, see docs/stability")
+    t.add_argument(
+        "--mixup",
+        type=_number(checks.MIXUP),
+        default=0.0,
+        metavar="ALPHA",
+        help="mix the local CNNs' training segments and labels in pairs, weights ~ Beta(ALPHA, ALPHA) (default: 0, never, as the authors)",
+    )
+    t.add_argument(
+        "--clip-norm",
+        type=_number(checks.CLIP_NORM),
+        default=0.0,
+        help="clip the global classifier's gradients to this L2 norm (default: 0, never, as the authors)",
+    )
+    t.add_argument(
+        "--warmup-epochs",
+        type=_number(checks.WARMUP_EPOCHS),
+        default=0,
+        help="reach the global classifier's first learning rate linearly over this many epochs (default: 0, as the authors); "
+        "--warmup-epochs 3 --clip-norm 1 steadies it, see docs/stability",
+    )
     _add_device(p)
 
 
@@ -133,14 +212,28 @@ def config_from_args(a: argparse.Namespace) -> ExperimentConfig:
     if getattr(a, "seeds", None) is not None:  # reproduce
         extra = dict(seeds=a.seeds, joint=None if a.no_joint else joint_schedule(max_epochs=a.joint_epochs, seed=a.seed))
     return ExperimentConfig(
-        dataset=a.dataset, root=a.root, split=a.split, split_dir=a.split_dir, merge_synonyms=a.merge_synonyms, scales=a.scales,
-        layers=a.layers, global_hidden=a.hidden, local_from=a.local_from, local=local_schedule(max_epochs=a.local_epochs, mixup=a.mixup, **sched),
-        global_=global_schedule(max_epochs=a.global_epochs, clip_norm=a.clip_norm, warmup_epochs=a.warmup_epochs, **sched), cache_dir=a.cache_dir, workers=a.workers, device=a.device,
-        engine=a.engine, ray_address=a.ray_address, **extra,
+        dataset=a.dataset,
+        root=a.root,
+        split=a.split,
+        split_dir=a.split_dir,
+        merge_synonyms=a.merge_synonyms,
+        scales=a.scales,
+        layers=a.layers,
+        global_hidden=a.hidden,
+        local_from=a.local_from,
+        local=local_schedule(max_epochs=a.local_epochs, mixup=a.mixup, **sched),
+        global_=global_schedule(max_epochs=a.global_epochs, clip_norm=a.clip_norm, warmup_epochs=a.warmup_epochs, **sched),
+        cache_dir=a.cache_dir,
+        workers=a.workers,
+        device=a.device,
+        engine=a.engine,
+        ray_address=a.ray_address,
+        **extra,
     )
 
 
 # ------------------------------------------------------------------ commands
+
 
 def cmd_run(a: argparse.Namespace) -> int:
     from ..experiments.run import run_experiment
@@ -204,8 +297,15 @@ def cmd_corpus(a: argparse.Namespace) -> int:
 
     played, chain = suffix("performed", performance, PERFORMANCE), suffix("produced", production, EFFECTS)
     out = a.out or tagstack_home() / "corpus" / (a.size + played + chain + (f"-{a.soundfont.stem}" if a.soundfont else ""))
-    build_corpus(out, size=int(a.size) if a.size.isdigit() else a.size, seed=a.seed, workers=a.workers, production=production,
-                 soundfont=a.soundfont, performance=performance)
+    build_corpus(
+        out,
+        size=int(a.size) if a.size.isdigit() else a.size,
+        seed=a.seed,
+        workers=a.workers,
+        production=production,
+        soundfont=a.soundfont,
+        performance=performance,
+    )
     print(f"corpus in {out}")
     return 0
 
@@ -231,26 +331,39 @@ def _print_skipped(skipped) -> None:
         print(f"tagstack: skipped {reason if reason.startswith(path) else f'{path}: {reason}'}", file=sys.stderr)
 
 
-def _on_ray(a: argparse.Namespace, out: Path | None, *, embed: bool, taggram_dir: Path | None = None,
-            hop: float | None = None) -> int:
+def _on_ray(a: argparse.Namespace, out: Path | None, *, embed: bool, taggram_dir: Path | None = None, hop: float | None = None) -> int:
     """``--engine ray``: the job on a Ray cluster, into a folder of Parquet shards."""
     from ..distributed.ray_batch import run_on_ray
     from ..inference.outputs import audio_files
 
     if out is None:
         raise ParameterError("--engine ray writes a folder of Parquet shards: give it with -o DIR")
-    report = run_on_ray(audio_files(a.paths), out, model=a.model, address=a.ray_address, workers=a.workers or None,
-                        device=a.device, embed=embed, taggram_dir=taggram_dir, hop=hop,
-                        decode_tasks={"auto": None, "tasks": True, "workers": False}[a.decode_in])
+    report = run_on_ray(
+        audio_files(a.paths),
+        out,
+        model=a.model,
+        address=a.ray_address,
+        workers=a.workers or None,
+        device=a.device,
+        embed=embed,
+        taggram_dir=taggram_dir,
+        hop=hop,
+        decode_tasks={"auto": None, "tasks": True, "workers": False}[a.decode_in],
+    )
     _print_skipped(report.failed)
-    print(f"{report.done} files done in this run, {report.reused} already done before, {len(report.failed)} failed; "
-          f"results in {out}/tags-*.parquet, failures in {out}/failures-*.parquet", file=sys.stderr)
+    print(
+        f"{report.done} files done in this run, {report.reused} already done before, {len(report.failed)} failed; "
+        f"results in {out}/tags-*.parquet, failures in {out}/failures-*.parquet",
+        file=sys.stderr,
+    )
     return report.exit_status
 
 
 def _refuse_ray_flags(a: argparse.Namespace) -> None:
     """The local engine has no use for the Ray flags: say so rather than ignore them."""
-    given = [flag for flag, on in (("--ray-address", a.ray_address), ("--workers", a.workers), ("--decode-in", a.decode_in != "auto")) if on]
+    given = [
+        flag for flag, on in (("--ray-address", a.ray_address), ("--workers", a.workers), ("--decode-in", a.decode_in != "auto")) if on
+    ]
     if given:
         raise ParameterError(f"{', '.join(given)}: for --engine ray only (the local engine uses this machine's cores)")
 
@@ -265,8 +378,19 @@ def cmd_tag(a: argparse.Namespace) -> int:
             raise ParameterError("--engine ray writes every tag's probability; --per-group is for the local engine")
         return _on_ray(a, a.output, embed=False, taggram_dir=a.taggram, hop=a.hop)
     _refuse_ray_flags(a)
-    return tag_files(a.paths, model=a.model, device=a.device, top_k=a.top_k, threshold=a.threshold, fmt=a.format,
-                     output=a.output, taggram_dir=a.taggram, hop=a.hop, per_group=a.per_group, force=a.force).exit_status
+    return tag_files(
+        a.paths,
+        model=a.model,
+        device=a.device,
+        top_k=a.top_k,
+        threshold=a.threshold,
+        fmt=a.format,
+        output=a.output,
+        taggram_dir=a.taggram,
+        hop=a.hop,
+        per_group=a.per_group,
+        force=a.force,
+    ).exit_status
 
 
 def cmd_embed(a: argparse.Namespace) -> int:
@@ -274,7 +398,9 @@ def cmd_embed(a: argparse.Namespace) -> int:
 
     if a.engine == "ray":
         if a.scales or a.layers:
-            raise ParameterError("--engine ray stores the whole embedding; choose --scales/--layers when reading it (TaggingModel.columns_of)")
+            raise ParameterError(
+                "--engine ray stores the whole embedding; choose --scales/--layers when reading it (TaggingModel.columns_of)"
+            )
         return _on_ray(a, a.out, embed=True)
     _refuse_ray_flags(a)
     return embed_files(a.paths, a.out, model=a.model, device=a.device, scales=a.scales, layers=a.layers, force=a.force).exit_status
@@ -303,8 +429,9 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
     if a.json is not None:
         check_destination(a.json)
-    result = evaluate_model(a.model, a.dataset, root=a.root, scheme=a.split, subset=a.subset, device=a.device,
-                            split_dir=a.split_dir, merge=a.merge_synonyms)
+    result = evaluate_model(
+        a.model, a.dataset, root=a.root, scheme=a.split, subset=a.subset, device=a.device, split_dir=a.split_dir, merge=a.merge_synonyms
+    )
     _print_skipped(result["skipped"])
     print(evaluation_text(result, str(a.model or "the default model")))
     if a.json is not None:
@@ -319,10 +446,22 @@ def cmd_serve(a: argparse.Namespace) -> int:
         from ..service.app import serve
     except ImportError as e:
         raise TagstackError(f"tagstack serve needs the web stack: pip install 'tagstack[serve]' ({e.name} is missing)") from None
-    serve(a.model, host=a.host, port=a.port, device=a.device, upload_dir=a.upload_dir,
-          limits=ServiceLimits(max_upload_mb=a.max_upload_mb, max_seconds=a.max_seconds, concurrency=a.concurrency,
-                               max_uploads=a.max_uploads, upload_timeout=a.upload_timeout, min_upload_kbps=a.min_upload_kbps,
-                               shutdown_timeout=a.shutdown_timeout))
+    serve(
+        a.model,
+        host=a.host,
+        port=a.port,
+        device=a.device,
+        upload_dir=a.upload_dir,
+        limits=ServiceLimits(
+            max_upload_mb=a.max_upload_mb,
+            max_seconds=a.max_seconds,
+            concurrency=a.concurrency,
+            max_uploads=a.max_uploads,
+            upload_timeout=a.upload_timeout,
+            min_upload_kbps=a.min_upload_kbps,
+            shutdown_timeout=a.shutdown_timeout,
+        ),
+    )
     return 0
 
 
@@ -356,7 +495,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="build the default corpus if missing, run all three stages on it, and tag a few test clips")
     d.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
-    d.add_argument("--workers", type=_number(checks.WORKERS), default=0, help="processes for rendering and decoding (default: one per core)")
+    d.add_argument(
+        "--workers", type=_number(checks.WORKERS), default=0, help="processes for rendering and decoding (default: one per core)"
+    )
     _add_device(d)
     d.set_defaults(func=cmd_demo)
 
@@ -371,15 +512,22 @@ def build_parser() -> argparse.ArgumentParser:
         _add_experiment(s)
         s.set_defaults(func=func)
 
-    r = sub.add_parser("reproduce", help="the paper's Figs. 2-5, Tables I-II and joint fine-tuning as tables, figures and a report",
-                       description="Train the local CNNs once, extract features once, then train one global model per "
-                       "ablation (Figs. 2-5), compare with the published numbers (Table II), optionally on CNNs from "
-                       "another run (--local-from: Table I, transfer learning), and fine-tune the whole model end to end.")
+    r = sub.add_parser(
+        "reproduce",
+        help="the paper's Figs. 2-5, Tables I-II and joint fine-tuning as tables, figures and a report",
+        description="Train the local CNNs once, extract features once, then train one global model per "
+        "ablation (Figs. 2-5), compare with the published numbers (Table II), optionally on CNNs from "
+        "another run (--local-from: Table I, transfer learning), and fine-tune the whole model end to end.",
+    )
     r.add_argument("--out", required=True, help="run directory")
     r.add_argument("--quick", action="store_true", help="a few minutes: 2 local epochs, 20 global epochs, 1 joint epoch")
     r.add_argument("--seeds", type=_numbers(checks.SEED), default=(0,), help="seeds of the global models, e.g. 0,1,2 (default: 0)")
-    r.add_argument("--joint-epochs", type=_number(checks.EPOCHS), default=joint_schedule().max_epochs,
-                   help=f"epochs of joint fine-tuning (default: {joint_schedule().max_epochs})")
+    r.add_argument(
+        "--joint-epochs",
+        type=_number(checks.EPOCHS),
+        default=joint_schedule().max_epochs,
+        help=f"epochs of joint fine-tuning (default: {joint_schedule().max_epochs})",
+    )
     r.add_argument("--no-joint", action="store_true", help="skip joint fine-tuning")
     _add_experiment(r)
     r.set_defaults(func=cmd_reproduce, local_epochs=20)
@@ -390,15 +538,27 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", type=Path, help="corpus folder (default: $TAGSTACK_HOME/corpus/SIZE, plus the suffixes below)")
     c.add_argument("--seed", type=_number(checks.SEED), default=0, help="random seed (default: 0)")
     c.add_argument("--workers", type=_number(checks.WORKERS), default=0, help="rendering processes (default: one per core)")
-    c.add_argument("--produce", default="", metavar="EFFECTS",
-                   help="production chain after rendering: 'all' or some of eq,compress,reverb,noise,level,lossy "
-                        "(default: none; the default folder is then $TAGSTACK_HOME/corpus/SIZE-produced-all, -produced-eq+reverb ...)")
-    c.add_argument("--perform", default="", metavar="PARTS",
-                   help="performance played into the MIDI: 'all' or some of drums,humanise (style-fitting drum kits; "
-                        "timing, accents and phrasing) (default: none; the default folder is then SIZE-performed-all ...)")
-    c.add_argument("--soundfont", type=Path, help="a General-MIDI .sf2/.sf3 to render with instead of TimGM6mb "
-                   "(e.g. /usr/share/sounds/sf2/FluidR3_GM.sf2 of Debian's fluid-soundfont-gm; the default folder gets "
-                   "-STEM appended, e.g. -FluidR3_GM)")
+    c.add_argument(
+        "--produce",
+        default="",
+        metavar="EFFECTS",
+        help="production chain after rendering: 'all' or some of eq,compress,reverb,noise,level,lossy "
+        "(default: none; the default folder is then $TAGSTACK_HOME/corpus/SIZE-produced-all, -produced-eq+reverb ...)",
+    )
+    c.add_argument(
+        "--perform",
+        default="",
+        metavar="PARTS",
+        help="performance played into the MIDI: 'all' or some of drums,humanise (style-fitting drum kits; "
+        "timing, accents and phrasing) (default: none; the default folder is then SIZE-performed-all ...)",
+    )
+    c.add_argument(
+        "--soundfont",
+        type=Path,
+        help="a General-MIDI .sf2/.sf3 to render with instead of TimGM6mb "
+        "(e.g. /usr/share/sounds/sf2/FluidR3_GM.sf2 of Debian's fluid-soundfont-gm; the default folder gets "
+        "-STEM appended, e.g. -FluidR3_GM)",
+    )
     c.set_defaults(func=cmd_corpus)
 
     sub.add_parser("datasets", help="list the dataset adapters").set_defaults(func=cmd_datasets)
@@ -406,27 +566,51 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("tag", help="tag audio files, folders (recursively) or globs")
     t.add_argument("paths", nargs="+", help="audio files, folders or glob patterns")
     t.add_argument("--model", type=Path, help=MODEL_HELP)
-    t.add_argument("--top-k", type=_number(checks.TOP_K), default=checks.DEFAULT_TOP_K, help=f"tags per file (default: {checks.DEFAULT_TOP_K}; 0 for all)")
+    t.add_argument(
+        "--top-k",
+        type=_number(checks.TOP_K),
+        default=checks.DEFAULT_TOP_K,
+        help=f"tags per file (default: {checks.DEFAULT_TOP_K}; 0 for all)",
+    )
     t.add_argument("--threshold", type=_number(checks.THRESHOLD), help="report every tag with probability >= this instead of the top k")
-    t.add_argument("--per-group", action="store_true",
-                   help="apply --top-k / --threshold within each tag group of the model (the default model's: genre, mood, "
-                        "quadrant and its teachers' vocabularies) and show each tag's group, so that no vocabulary crowds out the others")
+    t.add_argument(
+        "--per-group",
+        action="store_true",
+        help="apply --top-k / --threshold within each tag group of the model (the default model's: genre, mood, "
+        "quadrant and its teachers' vocabularies) and show each tag's group, so that no vocabulary crowds out the others",
+    )
     t.add_argument("--format", choices=["table", "jsonl", "csv"], default="table", help="output format (default: table)")
-    t.add_argument("--output", "-o", type=Path, help="write to this file instead of standard output (with --engine ray: a folder of Parquet shards)")
+    t.add_argument(
+        "--output", "-o", type=Path, help="write to this file instead of standard output (with --engine ray: a folder of Parquet shards)"
+    )
     t.add_argument("--force", action="store_true", help="write --output even over an existing audio file (never over an input)")
-    t.add_argument("--taggram", type=Path, metavar="DIR", help="also write each file's taggram (tags per 29.1 s window) as .npy/.csv and .png into DIR "
-                   "(with --engine ray: the workers write them, and the Parquet shards get taggram columns too)")
-    t.add_argument("--hop", type=_number(checks.HOP), metavar="SECONDS",
-                   help="seconds between the starts of taggram windows (default: the clip length, back to back; "
-                        "e.g. 5 for overlapping windows every 5 s, at one network pass per window)")
+    t.add_argument(
+        "--taggram",
+        type=Path,
+        metavar="DIR",
+        help="also write each file's taggram (tags per 29.1 s window) as .npy/.csv and .png into DIR "
+        "(with --engine ray: the workers write them, and the Parquet shards get taggram columns too)",
+    )
+    t.add_argument(
+        "--hop",
+        type=_number(checks.HOP),
+        metavar="SECONDS",
+        help="seconds between the starts of taggram windows (default: the clip length, back to back; "
+        "e.g. 5 for overlapping windows every 5 s, at one network pass per window)",
+    )
     _add_engine(t)
     _add_device(t)
     t.set_defaults(func=cmd_tag)
 
     e = sub.add_parser("embed", help="multi-level, multi-scale feature vectors of audio files")
     e.add_argument("paths", nargs="+", help="audio files, folders or glob patterns")
-    e.add_argument("--out", "-o", type=Path, required=True,
-                   help="output file: .npz (arrays embeddings, paths, scales, layers) or .parquet (path, embedding; scales and layers in its metadata); with --engine ray, a folder of Parquet shards")
+    e.add_argument(
+        "--out",
+        "-o",
+        type=Path,
+        required=True,
+        help="output file: .npz (arrays embeddings, paths, scales, layers) or .parquet (path, embedding; scales and layers in its metadata); with --engine ray, a folder of Parquet shards",
+    )
     e.add_argument("--force", action="store_true", help="write --out even over an existing audio file (never over an input)")
     e.add_argument("--model", type=Path, help=MODEL_HELP)
     e.add_argument("--scales", type=_names, help="scales to keep, comma-separated, e.g. 27,54 or musicnn-msd/187 (default: all)")
@@ -441,10 +625,13 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--list", action="store_true", help="list the shipped models (the model zoo) instead")
     i.set_defaults(func=cmd_info)
 
-    ev = sub.add_parser("evaluate", help="score a model on a split of your labelled dataset (tags matched by name)",
-                        description="Tag every clip of one split of a labelled dataset with a model, as `tagstack tag` does, and "
-                                    "report macro ROC-AUC (95% bootstrap interval) and PR-AUC over the tags the model and the "
-                                    "dataset share by name (case, spaces and punctuation ignored), so shipped and trained models compare on the same clips and tags.")
+    ev = sub.add_parser(
+        "evaluate",
+        help="score a model on a split of your labelled dataset (tags matched by name)",
+        description="Tag every clip of one split of a labelled dataset with a model, as `tagstack tag` does, and "
+        "report macro ROC-AUC (95% bootstrap interval) and PR-AUC over the tags the model and the "
+        "dataset share by name (case, spaces and punctuation ignored), so shipped and trained models compare on the same clips and tags.",
+    )
     ev.add_argument("--model", type=Path, help=MODEL_HELP)
     ev.add_argument("--dataset", required=True, help="dataset adapter (see `tagstack datasets`), e.g. manifest, mtat, jamendo")
     ev.add_argument("--root", required=True, help="dataset folder or manifest file")
@@ -456,30 +643,66 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(ev)
     ev.set_defaults(func=cmd_evaluate)
 
-    v = sub.add_parser("serve", help="an HTTP tagging service with a web page (needs the serve extra)",
-                       description="Serve tags, embeddings and taggrams over HTTP: a JSON API under /api (OpenAPI docs at /docs) "
-                                   "and a web page at /. The model is loaded once; analyses run in parallel across requests.")
+    v = sub.add_parser(
+        "serve",
+        help="an HTTP tagging service with a web page (needs the serve extra)",
+        description="Serve tags, embeddings and taggrams over HTTP: a JSON API under /api (OpenAPI docs at /docs) "
+        "and a web page at /. The model is loaded once; analyses run in parallel across requests.",
+    )
     v.add_argument("--model", type=Path, help=MODEL_HELP)
-    v.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 for every interface)")
+    v.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 for every interface)"
+    )
     v.add_argument("--port", type=_number(checks.PORT), default=8000, help="port (default: 8000)")
     limits = ServiceLimits()
-    v.add_argument("--max-upload-mb", type=_number(checks.MAX_UPLOAD_MB), default=limits.max_upload_mb,
-                   help=f"largest upload accepted, in MB (default: {limits.max_upload_mb:g})")
-    v.add_argument("--max-seconds", type=_number(checks.MAX_SECONDS), default=limits.max_seconds,
-                   help=f"longest audio accepted, in seconds (default: {limits.max_seconds:g}, three hours)")
-    v.add_argument("--concurrency", type=_number(checks.CONCURRENCY), default=limits.concurrency,
-                   help="files analysed at once (default: 0, one per usable CPU)")
-    v.add_argument("--max-uploads", type=_number(checks.MAX_UPLOADS), default=limits.max_uploads,
-                   help=f"requests holding an upload at once, received or analysed; more get a 503 (default: {limits.max_uploads})")
-    v.add_argument("--upload-timeout", type=_number(checks.UPLOAD_TIMEOUT), default=limits.upload_timeout,
-                   help=f"seconds an upload may send nothing before it is cut off with a 408 (default: {limits.upload_timeout:g})")
-    v.add_argument("--min-upload-kbps", type=_number(checks.MIN_UPLOAD_RATE), default=limits.min_upload_kbps,
-                   help=f"slowest average upload rate in kB/s, checked after the first --upload-timeout seconds; 0 for none "
-                        f"(default: {limits.min_upload_kbps:g})")
-    v.add_argument("--shutdown-timeout", type=_number(checks.SHUTDOWN_TIMEOUT), default=limits.shutdown_timeout,
-                   help=f"on SIGTERM or Ctrl-C, seconds the requests under way get before they are cancelled (default: {limits.shutdown_timeout:g})")
-    v.add_argument("--upload-dir", type=Path, help="folder for this server's upload folder, which a restart cleans "
-                                                   "(default: the system's temporary folder, $TMPDIR)")
+    v.add_argument(
+        "--max-upload-mb",
+        type=_number(checks.MAX_UPLOAD_MB),
+        default=limits.max_upload_mb,
+        help=f"largest upload accepted, in MB (default: {limits.max_upload_mb:g})",
+    )
+    v.add_argument(
+        "--max-seconds",
+        type=_number(checks.MAX_SECONDS),
+        default=limits.max_seconds,
+        help=f"longest audio accepted, in seconds (default: {limits.max_seconds:g}, three hours)",
+    )
+    v.add_argument(
+        "--concurrency",
+        type=_number(checks.CONCURRENCY),
+        default=limits.concurrency,
+        help="files analysed at once (default: 0, one per usable CPU)",
+    )
+    v.add_argument(
+        "--max-uploads",
+        type=_number(checks.MAX_UPLOADS),
+        default=limits.max_uploads,
+        help=f"requests holding an upload at once, received or analysed; more get a 503 (default: {limits.max_uploads})",
+    )
+    v.add_argument(
+        "--upload-timeout",
+        type=_number(checks.UPLOAD_TIMEOUT),
+        default=limits.upload_timeout,
+        help=f"seconds an upload may send nothing before it is cut off with a 408 (default: {limits.upload_timeout:g})",
+    )
+    v.add_argument(
+        "--min-upload-kbps",
+        type=_number(checks.MIN_UPLOAD_RATE),
+        default=limits.min_upload_kbps,
+        help=f"slowest average upload rate in kB/s, checked after the first --upload-timeout seconds; 0 for none "
+        f"(default: {limits.min_upload_kbps:g})",
+    )
+    v.add_argument(
+        "--shutdown-timeout",
+        type=_number(checks.SHUTDOWN_TIMEOUT),
+        default=limits.shutdown_timeout,
+        help=f"on SIGTERM or Ctrl-C, seconds the requests under way get before they are cancelled (default: {limits.shutdown_timeout:g})",
+    )
+    v.add_argument(
+        "--upload-dir",
+        type=Path,
+        help="folder for this server's upload folder, which a restart cleans (default: the system's temporary folder, $TMPDIR)",
+    )
     _add_device(v)
     v.set_defaults(func=cmd_serve)
     return p

@@ -4,6 +4,7 @@ played with a performance (:mod:`.performance`) and put through a production cha
 It is data, not an adapter: ``tagstack corpus build`` writes it, and the ``corpus`` dataset adapter
 (:mod:`tagstack.datasets.corpus`) reads what it wrote.
 """
+
 from .render import GROUPS, STYLES, build_corpus
 
 __all__ = ["GROUPS", "STYLES", "build_corpus"]

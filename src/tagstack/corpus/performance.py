@@ -30,6 +30,7 @@ from the voicing's), so the same clip gets the same notes, instruments and
 tags with or without them. Whether they help is measured by
 ``bench/bench_production.py`` (docs/transfer/production/).
 """
+
 from __future__ import annotations
 
 import math
@@ -43,12 +44,12 @@ PERFORMANCE = ("drums", "humanise")
 
 #: GM percussion keys (low, mid, high) per style; styles not listed play without drums.
 KITS: dict[str, tuple[int, int, int]] = {
-    "folk-song": (36, 38, 42),        # bass drum, snare, closed hi-hat
-    "jig": (41, 37, 54),              # low floor tom (frame drum), side stick, tambourine
+    "folk-song": (36, 38, 42),  # bass drum, snare, closed hi-hat
+    "jig": (41, 37, 54),  # low floor tom (frame drum), side stick, tambourine
     "reel": (41, 37, 54),
     "hornpipe": (41, 37, 54),
-    "medieval": (61, 60, 54),         # low and high bongo (hand drum), tambourine
-    "chinese-folk": (77, 76, 52),     # low and high wood block, Chinese cymbal
+    "medieval": (61, 60, 54),  # low and high bongo (hand drum), tambourine
+    "chinese-folk": (77, 76, 52),  # low and high wood block, Chinese cymbal
 }
 
 #: Velocity bands of the corpus's dynamics tags, and how far humanising may stretch them.
@@ -61,8 +62,9 @@ def parse_performance(text: str) -> tuple[str, ...]:
     return parse_choice(text, PERFORMANCE, what="performance part(s)")
 
 
-def drum_hits(style: str, *, metre: str | None, bar: float, beat: float, span: float, loud: bool,
-              rng: np.random.Generator, offset: float = 0.0) -> list[tuple[float, int, int]]:
+def drum_hits(
+    style: str, *, metre: str | None, bar: float, beat: float, span: float, loud: bool, rng: np.random.Generator, offset: float = 0.0
+) -> list[tuple[float, int, int]]:
     """(onset in quarter notes, GM key, velocity) of the style's kit over ``span`` quarters; [] for a style without drums.
 
     ``bar`` and ``beat`` are in quarter notes (a dotted beat is 1.5);
@@ -90,8 +92,9 @@ def drum_hits(style: str, *, metre: str | None, bar: float, beat: float, span: f
     return [h for h in hits if 0.0 <= h[0] < span]
 
 
-def humanise(notes: list, rng: np.random.Generator, *, sec_per_quarter: float, bar: float, beat: float, loud: bool,
-             offset: float = 0.0) -> None:
+def humanise(
+    notes: list, rng: np.random.Generator, *, sec_per_quarter: float, bar: float, beat: float, loud: bool, offset: float = 0.0
+) -> None:
     """Move and shade ``notes`` (``pretty_midi.Note``, times in seconds) in place, as described in the module docstring.
 
     ``offset`` is where the first full bar starts, in quarter notes (the length of a pickup).

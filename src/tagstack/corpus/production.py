@@ -13,6 +13,7 @@ trains CNNs whose features are probed on real recordings
 (``bench/bench_production.py``; results in ``docs/transfer/production/``:
 the whole chain did not improve transfer, a larger soundfont did).
 """
+
 from __future__ import annotations
 
 import io
@@ -62,8 +63,11 @@ def _biquad(kind: str, f0: float, gain_db: float, q: float, sr: int) -> np.ndarr
     else:
         s = 2 * np.sqrt(a) * alpha
         sign = 1 if kind == "low" else -1
-        b = [a * ((a + 1) - sign * (a - 1) * cw + s), sign * 2 * a * ((a - 1) - sign * (a + 1) * cw),
-             a * ((a + 1) - sign * (a - 1) * cw - s)]
+        b = [
+            a * ((a + 1) - sign * (a - 1) * cw + s),
+            sign * 2 * a * ((a - 1) - sign * (a + 1) * cw),
+            a * ((a + 1) - sign * (a - 1) * cw - s),
+        ]
         den = [(a + 1) + sign * (a - 1) * cw + s, -sign * 2 * ((a - 1) + sign * (a + 1) * cw), (a + 1) + sign * (a - 1) * cw - s]
     return np.array(b + den) / den[0]
 
@@ -72,11 +76,13 @@ def eq(y: np.ndarray, sr: int, *, rng: np.random.Generator) -> np.ndarray:
     """A low shelf, a high shelf (each +-6 dB) and one mid-band bell (+-4 dB): a mixing engineer's tonal balance."""
     from scipy.signal import sosfilt
 
-    sos = np.stack([
-        _biquad("low", rng.uniform(80, 250), rng.uniform(-6, 6), 0.707, sr),
-        _biquad("high", rng.uniform(3000, 8000), rng.uniform(-6, 6), 0.707, sr),
-        _biquad("peak", rng.uniform(300, 3000), rng.uniform(-4, 4), rng.uniform(0.7, 2.0), sr),
-    ])
+    sos = np.stack(
+        [
+            _biquad("low", rng.uniform(80, 250), rng.uniform(-6, 6), 0.707, sr),
+            _biquad("high", rng.uniform(3000, 8000), rng.uniform(-6, 6), 0.707, sr),
+            _biquad("peak", rng.uniform(300, 3000), rng.uniform(-4, 4), rng.uniform(0.7, 2.0), sr),
+        ]
+    )
     return sosfilt(sos, y).astype(np.float32)
 
 

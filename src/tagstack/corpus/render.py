@@ -35,6 +35,7 @@ same manifest and the same bytes), parallel over pieces, resumable (a piece
 whose clips and tag file exist is not rendered again) and atomic (every file
 is written to a temporary name and renamed).
 """
+
 from __future__ import annotations
 
 import logging
@@ -71,9 +72,23 @@ CLIP_SECONDS = 29.1
 
 #: General-MIDI programs (0-based) of the instrument tags.
 PROGRAMS = {
-    "piano": 0, "harpsichord": 6, "vibraphone": 11, "organ": 19, "accordion": 21, "guitar": 24,
-    "violin": 40, "cello": 42, "harp": 46, "strings": 48, "choir": 52, "trumpet": 56,
-    "horn": 60, "oboe": 68, "bassoon": 70, "clarinet": 71, "flute": 73,
+    "piano": 0,
+    "harpsichord": 6,
+    "vibraphone": 11,
+    "organ": 19,
+    "accordion": 21,
+    "guitar": 24,
+    "violin": 40,
+    "cello": 42,
+    "harp": 46,
+    "strings": 48,
+    "choir": 52,
+    "trumpet": 56,
+    "horn": 60,
+    "oboe": 68,
+    "bassoon": 70,
+    "clarinet": 71,
+    "flute": 73,
 }
 
 
@@ -93,12 +108,28 @@ STYLES: tuple[Style, ...] = (
     Style("madrigal", ("monteverdi",), ("choir", "harpsichord", "flute", "guitar", "violin", "cello", "strings")),
     Style("medieval", ("trecento", "ciconia", "luca"), ("flute", "harp", "guitar", "choir", "oboe", "organ", "vibraphone")),
     Style("string-quartet", ("haydn", "mozart", "beethoven"), ("violin", "cello", "strings", "piano", "clarinet", "flute", "horn")),
-    Style("romantic", ("schumann_robert", "schumann_clara", "chopin", "schubert", "weber", "verdi", "beach", "liliuokalani"),
-          ("piano", "violin", "cello", "harp", "clarinet", "horn", "strings", "oboe")),
-    Style("folk-song", ("essenFolksong/altdeu", "essenFolksong/ballad", "essenFolksong/boehme", "essenFolksong/erk",
-                        "essenFolksong/fink", "essenFolksong/kinder", "essenFolksong/lot", "essenFolksong/lux",
-                        "essenFolksong/zuccal", "essenFolksong/dva"),
-          ("accordion", "guitar", "violin", "flute", "piano", "clarinet", "trumpet"), split_abc=True),
+    Style(
+        "romantic",
+        ("schumann_robert", "schumann_clara", "chopin", "schubert", "weber", "verdi", "beach", "liliuokalani"),
+        ("piano", "violin", "cello", "harp", "clarinet", "horn", "strings", "oboe"),
+    ),
+    Style(
+        "folk-song",
+        (
+            "essenFolksong/altdeu",
+            "essenFolksong/ballad",
+            "essenFolksong/boehme",
+            "essenFolksong/erk",
+            "essenFolksong/fink",
+            "essenFolksong/kinder",
+            "essenFolksong/lot",
+            "essenFolksong/lux",
+            "essenFolksong/zuccal",
+            "essenFolksong/dva",
+        ),
+        ("accordion", "guitar", "violin", "flute", "piano", "clarinet", "trumpet"),
+        split_abc=True,
+    ),
     Style("chinese-folk", ("essenFolksong/han",), ("flute", "harp", "vibraphone", "guitar", "violin", "oboe", "piano"), split_abc=True),
     Style("jig", ("ryansMammoth/*Jig.abc",), ("violin", "flute", "accordion", "guitar", "harp", "piano", "trumpet")),
     Style("reel", ("ryansMammoth/*Reel.abc",), ("violin", "flute", "accordion", "guitar", "harp", "piano", "vibraphone")),
@@ -288,8 +319,15 @@ def _accompaniment(tonic: int, mode: str, span: float, bar: float, *, chords: bo
     return [bass, pad] if chords else [bass]
 
 
-def render_clip(score: Score, *, rng: np.random.Generator, style: Style, soundfont: bytes, performance: tuple[str, ...] = (),
-                performer: np.random.Generator | None = None) -> tuple[np.ndarray, list[str]]:
+def render_clip(
+    score: Score,
+    *,
+    rng: np.random.Generator,
+    style: Style,
+    soundfont: bytes,
+    performance: tuple[str, ...] = (),
+    performer: np.random.Generator | None = None,
+) -> tuple[np.ndarray, list[str]]:
     """Render one 29.1 s clip of ``score`` with random (seeded) voicing; returns audio and tags.
 
     ``performance`` (parts of :mod:`.performance`) draws from ``performer``,
@@ -319,7 +357,9 @@ def render_clip(score: Score, *, rng: np.random.Generator, style: Style, soundfo
     tags.add(mode)
     order = sorted(range(len(parts)), key=lambda i: -np.mean([n[2] for n in parts[i]]))
     if len(parts) >= 2:
-        texture = rng.choice(["solo", "duet", "ensemble"], p=[0.2, 0.3, 0.5]) if len(parts) >= 3 else rng.choice(["solo", "duet"], p=[0.3, 0.7])
+        texture = (
+            rng.choice(["solo", "duet", "ensemble"], p=[0.2, 0.3, 0.5]) if len(parts) >= 3 else rng.choice(["solo", "duet"], p=[0.3, 0.7])
+        )
         voices = {"solo": [order[0]], "duet": [order[0], order[-1]], "ensemble": order}[texture]
         voiced = [parts[i] for i in voices]
     else:
@@ -343,8 +383,14 @@ def render_clip(score: Score, *, rng: np.random.Generator, style: Style, soundfo
             if t0 >= CLIP_SECONDS:
                 continue
             vel = int(rng.integers(*velocity_range))
-            inst.notes.append(pretty_midi.Note(velocity=vel, pitch=int(np.clip(p, 21, 108)), start=t0,
-                                               end=min(t0 + max(d * sec_per_quarter * 0.97, 0.05), CLIP_SECONDS + 1.0)))
+            inst.notes.append(
+                pretty_midi.Note(
+                    velocity=vel,
+                    pitch=int(np.clip(p, 21, 108)),
+                    start=t0,
+                    end=min(t0 + max(d * sec_per_quarter * 0.97, 0.05), CLIP_SECONDS + 1.0),
+                )
+            )
         pm.instruments.append(inst)
     if "drums" in performance:
         kit = pretty_midi.Instrument(program=0, is_drum=True)
@@ -354,8 +400,15 @@ def render_clip(score: Score, *, rng: np.random.Generator, style: Style, soundfo
         if kit.notes:
             pm.instruments.append(kit)
     if "humanise" in performance:
-        humanise([n for inst in pm.instruments for n in inst.notes], performer, sec_per_quarter=sec_per_quarter,
-                 bar=bar, beat=beat, loud=loud, offset=score.pickup)
+        humanise(
+            [n for inst in pm.instruments for n in inst.notes],
+            performer,
+            sec_per_quarter=sec_per_quarter,
+            bar=bar,
+            beat=beat,
+            loud=loud,
+            offset=score.pickup,
+        )
     buf = io.BytesIO()
     pm.write(buf)
     wav = midirenderer.render_wave_from(soundfont, buf.getvalue())
@@ -445,8 +498,9 @@ def _render_piece(job: tuple[Piece, int, int, str, tuple[str, ...], str | None, 
         for k in range(n_clips):
             # performance and production draw from streams of their own: the same voicing and tags as the plain corpus
             performer = np.random.default_rng([*piece_seed, k, 2]) if performance else None
-            y, tags = render_clip(score, rng=rng, style=style, soundfont=_soundfont(soundfont), performance=performance,
-                                   performer=performer)
+            y, tags = render_clip(
+                score, rng=rng, style=style, soundfont=_soundfont(soundfont), performance=performance, performer=performer
+            )
             if production:
                 y = produce(y, SR, seed=[*piece_seed, k, 1], effects=production)
             name = f"audio/{piece.style}/{hashlib.sha1(piece.id.encode()).hexdigest()[:12]}-{k}.ogg"
@@ -484,9 +538,16 @@ def plan(size: str | int, *, seed: int = 0) -> list[tuple[Piece, int]]:
     return jobs
 
 
-def build_corpus(out: str | Path, *, size: str | int = "default", seed: int = 0, workers: int = 0,
-                 production: tuple[str, ...] | str = (), soundfont: str | Path | None = None,
-                 performance: tuple[str, ...] | str = ()) -> ClipSet:
+def build_corpus(
+    out: str | Path,
+    *,
+    size: str | int = "default",
+    seed: int = 0,
+    workers: int = 0,
+    production: tuple[str, ...] | str = (),
+    soundfont: str | Path | None = None,
+    performance: tuple[str, ...] | str = (),
+) -> ClipSet:
     """Build (or finish building) the corpus in ``out`` and return it.
 
     Writes ``out/audio/<style>/*.ogg``, ``out/manifest.csv`` (path, tags,
@@ -566,8 +627,7 @@ def _same_build(out: Path, settings: dict) -> None:
             what = ", ".join(f"{k} {before.get(k)!r} -> {settings[k]!r}" for k in changed)
             raise ParameterError(f"{out}: a corpus built with other settings ({what}); use another folder")
     elif (out / "pieces").is_dir() and any(settings[k] != v for k, v in plain.items()):
-        raise ParameterError(f"{out}: a corpus built with the default sound (no production or performance, TimGM6mb); "
-                             "use another folder")
+        raise ParameterError(f"{out}: a corpus built with the default sound (no production or performance, TimGM6mb); use another folder")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, settings)
 

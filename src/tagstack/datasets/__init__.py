@@ -4,6 +4,7 @@
 takes, and :func:`load_dataset` refuses any other, so a flag that an adapter
 would ignore (``--merge-synonyms`` for GTZAN, say) is an error, not a no-op.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -36,16 +37,27 @@ class Adapter:
 #: name -> adapter; options besides ``root`` and ``split``.
 DATASETS: dict[str, Adapter] = {
     "corpus": Adapter("corpus", "load_corpus", "the embedded score-rendered corpus (tagstack corpus build)"),
-    "mtat": Adapter("mtat", "load_mtat", "MagnaTagATune top-50; --split lee (the paper's) or full", frozenset({"split_dir", "merge"}),
-                    "lee|full"),
-    "msd": Adapter("msd", "load_msd", "Million Song Dataset, Last.fm top-50, Lee's split (7digital previews)", frozenset({"split_dir"}),
-                   "lee"),
-    "tagtraum": Adapter("msd", "load_tagtraum", "Tagtraum CD2C genres on MSD, Lee's split (single-label)", frozenset({"split_dir"}),
-                        "lee"),
-    "gtzan": Adapter("gtzan", "load_gtzan", "GTZAN genres; --split fault-filtered or kfold-K-N (single-label)", frozenset({"split_dir"}),
-                     r"fault-filtered|kfold-\d+-\d+"),
-    "jamendo": Adapter("jamendo", "load_jamendo", "MTG-Jamendo autotagging top-50; --split 0-4 (MTG's split-N folders; default 0)",
-                       frozenset({"split_dir"}), "[0-4]"),
+    "mtat": Adapter(
+        "mtat", "load_mtat", "MagnaTagATune top-50; --split lee (the paper's) or full", frozenset({"split_dir", "merge"}), "lee|full"
+    ),
+    "msd": Adapter(
+        "msd", "load_msd", "Million Song Dataset, Last.fm top-50, Lee's split (7digital previews)", frozenset({"split_dir"}), "lee"
+    ),
+    "tagtraum": Adapter("msd", "load_tagtraum", "Tagtraum CD2C genres on MSD, Lee's split (single-label)", frozenset({"split_dir"}), "lee"),
+    "gtzan": Adapter(
+        "gtzan",
+        "load_gtzan",
+        "GTZAN genres; --split fault-filtered or kfold-K-N (single-label)",
+        frozenset({"split_dir"}),
+        r"fault-filtered|kfold-\d+-\d+",
+    ),
+    "jamendo": Adapter(
+        "jamendo",
+        "load_jamendo",
+        "MTG-Jamendo autotagging top-50; --split 0-4 (MTG's split-N folders; default 0)",
+        frozenset({"split_dir"}),
+        "[0-4]",
+    ),
     "manifest": Adapter("manifest", "load_manifest", "your own collection: manifest.csv/tsv with path, tags[, split][, unknown]"),
     "folders": Adapter("manifest", "load_folders", "your own collection: one folder per label (single-label)"),
 }
@@ -106,5 +118,15 @@ def load_dataset(name: str, root: str | Path = "", *, split: str = "", **options
     return DATASETS[name].loader(root, split, **given)
 
 
-__all__ = ["SPLITS", "Adapter", "ClipSet", "DATASETS", "check_dataset", "load_dataset", "read_folders", "read_manifest",
-           "stratified_split", "write_manifest"]
+__all__ = [
+    "SPLITS",
+    "Adapter",
+    "ClipSet",
+    "DATASETS",
+    "check_dataset",
+    "load_dataset",
+    "read_folders",
+    "read_manifest",
+    "stratified_split",
+    "write_manifest",
+]

@@ -4,6 +4,7 @@ An adapter (MagnaTagATune, GTZAN, a user's manifest, the rendered corpus ...)
 turns its files into a :class:`ClipSet`: audio paths, a 0/1 label matrix in
 the order of the tag vocabulary, and a split name per clip.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -81,8 +82,14 @@ class ClipSet:
         """The clips at ``keep`` (indices or boolean mask), in order."""
         keep = np.flatnonzero(keep) if np.asarray(keep).dtype == bool else np.asarray(keep, dtype=int)
         return ClipSet(
-            name=self.name, root=self.root, paths=[self.paths[i] for i in keep], labels=self.labels[keep],
-            tags=list(self.tags), splits=self.splits[keep], task=self.task, groups=dict(self.groups),
+            name=self.name,
+            root=self.root,
+            paths=[self.paths[i] for i in keep],
+            labels=self.labels[keep],
+            tags=list(self.tags),
+            splits=self.splits[keep],
+            task=self.task,
+            groups=dict(self.groups),
         )
 
     def summary(self) -> str:

@@ -3,6 +3,7 @@
 Reading a built corpus needs nothing but its manifest; building one needs
 the ``corpus`` extra (music21, pretty_midi, midirenderer).
 """
+
 from __future__ import annotations
 
 from pathlib import Path

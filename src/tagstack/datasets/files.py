@@ -1,4 +1,5 @@
 """Finding and reading the split and label files that datasets publish."""
+
 from __future__ import annotations
 
 import pickle
@@ -26,11 +27,16 @@ def find_file(name: str, *folders: Path | str) -> Path:
 #: The only globals a published split or label pickle needs: numpy arrays, their dtypes and scalars, sets
 #: (and ``_codecs.encode``, which protocol-2 pickles use to store bytes).
 _ALLOWED_GLOBALS = {
-    (module, name)
-    for module in ("numpy.core.multiarray", "numpy._core.multiarray")
-    for name in ("_reconstruct", "scalar")
-} | {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"), ("builtins", "set"), ("builtins", "frozenset"),
-     ("__builtin__", "set"), ("__builtin__", "frozenset")}
+    (module, name) for module in ("numpy.core.multiarray", "numpy._core.multiarray") for name in ("_reconstruct", "scalar")
+} | {
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),
+    ("builtins", "set"),
+    ("builtins", "frozenset"),
+    ("__builtin__", "set"),
+    ("__builtin__", "frozenset"),
+}
 
 
 class _DataOnlyUnpickler(pickle.Unpickler):

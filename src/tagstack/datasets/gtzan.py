@@ -8,6 +8,7 @@ Splits:
 - ``kfold-K-N``: stratified ``N``-fold cross-validation with fold ``K`` (0-based)
   as test, fold ``K+1`` as validation and the rest as training (seeded).
 """
+
 from __future__ import annotations
 
 import re
@@ -53,7 +54,9 @@ def load_gtzan(root: Path, split: str = "fault-filtered", *, split_dir: str | Pa
         k, n = int(m.group(1)), int(m.group(2))
         if not 0 <= k < n or n < 3:
             raise ParameterError(f"kfold-K-N needs N >= 3 and 0 <= K < N, got {split!r}")
-        files = sorted(str(f.relative_to(audio_root)) for g in GENRES for f in (audio_root / g).glob(f"{g}.*") if f.suffix in (".au", ".wav"))
+        files = sorted(
+            str(f.relative_to(audio_root)) for g in GENRES for f in (audio_root / g).glob(f"{g}.*") if f.suffix in (".au", ".wav")
+        )
         if not files:
             raise DatasetError(f"{audio_root}: no GTZAN audio (genres/<genre>/<genre>.NNNNN.au)")
         from sklearn.model_selection import StratifiedKFold
@@ -69,5 +72,12 @@ def load_gtzan(root: Path, split: str = "fault-filtered", *, split_dir: str | Pa
     if unknown:
         raise DatasetError(f"GTZAN split lists unknown genres {unknown}")
     labels = np.eye(len(GENRES), dtype=np.float32)[[GENRES.index(g) for g in genre]]
-    return ClipSet(name=f"gtzan-{split}", root=audio_root, paths=paths, labels=labels, tags=list(GENRES),
-                   splits=np.array(names, dtype=object), task="multiclass")
+    return ClipSet(
+        name=f"gtzan-{split}",
+        root=audio_root,
+        paths=paths,
+        labels=labels,
+        tags=list(GENRES),
+        splits=np.array(names, dtype=object),
+        task="multiclass",
+    )

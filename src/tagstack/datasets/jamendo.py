@@ -5,6 +5,7 @@ Each row: TRACK_ID, ARTIST_ID, ALBUM_ID, PATH (such as ``41/241.mp3``, under
 ``genre---rock`` or ``mood/theme---happy``. Tracks are full length: the mel
 cache takes the 29.1 s at the centre of each track.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -49,8 +50,10 @@ def load_jamendo(root: Path, split: str = "0", *, split_dir: str | Path = "") ->
         elif d.name == f"split-{split}" or (split == "0" and not d.name.startswith("split-")):
             folders.append(d)
     if not folders:
-        raise DatasetError(f"MTG-Jamendo split {split}: no split-{split} folder in {', '.join(str(d) for d in (split_dir, root) if d)}; "
-                           "pass the folder of its TSV files with --split-dir")
+        raise DatasetError(
+            f"MTG-Jamendo split {split}: no split-{split} folder in {', '.join(str(d) for d in (split_dir, root) if d)}; "
+            "pass the folder of its TSV files with --split-dir"
+        )
     rows, names = [], []
     for name, file in (("train", "train"), ("valid", "validation"), ("test", "test")):
         r = read_split_tsv(find_tsv(f"autotagging_top50tags-{file}.tsv", folders))
@@ -62,5 +65,12 @@ def load_jamendo(root: Path, split: str = "0", *, split_dir: str | Path = "") ->
     for i, (_, ts) in enumerate(rows):
         labels[i, [col[t] for t in ts]] = 1
     groups = {t: t.split("---")[0] for t in tags if "---" in t}
-    return ClipSet(name=f"mtg-jamendo-{split}", root=root, paths=[p for p, _ in rows], labels=labels, tags=tags,
-                   splits=np.array(names, dtype=object), groups=groups)
+    return ClipSet(
+        name=f"mtg-jamendo-{split}",
+        root=root,
+        paths=[p for p, _ in rows],
+        labels=labels,
+        tags=tags,
+        splits=np.array(names, dtype=object),
+        groups=groups,
+    )

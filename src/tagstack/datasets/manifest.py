@@ -24,6 +24,7 @@ in training or in evaluation::
     games/b.flac,guitar=0.6;drums=0.9,train,mood;genre
 A folder per label (``root/<label>/*.wav``) is read as a single-label task.
 """
+
 from __future__ import annotations
 
 import csv
@@ -102,12 +103,22 @@ def read_manifest(path: str | Path, *, name: str | None = None, task: str = "mul
     empty = [line for (line, _), s in zip(records, splits) if not s]
     if empty and len(empty) < len(records):
         lines = ", ".join(map(str, empty[:5])) + (" ..." if len(empty) > 5 else "")
-        raise DatasetError(f"{path}: {len(empty)} rows have no split (lines {lines}) while others have one; "
-                           "fill the split column on every row, or leave it empty everywhere for a seeded split")
+        raise DatasetError(
+            f"{path}: {len(empty)} rows have no split (lines {lines}) while others have one; "
+            "fill the split column on every row, or leave it empty everywhere for a seeded split"
+        )
     if empty:
         splits = _make_splits([r["path"] for _, r in records], labels, seed=seed)
-    return ClipSet(name=name or path.resolve().parent.name, root=path.parent, paths=[r["path"] for _, r in records],
-                   labels=labels, tags=tags, splits=splits, task=task, groups=groups)
+    return ClipSet(
+        name=name or path.resolve().parent.name,
+        root=path.parent,
+        paths=[r["path"] for _, r in records],
+        labels=labels,
+        tags=tags,
+        splits=splits,
+        task=task,
+        groups=groups,
+    )
 
 
 def _parse_tags(text: str, path: Path, line: int) -> dict[str, float]:
@@ -141,7 +152,9 @@ def _read_groups(path: Path) -> dict[str, str]:
             for line, r in enumerate(reader, start=2):
                 tag, group = (r["tag"] or "").strip(), (r["group"] or "").strip()
                 if tag and not is_group_name(group):
-                    raise DatasetError(f"{path}, line {line}: the group of {tag!r} must be a name of 1..{MAX_GROUP_NAME} characters, got {group!r}")
+                    raise DatasetError(
+                        f"{path}, line {line}: the group of {tag!r} must be a name of 1..{MAX_GROUP_NAME} characters, got {group!r}"
+                    )
                 if tag:
                     groups[tag] = group
             return groups
@@ -210,8 +223,7 @@ def read_folders(root: str | Path, *, name: str | None = None, seed: int = 0) ->
     labels = np.eye(len(classes), dtype=np.float32)[y]
     assign = stratified_split(paths, [classes[k] for k in y], seed=seed)
     splits = np.array([assign[p] for p in paths], dtype=object)
-    return ClipSet(name=name or root.resolve().name, root=root, paths=paths, labels=labels, tags=classes, splits=splits,
-                   task="multiclass")
+    return ClipSet(name=name or root.resolve().name, root=root, paths=paths, labels=labels, tags=classes, splits=splits, task="multiclass")
 
 
 def load_manifest(root: Path, split: str = "") -> ClipSet:

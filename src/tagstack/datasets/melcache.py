@@ -23,6 +23,7 @@ many frames of each clip are audio is stored beside them (:attr:`MelCache.frames
 so that training and aggregation use the audio alone, as tagging a file
 does. Longer files contribute the 29.1 s at their centre.
 """
+
 from __future__ import annotations
 
 import logging
@@ -133,8 +134,16 @@ class MelCache:
         f = self.dir / "failed.json"
         return json.loads(f.read_text()) if f.exists() else {}
 
-    def build(self, *, workers: int = 0, device: str | torch.device = "cpu", batch_size: int = 16, min_seconds: float = 5.0,
-              engine: str = "local", ray_address: str = "") -> dict:
+    def build(
+        self,
+        *,
+        workers: int = 0,
+        device: str | torch.device = "cpu",
+        batch_size: int = 16,
+        min_seconds: float = 5.0,
+        engine: str = "local",
+        ray_address: str = "",
+    ) -> dict:
         """Compute the frames of every clip not yet cached; returns a report.
 
         ``engine="ray"`` decodes and computes frames in Ray workers (a local
@@ -149,13 +158,23 @@ class MelCache:
         remove_leftovers(self.dir)
         if not self._complete_files():  # new, or a kill left one file without the other: start this cache over
             if (self.dir / "done.u8").exists():  # an earlier version's flags, without the frames of audio
-                log.warning("mel cache %s: built by an earlier tagstack, which did not record how much of each clip is audio; "
-                            "computing it again, once", self.dir)
+                log.warning(
+                    "mel cache %s: built by an earlier tagstack, which did not record how much of each clip is audio; "
+                    "computing it again, once",
+                    self.dir,
+                )
                 (self.dir / "done.u8").unlink()
             np.memmap(self._mels_path, dtype=np.float16, mode="w+", shape=self.shape).flush()
             np.memmap(self._done_path, dtype=np.int16, mode="w+", shape=(self.shape[0],)).flush()
-            atomic_write_json(self.dir / "info.json", {"dataset": self.clips.name, "shape": list(self.shape),
-                                                       "frontend": self.frontend.__dict__, "paths": [str(self.clips.audio_path(i)) for i in range(len(self.clips))]})
+            atomic_write_json(
+                self.dir / "info.json",
+                {
+                    "dataset": self.clips.name,
+                    "shape": list(self.shape),
+                    "frontend": self.frontend.__dict__,
+                    "paths": [str(self.clips.audio_path(i)) for i in range(len(self.clips))],
+                },
+            )
         mels, done = self._open("r+")
         failed = self._failed()
         padded: dict[str, str] = {}
@@ -227,7 +246,9 @@ class MelCache:
             atomic_write_json(self.dir / "failed.json", failed)
         valid = np.asarray(done, dtype=bool)
         if failed:
-            log.warning(f"mel cache {self.clips.name}: skipped {len(failed)} of {len(self.clips)} files (listed in {self.dir / 'failed.json'})")
+            log.warning(
+                f"mel cache {self.clips.name}: skipped {len(failed)} of {len(self.clips)} files (listed in {self.dir / 'failed.json'})"
+            )
         return {"cached": int(valid.sum()), "computed": computed, "skipped": failed, "padded": padded}
 
     @property

@@ -15,6 +15,7 @@ Audio: 7digital previews under ``root``, found through two published maps,
 
 Ids without an audio path are kept out and counted in a message.
 """
+
 from __future__ import annotations
 
 import logging
@@ -55,8 +56,11 @@ def load_msd(root: Path, split: str = "lee", *, split_dir: str | Path = "") -> C
     """Million Song Dataset, Last.fm top-50 tags, Lee's split."""
     folders = (split_dir, root)
     tags = read_lines(find_file("50tagList.txt", *folders))
-    ids, names = _train_valid_test(read_pickle(find_file("filtered_list_train.cP", *folders), list),
-                                   read_pickle(find_file("filtered_list_test.cP", *folders), list), MSD_TRAIN)
+    ids, names = _train_valid_test(
+        read_pickle(find_file("filtered_list_train.cP", *folders), list),
+        read_pickle(find_file("filtered_list_test.cP", *folders), list),
+        MSD_TRAIN,
+    )
     vectors = read_pickle(find_file("msd_id_to_tag_vector.cP", *folders), dict)
     missing = [t for t in ids if t not in vectors]
     if missing:
@@ -65,7 +69,9 @@ def load_msd(root: Path, split: str = "lee", *, split_dir: str | Path = "") -> C
     labels = np.array([np.asarray(vectors[ids[i]], dtype=np.float32).reshape(-1) for i in kept])
     if labels.shape[1:] != (len(tags),):
         raise DatasetError(f"msd_id_to_tag_vector.cP: label vectors of {labels.shape[1:]} values for {len(tags)} tags")
-    return ClipSet(name="msd-lee", root=root, paths=paths, labels=labels, tags=tags, splits=np.array([names[i] for i in kept], dtype=object))
+    return ClipSet(
+        name="msd-lee", root=root, paths=paths, labels=labels, tags=tags, splits=np.array([names[i] for i in kept], dtype=object)
+    )
 
 
 def read_tagtraum(path: Path) -> dict[str, str]:
@@ -85,13 +91,21 @@ def load_tagtraum(root: Path, split: str = "lee", *, split_dir: str | Path = "")
     """Tagtraum CD2C genre annotations on MSD, Lee's stratified split."""
     folders = (split_dir, root)
     genre_of = read_tagtraum(find_file("msd_tagtraum_cd2c.cls", *folders))
-    ids, names = _train_valid_test(read_pickle(find_file("train_list.cP", *folders), list),
-                                   read_pickle(find_file("test_list.cP", *folders), list), TAGTRAUM_TRAIN)
+    ids, names = _train_valid_test(
+        read_pickle(find_file("train_list.cP", *folders), list), read_pickle(find_file("test_list.cP", *folders), list), TAGTRAUM_TRAIN
+    )
     missing = [t for t in ids if t not in genre_of]
     if missing:
         raise DatasetError(f"msd_tagtraum_cd2c.cls has no genre for {len(missing)} ids of the split, e.g. {missing[0]}")
     genres = sorted(set(genre_of[t] for t in ids))
     paths, kept = _audio_paths(ids, folders)
     labels = np.eye(len(genres), dtype=np.float32)[[genres.index(genre_of[ids[i]]) for i in kept]]
-    return ClipSet(name="tagtraum-lee", root=root, paths=paths, labels=labels, tags=genres,
-                   splits=np.array([names[i] for i in kept], dtype=object), task="multiclass")
+    return ClipSet(
+        name="tagtraum-lee",
+        root=root,
+        paths=paths,
+        labels=labels,
+        tags=genres,
+        splits=np.array([names[i] for i in kept], dtype=object),
+        task="multiclass",
+    )

@@ -17,6 +17,7 @@ most frequent columns. Two splits:
 woman, female vocal ...) before the top 50 are chosen (``full`` split only:
 the ``lee`` split fixes its 50 tags).
 """
+
 from __future__ import annotations
 
 import csv
@@ -120,8 +121,14 @@ def load_mtat(root: Path, split: str = "lee", *, split_dir: str | Path = "", mer
         keep = np.array([i not in BROKEN_CLIPS for i in ids])
         folder = np.array([p.split("/")[0] for p in paths])
         splits = np.where(np.isin(folder, list("0123456789ab")), "train", np.where(folder == "c", "valid", "test")).astype(object)
-        return ClipSet(name="mtat-full", root=root, paths=[p for p, k in zip(paths, keep) if k], labels=y[keep][:, cols],
-                       tags=[tags[j] for j in cols], splits=splits[keep])
+        return ClipSet(
+            name="mtat-full",
+            root=root,
+            paths=[p for p, k in zip(paths, keep) if k],
+            labels=y[keep][:, cols],
+            tags=[tags[j] for j in cols],
+            splits=splits[keep],
+        )
     if split != "lee":
         raise ParameterError(f"MagnaTagATune split must be 'lee' or 'full', got {split!r}")
     if merge:
@@ -140,8 +147,9 @@ def load_mtat(root: Path, split: str = "lee", *, split_dir: str | Path = "", mer
             y_path = find_file(y_file, *folders)
             y_split = read_npy(y_path)
             if y_split.shape != (len(lst), len(top50)) or y_split.dtype.kind not in "biuf":
-                raise DatasetError(f"{y_path}: {y_split.dtype} array of shape {y_split.shape}, expected numbers for "
-                                   f"{len(lst)} clips x {len(top50)} tags")
+                raise DatasetError(
+                    f"{y_path}: {y_split.dtype} array of shape {y_split.shape}, expected numbers for {len(lst)} clips x {len(top50)} tags"
+                )
             y_split = y_split.astype(np.float32)
         else:
             unknown = [p for p in lst if p not in by_path]
@@ -151,5 +159,6 @@ def load_mtat(root: Path, split: str = "lee", *, split_dir: str | Path = "", mer
         all_paths += lst
         labels.append(y_split)
         splits += [name] * len(lst)
-    return ClipSet(name="mtat-lee", root=root, paths=all_paths, labels=np.concatenate(labels), tags=top50,
-                   splits=np.array(splits, dtype=object))
+    return ClipSet(
+        name="mtat-lee", root=root, paths=all_paths, labels=np.concatenate(labels), tags=top50, splits=np.array(splits, dtype=object)
+    )

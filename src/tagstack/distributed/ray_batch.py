@@ -18,6 +18,7 @@ probability column per tag, optional embedding and taggram); files that could
 not be used go to ``failures-*.parquet`` (path, reason). A rerun of the same
 command reads the paths already in the folder and does only the rest.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -117,8 +118,7 @@ class _Worker:
     which is what fills a GPU when files are short.
     """
 
-    def __init__(self, model: str, device: str, out: str, embed: bool, taggram: bool, hop: float | None,
-                 taggram_dir: str | None) -> None:
+    def __init__(self, model: str, device: str, out: str, embed: bool, taggram: bool, hop: float | None, taggram_dir: str | None) -> None:
         import torch
 
         from ..inference.tagger import Tagger
@@ -139,8 +139,14 @@ class _Worker:
         files = [os.fsdecode(bytes(f)) for f in batch["file"]]  # as the OS gives them
         rows, failures = [], []
         if "audio" in batch:  # decoded by the CPU stage (:func:`_decode`)
-            results = self._predict_decoded(files, paths, batch["audio"], [int(r) for r in batch["rate"]],
-                                            [str(x) for x in batch["status"]], [str(x) for x in batch["reason"]])
+            results = self._predict_decoded(
+                files,
+                paths,
+                batch["audio"],
+                [int(r) for r in batch["rate"]],
+                [str(x) for x in batch["status"]],
+                [str(x) for x in batch["reason"]],
+            )
         else:
             results = self.tagger.predict_batch(files, taggram=self.taggram, hop=self.hop, names=paths)
         for path, stem, r in zip(paths, batch["stem"], results):
@@ -171,15 +177,18 @@ class _Worker:
         failed = dict(failures)
         return {"path": paths, "reason": [failed.get(p, "") for p in paths]}
 
-    def _predict_decoded(self, files: list[str], paths: list[str], audio, rates: list[int], status: list[str],
-                         reasons: list[str]) -> list:
+    def _predict_decoded(self, files: list[str], paths: list[str], audio, rates: list[int], status: list[str], reasons: list[str]) -> list:
         """:meth:`Tagger.predict_batch` on what the CPU stage sent: decoded audio at its own rate, a file it left to
         this worker (a long one, streamed here in bounded memory), or the decoder's reason for failing."""
         ok = [i for i, s in enumerate(status) if s != FAILED]
         sources = [files[i] if status[i] == STREAM_HERE else np.asarray(audio[i], np.float32) for i in ok]
-        got = self.tagger.predict_batch(sources, sr=[None if status[i] == STREAM_HERE else rates[i] for i in ok],
-                                        taggram=self.taggram, hop=self.hop,
-                                        names=[paths[i] for i in ok])
+        got = self.tagger.predict_batch(
+            sources,
+            sr=[None if status[i] == STREAM_HERE else rates[i] for i in ok],
+            taggram=self.taggram,
+            hop=self.hop,
+            names=[paths[i] for i in ok],
+        )
         results: list = [AudioError(r) if s == FAILED else None for s, r in zip(status, reasons)]
         for i, r in zip(ok, got):
             results[i] = r
@@ -220,14 +229,32 @@ def _decode(batch: dict, max_seconds: float) -> dict:
         rates.append(rate)
         status.append(state)
         reasons.append(reason)
-    return {"path": batch["path"], "file": batch["file"], "stem": batch["stem"], "audio": audio, "rate": np.array(rates, dtype=np.int64),
-            "status": np.array(status, dtype=object), "reason": np.array(reasons, dtype=object)}
+    return {
+        "path": batch["path"],
+        "file": batch["file"],
+        "stem": batch["stem"],
+        "audio": audio,
+        "rate": np.array(rates, dtype=np.int64),
+        "status": np.array(status, dtype=object),
+        "reason": np.array(reasons, dtype=object),
+    }
 
 
-def run_on_ray(files: Iterable[str | Path], out: str | Path, *, model: str | Path | None = None, address: str | None = None,
-               workers: int | None = None, device: str = "auto", embed: bool = False, taggram: bool = False,
-               hop: float | None = None, taggram_dir: str | Path | None = None,
-               batch_files: int | None = None, decode_tasks: bool | None = None) -> RayJobReport:
+def run_on_ray(
+    files: Iterable[str | Path],
+    out: str | Path,
+    *,
+    model: str | Path | None = None,
+    address: str | None = None,
+    workers: int | None = None,
+    device: str = "auto",
+    embed: bool = False,
+    taggram: bool = False,
+    hop: float | None = None,
+    taggram_dir: str | Path | None = None,
+    batch_files: int | None = None,
+    decode_tasks: bool | None = None,
+) -> RayJobReport:
     """Tag (and embed) ``files`` on Ray into the Parquet folder ``out``, skipping files already there.
 
     ``address`` is an existing cluster (``"auto"`` or ``"ray://host:10001"``,
@@ -268,8 +295,13 @@ def run_on_ray(files: Iterable[str | Path], out: str | Path, *, model: str | Pat
         check_destination(taggram_dir, folder=True)
         taggram_dir.mkdir(parents=True, exist_ok=True)
         remove_leftovers(taggram_dir)
-    job = {"model": str(model_path), "embed": embed, "taggram": taggram, "hop": hop,
-           "taggram_dir": str(taggram_dir) if taggram_dir is not None else None}
+    job = {
+        "model": str(model_path),
+        "embed": embed,
+        "taggram": taggram,
+        "hop": hop,
+        "taggram_dir": str(taggram_dir) if taggram_dir is not None else None,
+    }
     _same_settings(out / "job.json", job)
     atomic_write(out / "job.json", lambda tmp: Path(tmp).write_text(json.dumps(job, indent=1)))  # what produced these shards
     names = {f: shown(f) for f in files}  # what the shards hold: a name that is not UTF-8 with its bytes escaped
@@ -295,8 +327,14 @@ def run_on_ray(files: Iterable[str | Path], out: str | Path, *, model: str | Pat
     worker_device = "cuda" if gpus else "cpu"
     batch_files = batch_files or (64 if gpus else 8)
     decode_tasks = bool(gpus) if decode_tasks is None else decode_tasks
-    log.info("Ray: %d workers (%s), %d files in batches of %d%s", n, "GPU" if gpus else "CPU", len(todo), batch_files,
-             ", decoded by CPU tasks" if decode_tasks else "")
+    log.info(
+        "Ray: %d workers (%s), %d files in batches of %d%s",
+        n,
+        "GPU" if gpus else "CPU",
+        len(todo),
+        batch_files,
+        ", decoded by CPU tasks" if decode_tasks else "",
+    )
 
     ray.data.DataContext.get_current().enable_progress_bars = False
     batch_files = max(1, min(batch_files, -(-len(todo) // n)))  # small jobs still reach every worker
@@ -305,20 +343,38 @@ def run_on_ray(files: Iterable[str | Path], out: str | Path, *, model: str | Pat
     if decode_tasks:  # a decode task takes a block: enough blocks for every core to decode, few enough to schedule
         blocks = max(blocks, min(len(todo), 4 * cpus))
     # Arrow holds text as UTF-8: each file travels as the OS's bytes ("file", "stem") beside the name the outputs write
-    ds = ray.data.from_items([{"path": names[f], "file": os.fsencode(f), "stem": os.fsencode(stems[f])} for f in todo],
-                             override_num_blocks=blocks)
+    ds = ray.data.from_items(
+        [{"path": names[f], "file": os.fsencode(f), "stem": os.fsencode(stems[f])} for f in todo], override_num_blocks=blocks
+    )
     if decode_tasks:
         # its memory (a file decoded whole, twice at the concatenation) is also what keeps Ray from fusing this
         # stage into the workers' on CPUs, where both would otherwise ask for one CPU alone
-        ds = ds.map_batches(_decode, batch_size=1, num_cpus=1, memory=8 * DECODE_MAX_SECONDS * 48_000 + 2**27,
-                            fn_kwargs=dict(max_seconds=DECODE_MAX_SECONDS))
+        ds = ds.map_batches(
+            _decode,
+            batch_size=1,
+            num_cpus=1,
+            memory=8 * DECODE_MAX_SECONDS * 48_000 + 2**27,
+            fn_kwargs=dict(max_seconds=DECODE_MAX_SECONDS),
+        )
     # Ray Data restarts a killed worker and retries its batch (max_restarts=-1, max_task_retries=-1 by default)
     # CPU workers beside the decode tasks leave them at least one CPU to ask for, or every task would wait on them
     worker_cpus = 0 if gpus else (math.floor(100 * min(1.0, max(0, cpus - 1) / n)) / 100 if decode_tasks else 1)
-    ds = ds.map_batches(_Worker, batch_size=batch_files, concurrency=n, num_cpus=worker_cpus, num_gpus=1 if gpus else 0,
-                        fn_constructor_kwargs=dict(model=str(model_path), device=worker_device, out=str(out), embed=embed,
-                                                   taggram=taggram, hop=hop,
-                                                   taggram_dir=str(taggram_dir) if taggram_dir is not None else None))
+    ds = ds.map_batches(
+        _Worker,
+        batch_size=batch_files,
+        concurrency=n,
+        num_cpus=worker_cpus,
+        num_gpus=1 if gpus else 0,
+        fn_constructor_kwargs=dict(
+            model=str(model_path),
+            device=worker_device,
+            out=str(out),
+            embed=embed,
+            taggram=taggram,
+            hop=hop,
+            taggram_dir=str(taggram_dir) if taggram_dir is not None else None,
+        ),
+    )
     started, last = time.time(), 0.0
     for row in ds.iter_rows():
         report.done += not row["reason"]
@@ -344,16 +400,18 @@ def _same_settings(path: Path, job: dict) -> None:
     changed = [k for k in job if k in before and before[k] != job[k]]
     if changed:
         what = ", ".join(f"{k} {before[k]!r} -> {job[k]!r}" for k in changed)
-        raise ParameterError(f"{path.parent}: holds results made with other settings ({what}); "
-                             "use a new output folder, or the same settings to resume")
+        raise ParameterError(
+            f"{path.parent}: holds results made with other settings ({what}); use a new output folder, or the same settings to resume"
+        )
 
 
 def _with_failures(report: RayJobReport, out: Path, wanted: set[str]) -> RayJobReport:
     """The job's failures as the folder records them (this run's and earlier ones), for the files asked about."""
     _, failures = read_results(out)
     if failures is not None:
-        report.failed = sorted((p, r) for p, r in zip(failures.column("path").to_pylist(), failures.column("reason").to_pylist())
-                               if p in wanted)
+        report.failed = sorted(
+            (p, r) for p, r in zip(failures.column("path").to_pylist(), failures.column("reason").to_pylist()) if p in wanted
+        )
     return report
 
 

@@ -4,6 +4,7 @@ The demo uses the paper's architecture and schedule with a shortened budget
 (:func:`~.config.demo_config`) so that it finishes in minutes on two CPU
 cores; ``tagstack run`` trains with the authors' full schedule.
 """
+
 from __future__ import annotations
 
 import logging

@@ -7,6 +7,7 @@ fully resolved as ``config.toml`` in every run directory it produced, so
 ``tagstack run --config RUN/config.toml`` reruns exactly that experiment.
 The presets of the demo and of the shipped model are here too.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -82,13 +83,16 @@ class ExperimentConfig:
             depth = max(depths.values())
             missing = [i for i in self.layers if not 1 <= i <= depth]
             if not self.layers or missing:
-                raise ParameterError(f"layers {missing or '[]'} do not exist in the networks of scales {list(self.scales)} "
-                                     f"(they have layers 1..{depth})")
+                raise ParameterError(
+                    f"layers {missing or '[]'} do not exist in the networks of scales {list(self.scales)} (they have layers 1..{depth})"
+                )
         self.seeds = tuple(int(s) for s in self.seeds)
         if not self.seeds:
             raise ParameterError("seeds must name at least one seed")
         if self.global_hidden < 1 or self.workers < 0 or self.n_boot < 0:
-            raise ParameterError(f"need global_hidden >= 1, workers >= 0, n_boot >= 0; got {self.global_hidden}, {self.workers}, {self.n_boot}")
+            raise ParameterError(
+                f"need global_hidden >= 1, workers >= 0, n_boot >= 0; got {self.global_hidden}, {self.workers}, {self.n_boot}"
+            )
         if self.global_.mixup or (self.joint is not None and self.joint.mixup):
             raise ParameterError("mixup mixes the local CNNs' training segments: set it for stage 1 ([local]) only")
         choose_device(self.device)
@@ -144,8 +148,10 @@ def scale_sources(scales: tuple[str, ...], local_from: tuple[str, ...]) -> dict[
             out[s] = ARCHITECTURES[int(s)]
         else:
             have = sorted(branches) + [f"{n}/FRAMES" for n in networks if not n.isdigit()]
-            raise ParameterError(f"no local network for scale {s!r}: choose paper CNN sizes {sorted(ARCHITECTURES)}"
-                                 + (f" or branches of local_from: {have}" if local_from else ""))
+            raise ParameterError(
+                f"no local network for scale {s!r}: choose paper CNN sizes {sorted(ARCHITECTURES)}"
+                + (f" or branches of local_from: {have}" if local_from else "")
+            )
     return out
 
 
@@ -195,7 +201,10 @@ DEMO_GLOBAL_EPOCHS = 60
 def demo_config(corpus_dir: Path, *, device: str = "auto", workers: int = 0) -> ExperimentConfig:
     """The demo: all five scales and layers on the default corpus, on a shortened schedule."""
     return ExperimentConfig(
-        dataset="corpus", root=str(corpus_dir), device=device, workers=workers,
+        dataset="corpus",
+        root=str(corpus_dir),
+        device=device,
+        workers=workers,
         local=local_schedule(max_epochs=DEMO_LOCAL_EPOCHS, lr_stages=2, patience=2),
         global_=global_schedule(max_epochs=DEMO_GLOBAL_EPOCHS, lr_stages=3, patience=6),
     )
@@ -211,5 +220,14 @@ def quick(config: ExperimentConfig) -> ExperimentConfig:
     )
 
 
-__all__ = ["DEMO_GLOBAL_EPOCHS", "DEMO_LOCAL_EPOCHS", "ExperimentConfig", "config_from_dict", "demo_config", "joint_schedule",
-           "load_config", "quick", "save_config"]
+__all__ = [
+    "DEMO_GLOBAL_EPOCHS",
+    "DEMO_LOCAL_EPOCHS",
+    "ExperimentConfig",
+    "config_from_dict",
+    "demo_config",
+    "joint_schedule",
+    "load_config",
+    "quick",
+    "save_config",
+]

@@ -19,6 +19,7 @@ deviation) and test ROC-AUC gets a 95% bootstrap interval. Everything lands
 in one run directory: tables as Markdown and CSV, figures as PNG, a report,
 and the configuration.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -113,8 +114,9 @@ def ablations(scales: tuple[str, ...], depth: dict[str, int]) -> dict[str, list[
     return {"fig2": fig2, "fig3": fig3, "fig4": fig4}
 
 
-def own_tag_comparison(exp: Experiment, *, local_probs: dict[str, np.ndarray], y: np.ndarray, test: np.ndarray,
-                       global_probs: np.ndarray, n_boot: int) -> list[list]:
+def own_tag_comparison(
+    exp: Experiment, *, local_probs: dict[str, np.ndarray], y: np.ndarray, test: np.ndarray, global_probs: np.ndarray, n_boot: int
+) -> list[list]:
     """Does the global model beat a pretrained network's own tags? For each scale whose network has outputs of another
     vocabulary that shares tag names with the dataset (matched as ``tagstack evaluate`` matches them), macro ROC-AUC of its
     own outputs and of the global model on those shared tags, the same test clips, with bootstrap intervals."""
@@ -194,12 +196,20 @@ def reproduce(config: ExperimentConfig, out: str | Path) -> dict:
     for ab in {a.key: a for fig in plan.values() for a in fig}.values():
         r = {"label": ab.label, "scales": list(ab.scales), "layers": ab.layers, "seeds": {}}
         for seed in seeds:
-            model = exp.train_head(scales=ab.scales, layers=ab.layers or None, seed=seed,
-                                   name=f"3-global/{ab.key.replace(':', '_').replace('/', '@')}/seed{seed}")
+            model = exp.train_head(
+                scales=ab.scales,
+                layers=ab.layers or None,
+                seed=seed,
+                name=f"3-global/{ab.key.replace(':', '_').replace('/', '@')}/seed{seed}",
+            )
             probs = exp.test_probs(model)
             m = evaluate(y, probs, task=task)
-            r["seeds"][seed] = {"roc_auc": m["roc_auc"], "pr_auc": m["pr_auc"], "per_tag_roc_auc": m["per_tag"]["roc_auc"],
-                                **({"accuracy": m["accuracy"]} if multiclass else {})}
+            r["seeds"][seed] = {
+                "roc_auc": m["roc_auc"],
+                "pr_auc": m["pr_auc"],
+                "per_tag_roc_auc": m["per_tag"]["roc_auc"],
+                **({"accuracy": m["accuracy"]} if multiclass else {}),
+            }
             if seed == seeds[0]:
                 r["roc_auc_ci95"] = bootstrap_ci(y, probs, n_boot=n_boot)
                 if ab.key == all_key:
@@ -213,19 +223,32 @@ def reproduce(config: ExperimentConfig, out: str | Path) -> dict:
     seed_note = f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''} ({', '.join(map(str, seeds))})"
 
     # Fig. 2
-    rows = [[s, *((local[s]["roc_auc"], local[s]["pr_auc"]) if s in local else ("–", "–")),
-             _pm(results[s]), _pm(results[s], "pr_auc")] for s in scales]
-    md["fig2"] = write_table(out, "fig2_local_vs_global", header=["scale", "local ROC-AUC", "local PR-AUC", "global ROC-AUC", "global PR-AUC"],
-                             rows=rows)
-    bar_figure(out, "fig2_local_vs_global", labels=[f"{s} frames" if s.isdigit() else s for s in scales],
-               series={**({"local": ([local[s]["roc_auc"] if s in local else 0.0 for s in scales], [0] * len(scales))} if local else {}),
-                       "global": ([np.mean([v["roc_auc"] for v in results[s]["seeds"].values()]) for s in scales],
-                                  [np.std([v["roc_auc"] for v in results[s]["seeds"].values()]) for s in scales])},
-               title="Fig. 2: local vs global models" if local else "Fig. 2: global models per scale (local networks from another vocabulary)")
+    rows = [
+        [s, *((local[s]["roc_auc"], local[s]["pr_auc"]) if s in local else ("–", "–")), _pm(results[s]), _pm(results[s], "pr_auc")]
+        for s in scales
+    ]
+    md["fig2"] = write_table(
+        out, "fig2_local_vs_global", header=["scale", "local ROC-AUC", "local PR-AUC", "global ROC-AUC", "global PR-AUC"], rows=rows
+    )
+    bar_figure(
+        out,
+        "fig2_local_vs_global",
+        labels=[f"{s} frames" if s.isdigit() else s for s in scales],
+        series={
+            **({"local": ([local[s]["roc_auc"] if s in local else 0.0 for s in scales], [0] * len(scales))} if local else {}),
+            "global": (
+                [np.mean([v["roc_auc"] for v in results[s]["seeds"].values()]) for s in scales],
+                [np.std([v["roc_auc"] for v in results[s]["seeds"].values()]) for s in scales],
+            ),
+        },
+        title="Fig. 2: local vs global models" if local else "Fig. 2: global models per scale (local networks from another vocabulary)",
+    )
 
     def fig_rows(abl: list[Ablation]) -> list[list]:
-        return [[a.label, _pm(results[a.key]), _pm(results[a.key], "pr_auc"),
-                 "{:.4f}-{:.4f}".format(*results[a.key]["roc_auc_ci95"])] for a in abl]
+        return [
+            [a.label, _pm(results[a.key]), _pm(results[a.key], "pr_auc"), "{:.4f}-{:.4f}".format(*results[a.key]["roc_auc_ci95"])]
+            for a in abl
+        ]
 
     header = ["features", "ROC-AUC", "PR-AUC", "ROC-AUC 95% CI (seed 0)"]
     for fig, title in (("fig3", f"Fig. 3: levels of scale {ref}"), ("fig4", "Fig. 4: combinations of scales")):
@@ -233,10 +256,18 @@ def reproduce(config: ExperimentConfig, out: str | Path) -> dict:
             continue
         name = {"fig3": "fig3_levels", "fig4": "fig4_scales"}[fig]
         md[fig] = write_table(out, name, header=header, rows=fig_rows(plan[fig]))
-        bar_figure(out, name, labels=[a.label for a in plan[fig]],
-                   series={"global": ([np.mean([v["roc_auc"] for v in results[a.key]["seeds"].values()]) for a in plan[fig]],
-                                      [np.std([v["roc_auc"] for v in results[a.key]["seeds"].values()]) for a in plan[fig]])},
-                   title=title)
+        bar_figure(
+            out,
+            name,
+            labels=[a.label for a in plan[fig]],
+            series={
+                "global": (
+                    [np.mean([v["roc_auc"] for v in results[a.key]["seeds"].values()]) for a in plan[fig]],
+                    [np.std([v["roc_auc"] for v in results[a.key]["seeds"].values()]) for a in plan[fig]],
+                )
+            },
+            title=title,
+        )
 
     # Fig. 5
     s0 = seeds[0]
@@ -244,8 +275,14 @@ def reproduce(config: ExperimentConfig, out: str | Path) -> dict:
     every_level = f"{ref}:L{''.join(str(l) for l in range(1, depth[ref] + 1))}" if ref else None
     if plan["fig3"]:
         singles = {f"L{l}": pt[f"{ref}:L{l}"] for l in range(1, depth[ref] + 1)}
-        rows = per_tag_gain_figure(out, "fig5_levels", tags=clips.tags, singles=singles, concat=pt[every_level],
-                                   title=f"Fig. 5 (top): levels of scale {ref}, per tag")
+        rows = per_tag_gain_figure(
+            out,
+            "fig5_levels",
+            tags=clips.tags,
+            singles=singles,
+            concat=pt[every_level],
+            title=f"Fig. 5 (top): levels of scale {ref}, per tag",
+        )
         md["fig5_levels"] = write_table(out, "fig5_levels", header=["tag", *singles, "+".join(singles), "gain over L1"], rows=rows)
     small = [s for s in ("18", "27", "54") if s in scales] if "27" in scales else list(scales[:3])
     if len(small) > 1:
@@ -253,18 +290,29 @@ def reproduce(config: ExperimentConfig, out: str | Path) -> dict:
         if concat_key not in pt:
             concat_key = all_key
         singles = {f"{s} frames" if s.isdigit() else s: pt[s] for s in small}
-        rows = per_tag_gain_figure(out, "fig5_scales", tags=clips.tags, singles=singles, concat=pt[concat_key],
-                                   title=f"Fig. 5 (bottom): scales, per tag ({concat_key} concatenated)")
-        md["fig5_scales"] = write_table(out, "fig5_scales", header=["tag", *singles, concat_key.replace("+", " + "), f"gain over {small[0]} frames"],
-                                        rows=rows)
+        rows = per_tag_gain_figure(
+            out,
+            "fig5_scales",
+            tags=clips.tags,
+            singles=singles,
+            concat=pt[concat_key],
+            title=f"Fig. 5 (bottom): scales, per tag ({concat_key} concatenated)",
+        )
+        md["fig5_scales"] = write_table(
+            out, "fig5_scales", header=["tag", *singles, concat_key.replace("+", " + "), f"gain over {small[0]} frames"], rows=rows
+        )
 
     # Joint fine-tuning of the multi-level, multi-scale model (the same TaggingModel, trained end to end)
     joint_result = None
     if config.joint is not None and staged is not None:
         _, probs = exp.finetune(staged)
         m = evaluate(y, probs, task=task)
-        joint_result = {"roc_auc": m["roc_auc"], "pr_auc": m["pr_auc"], "roc_auc_ci95": bootstrap_ci(y, probs, n_boot=n_boot),
-                        **({"accuracy": m["accuracy"]} if multiclass else {})}
+        joint_result = {
+            "roc_auc": m["roc_auc"],
+            "pr_auc": m["pr_auc"],
+            "roc_auc_ci95": bootstrap_ci(y, probs, n_boot=n_boot),
+            **({"accuracy": m["accuracy"]} if multiclass else {}),
+        }
 
     # Table II (and I)
     best_local = best_local_scale(local)
@@ -274,42 +322,115 @@ def reproduce(config: ExperimentConfig, out: str | Path) -> dict:
     acc = (lambda r: [_pm(r, "accuracy")]) if multiclass else (lambda r: [])
     best_level = max((a.key for a in plan["fig3"] if len(a.layers) == 1), key=lambda k: _mean(results[k]), default=None)
     best_scale = max((a.key for a in plan["fig2"]), key=lambda k: _mean(results[k]))
-    rows = [*([[f"local model ({best_local})", "measured", f"{local[best_local]['roc_auc']:.4f}", f"{local[best_local]['pr_auc']:.4f}",
-                *(["–"] if multiclass else [])]] if best_local else []),
-            *([[f"global, best single level ({results[best_level]['label']})", "measured", _pm(results[best_level]),
-                _pm(results[best_level], "pr_auc"), *acc(results[best_level])]] if best_level else []),
-            [f"global, best single scale ({results[best_scale]['label']})", "measured", _pm(results[best_scale]),
-             _pm(results[best_scale], "pr_auc"), *acc(results[best_scale])],
-            [f"global, multi-level ({results[ml_key]['label']})", "measured", _pm(results[ml_key]), _pm(results[ml_key], "pr_auc"),
-             *acc(results[ml_key])],
-            [f"global, multi-level + multi-scale ({all_key})", "measured", _pm(results[all_key]), _pm(results[all_key], "pr_auc"),
-             *acc(results[all_key])]]
+    rows = [
+        *(
+            [
+                [
+                    f"local model ({best_local})",
+                    "measured",
+                    f"{local[best_local]['roc_auc']:.4f}",
+                    f"{local[best_local]['pr_auc']:.4f}",
+                    *(["–"] if multiclass else []),
+                ]
+            ]
+            if best_local
+            else []
+        ),
+        *(
+            [
+                [
+                    f"global, best single level ({results[best_level]['label']})",
+                    "measured",
+                    _pm(results[best_level]),
+                    _pm(results[best_level], "pr_auc"),
+                    *acc(results[best_level]),
+                ]
+            ]
+            if best_level
+            else []
+        ),
+        [
+            f"global, best single scale ({results[best_scale]['label']})",
+            "measured",
+            _pm(results[best_scale]),
+            _pm(results[best_scale], "pr_auc"),
+            *acc(results[best_scale]),
+        ],
+        [
+            f"global, multi-level ({results[ml_key]['label']})",
+            "measured",
+            _pm(results[ml_key]),
+            _pm(results[ml_key], "pr_auc"),
+            *acc(results[ml_key]),
+        ],
+        [
+            f"global, multi-level + multi-scale ({all_key})",
+            "measured",
+            _pm(results[all_key]),
+            _pm(results[all_key], "pr_auc"),
+            *acc(results[all_key]),
+        ],
+    ]
     if joint_result:
-        rows.append(["global, jointly fine-tuned end to end", "measured", f"{joint_result['roc_auc']:.4f}", f"{joint_result['pr_auc']:.4f}",
-                     *([f"{joint_result['accuracy']:.4f}"] if multiclass else [])])
-    md["table2"] = write_table(out, "table2_measured", header=[f"model ({clips.name}, test)", "source", "ROC-AUC", "PR-AUC",
-                                                               *(["accuracy"] if multiclass else [])], rows=rows)
+        rows.append(
+            [
+                "global, jointly fine-tuned end to end",
+                "measured",
+                f"{joint_result['roc_auc']:.4f}",
+                f"{joint_result['pr_auc']:.4f}",
+                *([f"{joint_result['accuracy']:.4f}"] if multiclass else []),
+            ]
+        )
+    md["table2"] = write_table(
+        out,
+        "table2_measured",
+        header=[f"model ({clips.name}, test)", "source", "ROC-AUC", "PR-AUC", *(["accuracy"] if multiclass else [])],
+        rows=rows,
+    )
     own = own_tag_comparison(exp, local_probs=agg["local_probs"], y=y, test=test, global_probs=staged_probs, n_boot=n_boot)
     if own:
-        md["table2_own_tags"] = write_table(out, "table2_own_tags", header=["scale", "shared tags", "its own outputs: ROC-AUC (95% CI)",
-                                                                            "global model, same tags: ROC-AUC (95% CI)"], rows=own)
+        md["table2_own_tags"] = write_table(
+            out,
+            "table2_own_tags",
+            header=["scale", "shared tags", "its own outputs: ROC-AUC (95% CI)", "global model, same tags: ROC-AUC (95% CI)"],
+            rows=own,
+        )
     pub_cols = ["MTAT", "MSD", "GTZAN", "Tagtraum"]
     pub_names = ["MTAT (ROC-AUC)", "MSD (ROC-AUC)", "GTZAN (accuracy)", "Tagtraum (accuracy)"]
-    md["table2_published"] = write_table(out, "table2_published", header=["model", "source", *pub_names],
-                                         rows=[[name, "published", *(f"{v[c]:.4f}" if c in v else "–" for c in pub_cols)] for name, v in PUBLISHED])
+    md["table2_published"] = write_table(
+        out,
+        "table2_published",
+        header=["model", "source", *pub_names],
+        rows=[[name, "published", *(f"{v[c]:.4f}" if c in v else "–" for c in pub_cols)] for name, v in PUBLISHED],
+    )
     if local_from:
         measure = "accuracy" if multiclass else "ROC-AUC"
         value = np.mean([v["accuracy" if multiclass else "roc_auc"] for v in results[all_key]["seeds"].values()])
-        md["table1"] = write_table(out, "table1_transfer", header=["dataset", "task", "CNNs from", "measurement", "value"],
-                                   rows=[[clips.name, "genre classification" if multiclass else "auto-tagging", ", ".join(local_from), measure,
-                                          f"{value:.4f}"]])
+        md["table1"] = write_table(
+            out,
+            "table1_transfer",
+            header=["dataset", "task", "CNNs from", "measurement", "value"],
+            rows=[[clips.name, "genre classification" if multiclass else "auto-tagging", ", ".join(local_from), measure, f"{value:.4f}"]],
+        )
 
-    summary = {"dataset": clips.name, "seeds": list(seeds), "local": {s: {"roc_auc": m["roc_auc"], "pr_auc": m["pr_auc"]} for s, m in local.items()},
-               "global": results, "joint": joint_result, "local_from": list(local_from) if local_from else None}
+    summary = {
+        "dataset": clips.name,
+        "seeds": list(seeds),
+        "local": {s: {"roc_auc": m["roc_auc"], "pr_auc": m["pr_auc"]} for s, m in local.items()},
+        "global": results,
+        "joint": joint_result,
+        "local_from": list(local_from) if local_from else None,
+    }
     atomic_write_json(out / "results.json", summary)
     exp.save_config()
-    write_reproduction_report(out, clips.name, md=md, seed_note=seed_note, joint_result=joint_result, staged=results[all_key],
-                              local_from=local_from, local_scored=bool(local))
+    write_reproduction_report(
+        out,
+        clips.name,
+        md=md,
+        seed_note=seed_note,
+        joint_result=joint_result,
+        staged=results[all_key],
+        local_from=local_from,
+        local_scored=bool(local),
+    )
     return summary
-
-

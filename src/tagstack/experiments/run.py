@@ -22,6 +22,7 @@ run again with another schedule, other clips or labels, or other CNNs
 changed rather than mixing the two. Another slice of scales or layers is
 read from the stored features (``tagstack global --scales 27,108``).
 """
+
 from __future__ import annotations
 
 import copy
@@ -164,9 +165,15 @@ class Experiment:
             for split in ("train", "valid", "test"):
                 if len(kept.indices(split)) < 2:
                     raise DatasetError(f"{clips.root}: only {len(kept.indices(split))} usable clips in split '{split}'")
-            self._data = Prepared(clips=kept, mels=cache.mels, mel_rows=np.flatnonzero(cache.valid), frames=cache.frames, report=report,
-                                  digest=data_digest(kept.paths, splits=kept.splits, labels=kept.labels, tags=kept.tags, frontend=frontend),
-                                  frontend=frontend)
+            self._data = Prepared(
+                clips=kept,
+                mels=cache.mels,
+                mel_rows=np.flatnonzero(cache.valid),
+                frames=cache.frames,
+                report=report,
+                digest=data_digest(kept.paths, splits=kept.splits, labels=kept.labels, tags=kept.tags, frontend=frontend),
+                frontend=frontend,
+            )
             self._all_clips = clips
             atomic_write_text(self.dir / "dataset.txt", kept.summary() + "\n")
         return self._data
@@ -203,8 +210,10 @@ class Experiment:
         clips = self.data.clips
         for split in ("train", "valid", "test"):
             if not scorable_tags(clips.labels[clips.indices(split)]).any():
-                raise DatasetError(f"{clips.root}: no tag has both positive and negative clips in split '{split}', "
-                                   "so it cannot be scored; give it more varied clips")
+                raise DatasetError(
+                    f"{clips.root}: no tag has both positive and negative clips in split '{split}', "
+                    "so it cannot be scored; give it more varied clips"
+                )
 
     # ------------------------------------------------------------ stage 1
     def local_models(self) -> dict[str, nn.Module]:
@@ -226,11 +235,16 @@ class Experiment:
                 outputs[name] = list(source.tags) if net.n_outputs == len(source.tags) else []
             branches.update({b.name: b for b in source.branches})
         trained = [s for s in c.scales if s not in branches and "/" not in s]
-        self._branches = [branches[s] if s in branches else Branch(s.split("/")[0], int(s.split("/")[1])) if "/" in s
-                          else Branch(s, int(s)) for s in c.scales]
+        self._branches = [
+            branches[s] if s in branches else Branch(s.split("/")[0], int(s.split("/")[1])) if "/" in s else Branch(s, int(s))
+            for s in c.scales
+        ]
         if c.local_from:
-            log.info("stage 1: local networks of %s taken from %s (transfer learning)",
-                     [s for s in c.scales if s not in trained], ", ".join(c.local_from))
+            log.info(
+                "stage 1: local networks of %s taken from %s (transfer learning)",
+                [s for s in c.scales if s not in trained],
+                ", ".join(c.local_from),
+            )
         if trained:
             d = self.data
             self.check_scorable()
@@ -238,9 +252,19 @@ class Experiment:
                 log.info("stage 1: local CNN %d of %d (%s frames)", i, len(trained), scale)
                 torch.manual_seed(c.local.seed)
                 model = build_local_cnn(int(scale), n_tags=len(d.clips.tags), n_mels=c.frontend.n_mels)
-                train_local(model, d.mels, train_rows=d.rows("train"), valid_rows=d.rows("valid"), train_labels=d.labels("train"),
-                            valid_labels=d.labels("valid"), config=c.local, workdir=self.dir / "1-local" / scale, device=self.device,
-                            inputs={"data": d.digest, "outputs": len(d.clips.tags)}, frames=d.frames)
+                train_local(
+                    model,
+                    d.mels,
+                    train_rows=d.rows("train"),
+                    valid_rows=d.rows("valid"),
+                    train_labels=d.labels("train"),
+                    valid_labels=d.labels("valid"),
+                    config=c.local,
+                    workdir=self.dir / "1-local" / scale,
+                    device=self.device,
+                    inputs={"data": d.digest, "outputs": len(d.clips.tags)},
+                    frames=d.frames,
+                )
                 networks[scale], outputs[scale] = model.cpu(), list(d.clips.tags)
         used = {b.network for b in self._branches}
         self._local = {n: m for n, m in networks.items() if n in used}
@@ -255,8 +279,16 @@ class Experiment:
 
     def shell(self, *, scales=None, layers=None, head: GlobalMLP | None = None, **extra) -> TaggingModel:
         """The experiment's networks and branches as a :class:`TaggingModel` (with ``head`` when given)."""
-        return TaggingModel(self.local_models(), head, tags=self.data.clips.tags, frontend=self.config.frontend,
-                            branches=self.branches, scales=scales, layers=layers, **extra)
+        return TaggingModel(
+            self.local_models(),
+            head,
+            tags=self.data.clips.tags,
+            frontend=self.config.frontend,
+            branches=self.branches,
+            scales=scales,
+            layers=layers,
+            **extra,
+        )
 
     def own_outputs(self) -> dict[str, list[str]]:
         """The names of each scale's network's own outputs (empty for a network without outputs)."""
@@ -307,28 +339,42 @@ class Experiment:
     def _stored_features(self, out: Path, key: dict, extractor: TaggingModel) -> np.ndarray:
         """The stored features of ``models``' scales, after checking they were extracted from these clips and CNNs."""
         if not (out / "inputs.json").exists():  # an earlier tagstack's, which also averaged short clips' padding
-            raise ParameterError(f"{out}: features extracted by an earlier tagstack, which did not record their inputs; "
-                                 "delete that folder to extract them again, or use another run folder")
+            raise ParameterError(
+                f"{out}: features extracted by an earlier tagstack, which did not record their inputs; "
+                "delete that folder to extract them again, or use another run folder"
+            )
         stored = json.loads((out / "inputs.json").read_text())
         both = [s for s in key["cnns"] if s in stored["cnns"]]  # a scale it lacks is named by the layout check below
-        changed = differences({"data": stored["data"], "cnns": {s: stored["cnns"][s] for s in both}},
-                              {"data": key["data"], "cnns": {s: key["cnns"][s] for s in both}})
+        changed = differences(
+            {"data": stored["data"], "cnns": {s: stored["cnns"][s] for s in both}},
+            {"data": key["data"], "cnns": {s: key["cnns"][s] for s in both}},
+        )
         if changed:
-            raise ParameterError(f"{out}: features extracted from other {', '.join(changed)}; run the same command as "
-                                 "before, or use another run folder (or delete this one's 2-aggregate to extract them again)")
+            raise ParameterError(
+                f"{out}: features extracted from other {', '.join(changed)}; run the same command as "
+                "before, or use another run folder (or delete this one's 2-aggregate to extract them again)"
+            )
         layout = [FeatureBlock(**b) for b in json.loads((out / "layout.json").read_text())]
         scales = extractor.local_scales
         shape = [(b.scale, b.layer, b.stop - b.start) for b in extractor.layout]
         if [(b.scale, b.layer, b.stop - b.start) for b in layout if b.scale in scales] != shape:
-            raise ParameterError(f"{out}: the stored features are of scales {list(dict.fromkeys(b.scale for b in layout))}, not of "
-                                 f"the networks of scales {list(scales)}; use another run folder (or delete this one's 2-aggregate)")
+            raise ParameterError(
+                f"{out}: the stored features are of scales {list(dict.fromkeys(b.scale for b in layout))}, not of "
+                f"the networks of scales {list(scales)}; use another run folder (or delete this one's 2-aggregate)"
+            )
         cols = select_columns(layout, scales=scales)
         feats = np.load(out / "features.npy")
         return feats if len(cols) == feats.shape[1] else feats[:, cols]
 
     # ------------------------------------------------------------ stage 3
-    def train_head(self, *, scales: tuple[str | int, ...] | None = None, layers: tuple[int, ...] | None = None,
-                   seed: int | None = None, name: str = "3-global") -> TaggingModel:
+    def train_head(
+        self,
+        *,
+        scales: tuple[str | int, ...] | None = None,
+        layers: tuple[int, ...] | None = None,
+        seed: int | None = None,
+        name: str = "3-global",
+    ) -> TaggingModel:
         """Stage 3: a global classifier on the chosen slice of the stored features, as a whole tagger."""
         c = self.config
         self.check_scorable()
@@ -343,10 +389,23 @@ class Experiment:
         head = GlobalMLP(GlobalArch(n_features=len(cols), n_outputs=len(d.clips.tags), hidden=c.global_hidden, task=d.clips.task))
         x = feats[:, cols]
         tr, va = d.clips.indices("train"), d.clips.indices("valid")
-        inputs = {"data": d.digest, "cnns": {str(s): self._cnn_digests[str(s)] for s in scales}, "columns": cols.tolist(),
-                  "hidden": c.global_hidden}
-        train_global(head, x_train=x[tr], y_train=d.clips.labels[tr], x_valid=x[va], y_valid=d.clips.labels[va], config=schedule,
-                     workdir=self.dir / name, device=self.device, inputs=inputs)
+        inputs = {
+            "data": d.digest,
+            "cnns": {str(s): self._cnn_digests[str(s)] for s in scales},
+            "columns": cols.tolist(),
+            "hidden": c.global_hidden,
+        }
+        train_global(
+            head,
+            x_train=x[tr],
+            y_train=d.clips.labels[tr],
+            x_valid=x[va],
+            y_valid=d.clips.labels[va],
+            config=schedule,
+            workdir=self.dir / name,
+            device=self.device,
+            inputs=inputs,
+        )
         return self.shell(scales=scales, layers=layers, head=head.cpu(), info={"dataset": d.clips.name}, groups=d.clips.groups)
 
     def test_probs(self, model: TaggingModel) -> np.ndarray:
@@ -365,9 +424,19 @@ class Experiment:
         log.info("joint fine-tuning of the whole tagger (%d epochs at most)", self.config.joint.max_epochs)
         self._cache_frontends(model)
         mels, frames = d.inputs(model)
-        finetune_joint(model, mels, train_rows=d.rows("train"), valid_rows=d.rows("valid"), train_labels=d.labels("train"),
-                       valid_labels=d.labels("valid"), config=self.config.joint, workdir=self.dir / name, device=self.device,
-                       inputs={"data": d.digest, "start": weights_digest(staged)}, frames=frames)
+        finetune_joint(
+            model,
+            mels,
+            train_rows=d.rows("train"),
+            valid_rows=d.rows("valid"),
+            train_labels=d.labels("train"),
+            valid_labels=d.labels("valid"),
+            config=self.config.joint,
+            workdir=self.dir / name,
+            device=self.device,
+            inputs={"data": d.digest, "start": weights_digest(staged)},
+            frames=frames,
+        )
         return model.cpu().eval(), model_clip_probs(model, mels, rows=d.rows("test"), device=self.device, frames=frames)
 
     # ------------------------------------------------------------ the standard run
@@ -398,8 +467,14 @@ class Experiment:
         d = self.data
         test = d.clips.indices("test")
         y = binary_targets(d.clips.labels[test])
-        out = {"dataset": d.clips.name, "n_clips": {s: int(len(d.clips.indices(s))) for s in ("train", "valid", "test")},
-               "tags": d.clips.tags, "skipped_files": d.report["skipped"], "local": {}, "global": {}}
+        out = {
+            "dataset": d.clips.name,
+            "n_clips": {s: int(len(d.clips.indices(s))) for s in ("train", "valid", "test")},
+            "tags": d.clips.tags,
+            "skipped_files": d.report["skipped"],
+            "local": {},
+            "global": {},
+        }
         scored = self.local_scored
         for s, p in self.features()["local_probs"].items():
             if s not in scored:
@@ -414,8 +489,9 @@ class Experiment:
         return out
 
 
-def _extract(model: TaggingModel, mels: list[np.ndarray], rows: np.ndarray, frames: list[np.ndarray], device: torch.device,
-             batch: int = 8) -> tuple[np.ndarray, dict]:
+def _extract(
+    model: TaggingModel, mels: list[np.ndarray], rows: np.ndarray, frames: list[np.ndarray], device: torch.device, batch: int = 8
+) -> tuple[np.ndarray, dict]:
     from tqdm.auto import tqdm
 
     width = model.layout[-1].stop
@@ -432,8 +508,9 @@ def _extract(model: TaggingModel, mels: list[np.ndarray], rows: np.ndarray, fram
     return np.concatenate(feats).astype(np.float32), {s: np.concatenate(v).astype(np.float32) for s, v in probs.items()}
 
 
-def _extract_shared(model: TaggingModel, mels: list[np.ndarray], rows: np.ndarray, frames: list[np.ndarray],
-                    device: torch.device) -> tuple[np.ndarray, dict]:
+def _extract_shared(
+    model: TaggingModel, mels: list[np.ndarray], rows: np.ndarray, frames: list[np.ndarray], device: torch.device
+) -> tuple[np.ndarray, dict]:
     """Stage 2 over ``rows``; under torchrun each process extracts a contiguous share and every process gets all of it.
 
     Stage 3 then trains on every process (each takes its part of every
@@ -485,8 +562,12 @@ def _portable(config: ExperimentConfig) -> dict:
 
 def test_summary(tags: list[str], g: dict) -> dict:
     """The test scores a model file records: macro and per-tag ROC-AUC and PR-AUC."""
-    return {"roc_auc": g["roc_auc"], "pr_auc": g["pr_auc"],
-            "per_tag_roc_auc": dict(zip(tags, g["per_tag"]["roc_auc"])), "per_tag_pr_auc": dict(zip(tags, g["per_tag"]["pr_auc"]))}
+    return {
+        "roc_auc": g["roc_auc"],
+        "pr_auc": g["pr_auc"],
+        "per_tag_roc_auc": dict(zip(tags, g["per_tag"]["roc_auc"])),
+        "per_tag_pr_auc": dict(zip(tags, g["per_tag"]["pr_auc"])),
+    }
 
 
 def run_experiment(config: ExperimentConfig, run_dir: str | Path, *, clips: ClipSet | None = None) -> dict:

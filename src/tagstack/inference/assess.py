@@ -8,6 +8,7 @@ name. Macro ROC-AUC and PR-AUC are computed over the shared tags that have
 both classes in the split, with a bootstrap interval over clips, so a model
 can be compared with another on exactly the same clips and tags.
 """
+
 from __future__ import annotations
 
 import re
@@ -29,8 +30,18 @@ def tag_key(tag: str) -> str:
     return re.sub(r"[^0-9a-z]", "", tag.split("---")[-1].lower())
 
 
-def evaluate_model(model: str | Path | None, dataset: str, *, root: str | Path, scheme: str = "", subset: str = "test",
-                   device: str = "auto", n_boot: int = 200, tagger: Tagger | None = None, **options: object) -> dict:
+def evaluate_model(
+    model: str | Path | None,
+    dataset: str,
+    *,
+    root: str | Path,
+    scheme: str = "",
+    subset: str = "test",
+    device: str = "auto",
+    n_boot: int = 200,
+    tagger: Tagger | None = None,
+    **options: object,
+) -> dict:
     """Score ``model`` on the ``subset`` (test, valid, train) of a labelled dataset's split ``scheme`` (the
     adapter's default when empty), over the tags both share by name (compared by :func:`tag_key`).
 
@@ -84,8 +95,10 @@ def evaluate_model(model: str | Path | None, dataset: str, *, root: str | Path, 
     model_keys = {tag_key(t): j for j, t in enumerate(tagger.tags)}
     shared = [t for t in clips.tags if tag_key(t) in model_keys]
     if not shared:
-        raise ParameterError(f"the model's tags and the dataset's have no name in common "
-                             f"(model: {', '.join(tagger.tags[:5])} ...; dataset: {', '.join(clips.tags[:5])} ...)")
+        raise ParameterError(
+            f"the model's tags and the dataset's have no name in common "
+            f"(model: {', '.join(tagger.tags[:5])} ...; dataset: {', '.join(clips.tags[:5])} ...)"
+        )
     model_cols = [model_keys[tag_key(t)] for t in shared]
     data_cols = [clips.tags.index(t) for t in shared]
     files = [clips.audio_path(i) for i in rows]
@@ -102,11 +115,24 @@ def evaluate_model(model: str | Path | None, dataset: str, *, root: str | Path, 
     y = binary_targets(clips.labels[np.asarray(kept)][:, data_cols])
     scores = np.stack(probs)
     metrics = tagging_metrics(y, scores)
-    per_tag = {t: {"roc_auc": _finite(roc), "pr_auc": _finite(pr)}
-               for t, roc, pr in zip(shared, metrics["per_tag"]["roc_auc"], metrics["per_tag"]["pr_auc"])}
-    return {"dataset": dataset, "root": str(root), "scheme": scheme, "subset": subset, "clips": len(kept), "skipped": skipped, "tags": shared,
-            "roc_auc": metrics["roc_auc"], "pr_auc": metrics["pr_auc"], "roc_auc_ci": [_finite(v) for v in bootstrap_ci(y, scores, n_boot=n_boot)],
-            "n_tags_evaluated": metrics["n_tags_evaluated"], "per_tag": per_tag}
+    per_tag = {
+        t: {"roc_auc": _finite(roc), "pr_auc": _finite(pr)}
+        for t, roc, pr in zip(shared, metrics["per_tag"]["roc_auc"], metrics["per_tag"]["pr_auc"])
+    }
+    return {
+        "dataset": dataset,
+        "root": str(root),
+        "scheme": scheme,
+        "subset": subset,
+        "clips": len(kept),
+        "skipped": skipped,
+        "tags": shared,
+        "roc_auc": metrics["roc_auc"],
+        "pr_auc": metrics["pr_auc"],
+        "roc_auc_ci": [_finite(v) for v in bootstrap_ci(y, scores, n_boot=n_boot)],
+        "n_tags_evaluated": metrics["n_tags_evaluated"],
+        "per_tag": per_tag,
+    }
 
 
 def _finite(v: float) -> float | None:
@@ -117,10 +143,13 @@ def evaluation_text(result: dict, model_name: str) -> str:
     """A plain-text summary of :func:`evaluate_model`'s result."""
     lo, hi = result["roc_auc_ci"]
     ci = f" (95% CI {lo:.4f}-{hi:.4f})" if lo is not None else ""
-    lines = [f"{model_name} on {result['root']} ({result['subset']}: {result['clips']} clips"
-             + (f", {len(result['skipped'])} skipped" if result["skipped"] else "") + ")",
-             f"  macro ROC-AUC {result['roc_auc']:.4f}{ci}, macro PR-AUC {result['pr_auc']:.4f}, "
-             f"over {result['n_tags_evaluated']} of {len(result['tags'])} shared tags"]
+    lines = [
+        f"{model_name} on {result['root']} ({result['subset']}: {result['clips']} clips"
+        + (f", {len(result['skipped'])} skipped" if result["skipped"] else "")
+        + ")",
+        f"  macro ROC-AUC {result['roc_auc']:.4f}{ci}, macro PR-AUC {result['pr_auc']:.4f}, "
+        f"over {result['n_tags_evaluated']} of {len(result['tags'])} shared tags",
+    ]
     return "\n".join(lines)
 
 

@@ -6,6 +6,7 @@ beside the destination, renamed over it only when the job ends, so a killed
 run never leaves a partial file that looks whole, nor destroys an earlier
 result. The destination is checked before any work starts.
 """
+
 from __future__ import annotations
 
 import csv
@@ -75,8 +76,9 @@ def check_destination(path: Path, *, folder: bool = False, force: bool = False) 
     except OSError as e:
         raise ParameterError(f"{shown(path)}: cannot be an output ({e.strerror or e})") from None
     if not folder and not force and looks_like_audio(path):
-        raise ParameterError(f"{shown(path)}: is an audio file; tagstack will not write its output over it "
-                             "(choose another name, or --force to replace it)")
+        raise ParameterError(
+            f"{shown(path)}: is an audio file; tagstack will not write its output over it (choose another name, or --force to replace it)"
+        )
 
 
 def _check_destination(path: Path, folder: bool) -> None:
@@ -118,10 +120,22 @@ def _names(files: list[Path]) -> list[str]:
     return names
 
 
-def tag_files(paths: Iterable[str | Path], *, tagger: Tagger | None = None, model: str | Path | None = None, device: str = "auto",
-              top_k: int | None = DEFAULT_TOP_K, threshold: float | None = None, fmt: str = "table", output: str | Path | None = None,
-              taggram_dir: str | Path | None = None, hop: float | None = None, stdout: IO[str] | None = None,
-              per_group: bool = False, force: bool = False) -> BatchReport:
+def tag_files(
+    paths: Iterable[str | Path],
+    *,
+    tagger: Tagger | None = None,
+    model: str | Path | None = None,
+    device: str = "auto",
+    top_k: int | None = DEFAULT_TOP_K,
+    threshold: float | None = None,
+    fmt: str = "table",
+    output: str | Path | None = None,
+    taggram_dir: str | Path | None = None,
+    hop: float | None = None,
+    stdout: IO[str] | None = None,
+    per_group: bool = False,
+    force: bool = False,
+) -> BatchReport:
     """Tag every file and write the results as a table, JSON lines or CSV.
 
     With ``per_group`` the top ``k`` (or the threshold) apply within each tag
@@ -190,8 +204,10 @@ def tag_files(paths: Iterable[str | Path], *, tagger: Tagger | None = None, mode
     tagger = tagger or Tagger(model, device=device)
     require_tagger(tagger.model)
     if per_group and not tagger.model.groups:
-        log.warning("this model file has no tag groups (its training data had no tag_groups.csv): "
-                    "--per-group treats all its tags as one group, 'other'")
+        log.warning(
+            "this model file has no tag groups (its training data had no tag_groups.csv): "
+            "--per-group treats all its tags as one group, 'other'"
+        )
     out = io.StringIO() if output is not None else (stdout or sys.stdout)
     writer = csv.writer(out) if fmt == "csv" else None
     if writer:
@@ -227,9 +243,17 @@ def tag_files(paths: Iterable[str | Path], *, tagger: Tagger | None = None, mode
     return report
 
 
-def embed_files(paths: Iterable[str | Path], out: str | Path, *, tagger: Tagger | None = None, model: str | Path | None = None,
-                device: str = "auto", scales: Iterable[str | int] | None = None, layers: Iterable[int] | None = None,
-                force: bool = False) -> BatchReport:
+def embed_files(
+    paths: Iterable[str | Path],
+    out: str | Path,
+    *,
+    tagger: Tagger | None = None,
+    model: str | Path | None = None,
+    device: str = "auto",
+    scales: Iterable[str | int] | None = None,
+    layers: Iterable[int] | None = None,
+    force: bool = False,
+) -> BatchReport:
     """One feature vector per readable file, in one file: ``.npz`` (``embeddings``, ``paths``, ``scales``, ``layers``) or ``.parquet``.
 
     Either way the file records which scales and layers its columns are
@@ -295,17 +319,23 @@ def embed_files(paths: Iterable[str | Path], out: str | Path, *, tagger: Tagger 
             import pyarrow as pa
             import pyarrow.parquet as pq
 
-            meta = {"tagstack.scales": json.dumps(chosen_scales), "tagstack.layers": json.dumps(chosen_layers),
-                    "tagstack.dimensions": str(x.shape[1])}
+            meta = {
+                "tagstack.scales": json.dumps(chosen_scales),
+                "tagstack.layers": json.dumps(chosen_layers),
+                "tagstack.dimensions": str(x.shape[1]),
+            }
             table = pa.table({"path": names, "embedding": list(x)}).replace_schema_metadata(meta)
             atomic_write(out, lambda tmp: pq.write_table(table, tmp), suffix=".parquet")
         else:
+
             def write(tmp: str) -> None:
                 with open(tmp, "wb") as fh:
                     np.savez(fh, embeddings=x, paths=np.array(names), scales=np.array(chosen_scales), layers=np.array(chosen_layers))
 
             atomic_write(out, write, suffix=".npz")
-        log.info("%d embeddings of %d dimensions (scales %s, layers %s) written to %s", len(names), x.shape[1], chosen_scales, chosen_layers, out)
+        log.info(
+            "%d embeddings of %d dimensions (scales %s, layers %s) written to %s", len(names), x.shape[1], chosen_scales, chosen_layers, out
+        )
     _summary(report, len(files), "embedded")
     return report
 
@@ -350,5 +380,14 @@ def unique_stems(files: list[Path]) -> list[str]:
     return stems
 
 
-__all__ = ["BatchReport", "FORMATS", "MAX_STEM", "audio_files", "check_destination", "check_not_an_input", "embed_files", "tag_files",
-           "unique_stems"]
+__all__ = [
+    "BatchReport",
+    "FORMATS",
+    "MAX_STEM",
+    "audio_files",
+    "check_destination",
+    "check_not_an_input",
+    "embed_files",
+    "tag_files",
+    "unique_stems",
+]

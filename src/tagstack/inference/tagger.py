@@ -15,6 +15,7 @@ Example
 >>> tagger.tag("song.mp3", top_k=5)      # [("piano", 0.93), ...]
 >>> tagger.embed("song.mp3").shape       # (n_features,)
 """
+
 from __future__ import annotations
 
 import itertools
@@ -36,6 +37,7 @@ from ..models.zoo import resolve_model
 from ..models.tagging_model import TaggingModel, require_tagger
 from ..runtime import choose_device
 from .windows import Window, WindowFeatures, cut_windows
+
 
 @dataclass
 class Result:
@@ -109,8 +111,9 @@ class _Aggregate:
         self.gram_starts: list[int] = []
         self.samples = 0
 
-    def add(self, feats: torch.Tensor, weights: torch.Tensor, own: tuple[torch.Tensor, torch.Tensor] | None,
-            gram: list[int], starts: list[int]) -> None:
+    def add(
+        self, feats: torch.Tensor, weights: torch.Tensor, own: tuple[torch.Tensor, torch.Tensor] | None, gram: list[int], starts: list[int]
+    ) -> None:
         part, w = (feats * weights).sum(0), weights.sum(0)
         self.total = part if self.total is None else self.total + part
         self.weight = w if self.weight is None else self.weight + w
@@ -158,14 +161,15 @@ def as_source(source: Source) -> str | np.ndarray:
         return (t.float() if t.is_floating_point() and t.dtype != torch.float64 else t).numpy()
     if isinstance(source, (list, tuple)):
         if any(isinstance(x, (str, bytes, os.PathLike)) for x in source):
-            raise ParameterError("got a list of file names: this takes one file or one array of samples "
-                                 "(several files: Tagger.predict_batch or predict_many)")
+            raise ParameterError(
+                "got a list of file names: this takes one file or one array of samples "
+                "(several files: Tagger.predict_batch or predict_many)"
+            )
         try:
             return np.asarray(source)
         except (ValueError, TypeError) as e:
             raise ParameterError(f"a sequence of samples must be numbers, 1-D or 2-D with rows of one length ({e})") from None
-    raise ParameterError(f"audio must be a file path, a numpy array, a torch tensor or a sequence of numbers, "
-                         f"got {type(source).__name__}")
+    raise ParameterError(f"audio must be a file path, a numpy array, a torch tensor or a sequence of numbers, got {type(source).__name__}")
 
 
 def model_stream(source: str | Path | np.ndarray, model: TaggingModel, *, sr: int | None = None) -> Iterator[tuple[np.ndarray, ...]]:
@@ -232,16 +236,26 @@ class Tagger:
         return self.model.tags
 
     # ------------------------------------------------------------ windows
-    def _windows(self, source: str | Path | np.ndarray, sr: int | None, gram_hop: int | None = None,
-                 max_seconds: float | None = None) -> Iterator[Window]:
+    def _windows(
+        self, source: str | Path | np.ndarray, sr: int | None, gram_hop: int | None = None, max_seconds: float | None = None
+    ) -> Iterator[Window]:
         """Clip-length windows of the source, through the one decoder (:func:`~.windows.cut_windows`)."""
         m = self.model
         min_samples = [max(fe.n_fft for fe in m.frontends if fe.sample_rate == r) for r in self.rates]
-        longest = max(m.branch(s).frames * m.frontends[m.frontend_of(s)].hop_length / m.frontends[m.frontend_of(s)].sample_rate
-                      for s in m.local_scales)
-        yield from cut_windows(model_stream(source, m, sr=sr), rates=self.rates, clip_seconds=self.cfg.clip_seconds,
-                               name="<array>" if isinstance(source, np.ndarray) else str(source), min_samples=min_samples,
-                               gram_hop=gram_hop, max_seconds=max_seconds, min_tail=int(round(longest * self.rates[0])))
+        longest = max(
+            m.branch(s).frames * m.frontends[m.frontend_of(s)].hop_length / m.frontends[m.frontend_of(s)].sample_rate
+            for s in m.local_scales
+        )
+        yield from cut_windows(
+            model_stream(source, m, sr=sr),
+            rates=self.rates,
+            clip_seconds=self.cfg.clip_seconds,
+            name="<array>" if isinstance(source, np.ndarray) else str(source),
+            min_samples=min_samples,
+            gram_hop=gram_hop,
+            max_seconds=max_seconds,
+            min_tail=int(round(longest * self.rates[0])),
+        )
 
     def _batch_windows(self, batch_windows: int | None) -> int:
         """Windows per network pass: enough to fill a GPU, few on a CPU (where batching gains little)."""
@@ -303,8 +317,9 @@ class Tagger:
             return self.model.proba_from_features(torch.from_numpy(np.atleast_2d(feats)).to(self.device)).cpu().numpy()
 
     # ------------------------------------------------------------ public API
-    def predict(self, source: Source, *, sr: int | None = None, taggram: bool = False,
-                hop: float | None = None, max_seconds: float | None = None) -> Result:
+    def predict(
+        self, source: Source, *, sr: int | None = None, taggram: bool = False, hop: float | None = None, max_seconds: float | None = None
+    ) -> Result:
         """Whole-file tag probabilities (and, if asked, the taggram) of a file or of samples at ``sr`` Hz (:data:`Source`).
 
         ``hop`` is the time in seconds between the starts of taggram windows
@@ -352,9 +367,18 @@ class Tagger:
             raise result
         return result
 
-    def predict_batch(self, sources: Iterable[Source], *, sr: int | Sequence[int | None] | None = None, taggram: bool = False,
-                      hop: float | None = None, embed_only: bool = False, batch_windows: int | None = None,
-                      names: list[str] | None = None, max_seconds: float | None = None) -> list[Result | TagstackError]:
+    def predict_batch(
+        self,
+        sources: Iterable[Source],
+        *,
+        sr: int | Sequence[int | None] | None = None,
+        taggram: bool = False,
+        hop: float | None = None,
+        embed_only: bool = False,
+        batch_windows: int | None = None,
+        names: list[str] | None = None,
+        max_seconds: float | None = None,
+    ) -> list[Result | TagstackError]:
         """:meth:`predict` for several sources at once, their windows sharing network passes.
 
         This is what fills a GPU with short files (a 30 s file is one
@@ -414,12 +438,21 @@ class Tagger:
         results: list[Result | TagstackError] = list(aggs)
         for row, k in enumerate(ok):
             seconds = aggs[k].samples / self.cfg.sample_rate
-            r = Result(path=names[k], tags=self.tags if tagging else [], probs=probs[row] if tagging else np.zeros(0, np.float32),
-                       seconds=seconds, embedding=embeddings[row], groups=self.model.groups if tagging else {})
+            r = Result(
+                path=names[k],
+                tags=self.tags if tagging else [],
+                probs=probs[row] if tagging else np.zeros(0, np.float32),
+                seconds=seconds,
+                embedding=embeddings[row],
+                groups=self.model.groups if tagging else {},
+            )
             if gram_hop is not None and tagging:
                 feats, starts = aggs[k].taggram_features()
-                r.taggram = (np.concatenate(aggs[k].gram_own) if aggs[k].gram_own else np.zeros((0, len(self.tags)), np.float32)) \
-                    if own else self._classify(feats)
+                r.taggram = (
+                    (np.concatenate(aggs[k].gram_own) if aggs[k].gram_own else np.zeros((0, len(self.tags)), np.float32))
+                    if own
+                    else self._classify(feats)
+                )
                 r.window_starts = starts / self.cfg.sample_rate
             if any(part is not None and not np.isfinite(part).all() for part in (r.probs, r.embedding, r.taggram)):
                 # finite audio and weights make this unreachable; never let it out
@@ -437,8 +470,15 @@ class Tagger:
     def _gram_hop(self, hop: float | None) -> int:
         return self.cfg.clip_samples if hop is None else check_hop(hop, self.cfg.sample_rate)
 
-    def predict_many(self, paths: Iterable[str | Path], *, taggram: bool = False, hop: float | None = None,
-                     workers: int | None = None, embed_only: bool = False) -> Iterator[Result | TagstackError]:
+    def predict_many(
+        self,
+        paths: Iterable[str | Path],
+        *,
+        taggram: bool = False,
+        hop: float | None = None,
+        workers: int | None = None,
+        embed_only: bool = False,
+    ) -> Iterator[Result | TagstackError]:
         """Tag many files on all cores: each worker thread decodes and runs one file at a time.
 
         Yields, in input order, a :class:`Result` or the :class:`TagstackError`
@@ -490,8 +530,15 @@ class Tagger:
         finally:
             torch.set_num_threads(threads)
 
-    def tag(self, source: Source, *, sr: int | None = None, top_k: int | None = DEFAULT_TOP_K, threshold: float | None = None,
-            per_group: bool = False) -> list[tuple[str, float]]:
+    def tag(
+        self,
+        source: Source,
+        *,
+        sr: int | None = None,
+        top_k: int | None = DEFAULT_TOP_K,
+        threshold: float | None = None,
+        per_group: bool = False,
+    ) -> list[tuple[str, float]]:
         """The best tags of a file or array as ``(tag, probability)`` pairs (within each tag group with ``per_group``; see :meth:`Result.top`).
 
         Parameters
@@ -521,8 +568,9 @@ class Tagger:
         check_selection(top_k, threshold)
         return self.predict(source, sr=sr).top(top_k, threshold, per_group=per_group)
 
-    def embed(self, source: Source, *, sr: int | None = None, scales: Iterable[str | int] | None = None,
-              layers: Iterable[int] | None = None) -> np.ndarray:
+    def embed(
+        self, source: Source, *, sr: int | None = None, scales: Iterable[str | int] | None = None, layers: Iterable[int] | None = None
+    ) -> np.ndarray:
         """The multi-level, multi-scale feature vector of a file (chosen scales and layers; all by default).
 
         Parameters
@@ -569,4 +617,3 @@ class Tagger:
         """
         r = self.predict(source, sr=sr, taggram=True, hop=hop)
         return r.taggram, r.window_starts
-

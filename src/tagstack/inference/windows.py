@@ -15,6 +15,7 @@ A model whose networks read front ends at several sample rates gets one
 decoding, resampled to each rate (:func:`~tagstack.audio.io.stream`); a
 window is the same stretch of time at every rate.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -38,9 +39,17 @@ class Window:
     gram: bool  # a column of the taggram
 
 
-def cut_windows(blocks: Iterable[tuple[np.ndarray, ...]], *, rates: Sequence[int], clip_seconds: float, name: str,
-                min_samples: Sequence[int], gram_hop: int | None = None, max_seconds: float | None = None,
-                min_tail: int = 0) -> Iterator[Window]:
+def cut_windows(
+    blocks: Iterable[tuple[np.ndarray, ...]],
+    *,
+    rates: Sequence[int],
+    clip_seconds: float,
+    name: str,
+    min_samples: Sequence[int],
+    gram_hop: int | None = None,
+    max_seconds: float | None = None,
+    min_tail: int = 0,
+) -> Iterator[Window]:
     """Clip-length windows of decoded blocks (one array per rate), in one pass with a bounded buffer.
 
     Parameters
@@ -100,8 +109,10 @@ def cut_windows(blocks: Iterable[tuple[np.ndarray, ...]], *, rates: Sequence[int
             bufs[k], buf_start[k] = bufs[k][cut - buf_start[k] :], cut
     for k, rate in enumerate(rates):
         if total[k] < min_samples[k]:  # not one spectrogram frame of sound: its "tags" would be the padding's
-            raise AudioError(f"{name}: {total[k]} samples at {rate} Hz, too short to tag "
-                             f"(at least {min_samples[k]}, {1000 * min_samples[k] / rate:.0f} ms)")
+            raise AudioError(
+                f"{name}: {total[k]} samples at {rate} Hz, too short to tag "
+                f"(at least {min_samples[k]}, {1000 * min_samples[k] / rate:.0f} ms)"
+            )
     tail = max(0, total[0] - n[0])
     gram_tail = next_gram is not None and total[0] - gram_end >= min(min_tail, total[0])
     if next_clip < total[0]:
@@ -130,10 +141,13 @@ class WindowFeatures:
         self.fe_of = [model.frontend_of(s) for s in scales]
         self.widths = [sum(info["channels"] for info in model.network_of(s).feature_info) for s in scales]
         #: for every feature column, the index of its branch (to weight windows by their segments)
-        self.column_branch = torch.from_numpy(np.concatenate(
-            [[scales.index(b.scale)] * (b.stop - b.start) for b in model.layout])).to(device)
+        self.column_branch = torch.from_numpy(np.concatenate([[scales.index(b.scale)] * (b.stop - b.start) for b in model.layout])).to(
+            device
+        )
 
-    def __call__(self, windows: Sequence[tuple[np.ndarray, ...]], alone: Sequence[bool]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def __call__(
+        self, windows: Sequence[tuple[np.ndarray, ...]], alone: Sequence[bool]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Features ``(windows, n_features)``, segments per branch ``(windows, branches)`` and, for a model tagging
         through a network's own outputs, those outputs ``(windows, n_tags)``; rows in the order of ``windows``."""
         model, n, dev = self.model, len(windows), self.device

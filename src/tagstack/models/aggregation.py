@@ -7,6 +7,7 @@ concatenated. With all layers of the five paper CNNs that is
 512 + 512 + 768 + 1,024 + 1,280 = 4,096 dimensions. Pretrained backbones
 are aggregated the same way, each of their segment lengths a scale.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -65,7 +66,9 @@ def select_columns(
         missing = layers - {b.layer for b in chosen}
         if missing:
             have = sorted({b.layer for b in chosen})
-            raise ParameterError(f"layers {sorted(missing)} not in the features of scales {sorted(scales or available)} (have layers {have})")
+            raise ParameterError(
+                f"layers {sorted(missing)} not in the features of scales {sorted(scales or available)} (have layers {have})"
+            )
         chosen = [b for b in chosen if b.layer in layers]
     if not chosen:
         raise ParameterError(f"no features for scales={sorted(scales) if scales else scales} layers={sorted(layers) if layers else layers}")
@@ -81,7 +84,11 @@ def segment(mels: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def aggregate(
-    model: nn.Module, mels: torch.Tensor, *, size: int | None = None, layers: Iterable[int] | None = None,
+    model: nn.Module,
+    mels: torch.Tensor,
+    *,
+    size: int | None = None,
+    layers: Iterable[int] | None = None,
     frames: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The paper's aggregation of one local network over a batch of clips (differentiable).
@@ -128,7 +135,11 @@ def aggregate(
 
 
 def aggregate_sizes(
-    model: nn.Module, mels: torch.Tensor, *, sizes: Sequence[int], layers: Iterable[int] | None = None,
+    model: nn.Module,
+    mels: torch.Tensor,
+    *,
+    sizes: Sequence[int],
+    layers: Iterable[int] | None = None,
     frames: torch.Tensor | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """:func:`aggregate` at each segment length of ``sizes``: ``(features, probs)`` per size.
@@ -153,12 +164,20 @@ def aggregate_sizes(
     return [_pool(acts, logits, mels, size, layers, frames, model) for (acts, logits), size in zip(passes, sizes)]
 
 
-def _pool(acts: list[torch.Tensor], logits: torch.Tensor | None, mels: torch.Tensor, size: int, layers: Iterable[int] | None,
-          frames: torch.Tensor | None, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+def _pool(
+    acts: list[torch.Tensor],
+    logits: torch.Tensor | None,
+    mels: torch.Tensor,
+    size: int,
+    layers: Iterable[int] | None,
+    frames: torch.Tensor | None,
+    model: nn.Module,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Max over each segment's frames, then the mean over a clip's (whole, audio) segments."""
     b, s = mels.shape[0], mels.shape[1] // size
     chosen = range(1, len(acts) + 1) if layers is None else check_layers(model, layers)
     if frames is None or bool((frames >= s * size).all()):  # whole clips: the plain mean, bit for bit
+
         def mean(x: torch.Tensor) -> torch.Tensor:
             return x.reshape(b, s, -1).mean(dim=1)
     else:
@@ -167,6 +186,7 @@ def _pool(acts: list[torch.Tensor], logits: torch.Tensor | None, mels: torch.Ten
 
         def mean(x: torch.Tensor) -> torch.Tensor:
             return (x.reshape(b, s, -1) * weight[:, :, None]).sum(dim=1)
+
     feats = [mean(acts[i - 1].amax(dim=2) if acts[i - 1].dim() == 3 else acts[i - 1]) for i in chosen]
     probs = mean(torch.sigmoid(logits)) if logits is not None else mels.new_zeros(b, 0)
     return (torch.cat(feats, dim=1) if feats else mels.new_zeros(b, 0)), probs

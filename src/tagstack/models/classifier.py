@@ -6,6 +6,7 @@ features. Multi-label tagging uses sigmoid outputs and binary cross-entropy;
 single-label genre classification uses softmax and cross-entropy. The
 feature mean and standard deviation are buffers, so the model carries them.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -47,7 +48,12 @@ class GlobalMLP(nn.Module):
         layers: list[nn.Module] = []
         width = arch.n_features
         for _ in range(arch.n_hidden_layers):
-            layers += [nn.Linear(width, arch.hidden, bias=False), nn.BatchNorm1d(arch.hidden), nn.ReLU(inplace=True), nn.Dropout(arch.dropout)]
+            layers += [
+                nn.Linear(width, arch.hidden, bias=False),
+                nn.BatchNorm1d(arch.hidden),
+                nn.ReLU(inplace=True),
+                nn.Dropout(arch.dropout),
+            ]
             width = arch.hidden
         layers.append(nn.Linear(width, arch.n_outputs))
         self.net = nn.Sequential(*layers)

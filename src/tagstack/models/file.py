@@ -13,6 +13,7 @@ allocating anything) before :func:`load_model` builds a network, and
 :func:`load_model` refuses weights that are not finite. Every problem is
 one :class:`ModelFileError` naming the file and the field.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -40,10 +41,26 @@ FORMAT = "tagstack-model"
 FORMAT_VERSION = 2
 
 #: Bounds on what a header may describe; far above any real tagger, far below what exhausts a machine.
-LIMITS = {"sample_rate": 192_000, "n_fft": 16_384, "n_mels": 512, "n_frames": 100_000, "clip_seconds": 600.0,
-          "channels": 4_096, "kernel": 64, "pool": 64, "blocks": 12, "fc_units": 8_192, "hidden": 8_192,
-          "n_hidden_layers": 8, "tags": 10_000, "scales": 16, "header_bytes": 16 * 2**20, "networks": 16,
-          "arch_number": 100_000, "parameters": 200_000_000}
+LIMITS = {
+    "sample_rate": 192_000,
+    "n_fft": 16_384,
+    "n_mels": 512,
+    "n_frames": 100_000,
+    "clip_seconds": 600.0,
+    "channels": 4_096,
+    "kernel": 64,
+    "pool": 64,
+    "blocks": 12,
+    "fc_units": 8_192,
+    "hidden": 8_192,
+    "n_hidden_layers": 8,
+    "tags": 10_000,
+    "scales": 16,
+    "header_bytes": 16 * 2**20,
+    "networks": 16,
+    "arch_number": 100_000,
+    "parameters": 200_000_000,
+}
 
 
 def save_model(model: TaggingModel, path: str | Path, *, half: bool = False) -> None:
@@ -109,6 +126,7 @@ def metadata(model: TaggingModel) -> dict:
 
 # ------------------------------------------------------------ reading
 
+
 def read_metadata(path: str | Path) -> dict:
     """The validated JSON header of a model file, without loading its weights."""
     path = Path(path)
@@ -162,7 +180,9 @@ def _int(d: dict, key: str, field: str, lo: int, hi: int) -> int:
 
 def _num(d: dict, key: str, field: str, lo: float, hi: float) -> float:
     v = d.get(key)
-    _need(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and lo <= v <= hi, field, f"a number in {lo}..{hi}", v)
+    _need(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and lo <= v <= hi, field, f"a number in {lo}..{hi}", v
+    )
     return float(v)
 
 
@@ -171,25 +191,33 @@ def _validate(meta: Any, shapes: dict[str, tuple[int, ...]]) -> None:
     _need(meta.get("format") == FORMAT, "format", f"'{FORMAT}'", meta.get("format"))
     _int(meta, "format_version", "format_version", 1, FORMAT_VERSION)
     tags = meta.get("tags")
-    _need(isinstance(tags, list) and len(tags) <= LIMITS["tags"] and all(isinstance(t, str) and t for t in tags),
-          "tags", f"a list of up to {LIMITS['tags']} non-empty strings")
-    _need(bool(tags) or (meta.get("global") is None and meta.get("tags_from") is None), "tags",
-          "a non-empty list for a model that tags")
+    _need(
+        isinstance(tags, list) and len(tags) <= LIMITS["tags"] and all(isinstance(t, str) and t for t in tags),
+        "tags",
+        f"a list of up to {LIMITS['tags']} non-empty strings",
+    )
+    _need(bool(tags) or (meta.get("global") is None and meta.get("tags_from") is None), "tags", "a non-empty list for a model that tags")
     _need(len(set(tags)) == len(tags), "tags", "a list without repeated names")
     _need(meta.get("task") in TASKS, "task", f"one of {list(TASKS)}", meta.get("task"))
     fe = _frontend(meta.get("frontend"), "frontend")
     if meta["format_version"] == 1:
         _upgrade_v1(meta)
     networks = meta.get("networks")
-    _need(isinstance(networks, dict) and 0 < len(networks) <= LIMITS["networks"], "networks",
-          f"an object of 1..{LIMITS['networks']} local networks")
+    _need(
+        isinstance(networks, dict) and 0 < len(networks) <= LIMITS["networks"],
+        "networks",
+        f"an object of 1..{LIMITS['networks']} local networks",
+    )
     expected: dict[str, tuple[int, ...]] = {}
     built: dict[str, torch.nn.Module] = {}
     for name, entry in networks.items():
         f = f"networks.{name}"
         _need(isinstance(name, str) and NETWORK_NAME.fullmatch(name) is not None, f, "named with letters, digits, '.', '_' or '-'", name)
-        _need(isinstance(entry, dict) and set(entry) <= {"kind", "arch", "frontend"} and {"kind", "arch"} <= set(entry), f,
-              "an object with kind, arch and, for a backbone, frontend")
+        _need(
+            isinstance(entry, dict) and set(entry) <= {"kind", "arch", "frontend"} and {"kind", "arch"} <= set(entry),
+            f,
+            "an object with kind, arch and, for a backbone, frontend",
+        )
         _need(entry["kind"] in KINDS, f"{f}.kind", f"one of {sorted(KINDS)}", entry["kind"])
         _need(_small_plain(entry["arch"]), f"{f}.arch", f"an object of numbers up to {LIMITS['arch_number']} and short lists")
         if entry["kind"] == LocalCNN.kind:
@@ -208,8 +236,11 @@ def _validate(meta: Any, shapes: dict[str, tuple[int, ...]]) -> None:
     branches = meta.get("branches")
     _need(isinstance(branches, list) and 0 < len(branches) <= LIMITS["scales"], "branches", f"a list of 1..{LIMITS['scales']} branches")
     for i, br in enumerate(branches):
-        _need(isinstance(br, dict) and set(br) == {"network", "frames"} and br["network"] in networks, f"branches[{i}]",
-              "an object naming one of the networks and its segment frames")
+        _need(
+            isinstance(br, dict) and set(br) == {"network", "frames"} and br["network"] in networks,
+            f"branches[{i}]",
+            "an object naming one of the networks and its segment frames",
+        )
         _int(br, "frames", f"branches[{i}].frames", 1, LIMITS["n_frames"])
     try:
         with torch.device("meta"):
@@ -217,19 +248,30 @@ def _validate(meta: Any, shapes: dict[str, tuple[int, ...]]) -> None:
     except TagstackError as e:
         raise _Bad(f"field 'branches' is inconsistent ({e})") from None
     scales = meta.get("scales")
-    _need(isinstance(scales, list) and scales and all(isinstance(x, str) and x in shell.local_scales for x in scales), "scales",
-          f"a non-empty list of the branches {list(shell.local_scales)}", scales)
+    _need(
+        isinstance(scales, list) and scales and all(isinstance(x, str) and x in shell.local_scales for x in scales),
+        "scales",
+        f"a non-empty list of the branches {list(shell.local_scales)}",
+        scales,
+    )
     layers = meta.get("layers")
-    _need(layers is None or (isinstance(layers, list) and layers and all(isinstance(x, int) and 1 <= x <= LIMITS["blocks"] for x in layers)),
-          "layers", "null or a list of 1-based layer numbers", layers)
+    _need(
+        layers is None or (isinstance(layers, list) and layers and all(isinstance(x, int) and 1 <= x <= LIMITS["blocks"] for x in layers)),
+        "layers",
+        "null or a list of 1-based layer numbers",
+        layers,
+    )
     try:
         chosen = len(shell.columns_of(scales=scales, layers=layers))
     except TagstackError as e:
         raise _Bad(f"fields 'scales' and 'layers' select nothing ({e})") from None
     g = meta.get("global")
     if g is not None:
-        _need(isinstance(g, dict) and set(g) == {"n_features", "n_outputs", "hidden", "n_hidden_layers", "dropout", "task"}, "global",
-              "null or an object with n_features, n_outputs, hidden, n_hidden_layers, dropout, task")
+        _need(
+            isinstance(g, dict) and set(g) == {"n_features", "n_outputs", "hidden", "n_hidden_layers", "dropout", "task"},
+            "global",
+            "null or an object with n_features, n_outputs, hidden, n_hidden_layers, dropout, task",
+        )
         _int(g, "n_features", "global.n_features", chosen, chosen)
         _int(g, "n_outputs", "global.n_outputs", len(tags), len(tags))
         _int(g, "hidden", "global.hidden", 1, LIMITS["hidden"])
@@ -241,20 +283,31 @@ def _validate(meta: Any, shapes: dict[str, tuple[int, ...]]) -> None:
         expected.update({f"global.{k}": tuple(v.shape) for k, v in head.state_dict().items()})
     tags_from = meta.get("tags_from")
     if tags_from is not None:
-        _need(g is None and tags_from in shell.local_scales and shell.network_of(tags_from).n_outputs == len(tags), "tags_from",
-              "null, or without a global classifier the branch whose network has one output per tag", tags_from)
+        _need(
+            g is None and tags_from in shell.local_scales and shell.network_of(tags_from).n_outputs == len(tags),
+            "tags_from",
+            "null, or without a global classifier the branch whose network has one output per tag",
+            tags_from,
+        )
     _need(isinstance(meta.get("info", {}), dict), "info", "an object")
     groups = meta.get("tag_groups", {})
-    _need(isinstance(groups, dict) and set(groups) <= set(tags)
-          and all(map(is_group_name, groups.values())), "tag_groups",
-          f"an object from tag names to group names of 1..{MAX_GROUP_NAME} characters", groups if isinstance(groups, dict) else None)
+    _need(
+        isinstance(groups, dict) and set(groups) <= set(tags) and all(map(is_group_name, groups.values())),
+        "tag_groups",
+        f"an object from tag names to group names of 1..{MAX_GROUP_NAME} characters",
+        groups if isinstance(groups, dict) else None,
+    )
     missing = sorted(set(expected) - set(shapes))
     extra = sorted(set(shapes) - set(expected))
     _need(not missing, "tensors", "all the described weights", f"{len(missing)} missing, e.g. {missing[:2]}" if missing else None)
     _need(not extra, "tensors", "only the described weights", f"{len(extra)} extra, e.g. {extra[:2]}" if extra else None)
     wrong = [k for k in expected if expected[k] != shapes[k]]
-    _need(not wrong, "tensors", "shaped as the architecture says",
-          f"{wrong[0]} is {list(shapes[wrong[0]])}, expected {list(expected[wrong[0]])}" if wrong else None)
+    _need(
+        not wrong,
+        "tensors",
+        "shaped as the architecture says",
+        f"{wrong[0]} is {list(shapes[wrong[0]])}, expected {list(expected[wrong[0]])}" if wrong else None,
+    )
 
 
 def _frontend(fe: Any, field: str) -> dict:
@@ -311,8 +364,12 @@ def _check_local_arch(arch: dict, f: str, fe: dict) -> None:
         _int(b, "kernel", f"{f}.blocks[{i}].kernel", 1, LIMITS["kernel"])
         _int(b, "channels", f"{f}.blocks[{i}].channels", 1, LIMITS["channels"])
         _int(b, "pool", f"{f}.blocks[{i}].pool", 1, LIMITS["pool"])
-    _need(set(arch) == {"n_frames", "n_mels", "n_tags", "blocks", "fc_units", "dropout"}, f, "an architecture with exactly "
-          "n_frames, n_mels, n_tags, blocks, fc_units, dropout", sorted(arch))
+    _need(
+        set(arch) == {"n_frames", "n_mels", "n_tags", "blocks", "fc_units", "dropout"},
+        f,
+        "an architecture with exactly n_frames, n_mels, n_tags, blocks, fc_units, dropout",
+        sorted(arch),
+    )
 
 
 def _upgrade_v1(meta: dict) -> None:
@@ -320,13 +377,20 @@ def _upgrade_v1(meta: dict) -> None:
     local = meta.pop("local", None)
     _need(isinstance(local, dict) and 0 < len(local) <= LIMITS["scales"], "local", f"an object of 1..{LIMITS['scales']} local CNNs")
     for s, arch in local.items():
-        _need(s.isdigit() and isinstance(arch, dict) and arch.get("n_frames") == int(s), f"local.{s}",
-              "keyed by its number of input frames, as its n_frames")
+        _need(
+            s.isdigit() and isinstance(arch, dict) and arch.get("n_frames") == int(s),
+            f"local.{s}",
+            "keyed by its number of input frames, as its n_frames",
+        )
     meta["networks"] = {s: {"kind": LocalCNN.kind, "arch": local[s]} for s in local}
     meta["branches"] = [{"network": s, "frames": int(s)} for s in sorted(local, key=int)]
     scales = meta.get("scales")
-    _need(isinstance(scales, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in scales), "scales",
-          "a list of input sizes", scales)
+    _need(
+        isinstance(scales, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in scales),
+        "scales",
+        "a list of input sizes",
+        scales,
+    )
     meta["scales"] = [str(x) for x in scales]
     if meta.get("global") is None:
         _need(all(a["n_tags"] == len(meta["tags"]) for a in local.values()), "tags", "one name per local CNN output")
@@ -368,15 +432,24 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> Taggi
         own = FrontEndConfig(**entry["frontend"]) if "frontend" in entry else None
         m = build_network(entry["kind"], entry["arch"], frontend=own)
         prefix = f"local.{name}."
-        m.load_state_dict({k[len(prefix):]: v.float() if v.is_floating_point() else v for k, v in tensors.items() if k.startswith(prefix)})
+        m.load_state_dict({k[len(prefix) :]: v.float() if v.is_floating_point() else v for k, v in tensors.items() if k.startswith(prefix)})
         networks[name] = m
     head = None
     if meta["global"] is not None:
         head = GlobalMLP(GlobalArch(**meta["global"]))
         head.load_state_dict({k[7:]: v.float() if v.is_floating_point() else v for k, v in tensors.items() if k.startswith("global.")})
-    model = TaggingModel(networks, head, tags=meta["tags"], frontend=FrontEndConfig(**meta["frontend"]),
-                         branches=[Branch(**b) for b in meta["branches"]], scales=meta["scales"], layers=meta["layers"],
-                         info=meta.get("info", {}), groups=meta.get("tag_groups", {}), tags_from=meta.get("tags_from"))
+    model = TaggingModel(
+        networks,
+        head,
+        tags=meta["tags"],
+        frontend=FrontEndConfig(**meta["frontend"]),
+        branches=[Branch(**b) for b in meta["branches"]],
+        scales=meta["scales"],
+        layers=meta["layers"],
+        info=meta.get("info", {}),
+        groups=meta.get("tag_groups", {}),
+        tags_from=meta.get("tags_from"),
+    )
     return model.to(device).eval()
 
 

@@ -9,6 +9,7 @@ ReLU -> max-pool with stride equal to its length; the per-layer activations
 :meth:`LocalCNN.forward_intermediates` and :attr:`LocalCNN.feature_info`, so
 aggregation sizes itself from the model.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -141,9 +142,7 @@ class LocalCNN(nn.Module):
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 3 or x.shape[1:] != (self.arch.n_frames, self.arch.n_mels):
-            raise ParameterError(
-                f"expected input (batch, {self.arch.n_frames}, {self.arch.n_mels}), got {tuple(x.shape)}"
-            )
+            raise ParameterError(f"expected input (batch, {self.arch.n_frames}, {self.arch.n_mels}), got {tuple(x.shape)}")
         return ((x - self.input_mean) / self.input_std).transpose(1, 2)
 
     def forward_intermediates(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:

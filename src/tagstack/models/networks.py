@@ -13,6 +13,7 @@ front end and exposes, like the paper's CNNs:
 The paper's CNNs are trained here (stage 1); the others are pretrained
 elsewhere and converted once (``scripts/convert_pretrained.py``).
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -21,6 +21,7 @@ Inputs are one log-mel tensor per distinct front end of the networks
 (:attr:`TaggingModel.frontends`; a single tensor when there is one), so a
 front end shared by several networks is computed once.
 """
+
 from __future__ import annotations
 
 import re
@@ -105,10 +106,20 @@ class TaggingModel(nn.Module):
         match the chosen blocks or the tags, front ends of different clip lengths ...
     """
 
-    def __init__(self, local: Mapping[str | int, nn.Module], head: GlobalMLP | None, *, tags: list[str], frontend: FrontEndConfig,
-                 branches: Sequence[Branch] | None = None, scales: Iterable[str | int] | None = None,
-                 layers: Iterable[int] | None = None, info: dict | None = None, groups: dict[str, str] | None = None,
-                 tags_from: str | None = None) -> None:
+    def __init__(
+        self,
+        local: Mapping[str | int, nn.Module],
+        head: GlobalMLP | None,
+        *,
+        tags: list[str],
+        frontend: FrontEndConfig,
+        branches: Sequence[Branch] | None = None,
+        scales: Iterable[str | int] | None = None,
+        layers: Iterable[int] | None = None,
+        info: dict | None = None,
+        groups: dict[str, str] | None = None,
+        tags_from: str | None = None,
+    ) -> None:
         super().__init__()
         if not local:
             raise ParameterError("a tagger needs at least one local network")
@@ -138,7 +149,9 @@ class TaggingModel(nn.Module):
         if len({b.name for b in self.branches}) != len(self.branches) or not self.branches:
             raise ParameterError(f"branches must be distinct and at least one, got {[b.name for b in self.branches]}")
         if len({fe.clip_seconds for fe in self.frontends}) > 1:
-            raise ParameterError(f"every front end must window the same clip length, got {sorted({fe.clip_seconds for fe in self.frontends})}")
+            raise ParameterError(
+                f"every front end must window the same clip length, got {sorted({fe.clip_seconds for fe in self.frontends})}"
+            )
         self.head = head
         self.tags = list(tags)
         self.scales = tuple(str(s) for s in scales) if scales else self.local_scales
@@ -151,8 +164,10 @@ class TaggingModel(nn.Module):
         cols = select_columns(self.layout, scales=self.scales, layers=self.layers)
         self.register_buffer("columns", torch.from_numpy(cols), persistent=False)
         if head is not None and head.arch.n_features != len(cols):
-            raise ParameterError(f"the global classifier reads {head.arch.n_features} features, but scales {self.scales} "
-                                 f"and layers {self.layers or 'all'} give {len(cols)}")
+            raise ParameterError(
+                f"the global classifier reads {head.arch.n_features} features, but scales {self.scales} "
+                f"and layers {self.layers or 'all'} give {len(cols)}"
+            )
         if head is not None and head.arch.n_outputs != len(self.tags):
             raise ParameterError(f"the global classifier has {head.arch.n_outputs} outputs for {len(self.tags)} tags")
         self.tags_from = tags_from
@@ -251,8 +266,9 @@ class TaggingModel(nn.Module):
             raise ParameterError(f"{len(x)} {what} for {len(self.frontends)} front ends")
         return list(x)
 
-    def branch_features(self, mels: Inputs, frames: Inputs | None = None, *, scales: Iterable[str | int] | None = None,
-                        layers: Iterable[int] | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    def branch_features(
+        self, mels: Inputs, frames: Inputs | None = None, *, scales: Iterable[str | int] | None = None, layers: Iterable[int] | None = None
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Aggregated features of the chosen levels and the network's own clip probabilities, per branch (scale).
 
         The branches of one network are aggregated together
@@ -274,8 +290,9 @@ class TaggingModel(nn.Module):
             out.update({b.name: part for b, part in zip(branches, parts)})
         return {s: out[s] for s in chosen}
 
-    def forward_intermediates(self, mels: Inputs, *, scales: Iterable[str | int] | None = None,
-                              layers: Iterable[int] | None = None) -> dict[tuple[str, int], torch.Tensor]:
+    def forward_intermediates(
+        self, mels: Inputs, *, scales: Iterable[str | int] | None = None, layers: Iterable[int] | None = None
+    ) -> dict[tuple[str, int], torch.Tensor]:
         """Aggregated features ``(clips, channels)`` of each chosen ``(scale, layer)``.
 
         ``mels`` is ``(clips, frames, n_mels)`` per front end; each branch reads its whole segments of it.
@@ -403,12 +420,15 @@ class TaggingModel(nn.Module):
 def require_classifier(model: TaggingModel) -> None:
     """The one check that ``model`` has a global classifier (stage 3), for what only a classifier can do."""
     if model.head is None:
-        raise ParameterError("this model has no global classifier (stage 3); it can embed, and tag only with a "
-                             "network's own outputs" + (f" ({model.tags_from})" if model.tags_from else ""))
+        raise ParameterError(
+            "this model has no global classifier (stage 3); it can embed, and tag only with a "
+            "network's own outputs" + (f" ({model.tags_from})" if model.tags_from else "")
+        )
 
 
 def require_tagger(model: TaggingModel) -> None:
     """The one check that ``model`` can tag: a global classifier, or a network's own outputs (``tags_from``)."""
     if not model.can_tag:
-        raise ParameterError("this model has no global classifier (stage 3) and no network whose outputs are its tags; "
-                             "it can embed but not tag")
+        raise ParameterError(
+            "this model has no global classifier (stage 3) and no network whose outputs are its tags; it can embed but not tag"
+        )

@@ -7,6 +7,7 @@ tags), some pretrained backbones converted from their original files
 where they have them, and serve as local networks of new models
 (``tagstack run --local-from musicnn-msd``).
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -3,6 +3,7 @@
 :mod:`.limits` (what a request may cost) imports without the web stack, so the
 CLI can show its defaults; the application itself is imported when first named.
 """
+
 from .limits import Problem, ServiceLimits
 
 __all__ = ["Problem", "ServiceLimits", "create_app", "serve"]

@@ -20,6 +20,7 @@ Python API do it. What the service adds is what a shared server needs:
   too many uploads at once 503. Nothing a client sends gives a 500, and a
   client that goes away mid-upload is one log line.
 """
+
 from __future__ import annotations
 
 import logging
@@ -53,9 +54,22 @@ from .uploads import UploadFolder
 log = logging.getLogger(__name__)
 
 #: Raw-body uploads: the file type a Content-Type names (anything else is sniffed from the bytes).
-CONTENT_TYPES = {"audio/wav": ".wav", "audio/x-wav": ".wav", "audio/wave": ".wav", "audio/flac": ".flac", "audio/x-flac": ".flac",
-                 "audio/ogg": ".ogg", "audio/mpeg": ".mp3", "audio/mp3": ".mp3", "audio/mp4": ".m4a", "audio/x-m4a": ".m4a",
-                 "audio/aac": ".aac", "audio/opus": ".opus", "audio/aiff": ".aiff", "audio/x-aiff": ".aiff"}
+CONTENT_TYPES = {
+    "audio/wav": ".wav",
+    "audio/x-wav": ".wav",
+    "audio/wave": ".wav",
+    "audio/flac": ".flac",
+    "audio/x-flac": ".flac",
+    "audio/ogg": ".ogg",
+    "audio/mpeg": ".mp3",
+    "audio/mp3": ".mp3",
+    "audio/mp4": ".m4a",
+    "audio/x-m4a": ".m4a",
+    "audio/aac": ".aac",
+    "audio/opus": ".opus",
+    "audio/aiff": ".aiff",
+    "audio/x-aiff": ".aiff",
+}
 
 #: A taggram asked for with ``hop=auto`` has at most this many windows.
 AUTO_WINDOWS = 64
@@ -99,8 +113,7 @@ def _suffix(filename: str | None, content_type: str | None) -> str:
 class Service:
     """The loaded model, the limits and the upload folder shared by every request."""
 
-    def __init__(self, tagger: Tagger, model_path: Path | None, limits: ServiceLimits,
-                 upload_parent: str | Path | None = None) -> None:
+    def __init__(self, tagger: Tagger, model_path: Path | None, limits: ServiceLimits, upload_parent: str | Path | None = None) -> None:
         self.tagger, self.limits = tagger, limits
         self.meta = read_metadata(model_path) if model_path is not None else None
         card = model_path.with_suffix(".md") if model_path is not None else None
@@ -114,14 +127,29 @@ class Service:
         """What ``GET /api/model`` answers: the loaded model's tags, scales, layers, data, scores, card and limits."""
         m = self.tagger.model
         info = (self.meta or {}).get("info", {})
-        return {"name": self.name, "tags": m.tags, "task": m.task, "scales": list(m.local_scales),
-                "layers": {s: sorted(b.layer for b in m.layout if b.scale == s) for s in m.local_scales},
-                "classifier_reads": {"scales": list(m.scales), "layers": list(m.layers) if m.layers else "all"},
-                "n_features": m.n_features, "clip_seconds": self.tagger.cfg.clip_seconds,
-                "sample_rate": self.tagger.cfg.sample_rate, "dataset": info.get("dataset"), "data": info.get("data"),
-                "test": info.get("test"), "card": self.card, "version": __version__, "tag_groups": m.groups,
-                "limits": {"max_upload_mb": self.limits.max_upload_mb, "max_seconds": self.limits.max_seconds,
-                           "upload_timeout": self.limits.upload_timeout, "min_upload_kbps": self.limits.min_upload_kbps}}
+        return {
+            "name": self.name,
+            "tags": m.tags,
+            "task": m.task,
+            "scales": list(m.local_scales),
+            "layers": {s: sorted(b.layer for b in m.layout if b.scale == s) for s in m.local_scales},
+            "classifier_reads": {"scales": list(m.scales), "layers": list(m.layers) if m.layers else "all"},
+            "n_features": m.n_features,
+            "clip_seconds": self.tagger.cfg.clip_seconds,
+            "sample_rate": self.tagger.cfg.sample_rate,
+            "dataset": info.get("dataset"),
+            "data": info.get("data"),
+            "test": info.get("test"),
+            "card": self.card,
+            "version": __version__,
+            "tag_groups": m.groups,
+            "limits": {
+                "max_upload_mb": self.limits.max_upload_mb,
+                "max_seconds": self.limits.max_seconds,
+                "upload_timeout": self.limits.upload_timeout,
+                "min_upload_kbps": self.limits.min_upload_kbps,
+            },
+        }
 
     async def save_upload(self, request: Request) -> tuple[Path, str]:
         """The request's audio in a new temporary file, and the name the client gave it."""
@@ -153,9 +181,20 @@ class Service:
             path.unlink(missing_ok=True)
             raise
 
-    def analyse(self, path: Path, name: str, *, top_k: int | None, threshold: float | None, embed: bool,
-                scales: list[str] | None, layers: list[int] | None, taggram: bool, hop: str | None,
-                per_group: bool = False) -> dict:
+    def analyse(
+        self,
+        path: Path,
+        name: str,
+        *,
+        top_k: int | None,
+        threshold: float | None,
+        embed: bool,
+        scales: list[str] | None,
+        layers: list[int] | None,
+        taggram: bool,
+        hop: str | None,
+        per_group: bool = False,
+    ) -> dict:
         """Everything asked about one uploaded file (runs in a worker thread)."""
         model = self.tagger.model
         try:
@@ -165,34 +204,51 @@ class Service:
             cols = model.columns_of(scales=scales, layers=layers) if embed else None
             seconds = duration_seconds(path)
             if seconds > self.limits.max_seconds:
-                raise Problem(413, f"{name}: {seconds:.0f} s of audio; this service takes at most {self.limits.max_seconds:g} s (--max-seconds)")
+                raise Problem(
+                    413, f"{name}: {seconds:.0f} s of audio; this service takes at most {self.limits.max_seconds:g} s (--max-seconds)"
+                )
             hop_s = self._hop(hop, seconds) if taggram else None
             if hop_s is not None and seconds / hop_s > MAX_WINDOWS:
-                raise Problem(400, f"hop={hop_s:g} s gives {seconds / hop_s:.0f} taggram windows over {seconds:.0f} s; this "
-                                   f"service makes at most {MAX_WINDOWS}: use a larger hop, or 'auto'")
+                raise Problem(
+                    400,
+                    f"hop={hop_s:g} s gives {seconds / hop_s:.0f} taggram windows over {seconds:.0f} s; this "
+                    f"service makes at most {MAX_WINDOWS}: use a larger hop, or 'auto'",
+                )
             # the header's length may lie: decoding stops at the limit, or where the hop would pass MAX_WINDOWS windows
             limit = self.limits.max_seconds if hop_s is None else min(self.limits.max_seconds, hop_s * MAX_WINDOWS)
             try:
                 result: Result = self.tagger.predict(path, taggram=taggram, hop=hop_s, max_seconds=limit)
             except AudioTooLongError:
-                raise Problem(413, f"{name}: longer than its header says, and than " + (
-                    f"this service takes ({self.limits.max_seconds:g} s, --max-seconds)" if limit == self.limits.max_seconds
-                    else f"{MAX_WINDOWS} taggram windows at hop={hop_s:g} s cover; use a larger hop, or 'auto'")) from None
+                raise Problem(
+                    413,
+                    f"{name}: longer than its header says, and than "
+                    + (
+                        f"this service takes ({self.limits.max_seconds:g} s, --max-seconds)"
+                        if limit == self.limits.max_seconds
+                        else f"{MAX_WINDOWS} taggram windows at hop={hop_s:g} s cover; use a larger hop, or 'auto'"
+                    ),
+                ) from None
         except TagstackError as e:  # AudioError, ParameterError: the client's file or parameters
             reason = str(e).replace(str(path), name)
             status = 400 if isinstance(e, ParameterError) else 413 if isinstance(e, AudioTooLongError) else 422
             raise Problem(status, reason) from None
         out: dict = {"file": name, "seconds": round(result.seconds, 3), "model": self.name}
         if model.can_tag:
-            out["tags"] = [{"tag": t, "probability": float(p)} | ({"group": result.group_of(t)} if model.groups else {})
-                           for t, p in result.top(top_k, threshold, per_group=per_group)]
+            out["tags"] = [
+                {"tag": t, "probability": float(p)} | ({"group": result.group_of(t)} if model.groups else {})
+                for t, p in result.top(top_k, threshold, per_group=per_group)
+            ]
         if embed:
             s, l_ = model.selection(scales=scales, layers=layers)
             out["embedding"] = {"scales": s, "layers": l_, "values": result.embedding[cols].astype(float).tolist()}
         if taggram and result.taggram is not None:
-            out["taggram"] = {"tags": result.tags, "window_seconds": self.tagger.cfg.clip_seconds, "hop_seconds": hop_s,
-                              "starts": [round(float(t), 3) for t in result.window_starts],
-                              "probabilities": np.round(result.taggram, 5).astype(float).tolist()}
+            out["taggram"] = {
+                "tags": result.tags,
+                "window_seconds": self.tagger.cfg.clip_seconds,
+                "hop_seconds": hop_s,
+                "starts": [round(float(t), 3) for t in result.window_starts],
+                "probabilities": np.round(result.taggram, 5).astype(float).tolist(),
+            }
         return out
 
     def _hop(self, hop: str | None, seconds: float) -> float | None:
@@ -208,8 +264,9 @@ class Service:
             raise Problem(400, f"{e}; or 'clip' or 'auto'") from None
 
 
-def create_app(model: str | Path | None = None, *, device: str = "auto", limits: ServiceLimits | None = None,
-               upload_dir: str | Path | None = None) -> FastAPI:
+def create_app(
+    model: str | Path | None = None, *, device: str = "auto", limits: ServiceLimits | None = None, upload_dir: str | Path | None = None
+) -> FastAPI:
     """The service's ASGI application, with ``model`` (a file or a shipped name) loaded once; uploads go to a folder
     of this process's under ``upload_dir`` (default: the system's temporary folder)."""
     from ..models.zoo import resolve_model
@@ -223,15 +280,25 @@ def create_app(model: str | Path | None = None, *, device: str = "auto", limits:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         service.upload_dir = service.uploads.open()
-        log.info("serving %s (%d tags) on %s, %d analyses and %d uploads at once", service.name, len(service.tagger.tags),
-                 service.tagger.device, limits.workers, limits.max_uploads)
+        log.info(
+            "serving %s (%d tags) on %s, %d analyses and %d uploads at once",
+            service.name,
+            len(service.tagger.tags),
+            service.tagger.device,
+            limits.workers,
+            limits.max_uploads,
+        )
         try:
             yield
         finally:
             service.uploads.close()
 
-    app = FastAPI(title="tagstack", version=__version__, lifespan=lifespan,
-                  description="Music auto-tagging with multi-level, multi-scale CNN features (Lee & Nam, 2017).")
+    app = FastAPI(
+        title="tagstack",
+        version=__version__,
+        lifespan=lifespan,
+        description="Music auto-tagging with multi-level, multi-scale CNN features (Lee & Nam, 2017).",
+    )
     app.add_middleware(RequestGuard, limits=limits)
     app.state.service = service
 
@@ -266,17 +333,18 @@ def create_app(model: str | Path | None = None, *, device: str = "auto", limits:
         return service.model_info()
 
     @app.post("/api/tag", summary="Tag an audio file (multipart field 'file', or the raw body)")
-    async def tag(request: Request,
-                  top_k: int | None = Query(DEFAULT_TOP_K, description="best tags to return (0: all)"),
-                  threshold: float | None = Query(None, description="return every tag at or above this instead of the top k"),
-                  per_group: bool = Query(False, description="apply top_k / threshold within each tag group of the model"),
-                  embed: bool = Query(False, description="also return the multi-level, multi-scale embedding"),
-                  scales: str | None = Query(None, description="embedding scales (branches), e.g. 27,54 or musicnn-msd/187 (default: all)"),
-                  layers: str | None = Query(None, description="embedding layers, 1-based, e.g. 1,2 (default: all)"),
-                  taggram: bool = Query(False, description="also return tag probabilities per window over time"),
-                  hop: str | None = Query(None, description="seconds between taggram windows, 'clip' (back to back) or 'auto'"),
-                  filename: str | None = Query(None, description="the file's name, for a raw-body upload (its extension names the format)"),
-                  ) -> JSONResponse:
+    async def tag(
+        request: Request,
+        top_k: int | None = Query(DEFAULT_TOP_K, description="best tags to return (0: all)"),
+        threshold: float | None = Query(None, description="return every tag at or above this instead of the top k"),
+        per_group: bool = Query(False, description="apply top_k / threshold within each tag group of the model"),
+        embed: bool = Query(False, description="also return the multi-level, multi-scale embedding"),
+        scales: str | None = Query(None, description="embedding scales (branches), e.g. 27,54 or musicnn-msd/187 (default: all)"),
+        layers: str | None = Query(None, description="embedding layers, 1-based, e.g. 1,2 (default: all)"),
+        taggram: bool = Query(False, description="also return tag probabilities per window over time"),
+        hop: str | None = Query(None, description="seconds between taggram windows, 'clip' (back to back) or 'auto'"),
+        filename: str | None = Query(None, description="the file's name, for a raw-body upload (its extension names the format)"),
+    ) -> JSONResponse:
         try:
             check_selection(top_k, threshold)  # before the upload is read: a bad request costs no transfer
         except ParameterError as e:
@@ -285,9 +353,21 @@ def create_app(model: str | Path | None = None, *, device: str = "auto", limits:
         path, name = await service.save_upload(request)
         try:
             out = await anyio.to_thread.run_sync(
-                lambda: service.analyse(path, name, top_k=top_k, threshold=threshold,
-                                        embed=embed, scales=s, layers=l_, taggram=taggram, hop=hop, per_group=per_group),
-                limiter=service.limiter, abandon_on_cancel=True)  # a shutdown past its deadline does not wait for it
+                lambda: service.analyse(
+                    path,
+                    name,
+                    top_k=top_k,
+                    threshold=threshold,
+                    embed=embed,
+                    scales=s,
+                    layers=l_,
+                    taggram=taggram,
+                    hop=hop,
+                    per_group=per_group,
+                ),
+                limiter=service.limiter,
+                abandon_on_cancel=True,
+            )  # a shutdown past its deadline does not wait for it
         finally:
             path.unlink(missing_ok=True)
         return JSONResponse(out)
@@ -310,8 +390,15 @@ def _asset(name: str) -> str:
     return resources.files(__package__).joinpath("page", name).read_text(encoding="utf-8")
 
 
-def serve(model: str | Path | None = None, *, host: str = "127.0.0.1", port: int = 8000, device: str = "auto",
-          limits: ServiceLimits | None = None, upload_dir: str | Path | None = None) -> None:
+def serve(
+    model: str | Path | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    device: str = "auto",
+    limits: ServiceLimits | None = None,
+    upload_dir: str | Path | None = None,
+) -> None:
     """Run the service until interrupted (``tagstack serve``); SIGTERM or Ctrl-C stop it gracefully: no new
     connections, and the requests under way get ``limits.shutdown_timeout`` seconds before they are cancelled."""
     import uvicorn

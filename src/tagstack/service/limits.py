@@ -8,6 +8,7 @@ each is a temporary file and a descriptor) besides how many are analysed at
 once (``concurrency``), and how long a shutdown waits for them
 (``shutdown_timeout``). uvicorn bounds none of the first three by itself.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -17,8 +18,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from ..checks import (CONCURRENCY, MAX_SECONDS, MAX_UPLOAD_MB, MAX_UPLOADS, MIN_UPLOAD_RATE, SHUTDOWN_TIMEOUT,
-                      UPLOAD_TIMEOUT)
+from ..checks import CONCURRENCY, MAX_SECONDS, MAX_UPLOAD_MB, MAX_UPLOADS, MIN_UPLOAD_RATE, SHUTDOWN_TIMEOUT, UPLOAD_TIMEOUT
 from ..runtime import usable_cpus
 
 log = logging.getLogger(__name__)
@@ -69,9 +69,18 @@ async def send_problem(send, status: int, *, reason: str, headers: dict[str, str
     """A ``{"error": reason}`` response written straight to ASGI ``send`` (before the application has the request)."""
     body = json.dumps({"error": reason}).encode()
     extra = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close"), *extra]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+                *extra,
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -128,8 +137,12 @@ class RequestGuard:
             return await send_problem(send, 413, reason=self._too_large())
         if self.uploads >= lim.max_uploads:
             await drain(receive)
-            return await send_problem(send, 503, reason=f"this service holds {lim.max_uploads} uploads at once (--max-uploads); "
-                                                        "try again shortly", headers={"Retry-After": "5"})
+            return await send_problem(
+                send,
+                503,
+                reason=f"this service holds {lim.max_uploads} uploads at once (--max-uploads); try again shortly",
+                headers={"Retry-After": "5"},
+            )
         seen, started, done = 0, time.monotonic(), False
 
         async def guarded_receive():
@@ -139,8 +152,7 @@ class RequestGuard:
             with anyio.move_on_after(lim.upload_timeout) as scope_:
                 message = await receive()
             if scope_.cancelled_caught:
-                raise Problem(408, f"the upload stalled: no data for {lim.upload_timeout:g} s after {seen} bytes (--upload-timeout)",
-                              CLOSE)
+                raise Problem(408, f"the upload stalled: no data for {lim.upload_timeout:g} s after {seen} bytes (--upload-timeout)", CLOSE)
             seen += len(message.get("body", b""))
             done = message["type"] != "http.request" or not message.get("more_body", False)
             if seen > lim.max_bytes:
@@ -149,8 +161,12 @@ class RequestGuard:
                 raise Problem(413, self._too_large(), CLOSE)
             elapsed = time.monotonic() - started
             if not done and lim.min_upload_kbps and elapsed > lim.upload_timeout and seen < lim.min_upload_kbps * 1000 * elapsed:
-                raise Problem(408, f"the upload is too slow: {seen} bytes in {elapsed:.0f} s, under this service's minimum "
-                                   f"of {lim.min_upload_kbps:g} kB/s (--min-upload-kbps)", CLOSE)
+                raise Problem(
+                    408,
+                    f"the upload is too slow: {seen} bytes in {elapsed:.0f} s, under this service's minimum "
+                    f"of {lim.min_upload_kbps:g} kB/s (--min-upload-kbps)",
+                    CLOSE,
+                )
             return message
 
         answered = False

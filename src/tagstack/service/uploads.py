@@ -8,6 +8,7 @@ kernel drops the lock when the process dies, however it dies. A starting
 server removes every folder whose lock it can take, that is, every folder of
 a server that is gone, and leaves those of servers still running.
 """
+
 from __future__ import annotations
 
 import fcntl

@@ -8,6 +8,7 @@ for that tag, e.g. a mood on a clip from a source without moods); each tag is
 then scored on the clips that know it. Single-label tasks also get accuracy.
 Bootstrap confidence intervals resample clips with replacement.
 """
+
 from __future__ import annotations
 
 import math
@@ -75,9 +76,7 @@ def evaluate(y_true: np.ndarray, y_score: np.ndarray, *, task: str = "multilabel
     return out
 
 
-def bootstrap_ci(
-    y_true: np.ndarray, y_score: np.ndarray, *, n_boot: int = 200, level: float = 0.95, seed: int = 0
-) -> tuple[float, float]:
+def bootstrap_ci(y_true: np.ndarray, y_score: np.ndarray, *, n_boot: int = 200, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap interval of macro ROC-AUC over clips.
 
     Each resample's macro ROC-AUC is computed from ranks (the Mann-Whitney

@@ -15,6 +15,7 @@ gradients are averaged, so the steps, the schedule and early stopping are
 those of one process with the same batch size, and every process holds the
 same weights and takes the same decisions without further communication.
 """
+
 from __future__ import annotations
 
 import json
@@ -58,8 +59,12 @@ def _score(metrics: dict, monitor: str) -> float:
 
 
 def _save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, state: TrainState, key: dict) -> None:
-    payload = {"model": model.state_dict(), "optimizer": opt.state_dict(), "state": json.dumps(asdict(state)),
-               "key": json.dumps(key, sort_keys=True)}
+    payload = {
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "state": json.dumps(asdict(state)),
+        "key": json.dumps(key, sort_keys=True),
+    }
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
@@ -135,30 +140,42 @@ def fit(
             opt = _optimizer(model, config, state.lr)
             opt.load_state_dict(ckpt["optimizer"])
         except Exception as e:  # written atomically by tagstack, so damaged by something else
-            raise TagstackError(f"{last}: cannot resume from this checkpoint ({type(e).__name__}); "
-                                "delete it to train this network again from the start") from None
+            raise TagstackError(
+                f"{last}: cannot resume from this checkpoint ({type(e).__name__}); delete it to train this network again from the start"
+            ) from None
         if changed is None:
-            raise TagstackError(f"{workdir}: trained by an earlier tagstack, which did not record its settings and inputs; "
-                                "delete that folder to train it again, or use another run folder")
+            raise TagstackError(
+                f"{workdir}: trained by an earlier tagstack, which did not record its settings and inputs; "
+                "delete that folder to train it again, or use another run folder"
+            )
         if changed:
-            raise TagstackError(f"{workdir}: trained with other settings or inputs ({', '.join(changed)}); run the same command "
-                                "as before to resume it, or use another run folder (or delete this one to train it again)")
+            raise TagstackError(
+                f"{workdir}: trained with other settings or inputs ({', '.join(changed)}); run the same command "
+                "as before to resume it, or use another run folder (or delete this one to train it again)"
+            )
         log.info("[%s] %s", desc, "already trained, reused" if state.done else f"resuming after epoch {state.epoch} (lr {state.lr:g})")
     rank, world = distributed()
     step_model = model
     if world > 1:  # torchrun: every process takes its share of each batch; DDP averages the gradients
         from torch.nn.parallel import DistributedDataParallel
 
-        step_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                             find_unused_parameters=True)
+        step_model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
+        )
     started = time.time()
     epochs_run = 0
     while not state.done:
         torch.manual_seed(config.seed + state.epoch)
         model.train()
         total, count = 0.0, 0
-        bar = tqdm(train_batches(state.epoch), total=n_batches, desc=f"[{desc}] epoch {state.epoch + 1}", leave=False, unit="batch",
-                   disable=None if rank == 0 else True)
+        bar = tqdm(
+            train_batches(state.epoch),
+            total=n_batches,
+            desc=f"[{desc}] epoch {state.epoch + 1}",
+            leave=False,
+            unit="batch",
+            disable=None if rank == 0 else True,
+        )
         for b, (x, y) in enumerate(bar):
             xs = x if isinstance(x, tuple) else (x,)  # the model's inputs: frames, and for whole clips their audio frames
             weight = 1.0

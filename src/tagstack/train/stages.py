@@ -14,6 +14,7 @@ never annotated): they add nothing to the loss or to the validation scores,
 so clips of a source without moods do not teach the model that they are not
 sad (:func:`masked_bce`).
 """
+
 from __future__ import annotations
 
 import math
@@ -62,8 +63,17 @@ def input_statistics(mels: np.ndarray, rows: np.ndarray, *, chunk: int = 256) ->
     return float(mean), float(np.sqrt(max(ss / n - mean * mean, 1e-12)))
 
 
-def segment_batches(mels: np.ndarray, labels: np.ndarray, *, rows: np.ndarray, size: int, batch_size: int, seed: int,
-                    mixup: float = 0.0, frames: np.ndarray | None = None) -> tuple[Batches, int]:
+def segment_batches(
+    mels: np.ndarray,
+    labels: np.ndarray,
+    *,
+    rows: np.ndarray,
+    size: int,
+    batch_size: int,
+    seed: int,
+    mixup: float = 0.0,
+    frames: np.ndarray | None = None,
+) -> tuple[Batches, int]:
     """Shuffled segments across clips, each with its clip's labels (``labels`` row-aligned with ``rows``).
 
     With ``frames`` (audio frames of every clip of ``mels``; the rest is zero
@@ -105,8 +115,16 @@ def segment_batches(mels: np.ndarray, labels: np.ndarray, *, rows: np.ndarray, s
     return batches, n_batches
 
 
-def clip_batches(mels: np.ndarray | list[np.ndarray], labels: np.ndarray, *, rows: np.ndarray, batch_size: int, seed: int,
-                 multiclass: bool, frames: np.ndarray | list[np.ndarray] | None = None) -> tuple[Batches, int]:
+def clip_batches(
+    mels: np.ndarray | list[np.ndarray],
+    labels: np.ndarray,
+    *,
+    rows: np.ndarray,
+    batch_size: int,
+    seed: int,
+    multiclass: bool,
+    frames: np.ndarray | list[np.ndarray] | None = None,
+) -> tuple[Batches, int]:
     """Shuffled whole clips (joint fine-tuning); ``labels`` row-aligned with ``rows``. With ``frames`` (audio frames of
     every clip of ``mels``) a batch's inputs are its clips' frames and their frames of audio, for the model to
     aggregate the audio alone. For a model of several front ends, ``mels`` and ``frames`` are lists, one per front end,
@@ -137,6 +155,7 @@ def validation_metrics(probs: np.ndarray, labels: np.ndarray, *, task: str) -> d
 
 def _clip_inputs(mels, frames, rows: np.ndarray):
     """The frames (and audio frame counts) of clips ``rows``, as tensors, or lists of them per front end."""
+
     def one(m: np.ndarray, f: np.ndarray | None):
         x = torch.from_numpy(np.asarray(m[rows], dtype=np.float32))
         return x if f is None else (x, torch.from_numpy(np.asarray(f)[rows].astype(np.int64)))
@@ -147,10 +166,17 @@ def _clip_inputs(mels, frames, rows: np.ndarray):
     return ([p for p, _ in parts], [f for _, f in parts]) if frames is not None else (parts,)
 
 
-def _batched(fn: Callable, mels: np.ndarray | list[np.ndarray], rows: np.ndarray, device: torch.device, batch: int,
-             frames: np.ndarray | list[np.ndarray] | None = None) -> np.ndarray:
+def _batched(
+    fn: Callable,
+    mels: np.ndarray | list[np.ndarray],
+    rows: np.ndarray,
+    device: torch.device,
+    batch: int,
+    frames: np.ndarray | list[np.ndarray] | None = None,
+) -> np.ndarray:
     """``fn(clip frames, audio frames or None)`` over ``rows`` of ``mels`` in batches (lists per front end, as
     :func:`clip_batches`)."""
+
     def to(x):
         return [t.to(device) for t in x] if isinstance(x, list) else x.to(device)
 
@@ -163,34 +189,74 @@ def _batched(fn: Callable, mels: np.ndarray | list[np.ndarray], rows: np.ndarray
     return np.concatenate(out)
 
 
-def local_clip_probs(model: LocalCNN, mels: np.ndarray, *, rows: np.ndarray, device: torch.device, batch_clips: int = 16,
-                     frames: np.ndarray | None = None) -> np.ndarray:
+def local_clip_probs(
+    model: LocalCNN, mels: np.ndarray, *, rows: np.ndarray, device: torch.device, batch_clips: int = 16, frames: np.ndarray | None = None
+) -> np.ndarray:
     """A local CNN's clip predictions (the mean of its segment predictions; of audio only, given ``frames``)."""
     model.eval()
     return _batched(lambda x, f: aggregate(model, x, layers=(), frames=f)[1], mels, rows, device, batch_clips, frames)
 
 
-def train_local(model: LocalCNN, mels: np.ndarray, *, train_rows: np.ndarray, valid_rows: np.ndarray,
-                train_labels: np.ndarray, valid_labels: np.ndarray, config: TrainConfig, workdir: str | Path,
-                device: torch.device, inputs: dict | None = None, frames: np.ndarray | None = None) -> TrainState:
+def train_local(
+    model: LocalCNN,
+    mels: np.ndarray,
+    *,
+    train_rows: np.ndarray,
+    valid_rows: np.ndarray,
+    train_labels: np.ndarray,
+    valid_labels: np.ndarray,
+    config: TrainConfig,
+    workdir: str | Path,
+    device: torch.device,
+    inputs: dict | None = None,
+    frames: np.ndarray | None = None,
+) -> TrainState:
     """Stage 1: train one local CNN on shuffled segments with binary cross-entropy.
 
     ``*_rows`` index ``mels`` (the mel cache); ``*_labels`` are aligned with them; ``frames`` (audio frames of every
     clip of ``mels``) keeps padding out of training and validation; ``inputs`` as in :func:`~.loop.fit`.
     """
     model.set_normalisation(*input_statistics(mels, train_rows))  # a resumed run recomputes the same values
-    batches, n = segment_batches(mels, train_labels, rows=train_rows, size=model.arch.n_frames, batch_size=config.batch_size,
-                                 seed=config.seed, mixup=config.mixup, frames=frames)
+    batches, n = segment_batches(
+        mels,
+        train_labels,
+        rows=train_rows,
+        size=model.arch.n_frames,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        mixup=config.mixup,
+        frames=frames,
+    )
 
     def validate(m: nn.Module) -> dict:
         return validation_metrics(local_clip_probs(m, mels, rows=valid_rows, device=device, frames=frames), valid_labels, task="multilabel")
 
-    return fit(model, train_batches=batches, n_batches=n, validate=validate, loss_fn=masked_bce,
-               config=config, workdir=workdir, device=device, desc=f"local {model.arch.n_frames}", inputs=inputs)
+    return fit(
+        model,
+        train_batches=batches,
+        n_batches=n,
+        validate=validate,
+        loss_fn=masked_bce,
+        config=config,
+        workdir=workdir,
+        device=device,
+        desc=f"local {model.arch.n_frames}",
+        inputs=inputs,
+    )
 
 
-def train_global(model: GlobalMLP, *, x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray, y_valid: np.ndarray,
-                 config: TrainConfig, workdir: str | Path, device: torch.device, inputs: dict | None = None) -> TrainState:
+def train_global(
+    model: GlobalMLP,
+    *,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_valid: np.ndarray,
+    y_valid: np.ndarray,
+    config: TrainConfig,
+    workdir: str | Path,
+    device: torch.device,
+    inputs: dict | None = None,
+) -> TrainState:
     """Stage 3: train the global classifier on aggregated features (standardised with the training set's statistics);
     ``inputs`` as in :func:`~.loop.fit`."""
     x_train = np.asarray(x_train, dtype=np.float32)
@@ -215,20 +281,48 @@ def train_global(model: GlobalMLP, *, x_train: np.ndarray, y_train: np.ndarray, 
             return validation_metrics(m.predict_proba(xv.to(device)).cpu().numpy(), y_valid, task=model.arch.task)
 
     loss_fn = nn.CrossEntropyLoss() if multiclass else masked_bce
-    return fit(model, train_batches=batches, n_batches=n, validate=validate, loss_fn=loss_fn,
-               config=config, workdir=workdir, device=device, desc="global", inputs=inputs)
+    return fit(
+        model,
+        train_batches=batches,
+        n_batches=n,
+        validate=validate,
+        loss_fn=loss_fn,
+        config=config,
+        workdir=workdir,
+        device=device,
+        desc="global",
+        inputs=inputs,
+    )
 
 
-def model_clip_probs(model: TaggingModel, mels: np.ndarray | list[np.ndarray], *, rows: np.ndarray, device: torch.device,
-                     batch_clips: int = 8, frames: np.ndarray | list[np.ndarray] | None = None) -> np.ndarray:
+def model_clip_probs(
+    model: TaggingModel,
+    mels: np.ndarray | list[np.ndarray],
+    *,
+    rows: np.ndarray,
+    device: torch.device,
+    batch_clips: int = 8,
+    frames: np.ndarray | list[np.ndarray] | None = None,
+) -> np.ndarray:
     """The whole tagger's probabilities for clips ``rows`` of ``mels`` (of their audio only, given ``frames``)."""
     model.eval()
     return _batched(model.predict_proba, mels, rows, device, batch_clips, frames)
 
 
-def finetune_joint(model: TaggingModel, mels: np.ndarray | list[np.ndarray], *, train_rows: np.ndarray, valid_rows: np.ndarray,
-                   train_labels: np.ndarray, valid_labels: np.ndarray, config: TrainConfig, workdir: str | Path,
-                   device: torch.device, inputs: dict | None = None, frames: np.ndarray | list[np.ndarray] | None = None) -> TrainState:
+def finetune_joint(
+    model: TaggingModel,
+    mels: np.ndarray | list[np.ndarray],
+    *,
+    train_rows: np.ndarray,
+    valid_rows: np.ndarray,
+    train_labels: np.ndarray,
+    valid_labels: np.ndarray,
+    config: TrainConfig,
+    workdir: str | Path,
+    device: torch.device,
+    inputs: dict | None = None,
+    frames: np.ndarray | list[np.ndarray] | None = None,
+) -> TrainState:
     """The paper's future work (Sec. V): local CNNs and global classifier trained together, end to end.
 
     A clip's frames go through every local CNN and are aggregated exactly as
@@ -237,12 +331,23 @@ def finetune_joint(model: TaggingModel, mels: np.ndarray | list[np.ndarray], *, 
     ``frames`` keeps short clips' padding out of training and validation.
     """
     multiclass = model.task == "multiclass"
-    batches, n = clip_batches(mels, train_labels, rows=train_rows, batch_size=config.batch_size, seed=config.seed, multiclass=multiclass,
-                              frames=frames)
+    batches, n = clip_batches(
+        mels, train_labels, rows=train_rows, batch_size=config.batch_size, seed=config.seed, multiclass=multiclass, frames=frames
+    )
 
     def validate(m: nn.Module) -> dict:
         return validation_metrics(model_clip_probs(m, mels, rows=valid_rows, device=device, frames=frames), valid_labels, task=model.task)
 
     loss = nn.CrossEntropyLoss() if multiclass else masked_bce
-    return fit(model, train_batches=batches, n_batches=n, validate=validate, loss_fn=loss, config=config,
-               workdir=workdir, device=device, desc="joint", inputs=inputs)
+    return fit(
+        model,
+        train_batches=batches,
+        n_batches=n,
+        validate=validate,
+        loss_fn=loss,
+        config=config,
+        workdir=workdir,
+        device=device,
+        desc="joint",
+        inputs=inputs,
+    )

@@ -3,6 +3,7 @@
 Their weights are converted once from the original files (``scripts/convert_pretrained.py``)
 and ship inside the package as tagstack model files (``tagstack info musicnn-msd``).
 """
+
 from __future__ import annotations
 
 from ...config import FrontEndConfig

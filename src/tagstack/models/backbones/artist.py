@@ -16,6 +16,7 @@ deviation 0.25794547; since ``ln = log10 * ln(10)``, that is the paper's
 ``ln(1 + 10 mel)`` standardised with both numbers times ``ln(10)``, so the
 artist CNN and the paper's CNNs share one front-end computation.
 """
+
 from __future__ import annotations
 
 import math

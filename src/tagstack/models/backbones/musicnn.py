@@ -31,6 +31,7 @@ band at once. Both keep the 22 M-value feature maps of a 30 s clip from
 being touched more than once. Batch norms use musicnn's epsilon, 1e-3, and
 "same" padding puts the extra zero on the right, as TensorFlow does.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -45,8 +46,9 @@ from ...errors import ParameterError
 from . import own_frontend
 
 #: musicnn's front end (``musicnn/configuration.py``), over a 29.1 s window: 1,819 frames centred inside it.
-MUSICNN_FRONTEND = FrontEndConfig(sample_rate=16000, n_fft=512, hop_length=256, n_mels=96, compression=1e4, power=2.0,
-                                  log10=True, clip_seconds=29.1, n_frames=1819)
+MUSICNN_FRONTEND = FrontEndConfig(
+    sample_rate=16000, n_fft=512, hop_length=256, n_mels=96, compression=1e4, power=2.0, log10=True, clip_seconds=29.1, n_frames=1819
+)
 
 EPS = 1e-3  # tf.compat.v1.layers.batch_normalization's default
 
@@ -172,16 +174,27 @@ class Musicnn(nn.Module):
         self.timbral = nn.ModuleList(_Timbral(a.timbral_filters, a.timbral_frames, b) for b in a.timbral_bands)
         self.temporal = nn.ModuleList(_Temporal(a.temporal_filters, k, 1) for k in a.temporal_frames)
         c = a.frontend_channels
-        self.midend = nn.ModuleList([_MidEnd(c, a.midend_filters, a.midend_frames)]
-                                    + [_MidEnd(a.midend_filters, a.midend_filters, a.midend_frames) for _ in range(2)])
+        self.midend = nn.ModuleList(
+            [_MidEnd(c, a.midend_filters, a.midend_frames)]
+            + [_MidEnd(a.midend_filters, a.midend_filters, a.midend_frames) for _ in range(2)]
+        )
         pooled = 2 * (c + 3 * a.midend_filters)
         self.pool_bn = nn.BatchNorm1d(pooled, eps=EPS)
         self.dense = nn.Linear(pooled, a.backend_units)
         self.dense_bn = nn.BatchNorm1d(a.backend_units, eps=EPS)
         self.output = nn.Linear(a.backend_units, a.n_outputs)
-        self.feature_info = [{"layer": i + 1, "channels": ch, "name": name} for i, (ch, name) in enumerate(
-            [(c, "front end"), (a.midend_filters, "mid end 1"), (a.midend_filters, "mid end 2"), (a.midend_filters, "mid end 3"),
-             (a.backend_units, "penultimate")])]
+        self.feature_info = [
+            {"layer": i + 1, "channels": ch, "name": name}
+            for i, (ch, name) in enumerate(
+                [
+                    (c, "front end"),
+                    (a.midend_filters, "mid end 1"),
+                    (a.midend_filters, "mid end 2"),
+                    (a.midend_filters, "mid end 3"),
+                    (a.backend_units, "penultimate"),
+                ]
+            )
+        ]
 
     @property
     def n_outputs(self) -> int:
