@@ -93,28 +93,36 @@ def logmel_stats(files: list[Path]) -> np.ndarray:
 
 
 def random_model(like_path: Path, seed: int = 0):
-    """The same CNNs as the model at ``like_path``, with random weights (and its input normalisation)."""
+    """The same networks as the model at ``like_path`` with fresh random weights (and its input normalisation),
+    no classifier: what the architecture alone gives."""
+    import copy
+
     import torch
 
     from tagstack.models.file import load_model
-    from tagstack.models.local import LocalCNN
     from tagstack.models.tagging_model import TaggingModel
 
     like = load_model(like_path)
     torch.manual_seed(seed)
     local = {}
-    for s, m in like.local_models.items():
-        fresh = LocalCNN(m.arch)
-        fresh.set_normalisation(float(m.input_mean), float(m.input_std))
-        local[s] = fresh
-    return TaggingModel(local, None, tags=like.tags, frontend=like.frontend).eval()
+    for name, net in like.local_models.items():
+        fresh = copy.deepcopy(net)
+        for module in fresh.modules():
+            if module is not fresh and hasattr(module, "reset_parameters"):
+                module.reset_parameters()  # also resets batch-norm statistics
+        local[name] = fresh
+    return TaggingModel(local, None, tags=[], frontend=like.frontend, branches=like.branches).eval()
 
 
 def file_key(path: Path) -> str:
-    """The sha256 of a model file: a cached embedding is reused only for the same weights."""
+    """The sha256 of a model file's tensor data: a cached embedding is reused only for the same weights (a
+    rewritten header, e.g. a new card field, keeps the cache)."""
     import hashlib
+    import struct
 
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    raw = Path(path).read_bytes()
+    (header_len,) = struct.unpack("<Q", raw[:8])
+    return hashlib.sha256(raw[8 + header_len :]).hexdigest()
 
 
 def backbone_model(spec: str):
