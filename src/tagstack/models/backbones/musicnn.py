@@ -95,8 +95,15 @@ def _same(k: int) -> tuple[int, int]:
 
 
 class _PooledConv(nn.Module):
-    """Conv2d over (time, frequency) -> ReLU -> batch norm -> max over frequency, computed as
-    conv -> max and min over frequency -> ReLU -> the batch norm's affine map of the max or the min."""
+    """Conv2d over (time, frequency) -> ReLU -> batch norm -> max over frequency, computed in evaluation as
+    one max over frequency of the conv, then ReLU and the batch norm's affine map.
+
+    Why that is exact: the batch norm is a per-channel affine map, so the max of its output is the map of the max
+    of its input where its scale is positive and of the min where it is negative (ReLU is monotone, so it
+    commutes with both). The min of a conv is minus the max of the conv with negated weights and bias (negation is
+    exact in floating point), so the filters of negative-scale channels are negated and a single ``amax`` serves
+    every channel: a third less work on the largest maps of the network than a max and a min.
+    """
 
     def __init__(self, filters: int, frames: int, bands: int) -> None:
         super().__init__()
@@ -110,14 +117,25 @@ class _PooledConv(nn.Module):
         scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
         return scale, bn.bias - bn.running_mean * scale
 
+    def _sign(self) -> torch.Tensor:
+        """+1 per channel whose batch norm keeps the order of its inputs, -1 where it reverses it."""
+        return torch.where(self._affine()[0] >= 0, 1.0, -1.0).to(self.weight.dtype)
+
+    def conv_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The conv's weight and bias as :meth:`pooled` expects its input: in evaluation, negated for the
+        channels whose batch-norm scale is negative (their max is minus the min :meth:`pooled` needs)."""
+        if self.training:
+            return self.weight, self.bias
+        sign = self._sign()
+        return self.weight * sign[:, None, None, None], self.bias * sign
+
     def pooled(self, conv: torch.Tensor, dim: int = 3) -> torch.Tensor:
-        """Conv outputs ``(batch, filters, time, positions)`` (the positions at ``dim``) -> ``(batch, filters, time)``
-        after ReLU, BN and the max over the positions."""
+        """Outputs ``(batch, filters, time, positions)`` (the positions at ``dim``) of the conv with
+        :meth:`conv_weights` -> ``(batch, filters, time)`` after ReLU, BN and the max over the positions."""
         if self.training:  # batch statistics need the whole map
             return self.bn(F.relu(conv.movedim(dim, 3))).amax(dim=3)
         scale, shift = self._affine()
-        hi, lo = conv.amax(dim=dim), conv.amin(dim=dim)
-        picked = torch.where((scale >= 0)[None, :, None], hi, lo)
+        picked = conv.amax(dim=dim) * self._sign()[None, :, None]  # the max, or the min of the original conv
         return F.relu(picked) * scale[None, :, None] + shift[None, :, None]
 
 
@@ -126,15 +144,15 @@ class _Timbral(_PooledConv):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (batch, time, n_mels)
         pad = (self.frames - 1) // 2  # odd kernels: the same on both sides
-        conv = F.conv2d(F.pad(x[:, None], (0, 0, pad, self.frames - 1 - pad)), self.weight, self.bias)
-        return self.pooled(conv)
+        return self.pooled(F.conv2d(F.pad(x[:, None], (0, 0, pad, self.frames - 1 - pad)), *self.conv_weights()))
 
     def edges(self, segments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The outputs of the first and last ``pad`` frames of each segment read alone (zeros beyond its ends):
         the only frames where it differs from the whole window's output."""
         pad = (self.frames - 1) // 2
-        left = F.conv2d(F.pad(segments[:, None, : 2 * pad], (0, 0, pad, 0)), self.weight, self.bias)
-        right = F.conv2d(F.pad(segments[:, None, -2 * pad :], (0, 0, 0, pad)), self.weight, self.bias)
+        weight, bias = self.conv_weights()
+        left = F.conv2d(F.pad(segments[:, None, : 2 * pad], (0, 0, pad, 0)), weight, bias)
+        right = F.conv2d(F.pad(segments[:, None, -2 * pad :], (0, 0, 0, pad)), weight, bias)
         return self.pooled(left), self.pooled(right)
 
 
@@ -144,7 +162,8 @@ class _Temporal(_PooledConv):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (batch, time, n_mels)
         b, t, m = x.shape
         rows = F.pad(x.transpose(1, 2).reshape(b * m, 1, t), _same(self.frames))
-        conv = F.conv1d(rows, self.weight[:, :, :, 0], self.bias)  # (batch * bands, filters, time)
+        weight, bias = self.conv_weights()
+        conv = F.conv1d(rows, weight[:, :, :, 0], bias)  # (batch * bands, filters, time)
         return self.pooled(conv.reshape(b, m, -1, t), dim=1)
 
 
