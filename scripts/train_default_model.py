@@ -230,6 +230,7 @@ def main() -> None:
             config=cfg,
             metrics=metrics,
             transfer_md=transfer.read_text() if transfer.exists() else "",
+            transfer_doc="docs/pretrained/README.md" if pretrained else "docs/transfer/README.md",
         ),
     )
     print(f"{name}.safetensors and its card written to {a.dest}")

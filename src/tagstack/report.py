@@ -411,7 +411,9 @@ def backbone_card(name: str, model) -> str:
     return "\n".join(lines)
 
 
-def model_card(name: str, *, data: str, command: str, config, metrics: dict, transfer_md: str = "") -> str:
+def model_card(
+    name: str, *, data: str, command: str, config, metrics: dict, transfer_md: str = "", transfer_doc: str = "docs/transfer/README.md"
+) -> str:
     """The Markdown card of a shipped model: data and licences, how it was trained, test scores per tag, transfer."""
     g, n = metrics["global"], metrics["n_clips"]
     loc, glo = config.local, config.global_
@@ -486,7 +488,7 @@ def model_card(name: str, *, data: str, command: str, config, metrics: dict, tra
         lines += [
             "## Transfer to real recordings (linear probe)",
             "",
-            "Measured by `bench/bench_transfer.py` (docs/transfer/README.md):",
+            f"Measured by `bench/bench_transfer.py` (its command: {transfer_doc}):",
             "",
             transfer_md.strip(),
             "",
