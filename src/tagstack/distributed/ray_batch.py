@@ -316,8 +316,11 @@ def run_on_ray(
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     import ray.data
 
-    for name in ("ray", "ray.data"):  # tagstack reports the job's progress itself
-        logging.getLogger(name).setLevel(logging.ERROR)
+    # tagstack reports the job's progress itself, and a failed batch as the one error it raises
+    logging.getLogger("ray").setLevel(logging.ERROR)
+    logging.getLogger("ray.data").setLevel(logging.CRITICAL)
+    # a worker's own error (a shard it cannot write) reaches the driver as raised, not as Ray's UserCodeException
+    ray.data.DataContext.get_current().raise_original_map_exception = True
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0)) if device == "auto" or device.startswith("cuda") else 0
     if device.startswith("cuda") and not gpus:
@@ -376,17 +379,42 @@ def run_on_ray(
         ),
     )
     started, last = time.time(), 0.0
-    for row in ds.iter_rows():
-        report.done += not row["reason"]
-        if row["reason"]:
-            report.failed.append((row["path"], row["reason"]))
-        now = time.time()
-        count = report.done + len(report.failed)
-        if now - last > 5 or count == len(todo):
-            rate = count / max(now - started, 1e-9)
-            log.info("%d/%d files, %.1f files/s, ETA %.0f s", count, len(todo), rate, (len(todo) - count) / max(rate, 1e-9))
-            last = now
+    try:
+        for row in ds.iter_rows():
+            report.done += not row["reason"]
+            if row["reason"]:
+                report.failed.append((row["path"], row["reason"]))
+            now = time.time()
+            count = report.done + len(report.failed)
+            if now - last > 5 or count == len(todo):
+                rate = count / max(now - started, 1e-9)
+                log.info("%d/%d files, %.1f files/s, ETA %.0f s", count, len(todo), rate, (len(todo) - count) / max(rate, 1e-9))
+                last = now
+    except Exception as e:
+        own = _worker_error(e)
+        if own is None:
+            raise
+        # the shards written so far are whole and stay: a rerun once the cause is fixed does only the rest;
+        # tagstack's messages are one line, the rest is what Ray appended to it (retry advice)
+        raise type(own)(str(own).splitlines()[0]) from None
     return _with_failures(report, out, set(names.values()))
+
+
+def _worker_error(e: BaseException) -> TagstackError | None:
+    """The tagstack error a worker raised (a shard it could not write: a full disk, a lost mount), out of the
+    exceptions Ray wraps it in, whose text is the worker's whole traceback; None for any other error."""
+    for _ in range(32):  # a chain of causes, never a cycle in practice; bounded all the same
+        cause = getattr(e, "cause", None)  # a RayTaskError holds the worker's exception here
+        if isinstance(cause, BaseException) and cause is not e:
+            e = cause
+            continue
+        if isinstance(e, TagstackError) and type(e).__module__.startswith("tagstack"):
+            return e
+        nxt = e.__cause__ or e.__context__
+        if nxt is None:
+            return None
+        e = nxt
+    return None
 
 
 def _same_settings(path: Path, job: dict) -> None:
