@@ -129,9 +129,10 @@ def backbone_model(spec: str):
     """``NETWORK:FRAMES,FRAMES`` -> a model of that shipped network at those segment lengths (no classifier)."""
     from tagstack.models.file import load_model
     from tagstack.models.tagging_model import Branch, TaggingModel
+    from tagstack.models.zoo import resolve_model
 
     network, frames = spec.split(":", 1)
-    source = load_model(network)
+    source = load_model(resolve_model(network))
     net = source.local_models[network]
     return TaggingModel({network: net}, None, tags=[], frontend=net.frontend, branches=[Branch(network, int(f)) for f in frames.split(",")])
 
