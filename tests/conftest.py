@@ -1,4 +1,5 @@
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -49,6 +50,33 @@ def model_file(tmp_path_factory) -> Path:
 
 #: Fixtures that train networks: every test that uses one is marked ``slow`` (``pytest -m "not slow"`` skips them).
 TRAINING_FIXTURES = {"run", "trained_model"}
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 2 MB tmpfs, filled to the last byte after the test writes its earlier outputs: ``(folder, fill)``."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if (
+        os.geteuid() != 0
+        or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True).returncode != 0
+    ):
+        pytest.skip("needs root and a tmpfs mount")
+
+    def fill() -> None:
+        fd = os.open(mount / "filler", os.O_WRONLY | os.O_CREAT)
+        try:
+            while os.write(fd, b"\0" * 4096):
+                pass
+        except OSError:  # ENOSPC: full
+            pass
+        finally:
+            os.close(fd)
+
+    try:
+        yield mount, fill
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def pytest_collection_modifyitems(config, items):

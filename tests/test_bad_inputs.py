@@ -449,35 +449,6 @@ def test_a_file_of_a_few_samples_is_refused_and_numpy_numbers_and_model_names_wo
 # ------------------------------------------------------------ hostile and careless use (issue 26)
 
 
-@pytest.fixture
-def full_disk(tmp_path):
-    """A 2 MB tmpfs, filled to the last byte after the test writes its earlier outputs: ``(folder, fill)``."""
-    import subprocess
-
-    mount = tmp_path / "small"
-    mount.mkdir()
-    if (
-        os.geteuid() != 0
-        or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True).returncode != 0
-    ):
-        pytest.skip("needs root and a tmpfs mount")
-
-    def fill() -> None:
-        fd = os.open(mount / "filler", os.O_WRONLY | os.O_CREAT)
-        try:
-            while os.write(fd, b"\0" * 4096):
-                pass
-        except OSError:  # ENOSPC: full
-            pass
-        finally:
-            os.close(fd)
-
-    try:
-        yield mount, fill
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
 def test_a_full_disk_is_one_line_and_the_earlier_output_stays(folder, model_file, full_disk, capsys):
     mount, fill = full_disk
     good = str(folder / "good.wav")

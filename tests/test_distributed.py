@@ -294,34 +294,20 @@ def test_a_rerun_redoes_the_files_of_a_damaged_shard_and_names_it(catalogue, mod
     assert Counter(tags.column("path").to_pylist()) == Counter(str(f) for f in files)
 
 
-def test_a_worker_that_cannot_write_its_shard_is_one_error_naming_it(catalogue, model_file, tmp_path, local_ray):
+def test_a_worker_that_cannot_write_its_shard_is_one_error_naming_it(catalogue, model_file, full_disk, local_ray):
     """The disk fills under the workers: one OutputError naming the shard and the reason, not Ray's traceback."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
-    if os.geteuid() != 0 or mounted.returncode != 0:
-        pytest.skip("needs root and a tmpfs mount")
-    try:
-        out = mount / "out"
-        out.mkdir()
-        fd = os.open(mount / "filler", os.O_WRONLY | os.O_CREAT)
-        try:
-            while os.write(fd, b"\0" * 4096):
-                pass
-        except OSError:  # ENOSPC: full
-            pass
-        finally:
-            os.close(fd)
-        os.truncate(mount / "filler", (mount / "filler").stat().st_size - 4096)  # one page: job.json fits, no shard
-        with pytest.raises(OutputError) as caught:
-            run_on_ray(audio_files([catalogue])[:4], out, model=model_file, device="cpu", workers=1, batch_files=4)
-        message = str(caught.value)
-        assert message.startswith(str(out / "tags-")) and ".parquet: cannot write this file (" in message, message
-        assert "\n" not in message and "Traceback" not in message
-        assert sorted(p.name for p in out.iterdir()) == ["job.json"]  # no shard, whole or partial, no temporary file
-        assert not any(p.name.startswith(TEMP_PREFIX) for p in out.iterdir())
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
+    mount, fill = full_disk
+    out = mount / "out"
+    out.mkdir()
+    fill()
+    os.truncate(mount / "filler", (mount / "filler").stat().st_size - 4096)  # one page: job.json fits, no shard
+    with pytest.raises(OutputError) as caught:
+        run_on_ray(audio_files([catalogue])[:4], out, model=model_file, device="cpu", workers=1, batch_files=4)
+    message = str(caught.value)
+    assert message.startswith(str(out / "tags-")) and ".parquet: cannot write this file (" in message, message
+    assert "\n" not in message and "Traceback" not in message
+    assert sorted(p.name for p in out.iterdir()) == ["job.json"]  # no shard, whole or partial, no temporary file
+    assert not any(p.name.startswith(TEMP_PREFIX) for p in out.iterdir())
 
 
 def test_a_name_that_is_not_utf8_goes_through_ray(catalogue, model_file, tmp_path, local_ray):
