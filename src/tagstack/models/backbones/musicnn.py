@@ -94,6 +94,11 @@ def _same(k: int) -> tuple[int, int]:
     return (k - 1) // 2, k // 2
 
 
+def _sign(scale: torch.Tensor) -> torch.Tensor:
+    """+1 per channel whose batch-norm ``scale`` keeps the order of its inputs, -1 where it reverses it."""
+    return torch.where(scale >= 0, 1.0, -1.0).to(scale.dtype)
+
+
 class _PooledConv(nn.Module):
     """Conv2d over (time, frequency) -> ReLU -> batch norm -> max over frequency, computed in evaluation as
     one max over frequency of the conv, then ReLU and the batch norm's affine map.
@@ -117,16 +122,12 @@ class _PooledConv(nn.Module):
         scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
         return scale, bn.bias - bn.running_mean * scale
 
-    def _sign(self) -> torch.Tensor:
-        """+1 per channel whose batch norm keeps the order of its inputs, -1 where it reverses it."""
-        return torch.where(self._affine()[0] >= 0, 1.0, -1.0).to(self.weight.dtype)
-
     def conv_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The conv's weight and bias as :meth:`pooled` expects its input: in evaluation, negated for the
         channels whose batch-norm scale is negative (their max is minus the min :meth:`pooled` needs)."""
         if self.training:
             return self.weight, self.bias
-        sign = self._sign()
+        sign = _sign(self._affine()[0])
         return self.weight * sign[:, None, None, None], self.bias * sign
 
     def pooled(self, conv: torch.Tensor, dim: int = 3) -> torch.Tensor:
@@ -135,7 +136,7 @@ class _PooledConv(nn.Module):
         if self.training:  # batch statistics need the whole map
             return self.bn(F.relu(conv.movedim(dim, 3))).amax(dim=3)
         scale, shift = self._affine()
-        picked = conv.amax(dim=dim) * self._sign()[None, :, None]  # the max, or the min of the original conv
+        picked = conv.amax(dim=dim) * _sign(scale)[None, :, None]  # the max, or the min of the original conv
         return F.relu(picked) * scale[None, :, None] + shift[None, :, None]
 
 
