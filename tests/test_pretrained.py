@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.nn import functional as F
 
 from reference_signal import reference_music
 from tagstack.audio.frontend import LogMel
@@ -56,6 +57,49 @@ def test_musicnn_gives_tensorflows_tags_and_features_on_the_same_input(which):
     np.testing.assert_allclose(logits.numpy(), ref("logits"), atol=1e-4)
     for what, (level, cols) in LEVELS.items():  # per frame, max over each patch; values up to ~60
         np.testing.assert_allclose(acts[level][:, cols].amax(dim=2).numpy(), ref(what), rtol=1e-5, atol=5e-4, err_msg=what)
+
+
+def literal_block(block, x: torch.Tensor) -> torch.Tensor:
+    """A front-end block as TensorFlow's graph computes it: conv over (time, frequency), ReLU, batch norm, max over
+    frequency, every filter computed."""
+    k = block.weight.shape[2]
+    conv = F.conv2d(F.pad(x[:, None], (0, 0, (k - 1) // 2, k // 2)), block.weight, block.bias)
+    return block.bn(F.relu(conv)).amax(dim=3)
+
+
+@pytest.mark.parametrize("which", ["msd", "mtt"])
+def test_filters_that_cannot_fire_are_skipped_and_every_output_is_unchanged(which):
+    """On log-mels, evaluation skips the many timbral filters of musicnn that cannot respond (training shrank
+    their weights to ~1e-28 and left a negative bias); every block's output is what computing every filter gives."""
+    net = network(f"musicnn-{which}", f"musicnn-{which}").eval()
+    with torch.inference_mode():
+        x = net.input_bn(torch.from_numpy(MUSICNN["synthetic_mel"])[:, None])[:, 0]
+        for block in [*net.timbral, *net.temporal]:
+            torch.testing.assert_close(block(x), literal_block(block, x), rtol=1e-5, atol=1e-5)
+        skipped = sum(block.weight.shape[0] - len(block._live(x)) for block in net.timbral)
+    assert skipped >= 150  # 152 of MTT's 408 timbral filters, 347 of MSD's
+
+
+def test_a_filter_is_skipped_only_where_the_inputs_range_rules_it_out():
+    """A filter of non-positive weights and a negative bias cannot fire on non-negative inputs, but can on
+    negative ones: skipped on the first, computed on the second, the literal output both times."""
+    from tagstack.models.backbones.musicnn import _Timbral
+
+    torch.manual_seed(0)
+    block = _Timbral(16, 7, 38).eval()
+    with torch.no_grad():
+        block.weight.normal_()
+        block.weight[:6] = -block.weight[:6].abs()
+        block.bias.copy_(torch.linspace(-1, 1, 16))
+        block.bn.weight.normal_()  # negative scales too: the filters negated for a min
+        block.bn.running_mean.normal_()
+        block.bn.running_var.uniform_(0.5, 2)
+    positive, signed = torch.rand(2, 50, 96), torch.randn(2, 50, 96)
+    with torch.inference_mode():
+        assert not set(range(6)) & set(block._live(positive).tolist())
+        assert set(range(6)) <= set(block._live(signed).tolist())
+        for x in (positive, signed):
+            torch.testing.assert_close(block(x), literal_block(block, x), rtol=1e-5, atol=1e-5)
 
 
 def test_the_artist_cnn_gives_keras_activations_on_the_same_input():
