@@ -1,7 +1,7 @@
 """Speed of the shipped models against musicnn's own TensorFlow code, on the same files, in one run.
 
     python bench/bench_pretrained.py --files DIR_OR_LIST --tf-python /work/venv-musicnn/bin/python \\
-        [--models pretrained,pretrained-large,musicnn-mtt,real] [--n 20] [--threads 2]
+        [--models pretrained,pretrained-large,musicnn-mtt,real] [--n 20] [--threads 2] [--rounds 3]
 
 Every file is tagged one at a time (a user tagging their music), each model
 loaded once:
@@ -20,7 +20,9 @@ The musicnn rows run in their own virtual environment (``--tf-python``, see
 OpenMP limited to ``--threads`` like torch. Inputs: 30 s excerpts, written as
 44.1 kHz stereo MP3 files, of the audio files given (real recordings: the
 Debian game soundtracks of ``scripts/build_real_data.py``), or of generated
-notes when none are given. Prints files per second and the ratios.
+notes when none are given. Prints files per second and the ratios; with
+``--rounds N`` every row is measured N times in turn (tagstack's models, then
+musicnn's) and the median and range of each ratio close the report.
 """
 
 from __future__ import annotations
@@ -115,6 +117,7 @@ def main() -> None:
     p.add_argument("--tf-python", type=Path, help="python of musicnn's virtual environment (no musicnn rows without it)")
     p.add_argument("--n", type=int, default=20, help="files (default: 20)")
     p.add_argument("--threads", type=int, default=2, help="threads for torch and TensorFlow (default: 2)")
+    p.add_argument("--rounds", type=int, default=1, help="times to measure every row, for a shared machine's noise (default: 1)")
     a = p.parse_args()
     import torch
 
@@ -130,21 +133,37 @@ def main() -> None:
             f"{len(files)} x 30 s MP3 (44.1 kHz stereo) {'from ' + str(a.files) if sources else 'of generated notes'}, "
             f"{a.threads} threads, one file at a time"
         )
-        rates = {}
-        for model in a.models.split(","):
-            rates[model] = tagstack_rate(model, files)
-            print(f"  tagstack {model:<18} {rates[model]:6.2f} files/s", flush=True)
-        if a.tf_python:
-            env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "MKL_NUM_THREADS": str(a.threads), "TF_CPP_MIN_LOG_LEVEL": "3"}
-            run = subprocess.run(
-                [str(a.tf_python), "-c", TF_CODE, str(a.threads), *map(str, files)], capture_output=True, text=True, env=env, check=True
-            )
-            tf = json.loads(run.stdout.strip().splitlines()[-1])
-            api, session = len(files) / tf["api"], len(files) / tf["session"]
-            print(f"  musicnn (TensorFlow), extractor() per file  {api:6.2f} files/s")
-            print(f"  musicnn (TensorFlow), network only          {session:6.2f} files/s")
-            for model, r in rates.items():
-                print(f"  {model}: {r / api:.1f}x musicnn's extractor(), {r / session:.1f}x its network alone")
+        ratios: dict[str, list[tuple[float, float]]] = {}
+        for r in range(a.rounds):
+            if a.rounds > 1:
+                print(f"round {r + 1} of {a.rounds}")
+            rates = {}
+            for model in a.models.split(","):
+                rates[model] = tagstack_rate(model, files)
+                print(f"  tagstack {model:<18} {rates[model]:6.2f} files/s", flush=True)
+            if a.tf_python:
+                api, session = tensorflow_rates(a.tf_python, a.threads, files)
+                print(f"  musicnn (TensorFlow), extractor() per file  {api:6.2f} files/s")
+                print(f"  musicnn (TensorFlow), network only          {session:6.2f} files/s")
+                for model, rate in rates.items():
+                    print(f"  {model}: {rate / api:.1f}x musicnn's extractor(), {rate / session:.1f}x its network alone", flush=True)
+                    ratios.setdefault(model, []).append((rate / api, rate / session))
+        if a.rounds > 1 and ratios:
+            print(f"over {a.rounds} rounds (median, lowest-highest):")
+            for model, rs in ratios.items():
+                ext, net = np.array(rs).T
+                print(
+                    f"  {model}: {np.median(ext):.1f}x ({ext.min():.1f}-{ext.max():.1f}) musicnn's extractor(), "
+                    f"{np.median(net):.1f}x ({net.min():.1f}-{net.max():.1f}) its network alone"
+                )
+
+
+def tensorflow_rates(python: Path, threads: int, files: list[Path]) -> tuple[float, float]:
+    """Files per second of musicnn's ``extractor()`` and of its network alone, in musicnn's own environment."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    run = subprocess.run([str(python), "-c", TF_CODE, str(threads), *map(str, files)], capture_output=True, text=True, env=env, check=True)
+    tf = json.loads(run.stdout.strip().splitlines()[-1])
+    return len(files) / tf["api"], len(files) / tf["session"]
 
 
 if __name__ == "__main__":
