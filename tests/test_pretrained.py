@@ -82,7 +82,8 @@ def test_filters_that_cannot_fire_are_skipped_and_every_output_is_unchanged(whic
 
 def test_a_filter_is_skipped_only_where_the_inputs_range_rules_it_out():
     """A filter of non-positive weights and a negative bias cannot fire on non-negative inputs, but can on
-    negative ones: skipped on the first, computed on the second, the literal output both times."""
+    negative ones: skipped on the first, computed on the second, the literal output both times, and also when
+    no filter at all can fire."""
     from tagstack.models.backbones.musicnn import _Timbral
 
     torch.manual_seed(0)
@@ -100,6 +101,10 @@ def test_a_filter_is_skipped_only_where_the_inputs_range_rules_it_out():
         assert set(range(6)) <= set(block._live(signed).tolist())
         for x in (positive, signed):
             torch.testing.assert_close(block(x), literal_block(block, x), rtol=1e-5, atol=1e-5)
+        block.weight.copy_(-block.weight.abs())
+        block.bias.fill_(-1)
+        assert len(block._live(positive)) == 1  # none can fire: one is computed all the same, for the shape
+        torch.testing.assert_close(block(positive), literal_block(block, positive), rtol=1e-5, atol=1e-5)
 
 
 def test_the_artist_cnn_gives_keras_activations_on_the_same_input():

@@ -144,7 +144,8 @@ class _PooledConv(nn.Module):
         lo, hi = x.amin().clamp(max=0), x.amax().clamp(min=0)
         w = self.weight.flatten(1)
         bound = w.clamp(min=0).sum(1) * hi + w.clamp(max=0).sum(1) * lo + self.bias
-        return torch.nonzero(bound > 0).flatten()
+        live = torch.nonzero(bound > 0).flatten()
+        return live if len(live) else bound.argmax()[None]  # one filter still computed (silence): it gives the shape
 
     def pooled(self, x: torch.Tensor, conv: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], dim: int = 3) -> torch.Tensor:
         """``conv(weight, bias)`` of input ``x`` -> ``(batch, filters, time, positions)`` (the positions at
