@@ -80,31 +80,59 @@ def test_filters_that_cannot_fire_are_skipped_and_every_output_is_unchanged(whic
     assert skipped >= 150  # 152 of MTT's 408 timbral filters, 347 of MSD's
 
 
-def test_a_filter_is_skipped_only_where_the_inputs_range_rules_it_out():
-    """A filter of non-positive weights and a negative bias cannot fire on non-negative inputs, but can on
-    negative ones: skipped on the first, computed on the second, the literal output both times, and also when
-    no filter at all can fire."""
-    from tagstack.models.backbones.musicnn import _Timbral
+def random_block(kind: str, filters: int, frames: int, bands: int):
+    """A front-end block of random weights and batch norm (negative scales too: filters negated for a min)."""
+    from tagstack.models.backbones import musicnn
 
-    torch.manual_seed(0)
-    block = _Timbral(16, 7, 38).eval()
+    block = getattr(musicnn, kind)(filters, frames, bands).eval()
     with torch.no_grad():
         block.weight.normal_()
-        block.weight[:6] = -block.weight[:6].abs()
-        block.bias.copy_(torch.linspace(-1, 1, 16))
-        block.bn.weight.normal_()  # negative scales too: the filters negated for a min
+        block.bias.copy_(torch.linspace(-1, 1, filters))
+        block.bn.weight.normal_()
         block.bn.running_mean.normal_()
         block.bn.running_var.uniform_(0.5, 2)
-    positive, signed = torch.rand(2, 50, 96), torch.randn(2, 50, 96)
+    return block
+
+
+def test_a_filter_is_skipped_only_where_the_inputs_range_rules_it_out():
+    """A filter of non-positive weights and a negative bias cannot fire on non-negative inputs, but can on
+    negative ones: skipped on the first, computed on the second, the literal output both times; a filter that
+    fires only on the zeros padded at the ends is computed; and the output is right when no filter can fire."""
+    torch.manual_seed(0)
+    block = random_block("_Timbral", 16, 7, 38)
+    with torch.no_grad():
+        block.weight[:6] = -block.weight[:6].abs()
+        block.weight[6], block.bias[6] = -1.0, 100.0  # -266 x [0.5, 0.6] + 100 < 0 inside; > 0 on 3 padded frames
+    positive, signed, high = torch.rand(2, 50, 96), torch.randn(2, 50, 96), 0.5 + 0.1 * torch.rand(2, 50, 96)
     with torch.inference_mode():
         assert not set(range(6)) & set(block._live(positive).tolist())
         assert set(range(6)) <= set(block._live(signed).tolist())
-        for x in (positive, signed):
+        assert 6 in block._live(high).tolist()
+        for x in (positive, signed, high):
             torch.testing.assert_close(block(x), literal_block(block, x), rtol=1e-5, atol=1e-5)
         block.weight.copy_(-block.weight.abs())
         block.bias.fill_(-1)
         assert len(block._live(positive)) == 1  # none can fire: one is computed all the same, for the shape
         torch.testing.assert_close(block(positive), literal_block(block, positive), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("budget", [1, 5000, 2**21])
+def test_a_map_computed_in_parts_on_a_cpu_equals_the_whole(monkeypatch, budget):
+    """On a CPU the blocks compute their maps a few clips, or a stretch of frames, at a time: one frame of one clip
+    at a time (budget 1), stretches of 5 frames (5,000), whole clips (2**21): the literal output every time."""
+    from tagstack.models.backbones import musicnn
+
+    monkeypatch.setattr(musicnn, "_MAP_BUDGET", budget)
+    torch.manual_seed(1)
+    x = torch.rand(3, 50, 96)
+    with torch.inference_mode():
+        for block in (random_block("_Timbral", 16, 7, 38), random_block("_Timbral", 8, 6, 67), random_block("_Temporal", 8, 32, 1)):
+            torch.testing.assert_close(block(x), literal_block(block, x), rtol=1e-5, atol=1e-5)
+            if isinstance(block, musicnn._Timbral):
+                left, right = block.edges(x)  # a segment's first and last frames that its padding reaches
+                torch.testing.assert_close(left, literal_block(block, x[:, : block.frames - 1])[:, :, : left.shape[2]])
+                torch.testing.assert_close(right, literal_block(block, x[:, 1 - block.frames :])[:, :, -right.shape[2] :])
+                assert left.shape[2] + right.shape[2] == block.frames - 1
 
 
 def test_the_artist_cnn_gives_keras_activations_on_the_same_input():
