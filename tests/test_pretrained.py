@@ -128,6 +128,7 @@ def test_a_map_computed_in_parts_on_a_cpu_equals_the_whole(monkeypatch, budget):
     with torch.inference_mode():
         for block in (random_block("_Timbral", 16, 7, 38), random_block("_Timbral", 8, 6, 67), random_block("_Temporal", 8, 32, 1)):
             torch.testing.assert_close(block(x), literal_block(block, x), rtol=1e-5, atol=1e-5)
+            assert block(x[:0]).shape == (0, block.weight.shape[0], 50)  # an empty batch too
             if isinstance(block, musicnn._Timbral):
                 left, right = block.edges(x)  # a segment's first and last frames that its padding reaches
                 torch.testing.assert_close(left, literal_block(block, x[:, : block.frames - 1])[:, :, : left.shape[2]])

@@ -26,12 +26,13 @@ Three computations differ from a literal port, with the same result: a max over
 frequency of a batch norm of a ReLU is taken before them (a batch norm is a
 per-channel affine map, so its max is the affine map of the max where the
 scale is positive and of the min where it is negative, and a ReLU commutes
-with both), and the temporal convolutions run as 1-D convolutions of every
-band at once. Both keep the 22 M-value feature maps of a 30 s clip from
-being touched more than once. And filters that cannot respond to the input at
-hand (for musicnn MTT, 152 of the 408 timbral filters on any log-mel; for
-MSD, 347) are not computed: their output is their batch norm's shift. Batch norms use musicnn's epsilon, 1e-3, and
-"same" padding puts the extra zero on the right, as TensorFlow does.
+with both); the temporal convolutions run as 1-D convolutions of every band at
+once (these two keep the 22 M-value feature maps of a 30 s clip from being
+touched more than once); and filters that cannot respond to the input at hand
+(for musicnn MTT, 152 of the 408 timbral filters on any log-mel; for MSD, 347)
+are not computed: their output is their batch norm's shift. Batch norms use
+musicnn's epsilon, 1e-3, and "same" padding puts the extra zero on the right,
+as TensorFlow does.
 """
 
 from __future__ import annotations
@@ -217,7 +218,7 @@ class _Temporal(_PooledConv):
         rows = F.pad(x.transpose(1, 2).reshape(b * m, 1, t), _same(self.frames))
 
         def conv(weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:  # (batch, bands, filters, time)
-            return F.conv1d(rows, weight[:, :, :, 0], bias).reshape(b, m, -1, t)
+            return F.conv1d(rows, weight[:, :, :, 0], bias).reshape(b, m, weight.shape[0], t)
 
         return self.pooled(x, conv, dim=1)
 
