@@ -52,6 +52,21 @@ def test_tagging_on_the_gpu_gives_the_cpu_probabilities():
     np.testing.assert_allclose(gpu.taggram, cpu.taggram, atol=2e-3)
 
 
+@pytest.mark.skipif(not resolve_model("pretrained-large").exists(), reason="no shipped model in this checkout")
+def test_musicnn_batched_across_files_on_the_gpu_gives_the_cpus_numbers():
+    """The most accurate model (two musicnn ports) with the windows of several files in one pass on the GPU, where
+    the port computes whole maps and skips the filters that cannot fire: each file's tags and embedding as the CPU
+    gives them reading it alone."""
+    rng = np.random.default_rng(2)
+    sources = [(0.1 * rng.standard_normal(int(22050 * s))).astype(np.float32) for s in (10, 30, 45)]
+    cpu = Tagger("pretrained-large", device="cpu")
+    gpu = Tagger("pretrained-large", device="cuda").predict_batch(sources, sr=22050)
+    for y, g in zip(sources, gpu):
+        c = cpu.predict(y, sr=22050)
+        np.testing.assert_allclose(g.probs, c.probs, atol=2e-3)
+        np.testing.assert_allclose(g.embedding, c.embedding, rtol=1e-3, atol=2e-3)
+
+
 def test_training_runs_on_the_gpu(tmp_path, synth_dir):
     from tagstack.config import TrainConfig
     from tagstack.experiments.experiment_config import ExperimentConfig
