@@ -123,8 +123,8 @@ class _PooledConv(nn.Module):
     Why channels are skipped: many of musicnn's filters cannot fire. A filter whose largest possible response
     over the input's actual range (zero padding included) is at most zero has a ReLU output of 0 everywhere,
     so its pooled output is the batch norm's shift, whatever the input; its convolution is not computed. The
-    bound is taken per call from the input's own minimum and maximum, so the result is exact for any input
-    (a NaN bound proves nothing: that filter is computed).
+    bound is taken once per call from the input's own minimum and maximum, so the result is exact for any
+    input (a NaN bound proves nothing: that filter is computed).
     On log-mels, 152 of musicnn MTT's 408 timbral filters and 347 of MSD's are such: training shrank their
     weights to about 1e-30 and left them a negative bias.
     """
@@ -141,6 +141,7 @@ class _PooledConv(nn.Module):
         scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
         return scale, bn.bias - bn.running_mean * scale
 
+    @torch.no_grad()
     def _live(self, x: torch.Tensor) -> torch.Tensor:
         """Indices of the channels whose conv can be positive somewhere on ``x`` (or on the zeros padded to it):
         the largest value a filter can take over inputs in ``[min(x, 0), max(x, 0)]`` is its positive weights
@@ -152,13 +153,13 @@ class _PooledConv(nn.Module):
         live = torch.nonzero(~(bound <= 0)).flatten()  # a NaN bound (a NaN input) proves nothing: computed
         return live if len(live) else bound.argmax()[None]  # none can fire: one is computed for the output's shape
 
-    def pooled(self, x: torch.Tensor, conv: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], dim: int = 3) -> torch.Tensor:
-        """``conv(weight, bias)`` of input ``x`` -> ``(batch, filters, time, positions)`` (the positions at
-        ``dim``) -> ``(batch, filters, time)`` after ReLU, BN and the max over the positions."""
+    def pooled(self, conv: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], live: torch.Tensor, dim: int = 3) -> torch.Tensor:
+        """``conv(weight, bias)`` -> ``(batch, filters, time, positions)`` (the positions at ``dim``) ->
+        ``(batch, filters, time)`` after ReLU, BN and the max over the positions; in evaluation, of the ``live``
+        filters only (:meth:`_live` of the conv's input), the others given their constant output."""
         if self.training:  # batch statistics need the whole map
             return self.bn(F.relu(conv(self.weight, self.bias).movedim(dim, 3))).amax(dim=3)
         scale, shift = self._affine()
-        live = self._live(x)
         sign = _sign(scale[live])  # the max, or (filters negated) the min of the original conv
         picked = conv(self.weight[live] * sign[:, None, None, None], self.bias[live] * sign).amax(dim=dim) * sign[None, :, None]
         out = shift[None, :, None].expand(picked.shape[0], -1, picked.shape[2]).clone()  # a silent filter's output
@@ -191,11 +192,11 @@ class _Timbral(_PooledConv):
         if self._in_parts(x) and per_frame * n_out > _MAP_BUDGET:
             stretches = -(-per_frame * n_out // _MAP_BUDGET)
             step = -(-n_out // stretches)
-        outs = []
+        live, outs = self._live(x), []
         for part in self._parts(x, per_frame * n_out):
             padded = F.pad(part[:, None], (0, 0, left, right))
             pieces = [padded[:, :, t : t + step + self.frames - 1] for t in range(0, n_out, step)]
-            outs.append(torch.cat([self.pooled(p, partial(F.conv2d, p)) for p in pieces], dim=2))
+            outs.append(torch.cat([self.pooled(partial(F.conv2d, p), live) for p in pieces], dim=2))
         return torch.cat(outs)
 
     def edges(self, segments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -211,16 +212,17 @@ class _Temporal(_PooledConv):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (batch, time, n_mels)
         t, m = x.shape[1:]
-        return torch.cat([self._bands_at_once(part) for part in self._parts(x, m * self.weight.shape[0] * t)])
+        live = self._live(x)
+        return torch.cat([self._bands_at_once(part, live) for part in self._parts(x, m * self.weight.shape[0] * t)])
 
-    def _bands_at_once(self, x: torch.Tensor) -> torch.Tensor:
+    def _bands_at_once(self, x: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
         b, t, m = x.shape
         rows = F.pad(x.transpose(1, 2).reshape(b * m, 1, t), _same(self.frames))
 
         def conv(weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:  # (batch, bands, filters, time)
             return F.conv1d(rows, weight[:, :, :, 0], bias).reshape(b, m, weight.shape[0], t)
 
-        return self.pooled(x, conv, dim=1)
+        return self.pooled(conv, live, dim=1)
 
 
 class _MidEnd(nn.Module):
