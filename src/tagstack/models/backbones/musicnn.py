@@ -40,7 +40,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import nn
@@ -109,6 +109,19 @@ def _sign(scale: torch.Tensor) -> torch.Tensor:
     return torch.where(scale >= 0, 1.0, -1.0).to(scale.dtype)
 
 
+class _Plan(NamedTuple):
+    """A block's filters that can fire on an input (``live``), their weights and biases as the conv takes them
+    (negated where the batch norm reverses the order: ``sign``), their batch-norm ``scale`` and every filter's
+    ``shift``."""
+
+    live: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor
+    sign: torch.Tensor
+    scale: torch.Tensor
+    shift: torch.Tensor
+
+
 class _PooledConv(nn.Module):
     """Conv2d over (time, frequency) -> ReLU -> batch norm -> max over frequency, computed in evaluation as
     one max over frequency of the conv, then ReLU and the batch norm's affine map, for the channels that can
@@ -153,17 +166,24 @@ class _PooledConv(nn.Module):
         live = torch.nonzero(~(bound <= 0)).flatten()  # a NaN bound (a NaN input) proves nothing: computed
         return live if len(live) else bound.argmax()[None]  # none can fire: one is computed for the output's shape
 
-    def pooled(self, conv: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], live: torch.Tensor, dim: int = 3) -> torch.Tensor:
-        """``conv(weight, bias)`` -> ``(batch, filters, time, positions)`` (the positions at ``dim``) ->
-        ``(batch, filters, time)`` after ReLU, BN and the max over the positions; in evaluation, of the ``live``
-        filters only (:meth:`_live` of the conv's input), the others given their constant output."""
-        if self.training:  # batch statistics need the whole map
-            return self.bn(F.relu(conv(self.weight, self.bias).movedim(dim, 3))).amax(dim=3)
+    def _plan(self, x: torch.Tensor) -> _Plan | None:
+        """What :meth:`pooled` computes on the parts of input ``x``, worked out once per call (None in training)."""
+        if self.training:
+            return None
+        live = self._live(x)
         scale, shift = self._affine()
         sign = _sign(scale[live])  # the max, or (filters negated) the min of the original conv
-        picked = conv(self.weight[live] * sign[:, None, None, None], self.bias[live] * sign).amax(dim=dim) * sign[None, :, None]
-        out = shift[None, :, None].expand(picked.shape[0], -1, picked.shape[2]).clone()  # a silent filter's output
-        out[:, live] = F.relu(picked) * scale[live][None, :, None] + shift[live][None, :, None]
+        return _Plan(live, self.weight[live] * sign[:, None, None, None], self.bias[live] * sign, sign, scale[live], shift)
+
+    def pooled(self, conv: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], plan: _Plan | None, dim: int = 3) -> torch.Tensor:
+        """``conv(weight, bias)`` -> ``(batch, filters, time, positions)`` (the positions at ``dim``) ->
+        ``(batch, filters, time)`` after ReLU, BN and the max over the positions; in evaluation, of the filters
+        that can fire only (:meth:`_plan` of the conv's input), the others given their constant output."""
+        if plan is None:  # training: batch statistics need the whole map
+            return self.bn(F.relu(conv(self.weight, self.bias).movedim(dim, 3))).amax(dim=3)
+        picked = conv(plan.weight, plan.bias).amax(dim=dim) * plan.sign[None, :, None]
+        out = plan.shift[None, :, None].expand(picked.shape[0], -1, picked.shape[2]).clone()  # a silent filter's output
+        out[:, plan.live] = F.relu(picked) * plan.scale[None, :, None] + plan.shift[plan.live][None, :, None]
         return out
 
     def _parts(self, x: torch.Tensor, per_clip: int) -> tuple[torch.Tensor, ...]:
@@ -192,11 +212,11 @@ class _Timbral(_PooledConv):
         if self._in_parts(x) and per_frame * n_out > _MAP_BUDGET:
             stretches = -(-per_frame * n_out // _MAP_BUDGET)
             step = -(-n_out // stretches)
-        live, outs = self._live(x), []
+        plan, outs = self._plan(x), []
         for part in self._parts(x, per_frame * n_out):
             padded = F.pad(part[:, None], (0, 0, left, right))
             pieces = [padded[:, :, t : t + step + self.frames - 1] for t in range(0, n_out, step)]
-            outs.append(torch.cat([self.pooled(partial(F.conv2d, p), live) for p in pieces], dim=2))
+            outs.append(torch.cat([self.pooled(partial(F.conv2d, p), plan) for p in pieces], dim=2))
         return torch.cat(outs)
 
     def edges(self, segments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -212,17 +232,17 @@ class _Temporal(_PooledConv):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (batch, time, n_mels)
         t, m = x.shape[1:]
-        live = self._live(x)
-        return torch.cat([self._bands_at_once(part, live) for part in self._parts(x, m * self.weight.shape[0] * t)])
+        plan = self._plan(x)
+        return torch.cat([self._bands_at_once(part, plan) for part in self._parts(x, m * self.weight.shape[0] * t)])
 
-    def _bands_at_once(self, x: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
+    def _bands_at_once(self, x: torch.Tensor, plan: _Plan | None) -> torch.Tensor:
         b, t, m = x.shape
         rows = F.pad(x.transpose(1, 2).reshape(b * m, 1, t), _same(self.frames))
 
         def conv(weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:  # (batch, bands, filters, time)
             return F.conv1d(rows, weight[:, :, :, 0], bias).reshape(b, m, weight.shape[0], t)
 
-        return self.pooled(conv, live, dim=1)
+        return self.pooled(conv, plan, dim=1)
 
 
 class _MidEnd(nn.Module):
