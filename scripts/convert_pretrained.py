@@ -4,15 +4,19 @@
     pip download musicnn==0.1.0 --no-deps -d /tmp/musicnn          # the wheel holds musicnn's TF1 checkpoints
     # the artist CNN's Keras file, from GitHub jongpillee/ismir2018-artist (a clone, or the search tool's fetch):
     #   models/model_siamese_10000_4_0.40/model_siamese_10000.h5
+    # Won et al.'s MSD FCN and CRNN, from GitHub Un-bias/sota-music-tagging-models (a fork of
+    #   minzwon/sota-music-tagging-models holding the weights): models/msd/{fcn,crnn}/best_model.pth
     python scripts/convert_pretrained.py --musicnn-wheel /tmp/musicnn/musicnn-0.1.0-py3-none-any.whl \\
-        --artist-h5 model_siamese_10000.h5 [--out src/tagstack/pretrained]
+        --artist-h5 model_siamese_10000.h5 --won sota-music-tagging-models [--out src/tagstack/pretrained]
 
-writes ``tagstack-musicnn-msd``, ``tagstack-musicnn-mtt`` and ``tagstack-artist`` (``.safetensors`` and a ``.md``
-card each). Neither TensorFlow nor Keras is needed: a TF1 checkpoint's ``.index`` is a small sorted table (a
-LevelDB-style SSTable) of tensor names, each with its dtype, shape and byte range in the ``.data`` shard, read
-here directly; the Keras file is HDF5, read with h5py. Every source file's sha256 is checked against the one
-recorded below before anything is converted, and recorded again in the model file's header (``info.source``)
-with the licence text and the citation, so a converted file says where every weight came from.
+writes ``tagstack-musicnn-msd``, ``tagstack-musicnn-mtt``, ``tagstack-artist``, ``tagstack-won-msd-fcn`` and
+``tagstack-won-msd-crnn`` (``.safetensors`` and a ``.md`` card each), those of the sources given. Neither
+TensorFlow nor Keras is needed: a TF1 checkpoint's ``.index`` is a small sorted table (a LevelDB-style SSTable)
+of tensor names, each with its dtype, shape and byte range in the ``.data`` shard, read here directly; the Keras
+file is HDF5, read with h5py; Won et al.'s files are PyTorch state dicts, read with ``torch.load(weights_only=True)``
+(tensors only, no code). Every source file's sha256 is checked against the one recorded below before anything is
+converted, and recorded again in the model file's header (``info.source``) with the licence text and the
+citation, so a converted file says where every weight came from.
 
 The models are networks without a global classifier: they embed (the paper's aggregation of their layers),
 musicnn also tags with its own 50 outputs, and both serve as local networks for a global classifier trained on
@@ -36,6 +40,7 @@ import torch
 from tagstack.fileio import atomic_write_text
 from tagstack.models.backbones.artist import ArtistCNN
 from tagstack.models.backbones.musicnn import MUSICNN_FRONTEND, Musicnn
+from tagstack.models.backbones.won import CRNN, FCN, Won2d
 from tagstack.models.file import save_model
 from tagstack.models.tagging_model import Branch, TaggingModel
 from tagstack.report import backbone_card
@@ -48,6 +53,8 @@ SOURCES = {
     "musicnn/MSD_musicnn/.index": "87f3e0f3550c8d3bafc840374003e5c8af5eeb5ecf6add61af09a7822d3282c8",
     "musicnn/MTT_musicnn/.index": "da2d7bb670b2b31e9bc441bb1bd75eca31b5b061f963cc1f9630c1aff3238f57",
     "model_siamese_10000.h5": "3b3ad09c321786c8ea388269ee3c35ab540734ce5209f40a430f1c9b0a25f753",
+    "models/msd/fcn/best_model.pth": "6012aa7eecf864a8081faedca56af054521e8dfb9c5c98659a3dd5d3e1e66f21",
+    "models/msd/crnn/best_model.pth": "ebb99855ed0c83f38845db9cfb383dd6fc70938bc58701dcb66e18af9ee7fbea",
 }
 
 MUSICNN_TAGS = {
@@ -167,6 +174,14 @@ ARTIST_CITATION = (
     'Jiyoung Park, Jongpil Lee, Jangyeon Park, Jung-Woo Ha and Juhan Nam, "Representation Learning of Music '
     'Using Artist Labels", ISMIR 2018.'
 )
+WON_CITATION = (
+    'Minz Won, Andres Ferraro, Dmitry Bogdanov and Xavier Serra, "Evaluation of CNN-based Automatic Music Tagging '
+    'Models", Sound and Music Computing (SMC) 2020; the FCN of Keunwoo Choi, George Fazekas and Mark Sandler, '
+    '"Automatic tagging using deep convolutional neural networks", ISMIR 2016, and the CRNN of Keunwoo Choi, '
+    'George Fazekas, Mark Sandler and Kyunghyun Cho, "Convolutional recurrent neural networks for music '
+    'classification", ICASSP 2017.'
+)
+WON_REPOSITORY = "https://github.com/Un-bias/sota-music-tagging-models (commit b4331b07fe45902af96830f2821926ab86e17d42)"
 TRAINED_ON = {
     "MSD": (
         "the Million Song Dataset's 7digital audio previews (about 200,000 tracks for training) with the Last.fm "
@@ -175,6 +190,10 @@ TRAINED_ON = {
     "MTT": (
         "MagnaTagATune (about 19,000 29-second clips of Magnatune's catalogue for training) with its top-50 tags; "
         "the audio is Magnatune's, under its own licence"
+    ),
+    "won-msd": (
+        "the Million Song Dataset's 7digital audio previews with the Last.fm top-50 tags (Won et al.'s split of "
+        "about 200,000 tracks for training); copyrighted commercial music, not redistributable"
     ),
     "artist": (
         "the Million Song Dataset's 7digital audio previews of 10,000 artists (about 17 tracks each), labelled by "
@@ -399,6 +418,45 @@ def convert_artist(h5: Path) -> TaggingModel:
     return TaggingModel({"artist": net}, None, tags=[], frontend=net.frontend, branches=[Branch("artist", 129)], info=info)
 
 
+# ------------------------------------------------------------ Won et al.'s FCN and CRNN
+
+
+def convert_won(repo: Path, which: str) -> TaggingModel:
+    """Won et al.'s MSD ``which`` ("fcn" or "crnn") as a tagstack model: its convolutions on 6 s (FCN) or 3 s segments."""
+    rel = f"models/msd/{which}/best_model.pth"
+    raw = (repo / rel).read_bytes()
+    _check(raw, rel)
+    state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    arch = {"fcn": FCN, "crnn": CRNN}[which]
+    net = Won2d(arch)
+    # Their front end's filterbank is stored with the weights: it must be the one tagstack computes.
+    from tagstack.audio.frontend import mel_filterbank
+
+    fe = net.frontend
+    fb = mel_filterbank(sample_rate=fe.sample_rate, n_fft=fe.n_fft, n_mels=fe.n_mels, f_max=fe.f_max, scale=fe.mel_scale)
+    if not np.allclose(fb.T, state["spec.mel_scale.fb"].numpy(), atol=1e-4):
+        raise SystemExit(f"{rel}: its mel filterbank is not torchaudio's HTK one that tagstack computes")
+    ours = {"input_bn." + k[len("spec_bn.") :]: v for k, v in state.items() if k.startswith("spec_bn.")}
+    for i in range(len(arch.blocks)):
+        for part, mine in (("conv", "convs"), ("bn", "bns")):
+            prefix = f"layer{i + 1}.{part}."
+            ours.update({f"{mine}.{i}.{k[len(prefix) :]}": v for k, v in state.items() if k.startswith(prefix)})
+    net.load_state_dict(ours)
+    licence = (repo / "LICENSE").read_text()
+    name = f"won-msd-{which}"
+    frames = 376 if which == "fcn" else 188  # the FCN's fifth block needs 320 frames; 3 s leaves it none
+    info = {
+        "name": f"tagstack-{name}",
+        "dataset": "MSD (pretrained by Won et al.)",
+        "data": f"Won et al.'s {which.upper()}, trained by its authors on {TRAINED_ON['won-msd']}.",
+        "source": {"file": rel, "sha256": {rel: _sha256(raw)}, "where": WON_REPOSITORY},
+        "licence": "MIT. " + licence.strip(),
+        "citation": WON_CITATION,
+        "converted_by": "scripts/convert_pretrained.py",
+    }
+    return TaggingModel({name: net}, None, tags=[], frontend=net.frontend, branches=[Branch(name, frames)], info=info)
+
+
 def _sha256(b: bytes) -> str:
     return hashlib.sha256(b).hexdigest()
 
@@ -414,13 +472,21 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__[__doc__.index("\n\n") + 2 :],
     )
-    p.add_argument("--musicnn-wheel", type=Path, required=True, help="musicnn-0.1.0-py3-none-any.whl")
-    p.add_argument("--artist-h5", type=Path, required=True, help="model_siamese_10000.h5 of jongpillee/ismir2018-artist")
+    p.add_argument("--musicnn-wheel", type=Path, help="musicnn-0.1.0-py3-none-any.whl")
+    p.add_argument("--artist-h5", type=Path, help="model_siamese_10000.h5 of jongpillee/ismir2018-artist")
+    p.add_argument("--won", type=Path, help="a checkout of Un-bias/sota-music-tagging-models (models/msd/{fcn,crnn})")
     p.add_argument("--out", type=Path, default=PRETRAINED, help=f"folder for the model files (default: {PRETRAINED})")
     a = p.parse_args(argv)
-    _check(a.musicnn_wheel.read_bytes(), "musicnn-0.1.0-py3-none-any.whl")
-    models = {f"musicnn-{w.lower()}": convert_musicnn(a.musicnn_wheel, w) for w in ("MSD", "MTT")}
-    models["artist"] = convert_artist(a.artist_h5)
+    if not (a.musicnn_wheel or a.artist_h5 or a.won):
+        p.error("give at least one of --musicnn-wheel, --artist-h5, --won")
+    models = {}
+    if a.musicnn_wheel:
+        _check(a.musicnn_wheel.read_bytes(), "musicnn-0.1.0-py3-none-any.whl")
+        models.update({f"musicnn-{w.lower()}": convert_musicnn(a.musicnn_wheel, w) for w in ("MSD", "MTT")})
+    if a.artist_h5:
+        models["artist"] = convert_artist(a.artist_h5)
+    if a.won:
+        models.update({f"won-msd-{w}": convert_won(a.won, w) for w in ("fcn", "crnn")})
     a.out.mkdir(parents=True, exist_ok=True)
     for name, model in models.items():
         path = a.out / f"tagstack-{name}.safetensors"

@@ -75,6 +75,7 @@ DATA = {
 PRETRAINED_RECIPES = {
     "pretrained": ("musicnn-mtt/187",),
     "pretrained-large": ("musicnn-mtt/187", "musicnn-msd/187"),
+    "pretrained-xl": ("musicnn-mtt/187", "musicnn-msd/187", "won-msd-fcn/376", "won-msd-crnn/188"),
 }
 #: Units of each hidden layer of a recipe's global MLP where not the paper's 512: for `pretrained`, 1024 (the paper's
 #: other width) scored 0.803 on the 4Q validation clips' human tags against 0.780 for 512 (docs/pretrained/README.md).
@@ -117,7 +118,8 @@ def main() -> None:
     p.add_argument(
         "which",
         choices=sorted([*DATA, *PRETRAINED_RECIPES]),
-        help="pretrained: the default (musicnn MTT's levels and a global MLP); pretrained-large: the most accurate; "
+        help="pretrained: the default (musicnn MTT's levels and a global MLP); pretrained-large: musicnn MTT and MSD; "
+        "pretrained-xl: the most accurate (musicnn MTT and MSD, Won et al.'s MSD FCN and CRNN); "
         "real: the paper's CNNs trained here on real music; corpus: on the rendered corpus",
     )
     p.add_argument("--scales", help="pretrained*: the branches to aggregate instead of the recipe's, e.g. musicnn-mtt/187,artist/516")

@@ -29,6 +29,27 @@ def test_filterbank_matches_librosa():
     np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-7)
 
 
+def test_htk_filterbank_matches_librosa_and_decibels_with_reflected_edges_match_librosas_power_to_db():
+    """torchaudio's MelSpectrogram(mel_scale="htk", norm=None) then AmplitudeToDB, as librosa writes it."""
+    np.testing.assert_allclose(
+        mel_filterbank(sample_rate=16000, n_fft=512, n_mels=96, f_max=8000.0, scale="htk"),
+        librosa.filters.mel(sr=16000, n_fft=512, n_mels=96, fmax=8000.0, htk=True, norm=None),
+        rtol=1e-4,
+        atol=1e-6,
+    )
+    y = music_like(3.0)
+    fe = FrontEndConfig(sample_rate=SR, n_fft=1024, hop_length=512, power=2.0, mel_scale="htk", decibels=True, pad_mode="reflect")
+    mel = librosa.feature.melspectrogram(
+        y=y, sr=SR, n_fft=1024, hop_length=512, pad_mode="reflect", power=2.0, n_mels=128, htk=True, norm=None
+    )
+    ref = librosa.power_to_db(mel, ref=1.0, amin=1e-10, top_db=None)
+    ours = LogMel(fe)(torch.from_numpy(y)).numpy()
+    assert ours.shape == ref.shape
+    np.testing.assert_allclose(ours, ref, atol=2e-3)  # dB
+    zeros = LogMel(fe)(torch.zeros(SR)).numpy()
+    assert np.all(zeros == -100.0)  # the floor, 10 log10(1e-10), never -inf
+
+
 def test_logmel_matches_librosa_within_1e4_relative():
     y = music_like(6.0)
     ref = np.log1p(
@@ -80,3 +101,9 @@ def test_bad_frontend_parameters_are_named():
         FrontEndConfig(hop_length=2048)
     with pytest.raises(ParameterError, match="n_frames"):
         FrontEndConfig(clip_seconds=1.0)
+    with pytest.raises(ParameterError, match="mel_scale"):
+        FrontEndConfig(mel_scale="mel")
+    with pytest.raises(ParameterError, match="pad_mode"):
+        FrontEndConfig(pad_mode="edge")
+    with pytest.raises(ParameterError, match="decibels"):
+        FrontEndConfig(decibels=True, log10=True)

@@ -1,8 +1,9 @@
 """The pretrained backbones reproduce their originals, and every tagstack path runs them.
 
 References were computed once with the original frameworks (TensorFlow for
-musicnn, Keras for the artist CNN) by ``bench/reference_pretrained.py``;
-the fixtures hold their outputs. The network checks feed the networks the
+musicnn, Keras for the artist CNN) by ``bench/reference_pretrained.py``, and
+with Won et al.'s own PyTorch classes and torchaudio by
+``bench/reference_won.py``; the fixtures hold their outputs. The network checks feed the networks the
 exact inputs the originals received; the file checks decode the real
 recordings of ``../shared`` through tagstack's own decoder and front end
 (skipped where those files are absent).
@@ -33,6 +34,8 @@ RECORDINGS = {
 }
 MUSICNN = np.load(FIXTURES / "musicnn_reference.npz", allow_pickle=False)
 ARTIST = np.load(FIXTURES / "artist_reference.npz", allow_pickle=False)
+WON = np.load(FIXTURES / "won_reference.npz", allow_pickle=False)
+WON_SEGMENT = {"fcn": 376, "crnn": 188}
 LEVELS = {
     "timbral": (0, slice(0, 408)),
     "temporal": (0, slice(408, 561)),
@@ -147,6 +150,27 @@ def test_the_artist_cnn_gives_keras_activations_on_the_same_input():
         np.testing.assert_allclose(a.amax(dim=2).numpy(), ARTIST[f"synthetic_layer{i}"], rtol=1e-5, atol=2e-4, err_msg=f"layer {i}")
 
 
+@pytest.mark.parametrize("which", ["fcn", "crnn"])
+def test_won_cnns_give_the_original_codes_activations_on_the_same_input(which):
+    """Every block of Won et al.'s MSD FCN and CRNN, on the decibel mels their own torchaudio front end computed."""
+    net = network(f"won-msd-{which}", f"won-msd-{which}")
+    db, size = torch.from_numpy(WON["synthetic_db"]), WON_SEGMENT[which]
+    n = len(db) // size
+    with torch.inference_mode():
+        acts, logits = net.forward_intermediates(db[: n * size].reshape(n, size, db.shape[1]))
+    assert logits is None and len(acts) == (5 if which == "fcn" else 4)
+    for i, a in enumerate(acts, 1):  # per frame (max over frequency), max over each segment
+        np.testing.assert_allclose(a.amax(dim=2).numpy(), WON[f"{which}_synthetic_layer{i}"], rtol=1e-5, atol=1e-5, err_msg=f"layer {i}")
+
+
+def test_won_cnns_front_end_is_torchaudios():
+    """96 HTK mel bands of the reflect-padded power spectrum in decibels, against the dB mels torchaudio computed."""
+    net = network("won-msd-fcn", "won-msd-fcn")
+    ours = LogMel(net.frontend).frames_first(torch.from_numpy(reference_music(16000))).numpy()
+    assert ours.shape == WON["synthetic_db"].shape
+    np.testing.assert_allclose(ours, WON["synthetic_db"], atol=5e-3)  # dB, values from about -100 to +40
+
+
 def test_the_front_ends_are_the_originals():
     """musicnn's log10(1 + 10^4 mel power) at 16 kHz and the artist CNN's log10(1 + 10 mel magnitude) at 22.05 kHz, against
     librosa (which both originals used)."""
@@ -180,10 +204,14 @@ def test_tagging_a_real_recording_gives_the_originals_outputs(recording):
         np.testing.assert_allclose(result.embedding[-200:], penultimate[:9].mean(0), atol=1e-4)
     artist = Tagger("artist", device="cpu").embed(path)
     np.testing.assert_allclose(artist[-256:], ARTIST[f"{recording}_embedding"][:9].mean(0), atol=1e-4)
+    for which, blocks in (("fcn", 5), ("crnn", 4)):  # every whole segment lies in the file's first 29.1 s window
+        embedding = Tagger(f"won-msd-{which}", device="cpu").embed(path)
+        reference = np.concatenate([WON[f"{which}_{recording}_layer{i}"].mean(0) for i in range(1, blocks + 1)])
+        np.testing.assert_allclose(embedding, reference, atol=1e-4, err_msg=which)
 
 
 def test_a_converted_file_says_where_every_weight_came_from():
-    for name in ("musicnn-msd", "musicnn-mtt", "artist"):
+    for name in ("musicnn-msd", "musicnn-mtt", "artist", "won-msd-fcn", "won-msd-crnn"):
         meta = read_metadata(zoo_path(name))
         info = meta["info"]
         assert info["licence"].split(".")[0] in ("ISC", "MIT") and info["citation"] and info["source"]["sha256"]

@@ -28,7 +28,7 @@ def tagstack_home() -> Path:
 
 #: Front-end fields added after model files and run folders first recorded front ends: left out of
 #: :meth:`FrontEndConfig.key` and its ``repr`` (part of stored digests) while they keep their default.
-_LATER_FIELDS = {"power": 1.0, "log10": False}
+_LATER_FIELDS = {"power": 1.0, "log10": False, "mel_scale": "slaney", "decibels": False, "pad_mode": "constant"}
 
 
 @dataclass(frozen=True, repr=False)
@@ -36,7 +36,10 @@ class FrontEndConfig:
     """Parameters of a log-mel front end; the defaults are the paper's (Sec. III-B).
 
     The pretrained backbones read other ones (``power=2`` and ``log10=True``
-    with ``compression=1e4`` is musicnn's ``log10(1 + 10**4 * mel power)``).
+    with ``compression=1e4`` is musicnn's ``log10(1 + 10**4 * mel power)``;
+    ``mel_scale="htk"``, ``decibels=True`` and ``pad_mode="reflect"`` with
+    ``power=2`` is torchaudio's ``MelSpectrogram`` then ``AmplitudeToDB``, which
+    Won et al.'s networks read).
     """
 
     sample_rate: int = 22050
@@ -50,6 +53,9 @@ class FrontEndConfig:
     n_frames: int = 1250  # frames kept per clip; see frontend.py for the alignment
     power: float = 1.0  # mel of the magnitude (1, the paper) or of the power (2) spectrum
     log10: bool = False  # log10(1 + C * mel) instead of the natural log
+    mel_scale: str = "slaney"  # "slaney" (Slaney's scale, area-normalised, librosa's) or "htk" (unnormalised, torchaudio's)
+    decibels: bool = False  # 10 log10(max(mel, 1e-10)) instead of log(1 + C * mel) (compression unused)
+    pad_mode: str = "constant"  # the centred frames' padding: zeros (librosa's) or "reflect" (torch.stft's default)
 
     def __post_init__(self) -> None:
         for name in ("sample_rate", "n_fft", "hop_length", "n_mels", "n_frames"):
@@ -63,6 +69,13 @@ class FrontEndConfig:
             raise ParameterError(f"need f_min < f_max <= {nyquist}, got f_min={self.f_min}, f_max={self.f_max}")
         if self.power not in (1.0, 2.0) or not isinstance(self.log10, bool):
             raise ParameterError(f"FrontEndConfig needs power 1 or 2 and log10 True or False, got {self.power!r}, {self.log10!r}")
+        if self.mel_scale not in ("slaney", "htk") or self.pad_mode not in ("constant", "reflect"):
+            raise ParameterError(
+                f"FrontEndConfig needs mel_scale 'slaney' or 'htk' and pad_mode 'constant' or 'reflect', "
+                f"got {self.mel_scale!r}, {self.pad_mode!r}"
+            )
+        if not isinstance(self.decibels, bool) or (self.decibels and self.log10):
+            raise ParameterError(f"FrontEndConfig.decibels must be True or False, and not with log10, got {self.decibels!r}")
         if self.clip_samples < (self.n_frames - 1) * self.hop_length:
             raise ParameterError(f"clip_seconds={self.clip_seconds} is too short for n_frames={self.n_frames}")
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import FrontEndConfig
 from .datasets import ClipSet
 from .tags import UNGROUPED
 from .fileio import atomic_save_npy, atomic_write, atomic_write_text
@@ -359,6 +360,16 @@ def _frontends(meta: dict) -> list[dict]:
 # ------------------------------------------------------------ model cards
 
 
+def frontend_text(fe: FrontEndConfig) -> str:
+    """One sentence on what a front end computes, for a model card."""
+    bands = f"{fe.n_mels} {'HTK' if fe.mel_scale == 'htk' else 'Slaney'} mel bands" + (f" up to {fe.f_max:g} Hz" if fe.f_max else "")
+    scale = "in decibels, 10 log10(max(mel, 1e-10))" if fe.decibels else f"{'log10' if fe.log10 else 'ln'}(1 + {fe.compression:g} mel)"
+    return (
+        f"{fe.sample_rate} Hz, {fe.n_fft}-point FFT, hop {fe.hop_length}, {'reflect' if fe.pad_mode == 'reflect' else 'zero'}-padded "
+        f"centred frames, {bands} of the {'power' if fe.power == 2 else 'magnitude'} spectrum, {scale}."
+    )
+
+
 def backbone_card(name: str, model) -> str:
     """The Markdown card of a converted pretrained network: what it is, where it came from, licence, training data."""
     info, net = model.info, next(iter(model.local_models.values()))
@@ -372,8 +383,7 @@ def backbone_card(name: str, model) -> str:
         "",
         "## What it computes",
         "",
-        f"Front end: {fe.sample_rate} Hz, {fe.n_fft}-point FFT, hop {fe.hop_length}, {fe.n_mels} mel bands of the "
-        f"{'power' if fe.power == 2 else 'magnitude'} spectrum, {'log10' if fe.log10 else 'ln'}(1 + {fe.compression:g} mel). "
+        f"Front end: {frontend_text(fe)} "
         f"Levels read by the paper's aggregation: {levels}. Scales (segment lengths, frames): "
         f"{', '.join(str(b.frames) for b in model.branches)}.",
         (

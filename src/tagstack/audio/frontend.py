@@ -45,8 +45,11 @@ def mel_to_hz(m: np.ndarray | float) -> np.ndarray:
     return np.where(m >= 15.0, 1000.0 * np.exp(log_step * (m - 15.0)), 200.0 * m / 3.0)
 
 
-def mel_filterbank(*, sample_rate: int, n_fft: int, n_mels: int, f_min: float = 0.0, f_max: float | None = None) -> np.ndarray:
-    """Triangular mel filters with Slaney area normalisation.
+def mel_filterbank(
+    *, sample_rate: int, n_fft: int, n_mels: int, f_min: float = 0.0, f_max: float | None = None, scale: str = "slaney"
+) -> np.ndarray:
+    """Triangular mel filters: Slaney's scale with area normalisation (librosa's default), or ``scale="htk"``:
+    HTK's scale, ``2595 log10(1 + f / 700)``, with triangles of peak 1 (torchaudio's default).
 
     Returns
     -------
@@ -56,12 +59,17 @@ def mel_filterbank(*, sample_rate: int, n_fft: int, n_mels: int, f_min: float = 
     if not 0 <= f_min < f_max <= sample_rate / 2:
         raise ParameterError(f"need 0 <= f_min < f_max <= {sample_rate / 2}, got {f_min}, {f_max}")
     bins = np.linspace(0.0, sample_rate / 2, n_fft // 2 + 1)
-    edges = mel_to_hz(np.linspace(hz_to_mel(f_min), hz_to_mel(f_max), n_mels + 2))
+    if scale == "htk":
+        to_mel, to_hz = (lambda f: 2595.0 * np.log10(1.0 + f / 700.0)), (lambda m: 700.0 * (10.0 ** (m / 2595.0) - 1.0))
+    else:
+        to_mel, to_hz = hz_to_mel, mel_to_hz
+    edges = to_hz(np.linspace(to_mel(f_min), to_mel(f_max), n_mels + 2))
     widths = np.diff(edges)
     rising = (bins[None, :] - edges[:-2, None]) / widths[:-1, None]
     falling = (edges[2:, None] - bins[None, :]) / widths[1:, None]
     fb = np.maximum(0.0, np.minimum(rising, falling))
-    fb *= (2.0 / (edges[2:] - edges[:-2]))[:, None]
+    if scale != "htk":
+        fb *= (2.0 / (edges[2:] - edges[:-2]))[:, None]
     return fb.astype(np.float32)
 
 
@@ -94,7 +102,7 @@ class LogMel(nn.Module):
         self.config = config or FrontEndConfig()
         c = self.config
         self.register_buffer("window", torch.hann_window(c.n_fft, periodic=True), persistent=False)
-        fb = mel_filterbank(sample_rate=c.sample_rate, n_fft=c.n_fft, n_mels=c.n_mels, f_min=c.f_min, f_max=c.f_max)
+        fb = mel_filterbank(sample_rate=c.sample_rate, n_fft=c.n_fft, n_mels=c.n_mels, f_min=c.f_min, f_max=c.f_max, scale=c.mel_scale)
         self.register_buffer("filterbank_t", torch.from_numpy(np.ascontiguousarray(fb.T)), persistent=False)
         # A mel filter spans a few FFT bins only (about 1,000 non-zeros of 65,664). On the CPU the
         # product is done band group by band group over each group's bins, 8x fewer multiply-adds
@@ -121,8 +129,12 @@ class LogMel(nn.Module):
     def _transform(self, y: torch.Tensor) -> torch.Tensor:
         c = self.config
         half = c.n_fft // 2
-        # Centred frames, as torch.stft(center=True, pad_mode="constant") and librosa.stft frame them.
-        frames = nn.functional.pad(y, (half, half)).unfold(-1, c.n_fft, c.hop_length)
+        # Centred frames, as torch.stft(center=True) and librosa.stft frame them (zeros, or a reflection of the edges).
+        if c.pad_mode == "reflect":
+            padded = nn.functional.pad(y.unsqueeze(-2), (half, half), mode="reflect").squeeze(-2)
+        else:
+            padded = nn.functional.pad(y, (half, half))
+        frames = padded.unfold(-1, c.n_fft, c.hop_length)
         spec = torch.view_as_real(torch.fft.rfft(frames * self.window)).flatten(-2)
         re, im = spec[..., 0::2], spec[..., 1::2]
         mag = torch.addcmul(re.square(), im, im)  # |A|^2 in one pass, faster than complex abs()
@@ -132,6 +144,8 @@ class LogMel(nn.Module):
             mel = torch.cat([mag[..., lo:hi] @ getattr(self, f"band_weights_{i}") for i, (lo, hi) in enumerate(self._groups)], dim=-1)
         else:
             mel = mag @ self.filterbank_t
+        if c.decibels:  # torchaudio's AmplitudeToDB of a power spectrum (reference 1, floor 1e-10, no top_db)
+            return torch.log10(mel.clamp_(min=1e-10)).mul_(10.0)
         out = torch.log1p(mel.mul_(c.compression))
         return out.div_(math.log(10.0)) if c.log10 else out
 

@@ -24,6 +24,7 @@ from ..config import FrontEndConfig
 from ..errors import ParameterError
 from .backbones.artist import ArtistArch, ArtistCNN
 from .backbones.musicnn import Musicnn, MusicnnArch
+from .backbones.won import Won2d, Won2dArch
 from .local import LocalArch, LocalCNN
 
 #: kind -> (network class, its architecture class)
@@ -31,6 +32,7 @@ KINDS: dict[str, tuple[type[nn.Module], Any]] = {
     LocalCNN.kind: (LocalCNN, LocalArch),
     Musicnn.kind: (Musicnn, MusicnnArch),
     ArtistCNN.kind: (ArtistCNN, ArtistArch),
+    Won2d.kind: (Won2d, Won2dArch),
 }
 
 

@@ -24,6 +24,8 @@ ZOO = {
     "musicnn-msd": "musicnn pretrained on the Million Song Dataset (Pons & Serra 2019): its 50 Last.fm tags, embeddings",
     "musicnn-mtt": "musicnn pretrained on MagnaTagATune (Pons & Serra 2019): its 50 MTT tags, embeddings",
     "artist": "the MSD artist CNN (Park, Lee et al., ISMIR 2018): embeddings of the paper's front end",
+    "won-msd-fcn": "the FCN of Choi et al. pretrained on the Million Song Dataset by Won et al. (SMC 2020): embeddings",
+    "won-msd-crnn": "the CRNN's convolutions of Choi et al. pretrained on the Million Song Dataset by Won et al. (SMC 2020): embeddings",
 }
 #: What ``Tagger()`` and ``tagstack tag`` use.
 DEFAULT = "pretrained"

@@ -1,4 +1,5 @@
-"""Networks pretrained elsewhere, ported to PyTorch: musicnn (:mod:`.musicnn`) and the MSD artist CNN (:mod:`.artist`).
+"""Networks pretrained elsewhere, ported to PyTorch: musicnn (:mod:`.musicnn`), the MSD artist CNN (:mod:`.artist`)
+and Won et al.'s FCN and CRNN (:mod:`.won`).
 
 Their weights are converted once from the original files (``scripts/convert_pretrained.py``)
 and ship inside the package as tagstack model files (``tagstack info musicnn-msd``).
