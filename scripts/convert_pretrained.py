@@ -19,9 +19,10 @@ converted, and recorded again in the model file's header (``info.source``) with 
 citation, so a converted file says where every weight came from.
 
 The models are networks without a global classifier: they embed (the paper's aggregation of their layers),
-musicnn also tags with its own 50 outputs, and both serve as local networks for a global classifier trained on
+musicnn also tags with its own 50 outputs, and all serve as local networks for a global classifier trained on
 other data (``tagstack run --local-from musicnn-msd --scales musicnn-msd/187``). Their exactness against the
-original frameworks is checked by ``tests/test_pretrained.py`` against ``bench/reference_pretrained.py``'s outputs.
+original code is checked by ``tests/test_pretrained.py`` against the outputs of ``bench/reference_pretrained.py``
+(TensorFlow, Keras) and ``bench/reference_won.py`` (the authors' PyTorch classes, torchaudio).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ import torch
 from tagstack.fileio import atomic_write_text
 from tagstack.models.backbones.artist import ArtistCNN
 from tagstack.models.backbones.musicnn import MUSICNN_FRONTEND, Musicnn
-from tagstack.models.backbones.won import CRNN, FCN, Won2d
+from tagstack.models.backbones.won import CRNN, FCN, SEGMENT_FRAMES, Won2d
 from tagstack.models.file import save_model
 from tagstack.models.tagging_model import Branch, TaggingModel
 from tagstack.report import backbone_card
@@ -444,7 +445,6 @@ def convert_won(repo: Path, which: str) -> TaggingModel:
     net.load_state_dict(ours)
     licence = (repo / "LICENSE").read_text()
     name = f"won-msd-{which}"
-    frames = 376 if which == "fcn" else 188  # the FCN's fifth block needs 320 frames; 3 s leaves it none
     info = {
         "name": f"tagstack-{name}",
         "dataset": "MSD (pretrained by Won et al.)",
@@ -453,8 +453,9 @@ def convert_won(repo: Path, which: str) -> TaggingModel:
         "licence": "MIT. " + licence.strip(),
         "citation": WON_CITATION,
         "converted_by": "scripts/convert_pretrained.py",
+        "reference": "`bench/reference_won.py`, run once with the authors' own PyTorch classes and torchaudio",
     }
-    return TaggingModel({name: net}, None, tags=[], frontend=net.frontend, branches=[Branch(name, frames)], info=info)
+    return TaggingModel({name: net}, None, tags=[], frontend=net.frontend, branches=[Branch(name, SEGMENT_FRAMES[which])], info=info)
 
 
 def _sha256(b: bytes) -> str:

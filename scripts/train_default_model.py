@@ -71,7 +71,8 @@ DATA = {
 
 
 #: The models on pretrained backbones: which networks, at which segment lengths (frames), are aggregated
-#: (chosen by the Emotify linear probe, docs/pretrained/README.md); a global MLP on the teacher manifest's tags.
+#: (chosen by the Emotify linear probe, docs/pretrained/README.md: `pretrained-xl` is every network trained on tags,
+#: each at its segment length, all levels); a global MLP on the teacher manifest's tags.
 PRETRAINED_RECIPES = {
     "pretrained": ("musicnn-mtt/187",),
     "pretrained-large": ("musicnn-mtt/187", "musicnn-msd/187"),

@@ -11,6 +11,7 @@ import torch
 from synth import TEST_FRONTEND
 from tagstack.audio.frontend import ClipMel, LogMel
 from tagstack.inference.tagger import Tagger
+from tagstack.models.backbones.won import WON_FRONTEND
 from tagstack.models.local import LocalCNN, local_arch
 from tagstack.models.zoo import resolve_model
 from tagstack.runtime import choose_device
@@ -30,6 +31,9 @@ def test_gpu_front_end_matches_the_cpu_one():
     gpu = LogMel().cuda()(y.cuda()).cpu()
     np.testing.assert_allclose(gpu.numpy(), cpu.numpy(), rtol=1e-4, atol=1e-5)
     assert ClipMel().cuda()(y.cuda()).shape == (3, 1250, 128)
+    # Won et al.'s: reflected edges (the GPU pads the batch at once, the CPU row by row), decibels
+    cpu, gpu = LogMel(WON_FRONTEND)(y[:, :48000]), LogMel(WON_FRONTEND).cuda()(y[:, :48000].cuda()).cpu()
+    np.testing.assert_allclose(gpu.numpy(), cpu.numpy(), atol=1e-3)
 
 
 def test_gpu_local_cnn_matches_the_cpu_one():
@@ -52,15 +56,15 @@ def test_tagging_on_the_gpu_gives_the_cpu_probabilities():
     np.testing.assert_allclose(gpu.taggram, cpu.taggram, atol=2e-3)
 
 
-@pytest.mark.skipif(not resolve_model("pretrained-large").exists(), reason="no shipped model in this checkout")
-def test_musicnn_batched_across_files_on_the_gpu_gives_the_cpus_numbers():
-    """The most accurate model (two musicnn ports) with the windows of several files in one pass on the GPU, where
-    the port computes whole maps and skips the filters that cannot fire: each file's tags and embedding as the CPU
-    gives them reading it alone."""
+@pytest.mark.skipif(not resolve_model("pretrained-xl").exists(), reason="no shipped model in this checkout")
+def test_pretrained_networks_batched_across_files_on_the_gpu_give_the_cpus_numbers():
+    """The most accurate model (two musicnn ports, Won et al.'s FCN and CRNN, two front ends) with the windows of
+    several files in one pass on the GPU, where the musicnn port computes whole maps and skips the filters that
+    cannot fire: each file's tags and embedding as the CPU gives them reading it alone."""
     rng = np.random.default_rng(2)
     sources = [(0.1 * rng.standard_normal(int(22050 * s))).astype(np.float32) for s in (10, 30, 45)]
-    cpu = Tagger("pretrained-large", device="cpu")
-    gpu = Tagger("pretrained-large", device="cuda").predict_batch(sources, sr=22050)
+    cpu = Tagger("pretrained-xl", device="cpu")
+    gpu = Tagger("pretrained-xl", device="cuda").predict_batch(sources, sr=22050)
     for y, g in zip(sources, gpu):
         c = cpu.predict(y, sr=22050)
         np.testing.assert_allclose(g.probs, c.probs, atol=2e-3)

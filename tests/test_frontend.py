@@ -107,3 +107,10 @@ def test_bad_frontend_parameters_are_named():
         FrontEndConfig(pad_mode="edge")
     with pytest.raises(ParameterError, match="decibels"):
         FrontEndConfig(decibels=True, log10=True)
+    with pytest.raises(ParameterError, match="decibels"):
+        FrontEndConfig(decibels=True)  # of a magnitude spectrum
+    with pytest.raises(ParameterError, match="reflect"):
+        FrontEndConfig(pad_mode="reflect", clip_seconds=0.01, n_frames=1)
+    reflect = FrontEndConfig(pad_mode="reflect", power=2.0, decibels=True)
+    with pytest.raises(ParameterError, match="reflect padding needs more than n_fft/2 = 512 samples, got 300"):
+        LogMel(reflect)(torch.zeros(300))

@@ -23,6 +23,7 @@ from reference_signal import reference_music
 from tagstack.audio.frontend import LogMel
 from tagstack.inference.tagger import Tagger
 from tagstack.models.file import load_model, read_metadata
+from tagstack.models.backbones.won import SEGMENT_FRAMES as WON_SEGMENT
 from tagstack.models.tagging_model import Branch, TaggingModel
 from tagstack.models.zoo import ZOO, zoo_path
 
@@ -35,7 +36,6 @@ RECORDINGS = {
 MUSICNN = np.load(FIXTURES / "musicnn_reference.npz", allow_pickle=False)
 ARTIST = np.load(FIXTURES / "artist_reference.npz", allow_pickle=False)
 WON = np.load(FIXTURES / "won_reference.npz", allow_pickle=False)
-WON_SEGMENT = {"fcn": 376, "crnn": 188}
 LEVELS = {
     "timbral": (0, slice(0, 408)),
     "temporal": (0, slice(408, 561)),
@@ -161,6 +161,18 @@ def test_won_cnns_give_the_original_codes_activations_on_the_same_input(which):
     assert logits is None and len(acts) == (5 if which == "fcn" else 4)
     for i, a in enumerate(acts, 1):  # per frame (max over frequency), max over each segment
         np.testing.assert_allclose(a.amax(dim=2).numpy(), WON[f"{which}_synthetic_layer{i}"], rtol=1e-5, atol=1e-5, err_msg=f"layer {i}")
+
+
+def test_a_won_architecture_that_cannot_be_built_is_refused_with_its_reason():
+    from tagstack.errors import ParameterError
+    from tagstack.models.backbones.won import Won2d, Won2dArch
+
+    with pytest.raises(ParameterError, match="three positive ints"):
+        Won2dArch(blocks=((64, 0, 4), (64, 2, 2)))
+    with pytest.raises(ParameterError, match="leave no band"):
+        Won2dArch(n_mels=8, blocks=((64, 4, 4), (64, 4, 4), (64, 2, 2)))
+    with pytest.raises(ParameterError, match="reads 64 mel bands"):
+        Won2d(Won2dArch(n_mels=64))
 
 
 def test_won_cnns_front_end_is_torchaudios():

@@ -54,7 +54,7 @@ class FrontEndConfig:
     power: float = 1.0  # mel of the magnitude (1, the paper) or of the power (2) spectrum
     log10: bool = False  # log10(1 + C * mel) instead of the natural log
     mel_scale: str = "slaney"  # "slaney" (Slaney's scale, area-normalised, librosa's) or "htk" (unnormalised, torchaudio's)
-    decibels: bool = False  # 10 log10(max(mel, 1e-10)) instead of log(1 + C * mel) (compression unused)
+    decibels: bool = False  # 10 log10(max(mel, 1e-10)) of the power spectrum instead of log(1 + C * mel)
     pad_mode: str = "constant"  # the centred frames' padding: zeros (librosa's) or "reflect" (torch.stft's default)
 
     def __post_init__(self) -> None:
@@ -74,8 +74,14 @@ class FrontEndConfig:
                 f"FrontEndConfig needs mel_scale 'slaney' or 'htk' and pad_mode 'constant' or 'reflect', "
                 f"got {self.mel_scale!r}, {self.pad_mode!r}"
             )
-        if not isinstance(self.decibels, bool) or (self.decibels and self.log10):
-            raise ParameterError(f"FrontEndConfig.decibels must be True or False, and not with log10, got {self.decibels!r}")
+        if not isinstance(self.decibels, bool) or (self.decibels and (self.log10 or self.power != 2.0 or self.compression != 10.0)):
+            raise ParameterError(
+                f"FrontEndConfig.decibels must be True or False, and True only for a power spectrum (power=2) "
+                f"without log10 or compression, got decibels={self.decibels!r}, power={self.power!r}, log10={self.log10!r}, "
+                f"compression={self.compression!r}"
+            )
+        if self.pad_mode == "reflect" and self.clip_samples <= self.n_fft // 2:
+            raise ParameterError(f"reflect padding needs clips longer than n_fft/2 = {self.n_fft // 2} samples, got {self.clip_samples}")
         if self.clip_samples < (self.n_frames - 1) * self.hop_length:
             raise ParameterError(f"clip_seconds={self.clip_seconds} is too short for n_frames={self.n_frames}")
 

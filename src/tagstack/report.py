@@ -321,7 +321,7 @@ def model_summary(meta: dict, path: str) -> str:
             + f" (scales {', '.join(meta['scales'])}, layers {meta['layers'] or 'all'})"
         ),
         "front ends: "
-        + "; ".join(f"{fe['sample_rate']} Hz, {fe['n_mels']} mels" for fe in _frontends(meta))
+        + "; ".join(f"{fe['sample_rate']} Hz, {fe['n_mels']} mels{' in dB' if fe.get('decibels') else ''}" for fe in _frontends(meta))
         + f"; windows of {meta['frontend']['clip_seconds']} s",
     ]
     if isinstance(info.get("source"), dict):
@@ -414,8 +414,9 @@ def backbone_card(name: str, model) -> str:
         "",
         "## Exactness",
         "",
-        "`tests/test_pretrained.py` checks this port against outputs of the original framework on the same inputs "
-        "(`bench/reference_pretrained.py`, run once with TensorFlow / Keras; fixtures in `tests/fixtures/pretrained/`).",
+        "`tests/test_pretrained.py` checks this port against outputs of the original code on the same inputs "
+        f"({info.get('reference', '`bench/reference_pretrained.py`, run once with TensorFlow / Keras')}; fixtures in "
+        "`tests/fixtures/pretrained/`).",
         "",
     ]
     return "\n".join(lines)

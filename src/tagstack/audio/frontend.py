@@ -5,13 +5,16 @@ Parameters (Sec. III-B): 22,050 Hz, 1,024-sample Hann window, 512-sample hop,
 default), magnitude (not power) spectrum, compressed as ``log(1 + 10 |A|)``.
 The pretrained backbones read others through the same code
 (:class:`~tagstack.config.FrontEndConfig`: musicnn's 16 kHz, 512/256, 96
-bands of the power spectrum, ``log10(1 + 10**4 mel)``).
+bands of the power spectrum, ``log10(1 + 10**4 mel)``; Won et al.'s
+torchaudio front end, 96 HTK bands up to 8 kHz of the power spectrum in
+decibels, ``10 log10(max(mel, 1e-10))``, edges padded by reflection).
 
 Frame alignment
 ---------------
 Frames are centred (``center=True``): the signal is zero-padded by ``n_fft/2``
-samples on both sides, so frame ``t`` is centred on sample ``t * hop``, exactly
-as ``librosa.stft`` does by default. A 29.1 s clip (641,655 samples) gives
+samples on both sides (or reflected, ``pad_mode="reflect"``, as
+``torch.stft`` does by default), so frame ``t`` is centred on sample
+``t * hop``, exactly as ``librosa.stft`` does by default. A 29.1 s clip (641,655 samples) gives
 1 + 641,655 // 512 = 1,254 centred frames; the first 1,250 are kept (frames
 centred on 0 s to 29.04 s). Shorter audio is zero-padded at the end to 29.1 s
 before the transform, longer audio is cut (see :func:`fit_clip`).
@@ -58,6 +61,8 @@ def mel_filterbank(
     f_max = sample_rate / 2 if f_max is None else f_max
     if not 0 <= f_min < f_max <= sample_rate / 2:
         raise ParameterError(f"need 0 <= f_min < f_max <= {sample_rate / 2}, got {f_min}, {f_max}")
+    if scale not in ("slaney", "htk"):
+        raise ParameterError(f"mel scale must be 'slaney' or 'htk', got {scale!r}")
     bins = np.linspace(0.0, sample_rate / 2, n_fft // 2 + 1)
     if scale == "htk":
         to_mel, to_hz = (lambda f: 2595.0 * np.log10(1.0 + f / 700.0)), (lambda m: 700.0 * (10.0 ** (m / 2595.0) - 1.0))
@@ -82,7 +87,7 @@ def fit_clip(y: np.ndarray, n_samples: int) -> np.ndarray:
 
 
 class LogMel(nn.Module):
-    """Waveform ``(..., samples)`` -> compressed log-mel ``(..., n_mels, frames)``.
+    """Waveform ``(..., samples)`` -> compressed log-mel (or decibel) ``(..., n_mels, frames)``.
 
     The Hann window and mel filterbank are buffers, so ``.to(device)`` moves
     them and batches run on the GPU when the module is there.
@@ -131,6 +136,8 @@ class LogMel(nn.Module):
         half = c.n_fft // 2
         # Centred frames, as torch.stft(center=True) and librosa.stft frame them (zeros, or a reflection of the edges).
         if c.pad_mode == "reflect":
+            if y.shape[-1] <= half:
+                raise ParameterError(f"reflect padding needs more than n_fft/2 = {half} samples, got {y.shape[-1]}")
             padded = nn.functional.pad(y.unsqueeze(-2), (half, half), mode="reflect").squeeze(-2)
         else:
             padded = nn.functional.pad(y, (half, half))

@@ -65,10 +65,9 @@ class Won2dArch:
     blocks: tuple[tuple[int, int, int], ...] = ((64, 2, 4), (128, 2, 4), (128, 2, 4), (128, 3, 5), (64, 4, 4))
 
     def __post_init__(self) -> None:
-        bands = self.n_mels
-        for _, f_pool, _ in self.blocks[:-1]:
-            bands //= f_pool
-        if not self.blocks or bands < 1:
+        if not self.blocks or not all(len(b) == 3 and all(isinstance(v, int) and v > 0 for v in b) for b in self.blocks):
+            raise ParameterError(f"each block needs three positive ints (filters, frequency pool, time pool), got {self.blocks}")
+        if math.prod(f for _, f, _ in self.blocks[:-1]) > self.n_mels:
             raise ParameterError(f"the blocks' frequency pools leave no band of {self.n_mels}: {self.blocks}")
 
     def to_dict(self) -> dict:
@@ -84,6 +83,9 @@ class Won2dArch:
 #: The two published architectures, by the name of their folder in Won et al.'s repository.
 FCN = Won2dArch()
 CRNN = Won2dArch(blocks=((64, 2, 2), (128, 3, 3), (128, 4, 4), (128, 4, 4)))
+#: The segment each is read on (frames): 6 s for the FCN, whose fifth block needs 320 frames (3 s leave it none), 3 s for
+#: the CRNN.
+SEGMENT_FRAMES = {"fcn": 376, "crnn": 188}
 
 
 class Won2d(nn.Module):
@@ -96,6 +98,8 @@ class Won2d(nn.Module):
         super().__init__()
         self.arch = arch or Won2dArch()
         self.frontend = own_frontend(WON_FRONTEND, frontend, what="Won et al.'s CNNs")
+        if self.arch.n_mels != self.frontend.n_mels:
+            raise ParameterError(f"this CNN reads {self.arch.n_mels} mel bands, its front end gives {self.frontend.n_mels}")
         self.input_bn = nn.BatchNorm2d(1, eps=EPS)
         self.convs, self.bns = nn.ModuleList(), nn.ModuleList()
         c_in = 1
