@@ -223,7 +223,7 @@ def main() -> None:
     save_model(model, a.dest / f"{name}.safetensors", half=not pretrained)  # converted weights stay as their authors' float32
     card = a.dest / f"{name}.md"
     docs = Path(__file__).resolve().parents[1] / "docs"
-    transfer = docs / "pretrained" / "transfer" / "results.md" if pretrained else docs / "transfer" / "results.md"
+    tables = sorted((docs / "pretrained").glob("transfer*/results.md")) if pretrained else [docs / "transfer" / "results.md"]
     atomic_write_text(
         card,
         model_card(
@@ -232,7 +232,7 @@ def main() -> None:
             command=command,
             config=cfg,
             metrics=metrics,
-            transfer_md=transfer.read_text() if transfer.exists() else "",
+            transfer_md="\n\n".join(t.read_text() for t in tables if t.exists()),
             transfer_doc="docs/pretrained/README.md" if pretrained else "docs/transfer/README.md",
         ),
     )

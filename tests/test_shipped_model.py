@@ -61,7 +61,7 @@ def test_tag_a_real_dataset_clip(shared_data):
     assert abs(r.seconds - 29.27) < 0.15 and np.all((r.probs >= 0) & (r.probs <= 1))
 
 
-@pytest.mark.parametrize("name", ["pretrained", "pretrained-large", "real", "real-4q", "corpus"])
+@pytest.mark.parametrize("name", ["pretrained", "pretrained-large", "pretrained-xl", "real", "real-4q", "corpus"])
 def test_each_shipped_model_loads_by_name_with_its_card(name, capsys):
     from tagstack.models.zoo import zoo_path
 

@@ -18,6 +18,7 @@ PRETRAINED_DIR = Path(__file__).resolve().parents[1] / "pretrained"
 ZOO = {
     "pretrained": "musicnn MTT's every layer aggregated over 3 s segments, a global MLP trained here on real tags",
     "pretrained-large": "musicnn MTT and MSD aggregated together, a global MLP on real tags: more accurate, three quarters of the speed",
+    "pretrained-xl": "musicnn MTT and MSD with Won et al.'s MSD FCN and CRNN, a global MLP on real tags: the most accurate, slowest",
     "real": "the paper's five CNNs trained here on real recordings (4Q moods, genres, quadrants; musicnn MTT tags as a teacher)",
     "real-4q": "the paper's five CNNs trained here on 4Q's human tags alone (a baseline)",
     "corpus": "the paper's five CNNs trained on the score-rendered default corpus (an example, not for recordings)",
