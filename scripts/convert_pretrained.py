@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tagstack.audio.frontend import mel_filterbank
 from tagstack.fileio import atomic_write_text
 from tagstack.models.backbones.artist import ArtistCNN
 from tagstack.models.backbones.musicnn import MUSICNN_FRONTEND, Musicnn
@@ -431,8 +432,6 @@ def convert_won(repo: Path, which: str) -> TaggingModel:
     arch = {"fcn": FCN, "crnn": CRNN}[which]
     net = Won2d(arch)
     # Their front end's filterbank is stored with the weights: it must be the one tagstack computes.
-    from tagstack.audio.frontend import mel_filterbank
-
     fe = net.frontend
     fb = mel_filterbank(sample_rate=fe.sample_rate, n_fft=fe.n_fft, n_mels=fe.n_mels, f_max=fe.f_max, scale=fe.mel_scale)
     if not np.allclose(fb.T, state["spec.mel_scale.fb"].numpy(), atol=1e-4):
