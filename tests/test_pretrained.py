@@ -11,7 +11,9 @@ recordings of ``../shared`` through tagstack's own decoder and front end
 
 from __future__ import annotations
 
+import logging
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -270,7 +272,7 @@ def test_backbones_mix_with_the_papers_cnns_in_one_model(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_global_model_on_pretrained_backbones_runs_every_stage(tmp_path, synth_dir):
+def test_a_global_model_on_pretrained_backbones_runs_every_stage(tmp_path, synth_dir, caplog, monkeypatch):
     """`tagstack run --local-from musicnn-mtt,artist --scales ...`: stage 2 reads each backbone's own front end (one mel cache
     each, none for the paper's front end), stage 3 trains a global MLP, and the model file tags new audio the same way."""
     from synth import TEST_FRONTEND
@@ -291,8 +293,12 @@ def test_a_global_model_on_pretrained_backbones_runs_every_stage(tmp_path, synth
         n_boot=10,
     )
     exp = Experiment(cfg, tmp_path / "run")
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    caplog.set_level(logging.INFO, logger="tagstack")
     metrics = exp.run()
     assert metrics["local"] == {}  # musicnn's own outputs are other tags
+    progress = [r.getMessage() for r in caplog.records if r.name == "tagstack.progress"]
+    assert any(re.match(r"stage 2: (\d+)/\1 batch \(100%\)", line) for line in progress)  # a log shows stage 2 end to end
     caches = {p.name.split("-fe")[1][:12] for p in (tmp_path / "cache").iterdir()}
     musicnn = network("musicnn-mtt", "musicnn-mtt").frontend.over_window(TEST_FRONTEND.clip_seconds)
     assert caches == {musicnn.key(), TEST_FRONTEND.key()}  # musicnn's, and the paper's that the artist CNN reads

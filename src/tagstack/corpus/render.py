@@ -55,7 +55,6 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import soxr
-from tqdm.auto import tqdm
 
 from ..datasets.base import ClipSet, stratified_split
 from ..datasets.corpus import corpus_clips
@@ -64,6 +63,7 @@ from .performance import drum_hits, humanise, parse_performance
 from .production import check_support, parse_effects, produce
 from ..errors import DatasetError, ParameterError
 from ..fileio import atomic_write, atomic_write_json, atomic_write_text
+from ..progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -581,7 +581,7 @@ def build_corpus(
     args.sort(key=lambda a: a[0].style in ("string-quartet", "romantic", "madrigal"), reverse=True)
     results: dict[str, list[dict]] = {}
     failures = []
-    bar = tqdm(total=sum(k for _, k in jobs), desc=f"render corpus ({size})", unit="clip")
+    bar = progress(total=sum(k for _, k in jobs), desc=f"render corpus ({size})", unit="clip")
     if workers > 1:
         ctx = mp.get_context("fork" if os.name == "posix" else "spawn")
         with ctx.Pool(workers) as pool:

@@ -37,13 +37,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..audio.frontend import ClipMel
 from ..audio.io import duration_seconds, load
 from ..config import FrontEndConfig
 from .base import ClipSet
 from ..errors import AudioError, ParameterError
+from ..progress import progress
 from ..runtime import die_with_parent, usable_cpus
 from ..fileio import atomic_write_json, remove_leftovers
 
@@ -207,7 +207,7 @@ class MelCache:
             pending.clear()
             frames_done.clear()
 
-        bar = tqdm(total=len(todo), desc=f"mel cache {self.clips.name}", unit="clip", disable=not todo)
+        bar = progress(total=len(todo), desc=f"mel cache {self.clips.name}", unit="clip", hide=not todo)
         try:
             if engine == "ray" and jobs:
                 pool = _ray_pool(ray_address, workers if workers else None)

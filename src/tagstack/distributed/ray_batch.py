@@ -26,7 +26,6 @@ import json
 import logging
 import math
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Iterable
@@ -37,6 +36,7 @@ from ..checks import BATCH_FILES, WORKERS, check_taggram_hop
 from ..errors import AudioError, ParameterError, TagstackError
 from ..fileio import TEMP_PREFIX, atomic_write, remove_leftovers, shown
 from ..inference.outputs import check_destination, unique_stems
+from ..progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -378,18 +378,11 @@ def run_on_ray(
             taggram_dir=str(taggram_dir) if taggram_dir is not None else None,
         ),
     )
-    started, last = time.time(), 0.0
     try:
-        for row in ds.iter_rows():
+        for row in progress(ds.iter_rows(), total=len(todo), desc="Ray", unit="file"):
             report.done += not row["reason"]
             if row["reason"]:
                 report.failed.append((row["path"], row["reason"]))
-            now = time.time()
-            count = report.done + len(report.failed)
-            if now - last > 5 or count == len(todo):
-                rate = count / max(now - started, 1e-9)
-                log.info("%d/%d files, %.1f files/s, ETA %.0f s", count, len(todo), rate, (len(todo) - count) / max(rate, 1e-9))
-                last = now
     except Exception as e:
         own = _worker_error(e)
         if own is None:

@@ -49,6 +49,7 @@ from ..models.local import build_local_cnn
 from ..models.tagging_model import Branch, TaggingModel
 from ..models.zoo import resolve_model
 from ..provenance import data_digest, differences, weights_digest
+from ..progress import progress
 from ..runtime import barrier, choose_device, distributed
 from ..train.evaluation import binary_targets, bootstrap_ci, evaluate, scorable_tags
 from ..train.stages import finetune_joint, model_clip_probs, train_global, train_local
@@ -492,13 +493,11 @@ class Experiment:
 def _extract(
     model: TaggingModel, mels: list[np.ndarray], rows: np.ndarray, frames: list[np.ndarray], device: torch.device, batch: int = 8
 ) -> tuple[np.ndarray, dict]:
-    from tqdm.auto import tqdm
-
     width = model.layout[-1].stop
     feats = [np.zeros((0, width), np.float32)]
     probs = {s: [np.zeros((0, model.network_of(s).n_outputs), np.float32)] for s in model.local_scales}
     with torch.inference_mode():
-        for i in tqdm(range(0, len(rows), batch), desc="stage 2", unit="batch", disable=None):
+        for i in progress(range(0, len(rows), batch), desc="stage 2", unit="batch"):
             sel = rows[i : i + batch]
             x = [torch.from_numpy(np.asarray(m[sel], dtype=np.float32)).to(device) for m in mels]
             f, p = model.features_and_local_probs(x, [torch.from_numpy(fr[sel]).to(device) for fr in frames])

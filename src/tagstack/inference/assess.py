@@ -15,10 +15,10 @@ import re
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from ..datasets import load_dataset
 from ..errors import ParameterError, TagstackError
+from ..progress import progress
 from ..train.evaluation import binary_targets, bootstrap_ci, tagging_metrics
 from ..models.tagging_model import require_tagger
 from .tagger import Tagger
@@ -104,7 +104,7 @@ def evaluate_model(
     files = [clips.audio_path(i) for i in rows]
     probs, kept, skipped = [], [], []
     results = tagger.predict_many(files)
-    for i, f, r in zip(rows, files, tqdm(results, total=len(files), desc="evaluate", unit="clip", disable=None)):
+    for i, f, r in progress(zip(rows, files, results), total=len(files), desc="evaluate", unit="clip"):
         if isinstance(r, TagstackError):
             skipped.append([str(f), str(r)])
             continue

@@ -21,12 +21,12 @@ from typing import IO
 from collections.abc import Iterable
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from ..audio.io import find_audio, looks_like_audio
 from ..checks import DEFAULT_TOP_K, check_selection, check_taggram_hop
 from ..errors import ParameterError, TagstackError
 from ..fileio import atomic_write, remove_leftovers_of, shown
+from ..progress import progress
 from ..report import write_taggram
 from ..models.tagging_model import require_tagger
 from .tagger import Tagger
@@ -215,7 +215,7 @@ def tag_files(
     report = BatchReport()
     stems, names = unique_stems(files), _names(files)
     results = tagger.predict_many(files, taggram=taggram_dir is not None, hop=hop)
-    for f, stem, r in zip(names, stems, tqdm(results, total=len(files), desc="tag", unit="file", disable=len(files) < 2 or None)):
+    for f, stem, r in progress(zip(names, stems, results), total=len(files), desc="tag", unit="file", hide=len(files) < 2):
         if isinstance(r, TagstackError):
             _skip(report, f, r)
             continue
@@ -306,7 +306,7 @@ def embed_files(
     names, vectors = [], []
     report = BatchReport()
     results = tagger.predict_many(files, embed_only=True)
-    for f, r in zip(_names(files), tqdm(results, total=len(files), desc="embed", unit="file", disable=len(files) < 2 or None)):
+    for f, r in progress(zip(_names(files), results), total=len(files), desc="embed", unit="file", hide=len(files) < 2):
         if isinstance(r, TagstackError):
             _skip(report, f, r)
             continue

@@ -28,11 +28,11 @@ from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..config import TrainConfig
 from ..errors import TagstackError
 from ..fileio import atomic_write, atomic_write_json
+from ..progress import progress
 from ..provenance import differences, plain
 from ..runtime import barrier, distributed
 
@@ -168,13 +168,8 @@ def fit(
         torch.manual_seed(config.seed + state.epoch)
         model.train()
         total, count = 0.0, 0
-        bar = tqdm(
-            train_batches(state.epoch),
-            total=n_batches,
-            desc=f"[{desc}] epoch {state.epoch + 1}",
-            leave=False,
-            unit="batch",
-            disable=None if rank == 0 else True,
+        bar = progress(
+            train_batches(state.epoch), total=n_batches, desc=f"[{desc}] epoch {state.epoch + 1}", unit="batch", leave=False, hide=rank != 0
         )
         for b, (x, y) in enumerate(bar):
             xs = x if isinstance(x, tuple) else (x,)  # the model's inputs: frames, and for whole clips their audio frames
