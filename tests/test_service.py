@@ -355,13 +355,13 @@ def uploads_in(tmp: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def strict_server(model_file, tmp_path_factory):
-    """A server with short limits: 2 s without a byte, 50 kB/s at least, 2 uploads at once."""
+    """A server with short limits: 2 s without a byte, 50 kB/s at least, 2 uploads at once, 2 s for a request's headers."""
     tmp = tmp_path_factory.mktemp("strict-tmp")
     port = free_port()
     proc = start_server(
         str(model_file),
         port,
-        ["--device", "cpu", "--upload-timeout", "2", "--min-upload-kbps", "50", "--max-uploads", "2"],
+        ["--device", "cpu", "--upload-timeout", "2", "--min-upload-kbps", "50", "--max-uploads", "2", "--header-timeout", "2"],
         env={**os.environ, "TMPDIR": str(tmp)},
     )
     yield f"127.0.0.1:{port}", proc, tmp
@@ -391,6 +391,50 @@ def test_a_trickling_upload_is_cut_off_at_the_minimum_rate(strict_server):
     status, body, _ = answer(sock)
     assert status == 408 and "the upload is too slow" in body["error"] and "50 kB/s (--min-upload-kbps)" in body["error"]
     assert uploads_in(strict_server[2]) == []
+
+
+def test_a_client_trickling_its_headers_is_cut_off_and_others_are_served(strict_server):
+    """Slowloris: a header line every 0.5 s never completes the request; uvicorn alone would hold it for ever.
+
+    Cut off with a 408 about 2 s after the connection opened (--header-timeout 2); a kept-alive connection's second
+    request gets its own 2 s from its first byte; a connection that sends nothing is closed quietly; the service
+    answers everyone else meanwhile."""
+    host, port = strict_server[0].split(":")
+
+    def trickle(sock: socket.socket, first: bytes) -> float:
+        started = time.monotonic()
+        try:
+            sock.sendall(first)
+            for i in range(40):  # 20 s of headers unless the server cuts it off
+                time.sleep(0.5)
+                sock.sendall(f"X-Slow-{i}: a\r\n".encode())
+        except OSError:  # closed by the server
+            pass
+        return started
+
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    started = trickle(sock, f"GET /api/health HTTP/1.1\r\nHost: {host}\r\n".encode())
+    status, body, ended = answer(sock)
+    assert status == 408 and body == {"error": "the request's headers did not arrive within 2 s (--header-timeout)"}
+    assert 1.5 < ended - started < 8
+    assert request(strict_server, "GET", "/api/health")[0] == 200
+
+    kept = socket.create_connection((host, int(port)), timeout=30)
+    kept.sendall(f"GET /api/health HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    first = b""
+    while not first.endswith(b"}"):  # the head, then a JSON body (the connection stays open)
+        first += kept.recv(65536)
+    assert first.startswith(b"HTTP/1.1 200") and b'"status":"ok"' in first
+    time.sleep(1.0)  # idle between requests: uvicorn's keep-alive time (5 s), not this deadline
+    started = trickle(kept, f"GET /api/health HTTP/1.1\r\nHost: {host}\r\n".encode())
+    status, body, ended = answer(kept)
+    assert status == 408 and "--header-timeout" in body["error"] and 1.5 < ended - started < 8
+
+    silent = socket.create_connection((host, int(port)), timeout=30)
+    opened = time.monotonic()
+    assert silent.recv(65536) == b""  # closed without a word
+    assert 1.5 < time.monotonic() - opened < 8
+    silent.close()
 
 
 def test_uploads_beyond_the_limit_get_a_503_at_once(strict_server, song):

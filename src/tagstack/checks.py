@@ -78,6 +78,7 @@ CONCURRENCY = Range("concurrency", 0, 4096, integer=True)
 MAX_UPLOADS = Range("max_uploads", 1, 100_000, integer=True)
 UPLOAD_TIMEOUT = Range("upload_timeout", 0.0, 3600.0, above=True, unit="seconds")
 MIN_UPLOAD_RATE = Range("min_upload_kbps", 0.0, 1_000_000.0, unit="kB/s")
+HEADER_TIMEOUT = Range("header_timeout", 0.0, 3600.0, above=True, unit="seconds")
 SHUTDOWN_TIMEOUT = Range("shutdown_timeout", 0.0, 3600.0, unit="seconds")
 
 # ------------------------------------------------------------ training

@@ -459,6 +459,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
             max_uploads=a.max_uploads,
             upload_timeout=a.upload_timeout,
             min_upload_kbps=a.min_upload_kbps,
+            header_timeout=a.header_timeout,
             shutdown_timeout=a.shutdown_timeout,
         ),
     )
@@ -691,6 +692,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=limits.min_upload_kbps,
         help=f"slowest average upload rate in kB/s, checked after the first --upload-timeout seconds; 0 for none "
         f"(default: {limits.min_upload_kbps:g})",
+    )
+    v.add_argument(
+        "--header-timeout",
+        type=_number(checks.HEADER_TIMEOUT),
+        default=limits.header_timeout,
+        help="seconds a client may take over a request's line and headers, from its first byte (a new connection: "
+        f"from when it opens); cut off with a 408 (default: {limits.header_timeout:g})",
     )
     v.add_argument(
         "--shutdown-timeout",

@@ -48,7 +48,7 @@ from ..inference.tagger import Result, Tagger
 from ..models.file import read_metadata
 from ..models.tagging_model import require_tagger
 from ..runtime import usable_cpus
-from .limits import Problem, RequestGuard, ServiceLimits
+from .limits import Problem, RequestGuard, ServiceLimits, header_deadline
 from .uploads import UploadFolder
 
 log = logging.getLogger(__name__)
@@ -148,6 +148,7 @@ class Service:
                 "max_seconds": self.limits.max_seconds,
                 "upload_timeout": self.limits.upload_timeout,
                 "min_upload_kbps": self.limits.min_upload_kbps,
+                "header_timeout": self.limits.header_timeout,
             },
         }
 
@@ -405,7 +406,17 @@ def serve(
 
     limits = limits or ServiceLimits()
     app = create_app(model, device=device, limits=limits, upload_dir=upload_dir)
-    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False, timeout_graceful_shutdown=limits.shutdown_timeout)
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol  # httptools' protocol when it is installed, else h11's
+
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        http=header_deadline(AutoHTTPProtocol, limits.header_timeout),
+        log_level="info",
+        access_log=False,
+        timeout_graceful_shutdown=limits.shutdown_timeout,
+    )
 
 
 __all__ = ["Problem", "ServiceLimits", "create_app", "serve"]

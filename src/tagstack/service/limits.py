@@ -6,7 +6,10 @@ stops sending, or trickles, is cut off: ``upload_timeout``,
 ``min_upload_kbps``), how many uploads are held at once (``max_uploads``:
 each is a temporary file and a descriptor) besides how many are analysed at
 once (``concurrency``), and how long a shutdown waits for them
-(``shutdown_timeout``). uvicorn bounds none of the first three by itself.
+(``shutdown_timeout``). uvicorn bounds none of the first three by itself,
+nor the time a client takes over its request line and headers
+(``header_timeout``, held by :func:`header_deadline` in uvicorn's own
+protocol, since no ASGI middleware sees a request before its headers end).
 """
 
 from __future__ import annotations
@@ -18,7 +21,16 @@ import logging
 import time
 from dataclasses import dataclass
 
-from ..checks import CONCURRENCY, MAX_SECONDS, MAX_UPLOAD_MB, MAX_UPLOADS, MIN_UPLOAD_RATE, SHUTDOWN_TIMEOUT, UPLOAD_TIMEOUT
+from ..checks import (
+    CONCURRENCY,
+    HEADER_TIMEOUT,
+    MAX_SECONDS,
+    MAX_UPLOAD_MB,
+    MAX_UPLOADS,
+    MIN_UPLOAD_RATE,
+    SHUTDOWN_TIMEOUT,
+    UPLOAD_TIMEOUT,
+)
 from ..runtime import usable_cpus
 
 log = logging.getLogger(__name__)
@@ -34,6 +46,7 @@ class ServiceLimits:
     max_uploads: int = 32  # requests holding an upload at once (being received, waiting for or in analysis)
     upload_timeout: float = 30.0  # seconds an upload may go without a byte
     min_upload_kbps: float = 16.0  # slower on average than this after the first upload_timeout seconds: cut off; 0: never
+    header_timeout: float = 10.0  # seconds from a request's first byte (a new connection: from its opening) to its headers' end
     shutdown_timeout: float = 30.0  # on SIGTERM, seconds the requests under way get to finish
 
     def __post_init__(self) -> None:
@@ -43,6 +56,7 @@ class ServiceLimits:
         MAX_UPLOADS.check(self.max_uploads)
         UPLOAD_TIMEOUT.check(self.upload_timeout)
         MIN_UPLOAD_RATE.check(self.min_upload_kbps)
+        HEADER_TIMEOUT.check(self.header_timeout)
         SHUTDOWN_TIMEOUT.check(self.shutdown_timeout)
 
     @property
@@ -191,4 +205,73 @@ class RequestGuard:
         return f"upload larger than this service's limit of {self.limits.max_upload_mb:g} MB (--max-upload-mb)"
 
 
-__all__ = ["Problem", "RequestGuard", "ServiceLimits", "send_problem"]
+def header_deadline(base: type[asyncio.Protocol], seconds: float) -> type[asyncio.Protocol]:
+    """uvicorn's HTTP protocol class ``base`` with a deadline of ``seconds`` on every request's line and headers.
+
+    uvicorn bounds nothing before a request's headers end: its keep-alive
+    timer is reset by every byte, so a client that sends its headers a byte
+    at a time (slowloris) holds a connection for ever, and a few hundred such
+    clients every descriptor the server has. Here a new connection must
+    complete its first request's headers within ``seconds`` of opening, and
+    on a kept-alive connection each later request within ``seconds`` of its
+    first byte (the idle time between requests stays uvicorn's
+    ``timeout_keep_alive``). A client cut off mid-headers gets a 408 and one
+    JSON line; one that sent nothing is closed quietly. Reads uvicorn's
+    protocol attributes ``loop``, ``transport``, ``cycle`` (the request under
+    way) and ``client``, common to its h11 and httptools protocols.
+    """
+    reason = json.dumps({"error": f"the request's headers did not arrive within {seconds:g} s (--header-timeout)"}).encode()
+    timed_out = (
+        b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
+        + f"content-length: {len(reason)}\r\n\r\n".encode()
+        + reason
+    )
+
+    class HeaderDeadline(base):  # type: ignore[misc, valid-type]
+        _deadline: asyncio.TimerHandle | None = None
+        _partial = False  # bytes of the awaited request have arrived
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._deadline = self.loop.call_later(seconds, self._expired)
+
+        def data_received(self, data: bytes) -> None:
+            waiting = self._awaiting_headers()
+            if waiting:
+                self._partial = True
+                if self._deadline is None:  # the first byte of a request on a kept-alive connection
+                    self._deadline = self.loop.call_later(seconds, self._expired)
+            super().data_received(data)
+            if waiting and not self._awaiting_headers():  # its headers are complete: uvicorn has begun the request
+                self._cancel()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._cancel()
+            super().connection_lost(exc)
+
+        def _awaiting_headers(self) -> bool:
+            return self.cycle is None or self.cycle.response_complete
+
+        def _cancel(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+            self._deadline, self._partial = None, False
+
+        def _expired(self) -> None:
+            self._deadline = None
+            if self.transport.is_closing():
+                return
+            if self._partial:
+                log.warning("%s: no complete request headers within %g s (--header-timeout); closed", _peer(self.client), seconds)
+                self.transport.write(timed_out)
+            self.transport.close()
+
+    HeaderDeadline.__name__ = HeaderDeadline.__qualname__ = f"HeaderDeadline{base.__name__}"
+    return HeaderDeadline
+
+
+def _peer(client: tuple[str, int] | None) -> str:
+    return f"{client[0]}:{client[1]}" if client else "a client"
+
+
+__all__ = ["Problem", "RequestGuard", "ServiceLimits", "header_deadline", "send_problem"]
