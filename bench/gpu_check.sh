@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The GPU checks of the Ray path in one run, for a machine with an NVIDIA GPU and PyTorch:
 #   1. tests/test_cuda.py: the CUDA code paths give the CPU's numbers;
-#   2. bench/bench_ray.py on the GPU (FILES generated 30 s MP3s, default 2000): predict_many, then one GPU
+#   2. bench/bench_tagging.py on the GPU with pretrained-xl (200 generated 30 s MP3s): predict_many with files
+#      sharing passes (the default on CUDA) beside one thread per file, and the front end;
+#   3. bench/bench_ray.py on the GPU (FILES generated 30 s MP3s, default 2000): predict_many, then one GPU
 #      worker decoding its own files, then one fed by CPU decode tasks.
-# Exits non-zero if PyTorch sees no GPU or either step fails.
+# Exits non-zero if PyTorch sees no GPU or a step fails.
 #
 #   bash bench/gpu_check.sh OUT_DIR [FILES]
 #
@@ -35,5 +37,6 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/gpu.t
 python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'PyTorch sees no CUDA GPU')" || exit 1
 rc=0
 python3 -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$out/test_cuda.log" || rc=1
+python3 bench/bench_tagging.py --device cuda --model pretrained-xl --clips 200 --skip-hour 2>&1 | tee "$out/bench_tagging.log" || rc=1
 python3 bench/bench_ray.py --files "$files" --workers 1 --device cuda --decode both 2>&1 | tee "$out/bench_ray.log" || rc=1
 exit $rc

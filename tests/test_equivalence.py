@@ -263,7 +263,7 @@ def test_cli_and_api_give_the_same_tags(tmp_path, model_file):
 
 
 def test_batched_files_equal_each_file_alone(tmp_path, model_file):
-    """predict_batch shares network passes across files (a GPU's batches); each file's result is predict's."""
+    """predict_batch, and predict_many as on a GPU, share network passes across files; each file's result is predict's."""
     rng = np.random.default_rng(5)
     clip = TEST_FRONTEND.clip_seconds
     lengths = {"long": 3.4 * clip, "short": 0.4 * clip, "exact": clip, "two": 2.2 * clip}
@@ -293,6 +293,22 @@ def test_batched_files_equal_each_file_alone(tmp_path, model_file):
             np.testing.assert_allclose(r.embedding, ref.embedding, rtol=1e-4, atol=1e-5)
             np.testing.assert_allclose(r.taggram, ref.taggram, atol=1e-5)
             np.testing.assert_array_equal(r.window_starts, ref.window_starts)
+    # predict_many as it runs on CUDA: workers decode whole files, this thread passes 8 windows (the CPU's batch) at a time
+    many = list(tagger.predict_many(files, taggram=True, hop=0.4 * clip, workers=2, batched=True))
+    alone = list(tagger.predict_many(files, taggram=True, hop=0.4 * clip, workers=2, batched=False))
+    for r, ref in zip(many, alone, strict=True):
+        if isinstance(ref, TagstackError):
+            assert isinstance(r, TagstackError) and str(r) == str(ref)
+            continue
+        assert r.path == ref.path and r.seconds == ref.seconds
+        np.testing.assert_allclose(r.probs, ref.probs, atol=1e-5)
+        np.testing.assert_allclose(r.embedding, ref.embedding, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(r.taggram, ref.taggram, atol=1e-5)
+    stopped = tagger.predict_many(files * 4, workers=2, batched=True)
+    assert next(stopped).path == str(files[0])
+    stopped.close()  # a caller that stops early: the decoding threads waiting to hand over windows end too
+    embedded_many = list(tagger.predict_many(files[:2], embed_only=True, batched=True))
+    np.testing.assert_allclose(embedded_many[1].embedding, tagger.embed(files[1]), rtol=1e-4, atol=1e-5)
     embedded = tagger.predict_batch(files[:2], embed_only=True, batch_windows=2)
     assert embedded[0].tags == [] and embedded[0].taggram is None
     np.testing.assert_allclose(embedded[1].embedding, tagger.embed(files[1]), rtol=1e-4, atol=1e-5)

@@ -428,7 +428,15 @@ class Tagger:
             names = [str(s) if not isinstance(s, np.ndarray) else "<array>" for s in sources]
         elif len(names) != len(sources):
             raise ParameterError(f"{len(names)} names for {len(sources)} sources")
-        aggs = self._features([self._windows(s, r, gram_hop, max_seconds) for s, r in zip(sources, rates)], batch_windows)
+        return self._results(
+            [self._windows(s, r, gram_hop, max_seconds) for s, r in zip(sources, rates)], names, gram_hop, embed_only, batch_windows
+        )
+
+    def _results(
+        self, sources: list[Iterator[Window]], names: list[str], gram_hop: int | None, embed_only: bool, batch_windows: int | None = None
+    ) -> list[Result | TagstackError]:
+        """The :class:`Result` (or error) of each source's windows, their windows sharing network passes."""
+        aggs = self._features(sources, batch_windows)
         ok = [k for k, a in enumerate(aggs) if not isinstance(a, TagstackError)]
         tagging = self.model.can_tag and not embed_only  # a model of local networks only can still embed
         own = self.model.head is None
@@ -478,13 +486,20 @@ class Tagger:
         hop: float | None = None,
         workers: int | None = None,
         embed_only: bool = False,
+        batched: bool | None = None,
     ) -> Iterator[Result | TagstackError]:
-        """Tag many files on all cores: each worker thread decodes and runs one file at a time.
+        """Tag many files on all cores: worker threads decode, and run the networks one file each or in shared passes.
 
         Yields, in input order, a :class:`Result` or the :class:`TagstackError`
-        that made a file unusable (the others go on). Torch ops run single
-        threaded meanwhile, so decoding and the networks of different files
-        fill the cores instead of contending inside each op.
+        that made a file unusable (the others go on). On a CPU each worker
+        thread decodes and runs one file at a time, torch ops single threaded
+        meanwhile, so decoding and the networks of different files fill the
+        cores instead of contending inside each op. ``batched`` (the default
+        on CUDA) has the workers only decode, while this thread passes the
+        windows of consecutive files through the networks together
+        (:meth:`predict_batch`'s 64 per pass on CUDA): one stream of full
+        batches fills a GPU, where a pass per thread and file would leave it
+        half idle and hold one batch of activations per thread in its memory.
 
         Parameters
         ----------
@@ -498,6 +513,8 @@ class Tagger:
             Worker threads (default: torch's number of threads).
         embed_only : bool
             Compute the embeddings only (works for models without a classifier).
+        batched : bool, optional
+            Share network passes between files, the workers only decoding (default: on CUDA).
 
         Yields
         ------
@@ -509,6 +526,9 @@ class Tagger:
 
         threads = torch.get_num_threads()
         workers = workers or threads
+        if self.device.type == "cuda" if batched is None else batched:
+            yield from self._many_batched(paths, taggram=taggram, hop=hop, workers=workers, embed_only=embed_only)
+            return
 
         def one(path) -> Result | TagstackError:
             try:
@@ -529,6 +549,68 @@ class Tagger:
                     yield result
         finally:
             torch.set_num_threads(threads)
+
+    def _many_batched(
+        self, paths: Iterable[str | Path], *, taggram: bool, hop: float | None, workers: int, embed_only: bool
+    ) -> Iterator[Result | TagstackError]:
+        """:meth:`predict_many` with shared passes: ``workers`` threads decode and cut files (at most ``workers + 1``
+        ahead, each at most one pass of windows ahead of the networks, so memory stays bounded however long the
+        files), and this thread runs the windows of up to a pass's worth of consecutive files together."""
+        import queue as queues
+        import threading
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        gram_hop = self._gram_hop(hop) if taggram and not embed_only else None
+        size = self._batch_windows(None)
+        stop = threading.Event()
+        end = object()
+
+        def put(box: queues.Queue, item) -> bool:
+            while not stop.is_set():
+                try:
+                    box.put(item, timeout=0.1)
+                    return True
+                except queues.Full:
+                    pass
+            return False
+
+        def cut(path, box: queues.Queue) -> None:
+            """In a worker thread: the file's windows, or the error that ends them, then ``end``."""
+            try:
+                for win in self._windows(as_source(path), None, gram_hop):
+                    if not put(box, win):
+                        return
+            except Exception as e:  # a bad file (TagstackError) or a bug: raised where this thread reads the file
+                put(box, e)
+            put(box, end)
+
+        def replay(box: queues.Queue) -> Iterator[Window]:
+            while (item := box.get()) is not end:
+                if isinstance(item, Exception):
+                    raise item  # in _features, where a TagstackError takes its source's place
+                yield item
+
+        def submit(path) -> tuple[str, queues.Queue]:
+            box: queues.Queue = queues.Queue(maxsize=size)
+            pool.submit(cut, path, box)
+            try:
+                source = as_source(path)
+            except TagstackError:  # the worker reports it as this file's result
+                return str(path), box
+            return ("<array>" if isinstance(source, np.ndarray) else str(source)), box
+
+        pool = ThreadPoolExecutor(max_workers=workers)
+        try:
+            it = iter(paths)
+            ahead = deque(submit(p) for p in itertools.islice(it, workers + 1))
+            while ahead:
+                chunk = [ahead.popleft() for _ in range(min(size, len(ahead)))]
+                ahead.extend(submit(p) for p in itertools.islice(it, len(chunk)))
+                yield from self._results([replay(box) for _, box in chunk], [n for n, _ in chunk], gram_hop, embed_only)
+        finally:  # also when the caller stops early: workers waiting to hand over windows give up
+            stop.set()
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def tag(
         self,
