@@ -316,6 +316,35 @@ def test_batched_files_equal_each_file_alone(tmp_path, model_file):
         tagger.predict_batch(files, batch_windows=0)
 
 
+def test_predict_many_keeps_every_input_in_its_place_and_never_holds_the_process(tmp_path, model_file):
+    """Either way of predict_many: a result (or error) for every input, even None, in order; a bad hop is one error;
+    a script that leaves a batched generator unfinished (a loop that breaks or raises) still exits."""
+    import subprocess
+    import sys
+
+    clip = TEST_FRONTEND.clip_seconds
+    rng = np.random.default_rng(6)
+    files = []
+    for k in range(3):
+        files.append(tmp_path / f"long{k}.wav")
+        sf.write(files[-1], render({"low", "pulse"}, 12 * clip, rng), SR)  # 12 windows: more than a CPU pass of 8
+    tagger = Tagger(model_file, device="cpu")
+    for batched in (False, True):
+        got = list(tagger.predict_many([files[0], None, files[1]], workers=2, batched=batched))
+        assert [type(r).__name__ for r in got] == ["Result", "ParameterError", "Result"]
+        assert [got[0].path, got[2].path] == [str(files[0]), str(files[1])]
+        with pytest.raises(ParameterError, match="hop"):
+            next(tagger.predict_many(files, taggram=True, hop=-1.0, batched=batched))
+    script = (
+        "import sys; from tagstack import Tagger\n"
+        f"gen = Tagger({str(model_file)!r}, device='cpu').predict_many(sys.argv[1:] * 3, workers=2, batched=True)\n"
+        "for r in gen:\n    break\n"
+        "print('left', r.path)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, *map(str, files)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout == f"left {files[0]}\n"
+
+
 def test_evaluate_scores_a_model_on_a_labelled_split(tmp_path, model_file, synth_dir, capsys):
     """`tagstack evaluate`: the test clips tagged as `tag` does, scored against scikit-learn on the shared tags."""
     from sklearn.metrics import roc_auc_score

@@ -1,6 +1,9 @@
 """Long work shows progress where it runs: log lines when stderr is not a terminal (nohup, a scheduler, a CI log)."""
 
 import logging
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -65,3 +68,44 @@ def test_tagging_several_files_from_a_script_reports_progress_on_stderr(model_fi
     out, err = capsys.readouterr()
     assert len(out.strip().splitlines()) == 3 and "file/s" not in out
     assert "tag: 0/3 file (0%)" in err and "tag: 3/3 file (100%)" in err
+
+
+def _tag_command(model_file, synth_dir, out) -> list[str]:
+    files = sorted(synth_dir.glob("clip0[0-1]*.wav"))[:12]
+    return [
+        sys.executable,
+        "-m",
+        "tagstack",
+        "tag",
+        *map(str, files),
+        "--model",
+        str(model_file),
+        "--device",
+        "cpu",
+        "--format",
+        "jsonl",
+        "-o",
+        str(out),
+    ]
+
+
+def test_a_job_whose_log_reader_went_away_or_without_stderr_still_finishes(model_file, synth_dir, tmp_path):
+    """`tagstack tag ... 2>&1 | head -1` and `2>&-`: the progress lines have nowhere to go; the tags are written all the same."""
+    env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}
+    proc = subprocess.Popen(_tag_command(model_file, synth_dir, tmp_path / "a.jsonl"), stderr=subprocess.PIPE, env=env)
+    assert proc.stderr.readline().startswith(b"tag: 0/12 file")
+    proc.stderr.close()  # the reader goes away
+    assert proc.wait(timeout=300) == 0
+    assert len((tmp_path / "a.jsonl").read_text().splitlines()) == 12
+    done = subprocess.run(_tag_command(model_file, synth_dir, tmp_path / "b.jsonl"), stderr=subprocess.DEVNULL, env=env, timeout=300)
+    assert done.returncode == 0
+    closed = subprocess.run(
+        _tag_command(model_file, synth_dir, tmp_path / "c.jsonl"),
+        stderr=subprocess.DEVNULL,
+        env=env,
+        timeout=300,
+        close_fds=True,
+        preexec_fn=lambda: os.close(2),  # started with stderr closed: sys.stderr is None
+    )
+    assert closed.returncode == 0 and closed.stdout is None
+    assert (tmp_path / "b.jsonl").read_text().count("\n") == (tmp_path / "c.jsonl").read_text().count("\n") == 12

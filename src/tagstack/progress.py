@@ -5,9 +5,12 @@ tqdm's bar is made for a terminal. Written to a file it is either hidden
 jobs run under ``nohup``, a scheduler, Ray or a service's log are exactly
 where hours of work most need a visible pulse. Off a terminal the same tqdm
 object (its counting, rate and ETA) therefore writes plain lines such as
-``stage 2: 120/500 batch (24%), 3.10 batch/s, 02:03 left`` to the
-``tagstack.progress`` logger, at most every ``LOG_EVERY_S`` seconds, plus
-one when the work starts and one when it ends. The CLI shows that logger on
+``stage 2: 120/500 batch (24%), 3.10batch/s, 00:39 elapsed, 02:03 left`` to
+the ``tagstack.progress`` logger: one when the work starts, then at the
+first step after every ``LOG_EVERY_S`` seconds, and one when it ends (a
+step that takes longer than that shows when it ends). The rate is the
+average since the start, not tqdm's smoothed one, which a line every half
+minute would sample too rarely. The CLI shows that logger on
 stderr; a Python caller sees it once it configures ``logging``.
 """
 
@@ -65,7 +68,7 @@ def progress(
     """
     if hide or os.environ.get("TQDM_DISABLE", "").lower() not in ("", "0", "false", "no"):  # tqdm's own switch, read now
         return _plain_tqdm(iterable, total=total, disable=True)
-    if sys.stderr.isatty() or _NOTEBOOK:
+    if (sys.stderr is not None and sys.stderr.isatty()) or _NOTEBOOK:  # None: started with stderr closed
         return _auto_tqdm(iterable, total=total, desc=desc, unit=unit, leave=leave, disable=False)
     if total is None and iterable is not None and hasattr(iterable, "__len__"):
         total = len(iterable)
@@ -78,6 +81,8 @@ def progress(
         disable=False,
         mininterval=every,
         maxinterval=every,
+        miniters=1,  # look at the clock on every step: tqdm's adaptive skipping would delay lines past `every`
+        smoothing=0,  # the average rate since the start
         leave=leave,
         delay=0 if leave else every,  # a step of a larger job that logs its own lines: only a slow one reports
         ascii=True,

@@ -472,7 +472,14 @@ class _TqdmHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         from tqdm.auto import tqdm
 
-        tqdm.write(self.format(record), file=sys.stderr)
+        if sys.stderr is None:  # started with stderr closed: tqdm.write would fall back to stdout, the results
+            return
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except (BrokenPipeError, ValueError):  # whoever read stderr went away (a pipe, a closed file): the job goes on
+            pass
+        except Exception:
+            self.handleError(record)
 
 
 def _log_to_terminal() -> None:

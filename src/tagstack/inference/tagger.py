@@ -172,6 +172,11 @@ def as_source(source: Source) -> str | np.ndarray:
     raise ParameterError(f"audio must be a file path, a numpy array, a torch tensor or a sequence of numbers, got {type(source).__name__}")
 
 
+def source_name(source: str | np.ndarray) -> str:
+    """What a :class:`Result` of ``source`` (as :func:`as_source` gives it) is labelled: the path, or ``"<array>"``."""
+    return "<array>" if isinstance(source, np.ndarray) else str(source)
+
+
 def model_stream(source: str | Path | np.ndarray, model: TaggingModel, *, sr: int | None = None) -> Iterator[tuple[np.ndarray, ...]]:
     """A source decoded for ``model``: mono float32 blocks at each rate of :func:`decoding_rates` (a clip's length each),
     from one decoding.
@@ -250,7 +255,7 @@ class Tagger:
             model_stream(source, m, sr=sr),
             rates=self.rates,
             clip_seconds=self.cfg.clip_seconds,
-            name="<array>" if isinstance(source, np.ndarray) else str(source),
+            name=source_name(source),
             min_samples=min_samples,
             gram_hop=gram_hop,
             max_seconds=max_seconds,
@@ -425,7 +430,7 @@ class Tagger:
             MAX_SECONDS.check(max_seconds)
         gram_hop = self._gram_hop(hop) if taggram and not embed_only else None
         if names is None:
-            names = [str(s) if not isinstance(s, np.ndarray) else "<array>" for s in sources]
+            names = [source_name(s) for s in sources]
         elif len(names) != len(sources):
             raise ParameterError(f"{len(names)} names for {len(sources)} sources")
         return self._results(
@@ -500,11 +505,15 @@ class Tagger:
         (:meth:`predict_batch`'s 64 per pass on CUDA): one stream of full
         batches fills a GPU, where a pass per thread and file would leave it
         half idle and hold one batch of activations per thread in its memory.
+        Each file is decoded at most one pass ahead of the networks, so memory
+        stays bounded; a file longer than a pass (64 windows: about 31 min
+        with 29.1 s windows, less with a short taggram ``hop``) then waits for
+        the networks, and such files decode about one at a time.
 
         Parameters
         ----------
         paths : iterable of str or Path
-            Audio files; read lazily, at most ``2 * workers`` ahead of the results.
+            Audio files; read lazily, a few per worker ahead of the results.
         taggram : bool
             Also compute each file's taggram.
         hop : float > 0, optional
@@ -526,7 +535,11 @@ class Tagger:
 
         threads = torch.get_num_threads()
         workers = workers or threads
-        if self.device.type == "cuda" if batched is None else batched:
+        if taggram and not embed_only:
+            self._gram_hop(hop)  # a bad hop is one error, not one per file
+        if batched is None:
+            batched = self.device.type == "cuda"
+        if batched:
             yield from self._many_batched(paths, taggram=taggram, hop=hop, workers=workers, embed_only=embed_only)
             return
 
@@ -543,9 +556,7 @@ class Tagger:
                 queue = deque(pool.submit(one, p) for p in itertools.islice(it, 2 * workers))
                 while queue:
                     result = queue.popleft().result()
-                    nxt = next(it, None)
-                    if nxt is not None:
-                        queue.append(pool.submit(one, nxt))
+                    queue.extend(pool.submit(one, p) for p in itertools.islice(it, 1))
                     yield result
         finally:
             torch.set_num_threads(threads)
@@ -559,7 +570,6 @@ class Tagger:
         import queue as queues
         import threading
         from collections import deque
-        from concurrent.futures import ThreadPoolExecutor
 
         gram_hop = self._gram_hop(hop) if taggram and not embed_only else None
         size = self._batch_windows(None)
@@ -591,16 +601,24 @@ class Tagger:
                     raise item  # in _features, where a TagstackError takes its source's place
                 yield item
 
+        def work() -> None:
+            while (job := jobs.get()) is not None and not stop.is_set():
+                cut(*job)
+
         def submit(path) -> tuple[str, queues.Queue]:
             box: queues.Queue = queues.Queue(maxsize=size)
-            pool.submit(cut, path, box)
+            jobs.put((path, box))
             try:
-                source = as_source(path)
+                return source_name(as_source(path)), box
             except TagstackError:  # the worker reports it as this file's result
                 return str(path), box
-            return ("<array>" if isinstance(source, np.ndarray) else str(source)), box
 
-        pool = ThreadPoolExecutor(max_workers=workers)
+        # daemon threads: a script that leaves this generator unfinished (a loop that breaks or raises) still exits,
+        # where Python would wait at exit for a pool's threads waiting to hand over windows
+        jobs: queues.Queue = queues.Queue()
+        threads = [threading.Thread(target=work, name=f"tagstack-decode-{i}", daemon=True) for i in range(workers)]
+        for thread in threads:
+            thread.start()
         try:
             it = iter(paths)
             ahead = deque(submit(p) for p in itertools.islice(it, workers + 1))
@@ -610,7 +628,10 @@ class Tagger:
                 yield from self._results([replay(box) for _, box in chunk], [n for n, _ in chunk], gram_hop, embed_only)
         finally:  # also when the caller stops early: workers waiting to hand over windows give up
             stop.set()
-            pool.shutdown(wait=True, cancel_futures=True)
+            for _ in threads:
+                jobs.put(None)
+            for thread in threads:
+                thread.join()
 
     def tag(
         self,

@@ -218,7 +218,8 @@ def header_deadline(base: type[asyncio.Protocol], seconds: float) -> type[asynci
     ``timeout_keep_alive``). A client cut off mid-headers gets a 408 and one
     JSON line; one that sent nothing is closed quietly. Reads uvicorn's
     protocol attributes ``loop``, ``transport``, ``cycle`` (the request under
-    way) and ``client``, common to its h11 and httptools protocols.
+    way: its ``response_complete`` and ``more_body``) and ``client``, common to
+    its h11 and httptools protocols.
     """
     reason = json.dumps({"error": f"the request's headers did not arrive within {seconds:g} s (--header-timeout)"}).encode()
     timed_out = (
@@ -250,7 +251,9 @@ def header_deadline(base: type[asyncio.Protocol], seconds: float) -> type[asynci
             super().connection_lost(exc)
 
         def _awaiting_headers(self) -> bool:
-            return self.cycle is None or self.cycle.response_complete
+            """Between requests: none yet, or the last one answered and its body all read (a body still
+            arriving after an early answer belongs to that request, not to the next one's headers)."""
+            return self.cycle is None or (self.cycle.response_complete and not self.cycle.more_body)
 
         def _cancel(self) -> None:
             if self._deadline is not None:
