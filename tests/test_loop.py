@@ -189,3 +189,14 @@ def test_share_weights_make_the_process_average_the_whole_batch_loss():
     scores = torch.randn(5, 3, generator=g)
     parts = [ce(scores[r::2], classes[r::2]) * share_weight(classes, rank=r, world=2) for r in range(2)]
     assert torch.allclose(sum(parts) / 2, ce(scores, classes))
+
+
+def test_a_quick_epoch_logs_its_summary_line_only(tmp_path, caplog, monkeypatch):
+    """Off a terminal an epoch's bar speaks only when the epoch is slow: the log of a quick one is its summary line."""
+    import logging
+
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)  # the suite runs quiet (conftest)
+    caplog.set_level(logging.INFO, logger="tagstack")
+    one_epoch_change(tmp_path, "logged")
+    assert [r.getMessage() for r in caplog.records if r.name == "tagstack.progress"] == []
+    assert any(r.getMessage().startswith("[train] epoch 1: train loss") for r in caplog.records)

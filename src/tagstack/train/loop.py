@@ -194,7 +194,9 @@ def fit(
             opt.step()
             total += float(loss.detach()) * len(y)
             count += len(y)
-            bar.set_postfix(loss=f"{total / max(count, 1):.4f}")
+            bar.set_postfix(
+                loss=f"{total / max(count, 1):.4f}", refresh=False
+            )  # shown at the bar's next refresh, not a log line of its own
         bar.close()
         if world > 1:  # running statistics (BatchNorm) are rank 0's, as DDP broadcasts them before each step
             for buf in model.buffers():
