@@ -585,10 +585,12 @@ class Tagger:
                     pass
             return False
 
-        def cut(path, box: queues.Queue) -> None:
+        def cut(source: str | np.ndarray | TagstackError, box: queues.Queue) -> None:
             """In a worker thread: the file's windows, or the error that ends them, then ``end``."""
             try:
-                for win in self._windows(as_source(path), None, gram_hop):
+                if isinstance(source, TagstackError):  # not a path (as_source's error): this file's result
+                    raise source
+                for win in self._windows(source, None, gram_hop):
                     if not put(box, win):
                         return
             except Exception as e:  # a bad file (TagstackError) or a bug: raised where this thread reads the file
@@ -607,11 +609,13 @@ class Tagger:
 
         def submit(path) -> tuple[str, queues.Queue]:
             box: queues.Queue = queues.Queue(maxsize=size)
-            jobs.put((path, box))
             try:
-                return source_name(as_source(path)), box
-            except TagstackError:  # the worker reports it as this file's result
+                source = as_source(path)
+            except TagstackError as e:
+                jobs.put((e, box))
                 return str(path), box
+            jobs.put((source, box))
+            return source_name(source), box
 
         # daemon threads: a script that leaves this generator unfinished (a loop that breaks or raises) still exits,
         # where Python would wait at exit for a pool's threads waiting to hand over windows
