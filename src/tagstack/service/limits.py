@@ -205,6 +205,10 @@ class RequestGuard:
         return f"upload larger than this service's limit of {self.limits.max_upload_mb:g} MB (--max-upload-mb)"
 
 
+#: Seconds a connection cut off by the header deadline is still read (and its bytes dropped) after its 408.
+LINGER = 1.0
+
+
 def header_deadline(base: type[asyncio.Protocol], seconds: float) -> type[asyncio.Protocol]:
     """uvicorn's HTTP protocol class ``base`` with a deadline of ``seconds`` on every request's line and headers.
 
@@ -231,12 +235,15 @@ def header_deadline(base: type[asyncio.Protocol], seconds: float) -> type[asynci
     class HeaderDeadline(base):  # type: ignore[misc, valid-type]
         _deadline: asyncio.TimerHandle | None = None
         _partial = False  # bytes of the awaited request have arrived
+        _lingering = False  # answered with a 408: what still arrives is read and dropped until the close
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
             self._deadline = self.loop.call_later(seconds, self._expired)
 
         def data_received(self, data: bytes) -> None:
+            if self._lingering:
+                return
             waiting = self._awaiting_headers()
             if waiting:
                 self._partial = True
@@ -264,10 +271,18 @@ def header_deadline(base: type[asyncio.Protocol], seconds: float) -> type[asynci
             self._deadline = None
             if self.transport.is_closing():
                 return
-            if self._partial:
-                log.warning("%s: no complete request headers within %g s (--header-timeout); closed", _peer(self.client), seconds)
-                self.transport.write(timed_out)
-            self.transport.close()
+            if not self._partial:
+                self.transport.close()
+                return
+            log.warning("%s: no complete request headers within %g s (--header-timeout); closed", _peer(self.client), seconds)
+            # Closing a socket with unread input makes the kernel answer with a reset, which can destroy the 408
+            # before the client reads it (the client is still sending). So: the answer, then our side's end of
+            # stream, then LINGER seconds of reading and dropping what the client still sends, then the close.
+            self._lingering = True
+            self.transport.write(timed_out)
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            self.loop.call_later(LINGER, self.transport.close)
 
     HeaderDeadline.__name__ = HeaderDeadline.__qualname__ = f"HeaderDeadline{base.__name__}"
     return HeaderDeadline
