@@ -50,3 +50,17 @@ def make_dataset(root: Path, *, n_clips: int = 48, seconds: float = 5.0, seed: i
     clips = ClipSet(name="synth", root=root, paths=paths, labels=np.array(labels), tags=TAGS, splits=np.array(splits, dtype=object))
     write_manifest(clips, root / "manifest.csv")
     return clips
+
+
+def clip_mels(waveforms: list[np.ndarray], *, config: FrontEndConfig | None = None, batch_size: int = 16) -> np.ndarray:
+    """The reference log-mel frames ``(clips, n_frames, n_mels)`` of mono signals, each fitted to one clip, on the CPU:
+    what the mel cache must store for them."""
+    import torch
+
+    from tagstack.audio.frontend import ClipMel, fit_clip
+
+    module = ClipMel(config)
+    clips = [fit_clip(np.asarray(w, dtype=np.float32), module.config.clip_samples) for w in waveforms]
+    with torch.inference_mode():
+        out = [module(torch.from_numpy(np.stack(clips[i : i + batch_size]))).numpy() for i in range(0, len(clips), batch_size)]
+    return np.concatenate(out)

@@ -238,3 +238,41 @@ def test_the_cli_defaults_are_the_configuration_dataclasses():
         inspect.signature(tag_files).parameters["top_k"].default,
     }
     assert top_k == {checks.DEFAULT_TOP_K}
+
+
+@pytest.mark.parametrize(
+    ("section", "text", "words"),
+    [
+        ("[local]", "seed = -1", "seed must be a whole number >= 0"),
+        ("[local]", "max_epochs = 2.5", "max_epochs must be a whole number >= 1"),
+        ("[global_]", "lr = nan", "lr must be a number > 0"),
+        ("[global_]", "batch_size = true", "batch_size must be a whole number >= 1"),
+        ("[global_]", "lr_decay = 1.0", "lr_decay must be a number > 0 and < 1, got 1.0"),
+        ("", "layers = [1.5]", "layers must be a whole number >= 1"),
+        ("", "seeds = [0, -3]", "seeds must be a whole number >= 0"),
+        ("", "global_hidden = 0", "global_hidden must be a whole number >= 1"),
+    ],
+)
+def test_a_config_file_gets_the_flags_checks(tmp_path, capsys, section, text, words):
+    """A config.toml (or Python) is held to the ranges its flags have: a value the CLI refuses is refused here too,
+    in one line naming the field, before any work."""
+    path = tmp_path / "config.toml"
+    path.write_text(f"{text}\n" if not section else f"{section}\n{text}\n")
+    assert main(["run", "--config", str(path), "--out", str(tmp_path / "run"), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("tagstack: error:") and words in err[0], err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_config_written_for_a_gpu_loads_anywhere_and_runs_where_the_device_flag_says(tmp_path, capsys):
+    from tagstack.cli.main import build_parser, config_from_args
+    from tagstack.errors import ParameterError
+    from tagstack.experiments.experiment_config import ExperimentConfig, load_config, save_config
+
+    path = tmp_path / "config.toml"
+    save_config(ExperimentConfig(device="cuda:1"), path)
+    assert load_config(path).device == "cuda:1"  # a name torch knows: loads on a machine without it
+    parser = build_parser()
+    assert config_from_args(parser.parse_args(["run", "--config", str(path), "--out", "x", "--device", "cpu"])).device == "cpu"
+    with pytest.raises(ParameterError, match="'gpu0' is not a torch device"):
+        ExperimentConfig(device="gpu0")

@@ -1,3 +1,5 @@
+import csv
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -5,7 +7,7 @@ import soundfile as sf
 from tagstack.config import FrontEndConfig
 from tagstack.datasets import ClipSet, load_dataset, read_folders, read_manifest, stratified_split, write_manifest
 from tagstack.errors import DatasetError
-from tagstack.audio.frontend import clip_mels
+from synth import clip_mels
 from tagstack.datasets.melcache import MelCache
 
 FE = FrontEndConfig(clip_seconds=2.0, n_frames=80)
@@ -15,17 +17,19 @@ def test_manifest_round_trip(tmp_path):
     clips = ClipSet(
         name="x",
         root=tmp_path,
-        paths=["a.wav", "b c,d.wav"],
-        labels=np.array([[1, 0], [1, 1]]),
+        paths=["a.wav", "b c,d.wav", 'Live "at the Roxy", 1976.flac'],
+        labels=np.array([[1, 0], [1, 1], [0, 1]]),
         tags=["piano", "slow"],
-        splits=np.array(["train", "test"], dtype=object),
+        splits=np.array(["train", "test", "valid"], dtype=object),
         groups={"piano": "instrument"},
     )
-    write_manifest(clips, tmp_path / "manifest.csv")
+    write_manifest(clips, tmp_path / "manifest.csv", columns={"artist": ["A", "B, and C", '"D"']})
     back = read_manifest(tmp_path / "manifest.csv")
     assert back.paths == clips.paths and back.tags == clips.tags
     np.testing.assert_array_equal(back.labels, clips.labels)
-    assert list(back.splits) == ["train", "test"] and back.groups == {"piano": "instrument"}
+    assert list(back.splits) == ["train", "test", "valid"] and back.groups == {"piano": "instrument"}
+    with open(tmp_path / "manifest.csv", newline="") as f:  # the extra column, as a spreadsheet or pandas reads it
+        assert [row[-1] for row in csv.reader(f)] == ["artist", "A", "B, and C", '"D"']
 
 
 def test_manifest_unknown_column_marks_tags_and_groups_unknown_and_round_trips(tmp_path):

@@ -5,7 +5,8 @@ import torch
 
 from tagstack.config import FrontEndConfig
 from tagstack.errors import ParameterError
-from tagstack.audio.frontend import ClipMel, LogMel, clip_mels, fit_clip, mel_filterbank
+from synth import clip_mels
+from tagstack.audio.frontend import ClipMel, LogMel, fit_clip, mel_filterbank
 
 SR = 22050
 

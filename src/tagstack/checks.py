@@ -10,6 +10,7 @@ CLI, the HTTP API and Python.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from dataclasses import dataclass
@@ -31,12 +32,14 @@ class Range:
     integer: bool = False
     above: bool = False  # low itself is not accepted
     unit: str = ""
+    below: bool = False  # high itself is not accepted
 
     def describe(self) -> str:
         """The accepted range in words (``a whole number >= 1 and <= 64``), for error messages and ``--help``."""
         kind = "a whole number" if self.integer else "a number"
         low = f"> {_plain(self.low)}" if self.above else f">= {_plain(self.low)}"
-        return f"{kind} {low} and <= {_plain(self.high)}" + (f" ({self.unit})" if self.unit else "")
+        high = f"< {_plain(self.high)}" if self.below else f"<= {_plain(self.high)}"
+        return f"{kind} {low} and {high}" + (f" ({self.unit})" if self.unit else "")
 
     def check(self, value):
         """``value`` itself (a Python int or float) when it is in range; else a :class:`ParameterError`."""
@@ -44,9 +47,19 @@ class Range:
         if isinstance(value, bool) or not ok_type:
             raise ParameterError(f"{self.name} must be {self.describe()}, got {value!r}")
         value = int(value) if self.integer else float(value)
-        if not math.isfinite(value) or value < self.low or (self.above and value == self.low) or value > self.high:
+        if (
+            not math.isfinite(value)
+            or value < self.low
+            or value > self.high
+            or (self.above and value == self.low)
+            or (self.below and value == self.high)
+        ):
             raise ParameterError(f"{self.name} must be {self.describe()}, got {value!r}")
         return value
+
+    def named(self, name: str) -> Range:
+        """The same range under another name: a configuration field's (``max_epochs``) rather than its flag's (``epochs``)."""
+        return dataclasses.replace(self, name=name)
 
     def parse(self, text: str):
         """A number written as text (a flag, a query parameter), checked."""
@@ -71,7 +84,6 @@ THRESHOLD = Range("threshold", 0.0, 1.0)
 BATCH_WINDOWS = Range("batch_windows", 1, 65_536, integer=True)
 BATCH_FILES = Range("batch_files", 1, 65_536, integer=True)
 WORKERS = Range("workers", 0, 4096, integer=True)
-SAMPLE_RATE = Range("sr", 1, 768_000, integer=True, unit="Hz")
 PORT = Range("port", 1, 65_535, integer=True)
 MAX_UPLOAD_MB = Range("max_upload_mb", 0.0, 1_000_000.0, above=True, unit="MB")
 CONCURRENCY = Range("concurrency", 0, 4096, integer=True)
@@ -81,8 +93,14 @@ MIN_UPLOAD_RATE = Range("min_upload_kbps", 0.0, 1_000_000.0, unit="kB/s")
 HEADER_TIMEOUT = Range("header_timeout", 0.0, 3600.0, above=True, unit="seconds")
 SHUTDOWN_TIMEOUT = Range("shutdown_timeout", 0.0, 3600.0, unit="seconds")
 
-# ------------------------------------------------------------ training
+# ------------------------------------------------------------ training (flags and the configuration's fields alike)
 EPOCHS = Range("epochs", 1, 1_000_000, integer=True)
+LR = Range("lr", 0.0, 1e6, above=True)
+LR_DECAY = Range("lr_decay", 0.0, 1.0, above=True, below=True)
+MOMENTUM = Range("momentum", 0.0, 1.0, above=True, below=True)  # Nesterov momentum needs one
+WEIGHT_DECAY = Range("weight_decay", 0.0, 1e6)
+BATCH_SIZE = Range("batch_size", 1, 1_000_000, integer=True)
+N_BOOT = Range("n_boot", 0, 1_000_000, integer=True)
 LR_STAGES = Range("lr_stages", 1, 100, integer=True)
 PATIENCE = Range("patience", 1, 1_000_000, integer=True)
 SEED = Range("seed", 0, 2**32 - 1, integer=True)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import checks
 from .errors import ParameterError
 
 #: The five input sizes of the paper (frames of 512 samples at 22,050 Hz).
@@ -147,17 +148,25 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.monitor not in ("loss", "roc_auc"):
             raise ParameterError(f"monitor must be 'loss' or 'roc_auc', got {self.monitor!r}")
-        if self.lr <= 0 or not (0 < self.lr_decay < 1):
-            raise ParameterError(f"need lr > 0 and 0 < lr_decay < 1, got lr={self.lr}, lr_decay={self.lr_decay}")
-        if not 0 < self.momentum < 1:  # Nesterov momentum needs one
-            raise ParameterError(f"momentum must be in (0, 1) for SGD with Nesterov momentum, got {self.momentum}")
-        if self.warmup_epochs < 0 or self.clip_norm < 0 or not 0 <= self.mixup < float("inf"):
-            raise ParameterError(
-                f"need warmup_epochs >= 0, clip_norm >= 0 and mixup >= 0, got {self.warmup_epochs}, {self.clip_norm}, {self.mixup}"
-            )
-        for name in ("lr_stages", "patience", "max_epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ParameterError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name, allowed in _TRAIN_RANGES.items():  # the flags' ranges: a config.toml or Python gets the CLI's checks
+            setattr(self, name, allowed.named(name).check(getattr(self, name)))
+
+
+#: Each numeric field of :class:`TrainConfig` and the range it must lie in (the one its CLI flag has, where it has one).
+_TRAIN_RANGES = {
+    "lr": checks.LR,
+    "lr_decay": checks.LR_DECAY,
+    "lr_stages": checks.LR_STAGES,
+    "patience": checks.PATIENCE,
+    "max_epochs": checks.EPOCHS,
+    "batch_size": checks.BATCH_SIZE,
+    "momentum": checks.MOMENTUM,
+    "weight_decay": checks.WEIGHT_DECAY,
+    "seed": checks.SEED,
+    "warmup_epochs": checks.WARMUP_EPOCHS,
+    "clip_norm": checks.CLIP_NORM,
+    "mixup": checks.MIXUP,
+}
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

@@ -16,16 +16,29 @@ import torch
 from .errors import ParameterError
 
 
-def choose_device(name: str | None = "auto") -> torch.device:
-    """``"auto"`` picks CUDA when available, else the CPU; anything else is passed to torch."""
+def parse_device(name: str | None) -> torch.device | None:
+    """The device ``name`` names (``None`` for ``"auto"``), checked as a name only.
+
+    Whether this machine has it is :func:`choose_device`'s question, asked
+    when work starts: a ``config.toml`` written on a GPU machine with
+    ``device = "cuda"`` still loads on a laptop (and runs there with
+    ``--device cpu``).
+    """
     if name in ("auto", "", None):
+        return None
+    try:
+        return torch.device(name)
+    except (RuntimeError, TypeError) as e:
+        raise ParameterError(f"--device {name!r} is not a torch device ({e})") from None
+
+
+def choose_device(name: str | None = "auto") -> torch.device:
+    """``"auto"`` picks CUDA when available, else the CPU; anything else is passed to torch, and must be here."""
+    device = parse_device(name)
+    if device is None:
         if not torch.cuda.is_available():
             return torch.device("cpu")
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if world_size() > 1 else torch.device("cuda")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError) as e:
-        raise ParameterError(f"--device {name!r} is not a torch device ({e})") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ParameterError(f"--device {name!r} asked for CUDA, but no CUDA GPU is available")
     return device

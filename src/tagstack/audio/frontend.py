@@ -191,30 +191,3 @@ class ClipMel(nn.Module):
         if y.shape[-1] < n:
             y = torch.nn.functional.pad(y, (0, n - y.shape[-1]))
         return self.logmel.frames_first(y[..., :n])[..., : self.config.n_frames, :]
-
-
-def clip_mels(
-    waveforms: np.ndarray | list[np.ndarray],
-    *,
-    config: FrontEndConfig | None = None,
-    device: str | torch.device = "cpu",
-    batch_size: int = 16,
-) -> np.ndarray:
-    """Compute :class:`ClipMel` frames for a batch of mono signals.
-
-    Returns
-    -------
-    mels : np.ndarray [shape=(n_clips, n_frames, n_mels), dtype=float32]
-    """
-    module = ClipMel(config).to(device)
-    n = module.config.clip_samples
-    clips = [fit_clip(np.asarray(w, dtype=np.float32), n) for w in waveforms]
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(clips), batch_size):
-            batch = torch.from_numpy(np.stack(clips[i : i + batch_size])).to(device)
-            out.append(module(batch).cpu().numpy())
-    if not out:
-        c = module.config
-        return np.zeros((0, c.n_frames, c.n_mels), np.float32)
-    return np.concatenate(out)

@@ -156,7 +156,9 @@ def _add_experiment(p: argparse.ArgumentParser) -> None:
         "networks to use instead of training them: transfer learning and pretrained backbones (`tagstack info --list`)",
     )
     t = p.add_argument_group("training")
-    t.add_argument("--config", type=Path, help="a config.toml to run (the data, model and training flags are then ignored)")
+    t.add_argument(
+        "--config", type=Path, help="a config.toml to run (the data, model and training flags are then ignored; --device applies)"
+    )
     d, g = defaults.local, defaults.global_
     t.add_argument(
         "--local-epochs", type=_number(checks.EPOCHS), default=d.max_epochs, help=f"maximum epochs per local CNN (default: {d.max_epochs})"
@@ -205,8 +207,9 @@ def _add_experiment(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(a: argparse.Namespace) -> ExperimentConfig:
     """The experiment configuration the flags describe."""
-    if a.config:
-        return load_config(a.config)
+    if a.config:  # its own device, unless --device names another (a run written on a GPU machine, rerun on a CPU)
+        config = load_config(a.config)
+        return config if a.device == "auto" else config.replace(device=a.device)
     sched = dict(lr_stages=a.lr_stages, patience=a.patience, seed=a.seed)
     extra = {}
     if getattr(a, "seeds", None) is not None:  # reproduce

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import logging
 
-import csv
 import hashlib
 import io
 import json
@@ -58,11 +57,11 @@ import soxr
 
 from ..datasets.base import ClipSet, stratified_split
 from ..datasets.corpus import corpus_clips
-from ..datasets.manifest import TAG_SEPARATOR
+from ..datasets.manifest import write_manifest
 from .performance import drum_hits, humanise, parse_performance
 from .production import check_support, parse_effects, produce
 from ..errors import DatasetError, ParameterError
-from ..fileio import atomic_write, atomic_write_json, atomic_write_text
+from ..fileio import atomic_write, atomic_write_json
 from ..progress import progress
 
 log = logging.getLogger(__name__)
@@ -599,7 +598,19 @@ def build_corpus(
     if not records:
         raise DatasetError(f"{out}: no clip could be rendered")
     split_of = stratified_split([r["piece"] for r in records], [r["style"] for r in records], seed=seed)
-    _write_manifest(out, records, split_of)
+    tags = [t for ts in GROUPS.values() for t in ts]
+    tags += sorted({t for r in records for t in r["tags"]} - set(tags))
+    rendered = ClipSet(
+        name=out.name,
+        root=out,
+        paths=[r["path"] for r in records],
+        labels=np.array([[t in r["tags"] for t in tags] for r in records], np.float32),
+        tags=tags,
+        splits=np.array([split_of[r["piece"]] for r in records], dtype=object),
+        groups={t: g for g, ts in GROUPS.items() for t in ts},
+    )
+    columns = {"piece": [r["piece"] for r in records], "style": [r["style"] for r in records]}
+    write_manifest(rendered, out / "manifest.csv", columns=columns)
     clips = corpus_clips(out)
     log.info(clips.summary())
     return clips
@@ -638,14 +649,3 @@ def _collect(pid, clips, err, results, failures, bar) -> None:
     else:
         results[pid] = clips
         bar.update(len(clips))
-
-
-def _write_manifest(out: Path, records: list[dict], split_of: dict[str, str]) -> None:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["path", "tags", "split", "piece", "style"])
-    for r in records:
-        w.writerow([r["path"], TAG_SEPARATOR.join(r["tags"]), split_of[r["piece"]], r["piece"], r["style"]])
-    groups = "tag,group\n" + "".join(f"{t},{g}\n" for g, ts in GROUPS.items() for t in ts)
-    atomic_write_text(out / "tag_groups.csv", groups)
-    atomic_write_text(out / "manifest.csv", buf.getvalue())

@@ -28,6 +28,7 @@ A folder per label (``root/<label>/*.wav``) is read as a single-label task.
 from __future__ import annotations
 
 import csv
+import io
 import os
 from pathlib import Path
 
@@ -182,28 +183,32 @@ def _make_splits(paths: list[str], labels: np.ndarray, *, seed: int) -> np.ndarr
     return np.array([assign[p] for p in paths], dtype=object)
 
 
-def write_manifest(clips: ClipSet, path: str | Path) -> None:
+def write_manifest(clips: ClipSet, path: str | Path, *, columns: dict[str, list[str]] | None = None) -> None:
     """Write ``clips`` as a manifest (atomically), with ``tag_groups.csv`` beside it when groups are known.
 
     Unknown (NaN) labels go to an ``unknown`` column, written only when there are some.
-    A tag with no positive clip is left out, as reading leaves it out.
+    A tag with no positive clip is left out, as reading leaves it out. ``columns``
+    adds columns of one value per clip (the corpus's ``piece`` and ``style``),
+    which :func:`read_manifest` ignores and people can filter on.
     """
     path = Path(path)
+    columns = columns or {}
+    for name, values in columns.items():
+        if len(values) != len(clips.paths):
+            raise ParameterError(f"manifest column {name!r}: {len(values)} values for {len(clips.paths)} clips")
     unknown = np.isnan(clips.labels) & (np.nan_to_num(clips.labels) > 0).any(axis=0)
     has_unknown = bool(unknown.any())
-    lines = ["path,tags,split" + (",unknown" if has_unknown else "")]
-    for p, row, s, u in zip(clips.paths, clips.labels, clips.splits, unknown):
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")  # quotes a field holding a comma, a quote or a newline, as read_manifest reads it
+    w.writerow(["path", "tags", "split", *(["unknown"] if has_unknown else []), *columns])
+    for i, (p, row, s, u) in enumerate(zip(clips.paths, clips.labels, clips.splits, unknown)):
         ts = TAG_SEPARATOR.join(clips.tags[j] if row[j] == 1 else f"{clips.tags[j]}={row[j]:.4g}" for j in np.flatnonzero(row > 0))
-        extra = f",{_csv_field(TAG_SEPARATOR.join(clips.tags[j] for j in np.flatnonzero(u)))}" if has_unknown else ""
-        lines.append(f"{_csv_field(p)},{_csv_field(ts)},{s}{extra}")
-    atomic_write_text(path, "\n".join(lines) + "\n")
+        extra = [TAG_SEPARATOR.join(clips.tags[j] for j in np.flatnonzero(u))] if has_unknown else []
+        w.writerow([p, ts, s, *extra, *(values[i] for values in columns.values())])
+    atomic_write_text(path, buf.getvalue())
     if clips.groups:
         rows = ["tag,group"] + [f"{t},{clips.groups[t]}" for t in clips.tags if t in clips.groups]
         atomic_write_text(path.with_name("tag_groups.csv"), "\n".join(rows) + "\n")
-
-
-def _csv_field(s: str) -> str:
-    return f'"{s}"' if any(c in s for c in ',"\n') else s
 
 
 def read_folders(root: str | Path, *, name: str | None = None, seed: int = 0) -> ClipSet:

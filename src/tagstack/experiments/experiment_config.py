@@ -5,7 +5,8 @@
 has, are errors at once, not after the mel cache or five CNNs), and saved
 fully resolved as ``config.toml`` in every run directory it produced, so
 ``tagstack run --config RUN/config.toml`` reruns exactly that experiment.
-The presets of the demo and of the shipped model are here too.
+The demo's preset is here too (the shipped models' recipes are
+``scripts/train_default_model.py``).
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from .. import checks
 from ..config import PAPER_SCALES, FrontEndConfig, TrainConfig, global_schedule, joint_schedule, local_schedule, to_dict
 from ..datasets import check_dataset
 from ..errors import ParameterError
 from ..fileio import atomic_write_bytes
 from ..models.local import ARCHITECTURES
-from ..runtime import choose_device
+from ..runtime import parse_device
 
 
 @dataclass
@@ -79,23 +81,22 @@ class ExperimentConfig:
             raise ParameterError(f"scales must be distinct, got {list(self.scales)}")
         depths = {s: len(d) for s, d in scale_sources(self.scales, self.local_from).items()}
         if self.layers is not None:
-            self.layers = tuple(sorted(int(i) for i in self.layers))
+            self.layers = tuple(sorted(checks.LAYER.named("layers").check(i) for i in self.layers))
             depth = max(depths.values())
             missing = [i for i in self.layers if not 1 <= i <= depth]
             if not self.layers or missing:
                 raise ParameterError(
                     f"layers {missing or '[]'} do not exist in the networks of scales {list(self.scales)} (they have layers 1..{depth})"
                 )
-        self.seeds = tuple(int(s) for s in self.seeds)
+        self.seeds = tuple(checks.SEED.named("seeds").check(s) for s in self.seeds)
         if not self.seeds:
             raise ParameterError("seeds must name at least one seed")
-        if self.global_hidden < 1 or self.workers < 0 or self.n_boot < 0:
-            raise ParameterError(
-                f"need global_hidden >= 1, workers >= 0, n_boot >= 0; got {self.global_hidden}, {self.workers}, {self.n_boot}"
-            )
+        self.global_hidden = checks.HIDDEN.named("global_hidden").check(self.global_hidden)
+        self.workers = checks.WORKERS.check(self.workers)
+        self.n_boot = checks.N_BOOT.check(self.n_boot)
         if self.global_.mixup or (self.joint is not None and self.joint.mixup):
             raise ParameterError("mixup mixes the local CNNs' training segments: set it for stage 1 ([local]) only")
-        choose_device(self.device)
+        parse_device(self.device)  # a name torch knows; whether this machine has it is asked when the run starts
 
     def replace(self, **changes: Any) -> ExperimentConfig:
         """A copy with ``changes``, validated again."""

@@ -77,7 +77,7 @@ def local_arch(n_frames: int, *, n_tags: int, n_mels: int = 128) -> LocalArch:
 
 
 class LocalCNN(nn.Module):
-    """A local model: segment ``(batch, n_frames, n_mels)`` -> tag probabilities ``(batch, n_tags)``.
+    """A local model: segment ``(batch, n_frames, n_mels)`` -> tag logits ``(batch, n_tags)``.
 
     The input is standardised inside the model with the training set's scalar
     mean and standard deviation (buffers ``input_mean``/``input_std``), so a

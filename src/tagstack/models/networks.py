@@ -45,8 +45,3 @@ def build_network(kind: str, arch: dict, *, frontend: FrontEndConfig | None = No
     if cls is LocalCNN:
         return LocalCNN(arch_cls.from_dict(arch))
     return cls(arch_cls.from_dict(arch), frontend=frontend)
-
-
-def is_network(module: object) -> bool:
-    """Whether ``module`` is one of the local network kinds."""
-    return isinstance(module, tuple(cls for cls, _ in KINDS.values()))
