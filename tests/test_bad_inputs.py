@@ -9,6 +9,7 @@ manifests that would lose clips) and output destinations.
 import json
 import os
 import pickle
+import stat
 
 import numpy as np
 import pytest
@@ -489,6 +490,61 @@ def test_an_output_that_is_an_input_or_an_audio_file_is_refused(folder, model_fi
     assert "list.npz: is also an input file" in capsys.readouterr().err and manifest.read_bytes() == b"x"
     assert main(["tag", str(other), "-o", str(renamed), "--force", "--model", str(model_file), "--device", "cpu"]) == 0
     assert "b.ogg" in renamed.read_text()
+
+
+def test_an_output_through_a_link_keeps_the_link_and_pipes_and_devices_are_refused(folder, model_file, tmp_path, capsys):
+    """`-o` on a symbolic link writes (atomically) its target and leaves the link; on a named pipe or a device it is
+    refused before any work: renaming a finished file over them would put a regular file where /dev/null was."""
+    good, opts = str(folder / "good.wav"), ["--model", str(model_file), "--device", "cpu"]
+    target = tmp_path / "dated" / "tags-2026.csv"
+    target.parent.mkdir()
+    target.write_text("old\n")
+    link = tmp_path / "latest.csv"
+    link.symlink_to(target)
+    assert main(["tag", good, "--format", "csv", "-o", str(link), *opts]) == 0
+    assert link.is_symlink() and target.read_text().startswith("path,tag,probability")
+    fifo = tmp_path / "pipe.npz"  # (a name embed takes)
+    os.mkfifo(fifo)
+    (tmp_path / "to-pipe.npz").symlink_to(fifo)
+    outputs = [fifo, tmp_path / "to-pipe.npz"]
+    if os.geteuid() == 0:  # a device node of our own (root only), not the system's /dev/null
+        os.mknod(tmp_path / "null.npz", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        outputs.append(tmp_path / "null.npz")
+    capsys.readouterr()
+    for out in outputs:
+        for argv in (["tag", good, "-o", str(out)], ["embed", good, "--out", str(out)]):
+            assert main([*argv, *opts]) == 1
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and "is a device, pipe or socket, not a file" in err[0], err
+        assert out.is_symlink() or not out.is_file()  # still what it was
+
+
+def test_an_output_over_the_manifest_read_or_its_tag_groups_is_refused(folder, model_file, tmp_path, capsys):
+    (tmp_path / "good.wav").write_bytes((folder / "good.wav").read_bytes())
+    manifest, groups = tmp_path / "m.csv", tmp_path / "tag_groups.csv"
+    manifest.write_text("path,tags,split\ngood.wav,low,train\n")
+    groups.write_text("tag,group\nlow,register\n")
+    before = manifest.read_bytes(), groups.read_bytes()
+    opts = ["--model", str(model_file), "--device", "cpu"]
+    for out in (manifest, groups):  # (embeddings go to .npz or .parquet only)
+        assert main(["tag", str(manifest), "--format", "csv", "-o", str(out), *opts]) == 1
+        assert f"{out}: is also an input file" in capsys.readouterr().err
+    assert (manifest.read_bytes(), groups.read_bytes()) == before
+    assert main(["tag", str(manifest), "--format", "csv", "-o", str(tmp_path / "tags.csv"), *opts]) == 0
+
+
+def test_standard_output_closed_or_full_is_one_line_naming_it(folder, model_file, tmp_path):
+    import subprocess
+    import sys
+
+    tag = [sys.executable, "-m", "tagstack", "tag", str(folder / "good.wav"), "--model", str(model_file), "--device", "cpu"]
+    closed = subprocess.run(["bash", "-c", '"$@" >&-', "bash", *tag], capture_output=True, text=True, timeout=300)
+    assert closed.returncode == 1 and closed.stderr.strip().splitlines() == [
+        "tagstack: error: standard output is closed; write the results to a file (-o FILE)"
+    ]
+    with open("/dev/full", "w") as full:
+        got = subprocess.run(tag, stdout=full, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert got.returncode == 1 and got.stderr.strip().splitlines()[-1] == "tagstack: error: standard output: No space left on device"
 
 
 def test_names_that_are_not_utf8_are_written_escaped_in_every_format(folder, model_file, tmp_path, capsys):

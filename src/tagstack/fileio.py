@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import tempfile
 from glob import escape as glob_escape
 from pathlib import Path
@@ -71,7 +72,7 @@ def atomic_write(path: Path, writer: Callable[[str], None], *, suffix: str = "")
     """
     if not writes_here():
         return
-    path = Path(path)
+    path = destination(Path(path))
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -91,6 +92,26 @@ def atomic_write(path: Path, writer: Callable[[str], None], *, suffix: str = "")
             reason = e.strerror or _first_line(e)  # pyarrow's own OSErrors have no strerror, only a message
             raise OutputError(f"{shown(path)}: cannot write this file ({reason}); what it held before is unchanged") from None
         raise
+
+
+def destination(path: Path) -> Path:
+    """The file a write of ``path`` replaces: ``path``, or the target of the symbolic link ``path`` (the link stays a
+    link, as with ``cp``), or an :class:`~tagstack.errors.OutputError` when that is a device, pipe or socket.
+
+    Replacing those by renaming a file over them (as :func:`atomic_write` does) would put a regular file where
+    ``/dev/null`` or a named pipe was, and a write into them cannot be whole or nothing: they are refused.
+    """
+    path = Path(path)
+    real = Path(os.path.realpath(path)) if os.path.islink(path) else path
+    try:
+        mode = os.stat(real).st_mode
+    except OSError:  # not there yet (or not reachable: the write says why)
+        return real
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise OutputError(
+            f"{shown(path)}: is a device, pipe or socket, not a file; tagstack writes its outputs whole, as files (choose a file name)"
+        )
+    return real
 
 
 def _first_line(e: BaseException) -> str:

@@ -8,6 +8,7 @@ stderr and exit status 1; ``main(argv)`` can be called in-process (the tests do)
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -747,6 +748,10 @@ def _join_torchrun(command: str) -> None:
         logging.getLogger("tagstack").info("torchrun: %d processes; this one (rank 0) writes the results", world)
 
 
+#: Errors of a write that names no file: in the CLI, standard output (a full disk, a quota, a lost device).
+_FULL_OR_GONE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EBADF}
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -768,7 +773,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())  # so that Python's own flush at exit does not fail again
         return 141
     except OSError as e:  # output files become OutputError in fileio; this is what is left: standard output on a full disk ...
-        where = f"{shown(e.filename)}: " if e.filename else ""
+        where = f"{shown(e.filename)}: " if e.filename else ("standard output: " if e.errno in _FULL_OR_GONE else "")
         print(f"tagstack: error: {where}{e.strerror or e}", file=sys.stderr)
         return 1
     finally:

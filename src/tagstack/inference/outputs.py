@@ -24,8 +24,8 @@ import numpy as np
 
 from ..audio.io import find_audio, looks_like_audio
 from ..checks import DEFAULT_TOP_K, check_selection, check_taggram_hop
-from ..errors import ParameterError, TagstackError
-from ..fileio import atomic_write, remove_leftovers_of, shown
+from ..errors import OutputError, ParameterError, TagstackError
+from ..fileio import atomic_write, destination, remove_leftovers_of, shown
 from ..progress import progress
 from ..report import write_taggram
 from ..models.tagging_model import require_tagger
@@ -50,6 +50,10 @@ class BatchReport:
         return 1 if self.skipped else 0
 
 
+def _is_manifest(path: str) -> bool:
+    return path.lower().endswith(".csv") and os.path.isfile(path)  # (False, not an error, for a name the OS refuses)
+
+
 def audio_files(paths: Iterable[str | Path]) -> list[Path]:
     """Files, folders (recursively), globs and manifests (``.csv``: their clips) as a list of files; an error when none is found."""
     from ..datasets.manifest import read_manifest
@@ -57,7 +61,7 @@ def audio_files(paths: Iterable[str | Path]) -> list[Path]:
     paths = [str(p) for p in paths]
     files: list[Path] = []
     for p in paths:
-        if p.lower().endswith(".csv") and os.path.isfile(p):  # (False, not an error, for a name the OS refuses)
+        if _is_manifest(p):
             clips = read_manifest(p)
             files.extend(Path(clips.root) / c for c in clips.paths)
         else:
@@ -70,7 +74,7 @@ def audio_files(paths: Iterable[str | Path]) -> list[Path]:
 def check_destination(path: Path, *, folder: bool = False, force: bool = False) -> None:
     """Refuse, before any work, an output that cannot be written (missing or read-only folder, a folder as file, a name
     the OS refuses) or that would destroy an audio file that is there (unless ``force``)."""
-    path = Path(path)
+    path = Path(path) if folder else destination(Path(path))
     try:
         _check_destination(path, folder)
     except OSError as e:
@@ -96,12 +100,14 @@ def _check_destination(path: Path, folder: bool) -> None:
         raise ParameterError(f"{path}: the folder {parent} is not writable")
 
 
-def check_not_an_input(output: Path, files: list[Path]) -> None:
+def check_not_an_input(output: Path, files: list[Path], *, given: Iterable[str | Path] = ()) -> None:
     """Refuse an output that is one of the inputs (``tagstack tag -o a.mp3 b.ogg a.mp3``): writing it would destroy
-    what was just read, ``--force`` or not."""
+    what was just read, ``--force`` or not. ``files`` are the audio files; ``given``, the paths as given, adds the
+    manifests among them and the ``tag_groups.csv`` read beside each."""
     if not os.path.isfile(output):  # (os.path's tests answer False where the OS refuses to look)
         return
-    for f in files:
+    manifests = [Path(p) for p in map(str, given) if _is_manifest(p)]
+    for f in [*files, *manifests, *(m.with_name("tag_groups.csv") for m in manifests)]:
         try:
             same = os.path.samefile(output, f)
         except OSError:
@@ -198,9 +204,10 @@ def tag_files(
         check_destination(Path(taggram_dir), folder=True)
         if Path(taggram_dir).is_dir():  # only what taggram writes left in that folder itself
             remove_leftovers_of(Path(taggram_dir) / "*.taggram.*", pattern=True)
+    paths = [str(p) for p in paths]  # read twice: for the audio, and for what it must not overwrite
     files = audio_files(paths)
     if output is not None:
-        check_not_an_input(Path(output), files)
+        check_not_an_input(Path(output), files, given=paths)
     tagger = tagger or Tagger(model, device=device)
     require_tagger(tagger.model)
     if per_group and not tagger.model.groups:
@@ -209,6 +216,8 @@ def tag_files(
             "--per-group treats all its tags as one group, 'other'"
         )
     out = io.StringIO() if output is not None else (stdout or sys.stdout)
+    if out is None:  # started with standard output closed (`tagstack tag a.mp3 >&-`)
+        raise OutputError("standard output is closed; write the results to a file (-o FILE)")
     writer = csv.writer(out) if fmt == "csv" else None
     if writer:
         writer.writerow(["path", "tag", "probability"] + (["group"] if per_group else []))
@@ -298,8 +307,9 @@ def embed_files(
         _need_pyarrow()
     check_destination(out, force=force)
     remove_leftovers_of(out)
+    paths = [str(p) for p in paths]  # read twice: for the audio, and for what it must not overwrite
     files = audio_files(paths)
-    check_not_an_input(out, files)
+    check_not_an_input(out, files, given=paths)
     tagger = tagger or Tagger(model, device=device)
     cols = tagger.model.columns_of(scales=scales, layers=layers)
     chosen_scales, chosen_layers = tagger.model.selection(scales=scales, layers=layers)

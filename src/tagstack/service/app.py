@@ -17,12 +17,14 @@ Python API do it. What the service adds is what a shared server needs:
 - every bad request gets a 4xx and one line, ``{"error": "..."}``: bad
   parameters 400, a stalled or too slow upload 408, not audio or
   undecodable 422, too large or too long 413, an unsupported file type 415;
-  too many uploads at once 503. Nothing a client sends gives a 500, and a
+  too many uploads at once 503; no room on the disk for an upload 507.
+  Nothing a client sends gives a 500, and a
   client that goes away mid-upload is one log line.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import tempfile
@@ -36,7 +38,6 @@ import torch
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
@@ -49,7 +50,7 @@ from ..models.file import read_metadata
 from ..models.tagging_model import require_tagger
 from ..runtime import usable_cpus
 from .limits import Problem, RequestGuard, ServiceLimits, header_deadline
-from .uploads import UploadFolder
+from .uploads import MultipartFile, UploadFolder
 
 log = logging.getLogger(__name__)
 
@@ -153,21 +154,27 @@ class Service:
         }
 
     async def save_upload(self, request: Request) -> tuple[Path, str]:
-        """The request's audio in a new temporary file, and the name the client gave it."""
+        """The request's audio in a new temporary file, and the name the client gave it.
+
+        A failure to store it (a full disk, a quota) is a 507 and one line, never a 500; an upload folder that
+        something else removed (a clean-up of ``/tmp``) is made again.
+        """
         ctype = request.headers.get("content-type", "")
-        fd, tmp = tempfile.mkstemp(dir=self.upload_dir, prefix="upload-")
+        fd, tmp = self._new_upload_file()
         path = Path(tmp)
+        name = "upload"
         try:
             with os.fdopen(fd, "wb") as out:
                 if ctype.startswith("multipart/form-data"):
-                    async with request.form(max_files=1, max_fields=20) as form:
-                        upload = form.get("file")
-                        if not isinstance(upload, UploadFile):
-                            raise Problem(400, "a multipart upload needs its audio in a field named 'file'")
-                        name = upload.filename or "upload"
-                        suffix = _suffix(name, upload.content_type)
-                        while chunk := await upload.read(1 << 20):
-                            out.write(chunk)
+                    try:
+                        form = MultipartFile(ctype, out)
+                        async for chunk in request.stream():
+                            form.write(chunk)
+                        form.close()
+                    except ValueError as e:
+                        raise Problem(400, str(e)) from None
+                    name = form.filename or "upload"
+                    suffix = _suffix(name, form.content_type)
                 else:
                     name = request.query_params.get("filename") or "upload"
                     suffix = _suffix(request.query_params.get("filename"), ctype)
@@ -178,9 +185,30 @@ class Service:
             if suffix:  # the decoders sniff content, but FFmpeg is surer of some containers with their extension
                 path = path.rename(path.with_name(path.name + suffix))
             return path, name
+        except OSError as e:
+            path.unlink(missing_ok=True)
+            raise self._cannot_store(e) from None
         except BaseException:
             path.unlink(missing_ok=True)
             raise
+
+    def _new_upload_file(self) -> tuple[int, str]:
+        try:
+            try:
+                return tempfile.mkstemp(dir=self.upload_dir, prefix="upload-")
+            except FileNotFoundError:  # the folder was removed under this server: make a new one
+                log.warning("%s: the upload folder was removed by something else; making a new one", self.upload_dir)
+                self.uploads.close()
+                self.upload_dir = self.uploads.open()
+                return tempfile.mkstemp(dir=self.upload_dir, prefix="upload-")
+        except OSError as e:
+            raise self._cannot_store(e) from None
+
+    def _cannot_store(self, e: OSError) -> Problem:
+        log.warning("cannot store an upload in %s: %s", self.upload_dir, e.strerror or e)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            return Problem(507, f"this service has no room to store the upload now ({e.strerror}); try again later")
+        return Problem(503, f"this service cannot store uploads now ({e.strerror or type(e).__name__}); try again later")
 
     def analyse(
         self,
@@ -294,6 +322,7 @@ def create_app(
         finally:
             service.uploads.close()
 
+    assets = {p.name for p in resources.files(__package__).joinpath("page").iterdir()}
     app = FastAPI(
         title="tagstack",
         version=__version__,
@@ -380,8 +409,8 @@ def create_app(
     @app.get("/static/{name}", include_in_schema=False)
     async def static(name: str) -> Response:
         types = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
-        if Path(name).suffix not in types or not resources.files(__package__).joinpath("page", name).is_file():
-            return _problem_response(404, f"no such file: {name}")
+        if Path(name).suffix not in types or name not in assets:  # (a client's name never reaches the filesystem)
+            return _problem_response(404, f"no such file: {name[:100]}")
         return Response(_asset(name), media_type=types[Path(name).suffix])
 
     return app

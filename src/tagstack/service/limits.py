@@ -244,14 +244,20 @@ def header_deadline(base: type[asyncio.Protocol], seconds: float) -> type[asynci
         def data_received(self, data: bytes) -> None:
             if self._lingering:
                 return
-            waiting = self._awaiting_headers()
-            if waiting:
-                self._partial = True
-                if self._deadline is None:  # the first byte of a request on a kept-alive connection
-                    self._deadline = self.loop.call_later(seconds, self._expired)
+            draining = self._draining()
+            waiting = not draining and self._awaiting_headers()
+            if (waiting or draining) and self._deadline is None:  # a request's first byte, or the leftover body's
+                self._deadline = self.loop.call_later(seconds, self._expired)
+            self._partial = self._partial or waiting
             super().data_received(data)
-            if waiting and not self._awaiting_headers():  # its headers are complete: uvicorn has begun the request
-                self._cancel()
+            if (waiting and not self._awaiting_headers()) or (draining and not self._draining()):
+                self._cancel()  # its headers are complete (uvicorn has begun the request), or the leftover body is in
+
+        def _draining(self) -> bool:
+            """Answered early (an error, a GET with a body) while its body still arrives: the body nobody reads is held
+            to the same deadline, else a client sending it a byte a second holds the connection for ever (the upload
+            limits guard only bodies the service reads); cut off quietly, as it has its answer."""
+            return self.cycle is not None and self.cycle.response_complete and self.cycle.more_body
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._cancel()

@@ -1,7 +1,10 @@
-"""The service's upload folder: one per server process, removed when it stops, and by the next server if it was killed.
+"""How uploads reach the disk: one folder per server process, removed when it stops, and by the next server if it was killed.
 
 Each upload is streamed to a file in this folder while it is received and
-analysed, and removed when its request ends. A process killed with SIGKILL
+analysed, and removed when its request ends; a multipart body too
+(:class:`MultipartFile` writes its ``file`` part straight there, where a
+form parser would first spool it to the system's temporary folder: twice the
+disk, and not where ``--upload-dir`` says). A process killed with SIGKILL
 (or by the kernel's OOM killer) cannot remove anything, so every folder holds
 a lock file that its process keeps locked (``flock``) while it lives: the
 kernel drops the lock when the process dies, however it dies. A starting
@@ -17,6 +20,9 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+
+from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.exceptions import MultipartParseError
 
 from ..errors import ParameterError
 
@@ -79,4 +85,95 @@ class UploadFolder:
         self.path, self._lock = None, None
 
 
-__all__ = ["UploadFolder", "remove_abandoned"]
+class MultipartFile:
+    """The part named ``file`` of a ``multipart/form-data`` body, written to ``out`` as the body arrives.
+
+    Feed it the body's chunks (:meth:`write`), then :meth:`close`. Other
+    fields are read and dropped. A body that is not multipart as its header
+    says, a second file, or too many parts, is a :class:`ValueError` whose
+    message is meant for the client.
+    """
+
+    #: Parts a body may have (the file and a few form fields a browser adds), headers a part may have, and bytes a
+    #: header's name or value may have: what a browser sends is far below, and nothing a client sends is held beyond.
+    MAX_PARTS, MAX_HEADERS, MAX_HEADER_BYTES = 20, 16, 8192
+
+    def __init__(self, content_type: str, out) -> None:
+        _, options = parse_options_header(content_type)
+        boundary = options.get(b"boundary")
+        if not boundary:
+            raise ValueError("a multipart upload needs a boundary in its Content-Type")
+        self.out = out
+        self.filename: str | None = None  # the client's name for the file, once its part has begun
+        self.content_type: str | None = None
+        self.found = False
+        self._parts, self._in_file, self._field, self._value, self._headers = 0, False, b"", b"", {}
+        callbacks = {
+            "on_part_begin": self._part_begin,
+            "on_header_field": self._header_field,
+            "on_header_value": self._header_value,
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished,
+            "on_part_data": self._part_data,
+            "on_part_end": self._part_end,
+        }
+        self.parser = MultipartParser(boundary, callbacks)
+
+    def write(self, chunk: bytes) -> None:
+        """Parse the next ``chunk`` of the body."""
+        try:
+            self.parser.write(chunk)
+        except MultipartParseError as e:
+            raise ValueError(f"the multipart body is malformed ({e})") from None
+
+    def close(self) -> None:
+        """The body has ended: a :class:`ValueError` when it held no ``file`` field."""
+        try:
+            self.parser.finalize()
+        except MultipartParseError as e:
+            raise ValueError(f"the multipart body is malformed ({e})") from None
+        if not self.found:
+            raise ValueError("a multipart upload needs its audio in a field named 'file'")
+
+    def _part_begin(self) -> None:
+        self._parts += 1
+        if self._parts > self.MAX_PARTS:
+            raise ValueError(f"a multipart upload of more than {self.MAX_PARTS} parts")
+        self._headers = {}
+
+    def _header_field(self, data: bytes, start: int, end: int) -> None:
+        self._field = self._bounded(self._field + data[start:end])
+
+    def _header_value(self, data: bytes, start: int, end: int) -> None:
+        self._value = self._bounded(self._value + data[start:end])
+
+    def _bounded(self, text: bytes) -> bytes:
+        if len(text) > self.MAX_HEADER_BYTES:
+            raise ValueError(f"a multipart part's header is longer than {self.MAX_HEADER_BYTES} bytes")
+        return text
+
+    def _header_end(self) -> None:
+        if len(self._headers) >= self.MAX_HEADERS:
+            raise ValueError(f"a multipart part has more than {self.MAX_HEADERS} headers")
+        self._headers[self._field.decode("latin-1").lower()] = self._value
+        self._field, self._value = b"", b""
+
+    def _headers_finished(self) -> None:
+        _, options = parse_options_header(self._headers.get("content-disposition", b""))
+        self._in_file = options.get(b"name") == b"file"
+        if self._in_file:
+            if self.found:
+                raise ValueError("a multipart upload takes one file")
+            self.found = True
+            self.filename = options.get(b"filename", b"").decode("utf-8", "replace")
+            self.content_type = self._headers.get("content-type", b"").decode("latin-1") or None
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._in_file:
+            self.out.write(data[start:end])
+
+    def _part_end(self) -> None:
+        self._in_file = False
+
+
+__all__ = ["MultipartFile", "UploadFolder", "remove_abandoned"]
