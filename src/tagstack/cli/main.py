@@ -262,7 +262,7 @@ def cmd_aggregate(a: argparse.Namespace) -> int:
 
 def cmd_global(a: argparse.Namespace) -> int:
     from ..experiments.run import Experiment
-    from ..train.evaluation import binary_targets, evaluate
+    from ..evaluation.metrics import binary_targets, evaluate
 
     exp = Experiment(config_from_args(a), a.out)
     default = tuple(a.scales) == ExperimentConfig().scales and a.layers is None
@@ -423,9 +423,10 @@ def cmd_info(a: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
+    from ..evaluation.assess import evaluate_model
     from ..fileio import atomic_write_json
-    from ..inference.assess import evaluate_model, evaluation_text
     from ..inference.outputs import check_destination
+    from ..report import evaluation_text
 
     if a.json is not None:
         check_destination(a.json)

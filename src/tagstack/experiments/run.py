@@ -40,6 +40,7 @@ from ..config import tagstack_home
 from ..datasets import ClipSet, load_dataset
 from ..datasets.melcache import MelCache
 from ..errors import DatasetError, ParameterError
+from ..evaluation.metrics import binary_targets, bootstrap_ci, evaluate, group_metrics, scorable_tags, test_summary
 from ..fileio import atomic_save_npy, atomic_write_json, atomic_write_text, remove_leftovers
 from ..config import FrontEndConfig
 from ..models.aggregation import FeatureBlock, select_columns
@@ -51,7 +52,6 @@ from ..models.zoo import resolve_model
 from ..provenance import data_digest, differences, weights_digest
 from ..progress import progress
 from ..runtime import barrier, choose_device, distributed
-from ..train.evaluation import binary_targets, bootstrap_ci, evaluate, scorable_tags
 from ..train.stages import finetune_joint, model_clip_probs, train_global, train_local
 from .experiment_config import ExperimentConfig, save_config
 
@@ -540,15 +540,6 @@ def _file_name(scale: str) -> str:
     return scale.replace("/", "@")
 
 
-def group_metrics(clips: ClipSet, per_tag: list[float]) -> dict[str, float]:
-    """Mean per-tag ROC-AUC of each tag group (instrument, style ...)."""
-    by: dict[str, list[float]] = {}
-    for t, v in zip(clips.tags, per_tag):
-        if t in clips.groups and v is not None and v == v:
-            by.setdefault(clips.groups[t], []).append(v)
-    return {g: float(np.mean(v)) for g, v in sorted(by.items())}
-
-
 def _portable(config: ExperimentConfig) -> dict:
     """The configuration for a model file, without what belongs to this machine (paths, device, workers, engine)."""
     from ..config import to_dict
@@ -557,16 +548,6 @@ def _portable(config: ExperimentConfig) -> dict:
     for key in ("root", "cache_dir", "split_dir", "local_from", "device", "workers", "engine", "ray_address"):
         d.pop(key, None)
     return d
-
-
-def test_summary(tags: list[str], g: dict) -> dict:
-    """The test scores a model file records: macro and per-tag ROC-AUC and PR-AUC."""
-    return {
-        "roc_auc": g["roc_auc"],
-        "pr_auc": g["pr_auc"],
-        "per_tag_roc_auc": dict(zip(tags, g["per_tag"]["roc_auc"])),
-        "per_tag_pr_auc": dict(zip(tags, g["per_tag"]["pr_auc"])),
-    }
 
 
 def run_experiment(config: ExperimentConfig, run_dir: str | Path, *, clips: ClipSet | None = None) -> dict:

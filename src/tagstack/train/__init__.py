@@ -1,1 +1,2 @@
-"""Training: the one loop (:mod:`.loop`), what each stage trains on (:mod:`.stages`), and metrics (:mod:`.evaluation`)."""
+"""Training: the one loop (:mod:`.loop`) and what each stage trains on (:mod:`.stages`); its metrics are
+:mod:`tagstack.evaluation`'s."""

@@ -27,11 +27,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..config import TrainConfig
+from ..evaluation.metrics import binary_targets, tagging_metrics
 from ..models.aggregation import aggregate
 from ..models.classifier import GlobalMLP
 from ..models.local import LocalCNN
 from ..models.tagging_model import TaggingModel
-from .evaluation import binary_targets, tagging_metrics
 from .loop import TrainState, fit
 
 Batches = Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]]
