@@ -21,6 +21,7 @@ from ..config import global_schedule, joint_schedule, local_schedule
 from ..errors import ParameterError, TagstackError
 from ..experiments.experiment_config import ExperimentConfig, load_config
 from ..fileio import shown
+from ..runtime import leave_distributed
 from ..service.limits import ServiceLimits
 
 MODEL_HELP = "model file, or a shipped model's name (default: pretrained; list them: tagstack info --list)"
@@ -770,11 +771,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tagstack: error: {where}{e.strerror or e}", file=sys.stderr)
         return 1
     finally:
-        if os.environ.get("WORLD_SIZE", "1") != "1":
-            import torch.distributed as dist
-
-            if dist.is_initialized():
-                dist.destroy_process_group()
+        leave_distributed()
 
 
 if __name__ == "__main__":
