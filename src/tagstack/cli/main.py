@@ -263,14 +263,8 @@ def cmd_aggregate(a: argparse.Namespace) -> int:
 
 def cmd_global(a: argparse.Namespace) -> int:
     from ..experiments.run import Experiment
-    from ..evaluation.metrics import binary_targets, evaluate
 
-    exp = Experiment(config_from_args(a), a.out)
-    default = tuple(a.scales) == ExperimentConfig().scales and a.layers is None
-    name = "3-global" if default else f"3-global-s{'-'.join(a.scales).replace('/', '@')}-l{'-'.join(map(str, a.layers or ['all']))}"
-    model = exp.train_head(name=name)
-    clips = exp.data.clips
-    m = evaluate(binary_targets(clips.labels[clips.indices("test")]), exp.test_probs(model), task=clips.task)
+    name, m = Experiment(config_from_args(a), a.out).global_model(scales=a.scales, layers=a.layers)
     print(f"global model ({name}): test ROC-AUC {m['roc_auc']:.4f}, PR-AUC {m['pr_auc']:.4f}")
     return 0
 

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import FrontEndConfig, tagstack_home
+from ..config import PAPER_SCALES, FrontEndConfig, tagstack_home
 from ..datasets import ClipSet, load_dataset
 from ..datasets.melcache import MelCache
 from ..errors import DatasetError, ParameterError
@@ -51,7 +51,7 @@ from ..models.zoo import resolve_model
 from ..provenance import data_digest, differences, weights_digest
 from ..runtime import choose_device, rank_zero_first
 from ..train.stages import extract_features, finetune_joint, model_clip_probs, train_global, train_local
-from .experiment_config import ExperimentConfig, save_config
+from .experiment_config import ExperimentConfig, order_scales, save_config
 
 log = logging.getLogger(__name__)
 
@@ -405,6 +405,29 @@ class Experiment:
         with torch.inference_mode():
             return model.cpu().eval().proba_from_features(torch.from_numpy(self.features()["features"][test])).numpy()
 
+    def global_model(self, *, scales: tuple[str, ...], layers: tuple[int, ...] | None) -> tuple[str, dict]:
+        """Stage 3 as ``tagstack global`` runs it: the configured global classifier, trained (or reused) in a folder
+        named after the slice ``scales`` and ``layers`` as the command line gave them, and its test metrics.
+
+        The paper's scales with every layer are :meth:`run`'s own ``3-global``;
+        any other slice gets a folder of its own (``3-global-s27-54-l1-3``), so
+        that slices tried one after another live side by side in one run
+        directory. The name follows the flags as typed, not as the
+        configuration orders them, so that the same command finds its folder
+        again.
+
+        Returns
+        -------
+        name, metrics : str, dict
+            The folder under the run directory, and the test metrics as :func:`~tagstack.evaluation.metrics.evaluate`
+            gives them.
+        """
+        default = tuple(scales) == order_scales(PAPER_SCALES) and layers is None
+        name = "3-global" if default else f"3-global-s{'-'.join(scales).replace('/', '@')}-l{'-'.join(map(str, layers or ['all']))}"
+        model = self.train_head(name=name)
+        clips = self.data.clips
+        return name, evaluate(binary_targets(clips.labels[clips.indices("test")]), self.test_probs(model), task=clips.task)
+
     # ------------------------------------------------------------ joint fine-tuning
     def finetune(self, staged: TaggingModel, *, name: str = "4-joint") -> tuple[TaggingModel, np.ndarray]:
         """Joint fine-tuning of a copy of ``staged`` end to end; returns it and its test probabilities."""
@@ -528,8 +551,3 @@ def run_experiment(config: ExperimentConfig, run_dir: str | Path, *, clips: Clip
         A dataset that cannot be read, or splits too small or too uniform to score.
     """
     return Experiment(config, run_dir, clips=clips).run()
-
-
-def load_run_model(run_dir: str | Path) -> TaggingModel:
-    """The tagger a finished run saved."""
-    return load_model(Path(run_dir) / "model.safetensors")
