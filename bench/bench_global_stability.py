@@ -26,7 +26,7 @@ import numpy as np
 import tagstack  # noqa: F401  (sets the OpenMP wait policy before torch starts)
 from tagstack.experiments.experiment_config import load_config
 from tagstack.experiments.run import Experiment
-from tagstack.train.evaluation import macro_roc_auc
+from tagstack.evaluation.metrics import macro_roc_auc
 
 VARIANTS = {
     "authors (lr 0.01)": {},

@@ -30,8 +30,9 @@ import logging
 from pathlib import Path
 
 from tagstack.config import global_schedule, local_schedule, tagstack_home
+from tagstack.evaluation.metrics import test_summary
 from tagstack.experiments.experiment_config import ExperimentConfig
-from tagstack.experiments.run import Experiment, test_summary
+from tagstack.experiments.run import Experiment
 from tagstack.fileio import atomic_write_text
 from tagstack.models.file import save_model
 from tagstack.report import model_card

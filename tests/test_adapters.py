@@ -223,7 +223,7 @@ def test_jamendo_generated_and_errors(tmp_path):
 
 
 def test_jamendo_reads_the_split_asked_for_and_every_adapter_refuses_splits_it_lacks(tmp_path):
-    from tagstack.inference.assess import tag_key
+    from tagstack.evaluation.assess import tag_key
 
     header = "TRACK_ID\tARTIST_ID\tALBUM_ID\tPATH\tDURATION\tTAGS"
     for k, n in (("0", 2), ("3", 4)):  # MTG's layout: splits/split-N/autotagging_top50tags-*.tsv

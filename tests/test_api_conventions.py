@@ -45,7 +45,7 @@ USER_API = [
     "tagstack.inference.tagger.Tagger.taggram",
     "tagstack.inference.outputs.tag_files",
     "tagstack.inference.outputs.embed_files",
-    "tagstack.inference.assess.evaluate_model",
+    "tagstack.evaluation.assess.evaluate_model",
     "tagstack.models.file.load_model",
     "tagstack.models.file.save_model",
     "tagstack.models.tagging_model.TaggingModel",

@@ -40,6 +40,21 @@ def test_help_reads_well(capsys):
         assert cmd in text
 
 
+def test_global_trains_the_configured_model_in_a_folder_named_after_the_flags(trained_model, capsys):
+    """``tagstack global`` prints the test scores of the model it trained (reused here: run's own ``3-global``); another
+    slice of scales and layers gets a folder of its own, named after it."""
+    from tagstack.experiments.experiment_config import load_config
+    from tagstack.experiments.run import Experiment
+
+    run = trained_model.parent
+    assert main(["global", "--out", str(run), "--config", str(run / "config.toml")]) == 0
+    g = json.loads((run / "metrics.json").read_text())["global"]
+    assert capsys.readouterr().out == f"global model (3-global): test ROC-AUC {g['roc_auc']:.4f}, PR-AUC {g['pr_auc']:.4f}\n"
+    cfg = load_config(run / "config.toml").replace(scales=("27",), layers=(2,))  # what --scales 27 --layers 2 configure
+    name, m = Experiment(cfg, run).global_model(scales=("27",), layers=(2,))
+    assert name == "3-global-s27-l2" and (run / name / "best.pt").is_file() and 0 <= m["roc_auc"] <= 1
+
+
 def test_tag_formats_and_bad_files(trained_model, synth_dir, tmp_path, capsys):
     (tmp_path / "empty.wav").write_bytes(b"")
     (tmp_path / "corrupt.mp3").write_bytes(b"\x00garbage" * 100)

@@ -1,7 +1,7 @@
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from tagstack.train.evaluation import accuracy, bootstrap_ci, evaluate, tagging_metrics
+from tagstack.evaluation.metrics import accuracy, bootstrap_ci, evaluate, tagging_metrics
 
 
 def test_macro_scores_match_sklearn_and_skip_tags_without_positives():
@@ -32,7 +32,7 @@ def test_bootstrap_interval_contains_the_estimate():
 
 
 def test_rank_macro_roc_auc_equals_sklearn_with_ties_and_one_class_tags():
-    from tagstack.train.evaluation import macro_roc_auc
+    from tagstack.evaluation.metrics import macro_roc_auc
 
     rng = np.random.default_rng(2)
     y = rng.random((150, 30)) < 0.15
@@ -44,7 +44,7 @@ def test_rank_macro_roc_auc_equals_sklearn_with_ties_and_one_class_tags():
 
 def test_unknown_labels_are_left_out_of_each_tags_scores():
     """A NaN label (never annotated) scores as if its clip were absent for that tag only."""
-    from tagstack.train.evaluation import binary_targets, macro_roc_auc
+    from tagstack.evaluation.metrics import binary_targets, macro_roc_auc
 
     rng = np.random.default_rng(3)
     y = (rng.random((120, 3)) < 0.4).astype(np.float32)

@@ -200,7 +200,7 @@ def test_tagger_gives_the_right_tags_on_new_audio(run):
 
     _, out, _ = run
     tagger = Tagger(out / "model.safetensors", device="cpu")
-    from tagstack.train.evaluation import tagging_metrics
+    from tagstack.evaluation.metrics import tagging_metrics
 
     rng = np.random.default_rng(99)
     sets = [{"low"}, {"high", "noise"}, {"pulse", "low"}, {"high"}, {"noise"}, {"pulse", "high"}, {"low", "noise"}, {"pulse"}]

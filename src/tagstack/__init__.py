@@ -3,7 +3,8 @@
 The tree is the architecture: :mod:`~tagstack.audio` (decoding, front end),
 :mod:`~tagstack.models` (local CNNs, aggregation, global classifier, the whole
 tagger and its file), :mod:`~tagstack.datasets` (adapters, mel cache, corpus),
-:mod:`~tagstack.train` (loop, stages, evaluation), :mod:`~tagstack.experiments`
+:mod:`~tagstack.train` (loop, stages), :mod:`~tagstack.evaluation` (metrics,
+scoring a model on labelled data), :mod:`~tagstack.experiments`
 (configuration, the orchestrator, reproduce, demo), :mod:`~tagstack.inference`
 (tagging and embedding), :mod:`~tagstack.report` (everything shown to a person)
 and :mod:`~tagstack.cli`.

@@ -300,6 +300,20 @@ def metrics_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def evaluation_text(result: dict, model_name: str) -> str:
+    """A plain-text summary of :func:`~tagstack.evaluation.assess.evaluate_model`'s result (``tagstack evaluate``)."""
+    lo, hi = result["roc_auc_ci"]
+    ci = f" (95% CI {lo:.4f}-{hi:.4f})" if lo is not None else ""
+    lines = [
+        f"{model_name} on {result['root']} ({result['subset']}: {result['clips']} clips"
+        + (f", {len(result['skipped'])} skipped" if result["skipped"] else "")
+        + ")",
+        f"  macro ROC-AUC {result['roc_auc']:.4f}{ci}, macro PR-AUC {result['pr_auc']:.4f}, "
+        f"over {result['n_tags_evaluated']} of {len(result['tags'])} shared tags",
+    ]
+    return "\n".join(lines)
+
+
 def model_summary(meta: dict, path: str) -> str:
     """A short human description of a model file's header (``tagstack info``)."""
     info = meta.get("info", {})

@@ -4,13 +4,23 @@ The device is CUDA when one is available unless the caller names another
 (under ``torchrun``, the GPU of this process's local rank).
 Threads follow the CPUs this process may actually use (its affinity mask,
 which a container or ``taskset`` narrows), not the machine's core count.
+
+Every use of ``torch.distributed`` outside the trainer is here: joining and
+leaving the process group (:func:`distributed`, :func:`leave_distributed`),
+waiting for the others (:func:`barrier`, :func:`rank_zero_first`) and putting
+the processes' shares of an array together (:func:`all_gather_rows`). It is
+a low module so that the stages, the orchestrator and the mel cache can use
+it; ``tagstack.distributed`` sits above them and is for Ray.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+import numpy as np
 import torch
 
 from .errors import ParameterError
@@ -86,6 +96,58 @@ def barrier() -> None:
         import torch.distributed as dist
 
         dist.barrier()
+
+
+@contextmanager
+def rank_zero_first() -> Iterator[None]:
+    """Under ``torchrun``, run the body on rank 0 first and on the other processes once it has finished; alone, just run it.
+
+    For work whose result is shared through files, such as a mel cache: rank 0
+    builds it while the others wait, then they open what it wrote instead of
+    building it too. An exception in the body is not caught here: the others
+    then keep waiting until the process group's timeout, or until torchrun
+    ends them when rank 0 exits.
+    """
+    rank, _ = distributed()
+    if rank > 0:
+        barrier()
+    yield
+    if rank == 0:
+        barrier()
+
+
+def all_gather_rows(part: np.ndarray, *, rows: int) -> np.ndarray:
+    """Every process's ``part`` (float32, at most ``rows`` rows), each padded with zero rows to ``rows``, stacked in rank
+    order: ``(world size x rows, columns)``, the same on every process.
+
+    ``torch.distributed.all_gather`` needs one shape on every process, hence
+    the padding; a caller whose processes took contiguous shares of ``rows``
+    rows (only the last ones short) gets its whole array back as the first
+    rows of the result. On NCCL the tensors go through this process's GPU.
+    """
+    import torch.distributed as dist
+
+    _, world = distributed()
+    mine = np.zeros((rows, part.shape[1]), np.float32)
+    mine[: len(part)] = part
+    if world == 1:
+        return mine
+    on = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    parts = [torch.empty(mine.shape, dtype=torch.float32, device=on) for _ in range(world)]
+    dist.all_gather(parts, torch.from_numpy(mine).to(on))
+    return torch.cat(parts).cpu().numpy()
+
+
+def leave_distributed() -> None:
+    """Leave ``torchrun``'s process group if this process joined it: the last thing a command does, however it ended.
+
+    Reads ``WORLD_SIZE`` as it is rather than through :func:`world_size`, so that it never raises on the way out.
+    """
+    if os.environ.get("WORLD_SIZE", "1") != "1":
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def die_with_parent() -> None:

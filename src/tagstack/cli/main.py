@@ -22,6 +22,7 @@ from ..config import global_schedule, joint_schedule, local_schedule
 from ..errors import ParameterError, TagstackError
 from ..experiments.experiment_config import ExperimentConfig, load_config
 from ..fileio import shown
+from ..runtime import leave_distributed
 from ..service.limits import ServiceLimits
 
 MODEL_HELP = "model file, or a shipped model's name (default: pretrained; list them: tagstack info --list)"
@@ -266,14 +267,8 @@ def cmd_aggregate(a: argparse.Namespace) -> int:
 
 def cmd_global(a: argparse.Namespace) -> int:
     from ..experiments.run import Experiment
-    from ..train.evaluation import binary_targets, evaluate
 
-    exp = Experiment(config_from_args(a), a.out)
-    default = tuple(a.scales) == ExperimentConfig().scales and a.layers is None
-    name = "3-global" if default else f"3-global-s{'-'.join(a.scales).replace('/', '@')}-l{'-'.join(map(str, a.layers or ['all']))}"
-    model = exp.train_head(name=name)
-    clips = exp.data.clips
-    m = evaluate(binary_targets(clips.labels[clips.indices("test")]), exp.test_probs(model), task=clips.task)
+    name, m = Experiment(config_from_args(a), a.out).global_model(scales=a.scales, layers=a.layers)
     print(f"global model ({name}): test ROC-AUC {m['roc_auc']:.4f}, PR-AUC {m['pr_auc']:.4f}")
     return 0
 
@@ -427,9 +422,10 @@ def cmd_info(a: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
+    from ..evaluation.assess import evaluate_model
     from ..fileio import atomic_write_json
-    from ..inference.assess import evaluate_model, evaluation_text
     from ..inference.outputs import check_destination
+    from ..report import evaluation_text
 
     if a.json is not None:
         check_destination(a.json)
@@ -777,11 +773,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tagstack: error: {where}{e.strerror or e}", file=sys.stderr)
         return 1
     finally:
-        if os.environ.get("WORLD_SIZE", "1") != "1":
-            import torch.distributed as dist
-
-            if dist.is_initialized():
-                dist.destroy_process_group()
+        leave_distributed()
 
 
 if __name__ == "__main__":

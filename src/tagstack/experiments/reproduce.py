@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..fileio import atomic_write_json
-from ..train.evaluation import binary_targets, bootstrap_ci, evaluate
+from ..evaluation.metrics import binary_targets, bootstrap_ci, evaluate
 from .experiment_config import ExperimentConfig
 from ..report import bar_figure, best_local_scale, per_tag_gain_figure, write_reproduction_report, write_table
 from .run import Experiment
@@ -120,7 +120,7 @@ def own_tag_comparison(
     """Does the global model beat a pretrained network's own tags? For each scale whose network has outputs of another
     vocabulary that shares tag names with the dataset (matched as ``tagstack evaluate`` matches them), macro ROC-AUC of its
     own outputs and of the global model on those shared tags, the same test clips, with bootstrap intervals."""
-    from ..inference.assess import tag_key
+    from ..evaluation.assess import tag_key
 
     tags = exp.data.clips.tags
     rows = []

@@ -36,12 +36,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import tagstack_home
+from ..config import PAPER_SCALES, FrontEndConfig, tagstack_home
 from ..datasets import ClipSet, load_dataset
 from ..datasets.melcache import MelCache
 from ..errors import DatasetError, ParameterError
+from ..evaluation.metrics import binary_targets, bootstrap_ci, evaluate, group_metrics, scorable_tags, test_summary
 from ..fileio import atomic_save_npy, atomic_write_json, atomic_write_text, remove_leftovers
-from ..config import FrontEndConfig
 from ..models.aggregation import FeatureBlock, select_columns
 from ..models.classifier import GlobalArch, GlobalMLP
 from ..models.file import load_model, save_model
@@ -49,11 +49,9 @@ from ..models.local import build_local_cnn
 from ..models.tagging_model import Branch, TaggingModel
 from ..models.zoo import resolve_model
 from ..provenance import data_digest, differences, weights_digest
-from ..progress import progress
-from ..runtime import barrier, choose_device, distributed
-from ..train.evaluation import binary_targets, bootstrap_ci, evaluate, scorable_tags
-from ..train.stages import finetune_joint, model_clip_probs, train_global, train_local
-from .experiment_config import ExperimentConfig, save_config
+from ..runtime import choose_device, rank_zero_first
+from ..train.stages import extract_features, finetune_joint, model_clip_probs, train_global, train_local
+from .experiment_config import ExperimentConfig, order_scales, save_config
 
 log = logging.getLogger(__name__)
 
@@ -156,12 +154,8 @@ class Experiment:
             clips = self._clips or load_dataset(c.dataset, c.root, split=c.split, split_dir=c.split_dir, merge=c.merge_synonyms)
             frontend = self._main_frontend()
             cache = MelCache(clips, cache_dir=c.cache_dir or tagstack_home() / "mels", frontend=frontend)
-            rank, _ = distributed()
-            if rank > 0:  # under torchrun the first process builds the cache, the others then open it
-                barrier()
-            report = cache.build(workers=c.workers, device=self.device, engine=c.engine, ray_address=c.ray_address)
-            if rank == 0:
-                barrier()
+            with rank_zero_first():  # under torchrun the first process builds the cache, the others then open it
+                report = cache.build(workers=c.workers, device=self.device, engine=c.engine, ray_address=c.ray_address)
             kept = clips.subset(cache.valid)
             for split in ("train", "valid", "test"):
                 if len(kept.indices(split)) < 2:
@@ -195,12 +189,8 @@ class Experiment:
             if fe == d.frontend or fe in d.other:
                 continue
             cache = MelCache(self._all_clips, cache_dir=c.cache_dir or tagstack_home() / "mels", frontend=fe)
-            rank, _ = distributed()
-            if rank > 0:
-                barrier()
-            cache.build(workers=c.workers, device=self.device, engine=c.engine, ray_address=c.ray_address)
-            if rank == 0:
-                barrier()
+            with rank_zero_first():
+                cache.build(workers=c.workers, device=self.device, engine=c.engine, ray_address=c.ray_address)
             if not cache.valid[d.mel_rows].all():
                 raise DatasetError(f"{self._all_clips.root}: some clips decoded for one front end and not for another")
             d.other[fe] = (cache.mels, cache.frames)
@@ -327,7 +317,7 @@ class Experiment:
             log.info("stage 2: aggregating every layer of %d branches over %d clips", len(scales), len(d.mel_rows))
             self._cache_frontends(extractor)
             mels, frames = d.inputs(extractor)
-            feats, probs = _extract_shared(extractor.to(self.device).eval(), mels, d.mel_rows, frames, self.device)
+            feats, probs = extract_features(extractor.to(self.device).eval(), mels, rows=d.mel_rows, frames=frames, device=self.device)
             for s, p in probs.items():
                 atomic_save_npy(out / f"local_probs_{_file_name(s)}.npy", p)
             atomic_write_json(out / "layout.json", [b.__dict__ for b in extractor.layout])
@@ -415,6 +405,29 @@ class Experiment:
         with torch.inference_mode():
             return model.cpu().eval().proba_from_features(torch.from_numpy(self.features()["features"][test])).numpy()
 
+    def global_model(self, *, scales: tuple[str, ...], layers: tuple[int, ...] | None) -> tuple[str, dict]:
+        """Stage 3 as ``tagstack global`` runs it: the configured global classifier, trained (or reused) in a folder
+        named after the slice ``scales`` and ``layers`` as the command line gave them, and its test metrics.
+
+        The paper's scales with every layer are :meth:`run`'s own ``3-global``;
+        any other slice gets a folder of its own (``3-global-s27-54-l1-3``), so
+        that slices tried one after another live side by side in one run
+        directory. The name follows the flags as typed, not as the
+        configuration orders them, so that the same command finds its folder
+        again.
+
+        Returns
+        -------
+        name, metrics : str, dict
+            The folder under the run directory, and the test metrics as :func:`~tagstack.evaluation.metrics.evaluate`
+            gives them.
+        """
+        default = tuple(scales) == order_scales(PAPER_SCALES) and layers is None
+        name = "3-global" if default else f"3-global-s{'-'.join(scales).replace('/', '@')}-l{'-'.join(map(str, layers or ['all']))}"
+        model = self.train_head(name=name)
+        clips = self.data.clips
+        return name, evaluate(binary_targets(clips.labels[clips.indices("test")]), self.test_probs(model), task=clips.task)
+
     # ------------------------------------------------------------ joint fine-tuning
     def finetune(self, staged: TaggingModel, *, name: str = "4-joint") -> tuple[TaggingModel, np.ndarray]:
         """Joint fine-tuning of a copy of ``staged`` end to end; returns it and its test probabilities."""
@@ -490,63 +503,9 @@ class Experiment:
         return out
 
 
-def _extract(
-    model: TaggingModel, mels: list[np.ndarray], rows: np.ndarray, frames: list[np.ndarray], device: torch.device, batch: int = 8
-) -> tuple[np.ndarray, dict]:
-    width = model.layout[-1].stop
-    feats = [np.zeros((0, width), np.float32)]
-    probs = {s: [np.zeros((0, model.network_of(s).n_outputs), np.float32)] for s in model.local_scales}
-    with torch.inference_mode():
-        for i in progress(range(0, len(rows), batch), desc="stage 2", unit="batch"):
-            sel = rows[i : i + batch]
-            x = [torch.from_numpy(np.asarray(m[sel], dtype=np.float32)).to(device) for m in mels]
-            f, p = model.features_and_local_probs(x, [torch.from_numpy(fr[sel]).to(device) for fr in frames])
-            feats.append(f.cpu().numpy())
-            for s in p:
-                probs[s].append(p[s].cpu().numpy())
-    return np.concatenate(feats).astype(np.float32), {s: np.concatenate(v).astype(np.float32) for s, v in probs.items()}
-
-
-def _extract_shared(
-    model: TaggingModel, mels: list[np.ndarray], rows: np.ndarray, frames: list[np.ndarray], device: torch.device
-) -> tuple[np.ndarray, dict]:
-    """Stage 2 over ``rows``; under torchrun each process extracts a contiguous share and every process gets all of it.
-
-    Stage 3 then trains on every process (each takes its part of every
-    batch), so all of them need the whole array: an all-gather, instead of
-    every process extracting everything.
-    """
-    rank, world = distributed()
-    if world == 1:
-        return _extract(model, mels, rows, frames, device)
-    import torch.distributed as dist
-
-    share = -(-len(rows) // world)
-    feats, probs = _extract(model, mels, rows[rank * share : (rank + 1) * share], frames, device)
-    scales = list(probs)
-    widths = [feats.shape[1]] + [probs[s].shape[1] for s in scales]  # features, then each network's own outputs
-    edges = np.cumsum([0] + widths)
-    mine = np.zeros((share, edges[-1]), np.float32)
-    mine[: len(feats)] = np.concatenate([feats] + [probs[s] for s in scales], axis=1)
-    on = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    parts = [torch.empty(mine.shape, dtype=torch.float32, device=on) for _ in range(world)]
-    dist.all_gather(parts, torch.from_numpy(mine).to(on))
-    whole = torch.cat(parts).cpu().numpy()[: len(rows)]
-    return whole[:, : edges[1]].copy(), {s: whole[:, edges[i + 1] : edges[i + 2]].copy() for i, s in enumerate(scales)}
-
-
 def _file_name(scale: str) -> str:
     """A scale's name as part of a file name (``musicnn-msd/187`` -> ``musicnn-msd@187``)."""
     return scale.replace("/", "@")
-
-
-def group_metrics(clips: ClipSet, per_tag: list[float]) -> dict[str, float]:
-    """Mean per-tag ROC-AUC of each tag group (instrument, style ...)."""
-    by: dict[str, list[float]] = {}
-    for t, v in zip(clips.tags, per_tag):
-        if t in clips.groups and v is not None and v == v:
-            by.setdefault(clips.groups[t], []).append(v)
-    return {g: float(np.mean(v)) for g, v in sorted(by.items())}
 
 
 def _portable(config: ExperimentConfig) -> dict:
@@ -557,16 +516,6 @@ def _portable(config: ExperimentConfig) -> dict:
     for key in ("root", "cache_dir", "split_dir", "local_from", "device", "workers", "engine", "ray_address"):
         d.pop(key, None)
     return d
-
-
-def test_summary(tags: list[str], g: dict) -> dict:
-    """The test scores a model file records: macro and per-tag ROC-AUC and PR-AUC."""
-    return {
-        "roc_auc": g["roc_auc"],
-        "pr_auc": g["pr_auc"],
-        "per_tag_roc_auc": dict(zip(tags, g["per_tag"]["roc_auc"])),
-        "per_tag_pr_auc": dict(zip(tags, g["per_tag"]["pr_auc"])),
-    }
 
 
 def run_experiment(config: ExperimentConfig, run_dir: str | Path, *, clips: ClipSet | None = None) -> dict:
@@ -602,8 +551,3 @@ def run_experiment(config: ExperimentConfig, run_dir: str | Path, *, clips: Clip
         A dataset that cannot be read, or splits too small or too uniform to score.
     """
     return Experiment(config, run_dir, clips=clips).run()
-
-
-def load_run_model(run_dir: str | Path) -> TaggingModel:
-    """The tagger a finished run saved."""
-    return load_model(Path(run_dir) / "model.safetensors")

@@ -1,1 +1,2 @@
-"""Training: the one loop (:mod:`.loop`), what each stage trains on (:mod:`.stages`), and metrics (:mod:`.evaluation`)."""
+"""Training: the one loop (:mod:`.loop`) and what each stage computes (:mod:`.stages`: stages 1 and 3, stage 2's
+feature extraction, joint fine-tuning); its metrics are :mod:`tagstack.evaluation`'s."""

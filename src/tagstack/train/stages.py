@@ -3,6 +3,9 @@
 - stage 1 (:func:`train_local`): one local CNN on shuffled segments, each
   carrying its clip's labels; validated on clip predictions (the mean of
   segment predictions, computed by :func:`~tagstack.models.aggregation.aggregate`);
+- stage 2 (:func:`extract_features`): nothing is trained; every layer of
+  every local network, aggregated over each clip's segments, read once for
+  all clips (under ``torchrun`` each process takes a share);
 - stage 3 (:func:`train_global`): the global classifier on stored features;
 - joint fine-tuning (:func:`finetune_joint`): the whole
   :class:`~tagstack.models.TaggingModel` end to end on clips.
@@ -27,11 +30,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..config import TrainConfig
+from ..evaluation.metrics import binary_targets, tagging_metrics
 from ..models.aggregation import aggregate
 from ..models.classifier import GlobalMLP
 from ..models.local import LocalCNN
 from ..models.tagging_model import TaggingModel
-from .evaluation import binary_targets, tagging_metrics
+from ..progress import progress
+from ..runtime import all_gather_rows, distributed
 from .loop import TrainState, fit
 
 Batches = Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]]
@@ -243,6 +248,54 @@ def train_local(
         desc=f"local {model.arch.n_frames}",
         inputs=inputs,
     )
+
+
+def extract_features(
+    model: TaggingModel,
+    mels: list[np.ndarray],
+    *,
+    rows: np.ndarray,
+    frames: list[np.ndarray],
+    device: torch.device,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Stage 2: the aggregated features of every layer of every scale, and each local network's own clip outputs, for
+    clips ``rows`` of ``mels`` (one cache per front end of ``model``, with their audio ``frames``).
+
+    Returns ``(features, local_probs)``: clips x ``model.layout``'s width, and
+    scale -> clips x that network's outputs, both float32 in the order of
+    ``rows``. Under ``torchrun`` each process extracts a contiguous share and
+    every process gets all of it: stage 3 then trains on every process (each
+    takes its part of every batch), so all of them need the whole array, and
+    an all-gather is cheaper than every process extracting everything.
+    """
+    rank, world = distributed()
+    if world == 1:
+        return _extract(model, mels, rows, frames, device)
+    share = -(-len(rows) // world)
+    feats, probs = _extract(model, mels, rows[rank * share : (rank + 1) * share], frames, device)
+    scales = list(probs)
+    widths = [feats.shape[1]] + [probs[s].shape[1] for s in scales]  # features, then each network's own outputs
+    edges = np.cumsum([0] + widths)
+    whole = all_gather_rows(np.concatenate([feats] + [probs[s] for s in scales], axis=1), rows=share)[: len(rows)]
+    return whole[:, : edges[1]].copy(), {s: whole[:, edges[i + 1] : edges[i + 2]].copy() for i, s in enumerate(scales)}
+
+
+def _extract(
+    model: TaggingModel, mels: list[np.ndarray], rows: np.ndarray, frames: list[np.ndarray], device: torch.device, batch: int = 8
+) -> tuple[np.ndarray, dict]:
+    """:func:`extract_features` of one process: ``rows`` in batches of ``batch`` clips."""
+    width = model.layout[-1].stop
+    feats = [np.zeros((0, width), np.float32)]
+    probs = {s: [np.zeros((0, model.network_of(s).n_outputs), np.float32)] for s in model.local_scales}
+    with torch.inference_mode():
+        for i in progress(range(0, len(rows), batch), desc="stage 2", unit="batch"):
+            sel = rows[i : i + batch]
+            x = [torch.from_numpy(np.asarray(m[sel], dtype=np.float32)).to(device) for m in mels]
+            f, p = model.features_and_local_probs(x, [torch.from_numpy(fr[sel]).to(device) for fr in frames])
+            feats.append(f.cpu().numpy())
+            for s in p:
+                probs[s].append(p[s].cpu().numpy())
+    return np.concatenate(feats).astype(np.float32), {s: np.concatenate(v).astype(np.float32) for s, v in probs.items()}
 
 
 def train_global(

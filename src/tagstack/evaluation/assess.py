@@ -7,6 +7,7 @@ all their windows), and the model's tags are matched to the dataset's by
 name. Macro ROC-AUC and PR-AUC are computed over the shared tags that have
 both classes in the split, with a bootstrap interval over clips, so a model
 can be compared with another on exactly the same clips and tags.
+:func:`~tagstack.report.evaluation_text` shows the result to a person.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ import numpy as np
 
 from ..datasets import load_dataset
 from ..errors import ParameterError, TagstackError
-from ..progress import progress
-from ..train.evaluation import binary_targets, bootstrap_ci, tagging_metrics
+from ..inference.tagger import Tagger
 from ..models.tagging_model import require_tagger
-from .tagger import Tagger
+from ..progress import progress
+from .metrics import binary_targets, bootstrap_ci, tagging_metrics
 
 
 def tag_key(tag: str) -> str:
@@ -79,7 +80,7 @@ def evaluate_model(
     result : dict
         ``dataset``, ``root``, ``scheme``, ``subset``, ``clips`` (scored), ``skipped``, ``tags`` (shared),
         ``roc_auc``, ``pr_auc``, ``roc_auc_ci``, ``n_tags_evaluated`` and ``per_tag``, as above;
-        :func:`evaluation_text` summarises it.
+        :func:`~tagstack.report.evaluation_text` summarises it.
 
     Raises
     ------
@@ -139,18 +140,4 @@ def _finite(v: float) -> float | None:
     return None if v != v else float(v)
 
 
-def evaluation_text(result: dict, model_name: str) -> str:
-    """A plain-text summary of :func:`evaluate_model`'s result."""
-    lo, hi = result["roc_auc_ci"]
-    ci = f" (95% CI {lo:.4f}-{hi:.4f})" if lo is not None else ""
-    lines = [
-        f"{model_name} on {result['root']} ({result['subset']}: {result['clips']} clips"
-        + (f", {len(result['skipped'])} skipped" if result["skipped"] else "")
-        + ")",
-        f"  macro ROC-AUC {result['roc_auc']:.4f}{ci}, macro PR-AUC {result['pr_auc']:.4f}, "
-        f"over {result['n_tags_evaluated']} of {len(result['tags'])} shared tags",
-    ]
-    return "\n".join(lines)
-
-
-__all__ = ["evaluate_model", "evaluation_text"]
+__all__ = ["evaluate_model", "tag_key"]

@@ -1,4 +1,4 @@
-"""Metrics, computed with scikit-learn.
+"""Metrics, computed with scikit-learn: the numbers every stage, run, reproduction and ``tagstack evaluate`` reports.
 
 Tagging is scored with macro ROC-AUC and PR-AUC (average precision) over the
 tags that have at least one positive and one negative clip in the evaluated
@@ -7,16 +7,22 @@ the tags left out. A label may be unknown (NaN: the clip was never annotated
 for that tag, e.g. a mood on a clip from a source without moods); each tag is
 then scored on the clips that know it. Single-label tasks also get accuracy.
 Bootstrap confidence intervals resample clips with replacement.
+Per-group means (:func:`group_metrics`) and what a model file records of its
+test scores (:func:`test_summary`) are made from these per-tag values.
 """
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from ..errors import ParameterError
+
+if TYPE_CHECKING:  # only for the annotation: the metrics stay importable without the dataset adapters
+    from ..datasets import ClipSet
 
 
 def _check(y_true: np.ndarray, y_score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -129,3 +135,22 @@ def macro_roc_auc(y_true: np.ndarray, y_score: np.ndarray) -> float:
     ranks = rankdata(np.where(known, y_score, np.inf)[:, ok], axis=0)
     u = (ranks * y[:, ok]).sum(axis=0) - pos[ok] * (pos[ok] + 1) / 2
     return float(np.mean(u / (pos[ok] * neg[ok])))
+
+
+def group_metrics(clips: ClipSet, per_tag: list[float]) -> dict[str, float]:
+    """Mean per-tag ROC-AUC of each tag group (instrument, style ...)."""
+    by: dict[str, list[float]] = {}
+    for t, v in zip(clips.tags, per_tag):
+        if t in clips.groups and v is not None and v == v:
+            by.setdefault(clips.groups[t], []).append(v)
+    return {g: float(np.mean(v)) for g, v in sorted(by.items())}
+
+
+def test_summary(tags: list[str], g: dict) -> dict:
+    """The test scores a model file records: macro and per-tag ROC-AUC and PR-AUC."""
+    return {
+        "roc_auc": g["roc_auc"],
+        "pr_auc": g["pr_auc"],
+        "per_tag_roc_auc": dict(zip(tags, g["per_tag"]["roc_auc"])),
+        "per_tag_pr_auc": dict(zip(tags, g["per_tag"]["pr_auc"])),
+    }
