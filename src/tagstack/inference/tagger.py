@@ -18,178 +18,23 @@ Example
 
 from __future__ import annotations
 
-import itertools
-import os
-from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Union
 from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from ..audio.io import stream
 from ..checks import BATCH_WINDOWS, DEFAULT_TOP_K, MAX_SECONDS, check_hop, check_selection
-from ..tags import UNGROUPED
 from ..errors import AudioError, ParameterError, TagstackError
 from ..models.file import load_model
 from ..models.zoo import resolve_model
 from ..models.tagging_model import TaggingModel, require_tagger
 from ..runtime import choose_device
-from .windows import Window, WindowFeatures, cut_windows
-
-
-@dataclass
-class Result:
-    """What tagging one file gives.
-
-    Attributes
-    ----------
-    path : str
-        The file (``"<array>"`` for samples), or the name given for it.
-    tags : list[str]
-        The model's tags (empty when only embedding).
-    probs : np.ndarray [shape=(n_tags,)]
-        The whole file's tag probabilities, in the order of ``tags``.
-    seconds : float
-        The audio's length.
-    embedding : np.ndarray [shape=(n_features,)]
-        Every layer of every scale, averaged over every segment of the file.
-    taggram : np.ndarray [shape=(n_windows, n_tags)], optional
-        Tag probabilities of each clip-long window (when asked for).
-    window_starts : np.ndarray [shape=(n_windows,)], optional
-        Each taggram window's start, in seconds.
-    groups : dict[str, str]
-        Tag -> tag group, from the model file (:meth:`group_of`).
-    """
-
-    path: str
-    tags: list[str]
-    probs: np.ndarray  # (n_tags,) whole-file probabilities
-    seconds: float
-    embedding: np.ndarray | None = None  # (n_features,) all layers and scales
-    taggram: np.ndarray | None = None  # (windows, n_tags)
-    window_starts: np.ndarray | None = None  # seconds
-    groups: dict[str, str] = field(default_factory=dict)  # tag -> group, from the model file
-
-    def top(self, k: int | None = None, threshold: float | None = None, *, per_group: bool = False) -> list[tuple[str, float]]:
-        """Tags sorted by probability: the ``k`` best (all when None or 0), or, given a ``threshold``, all at or above it (``k`` is then not used).
-
-        With ``per_group`` the selection is made within each tag group of the
-        model (``groups``; tags without one form a group of their own), so that
-        a large vocabulary (say, 129 moods) cannot crowd out a small one
-        (genres, instruments). Groups come in the order of their first tag in
-        the vocabulary; :meth:`group_of` names each tag's group.
-        """
-        check_selection(k, threshold)
-        order = np.argsort(-self.probs, kind="stable")
-        pairs = [(self.tags[i], float(self.probs[i])) for i in order]
-        if threshold is not None:
-            pairs, k = [p for p in pairs if p[1] >= threshold], None
-        if not per_group:
-            return pairs[:k] if k else pairs
-        by_group: dict[str, list[tuple[str, float]]] = {self.group_of(t): [] for t in self.tags}
-        for t, p in pairs:
-            by_group[self.group_of(t)].append((t, p))
-        return [pair for chosen in by_group.values() for pair in (chosen[:k] if k else chosen)]
-
-    def group_of(self, tag: str) -> str:
-        """The group of ``tag`` in the model's vocabulary (``UNGROUPED``, "other", for a tag without one)."""
-        return self.groups.get(tag, UNGROUPED)
-
-
-class _Aggregate:
-    """One source's running sums: the segment-weighted feature total (and own outputs), its weights, taggram rows, samples."""
-
-    def __init__(self) -> None:
-        self.total: torch.Tensor | None = None
-        self.weight: torch.Tensor | None = None
-        self.own: torch.Tensor | None = None
-        self.own_weight: torch.Tensor | None = None
-        self.gram_feats: list[np.ndarray] = []
-        self.gram_own: list[np.ndarray] = []
-        self.gram_starts: list[int] = []
-        self.samples = 0
-
-    def add(
-        self, feats: torch.Tensor, weights: torch.Tensor, own: tuple[torch.Tensor, torch.Tensor] | None, gram: list[int], starts: list[int]
-    ) -> None:
-        part, w = (feats * weights).sum(0), weights.sum(0)
-        self.total = part if self.total is None else self.total + part
-        self.weight = w if self.weight is None else self.weight + w
-        if own is not None:
-            probs, ow = own
-            o, s = (probs * ow[:, None]).sum(0), ow.sum()
-            self.own = o if self.own is None else self.own + o
-            self.own_weight = s if self.own_weight is None else self.own_weight + s
-        if gram:
-            self.gram_feats.append(feats[gram].cpu().numpy())
-            if own is not None:
-                self.gram_own.append(own[0][gram].cpu().numpy())
-            self.gram_starts.extend(starts)
-
-    def embedding(self) -> np.ndarray:
-        """The mean over every segment of the source (windows weighted by their segments)."""
-        return (self.total / self.weight).cpu().numpy()
-
-    def own_probs(self) -> np.ndarray:
-        """A network's own outputs, averaged over every segment of its branch."""
-        return (self.own / self.own_weight).cpu().numpy()
-
-    def taggram_features(self) -> tuple[np.ndarray, np.ndarray]:
-        width = self.total.shape[0]
-        feats = np.concatenate(self.gram_feats) if self.gram_feats else np.zeros((0, width), np.float32)
-        return feats, np.asarray(self.gram_starts)
-
-
-#: What a :class:`Tagger` reads: a file (a path as text, bytes or ``os.PathLike``) or samples (a numpy array, a torch
-#: tensor, or a sequence of numbers; 1-D mono, or 2-D with channels on either axis, the shorter taken as channels).
-Source = Union[str, bytes, "os.PathLike[str]", np.ndarray, torch.Tensor, Sequence[float], Sequence[Sequence[float]]]
-
-
-def as_source(source: Source) -> str | np.ndarray:
-    """``source`` as the decoder takes it: a path as ``str`` (bytes decoded as the OS gives names), or samples as a
-    numpy array; anything else is a :class:`~tagstack.errors.ParameterError` saying what is accepted."""
-    if isinstance(source, os.PathLike):
-        source = os.fspath(source)
-    if isinstance(source, bytes):
-        return os.fsdecode(source)
-    if isinstance(source, (str, np.ndarray)):
-        return source
-    if isinstance(source, torch.Tensor):
-        t = source.detach().cpu()
-        return (t.float() if t.is_floating_point() and t.dtype != torch.float64 else t).numpy()
-    if isinstance(source, (list, tuple)):
-        if any(isinstance(x, (str, bytes, os.PathLike)) for x in source):
-            raise ParameterError(
-                "got a list of file names: this takes one file or one array of samples "
-                "(several files: Tagger.predict_batch or predict_many)"
-            )
-        try:
-            return np.asarray(source)
-        except (ValueError, TypeError) as e:
-            raise ParameterError(f"a sequence of samples must be numbers, 1-D or 2-D with rows of one length ({e})") from None
-    raise ParameterError(f"audio must be a file path, a numpy array, a torch tensor or a sequence of numbers, got {type(source).__name__}")
-
-
-def source_name(source: str | np.ndarray) -> str:
-    """What a :class:`Result` of ``source`` (as :func:`as_source` gives it) is labelled: the path, or ``"<array>"``."""
-    return "<array>" if isinstance(source, np.ndarray) else str(source)
-
-
-def model_stream(source: str | Path | np.ndarray, model: TaggingModel, *, sr: int | None = None) -> Iterator[tuple[np.ndarray, ...]]:
-    """A source decoded for ``model``: mono float32 blocks at each rate of :func:`decoding_rates` (a clip's length each),
-    from one decoding.
-
-    Every path that hands audio to a :class:`Tagger` decodes through this, so
-    their samples, and so their results, are the same.
-    """
-    return stream(source, sr=decoding_rates(model), block_seconds=model.frontend.clip_seconds, source_sr=sr)
-
-
-def decoding_rates(model: TaggingModel) -> list[int]:
-    """The distinct sample rates of a model's front ends, the first one's first."""
-    return list(dict.fromkeys(fe.sample_rate for fe in model.frontends))
+from .many import one_thread_per_file, shared_passes
+from .result import Result
+from .sources import Source, as_source, decoding_rates, model_stream, source_name
+from .windows import Window, WindowFeatures, cut_windows, source_features
 
 
 class Tagger:
@@ -268,55 +113,6 @@ class Tagger:
             return 64 if self.device.type == "cuda" else 8
         return BATCH_WINDOWS.check(batch_windows)
 
-    def _features(self, sources: list[Iterator[Window]], batch_windows: int | None = None) -> list[_Aggregate | TagstackError]:
-        """Run the windows of several sources through the networks together, ``batch_windows`` per pass.
-
-        Windows of consecutive sources share a pass, so many short files fill
-        a GPU batch instead of each taking a pass of its own; each source keeps
-        its own aggregate. A source whose decoding fails mid-way gets its
-        error in its place and its pending windows are dropped; the others go on.
-        """
-        size = self._batch_windows(batch_windows)
-        col_branch = self.features.column_branch
-        own_branch = self.model.local_scales.index(self.model.tags_from) if self.model.tags_from is not None else None
-        aggs = [_Aggregate() for _ in sources]
-        out: list[_Aggregate | TagstackError] = list(aggs)
-        pending: list[tuple[int, Window, bool]] = []  # (source, window, alone)
-
-        def flush() -> None:
-            f, c, own = self.features([w.audio for _, w, _ in pending], [a for _, _, a in pending])
-            clip = torch.tensor([w.clip for _, w, _ in pending], device=self.device)
-            weights = c[:, col_branch] * clip[:, None]  # segments behind each column; taggram-only windows weigh 0
-            owners = np.array([k for k, _, _ in pending])
-            for k in dict.fromkeys(owners.tolist()):
-                rows = np.flatnonzero(owners == k)
-                sel = torch.from_numpy(rows).to(self.device)
-                mine = None if own is None else (own[sel], c[sel, own_branch] * clip[sel])
-                gram = [int(i) for i, r in enumerate(rows) if pending[r][1].gram]
-                aggs[k].add(f[sel], weights[sel], mine, gram, [pending[rows[i]][1].start for i in gram])
-            pending.clear()
-
-        with torch.inference_mode():
-            for k, windows in enumerate(sources):
-                first = True
-                try:
-                    for win in windows:
-                        if win.clip:
-                            aggs[k].samples += win.audio[0].size
-                        pending.append((k, win, first and win.audio[0].size < round(self.cfg.clip_seconds * self.rates[0])))
-                        first = False
-                        if len(pending) >= size:
-                            flush()
-                except TagstackError as e:
-                    out[k] = e
-                    pending[:] = [p for p in pending if p[0] != k]
-            if pending:
-                flush()
-        for k, agg in enumerate(aggs):
-            if not isinstance(out[k], TagstackError) and (agg.total is None or agg.samples == 0):
-                out[k] = ParameterError("no audio")
-        return out
-
     def _classify(self, feats: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             return self.model.proba_from_features(torch.from_numpy(np.atleast_2d(feats)).to(self.device)).cpu().numpy()
@@ -325,7 +121,7 @@ class Tagger:
     def predict(
         self, source: Source, *, sr: int | None = None, taggram: bool = False, hop: float | None = None, max_seconds: float | None = None
     ) -> Result:
-        """Whole-file tag probabilities (and, if asked, the taggram) of a file or of samples at ``sr`` Hz (:data:`Source`).
+        """Whole-file tag probabilities (and, if asked, the taggram) of a file or of samples at ``sr`` Hz (:data:`~.sources.Source`).
 
         ``hop`` is the time in seconds between the starts of taggram windows
         (each one clip long, 29.1 s for the paper's models); the default is
@@ -441,7 +237,7 @@ class Tagger:
         self, sources: list[Iterator[Window]], names: list[str], gram_hop: int | None, embed_only: bool, batch_windows: int | None = None
     ) -> list[Result | TagstackError]:
         """The :class:`Result` (or error) of each source's windows, their windows sharing network passes."""
-        aggs = self._features(sources, batch_windows)
+        aggs = source_features(sources, features=self.features, batch=self._batch_windows(batch_windows))
         ok = [k for k, a in enumerate(aggs) if not isinstance(a, TagstackError)]
         tagging = self.model.can_tag and not embed_only  # a model of local networks only can still embed
         own = self.model.head is None
@@ -493,7 +289,7 @@ class Tagger:
         embed_only: bool = False,
         batched: bool | None = None,
     ) -> Iterator[Result | TagstackError]:
-        """Tag many files on all cores: worker threads decode, and run the networks one file each or in shared passes.
+        """Tag many files on all cores: worker threads decode, and run the networks one file each or in shared passes (:mod:`.many`).
 
         Yields, in input order, a :class:`Result` or the :class:`TagstackError`
         that made a file unusable (the others go on). On a CPU each worker
@@ -530,112 +326,23 @@ class Tagger:
         result : Result or TagstackError
             Each file's :class:`Result` (as :meth:`predict` describes it) or the error that made it unusable.
         """
-        from collections import deque
-        from concurrent.futures import ThreadPoolExecutor
-
-        threads = torch.get_num_threads()
-        workers = workers or threads
+        workers = workers or torch.get_num_threads()
         if taggram and not embed_only:
             self._gram_hop(hop)  # a bad hop is one error, not one per file
         if batched is None:
             batched = self.device.type == "cuda"
-        if batched:
-            yield from self._many_batched(paths, taggram=taggram, hop=hop, workers=workers, embed_only=embed_only)
+        if not batched:
+            predict = self._embedding if embed_only else partial(self.predict, taggram=taggram, hop=hop)
+            yield from one_thread_per_file(paths, predict=predict, workers=workers)
             return
-
-        def one(path) -> Result | TagstackError:
-            try:
-                return self._embedding(path) if embed_only else self.predict(path, taggram=taggram, hop=hop)
-            except TagstackError as e:
-                return e
-
-        torch.set_num_threads(1)
-        try:
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                it = iter(paths)
-                queue = deque(pool.submit(one, p) for p in itertools.islice(it, 2 * workers))
-                while queue:
-                    result = queue.popleft().result()
-                    queue.extend(pool.submit(one, p) for p in itertools.islice(it, 1))
-                    yield result
-        finally:
-            torch.set_num_threads(threads)
-
-    def _many_batched(
-        self, paths: Iterable[str | Path], *, taggram: bool, hop: float | None, workers: int, embed_only: bool
-    ) -> Iterator[Result | TagstackError]:
-        """:meth:`predict_many` with shared passes: ``workers`` threads decode and cut files (at most ``workers + 1``
-        ahead, each at most one pass of windows ahead of the networks, so memory stays bounded however long the
-        files), and this thread runs the windows of up to a pass's worth of consecutive files together."""
-        import queue as queues
-        import threading
-        from collections import deque
-
         gram_hop = self._gram_hop(hop) if taggram and not embed_only else None
-        size = self._batch_windows(None)
-        stop = threading.Event()
-        end = object()
-
-        def put(box: queues.Queue, item) -> bool:
-            while not stop.is_set():
-                try:
-                    box.put(item, timeout=0.1)
-                    return True
-                except queues.Full:
-                    pass
-            return False
-
-        def cut(source: str | np.ndarray | TagstackError, box: queues.Queue) -> None:
-            """In a worker thread: the file's windows, or the error that ends them, then ``end``."""
-            try:
-                if isinstance(source, TagstackError):  # not a path (as_source's error): this file's result
-                    raise source
-                for win in self._windows(source, None, gram_hop):
-                    if not put(box, win):
-                        return
-            except Exception as e:  # a bad file (TagstackError) or a bug: raised where this thread reads the file
-                put(box, e)
-            put(box, end)
-
-        def replay(box: queues.Queue) -> Iterator[Window]:
-            while (item := box.get()) is not end:
-                if isinstance(item, Exception):
-                    raise item  # in _features, where a TagstackError takes its source's place
-                yield item
-
-        def work() -> None:
-            while (job := jobs.get()) is not None and not stop.is_set():
-                cut(*job)
-
-        def submit(path) -> tuple[str, queues.Queue]:
-            box: queues.Queue = queues.Queue(maxsize=size)
-            try:
-                source = as_source(path)
-            except TagstackError as e:
-                jobs.put((e, box))
-                return str(path), box
-            jobs.put((source, box))
-            return source_name(source), box
-
-        # daemon threads: a script that leaves this generator unfinished (a loop that breaks or raises) still exits,
-        # where Python would wait at exit for a pool's threads waiting to hand over windows
-        jobs: queues.Queue = queues.Queue()
-        threads = [threading.Thread(target=work, name=f"tagstack-decode-{i}", daemon=True) for i in range(workers)]
-        for thread in threads:
-            thread.start()
-        try:
-            it = iter(paths)
-            ahead = deque(submit(p) for p in itertools.islice(it, workers + 1))
-            while ahead:
-                chunk = [ahead.popleft() for _ in range(min(size, len(ahead)))]
-                ahead.extend(submit(p) for p in itertools.islice(it, len(chunk)))
-                yield from self._results([replay(box) for _, box in chunk], [n for n, _ in chunk], gram_hop, embed_only)
-        finally:  # also when the caller stops early: workers waiting to hand over windows give up
-            stop.set()
-            for _ in threads:
-                jobs.put(None)
-            for thread in threads:
-                thread.join()
+        yield from shared_passes(
+            paths,
+            windows=partial(self._windows, sr=None, gram_hop=gram_hop),
+            results=partial(self._results, gram_hop=gram_hop, embed_only=embed_only),
+            batch=self._batch_windows(None),
+            workers=workers,
+        )
 
     def tag(
         self,

@@ -2,14 +2,17 @@
 
 Audio of any length is cut into windows of the models' clip length (29.1 s
 for the paper's), decoded block by block so memory stays bounded on
-hour-long files. The back-to-back windows make a file's embedding: every
-window's features are weighted by its number of segments, which equals
-averaging over every segment of the file. A taggram adds windows every
-``hop`` samples. A window shorter than a clip (the end of a file, or a file
-shorter than a clip) is zero-padded for the front end and only its whole
-segments of audio are aggregated (:func:`~tagstack.models.aggregation.aggregate`
-with ``frames``); a window that is a whole file shorter than one segment
-keeps its first, zero-padded segment.
+hour-long files (:func:`cut_windows`). The windows of several sources go
+through the networks together, a batch at a time (:func:`source_features`).
+The back-to-back windows make a file's embedding: each window's features
+are weighted by its number of segments, which equals averaging over every
+segment of the file (:class:`~tagstack.models.aggregation.SegmentMean`). A
+taggram adds windows every ``hop`` samples. A window shorter than a clip
+(the end of a file, or a file shorter than a clip) is zero-padded for the
+front end and only its whole segments of audio count; a window that is a
+whole file shorter than one segment keeps its first, zero-padded segment
+(:func:`~tagstack.models.aggregation.whole_segments`, the rule training
+follows too).
 
 A model whose networks read front ends at several sample rates gets one
 decoding, resampled to each rate (:func:`~tagstack.audio.io.stream`); a
@@ -25,7 +28,8 @@ import numpy as np
 import torch
 
 from ..audio.frontend import ClipMel
-from ..errors import AudioError, AudioTooLongError
+from ..errors import AudioError, AudioTooLongError, ParameterError, TagstackError
+from ..models.aggregation import SegmentMean, whole_segments
 from ..models.tagging_model import TaggingModel
 
 
@@ -133,7 +137,7 @@ class WindowFeatures:
     """
 
     def __init__(self, model: TaggingModel, rates: Sequence[int], device: torch.device) -> None:
-        self.model, self.device = model, device
+        self.model, self.device, self.rates = model, device, list(rates)
         self.mels = [ClipMel(fe).to(device) for fe in model.frontends]
         self.rate_of = [list(rates).index(fe.sample_rate) for fe in model.frontends]
         scales = model.local_scales
@@ -168,8 +172,7 @@ class WindowFeatures:
                     scale = model.local_scales[b]
                     f, p = got[scale]
                     parts[b][idx] = f
-                    segs = torch.div(audio, self.sizes[b], rounding_mode="floor").float()
-                    counts[idx, b] = torch.where(lone[idx], segs.clamp(min=1), segs)
+                    counts[idx, b] = whole_segments(audio, self.sizes[b], alone=lone[idx]).float()
                     if scale == model.tags_from:
                         own[idx] = p
         return torch.cat(parts, dim=1), counts, own
@@ -190,3 +193,108 @@ class WindowFeatures:
             audio = np.stack([np.pad(windows[r][k][:width], (0, max(0, width - sizes[r]))) for r in short])
             mels = self.mels[i].logmel.frames_first(torch.from_numpy(audio).to(self.device))[:, :t]
             yield short, mels, torch.from_numpy(audio_frames).to(self.device)
+
+
+class SourceFeatures:
+    """What the windows of one source add up to: the mean of its features over every segment (and of a
+    network's own outputs, for a model tagging through them), the features of its taggram windows, its length.
+
+    Kept while its windows pass through the networks among other sources' (:func:`source_features`), so
+    no more than a batch of any source's windows is ever held.
+    """
+
+    def __init__(self) -> None:
+        self.features = SegmentMean()
+        self.own = SegmentMean()
+        self.gram_feats: list[np.ndarray] = []
+        self.gram_own: list[np.ndarray] = []
+        self.gram_starts: list[int] = []
+        #: samples at the first decoding rate in the back-to-back windows: the audio's length
+        self.samples = 0
+
+    def add(
+        self,
+        feats: torch.Tensor,
+        weights: torch.Tensor,
+        *,
+        own: tuple[torch.Tensor, torch.Tensor] | None,
+        gram: list[int],
+        starts: list[int],
+    ) -> None:
+        """Add a batch of this source's windows: features ``(windows, n_features)`` weighted per column by
+        ``weights``, the network's own outputs and their weights ``(windows,)`` (None without), and which rows
+        (``gram``) are taggram windows, starting at ``starts``."""
+        self.features.add(feats, weights)
+        if own is not None:
+            self.own.add(*own)
+        if gram:
+            self.gram_feats.append(feats[gram].cpu().numpy())
+            if own is not None:
+                self.gram_own.append(own[0][gram].cpu().numpy())
+            self.gram_starts.extend(starts)
+
+    def embedding(self) -> np.ndarray:
+        """The mean over every segment of the source (windows weighted by their segments)."""
+        return self.features.mean().cpu().numpy()
+
+    def own_probs(self) -> np.ndarray:
+        """A network's own outputs, averaged over every segment of its branch."""
+        return self.own.mean().cpu().numpy()
+
+    def taggram_features(self) -> tuple[np.ndarray, np.ndarray]:
+        """The features of the taggram windows ``(n_windows, n_features)`` and their starts (samples at the first rate)."""
+        width = self.features.total.shape[0]
+        feats = np.concatenate(self.gram_feats) if self.gram_feats else np.zeros((0, width), np.float32)
+        return feats, np.asarray(self.gram_starts)
+
+
+def source_features(sources: list[Iterator[Window]], *, features: WindowFeatures, batch: int) -> list[SourceFeatures | TagstackError]:
+    """Run the windows of several sources through the networks together, ``batch`` per pass.
+
+    Windows of consecutive sources share a pass, so many short files fill
+    a GPU batch instead of each taking a pass of its own; each source keeps
+    its own :class:`SourceFeatures`. A source whose decoding fails mid-way
+    gets its error in its place and its pending windows are dropped; the
+    others go on.
+    """
+    model, device = features.model, features.device
+    col_branch = features.column_branch
+    own_branch = model.local_scales.index(model.tags_from) if model.tags_from is not None else None
+    full = round(model.frontends[0].clip_seconds * features.rates[0])  # a clip's samples at the first rate
+    aggs = [SourceFeatures() for _ in sources]
+    out: list[SourceFeatures | TagstackError] = list(aggs)
+    pending: list[tuple[int, Window, bool]] = []  # (source, window, alone)
+
+    def flush() -> None:
+        f, c, own = features([w.audio for _, w, _ in pending], [a for _, _, a in pending])
+        clip = torch.tensor([w.clip for _, w, _ in pending], device=device)
+        weights = c[:, col_branch] * clip[:, None]  # segments behind each column; taggram-only windows weigh 0
+        owners = np.array([k for k, _, _ in pending])
+        for k in dict.fromkeys(owners.tolist()):
+            rows = np.flatnonzero(owners == k)
+            sel = torch.from_numpy(rows).to(device)
+            mine = None if own is None else (own[sel], c[sel, own_branch] * clip[sel])
+            gram = [int(i) for i, r in enumerate(rows) if pending[r][1].gram]
+            aggs[k].add(f[sel], weights[sel], own=mine, gram=gram, starts=[pending[rows[i]][1].start for i in gram])
+        pending.clear()
+
+    with torch.inference_mode():
+        for k, windows in enumerate(sources):
+            first = True
+            try:
+                for win in windows:
+                    if win.clip:
+                        aggs[k].samples += win.audio[0].size
+                    pending.append((k, win, first and win.audio[0].size < full))
+                    first = False
+                    if len(pending) >= batch:
+                        flush()
+            except TagstackError as e:
+                out[k] = e
+                pending[:] = [p for p in pending if p[0] != k]
+        if pending:
+            flush()
+    for k, agg in enumerate(aggs):
+        if not isinstance(out[k], TagstackError) and (agg.features.empty or agg.samples == 0):
+            out[k] = ParameterError("no audio")
+    return out

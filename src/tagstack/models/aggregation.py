@@ -97,10 +97,13 @@ def aggregate(
     layer's activation is max-pooled over time within the segment (a level
     computed per segment, such as musicnn's penultimate layer, is taken as
     it is) and averaged over the clip's segments, and the network's own clip
-    prediction is the mean of its segment probabilities. This is the only
-    place either average is computed: stage 1's validation, stage 2, joint
-    fine-tuning and inference all call it (through :func:`aggregate_sizes`
-    for a network read at several segment lengths).
+    prediction is the mean of its segment probabilities. Stage 1's
+    validation, stage 2, joint fine-tuning and inference all call it
+    (through :func:`aggregate_sizes` for a network read at several segment
+    lengths); a file longer than a clip, cut into clip-long windows by
+    inference, continues the same average over all its windows with
+    :class:`SegmentMean`, and which segments count is :func:`whole_segments`
+    in both, so every average over segments is computed in this module.
 
     Parameters
     ----------
@@ -181,7 +184,7 @@ def _pool(
         def mean(x: torch.Tensor) -> torch.Tensor:
             return x.reshape(b, s, -1).mean(dim=1)
     else:
-        whole = torch.clamp(torch.div(frames.to(mels.device), size, rounding_mode="floor"), min=1, max=s)
+        whole = whole_segments(frames.to(mels.device), size).clamp(max=s)
         weight = (torch.arange(s, device=mels.device)[None, :] < whole[:, None]).to(mels.dtype) / whole[:, None].to(mels.dtype)
 
         def mean(x: torch.Tensor) -> torch.Tensor:
@@ -190,6 +193,72 @@ def _pool(
     feats = [mean(acts[i - 1].amax(dim=2) if acts[i - 1].dim() == 3 else acts[i - 1]) for i in chosen]
     probs = mean(torch.sigmoid(logits)) if logits is not None else mels.new_zeros(b, 0)
     return (torch.cat(feats, dim=1) if feats else mels.new_zeros(b, 0)), probs
+
+
+def whole_segments(frames: torch.Tensor, size: int, *, alone: torch.Tensor | None = None) -> torch.Tensor:
+    """How many segments of ``size`` frames each clip averages, given its ``frames`` of audio (the rest padding).
+
+    Only segments entirely within the audio count, so zero padding never
+    dilutes a clip's features. A clip that is a whole file (``alone``: every
+    clip when None, as in the mel cache) keeps at least its first, padded
+    segment, so a file shorter than one segment still has features; the
+    short last window of a longer file (``alone`` False there) may count
+    none, its audio already in the file's other windows. One rule for
+    training (:func:`aggregate` with ``frames``) and tagging (the weights
+    of :class:`SegmentMean`), so both average the same segments.
+
+    Parameters
+    ----------
+    frames : torch.Tensor [shape=(clips,), dtype=int]
+        Frames of audio in each clip.
+    size : int
+        Frames per segment.
+    alone : torch.Tensor [shape=(clips,), dtype=bool], optional
+        Which clips keep at least one segment (all when None).
+
+    Returns
+    -------
+    segments : torch.Tensor [shape=(clips,), dtype=int]
+        Whole segments of audio in each clip (at least one where ``alone``).
+    """
+    n = torch.div(frames, size, rounding_mode="floor")
+    return n.clamp(min=1) if alone is None else torch.where(alone, n.clamp(min=1), n)
+
+
+class SegmentMean:
+    """The mean over every segment of a file, accumulated batch by batch of its clip-long windows.
+
+    Each window's row is already a mean over its own segments (:func:`aggregate`);
+    weighting the rows by their segment counts (:func:`whole_segments`) and
+    dividing the sums by the total weight makes the mean over every segment
+    of the file, as if :func:`aggregate` had read the whole file as one clip,
+    while only a batch of windows is ever in memory. Inference keeps one per
+    file for its features and one for a network's own outputs.
+    """
+
+    def __init__(self) -> None:
+        #: the weighted sum of the rows added so far, and the sum of their weights (None before the first)
+        self.total: torch.Tensor | None = None
+        self.weight: torch.Tensor | None = None
+
+    @property
+    def empty(self) -> bool:
+        """Nothing added yet (a source that gave no window)."""
+        return self.total is None
+
+    def add(self, rows: torch.Tensor, weights: torch.Tensor) -> None:
+        """Add ``rows`` ``(windows, width)`` weighted by ``weights``: ``(windows, width)``, a weight per value
+        (features whose columns come from branches of different segment lengths), or ``(windows,)``, one per row."""
+        if weights.dim() == 1:
+            part, w = (rows * weights[:, None]).sum(0), weights.sum()
+        else:
+            part, w = (rows * weights).sum(0), weights.sum(0)
+        self.total = part if self.total is None else self.total + part
+        self.weight = w if self.weight is None else self.weight + w
+
+    def mean(self) -> torch.Tensor:
+        """The weighted mean of every row added: ``(width,)``."""
+        return self.total / self.weight
 
 
 def check_layers(model: nn.Module, layers: Iterable[int]) -> list[int]:

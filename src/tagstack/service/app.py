@@ -45,7 +45,8 @@ from .. import __version__
 from ..audio.io import AUDIO_EXTENSIONS, duration_seconds
 from ..errors import AudioTooLongError, ParameterError, TagstackError
 from ..checks import DEFAULT_TOP_K, HOP, check_selection
-from ..inference.tagger import Result, Tagger
+from ..inference.result import Result
+from ..inference.tagger import Tagger
 from ..models.file import read_metadata
 from ..models.tagging_model import require_tagger
 from ..runtime import usable_cpus
