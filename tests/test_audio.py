@@ -74,6 +74,22 @@ def test_a_truncated_file_is_reported_with_its_name_and_the_reason(tmp_path):
         load(tmp_path / "t.flac")
 
 
+def test_a_flac_whose_header_gives_no_length_is_read_whole(tmp_path):
+    """FLAC allows "length unknown" (STREAMINFO's total_samples 0), as encoders writing to a pipe leave it: libsndfile
+    opens such a file and then fails mid-way; it is read by FFmpeg instead, sample for sample, and its length counted."""
+    from tagstack.audio.io import duration_seconds
+
+    y = (0.1 * np.random.default_rng(0).standard_normal(8000 * 12)).astype(np.float32)
+    sf.write(tmp_path / "known.flac", y, 8000)
+    data = bytearray((tmp_path / "known.flac").read_bytes())
+    fields = int.from_bytes(data[18:26], "big")
+    data[18:26] = ((fields >> 36) << 36).to_bytes(8, "big")  # the low 36 bits of these 8 bytes: total_samples
+    (tmp_path / "unknown.flac").write_bytes(bytes(data))
+    assert sf.info(str(tmp_path / "unknown.flac")).frames > 2**62  # what libsndfile makes of it
+    assert duration_seconds(tmp_path / "unknown.flac") == pytest.approx(12.0)
+    np.testing.assert_array_equal(load(tmp_path / "unknown.flac"), load(tmp_path / "known.flac"))
+
+
 def test_find_audio_expands_folders_and_globs(tmp_path):
     (tmp_path / "sub").mkdir()
     for name in ("a.wav", "b.mp3", "sub/c.flac", "notes.txt"):

@@ -399,4 +399,8 @@ def test_evaluate_scores_a_model_on_a_labelled_split(tmp_path, model_file, synth
         == 0
     )
     upper = json.loads(out.read_text())
+    for labels in (other / "manifest.csv", other / "tag_groups.csv"):  # --json over the labels read: refused, before any work
+        argv = ["evaluate", "--model", str(model_file), "--dataset", "manifest", "--root", str(other), "--json", str(labels)]
+        assert main(argv) == 1
+        assert f"--json {labels}: the name must end in .json" in capsys.readouterr().err
     assert upper["tags"] == [t.upper() for t in clips.tags] and upper["roc_auc"] == pytest.approx(result["roc_auc"], abs=1e-4)

@@ -39,6 +39,9 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".m4a", ".aac", ".m
 #: would turn a few thousand samples into hours of "audio").
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1_000, 768_000
 
+#: libsndfile's frame count for a file whose header gives no length (its largest count, 2**63 - 1): read by FFmpeg.
+UNKNOWN_FRAMES = 2**62
+
 
 def check_file(path: str | Path) -> str:
     """``path`` as a string, or an :class:`AudioError` saying why it cannot be an audio file."""
@@ -158,6 +161,9 @@ def _file_blocks(path: str, offset: float, block_seconds: float) -> tuple[int, I
             raise
         except Exception as av_error:
             raise AudioError(f"{path}: cannot decode ({_short(sf_error)}; {_short(av_error)})") from None
+    if f.frames >= UNKNOWN_FRAMES:  # no length in the header (a FLAC written to a pipe): libsndfile fails mid-way, FFmpeg reads on
+        f.close()
+        return _av_blocks(path, offset, block_seconds)
     _check_rate(f.samplerate, path)
     return f.samplerate, _soundfile_blocks(f, int(round(offset * f.samplerate)), max(1, int(block_seconds * f.samplerate)))
 
@@ -365,20 +371,28 @@ def load(
 
 
 def duration_seconds(path: str | Path) -> float:
-    """Length of an audio file in seconds, read from its header when possible."""
+    """Length of an audio file in seconds, read from its header when it says; else counted from its packets."""
     path = check_file(path)
     try:
-        return float(sf.info(os.fsencode(path)).duration)
+        info = sf.info(os.fsencode(path))
+        if info.frames < UNKNOWN_FRAMES:
+            return float(info.duration)
     except Exception:
         pass
     try:
         with _av_open(path) as c:
             if c.duration is not None:
                 return c.duration / 1_000_000
+            if not c.streams.audio or c.streams.audio[0].time_base is None:
+                raise AudioError(f"{path}: cannot read its length (no audio stream with a time base)")
             s = c.streams.audio[0]
-            return float(s.duration * s.time_base)
+            # no length in any header (a stream written to a pipe): the packets' durations, read without decoding
+            ticks = s.duration if s.duration is not None else sum(p.duration or 0 for p in c.demux(s))
+            return float(ticks * s.time_base)
+    except AudioError:
+        raise
     except Exception as e:
-        raise AudioError(f"{path}: cannot read duration ({_short(e)})") from None
+        raise AudioError(f"{path}: cannot read its length ({_short(e)})") from None
 
 
 def find_audio(paths: list[str | Path]) -> list[Path]:

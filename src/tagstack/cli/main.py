@@ -428,6 +428,8 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     from ..report import evaluation_text
 
     if a.json is not None:
+        if a.json.suffix.lower() != ".json":  # the dataset's own label files (a manifest, tag_groups.csv ...) never are
+            raise ParameterError(f"--json {a.json}: the name must end in .json (it is written as JSON)")
         check_destination(a.json)
     result = evaluate_model(
         a.model, a.dataset, root=a.root, scheme=a.split, subset=a.subset, device=a.device, split_dir=a.split_dir, merge=a.merge_synonyms
@@ -647,7 +649,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split-dir", default="", help="folder of the published split/label files, when not under --root")
     ev.add_argument("--merge-synonyms", action="store_true", help="MagnaTagATune full split: merge synonymous tags")
     ev.add_argument("--subset", choices=("test", "valid", "train"), default="test", help="which part of the split to score (default: test)")
-    ev.add_argument("--json", type=Path, metavar="FILE", help="also write the result (per-tag scores included) as JSON")
+    ev.add_argument(
+        "--json", type=Path, metavar="FILE", help="also write the result (per-tag scores included) as JSON, to FILE ending in .json"
+    )
     _add_device(ev)
     ev.set_defaults(func=cmd_evaluate)
 
