@@ -103,6 +103,21 @@ def test_find_audio_expands_folders_and_globs(tmp_path):
     assert find_audio([str(tmp_path / "*.ogg")]) == [tmp_path / "*.ogg"]
 
 
+def test_a_named_folder_without_audio_and_links_that_lead_nowhere_are_said(tmp_path, caplog):
+    (tmp_path / "album.wav").mkdir()  # a folder, named like a file, with nothing tagstack reads
+    (tmp_path / "album.wav" / "cover.jpg").write_bytes(b"x")
+    with caplog.at_level("WARNING", logger="tagstack"):
+        assert find_audio([str(tmp_path / "album.wav")]) == []
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert message.startswith(f"{tmp_path / 'album.wav'}: a folder with no audio files (none named *.wav, *.flac")
+    (tmp_path / "loop.mp3").symlink_to(tmp_path / "loop.mp3")
+    (tmp_path / "gone.mp3").symlink_to(tmp_path / "nowhere.mp3")
+    with pytest.raises(AudioError, match=r"loop.mp3: cannot open \(Too many levels of symbolic links\)"):
+        load(tmp_path / "loop.mp3")
+    with pytest.raises(AudioError, match=r"gone.mp3: file not found \(a broken symbolic link\)"):
+        load(tmp_path / "gone.mp3")
+
+
 def test_real_dataset_encodings_decode(shared_data):
     for name, seconds in (
         ("mtat-joram-moments_of_clarity-08-solipsism-59-88.mp3", 29.27),

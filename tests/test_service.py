@@ -157,6 +157,7 @@ def test_the_service_gives_what_the_api_gives(server, model_file, song):
         ("two_files", 400, "a multipart upload takes one file"),
         ("bad_multipart", 400, "the multipart body is malformed"),
         ("long_static", 404, "no such file"),
+        ("unused", 400, "hop needs taggram=true; layers needs embed=true"),
     ],
 )
 def test_bad_requests_get_a_4xx_and_one_line(server, song, case, status, reason):
@@ -178,7 +179,7 @@ def test_bad_requests_get_a_4xx_and_one_line(server, song, case, status, reason)
         data = wav_bytes(rng.standard_normal(SR * 70).astype(np.float32) * 0.1, subtype="FLOAT")  # ~4.5 MB
     elif case == "long":
         data = wav_bytes(np.zeros(8000 * 120, np.int16), sr=8000, subtype="PCM_16")  # 120 s in 1.9 MB
-    elif case in ("top_k", "threshold", "top_k_text", "scales", "missing_scale", "hop", "hop_inf", "hop_huge", "hop_tiny"):
+    elif case in ("top_k", "threshold", "top_k_text", "scales", "missing_scale", "hop", "hop_inf", "hop_huge", "hop_tiny", "unused"):
         path += {
             "top_k": "?top_k=-1",
             "threshold": "?threshold=2",
@@ -189,6 +190,7 @@ def test_bad_requests_get_a_4xx_and_one_line(server, song, case, status, reason)
             "hop_inf": "?taggram=true&hop=inf",
             "hop_huge": "?taggram=true&hop=1e308",
             "hop_tiny": "?taggram=true&hop=0.001",
+            "unused": "?hop=5&layers=1",
         }[case]
     elif case == "field":
         data, headers = multipart("song.mp3", data, field="audio")

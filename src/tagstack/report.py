@@ -27,6 +27,11 @@ def plt_module():
     return plt
 
 
+def _printable(name: str) -> str:
+    """A file name for a plot's title: control characters (a tab, a newline in a name) as ``?``; no font draws them."""
+    return "".join(c if c.isprintable() else "?" for c in name)
+
+
 def save_figure(fig, path: Path) -> None:
     """Save a matplotlib figure atomically and close it."""
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"), suffix=".png")
@@ -274,7 +279,10 @@ def write_taggram(result, out_dir: Path, *, stem: str, clip_seconds: float) -> N
     fig, ax = plt.subplots(figsize=(min(20, max(6, 0.5 * len(result.taggram) + 3)), 0.18 * len(result.tags) + 1.5))
     im = ax.pcolormesh(edges, np.arange(len(result.tags) + 1) - 0.5, result.taggram.T, cmap="magma", vmin=0, vmax=1)
     ax.set_yticks(range(len(result.tags)), result.tags, fontsize=7)
-    ax.set(xlabel=f"time (s); each column a {clip_seconds:g} s window, drawn at its centre", title=f"taggram: {Path(result.path).name}")
+    ax.set(
+        xlabel=f"time (s); each column a {clip_seconds:g} s window, drawn at its centre",
+        title=f"taggram: {_printable(Path(result.path).name)}",
+    )
     fig.colorbar(im, ax=ax, label="probability")
     save_figure(fig, out_dir / f"{stem}.taggram.png")
 

@@ -21,6 +21,7 @@ Arrays given to the API go through the same downmix, check and resampler.
 from __future__ import annotations
 
 import glob
+import logging
 import math
 import os
 from pathlib import Path
@@ -31,6 +32,8 @@ import soundfile as sf
 import soxr
 
 from ..errors import AudioError, ParameterError
+
+log = logging.getLogger(__name__)
 
 #: Extensions picked up when a folder is searched for audio.
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".m4a", ".aac", ".mp4", ".au", ".aiff", ".aif", ".opus", ".wma")
@@ -50,9 +53,13 @@ def check_file(path: str | Path) -> str:
         if p.is_dir():
             raise AudioError(f"{path}: is a folder, not an audio file")
         if not p.exists():
-            raise AudioError(f"{path}: file not found" + (" (a broken symbolic link)" if p.is_symlink() else ""))
+            if p.is_symlink():
+                os.stat(p)  # a loop of links says so (ELOOP), a dangling one FileNotFoundError
+            raise AudioError(f"{path}: file not found")
         if p.stat().st_size == 0:
             raise AudioError(f"{path}: file is empty")
+    except FileNotFoundError:
+        raise AudioError(f"{path}: file not found (a broken symbolic link)") from None
     except OSError as e:  # symlink loops, permissions, names the OS refuses
         raise AudioError(f"{path}: cannot open ({e.strerror or e})") from None
     return str(path)
@@ -412,7 +419,10 @@ def find_audio(paths: list[str | Path]) -> list[Path]:
         candidates = ([Path(m) for m in sorted(glob.glob(s, recursive=True))] or [Path(s)]) if pattern else [Path(s)]
         for c in candidates:
             if os.path.isdir(c):
-                found.extend(sorted(q for q in c.rglob("*") if q.suffix.lower() in AUDIO_EXTENSIONS and os.path.isfile(q)))
+                inside = sorted(q for q in c.rglob("*") if q.suffix.lower() in AUDIO_EXTENSIONS and os.path.isfile(q))
+                if not inside:  # named, yet contributes nothing: say so rather than drop it from the count in silence
+                    log.warning("%s: a folder with no audio files (none named %s)", c, ", ".join(f"*{e}" for e in AUDIO_EXTENSIONS))
+                found.extend(inside)
             else:
                 found.append(c)  # one the OS refuses (a name over its length limit ...) is reported when it is read
     return found

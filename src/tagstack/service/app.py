@@ -241,7 +241,7 @@ class Service:
             if hop_s is not None and seconds / hop_s > MAX_WINDOWS:
                 raise Problem(
                     400,
-                    f"hop={hop_s:g} s gives {seconds / hop_s:.0f} taggram windows over {seconds:.0f} s; this "
+                    f"hop={hop_s:g} s gives {seconds / hop_s:.3g} taggram windows over {seconds:.0f} s; this "
                     f"service makes at most {MAX_WINDOWS}: use a larger hop, or 'auto'",
                 )
             # the header's length may lie: decoding stops at the limit, or where the hop would pass MAX_WINDOWS windows
@@ -380,6 +380,10 @@ def create_app(
             check_selection(top_k, threshold)  # before the upload is read: a bad request costs no transfer
         except ParameterError as e:
             raise Problem(400, str(e)) from None
+        given = {"hop": (hop, taggram, "taggram"), "scales": (scales, embed, "embed"), "layers": (layers, embed, "embed")}
+        unused = [f"{k} needs {flag}=true" for k, (value, on, flag) in given.items() if value and not on]
+        if unused:  # as the CLI does: an option that would be ignored is a mistake worth hearing about
+            raise Problem(400, "; ".join(unused))
         s, l_ = _names(scales), _ints(layers, "layers")
         path, name = await service.save_upload(request)
         try:
