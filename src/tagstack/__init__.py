@@ -1,13 +1,15 @@
 """tagstack: multi-level and multi-scale music auto-tagging (Lee & Nam, 2017).
 
 The tree is the architecture: :mod:`~tagstack.audio` (decoding, front end),
-:mod:`~tagstack.models` (local CNNs, aggregation, global classifier, the whole
-tagger and its file), :mod:`~tagstack.datasets` (adapters, mel cache, corpus),
-:mod:`~tagstack.train` (loop, stages), :mod:`~tagstack.evaluation` (metrics,
-scoring a model on labelled data), :mod:`~tagstack.experiments`
-(configuration, the orchestrator, reproduce, demo), :mod:`~tagstack.inference`
-(tagging and embedding), :mod:`~tagstack.report` (everything shown to a person)
-and :mod:`~tagstack.cli`.
+:mod:`~tagstack.models` (local CNNs and pretrained backbones, aggregation, the
+global classifier, the whole tagger and its file, the shipped models),
+:mod:`~tagstack.datasets` (adapters, mel cache), :mod:`~tagstack.corpus` (the
+score-rendered default data), :mod:`~tagstack.train` (loop, stages),
+:mod:`~tagstack.evaluation` (metrics, scoring a model),
+:mod:`~tagstack.experiments` (configuration, the orchestrator, reproduce,
+demo), :mod:`~tagstack.inference` (tagging and embedding),
+:mod:`~tagstack.service` (HTTP), :mod:`~tagstack.distributed` (Ray),
+:mod:`~tagstack.report` (everything shown to a person) and :mod:`~tagstack.cli`.
 """
 
 import os
