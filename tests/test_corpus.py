@@ -111,3 +111,18 @@ def test_ogg_checksum_matches_a_bitwise_reference():
     data = bytes(range(256)) * 3 + b"OggS"
     assert ogg_crc(data) == reference(data)
     assert ogg_crc(b"") == 0
+
+
+def test_each_kind_of_corpus_has_its_own_default_folder(tmp_path, monkeypatch):
+    from tagstack.corpus import default_folder
+    from tagstack.corpus.performance import PERFORMANCE
+
+    monkeypatch.setenv("TAGSTACK_HOME", str(tmp_path))
+    assert default_folder() == tmp_path / "corpus" / "default"
+    assert default_folder("small", performance=PERFORMANCE) == tmp_path / "corpus" / "small-performed-all"
+    kinds = {
+        default_folder("small", production=("eq", "reverb"), soundfont="/x/FluidR3.sf2"),
+        default_folder("small", production=("eq",)),
+        default_folder("small"),
+    }
+    assert len(kinds) == 3 and tmp_path / "corpus" / "small-produced-eq+reverb-FluidR3" in kinds

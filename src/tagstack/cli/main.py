@@ -284,18 +284,12 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
 
 
 def cmd_corpus(a: argparse.Namespace) -> int:
-    from ..config import tagstack_home
-    from ..corpus import build_corpus
-    from ..corpus.performance import PERFORMANCE, parse_performance
-    from ..corpus.production import EFFECTS, parse_effects
+    from ..corpus import build_corpus, default_folder
+    from ..corpus.performance import parse_performance
+    from ..corpus.production import parse_effects
 
     production, performance = parse_effects(a.produce), parse_performance(a.perform)
-
-    def suffix(label: str, chosen: tuple[str, ...], every: tuple[str, ...]) -> str:
-        return f"-{label}-" + ("all" if chosen == every else "+".join(chosen)) if chosen else ""
-
-    played, chain = suffix("performed", performance, PERFORMANCE), suffix("produced", production, EFFECTS)
-    out = a.out or tagstack_home() / "corpus" / (a.size + played + chain + (f"-{a.soundfont.stem}" if a.soundfont else ""))
+    out = a.out or default_folder(a.size, performance=performance, production=production, soundfont=a.soundfont)
     build_corpus(
         out,
         size=int(a.size) if a.size.isdigit() else a.size,

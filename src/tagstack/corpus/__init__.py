@@ -5,6 +5,6 @@ It is data, not an adapter: ``tagstack corpus build`` writes it, and the ``corpu
 (:mod:`tagstack.datasets.corpus`) reads what it wrote.
 """
 
-from .render import GROUPS, STYLES, build_corpus
+from .render import GROUPS, STYLES, build_corpus, default_folder
 
-__all__ = ["GROUPS", "STYLES", "build_corpus"]
+__all__ = ["GROUPS", "STYLES", "build_corpus", "default_folder"]

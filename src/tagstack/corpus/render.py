@@ -58,8 +58,8 @@ import soxr
 from ..datasets.base import ClipSet, stratified_split
 from ..datasets.corpus import corpus_clips
 from ..datasets.manifest import write_manifest
-from .performance import drum_hits, humanise, parse_performance
-from .production import check_support, parse_effects, produce
+from .performance import PERFORMANCE, drum_hits, humanise, parse_performance
+from .production import EFFECTS, check_support, parse_effects, produce
 from ..errors import DatasetError, ParameterError
 from ..fileio import atomic_write, atomic_write_json
 from ..progress import progress
@@ -535,6 +535,20 @@ def plan(size: str | int, *, seed: int = 0) -> list[tuple[Piece, int]]:
             jobs.append((pieces[i], k))
             left -= k
     return jobs
+
+
+def default_folder(
+    size: str = "default", *, performance: tuple[str, ...] = (), production: tuple[str, ...] = (), soundfont: str | Path | None = None
+) -> Path:
+    """Where ``tagstack corpus build`` puts a corpus when no folder is given: one folder per kind under
+    ``$TAGSTACK_HOME/corpus`` (``default``, ``small-performed-all-produced-eq+reverb``, ...), so kinds never mix."""
+    from ..config import tagstack_home
+
+    def part(label: str, chosen: tuple[str, ...], every: tuple[str, ...]) -> str:
+        return f"-{label}-" + ("all" if tuple(chosen) == every else "+".join(chosen)) if chosen else ""
+
+    played, chain = part("performed", performance, PERFORMANCE), part("produced", production, EFFECTS)
+    return tagstack_home() / "corpus" / (str(size) + played + chain + (f"-{Path(soundfont).stem}" if soundfont else ""))
 
 
 def build_corpus(
