@@ -1,12 +1,16 @@
-"""Contracts every dataset adapter and every shipped model keeps (scikit-learn checks every estimator; timm every model).
+"""Contracts every dataset adapter and every shipped model keeps (scikit-learn checks every estimator; timm every model),
+and the layer rule of CONTRIBUTING.md on the source itself.
 
 A new adapter registered in ``DATASETS`` or a new model in ``ZOO`` is checked here without a line of test code: an
 adapter needs only a small generated dataset in its own format in ``BUILDERS``.
 """
 
+import ast
+import graphlib
 import inspect
 import json
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -176,3 +180,70 @@ def test_shipped_model_describes_itself_and_round_trips(name, tmp_path):
     if name.startswith(("musicnn", "artist")):  # converted networks carry their provenance
         info = meta["info"]
         assert info["source"]["sha256"] and info["licence"] and info["citation"] and info["converted_by"]
+
+
+# The layer rule (CONTRIBUTING.md): a module imports from its own layer or those below, never from one above, and no
+# import cycles. The source is parsed, not imported, so every import counts, also those inside functions.
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "tagstack"
+
+#: each top-level package or module of tagstack -> its layer, highest first; a new one must be placed here
+LAYERS = {
+    **dict.fromkeys(["cli", "__main__"], 8),
+    **dict.fromkeys(["service", "distributed"], 7),
+    "experiments": 6,
+    "train": 5,
+    "evaluation": 4,  # training validates with its metrics; scoring a model file tags with inference's Tagger
+    "inference": 3,
+    **dict.fromkeys(["models", "datasets", "corpus", "report"], 2),
+    "audio": 1,
+    # the foundations, imported by every layer; the package root holds __version__ and the errors (its public API is
+    # reached through importlib on first use, not by an import statement)
+    **dict.fromkeys(["config", "errors", "checks", "tags", "provenance", "runtime", "fileio", "progress", "__init__"], 0),
+}
+
+MODULES = {".".join(p.relative_to(SRC.parent).with_suffix("").parts).removesuffix(".__init__"): p for p in SRC.rglob("*.py")}
+
+
+def _unit(module):
+    """``tagstack.models.zoo`` -> ``models``; the package root ``tagstack`` -> ``__init__``."""
+    return module.split(".")[1] if "." in module else "__init__"
+
+
+def _imports(module, node, at_import_time=True):
+    """(tagstack module imported, whether it runs when ``module`` is imported) for every import under ``node``.
+
+    Imports in a function body run later, on a call; those under ``if TYPE_CHECKING:`` never run.
+    """
+    package = module if MODULES[module].name == "__init__.py" else module.rpartition(".")[0]
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, ast.Import):
+            yield from ((a.name, at_import_time) for a in child.names if a.name.split(".")[0] == "tagstack")
+        elif isinstance(child, ast.ImportFrom):
+            parts = package.split(".")[: len(package.split(".")) - child.level + 1] if child.level else []
+            base = ".".join([*parts, child.module or ""]).strip(".")
+            if base.split(".")[0] == "tagstack":  # ``from .x import name``: the module x.name if there is one, else x
+                yield from ((f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES else base, at_import_time) for a in child.names)
+        later = isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+        typing_only = isinstance(child, ast.If) and ast.unparse(child.test).endswith("TYPE_CHECKING")
+        yield from _imports(module, child, at_import_time and not later and not typing_only)
+
+
+IMPORTS = {m: sorted(set(_imports(m, ast.parse(p.read_text())))) for m, p in MODULES.items()}
+
+
+def test_every_module_is_placed_in_a_layer():
+    assert {_unit(m) for m in MODULES} == set(LAYERS)
+
+
+def test_no_module_imports_from_a_layer_above_its_own():
+    """Lazy (in-function) and type-checking imports count too: they are dependencies all the same."""
+    upward = [f"{m} imports {target}" for m, found in IMPORTS.items() for target, _ in found if LAYERS[_unit(target)] > LAYERS[_unit(m)]]
+    assert upward == []
+
+
+def test_no_import_cycle_among_the_imports_that_run_at_import_time():
+    """An import in a function body runs once every module is loaded, so it may close a cycle within a layer (the
+    rule above already rules out one across layers); one at module level may not: it meets a half-initialised module."""
+    graph = {m: {target for target, now in found if now and target != m} for m, found in IMPORTS.items()}
+    graphlib.TopologicalSorter(graph).prepare()  # raises CycleError naming the cycle
