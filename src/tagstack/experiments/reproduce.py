@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -33,6 +34,9 @@ from ..evaluation.metrics import binary_targets, bootstrap_ci, evaluate
 from .experiment_config import ExperimentConfig
 from ..report import bar_figure, best_local_scale, per_tag_gain_figure, write_reproduction_report, write_table
 from .run import Experiment
+
+if TYPE_CHECKING:
+    from ..models.tagging_model import TaggingModel
 
 #: Published results (Lee & Nam 2017, Tables I and II): ROC-AUC for MTAT/MSD, accuracy for GTZAN/Tagtraum.
 PUBLISHED: list[tuple[str, dict[str, float]]] = [
@@ -178,240 +182,44 @@ def reproduce(config: ExperimentConfig, out: str | Path) -> dict:
     config = config.replace(layers=None)  # every ablation chooses its own layers
     exp = Experiment(config, out)
     out = exp.dir
-    seeds, local_from, n_boot = config.seeds, config.local_from, config.n_boot
+    seeds, local_from = config.seeds, config.local_from
     agg = exp.features()
     clips = exp.data.clips
     test = clips.indices("test")
     y = binary_targets(clips.labels[test])
-    task = clips.task
-    multiclass = task == "multiclass"
-
+    multiclass = clips.task == "multiclass"
     scales = tuple(config.scales)
     depth = {sc: len(exp.shell().network_of(sc).feature_info) for sc in scales}
     plan = ablations(scales, depth)
     ref = level_scale(scales, depth)
-    results: dict[str, dict] = {}
-    staged, staged_probs = None, None
-    all_key = "+".join(scales)
-    for ab in {a.key: a for fig in plan.values() for a in fig}.values():
-        r = {"label": ab.label, "scales": list(ab.scales), "layers": ab.layers, "seeds": {}}
-        for seed in seeds:
-            model = exp.train_head(
-                scales=ab.scales,
-                layers=ab.layers or None,
-                seed=seed,
-                name=f"3-global/{ab.key.replace(':', '_').replace('/', '@')}/seed{seed}",
-            )
-            probs = exp.test_probs(model)
-            m = evaluate(y, probs, task=task)
-            r["seeds"][seed] = {
-                "roc_auc": m["roc_auc"],
-                "pr_auc": m["pr_auc"],
-                "per_tag_roc_auc": m["per_tag"]["roc_auc"],
-                **({"accuracy": m["accuracy"]} if multiclass else {}),
-            }
-            if seed == seeds[0]:
-                r["roc_auc_ci95"] = bootstrap_ci(y, probs, n_boot=n_boot)
-                if ab.key == all_key:
-                    staged, staged_probs = model, probs
-        results[ab.key] = r
+    every_level = Ablation((ref,), tuple(range(1, depth[ref] + 1))).key if ref else None  # all levels of scale ref
+    all_key = "+".join(scales)  # every scale, every level: the paper's multi-level, multi-scale model
 
+    results, staged, staged_probs = _train_ablations(exp, plan, y=y, all_key=all_key)
     # networks taken from a model of another vocabulary (the paper's transfer learning) cannot be scored on these tags
     scored = exp.local_scored
     local = {s: evaluate(y, p[test], task="multilabel") for s, p in agg["local_probs"].items() if s in scored}
-    md: dict[str, str] = {}
-    seed_note = f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''} ({', '.join(map(str, seeds))})"
 
-    # Fig. 2
-    rows = [
-        [s, *((local[s]["roc_auc"], local[s]["pr_auc"]) if s in local else ("–", "–")), _pm(results[s]), _pm(results[s], "pr_auc")]
-        for s in scales
-    ]
-    md["fig2"] = write_table(
-        out, "fig2_local_vs_global", header=["scale", "local ROC-AUC", "local PR-AUC", "global ROC-AUC", "global PR-AUC"], rows=rows
-    )
-    bar_figure(
+    md = _write_fig2(out, results, local=local, scales=scales)
+    md |= _write_figs3_4(out, results, plan=plan, ref=ref)
+    md |= _write_fig5(out, results, plan=plan, tags=clips.tags, scales=scales, ref=ref, depth=depth, every_level=every_level, seed=seeds[0])
+    joint_result = _joint_scores(exp, staged, y=y)
+    md |= _write_table2(
         out,
-        "fig2_local_vs_global",
-        labels=[f"{s} frames" if s.isdigit() else s for s in scales],
-        series={
-            **({"local": ([local[s]["roc_auc"] if s in local else 0.0 for s in scales], [0] * len(scales))} if local else {}),
-            "global": (
-                [np.mean([v["roc_auc"] for v in results[s]["seeds"].values()]) for s in scales],
-                [np.std([v["roc_auc"] for v in results[s]["seeds"].values()]) for s in scales],
-            ),
-        },
-        title="Fig. 2: local vs global models" if local else "Fig. 2: global models per scale (local networks from another vocabulary)",
+        results,
+        local=local,
+        plan=plan,
+        multi_level=every_level if every_level in results else scales[0],
+        all_key=all_key,
+        joint_result=joint_result,
+        dataset=clips.name,
+        multiclass=multiclass,
     )
-
-    def fig_rows(abl: list[Ablation]) -> list[list]:
-        return [
-            [a.label, _pm(results[a.key]), _pm(results[a.key], "pr_auc"), "{:.4f}-{:.4f}".format(*results[a.key]["roc_auc_ci95"])]
-            for a in abl
-        ]
-
-    header = ["features", "ROC-AUC", "PR-AUC", "ROC-AUC 95% CI (seed 0)"]
-    for fig, title in (("fig3", f"Fig. 3: levels of scale {ref}"), ("fig4", "Fig. 4: combinations of scales")):
-        if not plan[fig]:
-            continue
-        name = {"fig3": "fig3_levels", "fig4": "fig4_scales"}[fig]
-        md[fig] = write_table(out, name, header=header, rows=fig_rows(plan[fig]))
-        bar_figure(
-            out,
-            name,
-            labels=[a.label for a in plan[fig]],
-            series={
-                "global": (
-                    [np.mean([v["roc_auc"] for v in results[a.key]["seeds"].values()]) for a in plan[fig]],
-                    [np.std([v["roc_auc"] for v in results[a.key]["seeds"].values()]) for a in plan[fig]],
-                )
-            },
-            title=title,
-        )
-
-    # Fig. 5
-    s0 = seeds[0]
-    pt = {k: np.array(r["seeds"][s0]["per_tag_roc_auc"], dtype=float) for k, r in results.items()}
-    every_level = f"{ref}:L{''.join(str(l) for l in range(1, depth[ref] + 1))}" if ref else None
-    if plan["fig3"]:
-        singles = {f"L{l}": pt[f"{ref}:L{l}"] for l in range(1, depth[ref] + 1)}
-        rows = per_tag_gain_figure(
-            out,
-            "fig5_levels",
-            tags=clips.tags,
-            singles=singles,
-            concat=pt[every_level],
-            title=f"Fig. 5 (top): levels of scale {ref}, per tag",
-        )
-        md["fig5_levels"] = write_table(out, "fig5_levels", header=["tag", *singles, "+".join(singles), "gain over L1"], rows=rows)
-    small = [s for s in ("18", "27", "54") if s in scales] if "27" in scales else list(scales[:3])
-    if len(small) > 1:
-        concat_key = "+".join(small)
-        if concat_key not in pt:
-            concat_key = all_key
-        singles = {f"{s} frames" if s.isdigit() else s: pt[s] for s in small}
-        rows = per_tag_gain_figure(
-            out,
-            "fig5_scales",
-            tags=clips.tags,
-            singles=singles,
-            concat=pt[concat_key],
-            title=f"Fig. 5 (bottom): scales, per tag ({concat_key} concatenated)",
-        )
-        md["fig5_scales"] = write_table(
-            out, "fig5_scales", header=["tag", *singles, concat_key.replace("+", " + "), f"gain over {small[0]} frames"], rows=rows
-        )
-
-    # Joint fine-tuning of the multi-level, multi-scale model (the same TaggingModel, trained end to end)
-    joint_result = None
-    if config.joint is not None and staged is not None:
-        _, probs = exp.finetune(staged)
-        m = evaluate(y, probs, task=task)
-        joint_result = {
-            "roc_auc": m["roc_auc"],
-            "pr_auc": m["pr_auc"],
-            "roc_auc_ci95": bootstrap_ci(y, probs, n_boot=n_boot),
-            **({"accuracy": m["accuracy"]} if multiclass else {}),
-        }
-
-    # Table II (and I)
-    best_local = best_local_scale(local)
-    ml_key = every_level if every_level in results else scales[0]
-    # single-label sets (GTZAN, Tagtraum) are compared by accuracy in the paper: measured here too (the local CNNs' outputs
-    # are independent sigmoids, so they have none)
-    acc = (lambda r: [_pm(r, "accuracy")]) if multiclass else (lambda r: [])
-    best_level = max((a.key for a in plan["fig3"] if len(a.layers) == 1), key=lambda k: _mean(results[k]), default=None)
-    best_scale = max((a.key for a in plan["fig2"]), key=lambda k: _mean(results[k]))
-    rows = [
-        *(
-            [
-                [
-                    f"local model ({best_local})",
-                    "measured",
-                    f"{local[best_local]['roc_auc']:.4f}",
-                    f"{local[best_local]['pr_auc']:.4f}",
-                    *(["–"] if multiclass else []),
-                ]
-            ]
-            if best_local
-            else []
-        ),
-        *(
-            [
-                [
-                    f"global, best single level ({results[best_level]['label']})",
-                    "measured",
-                    _pm(results[best_level]),
-                    _pm(results[best_level], "pr_auc"),
-                    *acc(results[best_level]),
-                ]
-            ]
-            if best_level
-            else []
-        ),
-        [
-            f"global, best single scale ({results[best_scale]['label']})",
-            "measured",
-            _pm(results[best_scale]),
-            _pm(results[best_scale], "pr_auc"),
-            *acc(results[best_scale]),
-        ],
-        [
-            f"global, multi-level ({results[ml_key]['label']})",
-            "measured",
-            _pm(results[ml_key]),
-            _pm(results[ml_key], "pr_auc"),
-            *acc(results[ml_key]),
-        ],
-        [
-            f"global, multi-level + multi-scale ({all_key})",
-            "measured",
-            _pm(results[all_key]),
-            _pm(results[all_key], "pr_auc"),
-            *acc(results[all_key]),
-        ],
-    ]
-    if joint_result:
-        rows.append(
-            [
-                "global, jointly fine-tuned end to end",
-                "measured",
-                f"{joint_result['roc_auc']:.4f}",
-                f"{joint_result['pr_auc']:.4f}",
-                *([f"{joint_result['accuracy']:.4f}"] if multiclass else []),
-            ]
-        )
-    md["table2"] = write_table(
-        out,
-        "table2_measured",
-        header=[f"model ({clips.name}, test)", "source", "ROC-AUC", "PR-AUC", *(["accuracy"] if multiclass else [])],
-        rows=rows,
-    )
-    own = own_tag_comparison(exp, local_probs=agg["local_probs"], y=y, test=test, global_probs=staged_probs, n_boot=n_boot)
-    if own:
-        md["table2_own_tags"] = write_table(
-            out,
-            "table2_own_tags",
-            header=["scale", "shared tags", "its own outputs: ROC-AUC (95% CI)", "global model, same tags: ROC-AUC (95% CI)"],
-            rows=own,
-        )
-    pub_cols = ["MTAT", "MSD", "GTZAN", "Tagtraum"]
-    pub_names = ["MTAT (ROC-AUC)", "MSD (ROC-AUC)", "GTZAN (accuracy)", "Tagtraum (accuracy)"]
-    md["table2_published"] = write_table(
-        out,
-        "table2_published",
-        header=["model", "source", *pub_names],
-        rows=[[name, "published", *(f"{v[c]:.4f}" if c in v else "–" for c in pub_cols)] for name, v in PUBLISHED],
-    )
+    own = own_tag_comparison(exp, local_probs=agg["local_probs"], y=y, test=test, global_probs=staged_probs, n_boot=config.n_boot)
+    md |= _write_table2_own_tags(out, own)
+    md |= _write_table2_published(out)
     if local_from:
-        measure = "accuracy" if multiclass else "ROC-AUC"
-        value = np.mean([v["accuracy" if multiclass else "roc_auc"] for v in results[all_key]["seeds"].values()])
-        md["table1"] = write_table(
-            out,
-            "table1_transfer",
-            header=["dataset", "task", "CNNs from", "measurement", "value"],
-            rows=[[clips.name, "genre classification" if multiclass else "auto-tagging", ", ".join(local_from), measure, f"{value:.4f}"]],
-        )
+        md |= _write_table1(out, results[all_key], dataset=clips.name, local_from=local_from, multiclass=multiclass)
 
     summary = {
         "dataset": clips.name,
@@ -427,10 +235,252 @@ def reproduce(config: ExperimentConfig, out: str | Path) -> dict:
         out,
         clips.name,
         md=md,
-        seed_note=seed_note,
+        seed_note=f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''} ({', '.join(map(str, seeds))})",
         joint_result=joint_result,
         staged=results[all_key],
         local_from=local_from,
         local_scored=bool(local),
     )
     return summary
+
+
+# ------------------------------------------------------------ computation
+
+
+def _train_ablations(
+    exp: Experiment, plan: dict[str, list[Ablation]], *, y: np.ndarray, all_key: str
+) -> tuple[dict[str, dict], TaggingModel | None, np.ndarray | None]:
+    """Train and score every ablation's global model once per seed (each ablation once, however many figures need it).
+
+    Returns ``results`` (ablation key -> ``label``, ``scales``, ``layers``, ``seeds`` (seed -> scores) and
+    ``roc_auc_ci95`` of the first seed), then the first seed's model of every scale (``all_key``) and its test
+    probabilities (None, None when no ablation reads every scale).
+    """
+    seeds, n_boot, task = exp.config.seeds, exp.config.n_boot, exp.data.clips.task
+    results: dict[str, dict] = {}
+    staged, staged_probs = None, None
+    for ab in {a.key: a for fig in plan.values() for a in fig}.values():
+        r = {"label": ab.label, "scales": list(ab.scales), "layers": ab.layers, "seeds": {}}
+        for seed in seeds:
+            model = exp.train_head(
+                scales=ab.scales,
+                layers=ab.layers or None,
+                seed=seed,
+                name=f"3-global/{ab.key.replace(':', '_').replace('/', '@')}/seed{seed}",
+            )
+            probs = exp.test_probs(model)
+            m = evaluate(y, probs, task=task)
+            r["seeds"][seed] = {
+                "roc_auc": m["roc_auc"],
+                "pr_auc": m["pr_auc"],
+                "per_tag_roc_auc": m["per_tag"]["roc_auc"],
+                **({"accuracy": m["accuracy"]} if task == "multiclass" else {}),
+            }
+            if seed == seeds[0]:
+                r["roc_auc_ci95"] = bootstrap_ci(y, probs, n_boot=n_boot)
+                if ab.key == all_key:
+                    staged, staged_probs = model, probs
+        results[ab.key] = r
+    return results, staged, staged_probs
+
+
+def _joint_scores(exp: Experiment, staged: TaggingModel | None, *, y: np.ndarray) -> dict | None:
+    """Fine-tune the multi-level, multi-scale model ``staged`` end to end (the same TaggingModel) and score it on the
+    test clips; None when the configuration asks for no joint fine-tuning or no model reads every scale."""
+    if exp.config.joint is None or staged is None:
+        return None
+    task = exp.data.clips.task
+    _, probs = exp.finetune(staged)
+    m = evaluate(y, probs, task=task)
+    return {
+        "roc_auc": m["roc_auc"],
+        "pr_auc": m["pr_auc"],
+        "roc_auc_ci95": bootstrap_ci(y, probs, n_boot=exp.config.n_boot),
+        **({"accuracy": m["accuracy"]} if task == "multiclass" else {}),
+    }
+
+
+# ------------------------------------------------------------ tables and figures (each returns its Markdown tables by key)
+
+
+def _write_fig2(out: Path, results: dict[str, dict], *, local: dict[str, dict], scales: tuple[str, ...]) -> dict[str, str]:
+    """Fig. 2: the local CNN (where it outputs these tags) against the global model of each scale alone."""
+    rows = [
+        [s, *((local[s]["roc_auc"], local[s]["pr_auc"]) if s in local else ("–", "–")), _pm(results[s]), _pm(results[s], "pr_auc")]
+        for s in scales
+    ]
+    md = write_table(
+        out, "fig2_local_vs_global", header=["scale", "local ROC-AUC", "local PR-AUC", "global ROC-AUC", "global PR-AUC"], rows=rows
+    )
+    bar_figure(
+        out,
+        "fig2_local_vs_global",
+        labels=[f"{s} frames" if s.isdigit() else s for s in scales],
+        series={
+            **({"local": ([local[s]["roc_auc"] if s in local else 0.0 for s in scales], [0] * len(scales))} if local else {}),
+            "global": (
+                [np.mean([v["roc_auc"] for v in results[s]["seeds"].values()]) for s in scales],
+                [np.std([v["roc_auc"] for v in results[s]["seeds"].values()]) for s in scales],
+            ),
+        },
+        title="Fig. 2: local vs global models" if local else "Fig. 2: global models per scale (local networks from another vocabulary)",
+    )
+    return {"fig2": md}
+
+
+def _write_figs3_4(out: Path, results: dict[str, dict], *, plan: dict[str, list[Ablation]], ref: str | None) -> dict[str, str]:
+    """Fig. 3 (combinations of the levels of scale ``ref``) and Fig. 4 (combinations of scales), each where planned."""
+    md = {}
+    header = ["features", "ROC-AUC", "PR-AUC", "ROC-AUC 95% CI (seed 0)"]
+    for fig, title in (("fig3", f"Fig. 3: levels of scale {ref}"), ("fig4", "Fig. 4: combinations of scales")):
+        if not plan[fig]:
+            continue
+        name = {"fig3": "fig3_levels", "fig4": "fig4_scales"}[fig]
+        rows = [
+            [a.label, _pm(results[a.key]), _pm(results[a.key], "pr_auc"), "{:.4f}-{:.4f}".format(*results[a.key]["roc_auc_ci95"])]
+            for a in plan[fig]
+        ]
+        md[fig] = write_table(out, name, header=header, rows=rows)
+        bar_figure(
+            out,
+            name,
+            labels=[a.label for a in plan[fig]],
+            series={
+                "global": (
+                    [np.mean([v["roc_auc"] for v in results[a.key]["seeds"].values()]) for a in plan[fig]],
+                    [np.std([v["roc_auc"] for v in results[a.key]["seeds"].values()]) for a in plan[fig]],
+                )
+            },
+            title=title,
+        )
+    return md
+
+
+def _write_fig5(
+    out: Path,
+    results: dict[str, dict],
+    *,
+    plan: dict[str, list[Ablation]],
+    tags: list[str],
+    scales: tuple[str, ...],
+    ref: str | None,
+    depth: dict[str, int],
+    every_level: str | None,
+    seed: int,
+) -> dict[str, str]:
+    """Fig. 5: per-tag ROC-AUC (of ``seed``'s models) of each level of ``ref`` against all its levels (top, where Fig. 3
+    ran), and of each small scale against their concatenation (bottom, where there are several scales)."""
+    md = {}
+    pt = {k: np.array(r["seeds"][seed]["per_tag_roc_auc"], dtype=float) for k, r in results.items()}
+    if plan["fig3"]:
+        singles = {f"L{l}": pt[f"{ref}:L{l}"] for l in range(1, depth[ref] + 1)}
+        rows = per_tag_gain_figure(
+            out,
+            "fig5_levels",
+            tags=tags,
+            singles=singles,
+            concat=pt[every_level],
+            title=f"Fig. 5 (top): levels of scale {ref}, per tag",
+        )
+        md["fig5_levels"] = write_table(out, "fig5_levels", header=["tag", *singles, "+".join(singles), "gain over L1"], rows=rows)
+    small = [s for s in ("18", "27", "54") if s in scales] if "27" in scales else list(scales[:3])
+    if len(small) > 1:
+        concat_key = "+".join(small)
+        if concat_key not in pt:
+            concat_key = "+".join(scales)
+        singles = {f"{s} frames" if s.isdigit() else s: pt[s] for s in small}
+        rows = per_tag_gain_figure(
+            out,
+            "fig5_scales",
+            tags=tags,
+            singles=singles,
+            concat=pt[concat_key],
+            title=f"Fig. 5 (bottom): scales, per tag ({concat_key} concatenated)",
+        )
+        md["fig5_scales"] = write_table(
+            out, "fig5_scales", header=["tag", *singles, concat_key.replace("+", " + "), f"gain over {small[0]} frames"], rows=rows
+        )
+    return md
+
+
+def _write_table2(
+    out: Path,
+    results: dict[str, dict],
+    *,
+    local: dict[str, dict],
+    plan: dict[str, list[Ablation]],
+    multi_level: str,
+    all_key: str,
+    joint_result: dict | None,
+    dataset: str,
+    multiclass: bool,
+) -> dict[str, str]:
+    """Table II as measured here: the best local CNN, the best single level and scale, multi-level (``multi_level``),
+    multi-level + multi-scale (``all_key``) and, where it ran, the jointly fine-tuned model."""
+    best_local = best_local_scale(local)
+    # single-label sets (GTZAN, Tagtraum) are compared by accuracy in the paper: measured here too (the local CNNs' outputs
+    # are independent sigmoids, so they have none)
+    acc = (lambda r: [_pm(r, "accuracy")]) if multiclass else (lambda r: [])
+    best_level = max((a.key for a in plan["fig3"] if len(a.layers) == 1), key=lambda k: _mean(results[k]), default=None)
+    best_scale = max((a.key for a in plan["fig2"]), key=lambda k: _mean(results[k]))
+
+    def measured(label: str, key: str) -> list:
+        return [label, "measured", _pm(results[key]), _pm(results[key], "pr_auc"), *acc(results[key])]
+
+    rows = []
+    if best_local:
+        rows.append(
+            [
+                f"local model ({best_local})",
+                "measured",
+                f"{local[best_local]['roc_auc']:.4f}",
+                f"{local[best_local]['pr_auc']:.4f}",
+                *(["–"] if multiclass else []),
+            ]
+        )
+    if best_level:
+        rows.append(measured(f"global, best single level ({results[best_level]['label']})", best_level))
+    rows += [
+        measured(f"global, best single scale ({results[best_scale]['label']})", best_scale),
+        measured(f"global, multi-level ({results[multi_level]['label']})", multi_level),
+        measured(f"global, multi-level + multi-scale ({all_key})", all_key),
+    ]
+    if joint_result:
+        rows.append(
+            [
+                "global, jointly fine-tuned end to end",
+                "measured",
+                f"{joint_result['roc_auc']:.4f}",
+                f"{joint_result['pr_auc']:.4f}",
+                *([f"{joint_result['accuracy']:.4f}"] if multiclass else []),
+            ]
+        )
+    header = [f"model ({dataset}, test)", "source", "ROC-AUC", "PR-AUC", *(["accuracy"] if multiclass else [])]
+    return {"table2": write_table(out, "table2_measured", header=header, rows=rows)}
+
+
+def _write_table2_own_tags(out: Path, rows: list[list]) -> dict[str, str]:
+    """The global model against the pretrained networks' own outputs on their shared tags (``own_tag_comparison``'s
+    rows), where there are any."""
+    if not rows:
+        return {}
+    header = ["scale", "shared tags", "its own outputs: ROC-AUC (95% CI)", "global model, same tags: ROC-AUC (95% CI)"]
+    return {"table2_own_tags": write_table(out, "table2_own_tags", header=header, rows=rows)}
+
+
+def _write_table2_published(out: Path) -> dict[str, str]:
+    """The paper's Tables II and I as published (``PUBLISHED``), marked as such."""
+    pub_cols = ["MTAT", "MSD", "GTZAN", "Tagtraum"]
+    pub_names = ["MTAT (ROC-AUC)", "MSD (ROC-AUC)", "GTZAN (accuracy)", "Tagtraum (accuracy)"]
+    rows = [[name, "published", *(f"{v[c]:.4f}" if c in v else "–" for c in pub_cols)] for name, v in PUBLISHED]
+    return {"table2_published": write_table(out, "table2_published", header=["model", "source", *pub_names], rows=rows)}
+
+
+def _write_table1(out: Path, staged: dict, *, dataset: str, local_from: tuple[str, ...], multiclass: bool) -> dict[str, str]:
+    """Table I, transfer learning: the multi-level, multi-scale global model (``staged``, its results) on CNNs from
+    ``local_from``, by accuracy for single-label data, else ROC-AUC (mean over seeds)."""
+    measure = "accuracy" if multiclass else "ROC-AUC"
+    value = np.mean([v["accuracy" if multiclass else "roc_auc"] for v in staged["seeds"].values()])
+    task = "genre classification" if multiclass else "auto-tagging"
+    rows = [[dataset, task, ", ".join(local_from), measure, f"{value:.4f}"]]
+    return {"table1": write_table(out, "table1_transfer", header=["dataset", "task", "CNNs from", "measurement", "value"], rows=rows)}
