@@ -501,8 +501,20 @@ def test_an_output_through_a_link_keeps_the_link_and_pipes_and_devices_are_refus
     target.write_text("old\n")
     link = tmp_path / "latest.csv"
     link.symlink_to(target)
+    killed = target.with_name(".tagstack-tmp-tags-2026.csv.abc123.tmp")  # what a killed run writing through it left
+    killed.write_text("half")
     assert main(["tag", good, "--format", "csv", "-o", str(link), *opts]) == 0
-    assert link.is_symlink() and target.read_text().startswith("path,tag,probability")
+    assert link.is_symlink() and target.read_text().startswith("path,tag,probability") and not killed.exists()
+    if os.geteuid() == 0:  # a link another user planted in a folder all write to (as /tmp) is not followed
+        shared = tmp_path / "shared"
+        shared.mkdir(mode=0o1777)
+        os.chmod(shared, 0o1777)
+        planted = shared / "tags.csv"
+        planted.symlink_to(target)
+        os.lchown(planted, 65534, 65534)  # nobody's
+        capsys.readouterr()
+        assert main(["tag", good, "--format", "csv", "-o", str(planted), *opts]) == 1
+        assert "a symbolic link of another user in a folder all users write to" in capsys.readouterr().err
     fifo = tmp_path / "pipe.npz"  # (a name embed takes)
     os.mkfifo(fifo)
     (tmp_path / "to-pipe.npz").symlink_to(fifo)

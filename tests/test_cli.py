@@ -289,5 +289,7 @@ def test_a_config_written_for_a_gpu_loads_anywhere_and_runs_where_the_device_fla
     assert load_config(path).device == "cuda:1"  # a name torch knows: loads on a machine without it
     parser = build_parser()
     assert config_from_args(parser.parse_args(["run", "--config", str(path), "--out", "x", "--device", "cpu"])).device == "cpu"
+    assert config_from_args(parser.parse_args(["run", "--config", str(path), "--out", "x", "--device", "auto"])).device == "auto"
+    assert config_from_args(parser.parse_args(["run", "--config", str(path), "--out", "x"])).device == "cuda:1"
     with pytest.raises(ParameterError, match="'gpu0' is not a torch device"):
         ExperimentConfig(device="gpu0")

@@ -6,7 +6,7 @@ import soundfile as sf
 
 from tagstack.config import FrontEndConfig
 from tagstack.datasets import ClipSet, load_dataset, read_folders, read_manifest, stratified_split, write_manifest
-from tagstack.errors import DatasetError
+from tagstack.errors import DatasetError, ParameterError
 from synth import clip_mels
 from tagstack.datasets.melcache import MelCache
 
@@ -30,6 +30,8 @@ def test_manifest_round_trip(tmp_path):
     assert list(back.splits) == ["train", "test", "valid"] and back.groups == {"piano": "instrument"}
     with open(tmp_path / "manifest.csv", newline="") as f:  # the extra column, as a spreadsheet or pandas reads it
         assert [row[-1] for row in csv.reader(f)] == ["artist", "A", "B, and C", '"D"']
+    with pytest.raises(ParameterError, match="manifest column 'split': a name the manifest's own columns have"):
+        write_manifest(clips, tmp_path / "other.csv", columns={"split": ["a", "b", "c"]})
 
 
 def test_manifest_unknown_column_marks_tags_and_groups_unknown_and_round_trips(tmp_path):

@@ -156,6 +156,7 @@ def test_the_service_gives_what_the_api_gives(server, model_file, song):
         ("no_boundary", 400, "boundary"),
         ("two_files", 400, "a multipart upload takes one file"),
         ("bad_multipart", 400, "the multipart body is malformed"),
+        ("unterminated", 400, "the multipart body ends before its closing boundary"),
         ("long_static", 404, "no such file"),
         ("unused", 400, "hop needs taggram=true; layers needs embed=true"),
     ],
@@ -201,6 +202,9 @@ def test_bad_requests_get_a_4xx_and_one_line(server, song, case, status, reason)
     elif case == "two_files":
         part = b'--b0\r\nContent-Disposition: form-data; name="file"; filename="a.mp3"\r\n\r\n' + data + b"\r\n"
         data, headers = part + part + b"--b0--\r\n", {"Content-Type": "multipart/form-data; boundary=b0"}
+    elif case == "unterminated":
+        data, headers = multipart("song.mp3", data)
+        data = data[: data.rindex(b"\r\n--")]  # the file's bytes, then nothing: a client that stopped short
     elif case == "bad_multipart":
         data, headers = b"--xyz\r\nno headers here\x00\r\n\r\n" * 3, {"Content-Type": "multipart/form-data; boundary=abc"}
     elif case == "long_static":
@@ -449,7 +453,7 @@ def test_a_client_trickling_its_headers_is_cut_off_and_others_are_served(strict_
     assert status == 408 and "--header-timeout" in body["error"] and 1.5 < ended - started < 8
 
     # a body still arriving after its request was answered early (a GET with a body, an error): no 408, it has its
-    # answer, but the body nobody reads is held to the same deadline, so trickling it does not hold the connection
+    # answer; the body nobody reads is held to the upload limits, so trickling it does not hold the connection
     early = socket.create_connection((host, int(port)), timeout=30)
     early.sendall(f"GET /api/health HTTP/1.1\r\nHost: {host}\r\nContent-Length: 100000000\r\n\r\nab".encode())
     head = b""
@@ -469,6 +473,16 @@ def test_a_client_trickling_its_headers_is_cut_off_and_others_are_served(strict_
     slow.join()
     assert rest == b"" and 1.5 < ended - begun[0] < 8
     early.close()
+    # ... while one sent at a fair rate (0.5 MB/s for 6 s, past every deadline and uvicorn's 5 s keep-alive) is read
+    # to its end: the client that writes its whole body before it reads gets its answer, not a reset
+    refused = socket.create_connection((host, int(port)), timeout=30)
+    size = 3_000_000
+    refused.sendall(f"POST /api/tag?top_k=-1 HTTP/1.1\r\nHost: {host}\r\nContent-Length: {size}\r\n\r\n".encode())
+    for _ in range(size // 50_000):
+        time.sleep(0.1)
+        refused.sendall(b"\0" * 50_000)
+    status, body, _ = answer(refused)
+    assert status == 400 and "top_k must be a whole number >= 0" in body["error"]
 
     silent = socket.create_connection((host, int(port)), timeout=30)
     opened = time.monotonic()

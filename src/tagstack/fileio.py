@@ -102,7 +102,10 @@ def destination(path: Path) -> Path:
     ``/dev/null`` or a named pipe was, and a write into them cannot be whole or nothing: they are refused.
     """
     path = Path(path)
-    real = Path(os.path.realpath(path)) if os.path.islink(path) else path
+    real = path
+    if os.path.islink(path):
+        _check_link_owner(path)
+        real = Path(os.path.realpath(path))
     try:
         mode = os.stat(real).st_mode
     except OSError:  # not there yet (or not reachable: the write says why)
@@ -112,6 +115,22 @@ def destination(path: Path) -> Path:
             f"{shown(path)}: is a device, pipe or socket, not a file; tagstack writes its outputs whole, as files (choose a file name)"
         )
     return real
+
+
+def _check_link_owner(link: Path) -> None:
+    """Refuse a link another user planted in a shared folder (sticky and writable by all, as ``/tmp``): writing
+    through it would overwrite whatever file of ours it names. The kernel's ``protected_symlinks`` rule, which a
+    path resolved here, not by the kernel, would escape."""
+    try:
+        folder, owner = os.stat(link.parent), os.lstat(link).st_uid
+    except OSError:
+        return  # the write itself says why
+    shared = folder.st_mode & stat.S_ISVTX and folder.st_mode & stat.S_IWOTH
+    if shared and owner not in (os.geteuid(), folder.st_uid):
+        raise OutputError(
+            f"{shown(link)}: a symbolic link of another user in a folder all users write to; tagstack will not "
+            "write through it (choose another name)"
+        )
 
 
 def _first_line(e: BaseException) -> str:

@@ -97,9 +97,12 @@ def _add_engine(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_device(p: argparse.ArgumentParser) -> None:
+def _add_device(p: argparse.ArgumentParser, *, default: str | None = "auto") -> None:
     p.add_argument(
-        "--device", default="auto", help="torch device: auto (CUDA if available, else CPU), cpu, cuda, cuda:1 ... (default: auto)"
+        "--device",
+        default=default,
+        help="torch device: auto (CUDA if available, else CPU), cpu, cuda, cuda:1 ... (default: auto"
+        + (", or with --config the file's)" if default is None else ")"),
     )
 
 
@@ -204,14 +207,14 @@ def _add_experiment(p: argparse.ArgumentParser) -> None:
         help="reach the global classifier's first learning rate linearly over this many epochs (default: 0, as the authors); "
         "--warmup-epochs 3 --clip-norm 1 steadies it, see docs/stability",
     )
-    _add_device(p)
+    _add_device(p, default=None)  # None: not given, so that --config keeps the file's device
 
 
 def config_from_args(a: argparse.Namespace) -> ExperimentConfig:
     """The experiment configuration the flags describe."""
     if a.config:  # its own device, unless --device names another (a run written on a GPU machine, rerun on a CPU)
         config = load_config(a.config)
-        return config if a.device == "auto" else config.replace(device=a.device)
+        return config if a.device is None else config.replace(device=a.device)
     sched = dict(lr_stages=a.lr_stages, patience=a.patience, seed=a.seed)
     extra = {}
     if getattr(a, "seeds", None) is not None:  # reproduce
@@ -230,7 +233,7 @@ def config_from_args(a: argparse.Namespace) -> ExperimentConfig:
         global_=global_schedule(max_epochs=a.global_epochs, clip_norm=a.clip_norm, warmup_epochs=a.warmup_epochs, **sched),
         cache_dir=a.cache_dir,
         workers=a.workers,
-        device=a.device,
+        device=a.device or "auto",
         engine=a.engine,
         ray_address=a.ray_address,
         **extra,

@@ -194,6 +194,8 @@ def write_manifest(clips: ClipSet, path: str | Path, *, columns: dict[str, list[
     path = Path(path)
     columns = columns or {}
     for name, values in columns.items():
+        if name in ("path", "tags", "split", "unknown"):
+            raise ParameterError(f"manifest column {name!r}: a name the manifest's own columns have")
         if len(values) != len(clips.paths):
             raise ParameterError(f"manifest column {name!r}: {len(values)} values for {len(clips.paths)} clips")
     unknown = np.isnan(clips.labels) & (np.nan_to_num(clips.labels) > 0).any(axis=0)
@@ -205,10 +207,10 @@ def write_manifest(clips: ClipSet, path: str | Path, *, columns: dict[str, list[
         ts = TAG_SEPARATOR.join(clips.tags[j] if row[j] == 1 else f"{clips.tags[j]}={row[j]:.4g}" for j in np.flatnonzero(row > 0))
         extra = [TAG_SEPARATOR.join(clips.tags[j] for j in np.flatnonzero(u))] if has_unknown else []
         w.writerow([p, ts, s, *extra, *(values[i] for values in columns.values())])
-    atomic_write_text(path, buf.getvalue())
-    if clips.groups:
+    if clips.groups:  # first: a manifest is never seen beside groups older than itself
         rows = ["tag,group"] + [f"{t},{clips.groups[t]}" for t in clips.tags if t in clips.groups]
         atomic_write_text(path.with_name("tag_groups.csv"), "\n".join(rows) + "\n")
+    atomic_write_text(path, buf.getvalue())
 
 
 def read_folders(root: str | Path, *, name: str | None = None, seed: int = 0) -> ClipSet:

@@ -446,7 +446,7 @@ def serve(
         app,
         host=host,
         port=port,
-        http=header_deadline(AutoHTTPProtocol, limits.header_timeout),
+        http=header_deadline(AutoHTTPProtocol, limits),
         log_level="info",
         access_log=False,
         timeout_graceful_shutdown=limits.shutdown_timeout,

@@ -209,22 +209,33 @@ class RequestGuard:
 LINGER = 1.0
 
 
-def header_deadline(base: type[asyncio.Protocol], seconds: float) -> type[asyncio.Protocol]:
-    """uvicorn's HTTP protocol class ``base`` with a deadline of ``seconds`` on every request's line and headers.
+def header_deadline(base: type[asyncio.Protocol], limits: ServiceLimits) -> type[asyncio.Protocol]:
+    """uvicorn's HTTP protocol class ``base`` with a deadline on every request's line and headers, and the upload
+    limits on a body that arrives after its request was answered.
 
     uvicorn bounds nothing before a request's headers end: its keep-alive
     timer is reset by every byte, so a client that sends its headers a byte
     at a time (slowloris) holds a connection for ever, and a few hundred such
     clients every descriptor the server has. Here a new connection must
-    complete its first request's headers within ``seconds`` of opening, and
-    on a kept-alive connection each later request within ``seconds`` of its
-    first byte (the idle time between requests stays uvicorn's
-    ``timeout_keep_alive``). A client cut off mid-headers gets a 408 and one
-    JSON line; one that sent nothing is closed quietly. Reads uvicorn's
-    protocol attributes ``loop``, ``transport``, ``cycle`` (the request under
-    way: its ``response_complete`` and ``more_body``) and ``client``, common to
-    its h11 and httptools protocols.
+    complete its first request's headers within ``limits.header_timeout``
+    seconds of opening, and on a kept-alive connection each later request
+    within that long of its first byte (the idle time between requests stays
+    uvicorn's ``timeout_keep_alive``). A client cut off mid-headers gets a 408
+    and one JSON line; one that sent nothing is closed quietly.
+
+    A request answered before its body was read (bad parameters, a GET with a
+    body) leaves the body arriving, which neither uvicorn nor
+    :class:`RequestGuard` bounds: a client sending it a byte a second would
+    hold the connection for ever. It is held to the upload limits instead
+    (nothing for ``upload_timeout`` seconds, under ``min_upload_kbps`` after
+    that long, or over ``max_upload_mb``: closed quietly, the client has its
+    answer), so a large upload refused at once still finishes and reads its
+    answer. Reads uvicorn's protocol attributes ``loop``, ``transport``,
+    ``cycle`` (the request under way: its ``response_complete`` and
+    ``more_body``) and ``client``, and calls its ``_unset_keepalive_if_required``,
+    common to its h11 and httptools protocols.
     """
+    seconds = limits.header_timeout
     reason = json.dumps({"error": f"the request's headers did not arrive within {seconds:g} s (--header-timeout)"}).encode()
     timed_out = (
         b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
@@ -236,6 +247,7 @@ def header_deadline(base: type[asyncio.Protocol], seconds: float) -> type[asynci
         _deadline: asyncio.TimerHandle | None = None
         _partial = False  # bytes of the awaited request have arrived
         _lingering = False  # answered with a 408: what still arrives is read and dropped until the close
+        _drain: tuple[float, int] | None = None  # an answered request's leftover body: when it began, bytes so far
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
@@ -244,29 +256,54 @@ def header_deadline(base: type[asyncio.Protocol], seconds: float) -> type[asynci
         def data_received(self, data: bytes) -> None:
             if self._lingering:
                 return
-            draining = self._draining()
-            waiting = not draining and self._awaiting_headers()
-            if (waiting or draining) and self._deadline is None:  # a request's first byte, or the leftover body's
-                self._deadline = self.loop.call_later(seconds, self._expired)
-            self._partial = self._partial or waiting
+            if self._drain is not None or self._answered_body_arriving():
+                # not handed to uvicorn, which would buffer it and stop reading; nor would its data_received cancel
+                # its keep-alive timer (5 s from the answer), which would cut off a large body still on its way
+                self._unset_keepalive_if_required()
+                self._drop(len(data))
+                return
+            waiting = self._awaiting_headers()
+            if waiting:
+                self._partial = True
+                if self._deadline is None:  # the first byte of a request on a kept-alive connection
+                    self._deadline = self.loop.call_later(seconds, self._expired)
             super().data_received(data)
-            if (waiting and not self._awaiting_headers()) or (draining and not self._draining()):
-                self._cancel()  # its headers are complete (uvicorn has begun the request), or the leftover body is in
-
-        def _draining(self) -> bool:
-            """Answered early (an error, a GET with a body) while its body still arrives: the body nobody reads is held
-            to the same deadline, else a client sending it a byte a second holds the connection for ever (the upload
-            limits guard only bodies the service reads); cut off quietly, as it has its answer."""
-            return self.cycle is not None and self.cycle.response_complete and self.cycle.more_body
+            if waiting and not self._awaiting_headers():  # its headers are complete: uvicorn has begun the request
+                self._cancel()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._cancel()
             super().connection_lost(exc)
 
         def _awaiting_headers(self) -> bool:
-            """Between requests: none yet, or the last one answered and its body all read (a body still
-            arriving after an early answer belongs to that request, not to the next one's headers)."""
+            """Between requests: none yet, or the last one answered and its body all read."""
             return self.cycle is None or (self.cycle.response_complete and not self.cycle.more_body)
+
+        def _answered_body_arriving(self) -> bool:
+            """The request under way was answered while its body still arrives."""
+            return self.cycle is not None and self.cycle.response_complete and self.cycle.more_body
+
+        def _drop(self, n: int) -> None:
+            """Count and drop ``n`` more bytes of an answered request's body, and close the connection when the upload
+            limits are passed, or when nothing more arrives for ``upload_timeout`` seconds. (The connection is not
+            reused: uvicorn's parser never sees the rest of that body, so nothing after it can be read as a request.)"""
+            now = self.loop.time()
+            began, got = self._drain or (now, 0)
+            self._drain, got, elapsed = (began, got + n), got + n, now - began
+            slow = limits.min_upload_kbps and elapsed > limits.upload_timeout and got < limits.min_upload_kbps * 1000 * elapsed
+            if slow or got > limits.max_bytes:
+                log.info("%s: the body of an answered request arrived too slowly or was too large; closed", _peer(self.client))
+                self._close_quietly()
+                return
+            if self._deadline is not None:
+                self._deadline.cancel()
+            self._deadline = self.loop.call_later(limits.upload_timeout, self._close_quietly)
+
+        def _close_quietly(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+            self._deadline = None
+            self.transport.close()
 
         def _cancel(self) -> None:
             if self._deadline is not None:

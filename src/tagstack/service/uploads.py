@@ -108,6 +108,7 @@ class MultipartFile:
         self.content_type: str | None = None
         self.found = False
         self._parts, self._in_file, self._field, self._value, self._headers = 0, False, b"", b"", {}
+        self._ended = False
         callbacks = {
             "on_part_begin": self._part_begin,
             "on_header_field": self._header_field,
@@ -116,11 +117,14 @@ class MultipartFile:
             "on_headers_finished": self._headers_finished,
             "on_part_data": self._part_data,
             "on_part_end": self._part_end,
+            "on_end": self._end,
         }
         self.parser = MultipartParser(boundary, callbacks)
 
     def write(self, chunk: bytes) -> None:
-        """Parse the next ``chunk`` of the body."""
+        """Parse the next ``chunk`` of the body (what follows its closing boundary is dropped unread)."""
+        if self._ended:
+            return
         try:
             self.parser.write(chunk)
         except MultipartParseError as e:
@@ -134,6 +138,8 @@ class MultipartFile:
             raise ValueError(f"the multipart body is malformed ({e})") from None
         if not self.found:
             raise ValueError("a multipart upload needs its audio in a field named 'file'")
+        if not self._ended:  # (the parser's own finalize checks nothing)
+            raise ValueError("the multipart body ends before its closing boundary: the upload is incomplete")
 
     def _part_begin(self) -> None:
         self._parts += 1
@@ -174,6 +180,9 @@ class MultipartFile:
 
     def _part_end(self) -> None:
         self._in_file = False
+
+    def _end(self) -> None:
+        self._ended = True
 
 
 __all__ = ["MultipartFile", "UploadFolder", "remove_abandoned"]
