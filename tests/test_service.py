@@ -120,6 +120,11 @@ def test_the_service_gives_what_the_api_gives(server, model_file, song):
     assert full["embedding"]["scales"] == ["27", "54"] and full["embedding"]["layers"] == [1, 2]
     np.testing.assert_allclose(full["taggram"]["probabilities"], expected.taggram, atol=1e-5)
     np.testing.assert_allclose(full["taggram"]["starts"], expected.window_starts, atol=1e-3)
+    # what other clients send: the media type in capitals, the name only as RFC 5987's filename* (a non-ASCII name)
+    body = body.replace(b'filename="song.mp3"', b"filename*=UTF-8''na%C3%AFve%20song.mp3")
+    headers = {"Content-Type": headers["Content-Type"].replace("multipart/form-data", "Multipart/Form-Data")}
+    status, other = request(server, "POST", "/api/tag?top_k=2", body, headers)
+    assert status == 200 and other["file"] == "na\u00efve song.mp3" and other["tags"] == full["tags"]
 
     status, thr = request(server, "POST", "/api/tag?threshold=0.5", data, {"Content-Type": "audio/mpeg"})
     assert status == 200 and [t["tag"] for t in thr["tags"]] == [t for t, _ in expected.top(threshold=0.5)]
@@ -365,6 +370,24 @@ def answer(sock: socket.socket) -> tuple[int, dict, float]:
     return int(head.split()[1]), json.loads(body), ended
 
 
+def next_response(sock: socket.socket) -> tuple[int, dict]:
+    """The status and JSON body of the next response on a kept-alive ``sock`` (its Content-Length says where it ends)."""
+
+    def more() -> bytes:
+        chunk = sock.recv(65536)
+        assert chunk, "the server closed the connection"
+        return chunk
+
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += more()
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")))
+    while len(body) < length:
+        body += more()
+    return int(head.split()[1]), json.loads(body[:length])
+
+
 def uploads_in(tmp: Path) -> list[str]:
     return sorted(p.name for d in tmp.glob("tagstack-serve-*") for p in d.iterdir() if p.name != ".lock")
 
@@ -481,8 +504,11 @@ def test_a_client_trickling_its_headers_is_cut_off_and_others_are_served(strict_
     for _ in range(size // 50_000):
         time.sleep(0.1)
         refused.sendall(b"\0" * 50_000)
-    status, body, _ = answer(refused)
+    status, body = next_response(refused)
     assert status == 400 and "top_k must be a whole number >= 0" in body["error"]
+    refused.sendall(f"GET /api/health HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())  # the connection serves on
+    assert next_response(refused) == (200, {"status": "ok", "model": "tiny", "device": "cpu"})
+    refused.close()
 
     silent = socket.create_connection((host, int(port)), timeout=30)
     opened = time.monotonic()

@@ -166,7 +166,7 @@ class Service:
         name = "upload"
         try:
             with os.fdopen(fd, "wb") as out:
-                if ctype.startswith("multipart/form-data"):
+                if ctype.lower().startswith("multipart/form-data"):  # (media types ignore case)
                     try:
                         form = MultipartFile(ctype, out)
                         async for chunk in request.stream():

@@ -230,10 +230,9 @@ def header_deadline(base: type[asyncio.Protocol], limits: ServiceLimits) -> type
     (nothing for ``upload_timeout`` seconds, under ``min_upload_kbps`` after
     that long, or over ``max_upload_mb``: closed quietly, the client has its
     answer), so a large upload refused at once still finishes and reads its
-    answer. Reads uvicorn's protocol attributes ``loop``, ``transport``,
+    answer, and the connection then serves the next request. Reads uvicorn's protocol attributes ``loop``, ``transport``,
     ``cycle`` (the request under way: its ``response_complete`` and
-    ``more_body``) and ``client``, and calls its ``_unset_keepalive_if_required``,
-    common to its h11 and httptools protocols.
+    ``more_body``) and ``client``, common to its h11 and httptools protocols.
     """
     seconds = limits.header_timeout
     reason = json.dumps({"error": f"the request's headers did not arrive within {seconds:g} s (--header-timeout)"}).encode()
@@ -256,11 +255,12 @@ def header_deadline(base: type[asyncio.Protocol], limits: ServiceLimits) -> type
         def data_received(self, data: bytes) -> None:
             if self._lingering:
                 return
-            if self._drain is not None or self._answered_body_arriving():
-                # not handed to uvicorn, which would buffer it and stop reading; nor would its data_received cancel
-                # its keep-alive timer (5 s from the answer), which would cut off a large body still on its way
-                self._unset_keepalive_if_required()
-                self._drop(len(data))
+            if self._answered_body_arriving():
+                if self._leftover_too_slow(len(data)):
+                    return
+                super().data_received(data)  # uvicorn drops an answered request's body, and reads the next request
+                if not self._answered_body_arriving():  # after it
+                    self._cancel()
                 return
             waiting = self._awaiting_headers()
             if waiting:
@@ -283,32 +283,28 @@ def header_deadline(base: type[asyncio.Protocol], limits: ServiceLimits) -> type
             """The request under way was answered while its body still arrives."""
             return self.cycle is not None and self.cycle.response_complete and self.cycle.more_body
 
-        def _drop(self, n: int) -> None:
-            """Count and drop ``n`` more bytes of an answered request's body, and close the connection when the upload
-            limits are passed, or when nothing more arrives for ``upload_timeout`` seconds. (The connection is not
-            reused: uvicorn's parser never sees the rest of that body, so nothing after it can be read as a request.)"""
+        def _leftover_too_slow(self, n: int) -> bool:
+            """Count ``n`` more bytes of an answered request's body; close the connection when the upload limits are
+            passed, else wait at most ``upload_timeout`` for the next byte. (uvicorn leaves the answered request's
+            ``more_body`` set until the next request's headers are complete, so these count too.)"""
             now = self.loop.time()
             began, got = self._drain or (now, 0)
             self._drain, got, elapsed = (began, got + n), got + n, now - began
             slow = limits.min_upload_kbps and elapsed > limits.upload_timeout and got < limits.min_upload_kbps * 1000 * elapsed
             if slow or got > limits.max_bytes:
                 log.info("%s: the body of an answered request arrived too slowly or was too large; closed", _peer(self.client))
-                self._close_quietly()
-                return
+                self._cancel()
+                self.transport.close()
+                return True
             if self._deadline is not None:
                 self._deadline.cancel()
-            self._deadline = self.loop.call_later(limits.upload_timeout, self._close_quietly)
-
-        def _close_quietly(self) -> None:
-            if self._deadline is not None:
-                self._deadline.cancel()
-            self._deadline = None
-            self.transport.close()
+            self._deadline = self.loop.call_later(limits.upload_timeout, self._expired)  # (quiet: _partial is False)
+            return False
 
         def _cancel(self) -> None:
             if self._deadline is not None:
                 self._deadline.cancel()
-            self._deadline, self._partial = None, False
+            self._deadline, self._partial, self._drain = None, False, None
 
         def _expired(self) -> None:
             self._deadline = None

@@ -17,9 +17,11 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
+from urllib.parse import unquote
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 from python_multipart.exceptions import MultipartParseError
@@ -171,7 +173,7 @@ class MultipartFile:
             if self.found:
                 raise ValueError("a multipart upload takes one file")
             self.found = True
-            self.filename = options.get(b"filename", b"").decode("utf-8", "replace")
+            self.filename = _filename(options, self._headers.get("content-disposition", b""))
             self.content_type = self._headers.get("content-type", b"").decode("latin-1") or None
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
@@ -183,6 +185,20 @@ class MultipartFile:
 
     def _end(self) -> None:
         self._ended = True
+
+
+def _filename(options: dict[bytes, bytes], disposition: bytes) -> str:
+    """A part's file name: ``filename``, or RFC 5987's ``filename*=UTF-8''na%C3%AFve.mp3`` when only that is given
+    (read from the raw header: the options parser leaves it out)."""
+    if b"filename" in options:
+        return options[b"filename"].decode("utf-8", "replace")
+    star = re.search(rb";\s*filename\*\s*=\s*([^;]*)", disposition, re.IGNORECASE)
+    charset, _, encoded = (star.group(1).strip().decode("latin-1") if star else "").partition("'")
+    encoded = encoded.partition("'")[2]  # after the language tag, usually empty
+    try:
+        return unquote(encoded, encoding=charset or "utf-8", errors="replace")
+    except LookupError:  # a charset Python does not know
+        return unquote(encoded, errors="replace")
 
 
 __all__ = ["MultipartFile", "UploadFolder", "remove_abandoned"]
