@@ -708,3 +708,16 @@ def test_a_damaged_shard_is_moved_aside_and_named_by_the_resume_scan(tmp_path, c
     assert (tmp_path / "tags-2.parquet.damaged").read_bytes() == data[: len(data) // 2]
     tags, failures = read_results(tmp_path)
     assert tags.column("path").to_pylist() == ["a.wav", "b.wav"] and failures.column("path").to_pylist() == ["d.wav"]
+
+
+def test_an_analysis_stops_at_the_next_window_when_asked(model_file):
+    import threading
+
+    from tagstack.errors import StoppedError
+
+    tagger, y = Tagger(model_file, device="cpu"), np.zeros(SR * 120, np.float32) + 0.01
+    stop = threading.Event()
+    assert tagger.predict(y, sr=SR, stop=stop).probs.shape == (len(tagger.tags),)  # not set: the whole analysis
+    stop.set()
+    with pytest.raises(StoppedError, match=r"<array>: stopped before its end"):
+        tagger.predict(y, sr=SR, taggram=True, stop=stop)

@@ -622,3 +622,30 @@ def test_a_full_disk_is_a_507_and_a_vanished_upload_folder_is_made_again(model_f
         for proc in procs:
             proc.terminate()
             proc.wait(timeout=30)
+
+
+def test_a_client_that_goes_away_stops_its_analysis(model_file, tmp_path):
+    """A client that uploads ten minutes of audio with a fine taggram (2000 windows) and leaves: its analysis ends
+    at the next window and its upload is removed, instead of holding a worker to the end (a way to tie up a
+    service: start long analyses and leave)."""
+    port = free_port()
+    proc = start_server(str(model_file), port, ["--device", "cpu", "--max-seconds", "700"], env={**os.environ, "TMPDIR": str(tmp_path)})
+    try:
+        data = wav_bytes((0.1 * np.sin(np.arange(8000 * 600) * 0.05) * 32767).astype(np.int16), sr=8000, subtype="PCM_16")
+        sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        sock.sendall(
+            f"POST /api/tag?filename=a.wav&taggram=true&hop=0.3 HTTP/1.1\r\nHost: x\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data
+        )
+        time.sleep(2.0)  # received, and under analysis
+        assert len(uploads_in(tmp_path)) == 1
+        sock.close()
+        for _ in range(12):  # the analysis alone takes several seconds more; stopped, it ends at once
+            if not uploads_in(tmp_path):
+                break
+            time.sleep(0.25)
+        assert uploads_in(tmp_path) == []
+        assert request((f"127.0.0.1:{port}",), "GET", "/api/health")[0] == 200
+    finally:
+        proc.terminate()
+        err = proc.communicate(timeout=60)[1]
+    assert "a.wav: its client went away; its analysis was stopped" in err and "Traceback" not in err

@@ -21,6 +21,10 @@ class AudioTooLongError(AudioError):
     """Audio longer than the limit a :class:`~tagstack.Tagger` was given (``max_seconds``), found while decoding it."""
 
 
+class StoppedError(TagstackError):
+    """An analysis stopped before its end because its caller asked (``stop``): a service's client went away."""
+
+
 class OutputError(TagstackError):
     """An output file that cannot be written (a full disk, a read-only or vanished folder): names the file and the
     reason; whatever the file held before is left as it was."""

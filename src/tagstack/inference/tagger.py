@@ -18,6 +18,7 @@ Example
 
 from __future__ import annotations
 
+import threading
 from functools import partial
 from pathlib import Path
 from collections.abc import Iterable, Iterator, Sequence
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 
 from ..checks import BATCH_WINDOWS, DEFAULT_TOP_K, MAX_SECONDS, check_hop, check_selection
-from ..errors import AudioError, ParameterError, TagstackError
+from ..errors import AudioError, ParameterError, StoppedError, TagstackError
 from ..models.file import load_model
 from ..models.zoo import resolve_model
 from ..models.tagging_model import TaggingModel, require_tagger
@@ -35,6 +36,14 @@ from .many import one_thread_per_file, shared_passes
 from .result import Result
 from .sources import Source, as_source, decoding_rates, model_stream, source_name
 from .windows import Window, WindowFeatures, cut_windows, source_features
+
+
+def _until(stop: threading.Event, windows: Iterator[Window], name: str) -> Iterator[Window]:
+    """``windows``, ending in a :class:`StoppedError` once ``stop`` is set."""
+    for window in windows:
+        if stop.is_set():
+            raise StoppedError(f"{name}: stopped before its end (its caller went away)")
+        yield window
 
 
 class Tagger:
@@ -119,7 +128,14 @@ class Tagger:
 
     # ------------------------------------------------------------ public API
     def predict(
-        self, source: Source, *, sr: int | None = None, taggram: bool = False, hop: float | None = None, max_seconds: float | None = None
+        self,
+        source: Source,
+        *,
+        sr: int | None = None,
+        taggram: bool = False,
+        hop: float | None = None,
+        max_seconds: float | None = None,
+        stop: threading.Event | None = None,
     ) -> Result:
         """Whole-file tag probabilities (and, if asked, the taggram) of a file or of samples at ``sr`` Hz (:data:`~.sources.Source`).
 
@@ -146,6 +162,10 @@ class Tagger:
             Seconds between the starts of taggram windows (default: one clip length).
         max_seconds : float > 0, optional
             Refuse audio that decodes to more than this many seconds.
+        stop : threading.Event, optional
+            Set from another thread to end the analysis at the next window
+            (:class:`~tagstack.errors.StoppedError`): the service stops the
+            work of a client that went away.
 
         Returns
         -------
@@ -162,8 +182,17 @@ class Tagger:
             :class:`~tagstack.errors.AudioTooLongError`).
         ParameterError
             A malformed argument (an array without ``sr``, a bad shape, ``hop`` out of range ...).
+        StoppedError
+            ``stop`` was set.
         """
-        result = self.predict_batch([source], sr=sr, taggram=taggram, hop=hop, max_seconds=max_seconds)[0]
+        source = as_source(source)
+        gram_hop = self._gram_hop(hop) if taggram else None
+        if max_seconds is not None:
+            MAX_SECONDS.check(max_seconds)
+        windows = self._windows(source, sr, gram_hop, max_seconds)
+        if stop is not None:
+            windows = _until(stop, windows, source_name(source))
+        result = self._results([windows], [source_name(source)], gram_hop, False)[0]
         if isinstance(result, TagstackError):
             raise result
         return result

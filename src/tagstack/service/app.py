@@ -28,6 +28,7 @@ import errno
 import logging
 import os
 import tempfile
+import threading
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
@@ -224,8 +225,9 @@ class Service:
         taggram: bool,
         hop: str | None,
         per_group: bool = False,
+        stop: threading.Event | None = None,
     ) -> dict:
-        """Everything asked about one uploaded file (runs in a worker thread)."""
+        """Everything asked about one uploaded file (runs in a worker thread; ``stop`` ends it early)."""
         model = self.tagger.model
         try:
             if not embed:
@@ -247,7 +249,7 @@ class Service:
             # the header's length may lie: decoding stops at the limit, or where the hop would pass MAX_WINDOWS windows
             limit = self.limits.max_seconds if hop_s is None else min(self.limits.max_seconds, hop_s * MAX_WINDOWS)
             try:
-                result: Result = self.tagger.predict(path, taggram=taggram, hop=hop_s, max_seconds=limit)
+                result: Result = self.tagger.predict(path, taggram=taggram, hop=hop_s, max_seconds=limit, stop=stop)
             except AudioTooLongError:
                 raise Problem(
                     413,
@@ -386,25 +388,40 @@ def create_app(
             raise Problem(400, "; ".join(unused))
         s, l_ = _names(scales), _ints(layers, "layers")
         path, name = await service.save_upload(request)
+        stop = threading.Event()  # set when the client goes away: its analysis ends at the next window
+        refused: Problem | None = None  # (raised out of the task group only as an ExceptionGroup)
         try:
-            out = await anyio.to_thread.run_sync(
-                lambda: service.analyse(
-                    path,
-                    name,
-                    top_k=top_k,
-                    threshold=threshold,
-                    embed=embed,
-                    scales=s,
-                    layers=l_,
-                    taggram=taggram,
-                    hop=hop,
-                    per_group=per_group,
-                ),
-                limiter=service.limiter,
-                abandon_on_cancel=True,
-            )  # a shutdown past its deadline does not wait for it
+            async with anyio.create_task_group() as watching:
+                watching.start_soon(_set_when_gone, request, stop)
+                try:
+                    out = await anyio.to_thread.run_sync(
+                        lambda: service.analyse(
+                            path,
+                            name,
+                            top_k=top_k,
+                            threshold=threshold,
+                            embed=embed,
+                            scales=s,
+                            layers=l_,
+                            taggram=taggram,
+                            hop=hop,
+                            per_group=per_group,
+                            stop=stop,
+                        ),
+                        limiter=service.limiter,
+                        abandon_on_cancel=True,
+                    )  # a shutdown past its deadline does not wait for it
+                except Problem as e:
+                    refused = e
+                finally:
+                    watching.cancel_scope.cancel()
         finally:
             path.unlink(missing_ok=True)
+        if refused is not None and stop.is_set():  # nobody to answer
+            log.info("%s: its client went away; its analysis was stopped", name)
+            return Response(status_code=400)
+        if refused is not None:
+            raise refused
         return JSONResponse(out)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -419,6 +436,13 @@ def create_app(
         return Response(_asset(name), media_type=types[Path(name).suffix])
 
     return app
+
+
+async def _set_when_gone(request: Request, stop: threading.Event) -> None:
+    """Set ``stop`` once the client of ``request`` has disconnected (looked at twice a second)."""
+    while not await request.is_disconnected():
+        await anyio.sleep(0.5)
+    stop.set()
 
 
 def _asset(name: str) -> str:
