@@ -42,8 +42,8 @@ def remove_leftovers(folder: Path) -> int:
 
 def remove_leftovers_of(path: Path, *, pattern: bool = False) -> int:
     """Delete the temporary files that killed atomic writes of ``path`` (a glob pattern of names in its folder, with
-    ``pattern``) left beside it; returns how many."""
-    path = Path(path)
+    ``pattern``) left beside it (beside the file a link names, where :func:`atomic_write` writes); returns how many."""
+    path = Path(path) if pattern else destination(Path(path))
     name = path.name if pattern else glob_escape(path.name[:100])
     return _unlink_all(path.parent.glob(f"{TEMP_PREFIX}{name}.*"))
 

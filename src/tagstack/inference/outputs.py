@@ -199,7 +199,7 @@ def tag_files(
     check_taggram_hop(hop, taggram_dir is not None)
     if output is not None:
         check_destination(Path(output), force=force)
-        remove_leftovers_of(destination(Path(output)))
+        remove_leftovers_of(Path(output))
     if taggram_dir is not None:
         check_destination(Path(taggram_dir), folder=True)
         if Path(taggram_dir).is_dir():  # only what taggram writes left in that folder itself
@@ -306,7 +306,7 @@ def embed_files(
     if out.suffix == ".parquet":
         _need_pyarrow()
     check_destination(out, force=force)
-    remove_leftovers_of(destination(out))
+    remove_leftovers_of(out)
     paths = [str(p) for p in paths]  # read twice: for the audio, and for what it must not overwrite
     files = audio_files(paths)
     check_not_an_input(out, files, given=paths)

@@ -185,14 +185,7 @@ class Tagger:
         StoppedError
             ``stop`` was set.
         """
-        source = as_source(source)
-        gram_hop = self._gram_hop(hop) if taggram else None
-        if max_seconds is not None:
-            MAX_SECONDS.check(max_seconds)
-        windows = self._windows(source, sr, gram_hop, max_seconds)
-        if stop is not None:
-            windows = _until(stop, windows, source_name(source))
-        result = self._results([windows], [source_name(source)], gram_hop, False)[0]
+        result = self.predict_batch([source], sr=sr, taggram=taggram, hop=hop, max_seconds=max_seconds, stop=stop)[0]
         if isinstance(result, TagstackError):
             raise result
         return result
@@ -208,6 +201,7 @@ class Tagger:
         batch_windows: int | None = None,
         names: list[str] | None = None,
         max_seconds: float | None = None,
+        stop: threading.Event | None = None,
     ) -> list[Result | TagstackError]:
         """:meth:`predict` for several sources at once, their windows sharing network passes.
 
@@ -220,7 +214,7 @@ class Tagger:
         classifier (and works for models without one). ``names`` label the
         results (``Result.path``) instead of the paths (arrays: ``"<array>"``);
         ``sr`` is the rate of array sources, one for all or one per source;
-        ``max_seconds`` as in :meth:`predict`.
+        ``max_seconds`` and ``stop`` as in :meth:`predict`.
 
         Parameters
         ----------
@@ -240,6 +234,9 @@ class Tagger:
             One name per source for ``Result.path`` (default: the path, or ``"<array>"``).
         max_seconds : float > 0, optional
             Refuse a source that decodes to more than this many seconds (that source alone).
+        stop : threading.Event, optional
+            Set from another thread to end every source still under analysis (each a
+            :class:`~tagstack.errors.StoppedError`).
 
         Returns
         -------
@@ -258,9 +255,10 @@ class Tagger:
             names = [source_name(s) for s in sources]
         elif len(names) != len(sources):
             raise ParameterError(f"{len(names)} names for {len(sources)} sources")
-        return self._results(
-            [self._windows(s, r, gram_hop, max_seconds) for s, r in zip(sources, rates)], names, gram_hop, embed_only, batch_windows
-        )
+        windows = [self._windows(s, r, gram_hop, max_seconds) for s, r in zip(sources, rates)]
+        if stop is not None:
+            windows = [_until(stop, w, name) for w, name in zip(windows, names)]
+        return self._results(windows, names, gram_hop, embed_only, batch_windows)
 
     def _results(
         self, sources: list[Iterator[Window]], names: list[str], gram_hop: int | None, embed_only: bool, batch_windows: int | None = None
