@@ -116,6 +116,9 @@ def test_killed_tag_run_leaves_the_previous_output_whole(many_files, model_file,
     proc.wait()
     assert out.read_text() == whole  # the earlier complete result, not a truncated one
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tagstack-tmp-")]
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)  # resumes from what the killed run recorded
+    assert again.returncode == 0 and out.read_text() == whole, again.stderr[-2000:]
+    assert not (tmp_path / "tags.csv.partial").exists()
 
 
 def test_killed_embed_leaves_no_partial_file(many_files, model_file, tmp_path):
@@ -135,6 +138,10 @@ def test_killed_embed_leaves_no_partial_file(many_files, model_file, tmp_path):
     if out.exists():  # the rerun was quick enough to finish writing before the kill: then the file is whole
         with np.load(out, allow_pickle=False) as z:
             assert len(z["paths"]) == len(z["embeddings"]) == 40
+    assert subprocess.run(cmd, capture_output=True, timeout=300).returncode == 0  # resumes, or finds nothing left to do
+    with np.load(out, allow_pickle=False) as z:
+        assert len(z["paths"]) == len(z["embeddings"]) == 40
+    assert not (tmp_path / "e.npz.partial").exists()
 
 
 TRAIN_SCRIPT = """

@@ -588,7 +588,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--format", choices=["table", "jsonl", "csv"], default="table", help="output format (default: table)")
     t.add_argument(
-        "--output", "-o", type=Path, help="write to this file instead of standard output (with --engine ray: a folder of Parquet shards)"
+        "--output",
+        "-o",
+        type=Path,
+        help="write to this file instead of standard output, whole at the end; an interrupted run resumes when run again "
+        "(its progress is kept in FILE.partial meanwhile); with --engine ray: a folder of Parquet shards",
     )
     t.add_argument("--force", action="store_true", help="write --output even over an existing audio file (never over an input)")
     t.add_argument(
@@ -616,7 +620,9 @@ def build_parser() -> argparse.ArgumentParser:
         "-o",
         type=Path,
         required=True,
-        help="output file: .npz (arrays embeddings, paths, scales, layers) or .parquet (path, embedding; scales and layers in its metadata); with --engine ray, a folder of Parquet shards",
+        help="output file: .npz (arrays embeddings, paths, scales, layers) or .parquet (path, embedding; scales and layers in its metadata), "
+        "whole at the end; an interrupted run resumes when run again (its progress is kept in OUT.partial meanwhile); "
+        "with --engine ray, a folder of Parquet shards",
     )
     e.add_argument("--force", action="store_true", help="write --out even over an existing audio file (never over an input)")
     e.add_argument("--model", type=Path, help=MODEL_HELP)

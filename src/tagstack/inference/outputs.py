@@ -4,12 +4,16 @@ A file that cannot be used is reported with its reason and the others go
 on. Every output file is complete or absent: results go to a temporary file
 beside the destination, renamed over it only when the job ends, so a killed
 run never leaves a partial file that looks whole, nor destroys an earlier
-result. The destination is checked before any work starts.
+result. Meanwhile each file done is recorded in a journal beside the output
+(:mod:`.journal`), so that the same call after an interruption does only the
+files left. The destination is checked before any work starts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -17,8 +21,8 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
-from collections.abc import Iterable
+from typing import IO, Any, TypeVar
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -27,9 +31,14 @@ from ..checks import DEFAULT_TOP_K, check_selection, check_taggram_hop
 from ..errors import OutputError, ParameterError, TagstackError
 from ..fileio import atomic_write, destination, remove_leftovers_of, shown
 from ..progress import progress
+from ..provenance import weights_digest
 from ..report import write_taggram
 from ..models.tagging_model import require_tagger
+from .journal import Journal, decode_vector, encode_vector
+from .result import Result
 from .tagger import Tagger
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +158,8 @@ def tag_files(
     ``group`` column; in JSON lines a ``groups`` object, tag -> group).
 
     Results stream to ``stdout`` (standard output by default), or go whole to
-    ``output`` at the end. With ``taggram_dir`` each file's taggram is written
+    ``output`` at the end; a call interrupted before its end (Ctrl-C, a kill) is resumed by the same call with
+    the same settings, which does only the files left (:mod:`.journal`). With ``taggram_dir`` each file's taggram is written
     there too (.npy, .csv, .png), windows every ``hop`` seconds. ``output`` is
     refused when it is one of the inputs, or an existing audio file unless ``force``.
 
@@ -218,38 +228,83 @@ def tag_files(
     out = io.StringIO() if output is not None else (stdout or sys.stdout)
     if out is None:  # started with standard output closed (`tagstack tag a.mp3 >&-`)
         raise OutputError("standard output is closed; write the results to a file (-o FILE)")
-    writer = csv.writer(out) if fmt == "csv" else None
-    if writer:
-        writer.writerow(["path", "tag", "probability"] + (["group"] if per_group else []))
+    if fmt == "csv":
+        out.write(_csv_text([["path", "tag", "probability"] + (["group"] if per_group else [])]))
     report = BatchReport()
-    stems, names = unique_stems(files), _names(files)
-    results = tagger.predict_many(files, taggram=taggram_dir is not None, hop=hop)
-    for f, stem, r in progress(zip(names, stems, results), total=len(files), desc="tag", unit="file", hide=len(files) < 2):
-        if isinstance(r, TagstackError):
-            _skip(report, f, r)
-            continue
-        r.path = f
-        top = r.top(top_k, threshold, per_group=per_group)
-        if taggram_dir is not None:
-            write_taggram(r, Path(taggram_dir), stem=stem, clip_seconds=tagger.cfg.clip_seconds)
-        if fmt == "jsonl":
-            line = {"path": f, "seconds": round(r.seconds, 2), "tags": {t: round(p, 4) for t, p in top}}
-            if per_group:
-                line["groups"] = {t: r.group_of(t) for t, _ in top}
-            out.write(json.dumps(line, allow_nan=False) + "\n")
-        elif writer:
-            for t, p in top:
-                writer.writerow([f, t, f"{p:.4f}"] + ([r.group_of(t)] if per_group else []))
-        else:
-            group = (lambda t, r=r: f"  {r.group_of(t)}") if per_group else (lambda t: "")
-            out.write(f"{f}  ({r.seconds:.1f} s)\n" + "".join(f"    {t:<16} {p:.3f}{group(t)}\n" for t, p in top))
-        out.flush()
-        report.done += 1
-    if output is not None:
-        text = out.getvalue()
-        atomic_write(Path(output), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    stems, names, keys = unique_stems(files), _names(files), [str(f) for f in files]
+    settings = _job(
+        tagger,
+        job="tag",
+        format=fmt,
+        top_k=top_k,
+        threshold=threshold,
+        per_group=per_group,
+        hop=hop,
+        taggram=None if taggram_dir is None else str(taggram_dir),
+    )
+    journal = Journal.open(output, settings) if output is not None else None
+    with journal or contextlib.nullcontext():
+        done = {k: r["text"] for k, r in journal.done.items() if isinstance(r.get("text"), str)} if journal else {}
+        run = lambda todo: tagger.predict_many([files[i] for i in todo], taggram=taggram_dir is not None, hop=hop)
+        for i, text, r in _resumed(keys, done, run, desc="tag"):
+            if isinstance(r, TagstackError):
+                _skip(report, names[i], r)
+                continue
+            if text is None:
+                r.path = names[i]
+                text = _tag_text(r, fmt, r.top(top_k, threshold, per_group=per_group), per_group)
+                if taggram_dir is not None:
+                    write_taggram(r, Path(taggram_dir), stem=stems[i], clip_seconds=tagger.cfg.clip_seconds)
+                if journal:
+                    journal.add(keys[i], text=text)
+            out.write(text)
+            out.flush()
+            report.done += 1
+        if journal:
+            text = out.getvalue()
+            atomic_write(Path(output), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+            journal.finish()
     _summary(report, len(files), "tagged")
     return report
+
+
+def _tag_text(r: Result, fmt: str, top: list[tuple[str, float]], per_group: bool) -> str:
+    """What the output holds for one file: its lines of the table, its JSON line, or its CSV rows."""
+    if fmt == "jsonl":
+        line = {"path": r.path, "seconds": round(r.seconds, 2), "tags": {t: round(p, 4) for t, p in top}}
+        if per_group:
+            line["groups"] = {t: r.group_of(t) for t, _ in top}
+        return json.dumps(line, allow_nan=False) + "\n"
+    if fmt == "csv":
+        return _csv_text([[r.path, t, f"{p:.4f}"] + ([r.group_of(t)] if per_group else []) for t, p in top])
+    group = (lambda t: f"  {r.group_of(t)}") if per_group else (lambda t: "")
+    return f"{r.path}  ({r.seconds:.1f} s)\n" + "".join(f"    {t:<16} {p:.3f}{group(t)}\n" for t, p in top)
+
+
+def _csv_text(rows: list[list[str]]) -> str:
+    buf = io.StringIO()
+    csv.writer(buf).writerows(rows)
+    return buf.getvalue()
+
+
+def _job(tagger: Tagger, **settings: Any) -> dict[str, Any]:
+    """A job's settings as its journal records them: the model (a digest of its weights, tags and front ends) and ``settings``."""
+    model = hashlib.sha256(f"{weights_digest(tagger.model)}{tagger.tags}{tagger.model.frontends}".encode()).hexdigest()[:16]
+    return {"model": model, **settings}
+
+
+def _resumed(
+    keys: list[str], done: dict[str, T], run: Callable[[list[int]], Iterable[Result | TagstackError]], *, desc: str
+) -> Iterator[tuple[int, T | None, Result | TagstackError | None]]:
+    """``(index, stored, result)`` for every file in order: what an earlier run stored for it (``done``, by path), or
+    else its result (or error) from ``run`` on the indices of the files still to do, which the progress counts."""
+    todo = [i for i, k in enumerate(keys) if k not in done]
+    fresh = iter(progress(run(todo), total=len(todo), desc=desc, unit="file", hide=len(todo) < 2))
+    pending = set(todo)
+    for i, k in enumerate(keys):
+        yield (i, None, next(fresh)) if i in pending else (i, done[k], None)
+    for _ in fresh:  # nothing is left: asking once more lets the progress count the last file and close
+        pass
 
 
 def embed_files(
@@ -267,7 +322,9 @@ def embed_files(
 
     Either way the file records which scales and layers its columns are
     (Parquet in its schema metadata), and the vectors and names can never
-    disagree, since they are one file written at once.
+    disagree, since they are one file written at once. A call interrupted
+    before its end is resumed by the same call, which does only the files
+    left (:mod:`.journal`).
 
     Parameters
     ----------
@@ -315,14 +372,28 @@ def embed_files(
     chosen_scales, chosen_layers = tagger.model.selection(scales=scales, layers=layers)
     names, vectors = [], []
     report = BatchReport()
-    results = tagger.predict_many(files, embed_only=True)
-    for f, r in progress(zip(_names(files), results), total=len(files), desc="embed", unit="file", hide=len(files) < 2):
-        if isinstance(r, TagstackError):
-            _skip(report, f, r)
-            continue
-        vectors.append(r.embedding[cols])
-        names.append(f)
-        report.done += 1
+    shown_names, keys = _names(files), [str(f) for f in files]
+    with Journal.open(out, _job(tagger, job="embed", scales=chosen_scales, layers=chosen_layers)) as journal:
+        done = {k: x for k, r in journal.done.items() if (x := decode_vector(r.get("vector"), len(cols))) is not None}
+        run = lambda todo: tagger.predict_many([files[i] for i in todo], embed_only=True)
+        for i, vector, r in _resumed(keys, done, run, desc="embed"):
+            if isinstance(r, TagstackError):
+                _skip(report, shown_names[i], r)
+                continue
+            if vector is None:
+                vector = r.embedding[cols]
+                journal.add(keys[i], vector=encode_vector(vector))
+            vectors.append(vector)
+            names.append(shown_names[i])
+            report.done += 1
+        _write_embeddings(out, names, vectors, chosen_scales, chosen_layers)
+        journal.finish()
+    _summary(report, len(files), "embedded")
+    return report
+
+
+def _write_embeddings(out: Path, names: list[str], vectors: list[np.ndarray], scales: list[str], layers: list[int]) -> None:
+    """The embedding file, whole (nothing when no file could be embedded)."""
     if vectors:
         x = np.stack(vectors).astype(np.float32)
         if out.suffix == ".parquet":
@@ -330,8 +401,8 @@ def embed_files(
             import pyarrow.parquet as pq
 
             meta = {
-                "tagstack.scales": json.dumps(chosen_scales),
-                "tagstack.layers": json.dumps(chosen_layers),
+                "tagstack.scales": json.dumps(scales),
+                "tagstack.layers": json.dumps(layers),
                 "tagstack.dimensions": str(x.shape[1]),
             }
             table = pa.table({"path": names, "embedding": list(x)}).replace_schema_metadata(meta)
@@ -340,14 +411,10 @@ def embed_files(
 
             def write(tmp: str) -> None:
                 with open(tmp, "wb") as fh:
-                    np.savez(fh, embeddings=x, paths=np.array(names), scales=np.array(chosen_scales), layers=np.array(chosen_layers))
+                    np.savez(fh, embeddings=x, paths=np.array(names), scales=np.array(scales), layers=np.array(layers))
 
             atomic_write(out, write, suffix=".npz")
-        log.info(
-            "%d embeddings of %d dimensions (scales %s, layers %s) written to %s", len(names), x.shape[1], chosen_scales, chosen_layers, out
-        )
-    _summary(report, len(files), "embedded")
-    return report
+        log.info("%d embeddings of %d dimensions (scales %s, layers %s) written to %s", len(names), x.shape[1], scales, layers, out)
 
 
 def _need_pyarrow() -> None:

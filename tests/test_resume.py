@@ -1,0 +1,108 @@
+"""An interrupted ``tag -o`` or ``embed`` job: the same command again does only the files it had not done, and its
+output is the one an uninterrupted run writes (``kill -9`` mid-run: tests/test_kill.py)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tagstack.errors import OutputError, ParameterError
+from tagstack.inference.journal import Journal, decode_vector, encode_vector, journal_path
+from tagstack.inference.outputs import tag_files
+
+
+def _tagstack(*args: str) -> list[str]:
+    return [sys.executable, "-m", "tagstack", *args, "--device", "cpu"]
+
+
+def _interrupt_when_recorded(cmd: list[str], journal, records: int) -> subprocess.CompletedProcess:
+    """Run ``cmd`` and press Ctrl-C (SIGINT) once its journal holds ``records`` files."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if journal.is_file() and len(journal.read_bytes().splitlines()) > records:
+            proc.send_signal(signal.SIGINT)
+            break
+        time.sleep(0.01)
+    _, err = proc.communicate(timeout=120)
+    return subprocess.CompletedProcess(cmd, proc.returncode, "", err)
+
+
+@pytest.mark.parametrize("job", ["tag", "embed"])
+def test_ctrl_c_then_the_same_command_does_only_the_rest_and_writes_what_one_run_writes(job, model_file, synth_dir, tmp_path):
+    out = tmp_path / ("tags.jsonl" if job == "tag" else "e.npz")
+    args = (
+        ["tag", str(synth_dir), "--model", str(model_file), "--format", "jsonl", "-o", str(out)]
+        if job == "tag"
+        else ["embed", str(synth_dir), "--model", str(model_file), "--out", str(out)]
+    )
+    stopped = _interrupt_when_recorded(_tagstack(*args), journal_path(out), records=3)
+    assert stopped.returncode == 130 and "run the same command again to resume" in stopped.stderr, stopped.stderr[-2000:]
+    assert not out.exists()  # the output is whole or absent: only the journal holds the work so far
+    kept = len(journal_path(out).read_bytes().splitlines()) - 1
+    assert 3 <= kept < 64
+    with open(journal_path(out), "ab") as fh:  # as if the process had died in the middle of recording a file
+        fh.write(b'{"path": "' + str(synth_dir).encode() + b"/clip")
+
+    shown_progress = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}
+    again = subprocess.run(_tagstack(*args), capture_output=True, text=True, timeout=300, env=shown_progress)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"resuming: {kept} files were done by an earlier run" in again.stderr
+    assert "its last line was cut short when the run stopped" in again.stderr
+    assert f"{job}: 0/{64 - kept} file" in again.stderr  # the progress counts only the files left
+    assert not journal_path(out).exists()
+
+    whole = tmp_path / ("whole" + out.suffix)
+    assert subprocess.run(_tagstack(*[whole if a == str(out) else a for a in map(str, args)]), capture_output=True).returncode == 0
+    if job == "tag":
+        assert out.read_text() == whole.read_text()
+    else:
+        with np.load(out, allow_pickle=False) as a, np.load(whole, allow_pickle=False) as b:
+            assert list(a["paths"]) == list(b["paths"]) and len(a["paths"]) == 64
+            np.testing.assert_allclose(a["embeddings"], b["embeddings"], rtol=1e-5, atol=1e-6)
+
+
+def test_another_jobs_journal_is_never_mixed_in_nor_destroyed(model_file, synth_dir, tmp_path):
+    files = sorted(synth_dir.glob("clip0*.wav"))[:2]
+    out = tmp_path / "tags.jsonl"
+
+    with Journal.open(out, {"job": "tag", "format": "csv"}):  # a job still running on the same output
+        with pytest.raises(ParameterError, match=r"another tagstack job is writing this output now .*tags\.jsonl\.partial is locked"):
+            tag_files(files, model=model_file, device="cpu", fmt="jsonl", output=out)
+    # the same journal, its job stopped: its settings were other ones
+    with pytest.raises(
+        ParameterError, match=r"tags\.jsonl\.partial: holds the work of an interrupted run with other settings \(.*format csv -> jsonl"
+    ):
+        tag_files(files, model=model_file, device="cpu", fmt="jsonl", output=out)
+    assert not out.exists()
+
+    journal_path(out).write_text("my own notes\n")  # a file of the user's that happens to have that name
+    with pytest.raises(ParameterError, match=r"tags\.jsonl\.partial: not a tagstack progress file"):
+        tag_files(files, model=model_file, device="cpu", fmt="jsonl", output=out)
+    assert journal_path(out).read_text() == "my own notes\n"
+
+
+def test_embedding_vectors_survive_the_journal_exactly_and_a_wrong_length_is_not_one():
+    x = np.random.default_rng(0).standard_normal(37).astype(np.float32)
+    assert np.array_equal(decode_vector(encode_vector(x), 37), x)
+    assert decode_vector(encode_vector(x), 36) is None and decode_vector("not base64!", 37) is None and decode_vector(None, 37) is None
+
+
+def test_a_full_disk_while_recording_is_one_line_and_the_work_so_far_stays(full_disk):
+    folder, fill = full_disk
+    out = folder / "e.npz"
+    journal = Journal.open(out, {"job": "embed"})
+    journal.add("a.mp3", vector=encode_vector(np.ones(8)))
+    fill()
+    with pytest.raises(
+        OutputError, match=r"e\.npz\.partial: cannot record the job's progress \(No space left on device\); the files done so far"
+    ):
+        journal.add("b.mp3", vector=encode_vector(np.ones(4000)))  # more than the rest of the file's last page
+    journal.close()
+    (folder / "filler").unlink()
+    with Journal.open(out, {"job": "embed"}) as again:  # room again: the same command resumes
+        assert list(again.done) == ["a.mp3"] and decode_vector(again.done["a.mp3"]["vector"], 8).tolist() == [1.0] * 8
