@@ -106,3 +106,16 @@ def test_a_full_disk_while_recording_is_one_line_and_the_work_so_far_stays(full_
     (folder / "filler").unlink()
     with Journal.open(out, {"job": "embed"}) as again:  # room again: the same command resumes
         assert list(again.done) == ["a.mp3"] and decode_vector(again.done["a.mp3"]["vector"], 8).tolist() == [1.0] * 8
+
+
+def test_ctrl_c_of_a_job_that_keeps_nothing_does_not_promise_a_resume(model_file, synth_dir):
+    proc = subprocess.Popen(
+        _tagstack("tag", str(synth_dir), "--model", str(model_file), "--format", "jsonl"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout.readline().startswith('{"path": ')  # tagging has begun; its results go to standard output
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "tagstack: interrupted", err[-2000:]

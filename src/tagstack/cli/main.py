@@ -755,6 +755,16 @@ def _join_torchrun(command: str) -> None:
 _FULL_OR_GONE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EBADF}
 
 
+#: Commands that keep their work as they go (run folders, the corpus, a tag/embed journal, Ray shards).
+_RESUMABLE = {"demo", "run", "local", "aggregate", "global", "reproduce", "corpus", "embed"}
+
+
+def _resumes(args: argparse.Namespace) -> bool:
+    """Whether the same command continues where an interrupted one stopped (``tag`` only with an output file;
+    ``evaluate`` and ``tag`` to standard output start again)."""
+    return args.command in _RESUMABLE or (args.command == "tag" and args.output is not None)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -769,7 +779,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tagstack: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("tagstack: interrupted; run the same command again to resume", file=sys.stderr)
+        print(f"tagstack: interrupted{'; run the same command again to resume' if _resumes(args) else ''}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # the reader went away (`tagstack tag ... | head`): stop quietly, as Unix tools do
         devnull = os.open(os.devnull, os.O_WRONLY)
