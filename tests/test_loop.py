@@ -200,3 +200,11 @@ def test_a_quick_epoch_logs_its_summary_line_only(tmp_path, caplog, monkeypatch)
     one_epoch_change(tmp_path, "logged")
     assert [r.getMessage() for r in caplog.records if r.name == "tagstack.progress"] == []
     assert any(r.getMessage().startswith("[train] epoch 1: train loss") for r in caplog.records)
+
+
+def test_the_same_training_writes_byte_identical_checkpoints(tmp_path):
+    """A checkpoint's bytes depend on its contents only (not on the temporary name it was written under)."""
+    one_epoch_change(tmp_path, "a")
+    one_epoch_change(tmp_path, "b")
+    for name in ("last.pt", "best.pt"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()

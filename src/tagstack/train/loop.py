@@ -65,7 +65,14 @@ def _save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, s
         "state": json.dumps(asdict(state)),
         "key": json.dumps(key, sort_keys=True),
     }
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    atomic_write(path, lambda tmp: _torch_save(payload, tmp))
+
+
+def _torch_save(obj: object, tmp: str) -> None:
+    """``torch.save`` through an open file: the archive inside is then named ``archive``, not after the temporary
+    file, so the same weights always give the same bytes (a checksum of a checkpoint means something)."""
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
 
 
 def _load_weights(path: Path, device: torch.device) -> dict:
@@ -210,7 +217,7 @@ def fit(
         score = _score(metrics, config.monitor)
         if score > state.best_score:
             state.best_score, state.best_epoch, state.bad_epochs = score, state.epoch, 0
-            atomic_write(best, lambda tmp: torch.save(model.state_dict(), tmp))
+            atomic_write(best, lambda tmp: _torch_save(model.state_dict(), tmp))
         else:
             state.bad_epochs += 1
         if state.bad_epochs >= config.patience:
