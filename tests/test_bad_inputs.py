@@ -471,6 +471,58 @@ def test_a_full_disk_is_one_line_and_the_earlier_output_stays(folder, model_file
     assert sorted(p.name for p in mount.iterdir()) == sorted([*outputs, "filler"])  # no temporary file left
 
 
+def test_every_kind_of_file_tagstack_writes_reports_a_full_disk_in_one_line(full_disk, tmp_path):
+    """Model files, checkpoints, arrays and figures: each library's own writer reports a full disk its own way
+    (safetensors' SafetensorError, torch's RuntimeError "unexpected pos", numpy's "N requested and M written"),
+    which were tracebacks or riddles; all are one OutputError naming the file and the disk."""
+    from tagstack.config import TrainConfig
+    from tagstack.errors import OutputError
+    from tagstack.fileio import atomic_save_npy
+    from tagstack.report import plt_module, save_figure
+    from tagstack.train.loop import fit
+
+    mount, fill = full_disk
+    fill()
+    full = r"cannot write this file \((No space left on device|.*: no space left on device)\); what it held before is unchanged$"
+    with pytest.raises(OutputError, match=r"small/m\.safetensors: " + full):
+        save_model(random_tagger(), mount / "m.safetensors")
+    with pytest.raises(OutputError, match=r"small/a\.npy: " + full):
+        atomic_save_npy(mount / "a.npy", np.zeros(100_000, np.float32))
+    with pytest.raises(OutputError, match=r"small/f\.png: " + full):
+        save_figure(plt_module().figure(figsize=(8, 8)), mount / "f.png")
+    model = torch.nn.Linear(4, 2)
+    batches = [(torch.randn(8, 4), (torch.rand(8, 2) > 0.5).float())]
+    with pytest.raises(OutputError, match=r"small/net/(best|last)\.pt: " + full):
+        fit(
+            model,
+            train_batches=lambda epoch: batches,
+            n_batches=1,
+            validate=lambda m: {"loss": 0.0, "roc_auc": 0.5},
+            loss_fn=torch.nn.BCEWithLogitsLoss(),
+            config=TrainConfig(max_epochs=1),
+            workdir=mount / "net",
+            device=torch.device("cpu"),
+        )
+    assert sorted(p.name for p in mount.iterdir()) in (["filler"], ["filler", "net"])  # no temporary file left
+
+
+def test_a_mel_cache_that_does_not_fit_on_its_disk_is_one_line_before_any_work(synth_dir, full_disk, tmp_path):
+    """The cache is written through a memory map, which meets a full disk with SIGBUS (a bare "Bus error", exit 135)
+    unless its room is asked for first; in a subprocess so that a regression cannot kill the test run itself."""
+    import subprocess
+    import sys
+
+    mount, _ = full_disk  # 2 MB; the 64 clips' frames need more
+    cmd = [sys.executable, "-m", "tagstack", "run", "--dataset", "manifest", "--root", str(synth_dir / "manifest.csv")]
+    got = subprocess.run(
+        [*cmd, "--cache-dir", str(mount), "--out", str(tmp_path / "run"), "--device", "cpu"], capture_output=True, text=True
+    )
+    last = (got.stderr.strip().splitlines() or [f"no message, exit status {got.returncode}"])[-1]
+    assert got.returncode == 1 and last.startswith(f"tagstack: error: {mount}/") and "Traceback" not in got.stderr, got.stderr[-2000:]
+    assert "/mels.f16: cannot reserve the " in last and "it needs (No space left on device; 2.1 MB free there)" in last
+    assert not list(mount.iterdir())  # the new cache is gone again, leaving the disk as it found it
+
+
 def test_an_output_that_is_an_input_or_an_audio_file_is_refused(folder, model_file, tmp_path, capsys):
     song = tmp_path / "a.mp3"
     song.write_bytes((folder / "good.wav").read_bytes())  # a WAV named .mp3: the decoders sniff it

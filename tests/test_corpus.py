@@ -126,3 +126,19 @@ def test_each_kind_of_corpus_has_its_own_default_folder(tmp_path, monkeypatch):
         default_folder("small"),
     }
     assert len(kinds) == 3 and tmp_path / "corpus" / "small-produced-eq+reverb-FluidR3" in kinds
+
+
+def test_a_full_disk_stops_the_build_with_one_line_instead_of_skipping_pieces(tmp_path, full_disk):
+    """A clip that cannot be written is the disk's fault, not its score's: the build must not go on and return a
+    corpus without it (it did: a 2-clip "tiny" corpus, exit status 0)."""
+    import os
+
+    from tagstack.errors import OutputError
+
+    mount, _ = full_disk
+    room = os.statvfs(mount)
+    with open(mount / "filler", "wb") as f:  # room for build.json, not for a clip
+        f.write(b"\0" * (room.f_bavail * room.f_frsize - 8192))
+    with pytest.raises(OutputError, match=r"/c/audio/.*\.ogg: cannot write this file \(No space left on device\)"):
+        build_corpus(mount / "c", size=1, seed=3, workers=2)
+    assert not (mount / "c" / "manifest.csv").exists()

@@ -11,9 +11,11 @@ checkpoints (the trainer waits for all processes after each epoch's writes).
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import shutil
 import stat
 import tempfile
 from glob import escape as glob_escape
@@ -90,8 +92,47 @@ def atomic_write(path: Path, writer: Callable[[str], None], *, suffix: str = "")
                 pass
         if isinstance(e, OSError):
             reason = e.strerror or _first_line(e)  # pyarrow's own OSErrors have no strerror, only a message
+            if e.errno is None and _full(path.parent):  # numpy's short write says only "N requested and M written"
+                reason += ": no space left on device"
             raise OutputError(f"{shown(path)}: cannot write this file ({reason}); what it held before is unchanged") from None
         raise
+
+
+def reserve(path: Path, size: int) -> None:
+    """Have the filesystem allocate the blocks of ``path``, a file of ``size`` bytes written through a memory map.
+
+    A write through a memory map that finds the disk full is not an error Python can catch: the kernel kills the
+    process with SIGBUS ("Bus error"), with no message and nothing saved. Asking for the blocks before the work
+    turns that into one :class:`~tagstack.errors.OutputError` naming the file, what it needs and what is free.
+    Blocks already there (a resumed file) are kept; a filesystem that cannot allocate ahead is left as it is.
+    """
+    if not writes_here() or not hasattr(os, "posix_fallocate"):  # (macOS and Windows have no posix_fallocate)
+        return
+    try:
+        free = shutil.disk_usage(path.parent).free  # before: a failed allocation may keep some blocks
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, size)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        if e.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            return
+        raise OutputError(
+            f"{shown(path)}: cannot reserve the {_amount(size)} it needs ({e.strerror}; {_amount(free)} free there); "
+            "make room, or put it on another disk"
+        ) from None
+
+
+def _amount(size: int) -> str:
+    return f"{size / 1e9:.1f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"
+
+
+def _full(folder: Path) -> bool:
+    try:
+        return shutil.disk_usage(folder).free == 0
+    except OSError:
+        return False
 
 
 def destination(path: Path) -> Path:

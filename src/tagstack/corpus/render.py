@@ -60,7 +60,7 @@ from ..datasets.corpus import corpus_clips
 from ..datasets.manifest import write_manifest
 from .performance import PERFORMANCE, drum_hits, humanise, parse_performance
 from .production import EFFECTS, check_support, parse_effects, produce
-from ..errors import DatasetError, ParameterError
+from ..errors import DatasetError, OutputError, ParameterError
 from ..fileio import atomic_write, atomic_write_json
 from ..progress import progress
 
@@ -507,6 +507,8 @@ def _render_piece(job: tuple[Piece, int, int, str, tuple[str, ...], str | None, 
             data = _encode_ogg(y, int(hashlib.sha1(name.encode()).hexdigest()[:8], 16))
             atomic_write(out_dir / name, lambda tmp, data=data: Path(tmp).write_bytes(data), suffix=".ogg")
             clips.append({"path": name, "tags": tags, "piece": piece.id, "style": piece.style})
+    except OutputError:
+        raise  # the disk, not the score: the build stops with that one line (and resumes from the pieces done)
     except Exception as e:  # one bad score must not stop the build
         return piece.id, None, f"{piece.id}: {type(e).__name__}: {e}"
     atomic_write_json(record, clips)
@@ -595,15 +597,17 @@ def build_corpus(
     results: dict[str, list[dict]] = {}
     failures = []
     bar = progress(total=sum(k for _, k in jobs), desc=f"render corpus ({size})", unit="clip")
-    if workers > 1:
-        ctx = mp.get_context("fork" if os.name == "posix" else "spawn")
-        with ctx.Pool(workers) as pool:
-            for pid, clips, err in pool.imap_unordered(_render_piece, args):
-                _collect(pid, clips, err, results, failures, bar)
-    else:
-        for a in args:
-            _collect(*_render_piece(a), results, failures, bar)
-    bar.close()
+    try:
+        if workers > 1:
+            ctx = mp.get_context("fork" if os.name == "posix" else "spawn")
+            with ctx.Pool(workers) as pool:
+                for pid, clips, err in pool.imap_unordered(_render_piece, args):
+                    _collect(pid, clips, err, results, failures, bar)
+        else:
+            for a in args:
+                _collect(*_render_piece(a), results, failures, bar)
+    finally:
+        bar.close()  # before an error's line, not after it
     if failures:
         log.warning(f"skipped {len(failures)} pieces that could not be rendered:")
         for f in failures:

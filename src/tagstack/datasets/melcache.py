@@ -32,6 +32,7 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+import shutil
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -42,10 +43,10 @@ from ..audio.frontend import ClipMel
 from ..audio.io import duration_seconds, load
 from ..config import FrontEndConfig
 from .base import ClipSet
-from ..errors import AudioError, ParameterError
+from ..errors import AudioError, OutputError, ParameterError
 from ..progress import progress
 from ..runtime import die_with_parent, usable_cpus
-from ..fileio import atomic_write_json, remove_leftovers
+from ..fileio import atomic_write_json, remove_leftovers, reserve
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +157,8 @@ class MelCache:
         """
         self.dir.mkdir(parents=True, exist_ok=True)
         remove_leftovers(self.dir)
-        if not self._complete_files():  # new, or a kill left one file without the other: start this cache over
+        new = not self._complete_files()
+        if new:  # new, or a kill left one file without the other: start this cache over
             if (self.dir / "done.u8").exists():  # an earlier version's flags, without the frames of audio
                 log.warning(
                     "mel cache %s: built by an earlier tagstack, which did not record how much of each clip is audio; "
@@ -175,6 +177,14 @@ class MelCache:
                     "paths": [str(self.clips.audio_path(i)) for i in range(len(self.clips))],
                 },
             )
+        n, frames, n_mels = self.shape
+        try:  # a memory map that meets a full disk is a SIGBUS, not an error: ask for the room first
+            reserve(self._mels_path, n * frames * n_mels * 2)
+            reserve(self._done_path, n * 2)
+        except OutputError:
+            if new:  # nothing computed yet: leave no blocks behind on a disk that is full
+                shutil.rmtree(self.dir, ignore_errors=True)
+            raise
         mels, done = self._open("r+")
         failed = self._failed()
         padded: dict[str, str] = {}

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open, save
 
 from ..config import FrontEndConfig
 from ..tags import MAX_GROUP_NAME, is_group_name
@@ -95,7 +95,10 @@ def save_model(model: TaggingModel, path: str | Path, *, half: bool = False) -> 
 
     tensors = {k: stored(k, v) for k, v in tensors.items()}
     meta = {"tagstack": json.dumps(finite_json(metadata(model)), allow_nan=False)}
-    atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=meta), suffix=".safetensors")
+    # serialised in memory, then written by Python: safetensors' own writer reports a full disk as a SafetensorError,
+    # which atomic_write could not tell from a bug; Python's is an OSError it names in one line
+    data = save(tensors, metadata=meta)
+    atomic_write(Path(path), lambda tmp: Path(tmp).write_bytes(data), suffix=".safetensors")
 
 
 def metadata(model: TaggingModel) -> dict:

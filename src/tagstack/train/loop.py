@@ -18,6 +18,7 @@ same weights and takes the same decisions without further communication.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -69,10 +70,12 @@ def _save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, s
 
 
 def _torch_save(obj: object, tmp: str) -> None:
-    """``torch.save`` through an open file: the archive inside is then named ``archive``, not after the temporary
-    file, so the same weights always give the same bytes (a checksum of a checkpoint means something)."""
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
+    """``torch.save`` into memory, then written by Python. In memory the archive inside is named ``archive``, not
+    after the temporary file, so the same weights always give the same bytes; and a full disk is an OSError that
+    :func:`atomic_write` names in one line (torch's own file writer turns it into an opaque RuntimeError)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    Path(tmp).write_bytes(buf.getbuffer())
 
 
 def _load_weights(path: Path, device: torch.device) -> dict:
