@@ -293,3 +293,36 @@ def test_a_config_written_for_a_gpu_loads_anywhere_and_runs_where_the_device_fla
     assert config_from_args(parser.parse_args(["run", "--config", str(path), "--out", "x"])).device == "cuda:1"
     with pytest.raises(ParameterError, match="'gpu0' is not a torch device"):
         ExperimentConfig(device="gpu0")
+
+
+def test_help_usage_errors_and_the_model_list_answer_without_torch():
+    """`--help` of every command, a usage error and `info --list` read no model and run nothing, so they answer at
+    once: importing torch alone takes longer than the rest of the command (bench/bench_startup.py). Run in a fresh
+    interpreter, since this one has imported torch already."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import tagstack
+
+    code = """
+import contextlib, io, sys
+from tagstack.cli import build_parser, main
+parser = build_parser()
+commands = [None, *parser._subparsers._group_actions[0].choices]
+with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    for command in commands:
+        try:
+            main([command, "--help"] if command else ["--help"])
+        except SystemExit as e:
+            assert e.code == 0, (command, e.code)
+    assert main(["tag"]) == 2 and main(["run", "--hidden", "0", "--out", "x"]) == 2 and main(["frobnicate"]) == 2
+    assert main(["info", "--list"]) == 0
+assert len(commands) > 10, commands
+print("torch" in sys.modules)
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(tagstack.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "False\n"

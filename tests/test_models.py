@@ -5,7 +5,8 @@ import torch
 from tagstack.models.aggregation import aggregate, feature_layout, select_columns
 from tagstack.errors import ParameterError
 from tagstack.models.classifier import GlobalArch, GlobalMLP
-from tagstack.models.local import ARCHITECTURES, build_local_cnn, n_segments
+from tagstack.models.local import build_local_cnn, n_segments
+from tagstack.models.local_blocks import ARCHITECTURES
 
 # (frames, channels) of every conv layer's output, from Sec. II-A
 EXPECTED = {

@@ -11,6 +11,13 @@ waiting for the others (:func:`barrier`, :func:`rank_zero_first`) and putting
 the processes' shares of an array together (:func:`all_gather_rows`). It is
 a low module so that the stages, the orchestrator and the mel cache can use
 it; ``tagstack.distributed`` sits above them and is for Ray.
+
+torch is imported by the functions that need it, not with the module:
+:class:`~tagstack.experiments.experiment_config.ExperimentConfig` checks its
+device with :func:`parse_device` and the command line ends every command
+with :func:`leave_distributed`, yet ``tagstack --help``, a usage error and
+``tagstack info --list`` must answer without the seconds torch takes to
+import (bench/bench_startup.py).
 """
 
 from __future__ import annotations
@@ -19,11 +26,14 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from .errors import ParameterError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def parse_device(name: str | None) -> torch.device | None:
@@ -36,6 +46,8 @@ def parse_device(name: str | None) -> torch.device | None:
     """
     if name in ("auto", "", None):
         return None
+    import torch
+
     try:
         return torch.device(name)
     except (RuntimeError, TypeError) as e:
@@ -44,6 +56,8 @@ def parse_device(name: str | None) -> torch.device | None:
 
 def choose_device(name: str | None = "auto") -> torch.device:
     """``"auto"`` picks CUDA when available, else the CPU; anything else is passed to torch, and must be here."""
+    import torch
+
     device = parse_device(name)
     if device is None:
         if not torch.cuda.is_available():
@@ -80,6 +94,7 @@ def distributed() -> tuple[int, int]:
         return 0, 1
     import datetime
 
+    import torch
     import torch.distributed as dist
 
     if not dist.is_initialized():
@@ -125,6 +140,7 @@ def all_gather_rows(part: np.ndarray, *, rows: int) -> np.ndarray:
     rows (only the last ones short) gets its whole array back as the first
     rows of the result. On NCCL the tensors go through this process's GPU.
     """
+    import torch
     import torch.distributed as dist
 
     _, world = distributed()

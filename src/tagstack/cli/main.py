@@ -403,15 +403,16 @@ def cmd_embed(a: argparse.Namespace) -> int:
 
 
 def cmd_info(a: argparse.Namespace) -> int:
-    from ..models.file import read_metadata
     from ..models.zoo import DEFAULT, ZOO, resolve_model, zoo_path
-    from ..report import model_summary
 
-    if a.list:
+    if a.list:  # names and sizes only: no file is read, so torch is not imported
         for name, text in ZOO.items():
             size = zoo_path(name).stat().st_size / 1e6 if zoo_path(name).is_file() else 0
             print(f"{name:<18} {size:5.1f} MB  {text}{'  (the default)' if name == DEFAULT else ''}")
         return 0
+    from ..models.file import read_metadata  # validates the header by building its networks on torch's meta device
+    from ..report import model_summary
+
     path = resolve_model(a.model)
     meta = read_metadata(path)
     print(json.dumps(meta, indent=2) if a.json else model_summary(meta, str(path)))

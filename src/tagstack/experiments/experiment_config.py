@@ -15,7 +15,7 @@ import dataclasses
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tomli_w
 
@@ -29,8 +29,11 @@ from ..config import PAPER_SCALES, FrontEndConfig, TrainConfig, global_schedule,
 from ..datasets import check_dataset
 from ..errors import ParameterError
 from ..fileio import atomic_write_bytes
-from ..models.local import ARCHITECTURES
+from ..models.local_blocks import ARCHITECTURES
 from ..runtime import parse_device
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass
@@ -115,30 +118,29 @@ def scale_sources(scales: tuple[str, ...], local_from: tuple[str, ...]) -> dict[
     A scale is a branch (as named) of one of ``local_from``'s model files, or
     ``network/frames`` of one of their networks, or a paper CNN size trained
     here. The files' headers are read (and validated), not their weights.
+    Only ``local_from`` needs torch (its networks are built, without memory,
+    for their levels): the paper's sizes are plain data, so the defaults are
+    checked without it (the command line builds them for ``--help``).
     """
-    import torch
-
-    from ..models.file import read_metadata
-    from ..models.networks import build_network
-    from ..models.zoo import resolve_model
-
     networks: dict[str, dict] = {}
     branches: dict[str, str] = {}
-    for ref in local_from:
-        meta = read_metadata(resolve_model(ref))
-        for name, entry in meta["networks"].items():
-            if name in networks:
-                raise ParameterError(f"local_from: two files have a network named {name!r}")
-            networks[name] = entry
-        for b in meta["branches"]:
-            branches[b["network"] if b["network"] == str(b["frames"]) else f"{b['network']}/{b['frames']}"] = b["network"]
+    if local_from:
+        from ..models.file import read_metadata
+        from ..models.zoo import resolve_model
+
+        for ref in local_from:
+            meta = read_metadata(resolve_model(ref))
+            for name, entry in meta["networks"].items():
+                if name in networks:
+                    raise ParameterError(f"local_from: two files have a network named {name!r}")
+                networks[name] = entry
+            for b in meta["branches"]:
+                branches[b["network"] if b["network"] == str(b["frames"]) else f"{b['network']}/{b['frames']}"] = b["network"]
     out = {}
     for s in scales:
         net = branches.get(s) or (s.split("/")[0] if "/" in s and s.split("/")[0] in networks else None)
         if net is not None:
-            entry = networks[net]
-            with torch.device("meta"):
-                module = build_network(entry["kind"], entry["arch"])
+            module = _shape_only(networks[net])
             if "/" in s and s not in branches:
                 frames = s.split("/", 1)[1]
                 if not frames.isdigit():
@@ -154,6 +156,16 @@ def scale_sources(scales: tuple[str, ...], local_from: tuple[str, ...]) -> dict[
                 + (f" or branches of local_from: {have}" if local_from else "")
             )
     return out
+
+
+def _shape_only(entry: dict) -> nn.Module:
+    """The network a model file's header describes, built on torch's meta device: its levels and checks, no weights."""
+    import torch
+
+    from ..models.networks import build_network
+
+    with torch.device("meta"):
+        return build_network(entry["kind"], entry["arch"])
 
 
 def save_config(config: ExperimentConfig, path: str | Path) -> None:

@@ -1,9 +1,10 @@
 """Stage 1 models: the family of 1-D CNNs of Sec. II-A, one per input size.
 
-The five variants are written as data (:data:`ARCHITECTURES`) and built by
-one function, :func:`build_local_cnn`. Mel bins are the input channels and
-convolution runs along time only, so low and high frequencies never share
-weights. Every conv block is (conv k, 'same' zero padding, stride 1) -> BN ->
+The five variants are written as data (:data:`~.local_blocks.ARCHITECTURES`,
+in :mod:`.local_blocks`, which imports no torch) and built by one function,
+:func:`build_local_cnn`. Mel bins are the input channels and convolution
+runs along time only, so low and high frequencies never share weights.
+Every conv block is (conv k, 'same' zero padding, stride 1) -> BN ->
 ReLU -> max-pool with stride equal to its length; the per-layer activations
 (after ReLU, before pooling) are part of the public API through
 :meth:`LocalCNN.forward_intermediates` and :attr:`LocalCNN.feature_info`, so
@@ -19,29 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import ParameterError
-
-
-@dataclass(frozen=True)
-class ConvBlock:
-    """(filter length, number of filters)-(pool length) in the paper's notation."""
-
-    kernel: int
-    channels: int
-    pool: int
-
-
-def _stack_27() -> list[ConvBlock]:
-    return [ConvBlock(3, 128, 3), ConvBlock(3, 128, 3), ConvBlock(3, 256, 3)]
-
-
-#: Conv blocks per input size (frames), from Sec. II-A.
-ARCHITECTURES: dict[int, list[ConvBlock]] = {
-    18: _stack_27()[:2] + [ConvBlock(2, 256, 2)],
-    27: _stack_27(),
-    54: _stack_27() + [ConvBlock(2, 256, 2)],
-    108: _stack_27() + [ConvBlock(2, 256, 2)] * 2,
-    216: _stack_27() + [ConvBlock(2, 256, 2)] * 3,
-}
+from .local_blocks import ARCHITECTURES, ConvBlock
 
 
 @dataclass(frozen=True)
