@@ -364,6 +364,8 @@ def test_evaluate_scores_a_model_on_a_labelled_split(tmp_path, model_file, synth
                 str(synth_dir),
                 "--json",
                 str(out),
+                "--plot",
+                str(tmp_path / "eval.png"),
                 "--device",
                 "cpu",
             ]
@@ -371,6 +373,10 @@ def test_evaluate_scores_a_model_on_a_labelled_split(tmp_path, model_file, synth
         == 0
     )
     result = json.loads(out.read_text())
+    import matplotlib.pyplot as plt
+
+    picture = plt.imread(tmp_path / "eval.png")  # per-tag bars: a real PNG, wider than tall for the synth tags
+    assert picture.ndim == 3 and picture.shape[1] > picture.shape[0] > 200
     clips = read_manifest(synth_dir / "manifest.csv")
     test = clips.indices("test")
     tagger = Tagger(model_file, device="cpu")
@@ -403,4 +409,6 @@ def test_evaluate_scores_a_model_on_a_labelled_split(tmp_path, model_file, synth
         argv = ["evaluate", "--model", str(model_file), "--dataset", "manifest", "--root", str(other), "--json", str(labels)]
         assert main(argv) == 1
         assert f"--json {labels}: the name must end in .json" in capsys.readouterr().err
+    assert main(argv[:-2] + ["--plot", str(other / "manifest.csv")]) == 1
+    assert f"--plot {other / 'manifest.csv'}: the name must end in .png" in capsys.readouterr().err
     assert upper["tags"] == [t.upper() for t in clips.tags] and upper["roc_auc"] == pytest.approx(result["roc_auc"], abs=1e-4)

@@ -322,6 +322,32 @@ def evaluation_text(result: dict, model_name: str) -> str:
     return "\n".join(lines)
 
 
+def evaluation_figure(result: dict, model_name: str, path: Path) -> bool:
+    """Per-tag test ROC-AUC (bars, best first) and PR-AUC (dots) of :func:`~tagstack.evaluation.assess.evaluate_model`'s
+    result, with both macro averages as dashed lines, as a PNG at ``path``; False (nothing written) when no tag has
+    both classes in the split, so none has a score."""
+    scored = sorted(((t, s["roc_auc"], s["pr_auc"]) for t, s in result["per_tag"].items() if s["roc_auc"] is not None), key=lambda r: -r[1])
+    if not scored:
+        return False
+    plt = plt_module()
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.22 * len(scored) + 2), 4.5))
+    x = np.arange(len(scored))
+    ax.bar(x, [r[1] for r in scored], color="tab:blue", label="ROC-AUC")
+    ax.plot(x, [r[2] for r in scored], "o", color="tab:orange", ms=3.5, label="PR-AUC")
+    ax.axhline(result["roc_auc"], color="tab:blue", ls="--", lw=1, label=f"macro ROC-AUC {result['roc_auc']:.3f}")
+    ax.axhline(result["pr_auc"], color="tab:orange", ls="--", lw=1, label=f"macro PR-AUC {result['pr_auc']:.3f}")
+    ax.axhline(0.5, color="grey", lw=0.6)  # ROC-AUC of chance
+    ax.set_xticks(x, [_printable(r[0]) for r in scored], rotation=75, fontsize=7)
+    ax.set_xlim(-0.7, len(scored) - 0.3)
+    ax.set_ylim(0, 1)
+    where = _printable("/".join(Path(result["root"]).parts[-2:]))  # the dataset's folder, and its manifest if one was named
+    ax.set_ylabel(f"{result['subset']} score")
+    ax.set_title(f"{_printable(model_name)} on {where} ({result['subset']}: {result['clips']} clips)", pad=24)
+    ax.legend(fontsize=7, ncol=4, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+    save_figure(fig, path)
+    return True
+
+
 def model_summary(meta: dict, path: str) -> str:
     """A short human description of a model file's header (``tagstack info``)."""
     info = meta.get("info", {})

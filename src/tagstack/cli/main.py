@@ -423,21 +423,23 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     from ..evaluation.assess import evaluate_model
     from ..fileio import atomic_write_json
     from ..inference.outputs import check_destination
-    from ..report import evaluation_text
+    from ..models.zoo import DEFAULT
+    from ..report import evaluation_figure, evaluation_text
 
-    if a.json is not None:
-        if a.json.suffix.lower() != ".json":  # the dataset's own label files (a manifest, tag_groups.csv ...) never are
-            raise ParameterError(f"--json {a.json}: the name must end in .json (it is written as JSON)")
-        check_destination(a.json)
+    for flag, path, suffix in (("--json", a.json, ".json"), ("--plot", a.plot, ".png")):
+        if path is not None:
+            if path.suffix.lower() != suffix:  # the dataset's own label files (a manifest, tag_groups.csv ...) never are
+                raise ParameterError(f"{flag} {path}: the name must end in {suffix} (it is written as {suffix[1:].upper()})")
+            check_destination(path)
     result = evaluate_model(
         a.model, a.dataset, root=a.root, scheme=a.split, subset=a.subset, device=a.device, split_dir=a.split_dir, merge=a.merge_synonyms
     )
     _print_skipped(result["skipped"])
     print(evaluation_text(result, str(a.model or "the default model")))
     if a.json is not None:
-        from ..models.zoo import DEFAULT
-
         atomic_write_json(a.json, {"model": str(a.model or DEFAULT), **result})
+    if a.plot is not None and not evaluation_figure(result, str(a.model or DEFAULT), a.plot):
+        logging.getLogger("tagstack").warning("--plot %s: not drawn, since no tag has both classes in this split", a.plot)
     return 1 if result["skipped"] else 0
 
 
@@ -655,6 +657,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--subset", choices=("test", "valid", "train"), default="test", help="which part of the split to score (default: test)")
     ev.add_argument(
         "--json", type=Path, metavar="FILE", help="also write the result (per-tag scores included) as JSON, to FILE ending in .json"
+    )
+    ev.add_argument(
+        "--plot", type=Path, metavar="FILE", help="also draw each tag's ROC-AUC and PR-AUC, best first, as a PNG, to FILE ending in .png"
     )
     _add_device(ev)
     ev.set_defaults(func=cmd_evaluate)
