@@ -517,6 +517,25 @@ def test_a_client_trickling_its_headers_is_cut_off_and_others_are_served(strict_
     silent.close()
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"POST /api/tag HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+        b"POST /api/tag HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello",
+        b"GET / HTTP/1.1\r\nHo st: x\r\n\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",  # TLS to a plain-HTTP port
+    ],
+    ids=["content_length", "two_lengths", "header_name", "tls"],
+)
+def test_a_request_that_is_not_http_gets_a_400_and_one_json_line(server, raw):
+    """uvicorn parses the request before any tagstack code runs, and answered these in plain text of its own."""
+    host, port = server[0].split(":")
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    sock.sendall(raw)
+    status, body, _ = answer(sock)
+    assert status == 400 and body == {"error": "not a valid HTTP request (Invalid HTTP request received)"}
+
+
 def test_uploads_beyond_the_limit_get_a_503_at_once(strict_server, song):
     held = [raw_upload(strict_server[0], 1_000_000, b"RIFF") for _ in range(2)]
     time.sleep(0.3)

@@ -221,7 +221,8 @@ def header_deadline(base: type[asyncio.Protocol], limits: ServiceLimits) -> type
     seconds of opening, and on a kept-alive connection each later request
     within that long of its first byte (the idle time between requests stays
     uvicorn's ``timeout_keep_alive``). A client cut off mid-headers gets a 408
-    and one JSON line; one that sent nothing is closed quietly.
+    and one JSON line; one that sent nothing is closed quietly. A request
+    uvicorn cannot parse gets a 400 and one JSON line too, not uvicorn's text.
 
     A request answered before its body was read (bad parameters, a GET with a
     body) leaves the body arriving, which neither uvicorn nor
@@ -235,12 +236,7 @@ def header_deadline(base: type[asyncio.Protocol], limits: ServiceLimits) -> type
     ``more_body``) and ``client``, common to its h11 and httptools protocols.
     """
     seconds = limits.header_timeout
-    reason = json.dumps({"error": f"the request's headers did not arrive within {seconds:g} s (--header-timeout)"}).encode()
-    timed_out = (
-        b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
-        + f"content-length: {len(reason)}\r\n\r\n".encode()
-        + reason
-    )
+    timed_out = _raw_answer(408, "Request Timeout", f"the request's headers did not arrive within {seconds:g} s (--header-timeout)")
 
     class HeaderDeadline(base):  # type: ignore[misc, valid-type]
         _deadline: asyncio.TimerHandle | None = None
@@ -314,17 +310,34 @@ def header_deadline(base: type[asyncio.Protocol], limits: ServiceLimits) -> type
                 self.transport.close()
                 return
             log.warning("%s: no complete request headers within %g s (--header-timeout); closed", _peer(self.client), seconds)
-            # Closing a socket with unread input makes the kernel answer with a reset, which can destroy the 408
+            self._answer_and_close(timed_out)
+
+        def send_400_response(self, msg: str) -> None:
+            """uvicorn's answer to a request it cannot parse (a bad request line, header or ``Content-Length``),
+            which it writes as plain text: one JSON line instead, as every other error of this service."""
+            self._cancel()
+            log.info("%s: not a valid HTTP request (%s); answered 400 and closed", _peer(self.client), msg)
+            self._answer_and_close(_raw_answer(400, "Bad Request", f"not a valid HTTP request ({msg.rstrip('.')})"))
+
+        def _answer_and_close(self, raw: bytes) -> None:
+            # Closing a socket with unread input makes the kernel answer with a reset, which can destroy the answer
             # before the client reads it (the client is still sending). So: the answer, then our side's end of
             # stream, then LINGER seconds of reading and dropping what the client still sends, then the close.
             self._lingering = True
-            self.transport.write(timed_out)
+            self.transport.write(raw)
             if self.transport.can_write_eof():
                 self.transport.write_eof()
             self.loop.call_later(LINGER, self.transport.close)
 
     HeaderDeadline.__name__ = HeaderDeadline.__qualname__ = f"HeaderDeadline{base.__name__}"
     return HeaderDeadline
+
+
+def _raw_answer(status: int, phrase: str, error: str) -> bytes:
+    """A whole HTTP response carrying ``{"error": error}``, for the protocol level, where no ASGI response exists."""
+    body = json.dumps({"error": error}).encode()
+    head = f"HTTP/1.1 {status} {phrase}\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {len(body)}\r\n\r\n"
+    return head.encode() + body
 
 
 def _peer(client: tuple[str, int] | None) -> str:
