@@ -322,7 +322,7 @@ def evaluation_text(result: dict, model_name: str) -> str:
     return "\n".join(lines)
 
 
-def evaluation_figure(result: dict, model_name: str, path: Path) -> bool:
+def evaluation_figure(result: dict, path: Path, *, model_name: str) -> bool:
     """Per-tag test ROC-AUC (bars, best first) and PR-AUC (dots) of :func:`~tagstack.evaluation.assess.evaluate_model`'s
     result, with both macro averages as dashed lines, as a PNG at ``path``; False (nothing written) when no tag has
     both classes in the split, so none has a score."""
