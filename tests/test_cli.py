@@ -236,7 +236,8 @@ def test_the_cli_defaults_are_the_configuration_dataclasses():
     import inspect
 
     from tagstack import checks
-    from tagstack.cli.main import build_parser, config_from_args
+    from tagstack.cli.commands import config_from_args
+    from tagstack.cli.parser import build_parser
     from tagstack.experiments.experiment_config import ExperimentConfig
     from tagstack.inference.outputs import tag_files
     from tagstack.inference.tagger import Tagger
@@ -280,7 +281,8 @@ def test_a_config_file_gets_the_flags_checks(tmp_path, capsys, section, text, wo
 
 
 def test_a_config_written_for_a_gpu_loads_anywhere_and_runs_where_the_device_flag_says(tmp_path, capsys):
-    from tagstack.cli.main import build_parser, config_from_args
+    from tagstack.cli.commands import config_from_args
+    from tagstack.cli.parser import build_parser
     from tagstack.errors import ParameterError
     from tagstack.experiments.experiment_config import ExperimentConfig, load_config, save_config
 

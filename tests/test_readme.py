@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 
 from tagstack.cli import main
-from tagstack.cli.main import build_parser
+from tagstack.cli.parser import build_parser
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 TEXT = README.read_text()
