@@ -119,3 +119,62 @@ def test_ctrl_c_of_a_job_that_keeps_nothing_does_not_promise_a_resume(model_file
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and err.strip().splitlines()[-1] == "tagstack: interrupted", err[-2000:]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder", "link"])
+def test_a_pipe_folder_or_link_under_the_journals_name_is_refused_at_once(kind, tmp_path):
+    import threading
+
+    out = tmp_path / "tags.jsonl"
+    if kind == "fifo":
+        os.mkfifo(journal_path(out))
+    elif kind == "folder":
+        journal_path(out).mkdir()
+    else:
+        journal_path(out).symlink_to(tmp_path / "elsewhere")
+    raised = []
+
+    def attempt():
+        try:
+            Journal.open(out, {"job": "tag"}).close()
+        except (ParameterError, OutputError) as e:
+            raised.append(e)
+
+    t = threading.Thread(target=attempt, daemon=True)  # reading a pipe that no one writes would wait for ever
+    t.start()
+    t.join(20)
+    assert not t.is_alive() and len(raised) == 1 and "not a tagstack progress file" in str(raised[0])
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_a_long_output_name_in_bytes_still_gets_a_journal(tmp_path):
+    out = tmp_path / ("a" * 100 + "音" * 50 + ".csv")  # 254 bytes: a name the filesystem takes
+    assert len(os.fsencode(journal_path(out).name)) <= 255
+    with Journal.open(out, {"job": "tag"}) as journal:
+        journal.add("x.mp3", text="x\n")
+    assert list(Journal.open(out, {"job": "tag"}).done) == ["x.mp3"]
+
+
+def test_a_job_that_finds_the_journal_locked_never_removes_it(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    out = tmp_path / "tags.jsonl"
+    first = Journal.open(out, {"job": "tag"})  # created it, runs
+    path = str(journal_path(out))
+    # the second job started at the same moment, and looked before the first had created the file
+    real_lstat, real_exists = os.lstat, Path.exists
+
+    def lstat(p, *a, **kw):
+        if os.fspath(p) == path:
+            raise FileNotFoundError(2, "No such file or directory", path)
+        return real_lstat(p, *a, **kw)
+
+    monkeypatch.setattr(os, "lstat", lstat)
+    monkeypatch.setattr(Path, "exists", lambda p, *a, **kw: False if str(p) == path else real_exists(p, *a, **kw))
+    with pytest.raises(ParameterError, match="another tagstack job is writing this output now"):
+        Journal.open(out, {"job": "tag"})
+    monkeypatch.undo()
+    assert journal_path(out).is_file()  # the first job's progress is still there, and still refuses a third job
+    with pytest.raises(ParameterError, match="another tagstack job is writing this output now"):
+        Journal.open(out, {"job": "tag"})
+    first.close()

@@ -19,6 +19,7 @@ import base64
 import json
 import logging
 import os
+import stat
 from pathlib import Path
 from typing import IO, Any
 
@@ -37,12 +38,16 @@ log = logging.getLogger(__name__)
 
 SUFFIX = ".partial"
 VERSION = 1
+NAME_MAX = 255  #: the usual limit on a file name, in bytes
 
 
 def journal_path(output: str | Path) -> Path:
     """Where the job writing ``output`` keeps its progress: beside the file it writes (a link's target)."""
     dest = destination(Path(output))
-    return dest.with_name(dest.name[:200] + SUFFIX)  # cut so that a long output name still leaves room for the suffix
+    name = dest.name
+    while len(os.fsencode(name + SUFFIX)) > NAME_MAX:  # a long output name (in bytes) still leaves room for the suffix
+        name = name[:-1]
+    return dest.with_name(name + SUFFIX)
 
 
 def encode_vector(x: np.ndarray) -> str:
@@ -77,19 +82,32 @@ class Journal:
         """
         path = journal_path(output)
         key = plain({"journal": VERSION, "settings": settings})
-        created = not path.exists()
+        foreign = ParameterError(
+            f"{shown(path)}: not a tagstack progress file, and the job keeps its progress under this name; "
+            "move it, or choose another output"
+        )
         try:
-            fh = open(path, "a+b", buffering=0)  # unbuffered: a line is the operating system's once written
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            mode = None
         except OSError as e:
             raise OutputError(f"{shown(path)}: cannot keep the job's progress here ({e.strerror})") from None
+        if mode is not None and not stat.S_ISREG(mode):  # a folder, a link, a pipe (which reading would wait on for ever) ...
+            raise foreign
+        created = mode is None
+        try:  # unbuffered: a line is the operating system's once written
+            fh = open(os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0), 0o666), "a+b", buffering=0)
+        except OSError as e:
+            raise OutputError(f"{shown(path)}: cannot keep the job's progress here ({e.strerror})") from None
+        locked = False
         try:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                raise foreign
             _lock(fh, path, output)
-            records, good, size = _read(path)
+            locked = True
+            records, good, size = _read(fh)
             if size and not records:  # not ours: never cut a file tagstack did not write
-                raise ParameterError(
-                    f"{shown(path)}: not a tagstack progress file, and the job keeps its progress under this name; "
-                    "move it, or choose another output"
-                )
+                raise foreign
             if records and records[0] != key:
                 old = records[0].get("settings")
                 what = ", ".join(differences(old if isinstance(old, dict) else {}, key["settings"])) or "another version"
@@ -103,9 +121,9 @@ class Journal:
             if not records:
                 _write_all(fh, _line(key))
         except BaseException as e:
-            fh.close()
-            if created:
+            if created and locked:  # (a job that found it locked did not create it, whatever it saw before: the other did)
                 _unlink(path)
+            fh.close()
             if isinstance(e, OSError):
                 raise OutputError(f"{shown(path)}: cannot keep the job's progress here ({e.strerror})") from None
             raise
@@ -131,9 +149,9 @@ class Journal:
         self._fh.close()
 
     def finish(self) -> None:
-        """The output is written: remove the journal."""
-        self._fh.close()
+        """The output is written: remove the journal (still locked, so that no job starting now reads it)."""
         _unlink(self.path)
+        self._fh.close()
 
     def __enter__(self) -> Journal:
         return self
@@ -159,15 +177,17 @@ def _lock(fh: IO[bytes], path: Path, output: str | Path) -> None:
         ) from None
 
 
-def _read(path: Path) -> tuple[list[dict[str, Any]], int, int]:
-    """The header and records of a journal, the length in bytes of its whole lines, and its size.
+def _read(fh: IO[bytes]) -> tuple[list[dict[str, Any]], int, int]:
+    """The header and records of a journal (the file this job holds, not whatever has its name now), the length in
+    bytes of its whole lines, and its size.
 
     Reading stops at the first line that is not a whole JSON object of the right kind: what a killed write left.
     """
     records: list[dict[str, Any]] = []
     good = 0
-    with open(path, "rb") as fh:
-        for line in fh:
+    fh.seek(0)
+    with open(os.dup(fh.fileno()), "rb") as lines:  # buffered, for reading line by line
+        for line in lines:
             try:
                 obj = json.loads(line) if line.endswith(b"\n") else None
             except ValueError:
@@ -176,7 +196,7 @@ def _read(path: Path) -> tuple[list[dict[str, Any]], int, int]:
                 break
             records.append(obj)
             good += len(line)
-        size = fh.seek(0, os.SEEK_END)
+        size = lines.seek(0, os.SEEK_END)
     return records, good, size
 
 
