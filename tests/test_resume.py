@@ -121,6 +121,47 @@ def test_ctrl_c_of_a_job_that_keeps_nothing_does_not_promise_a_resume(model_file
     assert proc.returncode == 130 and err.strip().splitlines()[-1] == "tagstack: interrupted", err[-2000:]
 
 
+def _stopping_after(tagger, n: int):
+    """``tagger`` whose ``predict_many`` is interrupted (as by Ctrl-C) once it has given ``n`` results."""
+    whole = tagger.predict_many
+
+    def predict_many(files, **kw):
+        for k, r in enumerate(whole(files, **kw)):
+            if k == n:
+                raise KeyboardInterrupt
+            yield r
+
+    tagger.predict_many = predict_many
+    return tagger
+
+
+def test_a_file_changed_before_the_rerun_is_done_again(model_file, synth_dir, tmp_path):
+    from tagstack.inference.tagger import Tagger
+
+    a, b, c = (tmp_path / f"{x}.wav" for x in "abc")
+    for dst, src in zip((a, b), sorted(synth_dir.glob("clip0*.wav"))):
+        dst.write_bytes(src.read_bytes())
+    files, out, whole = [a, b], tmp_path / "tags.jsonl", tmp_path / "whole.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        tag_files(files, tagger=_stopping_after(Tagger(model_file, device="cpu"), 1), fmt="jsonl", output=out)
+    a.write_bytes(sorted(synth_dir.glob("clip0*.wav"))[5].read_bytes())  # replaced (a download completed, a re-encoding ...)
+    os.utime(a, ns=(1, 1))
+    tag_files(files, model=model_file, device="cpu", fmt="jsonl", output=out)
+    tag_files(files, model=model_file, device="cpu", fmt="jsonl", output=whole)
+    assert out.read_text() == whole.read_text()  # not the tags of what a.wav held before
+
+
+def test_a_file_listed_twice_gets_both_its_taggrams_after_a_resume(model_file, synth_dir, tmp_path):
+    from tagstack.inference.tagger import Tagger
+
+    a, b = sorted(synth_dir.glob("clip0*.wav"))[:2]
+    out, taggrams = tmp_path / "tags.jsonl", tmp_path / "tg"
+    with pytest.raises(KeyboardInterrupt):
+        tag_files([a, b, a], tagger=_stopping_after(Tagger(model_file, device="cpu"), 1), fmt="jsonl", output=out, taggram_dir=taggrams)
+    tag_files([a, b, a], model=model_file, device="cpu", fmt="jsonl", output=out, taggram_dir=taggrams)
+    assert sorted(p.name for p in taggrams.glob("*.npy")) == [f"{a.stem}-2.taggram.npy", f"{a.stem}.taggram.npy", f"{b.stem}.taggram.npy"]
+
+
 @pytest.mark.parametrize("kind", ["fifo", "folder", "link"])
 def test_a_pipe_folder_or_link_under_the_journals_name_is_refused_at_once(kind, tmp_path):
     import threading

@@ -2,10 +2,11 @@
 
 The output file is written whole at the end (:func:`~tagstack.fileio.atomic_write`), so without this a job
 killed after hours of a catalogue would leave nothing. Each file done is appended to ``OUTPUT.partial`` as one
-JSON line: its path and what the output will hold for it (its formatted text, or its embedding). A line goes
-to the operating system as soon as the file is done, so killing the process loses at most the line being
-written, which the next run recognises (no newline, or not JSON) and cuts off. Files that could not be used
-are not recorded: a rerun tries them again, and names them again if they still fail.
+JSON line: its path, its size and modification time (a file changed since is done again), and what the output
+will hold for it (its formatted text, or its embedding). A line goes to the operating system as soon as the
+file is done, so killing the process loses at most the line being written, which the next run recognises (no
+newline, or not JSON) and cuts off. Files that could not be used are not recorded: a rerun tries them again,
+and names them again if they still fail.
 
 The first line holds the job's settings (the model's weights, the format, the selection ...). A run with other
 settings is refused, naming what differs, rather than mixing two jobs' results in one output; a second job on
