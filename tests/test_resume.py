@@ -219,3 +219,17 @@ def test_a_job_that_finds_the_journal_locked_never_removes_it(tmp_path, monkeypa
     with pytest.raises(ParameterError, match="another tagstack job is writing this output now"):
         Journal.open(out, {"job": "tag"})
     first.close()
+
+
+def test_recording_a_file_keeps_nothing_of_it_in_memory(tmp_path):
+    import tracemalloc
+
+    x = np.ones(4096, dtype=np.float32)
+    with Journal.open(tmp_path / "e.npz", {"job": "embed"}) as journal:
+        tracemalloc.start()
+        for i in range(300):  # 300 embeddings of 4096 values: about 6.6 MB as journal lines
+            journal.add(f"{i}.mp3", vector=encode_vector(x))
+        kept, _ = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    assert kept < 1_000_000
+    assert len(Journal.open(tmp_path / "e.npz", {"job": "embed"}).done) == 300

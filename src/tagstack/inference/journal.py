@@ -67,7 +67,8 @@ def decode_vector(text: str, size: int) -> np.ndarray | None:
 
 class Journal:
     """The progress of one job on one output: :attr:`done` (path -> record) from earlier runs, :meth:`add` for each
-    file done now, :meth:`finish` once the output is written. Use :meth:`open`."""
+    file done now (written, not kept: a catalogue's embeddings would take as much memory again), :meth:`finish` once
+    the output is written. Use :meth:`open`."""
 
     def __init__(self, path: Path, fh: IO[bytes], done: dict[str, dict[str, Any]]) -> None:
         self.path = path
@@ -143,7 +144,6 @@ class Journal:
                 f"{shown(self.path)}: cannot record the job's progress ({e.strerror}); the files done so far are kept "
                 "there, and the same command resumes once this is fixed"
             ) from None
-        self.done[path] = entry
 
     def close(self) -> None:
         """Stop recording (the journal stays, for a rerun to resume)."""
