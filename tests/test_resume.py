@@ -119,3 +119,117 @@ def test_ctrl_c_of_a_job_that_keeps_nothing_does_not_promise_a_resume(model_file
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and err.strip().splitlines()[-1] == "tagstack: interrupted", err[-2000:]
+
+
+def _stopping_after(tagger, n: int):
+    """``tagger`` whose ``predict_many`` is interrupted (as by Ctrl-C) once it has given ``n`` results."""
+    whole = tagger.predict_many
+
+    def predict_many(files, **kw):
+        for k, r in enumerate(whole(files, **kw)):
+            if k == n:
+                raise KeyboardInterrupt
+            yield r
+
+    tagger.predict_many = predict_many
+    return tagger
+
+
+def test_a_file_changed_before_the_rerun_is_done_again(model_file, synth_dir, tmp_path):
+    from tagstack.inference.tagger import Tagger
+
+    a, b, c = (tmp_path / f"{x}.wav" for x in "abc")
+    for dst, src in zip((a, b), sorted(synth_dir.glob("clip0*.wav"))):
+        dst.write_bytes(src.read_bytes())
+    files, out, whole = [a, b], tmp_path / "tags.jsonl", tmp_path / "whole.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        tag_files(files, tagger=_stopping_after(Tagger(model_file, device="cpu"), 1), fmt="jsonl", output=out)
+    a.write_bytes(sorted(synth_dir.glob("clip0*.wav"))[5].read_bytes())  # replaced (a download completed, a re-encoding ...)
+    os.utime(a, ns=(1, 1))
+    tag_files(files, model=model_file, device="cpu", fmt="jsonl", output=out)
+    tag_files(files, model=model_file, device="cpu", fmt="jsonl", output=whole)
+    assert out.read_text() == whole.read_text()  # not the tags of what a.wav held before
+
+
+def test_a_file_listed_twice_gets_both_its_taggrams_after_a_resume(model_file, synth_dir, tmp_path):
+    from tagstack.inference.tagger import Tagger
+
+    a, b = sorted(synth_dir.glob("clip0*.wav"))[:2]
+    out, taggrams = tmp_path / "tags.jsonl", tmp_path / "tg"
+    with pytest.raises(KeyboardInterrupt):
+        tag_files([a, b, a], tagger=_stopping_after(Tagger(model_file, device="cpu"), 1), fmt="jsonl", output=out, taggram_dir=taggrams)
+    tag_files([a, b, a], model=model_file, device="cpu", fmt="jsonl", output=out, taggram_dir=taggrams)
+    assert sorted(p.name for p in taggrams.glob("*.npy")) == [f"{a.stem}-2.taggram.npy", f"{a.stem}.taggram.npy", f"{b.stem}.taggram.npy"]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder", "link"])
+def test_a_pipe_folder_or_link_under_the_journals_name_is_refused_at_once(kind, tmp_path):
+    import threading
+
+    out = tmp_path / "tags.jsonl"
+    if kind == "fifo":
+        os.mkfifo(journal_path(out))
+    elif kind == "folder":
+        journal_path(out).mkdir()
+    else:
+        journal_path(out).symlink_to(tmp_path / "elsewhere")
+    raised = []
+
+    def attempt():
+        try:
+            Journal.open(out, {"job": "tag"}).close()
+        except (ParameterError, OutputError) as e:
+            raised.append(e)
+
+    t = threading.Thread(target=attempt, daemon=True)  # reading a pipe that no one writes would wait for ever
+    t.start()
+    t.join(20)
+    assert not t.is_alive() and len(raised) == 1 and "not a tagstack progress file" in str(raised[0])
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_a_long_output_name_in_bytes_still_gets_a_journal(tmp_path):
+    out = tmp_path / ("a" * 100 + "音" * 50 + ".csv")  # 254 bytes: a name the filesystem takes
+    assert len(os.fsencode(journal_path(out).name)) <= 255
+    with Journal.open(out, {"job": "tag"}) as journal:
+        journal.add("x.mp3", text="x\n")
+    assert list(Journal.open(out, {"job": "tag"}).done) == ["x.mp3"]
+
+
+def test_a_job_that_finds_the_journal_locked_never_removes_it(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    out = tmp_path / "tags.jsonl"
+    first = Journal.open(out, {"job": "tag"})  # created it, runs
+    path = str(journal_path(out))
+    # the second job started at the same moment, and looked before the first had created the file
+    real_lstat, real_exists = os.lstat, Path.exists
+
+    def lstat(p, *a, **kw):
+        if os.fspath(p) == path:
+            raise FileNotFoundError(2, "No such file or directory", path)
+        return real_lstat(p, *a, **kw)
+
+    monkeypatch.setattr(os, "lstat", lstat)
+    monkeypatch.setattr(Path, "exists", lambda p, *a, **kw: False if str(p) == path else real_exists(p, *a, **kw))
+    with pytest.raises(ParameterError, match="another tagstack job is writing this output now"):
+        Journal.open(out, {"job": "tag"})
+    monkeypatch.undo()
+    assert journal_path(out).is_file()  # the first job's progress is still there, and still refuses a third job
+    with pytest.raises(ParameterError, match="another tagstack job is writing this output now"):
+        Journal.open(out, {"job": "tag"})
+    first.close()
+
+
+def test_recording_a_file_keeps_nothing_of_it_in_memory(tmp_path):
+    import tracemalloc
+
+    x = np.ones(4096, dtype=np.float32)
+    with Journal.open(tmp_path / "e.npz", {"job": "embed"}) as journal:
+        tracemalloc.start()
+        for i in range(300):  # 300 embeddings of 4096 values: about 6.6 MB as journal lines
+            journal.add(f"{i}.mp3", vector=encode_vector(x))
+        kept, _ = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    assert kept < 1_000_000
+    assert len(Journal.open(tmp_path / "e.npz", {"job": "embed"}).done) == 300

@@ -2,10 +2,11 @@
 
 The output file is written whole at the end (:func:`~tagstack.fileio.atomic_write`), so without this a job
 killed after hours of a catalogue would leave nothing. Each file done is appended to ``OUTPUT.partial`` as one
-JSON line: its path and what the output will hold for it (its formatted text, or its embedding). A line goes
-to the operating system as soon as the file is done, so killing the process loses at most the line being
-written, which the next run recognises (no newline, or not JSON) and cuts off. Files that could not be used
-are not recorded: a rerun tries them again, and names them again if they still fail.
+JSON line: its path, its size and modification time (a file changed since is done again), and what the output
+will hold for it (its formatted text, or its embedding). A line goes to the operating system as soon as the
+file is done, so killing the process loses at most the line being written, which the next run recognises (no
+newline, or not JSON) and cuts off. Files that could not be used are not recorded: a rerun tries them again,
+and names them again if they still fail.
 
 The first line holds the job's settings (the model's weights, the format, the selection ...). A run with other
 settings is refused, naming what differs, rather than mixing two jobs' results in one output; a second job on
@@ -19,6 +20,7 @@ import base64
 import json
 import logging
 import os
+import stat
 from pathlib import Path
 from typing import IO, Any
 
@@ -37,12 +39,16 @@ log = logging.getLogger(__name__)
 
 SUFFIX = ".partial"
 VERSION = 1
+NAME_MAX = 255  #: the usual limit on a file name, in bytes
 
 
 def journal_path(output: str | Path) -> Path:
     """Where the job writing ``output`` keeps its progress: beside the file it writes (a link's target)."""
     dest = destination(Path(output))
-    return dest.with_name(dest.name[:200] + SUFFIX)  # cut so that a long output name still leaves room for the suffix
+    name = dest.name
+    while len(os.fsencode(name + SUFFIX)) > NAME_MAX:  # a long output name (in bytes) still leaves room for the suffix
+        name = name[:-1]
+    return dest.with_name(name + SUFFIX)
 
 
 def encode_vector(x: np.ndarray) -> str:
@@ -61,7 +67,8 @@ def decode_vector(text: str, size: int) -> np.ndarray | None:
 
 class Journal:
     """The progress of one job on one output: :attr:`done` (path -> record) from earlier runs, :meth:`add` for each
-    file done now, :meth:`finish` once the output is written. Use :meth:`open`."""
+    file done now (written, not kept: a catalogue's embeddings would take as much memory again), :meth:`finish` once
+    the output is written. Use :meth:`open`."""
 
     def __init__(self, path: Path, fh: IO[bytes], done: dict[str, dict[str, Any]]) -> None:
         self.path = path
@@ -77,19 +84,32 @@ class Journal:
         """
         path = journal_path(output)
         key = plain({"journal": VERSION, "settings": settings})
-        created = not path.exists()
+        foreign = ParameterError(
+            f"{shown(path)}: not a tagstack progress file, and the job keeps its progress under this name; "
+            "move it, or choose another output"
+        )
         try:
-            fh = open(path, "a+b", buffering=0)  # unbuffered: a line is the operating system's once written
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            mode = None
         except OSError as e:
             raise OutputError(f"{shown(path)}: cannot keep the job's progress here ({e.strerror})") from None
+        if mode is not None and not stat.S_ISREG(mode):  # a folder, a link, a pipe (which reading would wait on for ever) ...
+            raise foreign
+        created = mode is None
+        try:  # unbuffered: a line is the operating system's once written
+            fh = open(os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0), 0o666), "a+b", buffering=0)
+        except OSError as e:
+            raise OutputError(f"{shown(path)}: cannot keep the job's progress here ({e.strerror})") from None
+        locked = False
         try:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                raise foreign
             _lock(fh, path, output)
-            records, good, size = _read(path)
+            locked = True
+            records, good, size = _read(fh)
             if size and not records:  # not ours: never cut a file tagstack did not write
-                raise ParameterError(
-                    f"{shown(path)}: not a tagstack progress file, and the job keeps its progress under this name; "
-                    "move it, or choose another output"
-                )
+                raise foreign
             if records and records[0] != key:
                 old = records[0].get("settings")
                 what = ", ".join(differences(old if isinstance(old, dict) else {}, key["settings"])) or "another version"
@@ -103,9 +123,9 @@ class Journal:
             if not records:
                 _write_all(fh, _line(key))
         except BaseException as e:
-            fh.close()
-            if created:
+            if created and locked:  # (a job that found it locked did not create it, whatever it saw before: the other did)
                 _unlink(path)
+            fh.close()
             if isinstance(e, OSError):
                 raise OutputError(f"{shown(path)}: cannot keep the job's progress here ({e.strerror})") from None
             raise
@@ -124,16 +144,15 @@ class Journal:
                 f"{shown(self.path)}: cannot record the job's progress ({e.strerror}); the files done so far are kept "
                 "there, and the same command resumes once this is fixed"
             ) from None
-        self.done[path] = entry
 
     def close(self) -> None:
         """Stop recording (the journal stays, for a rerun to resume)."""
         self._fh.close()
 
     def finish(self) -> None:
-        """The output is written: remove the journal."""
-        self._fh.close()
+        """The output is written: remove the journal (still locked, so that no job starting now reads it)."""
         _unlink(self.path)
+        self._fh.close()
 
     def __enter__(self) -> Journal:
         return self
@@ -159,15 +178,17 @@ def _lock(fh: IO[bytes], path: Path, output: str | Path) -> None:
         ) from None
 
 
-def _read(path: Path) -> tuple[list[dict[str, Any]], int, int]:
-    """The header and records of a journal, the length in bytes of its whole lines, and its size.
+def _read(fh: IO[bytes]) -> tuple[list[dict[str, Any]], int, int]:
+    """The header and records of a journal (the file this job holds, not whatever has its name now), the length in
+    bytes of its whole lines, and its size.
 
     Reading stops at the first line that is not a whole JSON object of the right kind: what a killed write left.
     """
     records: list[dict[str, Any]] = []
     good = 0
-    with open(path, "rb") as fh:
-        for line in fh:
+    fh.seek(0)
+    with open(os.dup(fh.fileno()), "rb") as lines:  # buffered, for reading line by line
+        for line in lines:
             try:
                 obj = json.loads(line) if line.endswith(b"\n") else None
             except ValueError:
@@ -176,7 +197,7 @@ def _read(path: Path) -> tuple[list[dict[str, Any]], int, int]:
                 break
             records.append(obj)
             good += len(line)
-        size = fh.seek(0, os.SEEK_END)
+        size = lines.seek(0, os.SEEK_END)
     return records, good, size
 
 

@@ -231,7 +231,7 @@ def tag_files(
     if fmt == "csv":
         out.write(_csv_text([["path", "tag", "probability"] + (["group"] if per_group else [])]))
     report = BatchReport()
-    stems, names, keys = unique_stems(files), _names(files), [str(f) for f in files]
+    stems, names, keys, stamps = unique_stems(files), _names(files), [str(f) for f in files], _stamps(files)
     settings = _job(
         tagger,
         job="tag",
@@ -244,9 +244,13 @@ def tag_files(
     )
     journal = Journal.open(output, settings) if output is not None else None
     with journal or contextlib.nullcontext():
-        done = {k: r["text"] for k, r in journal.done.items() if isinstance(r.get("text"), str)} if journal else {}
+        # a file is done when it is unchanged since, and (with taggrams) written under the name it gets now
+        tg = taggram_dir is not None
+        records = journal.done.items() if journal else ()
+        done = {_key(k, r.get("stat"), r.get("taggram") if tg else None): r["text"] for k, r in records if isinstance(r.get("text"), str)}
+        wanted = [_key(k, stamp, stems[i] if tg else None) for i, (k, stamp) in enumerate(zip(keys, stamps))]
         run = lambda todo: tagger.predict_many([files[i] for i in todo], taggram=taggram_dir is not None, hop=hop)
-        for i, text, r in _resumed(keys, done, run, desc="tag"):
+        for i, text, r in _resumed(wanted, done, run, desc="tag"):
             if isinstance(r, TagstackError):
                 _skip(report, names[i], r)
                 continue
@@ -256,7 +260,7 @@ def tag_files(
                 if taggram_dir is not None:
                     write_taggram(r, Path(taggram_dir), stem=stems[i], clip_seconds=tagger.cfg.clip_seconds)
                 if journal:
-                    journal.add(keys[i], text=text)
+                    journal.add(keys[i], text=text, stat=stamps[i], **({"taggram": stems[i]} if taggram_dir is not None else {}))
             out.write(text)
             out.flush()
             report.done += 1
@@ -293,11 +297,31 @@ def _job(tagger: Tagger, **settings: Any) -> dict[str, Any]:
     return {"model": model, **settings}
 
 
+def _stamps(files: list[Path]) -> list[list[int] | None]:
+    """Each file's size and modification time as a journal records them, taken before it is read (None: not there)."""
+    stamps: list[list[int] | None] = []
+    for f in files:
+        try:
+            st = os.stat(f)
+            stamps.append([st.st_size, st.st_mtime_ns])
+        except (OSError, ValueError):
+            stamps.append(None)
+    return stamps
+
+
+def _key(path: str, stamp: Any, *extra: Any) -> tuple[Any, ...]:
+    """What identifies a file as done, in a journal record or now: its path, its stamp (see :func:`_stamps`) and
+    ``extra``; a file without a stamp matches nothing."""
+    if isinstance(stamp, list) and all(isinstance(x, int) for x in stamp):
+        return (path, tuple(stamp), *extra)
+    return (path, object())
+
+
 def _resumed(
-    keys: list[str], done: dict[str, T], run: Callable[[list[int]], Iterable[Result | TagstackError]], *, desc: str
+    keys: list[tuple[Any, ...]], done: dict[tuple[Any, ...], T], run: Callable[[list[int]], Iterable[Result | TagstackError]], *, desc: str
 ) -> Iterator[tuple[int, T | None, Result | TagstackError | None]]:
-    """``(index, stored, result)`` for every file in order: what an earlier run stored for it (``done``, by path), or
-    else its result (or error) from ``run`` on the indices of the files still to do, which the progress counts."""
+    """``(index, stored, result)`` for every file in order: what an earlier run stored for it (``done``, by path and
+    stamp), or else its result (or error) from ``run`` on the indices of the files still to do, which the progress counts."""
     todo = [i for i, k in enumerate(keys) if k not in done]
     fresh = iter(progress(run(todo), total=len(todo), desc=desc, unit="file", hide=len(todo) < 2))
     pending = set(todo)
@@ -372,17 +396,18 @@ def embed_files(
     chosen_scales, chosen_layers = tagger.model.selection(scales=scales, layers=layers)
     names, vectors = [], []
     report = BatchReport()
-    shown_names, keys = _names(files), [str(f) for f in files]
+    shown_names, keys, stamps = _names(files), [str(f) for f in files], _stamps(files)
     with Journal.open(out, _job(tagger, job="embed", scales=chosen_scales, layers=chosen_layers)) as journal:
-        done = {k: x for k, r in journal.done.items() if (x := decode_vector(r.get("vector"), len(cols))) is not None}
+        done = {_key(k, r.get("stat")): x for k, r in journal.done.items() if (x := decode_vector(r.get("vector"), len(cols))) is not None}
+        wanted = [_key(k, stamp) for k, stamp in zip(keys, stamps)]
         run = lambda todo: tagger.predict_many([files[i] for i in todo], embed_only=True)
-        for i, vector, r in _resumed(keys, done, run, desc="embed"):
+        for i, vector, r in _resumed(wanted, done, run, desc="embed"):
             if isinstance(r, TagstackError):
                 _skip(report, shown_names[i], r)
                 continue
             if vector is None:
                 vector = r.embedding[cols]
-                journal.add(keys[i], vector=encode_vector(vector))
+                journal.add(keys[i], vector=encode_vector(vector), stat=stamps[i])
             vectors.append(vector)
             names.append(shown_names[i])
             report.done += 1
