@@ -86,6 +86,27 @@ def test_another_jobs_journal_is_never_mixed_in_nor_destroyed(model_file, synth_
     assert journal_path(out).read_text() == "my own notes\n"
 
 
+@pytest.mark.parametrize("job", ["tag", "embed"])
+def test_a_second_job_refused_for_the_lock_leaves_what_the_first_is_writing(job, model_file, synth_dir, tmp_path):
+    """The first job's output (and taggrams) go through temporary files, which a later run removes as a killed run's
+    leftovers; a job refused because the first still holds the output must not remove them under its feet."""
+    from tagstack.fileio import TEMP_PREFIX
+    from tagstack.inference.outputs import embed_files
+
+    files = sorted(synth_dir.glob("clip0*.wav"))[:1]
+    out, grams = tmp_path / ("tags.jsonl" if job == "tag" else "e.npz"), tmp_path / "grams"
+    grams.mkdir()
+    writing = [tmp_path / f"{TEMP_PREFIX}{out.name}.abc123.tmp", grams / f"{TEMP_PREFIX}clip0.taggram.npy.q.tmp"]
+    for p in writing:
+        p.write_bytes(b"the first job is writing this")
+    with Journal.open(out, {"job": job}), pytest.raises(ParameterError, match="another tagstack job is writing this output now"):
+        if job == "tag":
+            tag_files(files, model=model_file, device="cpu", fmt="jsonl", output=out, taggram_dir=grams)
+        else:
+            embed_files(files, out, model=model_file, device="cpu")
+    assert all(p.read_bytes() == b"the first job is writing this" for p in writing)
+
+
 def test_embedding_vectors_survive_the_journal_exactly_and_a_wrong_length_is_not_one():
     x = np.random.default_rng(0).standard_normal(37).astype(np.float32)
     assert np.array_equal(decode_vector(encode_vector(x), 37), x)

@@ -209,11 +209,8 @@ def tag_files(
     check_taggram_hop(hop, taggram_dir is not None)
     if output is not None:
         check_destination(Path(output), force=force)
-        remove_leftovers_of(Path(output))
     if taggram_dir is not None:
         check_destination(Path(taggram_dir), folder=True)
-        if Path(taggram_dir).is_dir():  # only what taggram writes left in that folder itself
-            remove_leftovers_of(Path(taggram_dir) / "*.taggram.*", pattern=True)
     paths = [str(p) for p in paths]  # read twice: for the audio, and for what it must not overwrite
     files = audio_files(paths)
     if output is not None:
@@ -244,6 +241,11 @@ def tag_files(
     )
     journal = Journal.open(output, settings) if output is not None else None
     with journal or contextlib.nullcontext():
+        # only now, holding the journal: a second job on this output must not remove what the first is writing
+        if output is not None:
+            remove_leftovers_of(Path(output))
+        if taggram_dir is not None and Path(taggram_dir).is_dir():  # only what taggram writes left in that folder itself
+            remove_leftovers_of(Path(taggram_dir) / "*.taggram.*", pattern=True)
         # a file is done when it is unchanged since, and (with taggrams) written under the name it gets now
         tg = taggram_dir is not None
         records = journal.done.items() if journal else ()
@@ -387,7 +389,6 @@ def embed_files(
     if out.suffix == ".parquet":
         _need_pyarrow()
     check_destination(out, force=force)
-    remove_leftovers_of(out)
     paths = [str(p) for p in paths]  # read twice: for the audio, and for what it must not overwrite
     files = audio_files(paths)
     check_not_an_input(out, files, given=paths)
@@ -398,6 +399,7 @@ def embed_files(
     report = BatchReport()
     shown_names, keys, stamps = _names(files), [str(f) for f in files], _stamps(files)
     with Journal.open(out, _job(tagger, job="embed", scales=chosen_scales, layers=chosen_layers)) as journal:
+        remove_leftovers_of(out)  # only now, holding the journal: not what a job already writing this output is writing
         done = {_key(k, r.get("stat")): x for k, r in journal.done.items() if (x := decode_vector(r.get("vector"), len(cols))) is not None}
         wanted = [_key(k, stamp) for k, stamp in zip(keys, stamps)]
         run = lambda todo: tagger.predict_many([files[i] for i in todo], embed_only=True)
