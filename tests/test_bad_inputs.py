@@ -523,6 +523,16 @@ def test_a_mel_cache_that_does_not_fit_on_its_disk_is_one_line_before_any_work(s
     assert not list(mount.iterdir())  # the new cache is gone again, leaving the disk as it found it
 
 
+def test_room_asked_for_in_a_folder_that_is_gone_is_one_line_naming_the_file(tmp_path):
+    """A mel cache whose folder something else removed: the error names the file, and the message about it does not
+    itself fail for want of the free space it would quote (it did: UnboundLocalError)."""
+    from tagstack.errors import OutputError
+    from tagstack.fileio import reserve
+
+    with pytest.raises(OutputError, match=r"gone/mels\.f16: cannot reserve the 1\.0 MB it needs \(No such file or directory\); make"):
+        reserve(tmp_path / "gone" / "mels.f16", 1_000_000)
+
+
 def test_an_output_that_is_an_input_or_an_audio_file_is_refused(folder, model_file, tmp_path, capsys):
     song = tmp_path / "a.mp3"
     song.write_bytes((folder / "good.wav").read_bytes())  # a WAV named .mp3: the decoders sniff it

@@ -92,7 +92,7 @@ def atomic_write(path: Path, writer: Callable[[str], None], *, suffix: str = "")
                 pass
         if isinstance(e, OSError):
             reason = e.strerror or _first_line(e)  # pyarrow's own OSErrors have no strerror, only a message
-            if e.errno is None and _full(path.parent):  # numpy's short write says only "N requested and M written"
+            if e.errno is None and _free(path.parent) == 0:  # numpy's short write says only "N requested and M written"
                 reason += ": no space left on device"
             raise OutputError(f"{shown(path)}: cannot write this file ({reason}); what it held before is unchanged") from None
         raise
@@ -108,8 +108,8 @@ def reserve(path: Path, size: int) -> None:
     """
     if not writes_here() or not hasattr(os, "posix_fallocate"):  # (macOS and Windows have no posix_fallocate)
         return
+    free = _free(path.parent)  # before: a failed allocation may keep some blocks
     try:
-        free = shutil.disk_usage(path.parent).free  # before: a failed allocation may keep some blocks
         fd = os.open(path, os.O_RDWR)
         try:
             os.posix_fallocate(fd, 0, size)
@@ -118,9 +118,9 @@ def reserve(path: Path, size: int) -> None:
     except OSError as e:
         if e.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
             return
+        room = "" if free is None else f"; {_amount(free)} free there"
         raise OutputError(
-            f"{shown(path)}: cannot reserve the {_amount(size)} it needs ({e.strerror}; {_amount(free)} free there); "
-            "make room, or put it on another disk"
+            f"{shown(path)}: cannot reserve the {_amount(size)} it needs ({e.strerror}{room}); make room, or put it on another disk"
         ) from None
 
 
@@ -128,11 +128,12 @@ def _amount(size: int) -> str:
     return f"{size / 1e9:.1f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"
 
 
-def _full(folder: Path) -> bool:
+def _free(folder: Path) -> int | None:
+    """Bytes free in ``folder``'s filesystem, or None where the system will not say (the folder is gone ...)."""
     try:
-        return shutil.disk_usage(folder).free == 0
+        return shutil.disk_usage(folder).free
     except OSError:
-        return False
+        return None
 
 
 def destination(path: Path) -> Path:
