@@ -116,11 +116,15 @@ class MelCache:
     def _done_path(self) -> Path:
         return self.dir / "frames.i16"  # frames of audio per clip; 0: not computed yet
 
+    @property
+    def _sizes(self) -> dict[Path, int]:
+        """Each memory-mapped file and the bytes this cache's shape needs of it (float16 frames, int16 counts)."""
+        n, frames, mels = self.shape
+        return {self._mels_path: n * frames * mels * 2, self._done_path: n * 2}
+
     def _complete_files(self) -> bool:
         """Both memory-mapped files exist with the sizes this cache's shape needs."""
-        n, frames, mels = self.shape
-        sizes = {self._mels_path: n * frames * mels * 2, self._done_path: n * 2}
-        return all(p.exists() and p.stat().st_size == size for p, size in sizes.items())
+        return all(p.exists() and p.stat().st_size == size for p, size in self._sizes.items())
 
     def _open(self, mode: str) -> tuple[np.memmap, np.memmap]:
         mels = np.memmap(self._mels_path, dtype=np.float16, mode=mode, shape=self.shape)
@@ -177,10 +181,9 @@ class MelCache:
                     "paths": [str(self.clips.audio_path(i)) for i in range(len(self.clips))],
                 },
             )
-        n, frames, n_mels = self.shape
         try:  # a memory map that meets a full disk is a SIGBUS, not an error: ask for the room first
-            reserve(self._mels_path, n * frames * n_mels * 2)
-            reserve(self._done_path, n * 2)
+            for path, size in self._sizes.items():
+                reserve(path, size)
         except OutputError:
             if new:  # nothing computed yet: leave no blocks behind on a disk that is full
                 shutil.rmtree(self.dir, ignore_errors=True)

@@ -241,7 +241,7 @@ def header_deadline(base: type[asyncio.Protocol], limits: ServiceLimits) -> type
     class HeaderDeadline(base):  # type: ignore[misc, valid-type]
         _deadline: asyncio.TimerHandle | None = None
         _partial = False  # bytes of the awaited request have arrived
-        _lingering = False  # answered with a 408: what still arrives is read and dropped until the close
+        _lingering = False  # answered with a 408 or 400: what still arrives is read and dropped until the close
         _drain: tuple[float, int] | None = None  # an answered request's leftover body: when it began, bytes so far
 
         def connection_made(self, transport) -> None:
