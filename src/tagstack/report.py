@@ -323,9 +323,9 @@ def evaluation_text(result: dict, model_name: str) -> str:
 
 
 def evaluation_figure(result: dict, path: Path, *, model_name: str) -> bool:
-    """Per-tag test ROC-AUC (bars, best first) and PR-AUC (dots) of :func:`~tagstack.evaluation.assess.evaluate_model`'s
-    result, with both macro averages as dashed lines, as a PNG at ``path``; False (nothing written) when no tag has
-    both classes in the split, so none has a score."""
+    """Per-tag ROC-AUC (bars, best first) and PR-AUC (dots) of :func:`~tagstack.evaluation.assess.evaluate_model`'s
+    result (on the subset it scored: test, valid or train), with both macro averages as dashed lines, as a PNG at
+    ``path``; False (nothing written) when no tag has both classes in that subset, so none has a score."""
     scored = sorted(((t, s["roc_auc"], s["pr_auc"]) for t, s in result["per_tag"].items() if s["roc_auc"] is not None), key=lambda r: -r[1])
     if not scored:
         return False

@@ -350,7 +350,7 @@ def _tag(sub: argparse._SubParsersAction) -> None:
         "-o",
         type=Path,
         help="write to this file instead of standard output, whole at the end; an interrupted run resumes when run again "
-        "(its progress is kept in FILE.partial meanwhile); with --engine ray: a folder of Parquet shards",
+        "(its progress is kept in OUTPUT.partial meanwhile); with --engine ray: a folder of Parquet shards",
     )
     t.add_argument("--force", action="store_true", help="write --output even over an existing audio file (never over an input)")
     t.add_argument(
