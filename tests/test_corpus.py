@@ -49,8 +49,10 @@ def test_build_is_deterministic_resumable_and_split_by_piece(tmp_path):
     info = sf.info(files[0])
     assert info.samplerate == 22050 and info.channels == 1 and abs(info.duration - 29.1) < 0.01
     mtimes = {f: f.stat().st_mtime_ns for f in files}
+    half = files[0].parent / ".tagstack-tmp-x.ogg.abc.ogg"  # what a build killed mid-write leaves
+    half.write_bytes(b"OggS")
     build_corpus(tmp_path / "a", size=1, seed=3, workers=2)  # resume: nothing rendered again
-    assert {f: f.stat().st_mtime_ns for f in files} == mtimes
+    assert {f: f.stat().st_mtime_ns for f in files} == mtimes and not half.exists()
     build_corpus(tmp_path / "b", size=1, seed=3, workers=1)
     assert (tmp_path / "a" / "manifest.csv").read_bytes() == (tmp_path / "b" / "manifest.csv").read_bytes()
     for f in files:

@@ -131,7 +131,7 @@ def test_a_full_disk_while_recording_is_one_line_and_the_work_so_far_stays(full_
 
 def test_ctrl_c_of_a_job_that_keeps_nothing_does_not_promise_a_resume(model_file, synth_dir):
     proc = subprocess.Popen(
-        _tagstack("tag", str(synth_dir), "--model", str(model_file), "--format", "jsonl"),
+        _tagstack("tag", *[str(synth_dir)] * 4, "--model", str(model_file), "--format", "jsonl"),  # long enough to interrupt
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -254,3 +254,15 @@ def test_recording_a_file_keeps_nothing_of_it_in_memory(tmp_path):
         tracemalloc.stop()
     assert kept < 1_000_000
     assert len(Journal.open(tmp_path / "e.npz", {"job": "embed"}).done) == 300
+
+
+def test_long_output_names_get_journals_of_their_own_within_the_name_limit(tmp_path):
+    short = tmp_path / "tags.csv"
+    assert journal_path(short) == tmp_path / "tags.csv.partial"
+    stem = "a" * 120 + "音" * 40  # 240 bytes: with the suffix, over the usual 255-byte limit on a name
+    one, two = (journal_path(tmp_path / f"{stem}-{k}.csv") for k in (1, 2))
+    assert one != two and one.name.endswith(".partial") and two.name.endswith(".partial")
+    assert all(len(p.name.encode()) <= 255 for p in (one, two))
+    with Journal.open(tmp_path / f"{stem}-1.csv", {"job": "tag"}):  # the name the filesystem takes
+        with Journal.open(tmp_path / f"{stem}-2.csv", {"job": "tag"}):  # and another job beside it: not the same file
+            pass

@@ -61,7 +61,7 @@ from ..datasets.manifest import write_manifest
 from .performance import PERFORMANCE, drum_hits, humanise, parse_performance
 from .production import EFFECTS, check_support, parse_effects, produce
 from ..errors import DatasetError, OutputError, ParameterError
-from ..fileio import atomic_write, atomic_write_json
+from ..fileio import atomic_write, atomic_write_json, remove_leftovers
 from ..progress import progress
 
 log = logging.getLogger(__name__)
@@ -658,6 +658,7 @@ def _same_build(out: Path, settings: dict) -> None:
     elif (out / "pieces").is_dir() and any(settings[k] != v for k, v in plain.items()):
         raise ParameterError(f"{out}: a corpus built with the default sound (no production or performance, TimGM6mb); use another folder")
     out.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(out)  # what a build killed mid-write (or stopped by a full disk) left half-written
     atomic_write_json(path, settings)
 
 

@@ -17,6 +17,8 @@ is written.
 from __future__ import annotations
 
 import base64
+import errno
+import hashlib
 import json
 import logging
 import os
@@ -45,10 +47,12 @@ NAME_MAX = 255  #: the usual limit on a file name, in bytes
 def journal_path(output: str | Path) -> Path:
     """Where the job writing ``output`` keeps its progress: beside the file it writes (a link's target)."""
     dest = destination(Path(output))
-    name = dest.name
-    while len(os.fsencode(name + SUFFIX)) > NAME_MAX:  # a long output name (in bytes) still leaves room for the suffix
-        name = name[:-1]
-    return dest.with_name(name + SUFFIX)
+    name, suffix = dest.name, SUFFIX
+    if len(os.fsencode(name + suffix)) > NAME_MAX:  # a long name is cut to leave room for the suffix, and told apart
+        suffix = f"-{hashlib.sha1(os.fsencode(name)).hexdigest()[:8]}{SUFFIX}"  # from others cut the same by its digest
+        while len(os.fsencode(name + suffix)) > NAME_MAX:
+            name = name[:-1]
+    return dest.with_name(name + suffix)
 
 
 def encode_vector(x: np.ndarray) -> str:
@@ -176,6 +180,11 @@ def _lock(fh: IO[bytes], path: Path, output: str | Path) -> None:
             f"{shown(output)}: another tagstack job is writing this output now ({shown(path)} is locked); "
             "wait for it to end, or choose another output"
         ) from None
+    except OSError as e:
+        if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+        # a filesystem without working locks (an NFS mount whose lock service is down): the job still runs and resumes
+        log.warning("%s: this filesystem cannot lock files (%s); a second job on this output would not be noticed", shown(path), e.strerror)
 
 
 def _read(fh: IO[bytes]) -> tuple[list[dict[str, Any]], int, int]:
