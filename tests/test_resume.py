@@ -19,9 +19,9 @@ def _tagstack(*args: str) -> list[str]:
     return [sys.executable, "-m", "tagstack", *args, "--device", "cpu"]
 
 
-def _interrupt_when_recorded(cmd: list[str], journal, records: int) -> subprocess.CompletedProcess:
-    """Run ``cmd`` and press Ctrl-C (SIGINT) once its journal holds ``records`` files."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def _interrupt_when_recorded(cmd: list[str], journal, records: int, cwd=None) -> subprocess.CompletedProcess:
+    """Run ``cmd`` (in ``cwd``) and press Ctrl-C (SIGINT) once its journal holds ``records`` files."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=cwd)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         if journal.is_file() and len(journal.read_bytes().splitlines()) > records:
@@ -266,3 +266,20 @@ def test_long_output_names_get_journals_of_their_own_within_the_name_limit(tmp_p
     with Journal.open(tmp_path / f"{stem}-1.csv", {"job": "tag"}):  # the name the filesystem takes
         with Journal.open(tmp_path / f"{stem}-2.csv", {"job": "tag"}):  # and another job beside it: not the same file
             pass
+
+
+def test_a_rerun_from_another_folder_with_the_same_relative_taggram_folder_is_another_job(model_file, synth_dir, tmp_path, monkeypatch):
+    """``--taggram grams`` names another folder when run from elsewhere: the files done before would have no taggrams
+    there, so the rerun is refused as a job with other settings, naming the taggram folder."""
+    out = tmp_path / "tags.csv"
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+    args = ["tag", str(synth_dir), "--model", str(model_file), "--format", "csv", "-o", str(out), "--taggram", "grams"]
+    stopped = _interrupt_when_recorded(_tagstack(*args), journal_path(out), records=2, cwd=tmp_path / "a")
+    assert stopped.returncode == 130, stopped.stderr[-2000:]
+    monkeypatch.chdir(tmp_path / "b")
+    with pytest.raises(ParameterError, match=r"holds the work of an interrupted run with other settings \(taggram\)"):
+        tag_files([synth_dir], model=model_file, device="cpu", fmt="csv", output=out, taggram_dir="grams")
+    monkeypatch.chdir(tmp_path / "a")  # from where it started, it resumes
+    assert tag_files([synth_dir], model=model_file, device="cpu", fmt="csv", output=out, taggram_dir="grams").done == 64
+    assert len(list((tmp_path / "a" / "grams").glob("*.taggram.npy"))) == 64 and not (tmp_path / "b" / "grams").exists()

@@ -237,7 +237,7 @@ def tag_files(
         threshold=threshold,
         per_group=per_group,
         hop=hop,
-        taggram=None if taggram_dir is None else str(taggram_dir),
+        taggram=None if taggram_dir is None else str(Path(taggram_dir).absolute()),  # the folder, wherever the rerun starts
     )
     journal = Journal.open(output, settings) if output is not None else None
     with journal or contextlib.nullcontext():
