@@ -241,9 +241,10 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     )
     _print_skipped(result["skipped"])
     print(evaluation_text(result, str(a.model or "the default model")))
+    model = str(a.model or DEFAULT)
     if a.json is not None:
-        atomic_write_json(a.json, {"model": str(a.model or DEFAULT), **result})
-    if a.plot is not None and not evaluation_figure(result, a.plot, model_name=str(a.model or DEFAULT)):
+        atomic_write_json(a.json, {"model": model, **result})
+    if a.plot is not None and not evaluation_figure(result, a.plot, model_name=model):
         logging.getLogger("tagstack").warning("--plot %s: not drawn, since no tag has both classes in this split", a.plot)
     return 1 if result["skipped"] else 0
 

@@ -590,6 +590,7 @@ def build_corpus(
         _check_soundfont(Path(soundfont))
     font = None if soundfont is None else f"{Path(soundfont).name} sha256:{hashlib.sha256(Path(soundfont).read_bytes()).hexdigest()[:16]}"
     _same_build(out, {"seed": seed, "production": list(production), "soundfont": font, "performance": list(performance)})
+    remove_leftovers(out)  # what a build killed mid-write (or stopped by a full disk) left half-written
     workers = workers or os.cpu_count() or 1
     args = [(p, k, seed, str(out), production, str(soundfont) if soundfont else None, performance) for p, k in jobs]
     # longest pieces first keeps the workers busy to the end
@@ -658,7 +659,6 @@ def _same_build(out: Path, settings: dict) -> None:
     elif (out / "pieces").is_dir() and any(settings[k] != v for k, v in plain.items()):
         raise ParameterError(f"{out}: a corpus built with the default sound (no production or performance, TimGM6mb); use another folder")
     out.mkdir(parents=True, exist_ok=True)
-    remove_leftovers(out)  # what a build killed mid-write (or stopped by a full disk) left half-written
     atomic_write_json(path, settings)
 
 

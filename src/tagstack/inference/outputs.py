@@ -247,11 +247,13 @@ def tag_files(
         if taggram_dir is not None and Path(taggram_dir).is_dir():  # only what taggram writes left in that folder itself
             remove_leftovers_of(Path(taggram_dir) / "*.taggram.*", pattern=True)
         # a file is done when it is unchanged since, and (with taggrams) written under the name it gets now
-        tg = taggram_dir is not None
+        taggrams = taggram_dir is not None
         records = journal.done.items() if journal else ()
-        done = {_key(k, r.get("stat"), r.get("taggram") if tg else None): r["text"] for k, r in records if isinstance(r.get("text"), str)}
-        wanted = [_key(k, stamp, stems[i] if tg else None) for i, (k, stamp) in enumerate(zip(keys, stamps))]
-        run = lambda todo: tagger.predict_many([files[i] for i in todo], taggram=taggram_dir is not None, hop=hop)
+        done = {
+            _key(k, r.get("stat"), r.get("taggram") if taggrams else None): r["text"] for k, r in records if isinstance(r.get("text"), str)
+        }
+        wanted = [_key(k, stamp, stems[i] if taggrams else None) for i, (k, stamp) in enumerate(zip(keys, stamps))]
+        run = lambda todo: tagger.predict_many([files[i] for i in todo], taggram=taggrams, hop=hop)
         for i, text, r in _resumed(wanted, done, run, desc="tag"):
             if isinstance(r, TagstackError):
                 _skip(report, names[i], r)
@@ -259,10 +261,10 @@ def tag_files(
             if text is None:
                 r.path = names[i]
                 text = _tag_text(r, fmt, r.top(top_k, threshold, per_group=per_group), per_group)
-                if taggram_dir is not None:
+                if taggrams:
                     write_taggram(r, Path(taggram_dir), stem=stems[i], clip_seconds=tagger.cfg.clip_seconds)
                 if journal:
-                    journal.add(keys[i], text=text, stat=stamps[i], **({"taggram": stems[i]} if taggram_dir is not None else {}))
+                    journal.add(keys[i], text=text, stat=stamps[i], **({"taggram": stems[i]} if taggrams else {}))
             out.write(text)
             out.flush()
             report.done += 1
